@@ -1,0 +1,133 @@
+"""`toolkit` command line: each command is a few lines over a library function.
+
+Light module: nothing heavy is imported until a command runs, so `toolkit predict` and
+`toolkit serve-local` work on an edge box without torch.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from toolkit.errors import UserError
+
+
+def _as_list(value, kind=str) -> list:
+    """fire hands '1,8,32' over as a tuple and 'fp32' as a str; accept both, and 'a,b' strings."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [v for v in str(value).split(",") if v.strip()]
+    try:
+        return [kind(str(v).strip()) if kind is not str else str(v).strip() for v in items]
+    except ValueError:
+        raise UserError(f"{value!r}: expected a comma-separated list of {kind.__name__} values") from None
+
+
+def train(recipe: str, *overrides: str, set: str | None = None, resume: bool = False, overwrite: bool = False):
+    """Train from a recipe. Overrides: KEY=VALUE after the recipe (e.g. train.epochs=3) or --set KEY=VALUE."""
+    from toolkit import recipe as recipe_mod
+    from toolkit.train import train as run_training
+
+    extra = list(overrides) + (str(set).split() if set else [])
+    run_training(recipe_mod.load(recipe, extra), resume=resume, overwrite=overwrite)
+
+
+def evaluate(target: str | None = None, recipe: str | None = None, split: str = "val",
+             batch_size: int = 32, device: str = "auto", json: bool = False):
+    """Top-1, top-5, per-class accuracy and confusion matrix of a checkpoint, run or .onnx file on a split."""
+    from toolkit.evaluate import evaluate_command
+
+    evaluate_command(target, recipe=recipe, split=split, batch_size=batch_size, device=device, as_json=json)
+
+
+def export(run: str | None = None, out: str | None = None, opset: int = 17, fp16: bool = False,
+           int8: bool = False, raw_input: bool = False, probabilities: bool = False, dynamic_hw: bool = False,
+           calib_images: int = 64, calib_method: str = "minmax", keep_fp32: str | None = None,
+           int8_budget: float = 1.0):
+    """Export a run (default: the newest) to one verified, self-describing ONNX file."""
+    from toolkit.export import export_run
+
+    export_run(run=run, out=out, opset=opset, fp16=fp16, int8=int8, raw_input=raw_input,
+               probabilities=probabilities, dynamic_hw=dynamic_hw, calib_images=calib_images,
+               calib_method=calib_method, keep_fp32=tuple(_as_list(keep_fp32)), int8_budget=int8_budget)
+
+
+def predict(*paths: str, top_k: int = 5, format: str = "table", device: str = "auto",
+            threads: int | None = None, allow_fallback: bool = False, batch_size: int = 32):
+    """Predict images: toolkit predict [MODEL.onnx] IMAGES... (files, folders, globs)."""
+    from toolkit.inference import predict_command
+
+    paths = [str(p) for p in paths]
+    model = paths.pop(0) if paths and paths[0].endswith(".onnx") else None
+    if not paths:
+        raise UserError("predict: no images given; expected toolkit predict [MODEL.onnx] IMAGE_OR_FOLDER...")
+    code = predict_command(model, paths, top_k=top_k, format=format, device=device, threads=threads,
+                           allow_fallback=allow_fallback, batch_size=batch_size)
+    if code:
+        sys.exit(code)
+
+
+def serve_local(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+                threads: int | None = None, allow_fallback: bool = False, max_batch: int = 16,
+                max_wait_ms: float = 5, max_body_mb: float = 10, max_pixels: int = 40_000_000,
+                max_concurrency: int = 64, top_k: int = 5):
+    """Serve an export (default: the newest) over HTTP on this machine."""
+    from toolkit.serve import serve
+
+    serve(model=model, host=host, port=port, device=device, threads=threads, allow_fallback=allow_fallback,
+          max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_mb=max_body_mb, max_pixels=max_pixels,
+          max_concurrency=max_concurrency, top_k=top_k)
+
+
+def benchmark(model: str | None = None, batch_sizes="1,8,32", precision="fp32", device="cpu",
+              torch: bool = False, compile: bool = False, duration: float | None = None,
+              iterations: int | None = None, threads: int | None = None, data: str | None = None,
+              train: str | None = None, out_dir: str | None = None):
+    """Throughput and latency of an export (default: the newest), or of training with --train RECIPE."""
+    from toolkit import benchmark as bench
+
+    if train:
+        bench.run_train_benchmark(train, duration=duration, iterations=iterations, out_dir=out_dir)
+        return
+    bench.run_benchmark(model=model, batch_sizes=_as_list(batch_sizes, int), precision=_as_list(precision),
+                        device=_as_list(device), torch=torch, compile=compile, duration=duration,
+                        iterations=iterations, threads=threads, data=data, out_dir=out_dir)
+
+
+def demo(seeds="0,1,2", labels_per_class="3,10", quick: bool = False, out_dir: str = "runs/demo"):
+    """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch."""
+    from toolkit.demo import run_demo
+
+    run_demo(seeds=_as_list(seeds, int), labels_per_class=_as_list(labels_per_class, int), quick=quick,
+             out_dir=out_dir)
+
+
+COMMANDS = {
+    "train": train,
+    "evaluate": evaluate,
+    "export": export,
+    "predict": predict,
+    "serve-local": serve_local,
+    "benchmark": benchmark,
+    "demo": demo,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    import fire
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        fire.Fire(COMMANDS, command=argv, name="toolkit")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

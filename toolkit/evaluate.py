@@ -1,0 +1,101 @@
+"""`toolkit evaluate`: top-1, top-5, per-class accuracy and confusion matrix of a checkpoint or an ONNX file."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from toolkit.errors import UserError
+from toolkit.metrics import classification_report, format_report
+
+SPLITS = ("train", "val", "test")
+
+
+def collect_logits(model, loader, device, autocast=None, criterion=None):
+    """(logits, targets, mean loss) of `model` over `loader`, in eval mode, as numpy."""
+    import torch
+
+    model.eval()
+    outputs, targets, loss_sum, n = [], [], 0.0, 0
+    with torch.inference_mode():
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                logits = model(images).float()
+            if criterion is not None:
+                loss_sum += float(criterion(logits, labels)) * len(labels)
+            n += len(labels)
+            outputs.append(logits.cpu().numpy())
+            targets.append(labels.cpu().numpy())
+    if not outputs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), 0.0
+    return np.concatenate(outputs), np.concatenate(targets), loss_sum / max(n, 1)
+
+
+def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str = "val", batch_size: int = 32,
+                        device: str = "auto", quiet: bool = False) -> dict:
+    """Evaluate a toolkit checkpoint on a split of its own data set (or of `recipe`'s)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from toolkit import data as data_mod
+    from toolkit import recipe as recipe_mod
+    from toolkit.checkpoint import model_from_checkpoint
+    from toolkit.train import pick_device
+
+    if split not in SPLITS:
+        raise UserError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    model, ckpt = model_from_checkpoint(checkpoint)
+    if recipe is None:
+        recipe = recipe_mod.from_dict(ckpt["recipe"], source=f"{checkpoint} (recipe)", check_paths=False)
+    if dataset is None:
+        dataset = data_mod.load_dataset(recipe)
+    if list(dataset.labels) != list(ckpt["labels"]):
+        raise UserError(f"{checkpoint}: trained on classes {_short(ckpt['labels'])} but the data has "
+                        f"{_short(dataset.labels)}; expected the same classes in the same order")
+    items = getattr(dataset, split)
+    if not items:
+        raise UserError(f"data: the {split} split is empty; pick another with --split")
+    dev = pick_device(device)
+    preprocess = data_mod.eval_preprocess(recipe)
+    loader = DataLoader(data_mod.ImageDataset(items, preprocess, max_pixels=recipe.data.max_pixels),
+                        batch_size=batch_size, num_workers=recipe.data.workers)
+    logits, targets, loss = collect_logits(model.to(dev), loader, dev, None,
+                                           torch.nn.CrossEntropyLoss())
+    report = classification_report(logits, targets, dataset.labels)
+    report.update(loss=loss, split=split, model=str(checkpoint))
+    if not quiet:
+        print(format_report(report, f"{checkpoint} on {split}:"))
+    return report
+
+
+def _short(labels) -> str:
+    labels = list(labels)
+    return str(labels) if len(labels) <= 6 else f"[{', '.join(map(str, labels[:5]))}, ... {len(labels)} in all]"
+
+
+def evaluate_command(target: str | None, recipe: str | None = None, split: str = "val", batch_size: int = 32,
+                     device: str = "auto", as_json: bool = False) -> dict:
+    """Dispatch: .onnx files go through ONNX Runtime, runs and checkpoints through PyTorch."""
+    from toolkit import artifacts
+    from toolkit import recipe as recipe_mod
+
+    if target is None:
+        target = artifacts.newest_run()
+        print(f"evaluating newest run: {target}")
+    loaded_recipe = recipe_mod.load(recipe) if recipe else None
+    if str(target).endswith(".onnx"):
+        from toolkit.onnx_eval import evaluate_onnx
+
+        report = evaluate_onnx(target, loaded_recipe, split=split, batch_size=batch_size, device=device)
+        if not as_json:
+            print(format_report(report, f"{target} on {split}:"))
+    else:
+        if not os.path.exists(target):
+            raise UserError(f"{target}: no such run, checkpoint or .onnx file")
+        report = evaluate_checkpoint(artifacts.run_checkpoint(target), recipe=loaded_recipe, split=split,
+                                     batch_size=batch_size, device=device, quiet=as_json)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    return report

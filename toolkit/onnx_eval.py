@@ -1,0 +1,201 @@
+"""Accuracy of an exported ONNX model on a recipe's split, through ONNX Runtime (CPU).
+
+`evaluate_onnx("exports/flowers.onnx")` reads the recipe, labels and preprocessing from the file's own
+metadata, loads the split with toolkit.data (imported lazily: the data side needs torch), runs every
+image through the same `Preprocess` the Predictor uses and reports top-1, top-5, per-class accuracy and
+the confusion matrix. The export's INT8 accuracy budget uses the same functions, so the gate and
+`toolkit evaluate MODEL.onnx` can't disagree. Light module: no torch at import time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from toolkit.errors import UserError
+from toolkit.preprocess import ImageError, Preprocess, open_image
+
+SPLITS = ("train", "val", "test")
+
+
+# ------------------------------------------------------------------------------------------------
+# Sessions and metadata
+
+def cpu_session(model: Any, threads: Optional[int] = None, device: str = "cpu"):
+    """An onnxruntime session (CPU unless device is cuda / cuda:N) for a path or serialized bytes.
+
+    Unreadable files are a UserError; so is a CUDA request that ONNX Runtime can't honour (it would
+    otherwise fall back to the CPU without saying so). device "auto" means the CPU here: accuracy
+    doesn't depend on the provider, and the CPU is what the export gates use."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only; ORT's own warnings are noise for a user
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    device = str(device or "cpu").lower()
+    if device in ("auto", "cpu"):
+        providers: list = ["CPUExecutionProvider"]
+    elif device == "cuda" or device.startswith("cuda:"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    else:
+        raise UserError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+    name = model if isinstance(model, (str, os.PathLike)) else "model"
+    try:
+        session = ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{name}: ONNX Runtime cannot load it ({first[:200]}); expected an ONNX file "
+                        "written by toolkit export") from None
+    if device.startswith("cuda") and "CUDAExecutionProvider" not in session.get_providers():
+        raise UserError(f"device {device}: ONNX Runtime could not start its CUDA provider here (available: "
+                        f"{', '.join(ort.get_available_providers())}); use --device cpu")
+    return session
+
+
+def read_metadata(session_or_path: Any) -> dict:
+    """The toolkit metadata of a model, JSON values decoded. UserError if it isn't a toolkit export."""
+    session = cpu_session(session_or_path) if isinstance(session_or_path, (str, os.PathLike)) else session_or_path
+    raw = dict(session.get_modelmeta().custom_metadata_map)
+    if raw.get("toolkit_format") != "1":
+        name = session_or_path if isinstance(session_or_path, (str, os.PathLike)) else "model"
+        raise UserError(f"{name}: no toolkit metadata (toolkit_format); expected a model written by "
+                        "toolkit export, which carries its labels and preprocessing")
+    out: dict = {}
+    for key, value in raw.items():
+        try:
+            out[key] = json.loads(value) if key in JSON_KEYS else value
+        except ValueError:
+            out[key] = value
+    return out
+
+
+JSON_KEYS = ("labels", "names", "preprocess", "input", "outputs", "recipe", "metrics", "quantization")
+
+
+# ------------------------------------------------------------------------------------------------
+# Images -> arrays -> logits -> metrics
+
+def load_pixels(items: list, preprocess: Preprocess, max_pixels: Optional[int] = None,
+                limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, list]:
+    """(uint8 NxHxWx3 resized+cropped pixels, int64 targets, [(path, reason)] skipped) for `items`.
+
+    Pixels stay uint8 (a quarter of the float size); `Preprocess.normalize` runs per batch."""
+    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+    pixels, targets, skipped = [], [], []
+    for source, label in (items[:limit] if limit else items):
+        try:
+            pixels.append(preprocess.resize_crop(open_image(source, **kwargs)))
+            targets.append(int(label))
+        except ImageError as exc:
+            skipped.append((source if isinstance(source, str) else "array", str(exc)))
+    crop = preprocess.crop
+    arr = np.stack(pixels) if pixels else np.zeros((0, crop, crop, 3), np.uint8)
+    return arr, np.asarray(targets, np.int64), skipped
+
+
+def model_input(pixels: np.ndarray, preprocess: Preprocess, raw: bool) -> np.ndarray:
+    """What the graph takes: uint8 NHWC for a raw-input model, else normalised float32 NCHW."""
+    return np.ascontiguousarray(pixels) if raw else preprocess.normalize(pixels)
+
+
+def run_logits(session, pixels: np.ndarray, preprocess: Preprocess, raw: bool,
+               batch_size: int = 32) -> np.ndarray:
+    """Logits (float32 N x classes) of `session` over uint8 pixels, in batches."""
+    name = session.get_inputs()[0].name
+    out = []
+    for start in range(0, len(pixels), max(1, int(batch_size))):
+        batch = model_input(pixels[start:start + batch_size], preprocess, raw)
+        out.append(np.asarray(session.run(["logits"], {name: batch})[0], np.float32))
+    n_classes = session.get_outputs()[0].shape[1]
+    return np.concatenate(out) if out else np.zeros((0, n_classes if isinstance(n_classes, int) else 0),
+                                                     np.float32)
+
+
+def report(logits: np.ndarray, targets: np.ndarray, labels: list) -> dict:
+    from toolkit.metrics import classification_report
+
+    return classification_report(logits, targets, labels)
+
+
+# ------------------------------------------------------------------------------------------------
+# The public entry point
+
+def _resolve_recipe(recipe: Any, meta: dict, model_path: str):
+    from toolkit import recipe as recipe_mod
+
+    if recipe is None:
+        if not isinstance(meta.get("recipe"), dict):
+            raise UserError(f"{model_path}: no recipe in its metadata; pass the recipe of the data to "
+                            "evaluate on (--recipe RECIPE.yaml)")
+        return recipe_mod.from_dict(meta["recipe"], source=f"{model_path} (recipe in its metadata)",
+                                    check_paths=False)
+    if isinstance(recipe, (str, os.PathLike)):
+        return recipe_mod.load(str(recipe))
+    if isinstance(recipe, dict):
+        return recipe_mod.from_dict(recipe, check_paths=False)
+    return recipe  # a Recipe
+
+
+def _label_map(data_labels: list, model_labels: list, model_path: str) -> np.ndarray:
+    """data label index -> model label index, matched by name."""
+    index = {str(name): i for i, name in enumerate(model_labels)}
+    missing = [str(c) for c in data_labels if str(c) not in index]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise UserError(f"{model_path}: the data has classes the model doesn't know: {shown}; expected the "
+                        "classes the model was trained on (check data.classes / data.root)")
+    return np.asarray([index[str(c)] for c in data_labels], np.int64)
+
+
+def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str = "val",
+                  batch_size: int = 32, limit: Optional[int] = None, threads: Optional[int] = None,
+                  device: str = "cpu", quiet: bool = True) -> dict:
+    """Top-1 / top-5 (in %), per-class accuracy, confusion matrix and n of an ONNX export on a split.
+
+    recipe_path_or_recipe: a recipe file, a Recipe, a recipe dict, or None for the recipe stored in the
+    model's metadata (the data it was trained on). Labels and preprocessing always come from the model.
+    The dataset is not pre-scanned; unreadable images are skipped and listed under "skipped".
+    limit: evaluate only the first N images of the split. quiet=False prints the formatted report.
+    """
+    if split not in SPLITS:
+        raise UserError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
+    if not os.path.isfile(str(model_path)):
+        raise UserError(f"{model_path}: no such model file; expected an .onnx file from toolkit export")
+    session = cpu_session(str(model_path), threads, device)
+    meta = read_metadata(session)
+    recipe = _resolve_recipe(recipe_path_or_recipe, meta, str(model_path))
+    preprocess = Preprocess.from_dict(meta["preprocess"])
+    raw = bool((meta.get("input") or {}).get("raw"))
+    labels = [str(x) for x in meta["labels"]]
+
+    from toolkit.data import load_dataset  # torch side, so only here
+
+    if recipe.data.source == "flowers102" and recipe.data.download:
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, download=False))
+    dataset = load_dataset(recipe, scan=False)
+    items = list(getattr(dataset, split))
+    if not items:
+        raise UserError(f"split {split}: no images in {recipe.data.source} data"
+                        f"{' at ' + recipe.data.root if recipe.data.source == 'folder' else ''}; "
+                        "expected a non-empty split (choose another with --split)")
+    to_model = _label_map(dataset.labels, labels, str(model_path))
+    start = time.perf_counter()
+    pixels, targets, skipped = load_pixels(items, preprocess, recipe.data.max_pixels, limit)
+    if len(pixels) == 0:
+        raise UserError(f"split {split}: none of its {len(items)} images could be read "
+                        f"(first: {skipped[0][1] if skipped else 'none'})")
+    logits = run_logits(session, pixels, preprocess, raw, batch_size)
+    out = report(logits, to_model[targets], labels)
+    out.update({"model": str(model_path), "split": split, "precision": meta.get("precision", "fp32"),
+                "seconds": round(time.perf_counter() - start, 3), "skipped": skipped})
+    if not quiet:
+        from toolkit.metrics import format_report
+
+        print(format_report(out, title=f"{model_path} on {split} ({meta.get('precision', 'fp32')})"))
+    return out

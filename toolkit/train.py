@@ -1,0 +1,534 @@
+"""The training loop: discriminative learning rates, schedules, safe checkpoints, exact resume.
+
+Reproducibility is built in, not bolted on: the shuffle order of epoch e comes from (seed, e), and each
+sample's augmentation from (seed, e, index), whatever the worker count. So a resumed run, or one
+interrupted mid-epoch, sees the same batches and the same augmented pixels as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from toolkit import recipe as recipe_mod
+from toolkit.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.errors import UserError
+from toolkit.evaluate import collect_logits
+from toolkit.metrics import classification_report
+from toolkit.recipe import Recipe
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules: the learning rate is a pure function of the step, so restoring the step restores it.
+
+def lr_factor(step: int, phase_start: int, phase_steps: int, schedule: str, warmup_steps: int) -> float:
+    """Multiplier on each group's base rate at `step`, within a phase of `phase_steps` steps."""
+    t = step - phase_start
+    if schedule == "constant" or phase_steps <= 1:
+        return 1.0
+    if schedule == "onecycle":
+        # Warm up over the first 25% from 1/25 of the peak, then cosine-anneal to ~0 (Smith's one-cycle).
+        up = max(1, int(0.25 * phase_steps))
+        if t < up:
+            return 0.04 + 0.96 * (1 - math.cos(math.pi * t / up)) / 2
+        frac = (t - up) / max(1, phase_steps - up)
+        return 1e-4 + (1 - 1e-4) * (1 + math.cos(math.pi * min(frac, 1.0))) / 2
+    # cosine with linear warm-up
+    if t < warmup_steps:
+        return (t + 1) / (warmup_steps + 1)
+    frac = (t - warmup_steps) / max(1, phase_steps - warmup_steps)
+    return (1 + math.cos(math.pi * min(frac, 1.0))) / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order and augmentation seeded by (seed, epoch, index).
+
+class EpochSampler(Sampler):
+    """Shuffled indices for one epoch, from (seed, epoch) alone; `skip` resumes mid-epoch.
+
+    Each index is encoded as epoch * n + i so the dataset (even in a persistent worker) knows the epoch.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, skip: int = 0, shuffle: bool = True):
+        self.n, self.seed, self.epoch, self.skip, self.shuffle = n, seed, epoch, skip, shuffle
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
+        base = self.epoch * self.n
+        return iter([base + i for i in self.order()[self.skip:]])
+
+    def __len__(self):
+        return self.n - self.skip
+
+
+class SeededAugmentation(Dataset):
+    """Wraps a training ImageDataset: each sample's augmentation is seeded by (seed, epoch, index), so it
+    does not depend on worker count, worker seeds, or where in the epoch a resumed run starts."""
+
+    def __init__(self, inner, seed: int):
+        self.inner, self.seed = inner, seed
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, encoded: int):
+        epoch, index = divmod(encoded, len(self.inner))
+        return self.inner.load(index, seed=int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Ctrl-C goes to the whole process group: let the main process alone decide when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def _loader(dataset, sampler, batch_size, workers, device) -> DataLoader:
+    # A fixed generator keeps the DataLoader from drawing on (and shifting) the global torch RNG.
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      worker_init_fn=_worker_init if workers else None, pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(0), persistent_workers=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state as tensors and plain types, so checkpoints load with weights_only=True.
+
+def _rng_state() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                      int(has_gauss), float(gauss)],
+             "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: cuda requested but torch sees no CUDA device; use device: auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("train.device: mps requested but it is not available; use device: auto or cpu")
+    return torch.device(name)
+
+
+def amp_dtype(mode: str, device: torch.device):
+    """The autocast dtype, or None. Mixed precision is a CUDA feature here."""
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+# ---------------------------------------------------------------------------------------------
+
+class _StopRequest:
+    """SIGINT/SIGTERM handler: finish the current batch, save, exit. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, _frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing this batch, then saving", file=sys.stderr,
+              flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # batches of the current epoch done (non-zero only after an interruption)
+    global_step: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    stale_evals: int = 0  # validations in a row without a better top-1
+    best_confusion: list | None = None  # the best validation's confusion matrix, for confusion.png
+    history: list = field(default_factory=list)
+
+
+def _is_finite(model: nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point())
+
+
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_after_epochs: int | None = None,
+          quiet: bool = False) -> dict:
+    """Train a recipe end to end; returns the summary. `stop_after_epochs` ends this session early, as if
+    interrupted after that many epochs (used by tests and the demo)."""
+    from toolkit import data as data_mod
+    from toolkit import model as model_mod
+
+    started = time.time()
+    run_dir = recipe.run_dir
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    last_path, best_path = os.path.join(ckpt_dir, "last.pt"), os.path.join(ckpt_dir, "best.pt")
+
+    resumed = None
+    if resume:
+        if not os.path.isfile(last_path):
+            raise UserError(f"{last_path}: nothing to resume; train without --resume to start the run")
+        resumed = load_checkpoint(last_path)
+        saved = recipe_mod.from_dict(resumed["recipe"], source=f"{last_path} (recipe)", check_paths=False)
+        saved.train.epochs = recipe.train.epochs  # the one thing a resume may change: train longer
+        recipe = saved
+    elif os.path.exists(last_path):
+        if not overwrite:
+            raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it, --overwrite to "
+                            f"replace it, or set another name (e.g. name=<new>)")
+        shutil.rmtree(run_dir)
+    os.makedirs(ckpt_dir, exist_ok=True)
+
+    t = recipe.train
+    seed_everything(recipe.seed, t.deterministic)
+    device = pick_device(t.device)
+    say = (lambda *a, **k: None) if quiet else print
+
+    dataset = data_mod.load_dataset(recipe)
+    labels = dataset.labels
+    if not dataset.train:
+        raise UserError("data: the training split is empty")
+    if not dataset.val:
+        raise UserError("data: the validation split is empty; set data.val_fraction above 0 or add a val/ folder")
+
+    model = model_mod.build_from_recipe(recipe, num_classes=len(labels))
+    if resumed is None:
+        loaded = model_mod.load_weights(model, recipe.model.weights, recipe.model.arch, labels)
+        say(f"weights: {loaded}")
+    else:
+        model.load_state_dict(resumed["model"])
+    channels_last = t.channels_last and device.type == "cuda"
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
+    lrs = model_mod.group_learning_rates(t)
+    ever_trained = set().union(*(model_mod.trainable_groups(t, e) for e in range(t.epochs)))
+    # Every group that trains at some point is in the optimizer from the start; frozen ones have no grad.
+    optimizer_groups = model_mod.optimizer_param_groups(model, lrs, t.weight_decay, groups=ever_trained)
+    if t.optimizer == "sgd":
+        optimizer = torch.optim.SGD(optimizer_groups, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0)
+    else:
+        optimizer = torch.optim.AdamW(optimizer_groups, lr=t.lr)
+
+    autocast = amp_dtype(t.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast is torch.float16)
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+
+    state = RunState()
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        if "scaler" in resumed and resumed["scaler"]:
+            scaler.load_state_dict(resumed["scaler"])
+        state = RunState(**resumed["run_state"])
+        _set_rng_state(resumed["rng"])
+        say(f"resuming {run_dir} at epoch {state.epoch + 1}" +
+            (f", batch {state.step_in_epoch + 1}" if state.step_in_epoch else ""))
+
+    with open(os.path.join(run_dir, "recipe.yaml"), "w", encoding="utf-8") as fh:
+        fh.write(recipe_mod.dump(recipe))
+    table = model_mod.param_group_table(model, lrs, ever_trained)
+    with open(os.path.join(run_dir, "param_groups.txt"), "w", encoding="utf-8") as fh:
+        fh.write(table + "\n")
+    say(table)
+    _truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), state.epoch)
+
+    preprocess = data_mod.eval_preprocess(recipe)
+    train_set = SeededAugmentation(
+        data_mod.ImageDataset(dataset.train, preprocess, augment=data_mod.build_augment(recipe),
+                              max_pixels=recipe.data.max_pixels), recipe.seed)
+    val_set = data_mod.ImageDataset(dataset.val, preprocess, max_pixels=recipe.data.max_pixels)
+    val_loader = _loader(val_set, EpochSampler(len(val_set), 0, 0, shuffle=False), t.batch_size,
+                         recipe.data.workers, device)
+    steps_per_epoch = math.ceil(len(train_set) / t.batch_size)
+    freeze = t.freeze_epochs if t.strategy == "finetune" else 0
+    say(f"data: {len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test images, "
+        f"{len(labels)} classes; device {device}" + (f", autocast {autocast}" if autocast else ""))
+
+    def phase_of(step: int) -> tuple[int, int]:
+        boundary = freeze * steps_per_epoch
+        if step < boundary:
+            return 0, boundary
+        return boundary, t.epochs * steps_per_epoch - boundary
+
+    def set_lrs(step: int) -> None:
+        start, length = phase_of(step)
+        factor = lr_factor(step, start, length, t.schedule, int(t.warmup_epochs * steps_per_epoch))
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+
+    def checkpoint_state(metrics: dict) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "epoch": state.epoch, "step": state.global_step, "labels": list(labels),
+                "recipe": recipe_mod.to_dict(recipe), "metrics": metrics, "rng": _rng_state(),
+                "best_top1": state.best_top1, "run_state": state.__dict__.copy()}
+
+    def save_last(metrics: dict) -> None:
+        if not _is_finite(model):
+            raise NonFiniteLoss(f"non-finite weights at epoch {state.epoch + 1}; not saving them "
+                                f"(the last good checkpoint is {last_path})")
+        save_checkpoint(last_path, checkpoint_state(metrics))
+
+    last_metrics = resumed["metrics"] if resumed else {}
+    nonfinite = 0
+    from tqdm import tqdm
+
+    with _StopRequest() as stop:
+        while state.epoch < t.epochs:
+            epoch = state.epoch
+            trainable = model_mod.trainable_groups(t, epoch)
+            model_mod.set_trainable(model, trainable)
+            model.train()  # keeps frozen groups' BatchNorm in eval mode
+            sampler = EpochSampler(len(train_set), recipe.seed, epoch, skip=state.step_in_epoch * t.batch_size)
+            loader = _loader(train_set, sampler, t.batch_size, recipe.data.workers, device)
+            seen = correct = 0
+            loss_sum = 0.0
+            tick = time.time()
+            bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch",
+                       leave=False, disable=quiet, dynamic_ncols=True, file=sys.stderr)
+            for images, targets in bar:
+                set_lrs(state.global_step)
+                images = images.to(device, non_blocking=True)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                targets = targets.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                    logits = model(images)
+                    loss = criterion(logits.float(), targets)
+                if not torch.isfinite(loss):
+                    nonfinite += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    say(f"\nwarning: non-finite loss at epoch {epoch + 1} step {state.step_in_epoch + 1} "
+                        f"({nonfinite}/{t.nan_patience})", file=sys.stderr)
+                    if nonfinite >= t.nan_patience:
+                        raise NonFiniteLoss(
+                            f"training diverged: {nonfinite} non-finite losses, the last at epoch {epoch + 1} step "
+                            f"{state.step_in_epoch + 1}; weights from that point were not saved ({last_path} holds "
+                            f"the last good epoch). Try a lower train.lr or set train.grad_clip")
+                    state.step_in_epoch += 1
+                    state.global_step += 1
+                    continue
+                scaler.scale(loss).backward()
+                if t.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                state.step_in_epoch += 1
+                state.global_step += 1
+                batch = targets.numel()
+                seen += batch
+                loss_sum += float(loss.detach()) * batch
+                correct += int((logits.argmax(1) == targets).sum())
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%",
+                                lr=f"{optimizer.param_groups[-1]['lr']:.2e}", refresh=False)
+                if stop.signum is not None:
+                    break
+            bar.close()
+            train_time = time.time() - tick
+
+            if stop.signum is not None and state.step_in_epoch < steps_per_epoch:
+                save_last(last_metrics)
+                _plots(run_dir, state.history, state.best_confusion, labels, state.best_top1)
+                code = 128 + stop.signum
+                print(f"stopped: saved {last_path} at epoch {epoch + 1}, batch {state.step_in_epoch}/"
+                      f"{steps_per_epoch}; continue with: toolkit train {os.path.join(run_dir, 'recipe.yaml')} "
+                      f"--resume", file=sys.stderr)
+                sys.exit(code)
+
+            state.epoch += 1
+            state.step_in_epoch = 0
+            final = state.epoch == t.epochs
+            record = {
+                "epoch": state.epoch, "trainable": sorted(trainable),
+                "train_loss": loss_sum / max(seen, 1), "train_top1": 100 * correct / max(seen, 1),
+                "val_loss": None, "val_top1": None, "val_top5": None, "val_mean_per_class": None,
+                "lr": {g.get("group", g["name"]): g["lr"] for g in optimizer.param_groups},
+                "images_per_s": seen / max(train_time, 1e-9), "epoch_time_s": train_time,
+            }
+            improved = False
+            if state.epoch % t.eval_every == 0 or final:
+                logits_val, targets_val, val_loss = collect_logits(model, val_loader, device, autocast, criterion)
+                report = classification_report(logits_val, targets_val, labels)
+                record.update(val_loss=val_loss, val_top1=report["top1"], val_top5=report["top5"],
+                              val_mean_per_class=report["mean_per_class"])
+                improved = report["top1"] > state.best_top1
+                if improved:
+                    state.best_top1, state.best_epoch, state.stale_evals = report["top1"], state.epoch, 0
+                    state.best_confusion = report["confusion"]
+                else:
+                    state.stale_evals += 1
+                last_metrics = {k: record[k] for k in ("epoch", "val_loss", "val_top1", "val_top5",
+                                                       "val_mean_per_class")}
+                last_metrics["best_top1"], last_metrics["best_epoch"] = state.best_top1, state.best_epoch
+            state.history.append(record)
+            # The log line goes first: after a crash between the two, resume trims it back to the checkpoint.
+            with open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+            stopping = stop.signum is not None or (t.early_stopping and state.stale_evals >= t.early_stopping)
+            if state.epoch % t.save_every == 0 or final or stopping or improved:
+                save_last(last_metrics)
+            if improved:
+                best = checkpoint_state(last_metrics)
+                best.pop("optimizer"), best.pop("rng")
+                save_checkpoint(best_path, best)
+            if record["val_top1"] is not None:
+                say(f"epoch {state.epoch}/{t.epochs}  train loss {record['train_loss']:.4f} top-1 "
+                    f"{record['train_top1']:.1f}%  val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.2f}% "
+                    f"top-5 {record['val_top5']:.2f}%  {record['images_per_s']:.0f} img/s"
+                    + ("  *best*" if improved else ""))
+            if t.early_stopping and state.stale_evals >= t.early_stopping:
+                say(f"early stopping: no better val top-1 in {state.stale_evals} evaluations")
+                break
+            if stop.signum is not None:
+                _plots(run_dir, state.history, state.best_confusion, labels, state.best_top1)
+                print(f"stopped after epoch {state.epoch}: saved {last_path}; continue with --resume",
+                      file=sys.stderr)
+                sys.exit(128 + stop.signum)
+            if stop_after_epochs is not None and state.epoch - (resumed["epoch"] if resumed else 0) >= stop_after_epochs:
+                save_last(last_metrics)
+                break
+
+    _plots(run_dir, state.history, state.best_confusion, labels, state.best_top1)
+    summary = _summary(recipe, dataset, device, best_path, state, started, quiet)
+    return summary
+
+
+def _truncate_metrics(path: str, epochs_done: int) -> None:
+    """After a crash the metrics log may run ahead of the checkpoint: keep only what the checkpoint saw."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        kept = [line for line in fh if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _plots(run_dir: str, history: list, confusion: list | None, labels: list, top1: float) -> None:
+    """curves.png from the history; confusion.png from the best validation's confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if history:
+        epochs = [h["epoch"] for h in history]
+        evaluated = [h for h in history if h["val_top1"] is not None]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+        ax1.plot([h["epoch"] for h in evaluated], [h["val_loss"] for h in evaluated], "o-", label="val")
+        ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+        ax1.legend()
+        ax2.plot(epochs, [h["train_top1"] for h in history], "o-", label="train top-1")
+        ax2.plot([h["epoch"] for h in evaluated], [h["val_top1"] for h in evaluated], "o-", label="val top-1")
+        ax2.plot([h["epoch"] for h in evaluated], [h["val_top5"] for h in evaluated], "--", label="val top-5")
+        ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+        ax2.legend()
+        fig.tight_layout()
+        _save_fig(fig, os.path.join(run_dir, "curves.png"))
+        plt.close(fig)
+    if confusion is not None:
+        matrix = np.asarray(confusion)
+        size = min(20, 3 + 0.35 * len(labels))
+        fig, ax = plt.subplots(figsize=(size, size))
+        ax.imshow(matrix, cmap="Blues")
+        if len(labels) <= 30:
+            ax.set_xticks(range(len(labels)), labels, rotation=90)
+            ax.set_yticks(range(len(labels)), labels)
+            for (i, j), v in np.ndenumerate(matrix):
+                if v:
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                            color="white" if v > matrix.max() / 2 else "black")
+        ax.set(xlabel="predicted", ylabel="true", title=f"validation confusion (top-1 {top1:.1f}%)")
+        fig.tight_layout()
+        _save_fig(fig, os.path.join(run_dir, "confusion.png"))
+        plt.close(fig)
+
+
+def _save_fig(fig, path: str) -> None:
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+
+
+def _summary(recipe, dataset, device, best_path, state: RunState, started: float, quiet: bool) -> dict:
+    from toolkit.evaluate import evaluate_checkpoint
+
+    summary = {"run": recipe.run_dir, "best_checkpoint": best_path, "best_epoch": state.best_epoch,
+               "val_top1": state.best_top1, "epochs_run": state.epoch, "wall_time_s": None}
+    if dataset.test:
+        test = evaluate_checkpoint(best_path, dataset=dataset, split="test", device=str(device), quiet=True)
+        summary.update(test_top1=test["top1"], test_top5=test["top5"], test_mean_per_class=test["mean_per_class"])
+    summary["wall_time_s"] = round(time.time() - started, 1)
+    with open(os.path.join(recipe.run_dir, "summary.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2)
+    if not quiet:
+        print(f"\ndone in {summary['wall_time_s']:.0f}s: best val top-1 {state.best_top1:.2f}% at epoch "
+              f"{state.best_epoch}" + (f", test top-1 {summary['test_top1']:.2f}%" if "test_top1" in summary else ""))
+        print(f"  run folder  {recipe.run_dir}/  (recipe.yaml, metrics.jsonl, param_groups.txt, curves.png, "
+              f"confusion.png)")
+        print(f"  checkpoint  {best_path}")
+        print(f"  next        toolkit export {recipe.run_dir}")
+    return summary
