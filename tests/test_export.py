@@ -408,3 +408,24 @@ def test_onnx_eval_is_light():
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_shared_initializers_are_unshared_before_quantization():
+    """Zero biases merged into one tensor by the exporter must not reach quantize_static shared."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from toolkit.export import _unshare_initializers
+
+    w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(2, np.float32), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y1"], name="c1"),
+             helper.make_node("Conv", ["y1", "w", "b"], ["y2"], name="c2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, 2, 4, 4])], [w, b])
+    model = helper.make_model(graph)
+    assert _unshare_initializers(model) == 2
+    inputs = [list(n.input[1:]) for n in model.graph.node]
+    assert inputs[0] != inputs[1] and len({*inputs[0], *inputs[1]}) == 4
+    onnx.checker.check_model(model)

@@ -63,7 +63,8 @@ TIMED = {
                   "decode and preprocessing, then torch.from_numpy, model, softmax and topk.",
     "cold_start": "session (or PyTorch model) creation + the first model-only inference at that batch size, in a "
                   "fresh Python process (import time excluded, listed separately); batch sizes run in ascending "
-                  "order in that process, so a later size's first run follows the earlier ones. Without "
+                  "order in that process, so a later size's first run follows the earlier ones; torch.compile "
+                  "starts there with an empty inductor cache, so its cold start includes compiling. Without "
                   "isolation: measured in the benchmark process itself.",
     "peak_rss": "peak resident set size (Linux VmHWM, else getrusage ru_maxrss) of the fresh process that "
                 "created only this backend and ran batch sizes up to this one: Python + libraries + model + "
@@ -914,15 +915,24 @@ def _probe(spec: dict) -> dict:
 
 
 def _run_probe(spec: dict, timeout: float = 3600) -> dict:
+    import shutil
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cache = None
+    if spec.get("compile"):  # a cold start compiles from nothing: inductor's on-disk cache starts empty
+        cache = tempfile.mkdtemp(prefix="toolkit-inductor-")
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache
     t = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-m", "toolkit.benchmark", "--probe", json.dumps(spec)],
                               capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"cold-start probe timed out after {timeout:.0f}s"}
+    finally:
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -1318,10 +1328,16 @@ def run_benchmark(model: Optional[str] = None, batch_sizes: Any = (1, 8, 32), pr
     for pk in peaks:
         progress.live(f"measuring the {pk['device']} {pk['precision']} GEMM peak again")
         _merge_peak(pk, measure_peak(pk["device"], n_threads, pk["precision"]))
-    peak_of = {(pk["device"], pk["precision"]): pk["gflops"] for pk in peaks}
     for pk in peaks:
         if pk["device"] == "cpu" and pk["precision"] == "fp32":
             pk["in_rounds"] = [gemm_in_rounds[b] for b in sizes if b in gemm_in_rounds]
+            best_round = max((x["max_gflops"] for x in pk["in_rounds"]), default=None)
+            mine = next((c for c in pk["candidates"] if c["engine"] == "onnxruntime MatMul"), None)
+            if best_round and mine is not None and best_round > (mine.get("gflops") or 0):
+                mine["gflops"], mine["from"] = best_round, "its best round in the timing"
+                if best_round > (pk["gflops"] or 0):
+                    pk["gflops"], pk["engine"] = best_round, mine["engine"]
+    peak_of = {(pk["device"], pk["precision"]): pk["gflops"] for pk in peaks}
     progress.close()
 
     # ---- assemble the record ------------------------------------------------------------------------
@@ -1683,13 +1699,7 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
         model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         model_mod.set_trainable(model, groups)
         model.train()
-        lrs = model_mod.group_learning_rates(t)
-        # The same optimizer construction as toolkit.train.train (kept in step with it by hand).
-        param_groups = model_mod.optimizer_param_groups(model, lrs, t.weight_decay, groups=groups)
-        if t.optimizer == "sgd":
-            optimizer = torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0)
-        else:
-            optimizer = torch.optim.AdamW(param_groups, lr=t.lr)
+        optimizer = train_mod.build_optimizer(model, t, groups)  # exactly as toolkit train builds it
         scaler = torch.amp.GradScaler("cuda", enabled=autocast is torch.float16)
         criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         gen = torch.Generator().manual_seed(0)
@@ -1775,8 +1785,8 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     shared = 1.0 / (1.0 / step_ips + 1.0 / loader_ips) if dev.type == "cpu" and step_ips and loader_ips else None
     advice = ("raise data.workers, lower the decode cost (smaller source images), or cache decoded images"
               if bound == "data loader" else
-              "the model is the limit: a GPU, AMP, channels_last or a smaller crop speed it up; more loader "
-              "workers won't")
+              "the training step is the limit: a GPU (with AMP and channels_last), a smaller crop or more frozen "
+              "blocks speed it up; more loader workers won't")
     limiter = {"bound_by": bound, "step_ips": step_ips, "loader_ips": round(loader_ips, 3),
                "ratio": round(loader_ips / step_ips, 3) if step_ips else None,
                "estimate_shared_cpu_ips": round(shared, 3) if shared else None, "advice": advice}

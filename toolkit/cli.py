@@ -45,26 +45,27 @@ def evaluate(target: str | None = None, recipe: str | None = None, split: str = 
 def export(run: str | None = None, out: str | None = None, opset: int = 17, fp16: bool = False,
            int8: bool = False, raw_input: bool = False, probabilities: bool = False, dynamic_hw: bool = False,
            calib_images: int = 64, calib_method: str = "minmax", keep_fp32: str | None = None,
-           int8_budget: float = 1.0):
+           int8_budget: float = 1.0, per_channel: bool = True, parity_images: int = 16):
     """Export a run (default: the newest) to one verified, self-describing ONNX file."""
     from toolkit.export import export_run
 
     export_run(run=run, out=out, opset=opset, fp16=fp16, int8=int8, raw_input=raw_input,
                probabilities=probabilities, dynamic_hw=dynamic_hw, calib_images=calib_images,
-               calib_method=calib_method, keep_fp32=tuple(_as_list(keep_fp32)), int8_budget=int8_budget)
+               calib_method=calib_method, keep_fp32=tuple(_as_list(keep_fp32)), int8_budget=int8_budget,
+               per_channel=per_channel, parity_images=parity_images)
 
 
 def predict(*paths: str, top_k: int = 5, format: str = "table", device: str = "auto",
-            threads: int | None = None, allow_fallback: bool = False, batch_size: int = 32):
+            threads: int | None = None, allow_fallback: bool = False, batch_size: int = 32, recursive: bool = True):
     """Predict images: toolkit predict [MODEL.onnx] IMAGES... (files, folders, globs)."""
     from toolkit.inference import predict_command
 
     paths = [str(p) for p in paths]
-    model = paths.pop(0) if paths and paths[0].endswith(".onnx") else None
+    model = paths.pop(0) if paths and paths[0].endswith(".onnx") else None  # else: the newest export
     if not paths:
         raise UserError("predict: no images given; expected toolkit predict [MODEL.onnx] IMAGE_OR_FOLDER...")
     code = predict_command(model, paths, top_k=top_k, format=format, device=device, threads=threads,
-                           allow_fallback=allow_fallback, batch_size=batch_size)
+                           allow_fallback=allow_fallback, batch_size=batch_size, recursive=recursive)
     if code:
         sys.exit(code)
 
@@ -81,27 +82,39 @@ def serve_local(model: str | None = None, host: str = "127.0.0.1", port: int = 8
           max_concurrency=max_concurrency, top_k=top_k)
 
 
-def benchmark(model: str | None = None, batch_sizes="1,8,32", precision="fp32", device="cpu",
+def benchmark(model: str | None = None, *overrides: str, batch_sizes="1,8,32", precision="fp32", device="cpu",
               torch: bool = False, compile: bool = False, duration: float | None = None,
-              iterations: int | None = None, threads: int | None = None, data: str | None = None,
-              train: str | None = None, out_dir: str | None = None):
-    """Throughput and latency of an export (default: the newest), or of training with --train RECIPE."""
+              iterations: int | None = None, warmup: int | None = None, rounds: int | None = None,
+              threads: int | None = None, data: str | None = None, split: str = "val", model_only: bool = False,
+              isolate: bool = True, checkpoint: str | None = None, train: str | None = None,
+              batch_size: int | None = None, out_dir: str | None = None):
+    """Throughput and latency of an export (default: the newest), or of training with --train RECIPE
+    (KEY=VALUE overrides after it apply to that recipe)."""
     from toolkit import benchmark as bench
 
     if train:
-        bench.run_train_benchmark(train, duration=duration, iterations=iterations, out_dir=out_dir)
+        extra = [str(model)] if model else []  # `--train R KEY=VALUE`: fire hands the first override over as MODEL
+        bench.run_train_benchmark(train, overrides=extra + [str(o) for o in overrides], batch_size=batch_size,
+                                  device=_as_list(device)[0] if device else None, duration=duration,
+                                  iterations=iterations, warmup=warmup, rounds=rounds or 3, threads=threads,
+                                  out_dir=out_dir)
         return
+    if overrides:
+        raise UserError(f"benchmark: unexpected arguments {list(overrides)}; KEY=VALUE overrides go with --train")
     bench.run_benchmark(model=model, batch_sizes=_as_list(batch_sizes, int), precision=_as_list(precision),
                         device=_as_list(device), torch=torch, compile=compile, duration=duration,
-                        iterations=iterations, threads=threads, data=data, out_dir=out_dir)
+                        iterations=iterations, warmup=warmup, rounds=rounds or 5, threads=threads, data=data,
+                        split=split, end_to_end=not model_only, isolate=isolate, checkpoint=checkpoint,
+                        out_dir=out_dir)
 
 
-def demo(seeds="0,1,2", labels_per_class="3,10", quick: bool = False, out_dir: str = "runs/demo"):
-    """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch."""
+def demo(*overrides: str, seeds="0,1,2", labels_per_class="1,3,10", quick: bool = False, out_dir: str = "runs/demo"):
+    """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch.
+    KEY=VALUE overrides apply to all its recipes (e.g. model.arch=vgg11)."""
     from toolkit.demo import run_demo
 
     run_demo(seeds=_as_list(seeds, int), labels_per_class=_as_list(labels_per_class, int), quick=quick,
-             out_dir=out_dir)
+             out_dir=out_dir, overrides=[str(o) for o in overrides])
 
 
 COMMANDS = {

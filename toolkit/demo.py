@@ -42,12 +42,14 @@ def _test_top1(run_dir: str) -> float:
     return evaluate_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"), split="test", quiet=True)["top1"]
 
 
-def run_demo(seeds=(0, 1, 2), labels_per_class=(3, 10), quick: bool = False, out_dir: str = "runs/demo") -> dict:
+def run_demo(seeds=(0, 1, 2), labels_per_class=(1, 3, 10), quick: bool = False, out_dir: str = "runs/demo",
+             overrides=()) -> dict:
+    """`overrides` (KEY=VALUE) apply to all three recipes, e.g. model.arch=vgg11 for a faster story."""
     started = time.time()
     seeds, labels_per_class = list(seeds), list(labels_per_class)
     if not seeds or not labels_per_class:
         raise UserError("demo: expected at least one seed and one labels-per-class value")
-    quick_overrides = ["train.epochs=4"] if quick else []
+    quick_overrides = (["train.epochs=4"] if quick else []) + list(overrides)
 
     source = recipe_mod.load(_recipe_path("digits-source.yaml"), [f"out_dir={out_dir}"] + quick_overrides)
     source_ckpt = os.path.join(source.run_dir, "checkpoints", "best.pt")

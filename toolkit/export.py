@@ -587,6 +587,33 @@ def _calibration_reader(pixels: np.ndarray, preprocess: Preprocess, batch_size: 
     return Reader()
 
 
+def _unshare_initializers(model_proto) -> int:
+    """Give every Conv/Gemm its own weight and bias tensors; returns how many copies were made.
+
+    The exporter merges initializers with equal values (an untrained model's all-zero conv biases
+    become one tensor). A bias shared by several convs keeps ORT from fusing their QDQ patterns into
+    quantized convs, and INT8 then runs slower than FP32.
+    """
+    from onnx import numpy_helper
+
+    inits = {init.name: init for init in model_proto.graph.initializer}
+    seen: set = set()
+    copies = 0
+    for node in model_proto.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        for i, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                copy = numpy_helper.from_array(numpy_helper.to_array(inits[name]), f"{name}__{node.name or copies}")
+                model_proto.graph.initializer.append(copy)
+                node.input[i] = copy.name
+                copies += 1
+            seen.add(name)
+    return copies
+
+
 def _quantize(fp32_path: str, out_path: str, work_dir: str, reader, calib_method: str, per_channel: bool,
               keep_fp32: Iterable[str], block_of: dict) -> list[str]:
     """ORT static quantization (QDQ, int8 weights, uint8 activations); returns the excluded nodes."""
@@ -599,6 +626,8 @@ def _quantize(fp32_path: str, out_path: str, work_dir: str, reader, calib_method
         warnings.simplefilter("ignore")
         quant_pre_process(fp32_path, pre)  # symbolic shape inference + ORT's graph optimisation
     graph = onnx.load(pre)
+    if _unshare_initializers(graph):
+        onnx.save(graph, pre)
     excluded = resolve_layers(graph, keep_fp32, block_of) if keep_fp32 else []
     # The probabilities output stays a float32 softmax (uint8 probabilities would be coarse).
     softmax = [n.name for n in graph.graph.node if n.op_type == "Softmax"]

@@ -165,6 +165,17 @@ def amp_dtype(mode: str, device: torch.device):
 
 # ---------------------------------------------------------------------------------------------
 
+def build_optimizer(model, t, groups) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum) or AdamW over `groups`, each layer group at its discriminative rate."""
+    from toolkit import model as model_mod
+
+    param_groups = model_mod.optimizer_param_groups(model, model_mod.group_learning_rates(t), t.weight_decay,
+                                                    groups=groups)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0)
+    return torch.optim.AdamW(param_groups, lr=t.lr)
+
+
 class _StopRequest:
     """SIGINT/SIGTERM handler: finish the current batch, save, exit. A second Ctrl-C stops at once."""
 
@@ -263,11 +274,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_af
     lrs = model_mod.group_learning_rates(t)
     ever_trained = set().union(*(model_mod.trainable_groups(t, e) for e in range(t.epochs)))
     # Every group that trains at some point is in the optimizer from the start; frozen ones have no grad.
-    optimizer_groups = model_mod.optimizer_param_groups(model, lrs, t.weight_decay, groups=ever_trained)
-    if t.optimizer == "sgd":
-        optimizer = torch.optim.SGD(optimizer_groups, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0)
-    else:
-        optimizer = torch.optim.AdamW(optimizer_groups, lr=t.lr)
+    optimizer = build_optimizer(model, t, ever_trained)
 
     autocast = amp_dtype(t.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast is torch.float16)
@@ -285,7 +292,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_af
 
     with open(os.path.join(run_dir, "recipe.yaml"), "w", encoding="utf-8") as fh:
         fh.write(recipe_mod.dump(recipe))
-    table = model_mod.param_group_table(model, lrs, ever_trained)
+    table = model_mod.param_group_table(model, lrs, model_mod.trainable_from(t))
     with open(os.path.join(run_dir, "param_groups.txt"), "w", encoding="utf-8") as fh:
         fh.write(table + "\n")
     say(table)
