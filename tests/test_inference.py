@@ -168,7 +168,8 @@ def images(tmp_path_factory):
 def test_light_modules_import_without_torch():
     # The light modules of DESIGN.md, plus the helpers they use.
     mods = ["toolkit.inference", "toolkit.cli", "toolkit.recipe", "toolkit.preprocess", "toolkit.artifacts",
-            "toolkit.serve", "toolkit.benchmark", "toolkit.metrics", "toolkit.onnx_eval", "toolkit.errors"]
+            "toolkit.serve", "toolkit.benchmark", "toolkit.benchmark_report", "toolkit.metrics", "toolkit.onnx_eval",
+            "toolkit.errors"]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in mods) +
             "heavy = [m for m in ('torch', 'torchvision', 'albumentations', 'cv2') if m in sys.modules]\n"
             "print('HEAVY=' + ','.join(heavy))\n")

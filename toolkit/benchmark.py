@@ -37,51 +37,18 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from toolkit.errors import UserError
+from toolkit.benchmark_report import (DEVICES, E2E_IMAGE, E2E_JPEG_QUALITY, E2E_TOP_K, MODES, PRECISIONS,  # noqa: F401
+                                       SCHEMA_VERSION, TIMED, _atomic_write,
+                                       _first_line, _write_outputs, format_table, format_train_table,
+                                       format_markdown, format_train_markdown, validate, validate_record, SCHEMAS)
 
-SCHEMA_VERSION = 1
-PRECISIONS = ("fp32", "fp16", "int8")
-DEVICES = ("cpu", "cuda", "tensorrt")
-MODES = ("model", "end_to_end")
 TWIN_SUFFIX = {"fp32": ".onnx", "fp16": ".fp16.onnx", "int8": ".int8.onnx"}
 DEFAULT_DURATION_S = 5.0  # timed seconds per backend x mode x batch size, spread over the rounds
 DEFAULT_ROUNDS = 5
 PEAK_MATRIX = {"cpu": 2048, "cuda": 8192}  # square GEMM sizes for the peak measurement
-E2E_IMAGE = (500, 375)  # width x height of the synthetic JPEGs decoded in end-to-end mode
-E2E_JPEG_QUALITY = 90
-E2E_TOP_K = 5
 _CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
               "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "i8mm", "bf16")
 
-TIMED = {
-    "model": "model only: one session.run (ORT) or model(x) under torch.inference_mode (PyTorch) on a batch "
-             "already decoded, preprocessed and in the model's dtype and layout; the logits come back to host "
-             "memory on CPU. On CUDA the input sits on the device (ORT IO binding, torch tensor on cuda), the "
-             "output stays there, and each call is synchronised before the clock stops.",
-    "end_to_end": f"end to end: Predictor.predict on `batch` in-memory JPEG files ({E2E_IMAGE[0]}x{E2E_IMAGE[1]}, "
-                  f"quality {E2E_JPEG_QUALITY}): decode (Pillow) + resize/crop/normalise (toolkit.preprocess) + "
-                  f"inference + softmax + top-{E2E_TOP_K}, sequentially in one thread. PyTorch rows do the same "
-                  "decode and preprocessing, then torch.from_numpy, model, softmax and topk.",
-    "cold_start": "session (or PyTorch model) creation + the first model-only inference at that batch size, in a "
-                  "fresh Python process (import time excluded, listed separately); batch sizes run in ascending "
-                  "order in that process, so a later size's first run follows the earlier ones; torch.compile "
-                  "starts there with an empty inductor cache, so its cold start includes compiling. Without "
-                  "isolation: measured in the benchmark process itself.",
-    "peak_rss": "peak resident set size (Linux VmHWM, else getrusage ru_maxrss) of the fresh process that "
-                "created only this backend and ran batch sizes up to this one: Python + libraries + model + "
-                "buffers. rss_base_mb in the backend's cold_start is the same process before the model was "
-                "loaded. Without isolation it is the benchmark process's peak so far (all backends together).",
-    "gpu_memory": "GPU memory used by that fresh process (nvidia-smi, CUDA context included); PyTorch also "
-                  "reports torch.cuda.max_memory_allocated.",
-    "throughput": "images per second: per round, batch x iterations / time of that round's block; the "
-                  "median over rounds, with min/max and quartiles over rounds",
-    "latency": "milliseconds per call (one batch) over every timed iteration: percentiles p50/p90/p95/p99, "
-               "mean, min, max, IQR; latency_per_image_ms is the same divided by the batch size",
-    "gflops": "FLOPs per image counted from the ONNX graph (2 x multiply-accumulates of Conv/Gemm/MatMul and "
-              "their quantized forms) x median throughput; fraction_of_peak divides it by the measured FP32 "
-              "GEMM peak of the same device (the best sample, before and after the timing; an INT8 or FP16 row "
-              "can pass 1.0: it is FP32-equivalent work); fraction_of_gemm_in_rounds divides it by the median "
-              "GFLOP/s of the same GEMM timed as one more entry of that batch size's rounds (same noise)",
-}
 
 
 # ================================================================================================
@@ -109,20 +76,6 @@ def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _atomic_write(path: str, data: bytes | str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _maxrss_mb() -> Optional[float]:
     """Peak resident set size of this process so far, in MiB.
 
@@ -142,11 +95,6 @@ def _maxrss_mb() -> Optional[float]:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _usable_cpus() -> list:
@@ -1480,161 +1428,6 @@ def _cold_record(probe: Optional[dict], b: _Backend, first_runs: dict, sizes: tu
 # Reports: stdout table, Markdown, PNG
 # ================================================================================================
 
-def _fmt(v: Any, spec: str = ".1f", none: str = "-") -> str:
-    if v is None:
-        return none
-    try:
-        return format(v, spec)
-    except (TypeError, ValueError):
-        return str(v)
-
-
-_COLUMNS = ("backend", "precision", "device", "mode", "batch", "img/s (min-max)", "p50 ms", "p90 ms", "p95 ms",
-            "p99 ms", "ms/img", "GFLOP/s", "% peak", "% gemm", "x base", "cold s", "RSS MB", "file MB", "top-1")
-
-
-def _ms(v: Optional[float]) -> str:
-    if v is None:
-        return "-"
-    return format(v, ".3f" if v < 1 else ".2f" if v < 10 else ".1f")
-
-
-def _ips(v: float) -> str:
-    return format(v, ".2f" if v < 10 else ".1f" if v < 1000 else ".0f")
-
-
-def _row_cells(r: dict) -> list:
-    t, lat = r["throughput_ips"], r["latency_ms"]
-    return [r["backend"], r["precision"], f"{r['device']} ({_short_provider(r['provider'])})",
-            "e2e" if r["mode"] == "end_to_end" else "model", str(r["batch"]),
-            f"{_ips(t['median'])} ({_ips(t['min'])}-{_ips(t['max'])})", _ms(lat["p50"]), _ms(lat["p90"]),
-            _ms(lat["p95"]), _ms(lat["p99"]), _ms(r["latency_per_image_ms"]["p50"]), _fmt(r["gflops"], ".1f"),
-            _fmt(r["fraction_of_peak"] * 100 if r["fraction_of_peak"] is not None else None, ".0f"),
-            _fmt(r["fraction_of_gemm_in_rounds"] * 100 if r.get("fraction_of_gemm_in_rounds") is not None else None,
-                 ".0f"),
-            _fmt(r["speedup"], ".2f"), _fmt(r["cold_start_s"], ".2f"), _fmt(r["peak_rss_mb"], ".0f"),
-            _fmt(r["file_bytes"] / 1e6 if r["file_bytes"] else None, ".1f"),
-            _fmt(r["top1"], ".2f")]
-
-
-def _short_provider(p: Optional[str]) -> str:
-    return (p or "-").replace("ExecutionProvider", "").replace("PyTorch ", "").replace(" (inductor)", "")
-
-
-def _header(record: dict) -> list:
-    m, s, v = record["machine"], record["settings"], record["versions"]
-    lines = [f"model {record['model']['path']} ({record['model'].get('arch') or '?'}, "
-             f"{_fmt(record['model']['flops_per_image'] / 1e9 if record['model']['flops_per_image'] else None, '.2f')}"
-             f" GFLOP/image)",
-             f"machine {m['cpu']} ({m['physical_cores']} cores" + (f"; GPU {m['gpu']}" if m.get("gpu") else "") + ")",
-             f"threads {s['threads']} ({s['threads_source']}), onnxruntime {v['onnxruntime']}"
-             + (f", torch {v['torch']}" if s["torch"] or s["compile"] else ""),
-             f"rounds {s['rounds']}, " + (f"{s['iterations']} iterations" if s["iterations"] else
-                                          f"{s['duration_s']} s") + " per backend x mode x batch size, interleaved"]
-    for pk in record["peaks"]:
-        if pk["gflops"]:
-            rounds = ", ".join(f"batch {x['batch']}: {x['median_gflops']:.0f}" for x in pk.get("in_rounds") or [])
-            lines.append(f"peak {pk['precision']} GEMM on {pk['device']}: {pk['gflops']:.0f} GFLOP/s ({pk['engine']}, "
-                         f"best of {pk['matrix']}x{pk['matrix']} runs before and after)"
-                         + (f"; in the rounds (ORT MatMul, median) {rounds}" if rounds else ""))
-    return lines
-
-
-def format_table(record: dict) -> str:
-    """The results as a plain-text table for a terminal."""
-    rows = [list(_COLUMNS)] + [_row_cells(r) for r in record["results"]]
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(_COLUMNS))]
-    lines = _header(record) + [""]
-    for j, row in enumerate(rows):
-        lines.append("  ".join(str(c).ljust(w) if i < 4 else str(c).rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths))))
-        if j == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append("model = inference only; e2e = JPEG decode + preprocess + inference + top-5. img/s: median over "
-                 "rounds (min-max). % peak: of the measured FP32 GEMM peak; % gemm: of the same GEMM timed in "
-                 "the rounds. x base: vs "
-                 "PyTorch eager FP32 (else ORT FP32) at the same batch and mode.")
-    for note in record["notes"]:
-        lines.append(f"note: {note}")
-    return "\n".join(lines)
-
-
-def format_markdown(record: dict) -> str:
-    head = ["# Benchmark: " + record["model"]["name"], "", f"`{record['command']}`", ""]
-    head += [f"- {line}" for line in _header(record)]
-    head += ["", "| " + " | ".join(_COLUMNS) + " |", "|" + "|".join("---" if i < 4 else "---:"
-                                                                 for i in range(len(_COLUMNS))) + "|"]
-    body = ["| " + " | ".join(c.replace("|", "/") for c in _row_cells(r)) + " |" for r in record["results"]]
-    tail = ["", "## What was timed", ""] + [f"- **{k}**: {v}" for k, v in record["timed"].items()]
-    if record["notes"]:
-        tail += ["", "## Notes", ""] + [f"- {n}" for n in record["notes"]]
-    failed = [b for b in record["backends"] if b["status"] != "ok"]
-    if failed:
-        tail += ["", "## Backends that failed", ""] + [f"- {b['key']}: {b['error']}" for b in failed]
-    return "\n".join(head + body + tail) + "\n"
-
-
-def _plot(record: dict, path: str) -> Optional[str]:
-    """Throughput vs batch size per backend; None when done, else the reason it was skipped."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as exc:  # noqa: BLE001 - matplotlib is an optional (train) extra
-        return f"plot skipped: matplotlib is not installed ({_first_line(exc)}); pip install 'toolkit[train]'"
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    series: dict[tuple, list] = {}
-    for r in record["results"]:
-        series.setdefault((r["key"], r["mode"]), []).append(r)
-    for (key, mode), rows in series.items():
-        rows = sorted(rows, key=lambda r: r["batch"])
-        xs = [r["batch"] for r in rows]
-        ys = [r["throughput_ips"]["median"] for r in rows]
-        lo = [r["throughput_ips"]["median"] - r["throughput_ips"]["min"] for r in rows]
-        hi = [r["throughput_ips"]["max"] - r["throughput_ips"]["median"] for r in rows]
-        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, linestyle="-" if mode == "model" else "--",
-                    label=f"{key} ({'model' if mode == 'model' else 'end to end'})")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(record["settings"]["batch_sizes"])
-    ax.set_xticklabels([str(b) for b in record["settings"]["batch_sizes"]])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("images / s (median over rounds, min-max bars)")
-    ax.set_title(f"{record['model']['name']} on {record['machine']['gpu'] or record['machine']['cpu']}", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return None
-
-
-def _write_outputs(record: dict, out_dir: str, plot: bool, say: Callable) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    if plot:
-        skipped = _plot(record, record["files"]["png"])
-        if skipped:
-            record["files"]["png"] = None
-            record["notes"].append(skipped)
-            say(f"benchmark: {skipped}")
-    if record["kind"] == "inference":
-        _atomic_write(record["files"]["markdown"], format_markdown(record))
-    else:
-        _atomic_write(record["files"]["markdown"], format_train_markdown(record))
-    _atomic_write(record["files"]["json"], json.dumps(record, indent=2, default=str) + "\n")
-
-
-# ================================================================================================
-# --train: training step vs data loader
-# ================================================================================================
-
 def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_size: Optional[int] = None,
                         device: Optional[str] = None, duration: Optional[float] = None,
                         iterations: Optional[int] = None, warmup: Optional[int] = None, rounds: int = 3,
@@ -1824,160 +1617,6 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
         print(format_train_table(record))
         say(f"benchmark: wrote {record['files']['json']}, {record['files']['markdown']}")
     return record
-
-
-def format_train_table(record: dict) -> str:
-    r = record["recipe"]
-    lines = [f"training benchmark: {r['name']} ({r['arch']}, {r['head']} head, {r['crop']} px, batch {r['batch_size']},"
-             f" {r['optimizer']}) on {record['settings']['device']}, {record['settings']['threads']} threads"]
-    for ph in record["phases"]:
-        t = ph["throughput_ips"]
-        lines.append(f"  training step [{ph['phase']}: {', '.join(ph['groups'])}]: {t['median']:.1f} img/s "
-                     f"({t['min']:.1f}-{t['max']:.1f}), {ph['latency_ms']['p50']:.0f} ms/step p50")
-    lo = record["loader"]
-    lines.append(f"  data loader ({lo['workers']} workers): {lo['throughput_ips']['overall']:.1f} img/s over "
-                 f"{lo['batches']} batches (startup {lo['startup_s']:.2f}s)")
-    lim = record["limiter"]
-    lines.append(f"  limited by the {lim['bound_by']}: {lim['advice']}")
-    lines += [f"  note: {n}" for n in record["notes"]]
-    return "\n".join(lines)
-
-
-def format_train_markdown(record: dict) -> str:
-    return "# Training benchmark\n\n`" + record["command"] + "`\n\n```\n" + format_train_table(record) + "\n```\n\n" \
-        + "\n".join(f"- **{k}**: {v}" for k, v in record["timed"].items()) + "\n"
-
-
-# ================================================================================================
-# The record's schema (JSON Schema subset), and a small validator for it
-# ================================================================================================
-
-def _t(*types: str) -> dict:
-    return {"type": list(types) if len(types) > 1 else types[0]}
-
-
-def _obj(props: dict, required: Optional[Iterable] = None) -> dict:
-    return {"type": "object", "properties": props, "required": list(props if required is None else required)}
-
-
-_NUM, _INT, _STR, _BOOL = _t("number"), _t("integer"), _t("string"), _t("boolean")
-_NUM_N, _INT_N, _STR_N = _t("number", "null"), _t("integer", "null"), _t("string", "null")
-_PCT = _obj({k: _NUM for k in ("p50", "p90", "p95", "p99")})
-_MACHINE = _obj({"cpu": _STR, "cpu_flags": {"type": "array", "items": _STR}, "logical_cpus": _INT,
-                 "usable_cpus": _INT, "physical_cores": _INT, "os": _STR, "python": _STR, "gpu": _STR_N,
-                 "gpu_driver": _STR_N, "gpu_memory_mb": _NUM_N})
-_VERSIONS = _obj({k: _STR_N for k in ("toolkit", "onnxruntime", "onnx", "numpy", "pillow", "torch", "torchvision",
-                                      "cuda_onnxruntime", "cuda_torch", "cudnn_torch")})
-_FILES = _obj({"json": _STR, "markdown": _STR, "png": _STR_N})
-_COMMON = {"schema_version": {"type": "integer", "enum": [SCHEMA_VERSION]}, "kind": _STR, "created": _STR,
-           "command": _STR, "machine": _MACHINE, "versions": _VERSIONS, "notes": {"type": "array", "items": _STR},
-           "files": _FILES}
-
-INFERENCE_SCHEMA = _obj({
-    **_COMMON,
-    "model": _obj({"path": _STR, "name": _STR, "arch": _STR_N, "head": _STR_N, "classes": _INT_N,
-                   "input": _t("object"), "preprocess": _t("object", "null"), "source_run": _STR_N,
-                   "checkpoint": _STR_N, "flops_per_image": _INT}),
-    "settings": _obj({"batch_sizes": {"type": "array", "items": _INT, "minItems": 1},
-                      "precisions": {"type": "array", "items": {"type": "string", "enum": list(PRECISIONS)}},
-                      "devices": {"type": "array", "items": _STR}, "torch": _BOOL, "compile": _BOOL,
-                      "threads": _INT, "threads_source": _STR, "warmup": _t("integer", "string"), "rounds": _INT,
-                      "iterations": _INT_N, "duration_s": _NUM_N, "end_to_end": _BOOL, "isolate": _BOOL,
-                      "reference": _BOOL, "data": _STR_N, "split": _STR_N, "e2e_image": _t("object")}),
-    "timed": _obj({k: _STR for k in TIMED}),
-    "peaks": {"type": "array", "items": _obj({"device": _STR, "precision": _STR, "engine": _STR_N, "gflops": _NUM_N,
-                                              "matrix": _INT, "threads": _INT_N, "candidates": _t("array"),
-                                              "note": _STR, "samples_gflops": _t("array"),
-                                              "in_rounds": {"type": "array", "items": _obj({
-                                                  "batch": _INT, "median_gflops": _NUM, "min_gflops": _NUM,
-                                                  "max_gflops": _NUM, "calls": _INT})}})},
-    "backends": {"type": "array", "minItems": 1, "items": _obj({
-        "key": _STR, "backend": {"type": "string", "enum": ["onnxruntime", "torch-eager", "torch-compile"]},
-        "device": _STR, "precision": _STR, "provider": _STR_N, "providers": _t("array"), "file": _STR_N,
-        "file_bytes": _INT_N, "flops_per_image": _INT, "flops_by_op": _t("object"), "session_options": _t("object"),
-        "provider_options": _t("object"), "status": {"type": "string", "enum": ["ok", "failed"]}, "error": _STR_N,
-        "cold_start": _t("object", "null"), "accuracy": _t("object", "null")})},
-    "results": {"type": "array", "minItems": 1, "items": _obj({
-        "key": _STR, "backend": _STR, "device": _STR, "precision": _STR, "provider": _STR,
-        "mode": {"type": "string", "enum": list(MODES)}, "batch": {"type": "integer", "minimum": 1},
-        "iterations": {"type": "integer", "minimum": 1}, "rounds": {"type": "integer", "minimum": 1},
-        "throughput_ips": _obj({k: _NUM for k in ("median", "min", "max", "q25", "q75")}),
-        "latency_ms": _obj({k: _NUM for k in ("p50", "p90", "p95", "p99", "mean", "min", "max", "q25", "q75", "iqr")}),
-        "latency_per_image_ms": _PCT, "first_run_s": _NUM, "gflops": _NUM_N, "fraction_of_peak": _NUM_N,
-        "fraction_of_precision_peak": _NUM_N, "fraction_of_gemm_in_rounds": _NUM_N, "cold_start_s": _NUM_N,
-        "peak_rss_mb": _NUM_N, "gpu_mem_mb": _NUM_N,
-        "file_bytes": _INT_N, "top1": _NUM_N, "baseline": _STR_N, "speedup": _NUM_N})},
-    "schedule": {"type": "array", "items": _obj({"round": _INT, "batch": _INT, "key": _STR, "mode": _STR,
-                                                 "iterations": _INT})},
-})
-
-TRAIN_SCHEMA = _obj({
-    **_COMMON,
-    "recipe": _obj({"path": _STR, "name": _STR, "arch": _STR, "head": _STR, "crop": _INT, "classes": _INT,
-                    "strategy": _STR, "optimizer": _STR, "batch_size": _INT, "amp": _STR_N, "channels_last": _BOOL,
-                    "train_images": _INT}),
-    "settings": _obj({"device": _STR, "threads": _INT, "threads_source": _STR, "warmup": _t("integer", "string"),
-                      "rounds": _INT, "iterations": _INT_N, "duration_s": _NUM_N, "loader_batches": _INT}),
-    "timed": _obj({"step": _STR, "loader": _STR, "limiter": _STR}),
-    "phases": {"type": "array", "minItems": 1, "items": _obj({
-        "phase": _STR, "groups": {"type": "array", "items": _STR}, "trainable_params": _INT, "iterations": _INT,
-        "first_step_s": _NUM, "throughput_ips": _obj({k: _NUM for k in ("median", "min", "max", "q25", "q75")}),
-        "latency_ms": _t("object")})},
-    "loader": _obj({"workers": _INT, "batch_size": _INT, "startup_s": _NUM, "batches": _INT, "images": _INT,
-                    "augment": _STR, "throughput_ips": _obj({k: _NUM for k in ("overall", "median_batch",
-                                                                                 "min_batch", "max_batch")})}),
-    "limiter": _obj({"bound_by": {"type": "string", "enum": ["data loader", "training step"]}, "step_ips": _NUM,
-                     "loader_ips": _NUM, "ratio": _NUM_N, "estimate_shared_cpu_ips": _NUM_N, "advice": _STR}),
-})
-
-SCHEMAS = {"inference": INFERENCE_SCHEMA, "train": TRAIN_SCHEMA}
-
-_JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
-
-
-def _type_ok(value: Any, name: str) -> bool:
-    if name == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if name == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(value, _JSON_TYPES[name])
-
-
-def validate(value: Any, schema: dict, where: str = "$") -> list:
-    """Problems of `value` against a JSON Schema subset (type, enum, required, properties, items,
-    minItems, minimum): one line each, empty when valid."""
-    problems = []
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
-        if not any(_type_ok(value, t) for t in types):
-            return [f"{where}: {type(value).__name__} {str(value)[:40]!r}; expected {' or '.join(types)}"]
-    if "enum" in schema and value not in schema["enum"]:
-        problems.append(f"{where}: {value!r}; expected one of {schema['enum']}")
-    if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
-        problems.append(f"{where}: {value} is below {schema['minimum']}")
-    if isinstance(value, dict):
-        for key in schema.get("required", []):
-            if key not in value:
-                problems.append(f"{where}.{key}: missing")
-        for key, sub in schema.get("properties", {}).items():
-            if key in value:
-                problems += validate(value[key], sub, f"{where}.{key}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            problems.append(f"{where}: {len(value)} items; expected at least {schema['minItems']}")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                problems += validate(item, schema["items"], f"{where}[{i}]")
-    return problems
-
-
-def validate_record(record: dict) -> list:
-    """Problems of a benchmark record against its schema (by `kind`); empty when valid."""
-    schema = SCHEMAS.get(record.get("kind")) if isinstance(record, dict) else None
-    if schema is None:
-        return [f"$.kind: {record.get('kind') if isinstance(record, dict) else record!r}; expected inference or train"]
-    return validate(record, schema)
 
 
 def _main(argv: list) -> None:
