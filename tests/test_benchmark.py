@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from toolkit import benchmark as bench
+from toolkit import benchmark_report as report
 from toolkit.errors import UserError
 from toolkit.preprocess import Preprocess
 
@@ -112,12 +113,12 @@ def record(tiny_export, tmp_path_factory):
 
 
 def test_record_is_schema_valid_with_every_field(record):
-    assert bench.validate_record(record) == []
-    assert record["schema_version"] == bench.SCHEMA_VERSION
+    assert report.validate_record(record) == []
+    assert record["schema_version"] == report.SCHEMA_VERSION
     # The file on disk is the same record, and valid too.
     with open(record["files"]["json"]) as fh:
         on_disk = json.load(fh)
-    assert bench.validate_record(on_disk) == []
+    assert report.validate_record(on_disk) == []
     assert on_disk["results"] == json.loads(json.dumps(record["results"]))
 
 
@@ -125,10 +126,10 @@ def test_validator_catches_missing_and_mistyped_fields(record):
     broken = json.loads(json.dumps(record))
     del broken["results"][0]["latency_ms"]["p99"]
     broken["settings"]["threads"] = "two"
-    problems = bench.validate_record(broken)
+    problems = report.validate_record(broken)
     assert any("results[0].latency_ms.p99: missing" in p for p in problems)
     assert any("settings.threads" in p for p in problems)
-    assert bench.validate_record({"kind": "other"})
+    assert report.validate_record({"kind": "other"})
 
 
 def test_every_backend_mode_and_batch_is_measured(record):
@@ -180,7 +181,7 @@ def test_markdown_png_and_table_are_written(record):
     assert md.count("\n| onnxruntime ") == len(record["results"])
     png = record["files"]["png"]
     assert png and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    table = bench.format_table(record)
+    table = report.format_table(record)
     assert "img/s" in table and "e2e" in table
 
 
@@ -285,7 +286,7 @@ def test_newest_export_twin_selection_and_in_process_cold_start(tmp_path, capsys
     assert {r["mode"] for r in rec["results"]} == {"model"}
     assert rec["backends"][0]["cold_start"]["isolated"] is False
     assert rec["results"][0]["cold_start_s"] > 0
-    assert bench.validate_record(rec) == []
+    assert report.validate_record(rec) == []
     # A twin given directly benchmarks that precision.
     rec2 = bench.run_benchmark(bench.twin_path(newest, "int8"), isolate=False, end_to_end=False, plot=False,
                                out_dir=str(tmp_path / "o2"), **{**FAST, "batch_sizes": (1,)})
@@ -382,7 +383,7 @@ def test_torch_baseline_on_a_tiny_checkpoint(tmp_path):
     onnx_path, ckpt = _tiny_checkpoint(tmp_path)
     rec = bench.run_benchmark(onnx_path, torch=True, isolate=False, out_dir=str(tmp_path / "o"), plot=False,
                               **{**FAST, "batch_sizes": (2,)})
-    assert bench.validate_record(rec) == []
+    assert report.validate_record(rec) == []
     keys = {b["key"]: b for b in rec["backends"]}
     assert set(keys) == {"onnxruntime/cpu/fp32", "torch-eager/cpu/fp32"}
     assert keys["torch-eager/cpu/fp32"]["file"] == ckpt
@@ -423,7 +424,7 @@ def test_train_benchmark_names_the_limit(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", raw)
     rec = bench.run_train_benchmark(path, iterations=2, rounds=2, warmup=1, threads=1, loader_batches=3,
                                     out_dir=str(tmp_path / "o"), quiet=True)
-    assert bench.validate_record(rec) == [], bench.validate_record(rec)
+    assert report.validate_record(rec) == [], report.validate_record(rec)
     assert [p["phase"] for p in rec["phases"]] == ["frozen (first epochs)", "main"]
     assert rec["phases"][0]["trainable_params"] < rec["phases"][1]["trainable_params"]
     assert rec["loader"]["batches"] == 3 and rec["loader"]["images"] == 12
@@ -449,7 +450,7 @@ def test_accuracy_sits_beside_speed_with_data(tiny_export, tmp_path):
         "train": {"strategy": "scratch"}})
     rec = bench.run_benchmark(tiny_export, precision="fp32,int8", data=recipe, isolate=False, end_to_end=False,
                               plot=False, out_dir=str(tmp_path / "o"), **{**FAST, "batch_sizes": (1,)})
-    assert bench.validate_record(rec) == []
+    assert report.validate_record(rec) == []
     for b in rec["backends"]:
         assert b["accuracy"]["split"] == "val" and b["accuracy"]["n"] == 6
         assert 0 <= b["accuracy"]["top1"] <= 100

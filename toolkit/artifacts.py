@@ -1,8 +1,10 @@
 """Finding the newest run and the newest export, for commands called without a path. No torch here."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+import tempfile
 
 from toolkit.errors import UserError
 
@@ -41,3 +43,35 @@ def newest_export(exports_dir: str = "exports") -> str:
     if not files:
         raise UserError(f"{exports_dir}/: no exported model yet; run toolkit export first")
     return max(files, key=os.path.getmtime)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temp path beside `path`; on success it is fsynced and renamed over `path` with ordinary
+    permissions, on failure removed. A crash at any moment leaves the old file or the new one, never half."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files 0600
+        os.replace(tmp, path)
+        dir_fd = os.open(folder, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write(path: str, data: bytes | str) -> None:
+    """Write `data` to `path` all at once (see atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)

@@ -37,10 +37,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from toolkit.errors import UserError
-from toolkit.benchmark_report import (DEVICES, E2E_IMAGE, E2E_JPEG_QUALITY, E2E_TOP_K, MODES, PRECISIONS,  # noqa: F401
-                                       SCHEMA_VERSION, TIMED, _atomic_write,
-                                       _first_line, _write_outputs, format_table, format_train_table,
-                                       format_markdown, format_train_markdown, validate, validate_record, SCHEMAS)
+from toolkit.benchmark_report import (DEVICES, E2E_IMAGE, E2E_JPEG_QUALITY, E2E_TOP_K, MODES, PRECISIONS, SCHEMA_VERSION, TIMED, _write_outputs, format_table, format_train_table)
+from toolkit.errors import first_line
 
 TWIN_SUFFIX = {"fp32": ".onnx", "fp16": ".fp16.onnx", "int8": ".int8.onnx"}
 DEFAULT_DURATION_S = 5.0  # timed seconds per backend x mode x batch size, spread over the rounds
@@ -349,7 +347,7 @@ def inspect_model(path: str) -> dict:
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises its own types
-        raise UserError(f"{path}: not a readable ONNX model ({_first_line(exc)}); expected a .onnx file "
+        raise UserError(f"{path}: not a readable ONNX model ({first_line(exc, 300)}); expected a .onnx file "
                         "written by toolkit export") from None
     size = os.path.getsize(path)
     external = set()
@@ -547,13 +545,13 @@ def measure_peak(device: str = "cpu", threads: int = 1, precision: str = "fp32",
         candidates.append({"engine": f"onnxruntime {'MatMulInteger u8s8' if precision == 'int8' else 'MatMul'}",
                            "gflops": round(_ort_gemm_peak(n, precision, kind, threads), 1)})
     except Exception as exc:  # noqa: BLE001 - the benchmark goes on without a peak
-        candidates.append({"engine": "onnxruntime MatMul", "gflops": None, "error": _first_line(exc)})
+        candidates.append({"engine": "onnxruntime MatMul", "gflops": None, "error": first_line(exc, 300)})
     if kind == "cpu" and precision == "fp32":
         try:
             value, blas = _numpy_gemm_peak(n, threads)
             candidates.append({"engine": f"numpy ({blas})", "gflops": round(value, 1)})
         except Exception as exc:  # noqa: BLE001
-            candidates.append({"engine": "numpy", "gflops": None, "error": _first_line(exc)})
+            candidates.append({"engine": "numpy", "gflops": None, "error": first_line(exc, 300)})
     ok = [c for c in candidates if c.get("gflops")]
     best = max(ok, key=lambda c: c["gflops"]) if ok else None
     note = ""
@@ -1155,7 +1153,7 @@ def run_benchmark(model: Optional[str] = None, batch_sizes: Any = (1, 8, 32), pr
                     if not compiled:
                         raise
                     failed.append({"key": f"torch-compile/{tdev}/fp32", "backend": "torch-compile", "device": tdev,
-                                   "precision": "fp32", "error": _first_line(exc)})
+                                   "precision": "fp32", "error": first_line(exc, 300)})
 
     # ---- peaks ------------------------------------------------------------------------------------
     peaks = []
@@ -1216,7 +1214,7 @@ def run_benchmark(model: Optional[str] = None, batch_sizes: Any = (1, 8, 32), pr
                 if b.backend != "torch-compile":
                     raise
                 failed.append({"key": b.key, "backend": b.backend, "device": b.device, "precision": b.precision,
-                               "error": _first_line(exc)})
+                               "error": first_line(exc, 300)})
                 live.remove(b)
                 continue
             for entry, fn, mode, first, last in mine:

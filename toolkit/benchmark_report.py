@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Callable, Iterable, Optional
+
+from toolkit.artifacts import atomic_path, atomic_write
+from toolkit.errors import first_line
 
 SCHEMA_VERSION = 1
 E2E_IMAGE = (500, 375)  # width x height of the synthetic JPEGs decoded in end-to-end mode
@@ -48,25 +50,6 @@ TIMED = {
               "can pass 1.0: it is FP32-equivalent work); fraction_of_gemm_in_rounds divides it by the median "
               "GFLOP/s of the same GEMM timed as one more entry of that batch size's rounds (same noise)",
 }
-
-
-def _atomic_write(path: str, data: bytes | str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _fmt(v: Any, spec: str = ".1f", none: str = "-") -> str:
@@ -170,7 +153,7 @@ def _plot(record: dict, path: str) -> Optional[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except Exception as exc:  # noqa: BLE001 - matplotlib is an optional (train) extra
-        return f"plot skipped: matplotlib is not installed ({_first_line(exc)}); pip install 'toolkit[train]'"
+        return f"plot skipped: matplotlib is not installed ({first_line(exc, 300)}); pip install 'toolkit[train]'"
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     series: dict[tuple, list] = {}
     for r in record["results"]:
@@ -192,16 +175,11 @@ def _plot(record: dict, path: str) -> Optional[str]:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return None
 
 
@@ -214,10 +192,10 @@ def _write_outputs(record: dict, out_dir: str, plot: bool, say: Callable) -> Non
             record["notes"].append(skipped)
             say(f"benchmark: {skipped}")
     if record["kind"] == "inference":
-        _atomic_write(record["files"]["markdown"], format_markdown(record))
+        atomic_write(record["files"]["markdown"], format_markdown(record))
     else:
-        _atomic_write(record["files"]["markdown"], format_train_markdown(record))
-    _atomic_write(record["files"]["json"], json.dumps(record, indent=2, default=str) + "\n")
+        atomic_write(record["files"]["markdown"], format_train_markdown(record))
+    atomic_write(record["files"]["json"], json.dumps(record, indent=2, default=str) + "\n")
 
 
 # ================================================================================================

@@ -4,37 +4,20 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 import zipfile
 
 import torch
 
-from toolkit.errors import UserError
+from toolkit.artifacts import atomic_path
+from toolkit.errors import UserError, first_line
 
 FORMAT = "toolkit-checkpoint/1"
 
 
 def save_checkpoint(path: str, state: dict) -> None:
     """Write `state` to `path` so that a crash at any moment leaves either the old file or the new one."""
-    state = {"format": FORMAT, **state}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
 
 
 def load_checkpoint(path: str, map_location: str = "cpu") -> dict:
@@ -44,8 +27,7 @@ def load_checkpoint(path: str, map_location: str = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: corrupt or truncated checkpoint ({first[:160]}); "
+        raise UserError(f"{path}: corrupt or truncated checkpoint ({first_line(exc, 160)}); "
                         "expected a file written by toolkit train") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path}: not a toolkit checkpoint (expected format {FORMAT}); "

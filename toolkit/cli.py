@@ -5,7 +5,6 @@ Light module: nothing heavy is imported until a command runs, so `toolkit predic
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from toolkit.errors import UserError

@@ -7,3 +7,10 @@ class UserError(Exception):
     The message names the thing and what was expected. It may span several lines when several
     problems are reported at once (one per line); it never carries a traceback.
     """
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when empty), cut to `limit` characters:
+    what a one-line user error quotes from a library's longer complaint."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

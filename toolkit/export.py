@@ -32,7 +32,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from toolkit.errors import UserError
+from toolkit.artifacts import atomic_write
+from toolkit.errors import UserError, first_line
 from toolkit.onnx_eval import cpu_session, load_pixels, model_input, run_logits
 from toolkit.onnx_eval import report as accuracy_report
 from toolkit.preprocess import Preprocess
@@ -58,11 +59,6 @@ def _noop(*_args, **_kwargs) -> None:
 
 def _say(*args) -> None:
     print(*args, flush=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def _mb(n_bytes: int) -> str:
@@ -424,7 +420,7 @@ def _check(path: str) -> None:
     try:
         onnx.checker.check_model(path, full_check=True)
     except Exception as exc:
-        raise UserError(f"{path}: the ONNX checker rejected the exported graph ({_first_line(exc)})") from None
+        raise UserError(f"{path}: the ONNX checker rejected the exported graph ({first_line(exc)})") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -561,7 +557,7 @@ def _load_data(recipe) -> tuple[Any, Optional[str]]:
             recipe = dataclasses.replace(recipe, data=dataclasses.replace(data, download=False))
         return load_dataset(recipe, scan=False), None
     except Exception as exc:  # a UserError (missing folder), ImportError, OSError: all mean "no data here"
-        return None, _first_line(exc)
+        return None, first_line(exc)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -759,7 +755,7 @@ def export_run(run: Optional[str] = None, out: Optional[str] = None, opset: int 
             except UserError:
                 raise
             except Exception as exc:
-                raise UserError(f"{ckpt_path}: torch.onnx.export failed ({_first_line(exc)})") from None
+                raise UserError(f"{ckpt_path}: torch.onnx.export failed ({first_line(exc)})") from None
             proto = onnx.load(tmp)
             if os.path.exists(tmp + ".data"):  # never expected (external_data=False); folded in regardless
                 os.unlink(tmp + ".data")
@@ -971,14 +967,4 @@ def _publish(tmp: str, final: str) -> None:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-report-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, default=str)
-            fh.write("\n")
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")

@@ -548,7 +548,7 @@ def create_app(predictor, max_batch: int = 16, max_wait_ms: float = 5.0, max_bod
     @app.post(PREDICT_PATH, tags=["predict"], summary="Classify one image",
               description="Body: the image bytes (JPEG, PNG or WebP; Content-Type image/* or "
                           "application/octet-stream) or multipart/form-data with a `file` part. "
-                          f"Answers {{predictions: [{{label, score, index}}], model, provider}}.",
+                          "Answers {predictions: [{label, score, index}], model, provider}.",
               openapi_extra=request_body_doc,
               responses={400: {"description": "empty, truncated or unreadable image"},
                          413: {"description": "body or pixel count over the limit"},

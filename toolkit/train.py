@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from toolkit import recipe as recipe_mod
+from toolkit.artifacts import atomic_path, atomic_write
 from toolkit.checkpoint import load_checkpoint, save_checkpoint
 from toolkit.errors import UserError
 from toolkit.evaluate import collect_logits
@@ -224,9 +225,10 @@ def _is_finite(model: nn.Module) -> bool:
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_after_epochs: int | None = None,
-          quiet: bool = False) -> dict:
+          quiet: bool = False, evaluate_test: bool = True) -> dict:
     """Train a recipe end to end; returns the summary. `stop_after_epochs` ends this session early, as if
-    interrupted after that many epochs (used by tests and the demo)."""
+    interrupted after that many epochs (used by tests). `evaluate_test=False` leaves the test split to the
+    caller (the demo scores last.pt itself)."""
     from toolkit import data as data_mod
     from toolkit import model as model_mod
 
@@ -290,11 +292,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_af
         say(f"resuming {run_dir} at epoch {state.epoch + 1}" +
             (f", batch {state.step_in_epoch + 1}" if state.step_in_epoch else ""))
 
-    with open(os.path.join(run_dir, "recipe.yaml"), "w", encoding="utf-8") as fh:
-        fh.write(recipe_mod.dump(recipe))
+    atomic_write(os.path.join(run_dir, "recipe.yaml"), recipe_mod.dump(recipe))
     table = model_mod.param_group_table(model, lrs, model_mod.trainable_from(t))
-    with open(os.path.join(run_dir, "param_groups.txt"), "w", encoding="utf-8") as fh:
-        fh.write(table + "\n")
+    atomic_write(os.path.join(run_dir, "param_groups.txt"), table + "\n")
     say(table)
     _truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), state.epoch)
 
@@ -457,7 +457,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_af
                 break
 
     _plots(run_dir, state.history, state.best_confusion, labels, state.best_top1)
-    summary = _summary(recipe, dataset, device, best_path, state, started, quiet)
+    summary = _summary(recipe, dataset if evaluate_test else None, device, best_path, state, started, quiet)
     return summary
 
 
@@ -467,10 +467,7 @@ def _truncate_metrics(path: str, epochs_done: int) -> None:
         return
     with open(path, encoding="utf-8") as fh:
         kept = [line for line in fh if line.strip() and json.loads(line)["epoch"] <= epochs_done]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(kept)
-    os.replace(tmp, path)
+    atomic_write(path, "".join(kept))
 
 
 def _plots(run_dir: str, history: list, confusion: list | None, labels: list, top1: float) -> None:
@@ -515,9 +512,8 @@ def _plots(run_dir: str, history: list, confusion: list | None, labels: list, to
 
 
 def _save_fig(fig, path: str) -> None:
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
 
 
 def _summary(recipe, dataset, device, best_path, state: RunState, started: float, quiet: bool) -> dict:
@@ -525,12 +521,11 @@ def _summary(recipe, dataset, device, best_path, state: RunState, started: float
 
     summary = {"run": recipe.run_dir, "best_checkpoint": best_path, "best_epoch": state.best_epoch,
                "val_top1": state.best_top1, "epochs_run": state.epoch, "wall_time_s": None}
-    if dataset.test:
+    if dataset is not None and dataset.test:
         test = evaluate_checkpoint(best_path, dataset=dataset, split="test", device=str(device), quiet=True)
         summary.update(test_top1=test["top1"], test_top5=test["top5"], test_mean_per_class=test["mean_per_class"])
     summary["wall_time_s"] = round(time.time() - started, 1)
-    with open(os.path.join(recipe.run_dir, "summary.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=2)
+    atomic_write(os.path.join(recipe.run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     if not quiet:
         print(f"\ndone in {summary['wall_time_s']:.0f}s: best val top-1 {state.best_top1:.2f}% at epoch "
               f"{state.best_epoch}" + (f", test top-1 {summary['test_top1']:.2f}%" if "test_top1" in summary else ""))
