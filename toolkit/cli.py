@@ -5,9 +5,10 @@ Light module: nothing heavy is imported until a command runs, so `toolkit predic
 """
 from __future__ import annotations
 
+import os
 import sys
 
-from toolkit.errors import UserError
+from toolkit.errors import RankZeroError, UserError
 
 
 def _as_list(value, kind=str) -> list:
@@ -24,12 +25,28 @@ def _as_list(value, kind=str) -> list:
         raise UserError(f"{value!r}: expected a comma-separated list of {kind.__name__} values") from None
 
 
-def train(recipe: str, *overrides: str, set: str | None = None, resume: bool = False, overwrite: bool = False):
-    """Train from a recipe. Overrides: KEY=VALUE after the recipe (e.g. train.epochs=3) or --set KEY=VALUE."""
+def train(recipe: str, *overrides: str, set: str | None = None, resume: bool = False, overwrite: bool = False,
+          nproc: int = 1):
+    """Train from a recipe. Overrides: KEY=VALUE after the recipe (e.g. train.epochs=3) or --set KEY=VALUE.
+    --nproc N: distributed data-parallel training in N processes on this machine (torchrun --standalone)."""
     from toolkit import recipe as recipe_mod
+
+    extra = [str(o) for o in overrides] + (str(set).split() if set else [])
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise UserError(f"--nproc {nproc!r}: expected a whole number of processes, at least 1")
+    if nproc > 1 and "WORLD_SIZE" in os.environ:
+        raise UserError("--nproc: already running under torchrun; drop --nproc (torchrun's --nproc-per-node sets it)")
+    if nproc > 1:
+        recipe_mod.load(recipe, extra)  # a bad recipe fails here, once, not in every process
+        from toolkit.distributed import launch
+
+        argv = ["train", str(recipe), *extra] + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
+        code = launch(nproc, argv)
+        if code:
+            sys.exit(code)
+        return
     from toolkit.train import train as run_training
 
-    extra = list(overrides) + (str(set).split() if set else [])
     run_training(recipe_mod.load(recipe, extra), resume=resume, overwrite=overwrite)
 
 
@@ -44,14 +61,24 @@ def evaluate(target: str | None = None, recipe: str | None = None, split: str = 
 def export(run: str | None = None, out: str | None = None, opset: int = 17, fp16: bool = False,
            int8: bool = False, raw_input: bool = False, probabilities: bool = False, dynamic_hw: bool = False,
            calib_images: int = 64, calib_method: str = "minmax", keep_fp32: str | None = None,
-           int8_budget: float = 1.0, per_channel: bool = True, parity_images: int = 16):
-    """Export a run (default: the newest) to one verified, self-describing ONNX file."""
-    from toolkit.export import export_run
+           int8_budget: float = 1.0, per_channel: bool = True, parity_images: int = 16, ir_version: int | None = None,
+           format: str = "onnx", max_batch_size: int = 32, instances: int = 1, instance_kind: str = "auto",
+           queue_delay_us: int = 100, model_version: int = 1):
+    """Export a run (default: the newest) to one verified, self-describing ONNX file, or with --format triton
+    to a Triton Inference Server model repository (--out: its folder, default exports/triton)."""
+    from toolkit.export import export_run, export_triton
 
-    export_run(run=run, out=out, opset=opset, fp16=fp16, int8=int8, raw_input=raw_input,
-               probabilities=probabilities, dynamic_hw=dynamic_hw, calib_images=calib_images,
-               calib_method=calib_method, keep_fp32=tuple(_as_list(keep_fp32)), int8_budget=int8_budget,
-               per_channel=per_channel, parity_images=parity_images)
+    options = dict(run=run, opset=opset, fp16=fp16, int8=int8, raw_input=raw_input, probabilities=probabilities,
+                   dynamic_hw=dynamic_hw, calib_images=calib_images, calib_method=calib_method,
+                   keep_fp32=tuple(_as_list(keep_fp32)), int8_budget=int8_budget, per_channel=per_channel,
+                   parity_images=parity_images, ir_version=ir_version)
+    if format == "onnx":
+        export_run(out=out, **options)
+    elif format == "triton":
+        export_triton(repo=out, max_batch_size=max_batch_size, instances=instances, instance_kind=instance_kind,
+                      queue_delay_us=queue_delay_us, model_version=model_version, **options)
+    else:
+        raise UserError(f"--format {format!r}: expected onnx (one file) or triton (a Triton model repository)")
 
 
 def predict(*paths: str, top_k: int = 5, format: str = "table", device: str = "auto",
@@ -133,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         fire.Fire(COMMANDS, command=argv, name="toolkit")
+    except RankZeroError:
+        sys.exit(2)  # torchrun: rank 0 has printed this error already
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -14,3 +14,8 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     what a one-line user error quotes from a library's longer complaint."""
     lines = str(exc).strip().splitlines()
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+class RankZeroError(UserError):
+    """Under torchrun: rank 0's UserError, raised again on the other ranks so they stop too. Rank 0 has
+    printed it; the CLI keeps the others quiet instead of repeating it once per process."""

@@ -118,6 +118,27 @@ def check_opset(opset: Any, int8: bool = False) -> int:
     return value
 
 
+def check_ir_version(ir_version: Any, opset: int) -> Optional[int]:
+    """None (keep the exporter's) or an IR version that can carry `opset`."""
+    if ir_version is None:
+        return None
+    import onnx
+    from onnx import helper
+
+    try:
+        value = int(ir_version)
+        if isinstance(ir_version, bool) or value != float(ir_version):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(f"--ir-version {ir_version!r}: expected an integer such as 8") from None
+    low = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+    if not low <= value <= onnx.IR_VERSION:
+        raise UserError(f"--ir-version {value}: opset {opset} needs IR version {low} or newer, and the installed "
+                        f"onnx {onnx.__version__} writes up to {onnx.IR_VERSION}; expected {low}..{onnx.IR_VERSION} "
+                        "(lower --opset for an older IR version)")
+    return value
+
+
 # ------------------------------------------------------------------------------------------------
 # Run, checkpoint, output path
 
@@ -646,12 +667,15 @@ def export_run(run: Optional[str] = None, out: Optional[str] = None, opset: int 
                int8: bool = False, raw_input: bool = False, probabilities: bool = False, dynamic_hw: bool = False,
                calib_images: int = 64, calib_method: str = "minmax", per_channel: bool = True,
                keep_fp32: Iterable[str] = (), int8_budget: float = 1.0, parity_images: int = 16,
-               exports_dir: str = "exports", runs_dir: str = "runs", quiet: bool = False) -> dict:
+               ir_version: Optional[int] = None, exports_dir: str = "exports", runs_dir: str = "runs",
+               quiet: bool = False, list_files: bool = True) -> dict:
     """Export a run's checkpoint to a verified, self-describing ONNX file; returns the report dict.
 
     run: a run folder, a checkpoint file, or a run name under runs_dir; None = the newest run.
     out: the .onnx path (or a folder); default exports_dir/<recipe name>.onnx. Twins sit beside it:
     <stem>.fp16.onnx, <stem>.int8.onnx, <stem>.raw.onnx, and the report <stem>.report.json.
+    ir_version: write this ONNX IR version instead of the exporter's, for older runtimes (Triton's).
+    list_files=False leaves out the closing list of written files (export_triton moves them on).
     """
     import onnx
 
@@ -691,6 +715,7 @@ def export_run(run: Optional[str] = None, out: Optional[str] = None, opset: int 
                         f"{recipe.preprocess.crop}x{recipe.preprocess.crop}; only a gap head (model.head: gap) "
                         "keeps height and width free")
     opset = check_opset(opset, int8)
+    ir_version = check_ir_version(ir_version, opset)
     path = _output_path(out, exports_dir, recipe.name)
     _check_writable(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -726,6 +751,14 @@ def export_run(run: Optional[str] = None, out: Optional[str] = None, opset: int 
 
     staged: dict = {}  # kind -> temp path in the output folder
     work_dir = None
+
+    ir_written: dict = {}  # kind -> the IR version in the file
+
+    def save(proto, kind: str) -> None:
+        if ir_version is not None:
+            proto.ir_version = ir_version  # before the checker and the parity gate, so they judge these bytes
+        ir_written[kind] = int(proto.ir_version)
+        _save(proto, staged[kind])
 
     def stage(kind: str) -> str:
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)[:-5]}-{kind}-", suffix=".onnx",
@@ -767,7 +800,7 @@ def export_run(run: Optional[str] = None, out: Optional[str] = None, opset: int 
                 meta["input"] = {"name": "input", "dtype": "uint8", "layout": "NHWC", "shape": ["batch", *hw, 3],
                                  "raw": True}
             _set_metadata(proto, meta)
-            _save(proto, tmp)
+            save(proto, kind)
             del proto
         timings["export_s"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -820,7 +853,7 @@ def export_run(run: Optional[str] = None, out: Optional[str] = None, opset: int 
             _toposort(half.graph)
             _set_metadata(half, {**base_meta, "precision": "fp16"})
             tmp = stage("fp16")
-            _save(half, tmp)
+            save(half, "fp16")
             del half
             _check(tmp)
             session = cpu_session(tmp)  # must load and run on the CPU provider with float32 IO
@@ -861,7 +894,7 @@ def export_run(run: Optional[str] = None, out: Optional[str] = None, opset: int 
                      "calib_method": calib_method, "calib_images": int(len(calib)), "keep_fp32": keep_fp32,
                      "excluded_nodes": excluded}
             _set_metadata(q, {**base_meta, "precision": "int8", "quantization": quant})
-            _save(q, tmp)
+            save(q, "int8")
             del q
             _check(tmp)
             # The accuracy budget, through ORT on the validation split, the same code as evaluate.
@@ -913,7 +946,7 @@ def export_run(run: Optional[str] = None, out: Optional[str] = None, opset: int 
             "model": path, "report": _report_path(path), "files": files, "removed_stale_twins": removed,
             "source_run": run_dir, "checkpoint": ckpt_path, "checkpoint_sha256": sha,
             "arch": recipe.model.arch, "head": head, "labels": labels, "metrics": base_meta["metrics"],
-            "opset": opset, "exporter": exporter, "input": base_meta["input"], "outputs": outputs,
+            "opset": opset, "ir_version": ir_written["fp32"], "exporter": exporter, "input": base_meta["input"], "outputs": outputs,
             "dynamic_hw": bool(dynamic_hw), "raw_input": bool(raw_input),
             "parity_data": data_info, "parity": parity, "int8": int8_info,
             "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -929,12 +962,13 @@ def export_run(run: Optional[str] = None, out: Optional[str] = None, opset: int 
         if work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    say(f"wrote {path} ({_mb(files['fp32']['bytes'])}) in {timings['total_s']:.1f} s")
-    for kind in ("raw", "fp16", "int8"):
-        if kind in files:
-            ratio = files[kind]["bytes"] / files["fp32"]["bytes"] * 100
-            say(f"wrote {files[kind]['path']} ({_mb(files[kind]['bytes'])}, {ratio:.0f}% of fp32)")
-    say(f"report: {_report_path(path)}")
+    if list_files:
+        say(f"wrote {path} ({_mb(files['fp32']['bytes'])}) in {timings['total_s']:.1f} s")
+        for kind in ("raw", "fp16", "int8"):
+            if kind in files:
+                ratio = files[kind]["bytes"] / files["fp32"]["bytes"] * 100
+                say(f"wrote {files[kind]['path']} ({_mb(files[kind]['bytes'])}, {ratio:.0f}% of fp32)")
+        say(f"report: {_report_path(path)}")
     return result
 
 
@@ -968,3 +1002,49 @@ def _publish(tmp: str, final: str) -> None:
 
 def _write_json(path: str, obj: dict) -> None:
     atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# Triton Inference Server model repository
+
+def export_triton(run: Optional[str] = None, repo: Optional[str] = None, max_batch_size: int = 32,
+                  instances: int = 1, instance_kind: str = "auto", queue_delay_us: int = 100, model_version: int = 1,
+                  exports_dir: str = "exports", quiet: bool = False, **export_options) -> dict:
+    """Export a run (all gates as for a plain export) and lay the files out as a Triton model repository.
+
+    repo: the repository folder (default exports_dir/triton). The FP32 file becomes model <name>; each
+    twin its own model, <name>_fp16, <name>_int8, <name>_raw. Returns the export report with a
+    'triton' list of the models written."""
+    from toolkit import triton
+
+    say = _noop if quiet else _say
+    triton.check_options(max_batch_size, instances, instance_kind, queue_delay_us, model_version)
+    repo = str(repo) if repo else os.path.join(exports_dir, "triton")
+    if str(repo).endswith(".onnx") or (os.path.exists(repo) and not os.path.isdir(repo)):
+        raise UserError(f"--out {repo}: with --format triton, expected a folder for the model repository")
+    _check_writable(os.path.join(repo, "probe.onnx"))
+    # The gated files are built outside the repository (Triton may be polling it), then moved in.
+    staging = tempfile.mkdtemp(prefix=".tmp-triton-", dir=os.path.dirname(os.path.abspath(repo)))
+    try:
+        report = export_run(run=run, out=staging + os.sep, exports_dir=exports_dir, quiet=quiet, list_files=False,
+                            **export_options)
+        name, written = report["name"], []
+        for kind in ("fp32", "fp16", "int8", "raw"):
+            if kind not in report["files"]:
+                continue
+            model_name = name if kind == "fp32" else f"{name}_{kind}"
+            written.append(triton.write_model(repo, model_name, report["files"][kind]["path"], model_version,
+                                              max_batch_size, instances, instance_kind, queue_delay_us))
+            report["files"][kind]["path"] = written[-1]["model"]
+        report.update(model=written[0]["model"], report=os.path.join(written[0]["dir"], "export_report.json"),
+                      triton=written)
+        _write_json(report["report"], report)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    say(f"wrote Triton model repository {repo}/:")
+    for model in written:
+        say(f"  {model['name']:<20} {os.path.relpath(model['model'], repo)} ({model['precision']}), config.pbtxt, "
+            "labels.txt")
+    say(f"serve it: docker run --rm -p8000:8000 -p8001:8001 -p8002:8002 -v {os.path.abspath(repo)}:/models "
+        "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
+    return report

@@ -15,6 +15,8 @@ mode, so their weights and running statistics stay bit-identical.
 """
 from __future__ import annotations
 
+import math
+
 import os
 import re
 from typing import Any, Iterable, Mapping, Optional, Union
@@ -183,7 +185,8 @@ def group_learning_rates(train_cfg: Any) -> dict[str, float]:
 
     head = train.lr; each block's rate = the next block's rate (toward the head) x train.lr_decay,
     so without overrides block k = lr * lr_decay**(6 - k). Keys in train.group_lrs override their
-    group, and the blocks below an overridden group decay from its rate.
+    group, and the blocks below an overridden group decay from its rate. With train.lr_scaling every
+    rate is then scaled for the global batch: x (batch_size / lr_reference_batch), or its square root.
     """
     explicit = dict(_get(train_cfg, "group_lrs") or {})
     unknown = set(explicit) - set(GROUPS)
@@ -195,7 +198,20 @@ def group_learning_rates(train_cfg: Any) -> dict[str, float]:
     for k in range(5, 0, -1):
         rate = float(explicit.get(f"block{k}", rate * decay))
         rates[f"block{k}"] = rate
-    return {g: rates[g] for g in GROUPS}
+    scale = lr_scale(train_cfg)
+    return {g: rates[g] * scale for g in GROUPS}
+
+
+def lr_scale(train_cfg: Any) -> float:
+    """The learning-rate scaling rule's factor: 1 without one (and for recipes older than the rule)."""
+    def get(key, default=None):
+        return train_cfg.get(key, default) if isinstance(train_cfg, Mapping) else getattr(train_cfg, key, default)
+
+    rule, reference = get("lr_scaling", "none") or "none", get("lr_reference_batch")
+    if rule == "none" or not reference:
+        return 1.0
+    ratio = float(get("batch_size")) / float(reference)
+    return ratio if rule == "linear" else math.sqrt(ratio)
 
 
 def trainable_from(train_cfg: Any) -> dict[str, Optional[int]]:

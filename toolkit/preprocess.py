@@ -177,6 +177,25 @@ class Preprocess:
         return cls(resize=int(d["resize"]), crop=int(d["crop"]), interpolation=d["interpolation"],
                    mean=tuple(d["mean"]), std=tuple(d["std"]))
 
+    @classmethod
+    def from_model(cls, path: str) -> "Preprocess":
+        """The preprocessing stored in an exported model's metadata, read without opening a session (for
+        clients of a model served elsewhere, e.g. by Triton)."""
+        import json
+
+        import onnx
+
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such model file; expected an .onnx file written by toolkit export")
+        try:
+            meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        except Exception:
+            raise UserError(f"{path}: not a readable ONNX file; expected an .onnx file written by toolkit export") \
+                from None
+        if meta.get("toolkit_format") != "1" or "preprocess" not in meta:
+            raise UserError(f"{path}: no toolkit preprocessing metadata; expected a model written by toolkit export")
+        return cls.from_dict(json.loads(meta["preprocess"]))
+
     def resize_crop(self, img: Image.Image) -> np.ndarray:
         """RGB image -> uint8 HxWx3 array of crop x crop pixels (what a raw-input model takes)."""
         width, height = img.size

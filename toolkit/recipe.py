@@ -25,6 +25,7 @@ HEADS = ("classic", "gap")
 STRATEGIES = ("linear-probe", "finetune", "scratch")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
+LR_SCALINGS = ("none", "linear", "sqrt")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 GROUPS = ("block1", "block2", "block3", "block4", "block5", "head")
@@ -70,11 +71,13 @@ class TrainConfig:
     trainable_blocks: list = field(default_factory=lambda: [1, 2, 3, 4, 5])  # finetune: conv blocks that train
     freeze_epochs: int = 0  # finetune: head-only epochs before the blocks unfreeze
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch: under torchrun it is split across the processes
     optimizer: str = "sgd"  # sgd (with momentum) | adamw
     lr: float = 0.01  # the head's learning rate
     lr_decay: float = 0.5  # each block's rate = the next block's rate x this (discriminative LRs)
     group_lrs: Optional[dict] = None  # or explicit rates, e.g. {block1: 1e-4, head: 1e-2}
+    lr_scaling: str = "none"  # none | linear | sqrt: scale every rate by (batch_size / lr_reference_batch)^1 or ^0.5
+    lr_reference_batch: Optional[int] = None  # the global batch the rates above were chosen for
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "onecycle"  # onecycle | cosine (with warmup_epochs) | constant
@@ -89,6 +92,8 @@ class TrainConfig:
     early_stopping: Optional[int] = None  # stop after N validations without a better val top-1
     nan_patience: int = 3  # stop after this many non-finite steps
     deterministic: bool = False  # bit-reproducible kernels (slower)
+    sync_batchnorm: bool = False  # distributed, _bn archs, CUDA: BatchNorm statistics over the global batch
+    dist_timeout: float = 1800  # distributed: seconds a process waits for the others before giving up
 
 
 @dataclass
@@ -110,7 +115,7 @@ class Recipe:
 CHOICES = {
     "data.source": SOURCES, "preprocess.interpolation": tuple(INTERPOLATIONS), "model.arch": ARCHS,
     "model.head": HEADS, "train.strategy": STRATEGIES, "train.optimizer": OPTIMIZERS,
-    "train.schedule": SCHEDULES, "train.amp": AMP_MODES, "train.device": DEVICES,
+    "train.schedule": SCHEDULES, "train.lr_scaling": LR_SCALINGS, "train.amp": AMP_MODES, "train.device": DEVICES,
 }
 
 
@@ -290,6 +295,16 @@ def _check(recipe: Recipe, errors: list[str], check_paths: bool = True) -> None:
             err(f"train.{key}", f"{getattr(t, key)}; expected a positive integer")
     if t.nan_patience < 1:
         err("train.nan_patience", f"{t.nan_patience}; expected at least 1")
+    if t.lr_reference_batch is not None and t.lr_reference_batch < 1:
+        err("train.lr_reference_batch", f"{t.lr_reference_batch}; expected a positive integer or null")
+    elif t.lr_scaling != "none" and t.lr_scaling in LR_SCALINGS and t.lr_reference_batch is None:
+        err("train.lr_reference_batch", f"null with train.lr_scaling: {t.lr_scaling}; expected the global batch "
+                                        "size your learning rates were chosen for, e.g. 32")
+    if t.sync_batchnorm and not m.arch.endswith("_bn"):
+        err("train.sync_batchnorm", f"true, but model.arch {m.arch} has no BatchNorm layers; expected a _bn arch "
+                                    f"(e.g. {m.arch}_bn) or false")
+    if t.dist_timeout <= 0:
+        err("train.dist_timeout", f"{t.dist_timeout}; expected a positive number of seconds")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
