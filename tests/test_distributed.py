@@ -239,3 +239,15 @@ def test_an_error_every_rank_meets_is_printed_once(setup):
     assert done.returncode == 2
     assert done.stderr.count("error: ") == 1, done.stderr
     assert "train.batch_size 1: smaller than the 2 processes" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_plain_torchrun_runs_the_same_command(setup):
+    """The README's `torchrun --nproc-per-node N -m toolkit train RECIPE`, through torchrun's own entry point."""
+    root, recipe = setup
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "toolkit", "train", recipe, "name=torchrun", "train.epochs=1"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 processes (gloo), global batch 17" in done.stdout
+    assert done.stdout.count("epoch 1/1  train loss") == 1
+    assert load_checkpoint(str(root / "runs" / "torchrun" / "checkpoints" / "last.pt"))["world_size"] == 2

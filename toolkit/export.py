@@ -96,15 +96,21 @@ def ort_max_opset() -> int:
     return best
 
 
+def _integer(value: Any, flag: str, example: int) -> int:
+    """An option that must be a whole number (fire may hand over 17, 17.0 or '17')."""
+    try:
+        number = int(value)
+        if isinstance(value, bool) or number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} {value!r}: expected an integer such as {example}") from None
+    return number
+
+
 def check_opset(opset: Any, int8: bool = False) -> int:
     import onnxruntime as ort
 
-    try:
-        value = int(opset)
-        if isinstance(opset, bool) or value != float(opset):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise UserError(f"--opset {opset!r}: expected an integer such as 17") from None
+    value = _integer(opset, "--opset", 17)
     top = ort_max_opset()
     if value > top:
         raise UserError(f"--opset {value}: too new for the installed ONNX Runtime {ort.__version__}, which loads "
@@ -125,12 +131,7 @@ def check_ir_version(ir_version: Any, opset: int) -> Optional[int]:
     import onnx
     from onnx import helper
 
-    try:
-        value = int(ir_version)
-        if isinstance(ir_version, bool) or value != float(ir_version):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise UserError(f"--ir-version {ir_version!r}: expected an integer such as 8") from None
+    value = _integer(ir_version, "--ir-version", 8)
     low = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
     if not low <= value <= onnx.IR_VERSION:
         raise UserError(f"--ir-version {value}: opset {opset} needs IR version {low} or newer, and the installed "
