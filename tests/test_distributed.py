@@ -245,9 +245,9 @@ def test_plain_torchrun_runs_the_same_command(setup):
     """The README's `torchrun --nproc-per-node N -m toolkit train RECIPE`, through torchrun's own entry point."""
     root, recipe = setup
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "toolkit", "train", recipe, "name=torchrun", "train.epochs=1"],
+                           "-m", "toolkit", "train", recipe, "name=torchrun", "train.epochs=2"],
                           cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "2 processes (gloo), global batch 17" in done.stdout
-    assert done.stdout.count("epoch 1/1  train loss") == 1
+    assert done.stdout.count("epoch 2/2  train loss") == 1
     assert load_checkpoint(str(root / "runs" / "torchrun" / "checkpoints" / "last.pt"))["world_size"] == 2
