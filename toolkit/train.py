@@ -60,47 +60,31 @@ def lr_factor(step: int, phase_start: int, phase_steps: int, schedule: str, warm
 # ---------------------------------------------------------------------------------------------
 # Data order and augmentation seeded by (seed, epoch, index).
 
-class EpochSampler(Sampler):
-    """Shuffled indices for one epoch, from (seed, epoch) alone; `skip` resumes mid-epoch.
-
-    Each index is encoded as epoch * n + i so the dataset (even in a persistent worker) knows the epoch.
-    """
-
-    def __init__(self, n: int, seed: int, epoch: int, skip: int = 0, shuffle: bool = True):
-        self.n, self.seed, self.epoch, self.skip, self.shuffle = n, seed, epoch, skip, shuffle
-
-    def order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def __iter__(self):
-        base = self.epoch * self.n
-        return iter([base + i for i in self.order()[self.skip:]])
-
-    def __len__(self):
-        return self.n - self.skip
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled order of one epoch's n samples, from (seed, epoch) alone."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
 
 
 class EpochBatches(Sampler):
-    """This rank's part of each global batch of one epoch (lists of encoded indices, as EpochSampler's).
+    """This rank's part of each global batch of one epoch, as lists of encoded sample indices.
 
     The global batches are the epoch's shuffled order cut into `batch_size` pieces, the same for any
-    number of processes; `dist.shard` gives each rank its part. A padding entry (see Dist.shard) is
-    encoded as -(code + 1). `skip` global batches are left out, to resume mid-epoch.
+    number of processes; `dist.shard` gives each rank its part. Each index is encoded as epoch * n + i,
+    so the dataset (even in a persistent worker) knows the epoch; a padding entry (see Dist.shard) as
+    -(code + 1). `skip` global batches are left out, to resume mid-epoch.
     """
 
     def __init__(self, n: int, seed: int, epoch: int, batch_size: int, dist: Dist, skip: int = 0):
-        self.epochs = EpochSampler(n, seed, epoch)
+        self.n, self.seed, self.epoch = n, seed, epoch
         self.batch_size, self.dist, self.skip = batch_size, dist, skip
 
     def global_sizes(self) -> list[int]:
-        n, b = self.epochs.n, self.batch_size
+        n, b = self.n, self.batch_size
         return [min(b, n - start) for start in range(0, n, b)][self.skip:]
 
     def __iter__(self):
-        codes = [self.epochs.epoch * self.epochs.n + i for i in self.epochs.order()]
+        codes = [self.epoch * self.n + i for i in epoch_order(self.n, self.seed, self.epoch)]
         for start in range(self.skip * self.batch_size, len(codes), self.batch_size):
             part, padding = self.dist.shard(codes[start:start + self.batch_size])
             yield [-(c + 1) for c in part] if padding else part
