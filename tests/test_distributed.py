@@ -14,7 +14,7 @@ import torch
 from conftest import make_image_folder, tiny_recipe, write_recipe
 from toolkit import recipe as recipe_mod
 from toolkit.checkpoint import load_checkpoint
-from toolkit.distributed import IGNORE, Dist
+from toolkit.distributed import IGNORE, Dist, _report_failures, is_collective_failure
 from toolkit.errors import UserError
 from toolkit.model import group_learning_rates, lr_scale
 from toolkit.train import EpochBatches, SeededAugmentation, epoch_order, train
@@ -59,6 +59,31 @@ def test_padding_loads_with_an_ignored_target():
     data = SeededAugmentation(Inner(), seed=0)
     assert data[4 + 1] == (torch.zeros(1), 1)
     assert data[-(4 + 1) - 1][1] == IGNORE
+
+
+def test_gloo_failures_are_recognised():
+    """Messages gloo raised here (as plain RuntimeErrors) when a peer stalled or died mid-collective."""
+    for text in ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out "
+                 "waiting 3000ms for recv operation to complete",
+                 "Application timeout caused pair closure",
+                 "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+                 "[127.0.0.1]:3471: Connection reset by peer"):
+        assert is_collective_failure(RuntimeError(text)), text
+    assert not is_collective_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_collective_failure(ValueError("timeout"))
+
+
+def test_launcher_names_only_the_ranks_that_died_silently(capsys):
+    sigterm, sigabrt, sigkill = -signal.SIGTERM, -signal.SIGABRT, -signal.SIGKILL
+    # Rank 0 printed its own error (2); rank 1 was caught exiting by the agent's SIGTERM.
+    assert _report_failures([(0, 2), (1, sigabrt)], 2) == 2 and capsys.readouterr().err == ""
+    assert _report_failures([(0, sigterm), (1, 2)], 2) == 2 and capsys.readouterr().err == ""
+    # A rank killed from outside is named, whatever the others said.
+    assert _report_failures([(0, 2), (1, sigkill)], 2) == 2
+    assert capsys.readouterr().err == "error: rank 1 of 2 failed (killed by SIGKILL); the other ranks were stopped\n"
+    assert _report_failures([(0, sigterm), (1, sigabrt)], 2) == 1
+    assert "rank 1 of 2 failed (killed by SIGABRT)" in capsys.readouterr().err
+    assert _report_failures([(1, 1)], 2) == 1 and "(exit status 1)" in capsys.readouterr().err
 
 
 def test_lr_scaling_rule(tmp_path):

@@ -209,3 +209,22 @@ def test_one_cycle_and_cosine_shapes():
     cosine = [lr_factor(s, 0, 100, "cosine", 10) for s in range(100)]
     assert cosine[0] < cosine[9] and cosine[10] == pytest.approx(1.0) and cosine[-1] < 0.01
     assert lr_factor(50, 0, 100, "constant", 0) == 1.0
+
+
+def test_cli_flags_never_swallow_the_next_argument(tmp_path, image_folder, monkeypatch):
+    """fire would read `--resume train.epochs=3` as resume='train.epochs=3' and `--overwrite=false` as true."""
+    from toolkit import cli
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
+    monkeypatch.chdir(tmp_path)
+    cli.main(["train", recipe])
+    cli.main(["train", recipe, "--resume", "train.epochs=2"])  # the override reaches the resume
+    assert load_checkpoint(str(tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"))["epoch"] == 2
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", recipe, "--overwrite=false"])  # false means false: the run is kept
+    assert stop.value.code == 2
+    assert load_checkpoint(str(tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"))["epoch"] == 2
+    assert cli._spell_out_flags(["predict", "--allow-fallback", "a.jpg", "--top-k", "3"]) == \
+        ["predict", "--allow-fallback=True", "a.jpg", "--top-k", "3"]
+    with pytest.raises(SystemExit):
+        cli.main(["train", recipe, "--resume=maybe"])

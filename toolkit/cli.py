@@ -154,11 +154,40 @@ COMMANDS = {
 }
 
 
+BOOL_WORDS = {"true": "True", "yes": "True", "1": "True", "false": "False", "no": "False", "0": "False"}
+
+
+def _spell_out_flags(argv: list[str]) -> list[str]:
+    """`--resume` -> `--resume=True`, `--overwrite=false` -> `--overwrite=False`, for the command's
+    true/false options.
+
+    fire reads `--flag VALUE` as the flag's value, so `toolkit train R --resume train.epochs=30` would
+    turn the override into the value of --resume (and `predict --allow-fallback img.jpg` would swallow
+    the image); and it reads `--overwrite=false` as the string 'false', which is true. Spelled out, a
+    bare flag is only a flag and a written value means what it says."""
+    import inspect
+
+    command = COMMANDS.get(argv[0]) if argv else None
+    if command is None:
+        return argv
+    flags = {name for name, p in inspect.signature(command).parameters.items() if isinstance(p.default, bool)}
+    flags |= {name.replace("_", "-") for name in flags}
+    out = [argv[0]]
+    for arg in argv[1:]:
+        name, eq, value = arg[2:].partition("=")
+        if arg.startswith("--") and name in flags:
+            if eq and value.lower() not in BOOL_WORDS:
+                raise UserError(f"--{name}={value}: expected --{name} alone, or --{name}=true / --{name}=false")
+            arg = f"--{name}={BOOL_WORDS[value.lower()] if eq else 'True'}"
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     import fire
 
-    argv = sys.argv[1:] if argv is None else argv
     try:
+        argv = _spell_out_flags(list(sys.argv[1:] if argv is None else argv))
         fire.Fire(COMMANDS, command=argv, name="toolkit")
     except RankZeroError:
         sys.exit(2)  # torchrun: rank 0 has printed this error already

@@ -172,8 +172,7 @@ class Dist:
         if not self.active:
             return fn()
         result, error = self.broadcast(self._try_on_main(fn))
-        if error is not None:
-            raise UserError(error) if self.is_main else RankZeroError(error)
+        self._raise_everywhere(error)
         return result
 
     def main_first(self, fn: Callable[[], Any]) -> Any:
@@ -181,10 +180,16 @@ class Dist:
         if not self.active:
             return fn()
         result, error = self._try_on_main(fn)
-        error = self.broadcast(error)
-        if error is not None:
-            raise UserError(error) if self.is_main else RankZeroError(error)
+        self._raise_everywhere(self.broadcast(error))
         return result if self.is_main else fn()
+
+    def _raise_everywhere(self, error: str | None) -> None:
+        """Rank 0's error, on every rank. The barrier lets the broadcast finish everywhere first: a process
+        that exits while a peer is still reading from it can take that peer down with SIGABRT."""
+        if error is None:
+            return
+        dist.barrier()
+        raise UserError(error) if self.is_main else RankZeroError(error)
 
     def _try_on_main(self, fn: Callable[[], Any]) -> tuple[Any, str | None]:
         if not self.is_main:
@@ -200,14 +205,19 @@ class Dist:
         return torch.device("cpu")
 
 
+# gloo reports a lost or silent peer as a plain RuntimeError; these words are in every such message seen
+# (e.g. "[.../gloo/transport/tcp/pair.cc:545] Read error ... Connection reset by peer", "Application
+# timeout caused pair closure"). NCCL raises DistBackendError, a DistError.
+_COLLECTIVE_WORDS = ("gloo", "nccl", "processgroup", "connection", "timeout", "timed out", "pair closure",
+                     "broken pipe")
+
+
 def is_collective_failure(exc: BaseException) -> bool:
     """Did `exc` come out of a collective whose peer went away or timed out?"""
     if isinstance(exc, getattr(dist, "DistError", ())):
         return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(s in text for s in (
-        "gloo", "Gloo", "NCCL", "Connection closed", "Connection reset", "Timed out", "timed out", "Broken pipe",
-        "ProcessGroup"))
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(word in text for word in _COLLECTIVE_WORDS)
 
 
 
@@ -229,16 +239,27 @@ def launch(nproc: int, argv: list[str]) -> int:
     except SignalException as exc:  # Ctrl-C or SIGTERM: the ranks saved and said so; the agent stopped them
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
-        failures = sorted((rank, f.exitcode) for rank, f in exc.failures.items())
-        # Ranks that exit 2 / 130 / 143 printed their own message; ranks the agent stopped with SIGTERM
-        # after another one failed are collateral. Name the rest: the ones that died without a word.
-        first_hand = [(r, c) for r, c in failures if c != -signal.SIGTERM] or failures
-        for rank, code in first_hand:
-            if code in (2, 130, 143):
-                continue
-            how = (f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
-                   else f"exit status {code}")
-            print(f"error: rank {rank} of {nproc} failed ({how}); the other ranks were stopped", file=sys.stderr)
-        positive = [c for _, c in first_hand if c > 0]
-        return positive[0] if positive else 1
+        return _report_failures(sorted((rank, f.exitcode) for rank, f in exc.failures.items()), nproc)
     return 0
+
+
+SPOKE = (2, 130, 143)  # exit statuses of a rank that printed its own error or stop message
+
+
+def _report_failures(failures: list[tuple[int, int]], nproc: int) -> int:
+    """One line per rank that died without a word; the exit status for the launcher.
+
+    When one rank fails, the agent stops the others with SIGTERM, and a rank caught by it while already
+    exiting can die of SIGABRT instead: both are collateral once some rank has said what went wrong."""
+    collateral = {-signal.SIGTERM}
+    if any(code in SPOKE for _, code in failures):
+        collateral.add(-signal.SIGABRT)
+    first_hand = [(r, c) for r, c in failures if c not in collateral] or failures
+    for rank, code in first_hand:
+        if code in SPOKE:
+            continue
+        how = (f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals()
+               else f"exit status {code}")
+        print(f"error: rank {rank} of {nproc} failed ({how}); the other ranks were stopped", file=sys.stderr)
+    positive = [c for _, c in first_hand if c > 0]
+    return positive[0] if positive else 1

@@ -175,9 +175,15 @@ def group_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def _get(cfg: Any, key: str) -> Any:
-    """A train-config value from a TrainConfig dataclass or a plain dict (a checkpoint's recipe)."""
-    return cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
+_REQUIRED = object()
+
+
+def _get(cfg: Any, key: str, default: Any = _REQUIRED) -> Any:
+    """A train-config value from a TrainConfig dataclass or a plain dict (a checkpoint's recipe); `default`
+    for keys that older recipes lack."""
+    if default is _REQUIRED:
+        return cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
+    return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
 
 
 def group_learning_rates(train_cfg: Any) -> dict[str, float]:
@@ -204,13 +210,10 @@ def group_learning_rates(train_cfg: Any) -> dict[str, float]:
 
 def lr_scale(train_cfg: Any) -> float:
     """The learning-rate scaling rule's factor: 1 without one (and for recipes older than the rule)."""
-    def get(key, default=None):
-        return train_cfg.get(key, default) if isinstance(train_cfg, Mapping) else getattr(train_cfg, key, default)
-
-    rule, reference = get("lr_scaling", "none") or "none", get("lr_reference_batch")
+    rule, reference = _get(train_cfg, "lr_scaling", "none") or "none", _get(train_cfg, "lr_reference_batch", None)
     if rule == "none" or not reference:
         return 1.0
-    ratio = float(get("batch_size")) / float(reference)
+    ratio = float(_get(train_cfg, "batch_size")) / float(reference)
     return ratio if rule == "linear" else math.sqrt(ratio)
 
 

@@ -256,16 +256,18 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_af
     ctx = Dist.from_env()
     device = ctx.place(pick_device(recipe.train.device))
     ctx.join(device, recipe.train.dist_timeout)
-    failed = False
+    broken = False
     try:
         return _train(recipe, ctx, device, resume, overwrite, stop_after_epochs, quiet, evaluate_test)
     except Exception as exc:
-        failed = True
         if ctx.active and is_collective_failure(exc):
+            broken = True
             raise ctx.failure(exc, os.path.join(recipe.run_dir, "checkpoints", "last.pt")) from None
         raise
     finally:
-        if not failed:
+        # Leave the group on every way out (a process that exits inside one can abort in its destructor),
+        # except a broken NCCL group, whose teardown can block on the peer that is gone.
+        if not (broken and ctx.backend == "nccl"):
             ctx.leave()
 
 
@@ -402,14 +404,15 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, resume: bool, overwr
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
 
-    def checkpoint_state(metrics: dict, rngs: list) -> dict:
-        state_dict = model.state_dict()
-        return {"model": state_dict, "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "epoch": state.epoch, "step": state.global_step, "labels": list(labels),
-                "recipe": recipe_mod.to_dict(recipe), "metrics": metrics, "rng": rngs[0],
-                **({"rng_ranks": rngs, "world_size": ctx.world} if ctx.active else {}),
-                "best_top1": state.best_top1, "run_state": state.__dict__.copy()}
+    def checkpoint_state(metrics: dict, rngs: list | None = None) -> dict:
+        """What best.pt holds; with every rank's RNG states (`rngs`), what last.pt holds to resume from."""
+        out = {"model": model.state_dict(), "epoch": state.epoch, "step": state.global_step, "labels": list(labels),
+               "recipe": recipe_mod.to_dict(recipe), "metrics": metrics, "best_top1": state.best_top1,
+               "run_state": state.__dict__.copy()}
+        if rngs is not None:
+            out.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler.is_enabled() else {},
+                       rng=rngs[0], **({"rng_ranks": rngs, "world_size": ctx.world} if ctx.active else {}))
+        return out
 
     def save_last(metrics: dict) -> None:
         """Every rank calls this (its RNG state goes into the checkpoint); rank 0 writes."""
@@ -546,9 +549,7 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, resume: bool, overwr
             if state.epoch % t.save_every == 0 or final or stopping or early or improved:
                 save_last(last_metrics)
             if improved and main:
-                best = checkpoint_state(last_metrics, [None])
-                best.pop("optimizer"), best.pop("rng"), best.pop("rng_ranks", None)
-                save_checkpoint(best_path, best)
+                save_checkpoint(best_path, checkpoint_state(last_metrics))
             if record["val_top1"] is not None:
                 say(f"epoch {state.epoch}/{t.epochs}  train loss {record['train_loss']:.4f} top-1 "
                     f"{record['train_top1']:.1f}%  val loss {record['val_loss']:.4f} top-1 {record['val_top1']:.2f}% "

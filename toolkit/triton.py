@@ -102,7 +102,8 @@ def check_options(max_batch_size, instances, kind, queue_delay_us, version) -> N
 def write_model(repo: str, name: str, onnx_path: str, version: int = 1, max_batch_size: int = 32,
                 instances: int = 1, kind: str = "auto", queue_delay_us: int = 100,
                 extra_files: Optional[dict] = None) -> dict:
-    """Lay one verified export out as model `name` in repository `repo`; returns what was written.
+    """Move one verified export (`onnx_path`, e.g. from a staging folder) into repository `repo` as model
+    `name`; returns what was written.
 
     The version folder is built beside its final place and renamed in, so Triton (which may poll the
     repository) never sees half a model; other versions of the model are left alone."""
@@ -117,7 +118,7 @@ def write_model(repo: str, name: str, onnx_path: str, version: int = 1, max_batc
     final = os.path.join(model_dir, str(version))
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     try:
-        shutil.copyfile(onnx_path, os.path.join(staging, "model.onnx"))
+        shutil.move(onnx_path, os.path.join(staging, "model.onnx"))  # a rename on the same file system
         old = None
         if os.path.exists(final):
             old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=model_dir)
