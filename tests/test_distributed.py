@@ -110,7 +110,6 @@ def test_sync_batchnorm_refused_on_cpu_under_ddp(tmp_path, image_folder, monkeyp
     raw = tiny_recipe(tmp_path, image_folder, model={"arch": "vgg11_bn"}, train={"sync_batchnorm": True})
     monkeypatch.setattr(Dist, "join", lambda self, device, timeout: None)  # no process group needed to refuse
     monkeypatch.setattr(Dist, "on_main", lambda self, fn: fn())
-    monkeypatch.setattr(Dist, "main_first", lambda self, fn: fn())
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(UserError, match="SyncBatchNorm runs on CUDA devices only"):

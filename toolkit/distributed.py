@@ -171,33 +171,19 @@ class Dist:
         on every rank, so no rank is left waiting in the next collective for one that quit."""
         if not self.active:
             return fn()
-        result, error = self.broadcast(self._try_on_main(fn))
-        self._raise_everywhere(error)
+        result = error = None
+        if self.is_main:
+            try:
+                result = fn()
+            except UserError as exc:
+                error = str(exc)
+        result, error = self.broadcast((result, error))
+        if error is not None:
+            # The barrier lets the broadcast finish everywhere first: a process that exits while a peer
+            # is still reading from it can take that peer down with SIGABRT.
+            dist.barrier()
+            raise UserError(error) if self.is_main else RankZeroError(error)
         return result
-
-    def main_first(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on rank 0 first (it may download or create files), then on the other ranks."""
-        if not self.active:
-            return fn()
-        result, error = self._try_on_main(fn)
-        self._raise_everywhere(self.broadcast(error))
-        return result if self.is_main else fn()
-
-    def _raise_everywhere(self, error: str | None) -> None:
-        """Rank 0's error, on every rank. The barrier lets the broadcast finish everywhere first: a process
-        that exits while a peer is still reading from it can take that peer down with SIGABRT."""
-        if error is None:
-            return
-        dist.barrier()
-        raise UserError(error) if self.is_main else RankZeroError(error)
-
-    def _try_on_main(self, fn: Callable[[], Any]) -> tuple[Any, str | None]:
-        if not self.is_main:
-            return None, None
-        try:
-            return fn(), None
-        except UserError as exc:
-            return None, str(exc)
 
     def _comm_device(self) -> torch.device:
         if self.backend == "nccl":

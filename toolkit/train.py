@@ -321,7 +321,8 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, resume: bool, overwr
     seed_everything(recipe.seed, t.deterministic)
     say = print if main and not quiet else (lambda *a, **k: None)
 
-    dataset = ctx.main_first(lambda: data_mod.load_dataset(recipe))  # rank 0 downloads, if anything
+    # Rank 0 downloads (if anything) and decodes every image once; the other ranks get its file lists.
+    dataset = ctx.on_main(lambda: data_mod.load_dataset(recipe))
     labels = dataset.labels
     if not dataset.train:
         raise UserError("data: the training split is empty")
