@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from toolkit import data as data_mod  # noqa: E402
 from toolkit import recipe as recipe_mod  # noqa: E402
-from toolkit.model import build_from_recipe  # noqa: E402
-from toolkit.train import train  # noqa: E402
+from toolkit.train.model import build_from_recipe  # noqa: E402
+from toolkit.train.loop import train  # noqa: E402
 
 
 def make_folder(root: str, n: int, size=(500, 375), classes: int = 4) -> None:

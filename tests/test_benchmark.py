@@ -1,4 +1,4 @@
-"""toolkit.benchmark on tiny models (32 px, a few iterations). No timing assertions anywhere."""
+"""toolkit.runtime.benchmark on tiny models (32 px, a few iterations). No timing assertions anywhere."""
 import json
 import os
 import shutil
@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from toolkit import benchmark as bench
-from toolkit import benchmark_report as report
+from toolkit.runtime import benchmark as bench
+from toolkit.runtime import benchmark_report as report
+from toolkit.train import benchmark as train_bench
 from toolkit.errors import UserError
 from toolkit.preprocess import Preprocess
 
@@ -232,7 +233,7 @@ def _cuda_really_works() -> bool:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False
     try:
-        from toolkit.inference import Predictor
+        from toolkit.runtime.predictor import Predictor
         return Predictor.__init__ is not None and bench._ort_gemm_peak(64, "fp32", "cuda", 1) > 0
     except Exception:
         return False
@@ -341,7 +342,7 @@ def test_flop_counter_fills_in_dynamic_height_and_width():
 # Light import
 
 def test_import_is_light():
-    code = ("import sys, toolkit.benchmark; "
+    code = ("import sys, toolkit.runtime.benchmark; "
             "print([m for m in ('torch', 'torchvision', 'albumentations', 'cv2', 'onnxruntime', 'matplotlib') "
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -355,9 +356,9 @@ def _tiny_checkpoint(tmp_path):
     import warnings
     warnings.simplefilter("ignore", DeprecationWarning)  # torch.onnx's legacy exporter is fine here
     torch = pytest.importorskip("torch")
-    model_mod = pytest.importorskip("toolkit.model")
+    model_mod = pytest.importorskip("toolkit.train.model")
     from toolkit import recipe as recipe_mod
-    from toolkit.checkpoint import save_checkpoint
+    from toolkit.train.checkpoint import save_checkpoint
 
     raw = {"name": "tiny", "model": {"arch": "vgg11", "weights": "none", "head": "gap"},
            "preprocess": {"resize": CROP, "crop": CROP}, "data": {"source": "digits", "workers": 0},
@@ -408,10 +409,10 @@ def test_torch_baseline_without_its_checkpoint_is_a_clear_error(tmp_path):
 
 def test_train_benchmark_names_the_limit(tmp_path):
     pytest.importorskip("torch")
-    pytest.importorskip("toolkit.data")
+    pytest.importorskip("toolkit.train.data")
     from conftest import write_recipe
     torch = pytest.importorskip("torch")
-    from toolkit.model import build_model
+    from toolkit.train.model import build_model
 
     # finetune needs pretrained weights: a local state dict stands in for ImageNet (no network).
     weights = str(tmp_path / "vgg11.pth")
@@ -422,7 +423,7 @@ def test_train_benchmark_names_the_limit(tmp_path):
            "model": {"arch": "vgg11", "weights": weights, "head": "gap"},
            "train": {"strategy": "finetune", "freeze_epochs": 1, "epochs": 2, "batch_size": 4, "device": "cpu"}}
     path = write_recipe(tmp_path / "r.yaml", raw)
-    rec = bench.run_train_benchmark(path, iterations=2, rounds=2, warmup=1, threads=1, loader_batches=3,
+    rec = train_bench.run_train_benchmark(path, iterations=2, rounds=2, warmup=1, threads=1, loader_batches=3,
                                     out_dir=str(tmp_path / "o"), quiet=True)
     assert report.validate_record(rec) == [], report.validate_record(rec)
     assert [p["phase"] for p in rec["phases"]] == ["frozen (first epochs)", "main"]
@@ -433,7 +434,7 @@ def test_train_benchmark_names_the_limit(tmp_path):
 
 
 def test_accuracy_sits_beside_speed_with_data(tiny_export, tmp_path):
-    pytest.importorskip("toolkit.data")
+    pytest.importorskip("toolkit.train.data")
     from PIL import Image
     from conftest import write_recipe
 

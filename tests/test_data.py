@@ -1,4 +1,4 @@
-"""toolkit.data: sources, splits, the pre-flight scan, augmentation, datasets and loaders.
+"""toolkit.train.data: sources, splits, the pre-flight scan, augmentation, datasets and loaders.
 
 Everything runs on tiny images generated in tmp_path; nothing touches the network.
 """
@@ -11,12 +11,12 @@ import torch
 import yaml
 from PIL import Image
 
-from toolkit import data as D
+from toolkit.train import data as D
 from toolkit import recipe as R
 from toolkit.errors import UserError
 from toolkit.preprocess import Preprocess
 
-A = D.A  # albumentations, imported by toolkit.data with its update check switched off
+A = D.A  # albumentations, imported by toolkit.train.data with its update check switched off
 
 
 def make_recipe(data=None, augment=None, crop=32, resize=32):

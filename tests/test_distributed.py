@@ -13,11 +13,11 @@ import torch
 
 from conftest import make_image_folder, tiny_recipe, write_recipe
 from toolkit import recipe as recipe_mod
-from toolkit.checkpoint import load_checkpoint
-from toolkit.distributed import IGNORE, Dist, _report_failures, is_collective_failure
+from toolkit.train.checkpoint import load_checkpoint
+from toolkit.train.distributed import IGNORE, Dist, _report_failures, is_collective_failure
 from toolkit.errors import UserError
-from toolkit.model import group_learning_rates, lr_scale
-from toolkit.train import EpochBatches, SeededAugmentation, epoch_order, train
+from toolkit.train.model import group_learning_rates, lr_scale
+from toolkit.train.loop import EpochBatches, SeededAugmentation, epoch_order, train
 
 # Float32 sums in another order (per-rank partial gradients, then an all-reduce) differ in the last bits;
 # over this run that stays far below this bound, while the weights themselves move by over 1e-3.

@@ -13,11 +13,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from toolkit import export as export_mod  # noqa: E402
+from toolkit.export import pipeline as export_mod  # noqa: E402
 from toolkit import recipe as recipe_mod  # noqa: E402
-from toolkit.checkpoint import save_checkpoint, sha256_file  # noqa: E402
+from toolkit.train.checkpoint import save_checkpoint, sha256_file  # noqa: E402
 from toolkit.errors import UserError  # noqa: E402
-from toolkit.onnx_eval import cpu_session, evaluate_onnx, read_metadata  # noqa: E402
+from toolkit.runtime.onnx_eval import cpu_session, evaluate_onnx, read_metadata  # noqa: E402
 from toolkit.preprocess import Preprocess  # noqa: E402
 
 LABELS = ["cat", "dog", "fox"]
@@ -43,7 +43,7 @@ def make_images(root, n_train=6, n_val=4, seed=0):
 
 
 def make_run(runs_dir, data_root, name="tiny", head="gap", arch="vgg11", seed=0, recipe_patch=None):
-    from toolkit.model import build_from_recipe
+    from toolkit.train.model import build_from_recipe
 
     raw = {"name": name, "out_dir": str(runs_dir), "data": {"root": str(data_root), "workers": 0},
            "preprocess": {"resize": 40, "crop": 32},
@@ -146,7 +146,7 @@ def test_parity_at_every_batch_size_and_report(full_export):
 
 def test_onnx_matches_torch_on_a_real_image(full_export, data_root):
     """Independent of the gate: the file, the checkpoint and Preprocess agree on one image."""
-    from toolkit.checkpoint import model_from_checkpoint
+    from toolkit.train.checkpoint import model_from_checkpoint
 
     model, _ = model_from_checkpoint(os.path.join(full_export["run"], "checkpoints", "best.pt"))
     x = Preprocess(resize=40, crop=32).batch([os.path.join(data_root, "val", "dog", "0.png")])
@@ -403,7 +403,7 @@ def test_cli_export_and_its_bad_input(tmp_path, data_root):
 
 
 def test_onnx_eval_is_light():
-    code = ("import sys, toolkit.onnx_eval; heavy = [m for m in sys.modules if m.split('.')[0] in "
+    code = ("import sys, toolkit.runtime.onnx_eval; heavy = [m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'torchvision', 'albumentations', 'cv2')]; print(heavy); sys.exit(1 if heavy else 0)")
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -416,7 +416,7 @@ def test_shared_initializers_are_unshared_before_quantization():
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from toolkit.export import _unshare_initializers
+    from toolkit.export.pipeline import _unshare_initializers
 
     w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
     b = numpy_helper.from_array(np.zeros(2, np.float32), "b")

@@ -1,6 +1,6 @@
 """Predictor, provider truth and `toolkit predict` (toolkit/inference.py).
 
-The models are built here: a VGG11 with the global-average-pool head at 32 px (toolkit.model) for
+The models are built here: a VGG11 with the global-average-pool head at 32 px (toolkit.train.model) for
 parity with PyTorch, exported with torch.onnx and given the metadata of the ONNX file contract
 (CONTRACTS.md) with onnx.helper, plus raw-input / probabilities / foreign variants.
 """
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from toolkit.errors import UserError
-from toolkit.inference import Predictor, collect_images, predict_command, time_cold_start
+from toolkit.runtime.predictor import Predictor, collect_images, predict_command, time_cold_start
 from toolkit.preprocess import ImageError, Preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,11 +37,11 @@ onnx = pytest.importorskip("onnx")
 def _net():
     torch.manual_seed(0)
     try:
-        from toolkit.model import build_model
+        from toolkit.train.model import build_model
         model = build_model("vgg11", len(LABELS), head="gap", input_size=PRE.crop)
         last = [m for m in model.head if isinstance(m, torch.nn.Linear)][-1]
         torch.nn.init.normal_(last.weight, 0.0, 1.0)   # spread the logits so top-1 is never a near-tie
-    except ImportError:  # toolkit.model not there: a tiny conv net does the same job
+    except ImportError:  # toolkit.train.model not there: a tiny conv net does the same job
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                                     torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
                                     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, len(LABELS)))
@@ -167,8 +167,8 @@ def images(tmp_path_factory):
 
 def test_light_modules_import_without_torch():
     # The light modules of DESIGN.md, plus the helpers they use.
-    mods = ["toolkit.inference", "toolkit.cli", "toolkit.recipe", "toolkit.preprocess", "toolkit.artifacts",
-            "toolkit.serve", "toolkit.benchmark", "toolkit.benchmark_report", "toolkit.metrics", "toolkit.onnx_eval",
+    mods = ["toolkit.runtime.predictor", "toolkit.cli", "toolkit.recipe", "toolkit.preprocess", "toolkit.artifacts",
+            "toolkit.runtime.serve", "toolkit.runtime.benchmark", "toolkit.runtime.benchmark_report", "toolkit.metrics", "toolkit.runtime.onnx_eval",
             "toolkit.errors"]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in mods) +
             "heavy = [m for m in ('torch', 'torchvision', 'albumentations', 'cv2') if m in sys.modules]\n"

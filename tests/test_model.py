@@ -1,4 +1,4 @@
-"""toolkit.model: heads, layer groups, discriminative LRs, freezing, weight loading (CPU, tiny, offline)."""
+"""toolkit.train.model: heads, layer groups, discriminative LRs, freezing, weight loading (CPU, tiny, offline)."""
 import os
 import urllib.error
 from types import SimpleNamespace
@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from toolkit import model as M
+from toolkit.train import model as M
 from toolkit.errors import UserError
 
 

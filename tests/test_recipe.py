@@ -1,6 +1,8 @@
 """Recipes: every shipped recipe validates; every problem is reported at once with the dotted key."""
 import glob
 import os
+
+import yaml
 import subprocess
 import sys
 
@@ -22,7 +24,7 @@ def _problems(raw: dict) -> list[str]:
 def test_every_shipped_recipe_is_valid(path, monkeypatch, tmp_path):
     """Shipped recipes validate; paths they name (a source run's checkpoint) are checked on disk, so lay it."""
     monkeypatch.chdir(tmp_path)
-    raw = recipe_mod.yaml.safe_load(open(path))
+    raw = yaml.safe_load(open(path))
     weights = raw.get("model", {}).get("weights", "imagenet")
     if weights not in ("imagenet", "none"):
         os.makedirs(os.path.dirname(weights), exist_ok=True)
@@ -30,7 +32,7 @@ def test_every_shipped_recipe_is_valid(path, monkeypatch, tmp_path):
     if raw.get("data", {}).get("source") == "folder":
         os.makedirs(raw["data"]["root"], exist_ok=True)
     recipe = recipe_mod.load(path)
-    from toolkit.data import build_augment  # the augment block must build, too
+    from toolkit.train.data import build_augment  # the augment block must build, too
 
     build_augment(recipe)
 
@@ -103,7 +105,7 @@ def test_bad_files(tmp_path):
 
 def test_resolved_recipe_round_trips():
     recipe = recipe_mod.load(os.path.join(ROOT, "recipes", "flowers.yaml"))
-    again = recipe_mod.from_dict(recipe_mod.yaml.safe_load(recipe_mod.dump(recipe)))
+    again = recipe_mod.from_dict(yaml.safe_load(recipe_mod.dump(recipe)))
     assert again == recipe
 
 

@@ -92,7 +92,7 @@ def model_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(model_path):
-    from toolkit.inference import Predictor
+    from toolkit.runtime.predictor import Predictor
     return Predictor(model_path, device="cpu")
 
 
@@ -227,8 +227,8 @@ def assert_json_error(response, status):
 # --------------------------------------------------------------------------------------------
 
 def test_serve_module_is_light(model_path):
-    """Importing toolkit.serve and building the app loads no torch / torchvision / albumentations / cv2."""
-    code = ("import sys; import toolkit.serve as s; from toolkit.inference import Predictor; "
+    """Importing toolkit.runtime.serve and building the app loads no torch / torchvision / albumentations / cv2."""
+    code = ("import sys; import toolkit.runtime.serve as s; from toolkit.runtime.predictor import Predictor; "
             f"s.create_app(Predictor({model_path!r}, device='cpu')); "
             "heavy = [m for m in ('torch', 'torchvision', 'albumentations', 'cv2') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
@@ -237,7 +237,7 @@ def test_serve_module_is_light(model_path):
 
 
 def test_serve_arguments_and_host_warning(model_path):
-    from toolkit.serve import host_warning, serve
+    from toolkit.runtime.serve import host_warning, serve
 
     with pytest.raises(UserError) as err:
         serve(model_path, port=-1, max_batch=0, max_wait_ms=-1, max_body_mb=0, top_k=0, max_concurrency=0)
@@ -279,7 +279,7 @@ def test_batcher_waits_for_requests_being_decoded():
     each future gets its own row back."""
     import asyncio
 
-    from toolkit.serve import Batcher
+    from toolkit.runtime.serve import Batcher
 
     async def scenario(decoding_second):
         fake = _FakePredictor(warmup_s=4.0)           # slow model: grace = min(1 s, 25% of 4 s)
@@ -622,10 +622,10 @@ def test_serves_a_real_export(tmp_path):
     from conftest import make_image_folder
 
     from toolkit import recipe as recipe_mod
-    from toolkit.checkpoint import save_checkpoint
-    from toolkit.export import export_run
-    from toolkit.inference import Predictor
-    from toolkit.model import build_from_recipe
+    from toolkit.train.checkpoint import save_checkpoint
+    from toolkit.export.pipeline import export_run
+    from toolkit.runtime.predictor import Predictor
+    from toolkit.train.model import build_from_recipe
 
     images = make_image_folder(tmp_path / "images", classes=3, per_class=4)
     raw = {"name": "real", "out_dir": str(tmp_path / "runs"),
@@ -667,7 +667,7 @@ def test_stalled_body_gets_408_and_frees_its_slot(predictor):
     """create_app inside an in-process uvicorn: a client that stops sending its body is cut off."""
     import uvicorn
 
-    from toolkit.serve import create_app
+    from toolkit.runtime.serve import create_app
 
     app = create_app(predictor, max_concurrency=1, body_timeout_s=0.5)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)

@@ -11,9 +11,9 @@ import torch
 
 from conftest import ROOT, tiny_recipe, write_recipe
 from toolkit import recipe as recipe_mod
-from toolkit.checkpoint import load_checkpoint
+from toolkit.train.checkpoint import load_checkpoint
 from toolkit.errors import UserError
-from toolkit.train import lr_factor, train
+from toolkit.train.loop import lr_factor, train
 
 
 def _train(raw, **kwargs):
@@ -83,7 +83,7 @@ def test_frozen_blocks_bit_identical_through_training(tmp_path, image_folder):
                              "lr_decay": 0.5})
     _train(raw)
     tuned = _weights(tmp_path / "runs" / "partial")
-    from toolkit.model import build_model, group_of
+    from toolkit.train.model import build_model, group_of
 
     model = build_model("vgg11", 3, input_size=32, hidden=32)
     frozen = [k for k in source if k.startswith("features") and group_of(model, k) in ("block1", "block2", "block3")]
@@ -111,7 +111,7 @@ def test_resume_gives_the_same_weights(tmp_path, image_folder):
 
 
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(tmp_path, image_folder, monkeypatch):
-    from toolkit import data as data_mod
+    from toolkit.train import data as data_mod
 
     straight = tiny_recipe(tmp_path, image_folder, name="straight", train={"epochs": 2})
     _train(straight)

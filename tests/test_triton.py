@@ -21,9 +21,9 @@ model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from google.protobuf import text_format  # noqa: E402
 
 from test_export import LABELS, make_images, make_run  # noqa: E402
-from toolkit import export as export_mod  # noqa: E402
+from toolkit.export import pipeline as export_mod  # noqa: E402
 from toolkit.errors import UserError  # noqa: E402
-from toolkit.onnx_eval import cpu_session  # noqa: E402
+from toolkit.runtime.onnx_eval import cpu_session  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TYPES = {"tensor(float)": "TYPE_FP32", "tensor(uint8)": "TYPE_UINT8", "tensor(float16)": "TYPE_FP16"}
@@ -208,7 +208,7 @@ def test_readme_client_gets_named_classes(runs, tmp_path):
         server.shutdown()
     assert done.returncode == 0, done.stderr[-2000:]
     # The same answer as our own Predictor on the same file, names included.
-    from toolkit.inference import Predictor
+    from toolkit.runtime.predictor import Predictor
 
     predictor = Predictor(str(tmp_path / "exports" / "triton" / "flowers" / "1" / "model.onnx"), device="cpu")
     lines = done.stdout.strip().splitlines()
@@ -222,7 +222,7 @@ def test_triton_module_and_client_preprocessing_are_light(runs, tmp_path):
     """The repository writer and the client's preprocessing import neither torch nor albumentations."""
     _, run = runs
     path = export_mod.export_run(run=run, out=str(tmp_path / "m.onnx"), quiet=True)["model"]
-    code = ("import sys, toolkit.triton; from toolkit.preprocess import Preprocess; "
+    code = ("import sys, toolkit.export.triton; from toolkit.preprocess import Preprocess; "
             f"p = Preprocess.from_model({path!r}); assert p.crop == 32, p; "
             "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'albumentations', 'cv2')]; "
             "print(heavy); sys.exit(1 if heavy else 0)")

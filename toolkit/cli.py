@@ -38,14 +38,14 @@ def train(recipe: str, *overrides: str, set: str | None = None, resume: bool = F
         raise UserError("--nproc: already running under torchrun; drop --nproc (torchrun's --nproc-per-node sets it)")
     if nproc > 1:
         recipe_mod.load(recipe, extra)  # a bad recipe fails here, once, not in every process
-        from toolkit.distributed import launch
+        from toolkit.train.distributed import launch
 
         argv = ["train", str(recipe), *extra] + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
         code = launch(nproc, argv)
         if code:
             sys.exit(code)
         return
-    from toolkit.train import train as run_training
+    from toolkit.train.loop import train as run_training
 
     run_training(recipe_mod.load(recipe, extra), resume=resume, overwrite=overwrite)
 
@@ -53,7 +53,7 @@ def train(recipe: str, *overrides: str, set: str | None = None, resume: bool = F
 def evaluate(target: str | None = None, recipe: str | None = None, split: str = "val",
              batch_size: int = 32, device: str = "auto", json: bool = False):
     """Top-1, top-5, per-class accuracy and confusion matrix of a checkpoint, run or .onnx file on a split."""
-    from toolkit.evaluate import evaluate_command
+    from toolkit.train.evaluate import evaluate_command
 
     evaluate_command(target, recipe=recipe, split=split, batch_size=batch_size, device=device, as_json=json)
 
@@ -66,7 +66,7 @@ def export(run: str | None = None, out: str | None = None, opset: int = 17, fp16
            queue_delay_us: int = 100, model_version: int = 1):
     """Export a run (default: the newest) to one verified, self-describing ONNX file, or with --format triton
     to a Triton Inference Server model repository (--out: its folder, default exports/triton)."""
-    from toolkit.export import export_run, export_triton
+    from toolkit.export.pipeline import export_run, export_triton
 
     options = dict(run=run, opset=opset, fp16=fp16, int8=int8, raw_input=raw_input, probabilities=probabilities,
                    dynamic_hw=dynamic_hw, calib_images=calib_images, calib_method=calib_method,
@@ -84,7 +84,7 @@ def export(run: str | None = None, out: str | None = None, opset: int = 17, fp16
 def predict(*paths: str, top_k: int = 5, format: str = "table", device: str = "auto",
             threads: int | None = None, allow_fallback: bool = False, batch_size: int = 32, recursive: bool = True):
     """Predict images: toolkit predict [MODEL.onnx] IMAGES... (files, folders, globs)."""
-    from toolkit.inference import predict_command
+    from toolkit.runtime.predictor import predict_command
 
     paths = [str(p) for p in paths]
     model = paths.pop(0) if paths and paths[0].endswith(".onnx") else None  # else: the newest export
@@ -101,7 +101,7 @@ def serve_local(model: str | None = None, host: str = "127.0.0.1", port: int = 8
                 max_wait_ms: float = 5, max_body_mb: float = 10, max_pixels: int = 40_000_000,
                 max_concurrency: int = 64, top_k: int = 5):
     """Serve an export (default: the newest) over HTTP on this machine."""
-    from toolkit.serve import serve
+    from toolkit.runtime.serve import serve
 
     serve(model=model, host=host, port=port, device=device, threads=threads, allow_fallback=allow_fallback,
           max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_mb=max_body_mb, max_pixels=max_pixels,
@@ -116,17 +116,19 @@ def benchmark(model: str | None = None, *overrides: str, batch_sizes="1,8,32", p
               batch_size: int | None = None, out_dir: str | None = None):
     """Throughput and latency of an export (default: the newest), or of training with --train RECIPE
     (KEY=VALUE overrides after it apply to that recipe)."""
-    from toolkit import benchmark as bench
-
     if train:
+        from toolkit.train.benchmark import run_train_benchmark
+
         extra = [str(model)] if model else []  # `--train R KEY=VALUE`: fire hands the first override over as MODEL
-        bench.run_train_benchmark(train, overrides=extra + [str(o) for o in overrides], batch_size=batch_size,
+        run_train_benchmark(train, overrides=extra + [str(o) for o in overrides], batch_size=batch_size,
                                   device=_as_list(device)[0] if device else None, duration=duration,
                                   iterations=iterations, warmup=warmup, rounds=rounds or 3, threads=threads,
                                   out_dir=out_dir)
         return
     if overrides:
         raise UserError(f"benchmark: unexpected arguments {list(overrides)}; KEY=VALUE overrides go with --train")
+    from toolkit.runtime import benchmark as bench
+
     bench.run_benchmark(model=model, batch_sizes=_as_list(batch_sizes, int), precision=_as_list(precision),
                         device=_as_list(device), torch=torch, compile=compile, duration=duration,
                         iterations=iterations, warmup=warmup, rounds=rounds or 5, threads=threads, data=data,
@@ -137,7 +139,7 @@ def benchmark(model: str | None = None, *overrides: str, batch_sizes="1,8,32", p
 def demo(*overrides: str, seeds="0,1,2", labels_per_class="1,3,10", quick: bool = False, out_dir: str = "runs/demo"):
     """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch.
     KEY=VALUE overrides apply to all its recipes (e.g. model.arch=vgg11)."""
-    from toolkit.demo import run_demo
+    from toolkit.train.demo import run_demo
 
     run_demo(seeds=_as_list(seeds, int), labels_per_class=_as_list(labels_per_class, int), quick=quick,
              out_dir=out_dir, overrides=[str(o) for o in overrides])

@@ -45,9 +45,9 @@ BODY_TIMEOUT_S = 30.0        # a client that stops sending its body mid-way gets
 # --data-binary sends application/x-www-form-urlencoded unless told otherwise, so that one works too.
 RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded", "")
 PREDICT_PATH = "/v1/predict"
-STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-log = logging.getLogger("toolkit.serve")
+log = logging.getLogger("toolkit.runtime.serve")
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,7 +401,7 @@ def create_app(predictor, max_batch: int = 16, max_wait_ms: float = 5.0, max_bod
                max_pixels: int = 40_000_000, max_concurrency: int = 64, top_k: int = 5,
                allowed_hosts: tuple | None = None, body_timeout_s: float = BODY_TIMEOUT_S,
                decode_slots: int | None = None):
-    """The FastAPI app over a loaded `toolkit.inference.Predictor`.
+    """The FastAPI app over a loaded `toolkit.runtime.predictor.Predictor`.
 
     The batching worker starts (and runs the warm-up inference) in the app's lifespan, and is
     drained when the app shuts down. `allowed_hosts`: Host header names accepted (None: any).
@@ -713,7 +713,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, d
     import uvicorn
 
     from toolkit import artifacts
-    from toolkit.inference import Predictor
+    from toolkit.runtime.predictor import Predictor
     from toolkit.preprocess import SERVE_FORMATS
 
     if model is None:

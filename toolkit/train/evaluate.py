@@ -39,10 +39,10 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
     import torch
     from torch.utils.data import DataLoader
 
-    from toolkit import data as data_mod
+    from toolkit.train import data as data_mod
     from toolkit import recipe as recipe_mod
-    from toolkit.checkpoint import model_from_checkpoint
-    from toolkit.train import pick_device
+    from toolkit.train.checkpoint import model_from_checkpoint
+    from toolkit.train.loop import pick_device
 
     if split not in SPLITS:
         raise UserError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
@@ -86,7 +86,7 @@ def evaluate_command(target: str | None, recipe: str | None = None, split: str =
         print(f"evaluating newest run: {target}")
     loaded_recipe = recipe_mod.load(recipe) if recipe else None
     if str(target).endswith(".onnx"):
-        from toolkit.onnx_eval import evaluate_onnx
+        from toolkit.runtime.onnx_eval import evaluate_onnx
 
         report = evaluate_onnx(target, loaded_recipe, split=split, batch_size=batch_size, device=device)
         if not as_json:

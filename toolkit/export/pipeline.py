@@ -34,8 +34,8 @@ import numpy as np
 
 from toolkit.artifacts import atomic_write
 from toolkit.errors import UserError, first_line
-from toolkit.onnx_eval import cpu_session, load_pixels, model_input, run_logits
-from toolkit.onnx_eval import report as accuracy_report
+from toolkit.runtime.onnx_eval import cpu_session, load_pixels, model_input, run_logits
+from toolkit.runtime.onnx_eval import report as accuracy_report
 from toolkit.preprocess import Preprocess
 
 PARITY_BATCH_SIZES = (1, 2, 7, 16)
@@ -572,7 +572,7 @@ def _judge(p: dict, what: str, path: str, min_agreement: float = 1.0) -> None:
 def _load_data(recipe) -> tuple[Any, Optional[str]]:
     """(Dataset or None, why not). Never downloads: export works offline or says it couldn't."""
     try:
-        from toolkit.data import load_dataset
+        from toolkit.datasets import load_dataset
 
         data = recipe.data
         if data.source == "flowers102":
@@ -681,7 +681,7 @@ def export_run(run: Optional[str] = None, out: Optional[str] = None, opset: int 
     import onnx
 
     import toolkit
-    from toolkit import checkpoint as ckpt_mod
+    from toolkit.train import checkpoint as ckpt_mod
     from toolkit import recipe as recipe_mod
 
     say = _noop if quiet else _say
@@ -1016,7 +1016,7 @@ def export_triton(run: Optional[str] = None, repo: Optional[str] = None, max_bat
     repo: the repository folder (default exports_dir/triton). The FP32 file becomes model <name>; each
     twin its own model, <name>_fp16, <name>_int8, <name>_raw. Returns the export report with a
     'triton' list of the models written."""
-    from toolkit import triton
+    from toolkit.export import triton
 
     say = _noop if quiet else _say
     triton.check_options(max_batch_size, instances, instance_kind, queue_delay_us, model_version)

@@ -22,7 +22,7 @@ from toolkit.errors import UserError
 
 def _recipe_path(name: str) -> str:
     """recipes/<name> in the working directory, else beside the installed package (a source checkout)."""
-    for root in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+    for root in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))):
         path = os.path.join(root, "recipes", name)
         if os.path.isfile(path):
             return path
@@ -30,7 +30,7 @@ def _recipe_path(name: str) -> str:
 
 
 def _train_quietly(recipe, evaluate_test: bool = True) -> float:
-    from toolkit.train import train
+    from toolkit.train.loop import train
 
     started = time.time()
     train(recipe, overwrite=True, quiet=True, evaluate_test=evaluate_test)
@@ -38,7 +38,7 @@ def _train_quietly(recipe, evaluate_test: bool = True) -> float:
 
 
 def _test_top1(run_dir: str) -> float:
-    from toolkit.evaluate import evaluate_checkpoint
+    from toolkit.train.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"), split="test", quiet=True)["top1"]
 

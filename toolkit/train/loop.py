@@ -27,10 +27,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from toolkit import recipe as recipe_mod
 from toolkit.artifacts import atomic_path, atomic_write
-from toolkit.checkpoint import load_checkpoint, save_checkpoint
-from toolkit.distributed import IGNORE, Dist, is_collective_failure
+from toolkit.train.checkpoint import load_checkpoint, save_checkpoint
+from toolkit.train.distributed import IGNORE, Dist, is_collective_failure
 from toolkit.errors import UserError
-from toolkit.evaluate import collect_logits
+from toolkit.train.evaluate import collect_logits
 from toolkit.metrics import classification_report
 from toolkit.recipe import Recipe
 
@@ -188,7 +188,7 @@ def amp_dtype(mode: str, device: torch.device):
 
 def build_optimizer(model, t, groups) -> torch.optim.Optimizer:
     """SGD (Nesterov momentum) or AdamW over `groups`, each layer group at its discriminative rate."""
-    from toolkit import model as model_mod
+    from toolkit.train import model as model_mod
 
     param_groups = model_mod.optimizer_param_groups(model, model_mod.group_learning_rates(t), t.weight_decay,
                                                     groups=groups)
@@ -299,8 +299,8 @@ def _check_distributed(t, world: int, device: torch.device, sync_bn: bool) -> No
 
 def _train(recipe: Recipe, ctx: Dist, device: torch.device, resume: bool, overwrite: bool,
            stop_after_epochs: int | None, quiet: bool, evaluate_test: bool) -> dict:
-    from toolkit import data as data_mod
-    from toolkit import model as model_mod
+    from toolkit.train import data as data_mod
+    from toolkit.train import model as model_mod
 
     started = time.time()
     run_dir = recipe.run_dir
@@ -634,7 +634,7 @@ def _save_fig(fig, path: str) -> None:
 
 def _summary(recipe, dataset, device, best_path, state: RunState, started: float, quiet: bool,
              world: int = 1) -> dict:
-    from toolkit.evaluate import evaluate_checkpoint
+    from toolkit.train.evaluate import evaluate_checkpoint
 
     summary = {"run": recipe.run_dir, "best_checkpoint": best_path, "best_epoch": state.best_epoch,
                "val_top1": state.best_top1, "epochs_run": state.epoch, "processes": world, "wall_time_s": None}

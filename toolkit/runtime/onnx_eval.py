@@ -1,7 +1,7 @@
 """Accuracy of an exported ONNX model on a recipe's split, through ONNX Runtime (CPU).
 
 `evaluate_onnx("exports/flowers.onnx")` reads the recipe, labels and preprocessing from the file's own
-metadata, loads the split with toolkit.data (imported lazily: the data side needs torch), runs every
+metadata, loads the split with toolkit.train.data (imported lazily: the data side needs torch), runs every
 image through the same `Preprocess` the Predictor uses and reports top-1, top-5, per-class accuracy and
 the confusion matrix. The export's INT8 accuracy budget uses the same functions, so the gate and
 `toolkit evaluate MODEL.onnx` can't disagree. Light module: no torch at import time.
@@ -174,7 +174,7 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     raw = bool((meta.get("input") or {}).get("raw"))
     labels = [str(x) for x in meta["labels"]]
 
-    from toolkit.data import load_dataset  # torch side, so only here
+    from toolkit.datasets import load_dataset
 
     if recipe.data.source == "flowers102" and recipe.data.download:
         recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, download=False))

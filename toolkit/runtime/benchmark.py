@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from toolkit.errors import UserError
-from toolkit.benchmark_report import (DEVICES, E2E_IMAGE, E2E_JPEG_QUALITY, E2E_TOP_K, MODES, PRECISIONS, SCHEMA_VERSION, TIMED, _write_outputs, format_table, format_train_table)
+from toolkit.runtime.benchmark_report import (DEVICES, E2E_IMAGE, E2E_JPEG_QUALITY, E2E_TOP_K, MODES, PRECISIONS, SCHEMA_VERSION, TIMED, _write_outputs, format_table, format_train_table)
 from toolkit.errors import first_line
 
 TWIN_SUFFIX = {"fp32": ".onnx", "fp16": ".fp16.onnx", "int8": ".int8.onnx"}
@@ -640,7 +640,7 @@ class _OrtBackend(_Backend):
     backend = "onnxruntime"
 
     def __init__(self, info: dict, precision: str, device: str, threads: int, max_batch: int):
-        from toolkit.inference import Predictor
+        from toolkit.runtime.predictor import Predictor
 
         self.precision, self.device, self.file = precision, device, info["path"]
         self.key = f"onnxruntime/{device}/{precision}"
@@ -701,7 +701,7 @@ class _TorchBackend(_Backend):
     def __init__(self, checkpoint: str, device: str, threads: int, compiled: bool, amp: bool, preprocess):
         import torch
 
-        from toolkit.checkpoint import model_from_checkpoint
+        from toolkit.train.checkpoint import model_from_checkpoint
 
         self.torch = torch
         self.backend = "torch-compile" if compiled else "torch-eager"
@@ -791,7 +791,7 @@ def _probe(spec: dict) -> dict:
     t0 = time.perf_counter()
     out: dict = {"rss_start_mb": _maxrss_mb()}
     if spec["kind"] == "onnxruntime":
-        from toolkit.inference import Predictor
+        from toolkit.runtime.predictor import Predictor
         out["import_s"] = time.perf_counter() - t0
         out["rss_base_mb"] = _maxrss_mb()
         t = time.perf_counter()
@@ -817,7 +817,7 @@ def _probe(spec: dict) -> dict:
     else:
         import torch
 
-        from toolkit.checkpoint import model_from_checkpoint
+        from toolkit.train.checkpoint import model_from_checkpoint
         out["import_s"] = time.perf_counter() - t0
         out["rss_base_mb"] = _maxrss_mb()
         torch.set_num_threads(int(spec["threads"]))
@@ -863,7 +863,7 @@ def _probe(spec: dict) -> dict:
 def _run_probe(spec: dict, timeout: float = 3600) -> dict:
     import shutil
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cache = None
@@ -872,7 +872,7 @@ def _run_probe(spec: dict, timeout: float = 3600) -> dict:
         env["TORCHINDUCTOR_CACHE_DIR"] = cache
     t = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "toolkit.benchmark", "--probe", json.dumps(spec)],
+        proc = subprocess.run([sys.executable, "-m", "toolkit.runtime.benchmark", "--probe", json.dumps(spec)],
                               capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"cold-start probe timed out after {timeout:.0f}s"}
@@ -1027,7 +1027,7 @@ def _find_checkpoint(meta: dict, model_path: str, checkpoint: Optional[str]) -> 
 
 
 def _accuracy(path: str, data: str, split: str, threads: int) -> dict:
-    from toolkit.onnx_eval import evaluate_onnx
+    from toolkit.runtime.onnx_eval import evaluate_onnx
 
     res = evaluate_onnx(path, data, split=split, threads=threads, quiet=True)
     return {"split": split, "top1": res.get("top1"), "top5": res.get("top5"), "n": res.get("n"),
@@ -1085,7 +1085,7 @@ def run_benchmark(model: Optional[str] = None, batch_sizes: Any = (1, 8, 32), pr
     if data:  # a bad recipe fails now, not after minutes of timing
         from toolkit import recipe as recipe_mod
         recipe_mod.load(os.fspath(data))
-        from toolkit.onnx_eval import SPLITS
+        from toolkit.runtime.onnx_eval import SPLITS
         if split not in SPLITS:
             raise UserError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
 
@@ -1357,7 +1357,7 @@ def run_benchmark(model: Optional[str] = None, batch_sizes: Any = (1, 8, 32), pr
     if any(pk["candidates"] and len(pk["candidates"]) > 1 for pk in peaks):
         notes.append("FP32 peak: the best of ONNX Runtime MatMul and numpy's BLAS at the same thread count")
     if ckpt_path and meta.get("checkpoint_sha256"):
-        from toolkit.checkpoint import sha256_file
+        from toolkit.train.checkpoint import sha256_file
         if sha256_file(ckpt_path) != meta["checkpoint_sha256"]:
             notes.append(f"{ckpt_path} is not the checkpoint this model was exported from (sha256 differs); the "
                          "PyTorch rows time another set of weights of the same architecture")
@@ -1420,201 +1420,6 @@ def _cold_record(probe: Optional[dict], b: _Backend, first_runs: dict, sizes: tu
             "first_inference_s": {str(s): round(first_runs[(b.key, "model", s)], 4)
                                   for s in sizes if (b.key, "model", s) in first_runs},
             "peak_rss_mb": {"process": _maxrss_mb()}}
-
-
-# ================================================================================================
-# Reports: stdout table, Markdown, PNG
-# ================================================================================================
-
-def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_size: Optional[int] = None,
-                        device: Optional[str] = None, duration: Optional[float] = None,
-                        iterations: Optional[int] = None, warmup: Optional[int] = None, rounds: int = 3,
-                        threads: Optional[int] = None, loader_batches: Optional[int] = None,
-                        out_dir: Optional[str] = None, quiet: bool = False) -> dict:
-    """Training step img/s (synthetic tensors through model + loss + backward + optimizer step, built as
-    toolkit train builds them) and data-loader img/s (toolkit.data.make_loader over the recipe's train
-    split, workers as in the recipe), measured separately; says which one limits training.
-
-    duration: timed seconds for the step (default 5; loader: the same), or iterations: timed steps
-    (loader: `loader_batches`, default one pass over the train split, at least 3 batches).
-    Writes benchmark.json and benchmark.md into out_dir (default benchmarks/<recipe name>-train-<stamp>/).
-    """
-    say = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, **k))
-    from toolkit import recipe as recipe_mod
-
-    recipe = recipe_mod.load(os.fspath(recipe_path), list(overrides))
-    if duration is not None and iterations is not None:
-        raise UserError("benchmark: pass --duration or --iterations, not both")
-    if batch_size is not None:
-        if int(batch_size) < 1:
-            raise UserError(f"batch_size: {batch_size!r}; expected a positive whole number")
-        recipe.train.batch_size = int(batch_size)
-    if device is not None:
-        recipe.train.device = str(device)
-    if int(rounds) < 1:
-        raise UserError(f"rounds: {rounds!r}; expected at least 1")
-    duration = DEFAULT_DURATION_S if duration is None and iterations is None else duration
-
-    import torch
-    import torch.nn as nn
-
-    from toolkit import data as data_mod
-    from toolkit import model as model_mod
-    from toolkit import train as train_mod
-
-    n_threads, threads_source = (int(threads), "given") if threads else (physical_cores(), "physical cores")
-    torch.set_num_threads(n_threads)
-    dev = train_mod.pick_device(recipe.train.device)
-    progress = _Progress(not quiet)
-    progress.live("loading the data")
-    dataset = data_mod.load_dataset(recipe, scan=False)
-    if not dataset.train:
-        raise UserError("data: the training split is empty; nothing to load")
-    num_classes = len(dataset.labels)
-    t = recipe.train
-    bs = int(t.batch_size)
-    crop = int(recipe.preprocess.crop)
-    autocast = train_mod.amp_dtype(t.amp, dev)
-    channels_last = bool(t.channels_last and dev.type == "cuda")
-
-    # ---- training step ---------------------------------------------------------------------------
-    first_groups = model_mod.trainable_groups(t, 0)
-    last_groups = model_mod.trainable_groups(t, max(0, t.epochs - 1))
-    phases = [("main", last_groups)]
-    if first_groups != last_groups:
-        phases.insert(0, ("frozen (first epochs)", first_groups))
-    phase_records = []
-    for phase_name, groups in phases:
-        progress.live(f"building the model ({phase_name})")
-        model = model_mod.build_from_recipe(recipe, num_classes)
-        model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        model_mod.set_trainable(model, groups)
-        model.train()
-        optimizer = train_mod.build_optimizer(model, t, groups)  # exactly as toolkit train builds it
-        scaler = torch.amp.GradScaler("cuda", enabled=autocast is torch.float16)
-        criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(bs, 3, crop, crop, generator=gen).to(dev)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, num_classes, (bs,), generator=gen).to(dev)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            if autocast is not None:
-                with torch.autocast(dev.type, dtype=autocast):
-                    loss = criterion(model(x), y)
-            else:
-                loss = criterion(model(x), y)
-            scaler.scale(loss).backward()
-            if t.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-
-        progress.live(f"warming up the training step ({phase_name})")
-        tt = time.perf_counter()
-        step()
-        first = time.perf_counter() - tt
-        calls, spent, last = 0, 0.0, first
-        want = int(warmup) if warmup is not None else None
-        while calls < (want - 1 if want else 2) or (want is None and spent < 0.5 and calls < 10):
-            tt = time.perf_counter()
-            step()
-            last = time.perf_counter() - tt
-            calls, spent = calls + 1, spent + last
-        k = max(1, math.ceil(int(iterations) / rounds)) if iterations is not None else \
-            max(1, int(round(float(duration) / rounds / max(last, 1e-6))))
-
-        def on_block(r, entry, kk, total, phase_name=phase_name):
-            progress.live(f"training step ({phase_name}) round {r + 1}/{rounds}: {kk * bs / total:.1f} img/s")
-        lat, blocks, _ = interleaved_rounds([("step", step)], rounds, {"step": k}, on_block)
-        stats = _stats(lat["step"], blocks["step"], k, bs)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        phase_records.append({"phase": phase_name, "groups": sorted(groups), "trainable_params": int(trainable),
-                              "iterations": len(lat["step"]), "first_step_s": round(first, 4),
-                              "throughput_ips": stats["throughput_ips"], "latency_ms": stats["latency_ms"]})
-        del model, optimizer
-    progress.line(f"training step: {phase_records[-1]['throughput_ips']['median']:.1f} img/s "
-                  f"(batch {bs}, {phase_records[-1]['phase']} phase)")
-
-    # ---- data loader -----------------------------------------------------------------------------
-    progress.live("starting the data loader")
-    loader = data_mod.make_loader(dataset.train, recipe, train=True, generator=torch.Generator().manual_seed(0))
-    n_batches = int(loader_batches) if loader_batches else max(3, len(loader))
-    tt = time.perf_counter()
-    it = iter(loader)
-    first_batch = next(it)
-    startup = time.perf_counter() - tt
-    times, sizes_seen = [], []
-    deadline = time.perf_counter() + (float(duration) if duration is not None else float("inf"))
-    while len(times) < n_batches and (duration is None or time.perf_counter() < deadline or len(times) < 3):
-        tt = time.perf_counter()
-        try:
-            xb, _ = next(it)
-        except StopIteration:
-            it = iter(loader)
-            continue
-        times.append(time.perf_counter() - tt)
-        sizes_seen.append(int(xb.shape[0]))
-        progress.live(f"data loader: {len(times)} batches, {sum(sizes_seen) / sum(times):.1f} img/s")
-    del first_batch
-    ips_per_batch = np.asarray(sizes_seen) / np.maximum(np.asarray(times), 1e-9)
-    loader_ips = float(sum(sizes_seen) / sum(times)) if times else 0.0
-    loader_rec = {"workers": int(recipe.data.workers), "batch_size": bs, "startup_s": round(startup, 4),
-                  "batches": len(times), "images": int(sum(sizes_seen)), "augment": "recipe" if recipe.augment
-                  else "default", "throughput_ips": {
-                      "overall": round(loader_ips, 3), "median_batch": round(float(np.median(ips_per_batch)), 3),
-                      "min_batch": round(float(ips_per_batch.min()), 3),
-                      "max_batch": round(float(ips_per_batch.max()), 3)}}
-    progress.close()
-    step_ips = phase_records[-1]["throughput_ips"]["median"]
-    bound = "data loader" if loader_ips < step_ips else "training step"
-    shared = 1.0 / (1.0 / step_ips + 1.0 / loader_ips) if dev.type == "cpu" and step_ips and loader_ips else None
-    advice = ("raise data.workers, lower the decode cost (smaller source images), or cache decoded images"
-              if bound == "data loader" else
-              "the training step is the limit: a GPU (with AMP and channels_last), a smaller crop or more frozen "
-              "blocks speed it up; more loader workers won't")
-    limiter = {"bound_by": bound, "step_ips": step_ips, "loader_ips": round(loader_ips, 3),
-               "ratio": round(loader_ips / step_ips, 3) if step_ips else None,
-               "estimate_shared_cpu_ips": round(shared, 3) if shared else None, "advice": advice}
-    notes = []
-    if shared:
-        notes.append("on CPU the loader's worker processes and the training step share the same cores; when both "
-                     "are CPU-bound, an epoch runs at about 1/(1/step + 1/loader) images/s "
-                     f"(~{shared:.1f} img/s here)")
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = out_dir or os.path.join("benchmarks", f"{recipe.name}-train-{stamp}")
-    record = {
-        "schema_version": SCHEMA_VERSION, "kind": "train", "created": _now_iso(),
-        "command": f"toolkit benchmark --train {recipe_path}" + (" " + " ".join(overrides) if overrides else ""),
-        "recipe": {"path": os.fspath(recipe_path), "name": recipe.name, "arch": recipe.model.arch,
-                   "head": recipe.model.head, "crop": crop, "classes": num_classes, "strategy": t.strategy,
-                   "optimizer": t.optimizer, "batch_size": bs, "amp": str(autocast).replace("torch.", "")
-                   if autocast else None, "channels_last": channels_last, "train_images": len(dataset.train)},
-        "machine": machine_info(gpu=dev.type == "cuda"), "versions": versions(),
-        "settings": {"device": str(dev), "threads": n_threads, "threads_source": threads_source,
-                     "warmup": int(warmup) if warmup is not None else "auto", "rounds": int(rounds),
-                     "iterations": int(iterations) if iterations is not None else None,
-                     "duration_s": float(duration) if duration is not None else None,
-                     "loader_batches": n_batches},
-        "timed": {"step": "one optimizer step on a synthetic batch already on the device: zero_grad, forward, "
-                          "loss, backward, (grad clip), optimizer step, (CUDA synchronise); median over rounds",
-                  "loader": "time to receive each next batch from toolkit.data.make_loader(train split, train=True) "
-                            "with the recipe's workers and augmentation, after its first batch (startup_s)",
-                  "limiter": "the smaller of step and loader images/s limits an epoch"},
-        "phases": phase_records, "loader": loader_rec, "limiter": limiter, "notes": notes,
-        "files": {"json": os.path.join(out_dir, "benchmark.json"), "markdown": os.path.join(out_dir, "benchmark.md"),
-                  "png": None},
-    }
-    _write_outputs(record, out_dir, False, say)
-    if not quiet:
-        print(format_train_table(record))
-        say(f"benchmark: wrote {record['files']['json']}, {record['files']['markdown']}")
-    return record
 
 
 def _main(argv: list) -> None:

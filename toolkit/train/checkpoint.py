@@ -38,7 +38,7 @@ def load_checkpoint(path: str, map_location: str = "cpu") -> dict:
 def model_from_checkpoint(source, map_location: str = "cpu"):
     """(model in eval mode, checkpoint dict) from a checkpoint path or an already loaded dict."""
     from toolkit import recipe as recipe_mod
-    from toolkit.model import build_from_recipe
+    from toolkit.train.model import build_from_recipe
 
     ckpt = load_checkpoint(source, map_location) if isinstance(source, (str, os.PathLike)) else source
     recipe = recipe_mod.from_dict(ckpt["recipe"], source=f"{source} (recipe inside the checkpoint)", check_paths=False)

@@ -1,0 +1,111 @@
+"""load_dataset: a recipe's data as a Dataset, after the pre-flight scan that decodes every image file."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+import numpy as np
+
+from toolkit.datasets.sources import LOADERS
+from toolkit.datasets.splits import IMAGE_EXTENSIONS, Dataset, _keep_per_class
+from toolkit.errors import UserError
+from toolkit.preprocess import DEFAULT_MAX_PIXELS, ImageError, open_image
+
+MAX_LISTED = 20  # problems listed in one error before "and N more"
+
+
+# ----------------------------------------------------------------------------------------------
+# The pre-flight scan
+
+def _check_file(path: str, max_pixels: int) -> Optional[str]:
+    """None when the file decodes completely, else the reason it can't be used."""
+    try:
+        open_image(path, max_pixels=max_pixels)
+    except ImageError as exc:
+        msg = str(exc)
+        return msg[len(path) + 2:] if msg.startswith(path + ": ") else msg
+    except Exception as exc:  # anything Pillow raises that open_image didn't classify
+        return f"cannot read image ({type(exc).__name__}: {exc})"
+    return None
+
+
+def scan_items(items: list, max_pixels: int = DEFAULT_MAX_PIXELS, threads: Optional[int] = None,
+               progress: bool = True) -> list:
+    """Decode every file item (arrays are skipped); -> [(path, reason)] for each unusable one.
+
+    Pillow releases the GIL while decoding, so a thread pool scales with cores.
+    """
+    paths = sorted({src for src, _ in items if isinstance(src, str)})
+    if not paths:
+        return []
+    threads = threads or min(16, 2 * (os.cpu_count() or 1))  # bounded: each may hold a big decoded image
+    show = progress and len(paths) >= 2000
+    bad, start = [], time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for n, (path, reason) in enumerate(zip(paths, pool.map(lambda p: _check_file(p, max_pixels), paths))):
+            if reason is not None:
+                bad.append((path, reason))
+            if show and sys.stdout.isatty() and (n + 1) % 1000 == 0:
+                print(f"\rscan: {n + 1}/{len(paths)} images checked", end="", flush=True)
+    if show:
+        print(f"\rscan: {len(paths)} images checked in {time.perf_counter() - start:.1f}s, {len(bad)} unusable")
+    return bad
+
+
+def _listing(lines: list) -> str:
+    shown = lines[:MAX_LISTED]
+    more = [f"and {len(lines) - MAX_LISTED} more"] if len(lines) > MAX_LISTED else []
+    return "\n".join(f"  {line}" for line in shown + more)
+
+
+
+def _empty_classes(labels: list, splits: dict, locate) -> list:
+    """One line per class without a usable image in train, or in a val/test split that exists."""
+    problems = []
+    for split, items in splits.items():
+        if split != "train" and not items:
+            continue  # a split that doesn't exist
+        counts = np.bincount([lab for _, lab in items], minlength=len(labels))
+        for i in np.flatnonzero(counts == 0):
+            where = locate(split, labels[i])
+            if where is not None:
+                problems.append(f"{where}: empty class, no usable images ({' '.join(IMAGE_EXTENSIONS)})")
+    return problems
+
+
+
+
+def load_dataset(recipe, scan: bool = True) -> Dataset:
+    """The recipe's data as a Dataset. With `scan`, every image file is decoded first and all problems
+    (bad files, empty classes, class mismatches) are raised as one UserError; `data.skip_corrupt` drops
+    bad files instead (empty classes and mismatches stay fatal)."""
+    d = recipe.data
+    if d.source == "folder" and not os.path.isdir(d.root):
+        raise UserError(f"data.root: {d.root!r} is not a folder; expected a folder of class sub-folders")
+    problems: list = []
+    labels, splits, locate = LOADERS[d.source](d, problems)
+    bad = scan_items(splits["train"] + splits["val"] + splits["test"], d.max_pixels) if scan else []
+    skipped = []
+    if bad and d.skip_corrupt:
+        drop = {p for p, _ in bad}
+        splits = {s: [it for it in items if not (isinstance(it[0], str) and it[0] in drop)]
+                  for s, items in splits.items()}
+        skipped, bad = bad, []
+    if labels:
+        problems += _empty_classes(labels, splits, locate)
+    lines = problems + [f"{path}: {reason}" for path, reason in bad]
+    if lines:
+        what = d.root if d.source == "folder" else f"the {d.source} data"
+        hint = "\nset data.skip_corrupt: true to skip the unusable images" if bad else ""
+        n = len(lines)
+        raise UserError(f"data: {n} problem{'s' if n > 1 else ''} in {what}:\n{_listing(lines)}{hint}")
+    if skipped:
+        print(f"data: skipped {len(skipped)} unusable image{'s' if len(skipped) > 1 else ''} "
+              f"(data.skip_corrupt):\n{_listing([f'{p}: {r}' for p, r in skipped])}")
+    train = _keep_per_class(splits["train"], labels, d.labels_per_class, d.split_seed)
+    return Dataset(labels=labels, train=train, val=splits["val"], test=splits["test"], skipped=skipped)
+
+
