@@ -78,7 +78,8 @@ def main():
     args = ap.parse_args()
 
     import httpx
-    from toolkit.runtime.predictor import Predictor, time_cold_start
+    from toolkit.runtime.cold_start import time_cold_start
+    from toolkit.runtime.predictor import Predictor
 
     images = [photo_jpeg(i) for i in range(8)]
     out = {"model": os.path.basename(args.model), "clients": args.clients, "requests": args.requests,

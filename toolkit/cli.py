@@ -9,6 +9,7 @@ import os
 import sys
 
 from toolkit.errors import RankZeroError, UserError
+from toolkit.preprocess import DEFAULT_MAX_PIXELS
 
 
 def _as_list(value, kind=str) -> list:
@@ -66,17 +67,18 @@ def export(run: str | None = None, out: str | None = None, opset: int = 17, fp16
            queue_delay_us: int = 100, model_version: int = 1):
     """Export a run (default: the newest) to one verified, self-describing ONNX file, or with --format triton
     to a Triton Inference Server model repository (--out: its folder, default exports/triton)."""
-    from toolkit.export.pipeline import export_run, export_triton
+    from toolkit.export import ExportOptions, TritonOptions, export_run, export_triton
 
-    options = dict(run=run, opset=opset, fp16=fp16, int8=int8, raw_input=raw_input, probabilities=probabilities,
-                   dynamic_hw=dynamic_hw, calib_images=calib_images, calib_method=calib_method,
-                   keep_fp32=tuple(_as_list(keep_fp32)), int8_budget=int8_budget, per_channel=per_channel,
-                   parity_images=parity_images, ir_version=ir_version)
+    options = ExportOptions(run=run, opset=opset, fp16=fp16, int8=int8, raw_input=raw_input,
+                            probabilities=probabilities, dynamic_hw=dynamic_hw, calib_images=calib_images,
+                            calib_method=calib_method, keep_fp32=tuple(_as_list(keep_fp32)), int8_budget=int8_budget,
+                            per_channel=per_channel, parity_images=parity_images, ir_version=ir_version)
     if format == "onnx":
-        export_run(out=out, **options)
+        export_run(options, out=out)
     elif format == "triton":
-        export_triton(repo=out, max_batch_size=max_batch_size, instances=instances, instance_kind=instance_kind,
-                      queue_delay_us=queue_delay_us, model_version=model_version, **options)
+        export_triton(options, TritonOptions(repo=out, max_batch_size=max_batch_size, instances=instances,
+                                             instance_kind=instance_kind, queue_delay_us=queue_delay_us,
+                                             model_version=model_version))
     else:
         raise UserError(f"--format {format!r}: expected onnx (one file) or triton (a Triton model repository)")
 
@@ -84,7 +86,7 @@ def export(run: str | None = None, out: str | None = None, opset: int = 17, fp16
 def predict(*paths: str, top_k: int = 5, format: str = "table", device: str = "auto",
             threads: int | None = None, allow_fallback: bool = False, batch_size: int = 32, recursive: bool = True):
     """Predict images: toolkit predict [MODEL.onnx] IMAGES... (files, folders, globs)."""
-    from toolkit.runtime.predictor import predict_command
+    from toolkit.runtime.predict import predict_command
 
     paths = [str(p) for p in paths]
     model = paths.pop(0) if paths and paths[0].endswith(".onnx") else None  # else: the newest export
@@ -98,14 +100,15 @@ def predict(*paths: str, top_k: int = 5, format: str = "table", device: str = "a
 
 def serve_local(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
                 threads: int | None = None, allow_fallback: bool = False, max_batch: int = 16,
-                max_wait_ms: float = 5, max_body_mb: float = 10, max_pixels: int = 40_000_000,
+                max_wait_ms: float = 5, max_body_mb: float = 10, max_pixels: int = DEFAULT_MAX_PIXELS,
                 max_concurrency: int = 64, top_k: int = 5):
     """Serve an export (default: the newest) over HTTP on this machine."""
-    from toolkit.runtime.serve import serve
+    from toolkit.runtime.serve import ServeOptions, serve
 
-    serve(model=model, host=host, port=port, device=device, threads=threads, allow_fallback=allow_fallback,
-          max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_mb=max_body_mb, max_pixels=max_pixels,
-          max_concurrency=max_concurrency, top_k=top_k)
+    serve(ServeOptions(model=model, host=host, port=port, device=device, threads=threads,
+                       allow_fallback=allow_fallback, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                       max_body_mb=max_body_mb, max_pixels=max_pixels, max_concurrency=max_concurrency,
+                       top_k=top_k))
 
 
 def benchmark(model: str | None = None, *overrides: str, batch_sizes="1,8,32", precision="fp32", device="cpu",
@@ -127,13 +130,13 @@ def benchmark(model: str | None = None, *overrides: str, batch_sizes="1,8,32", p
         return
     if overrides:
         raise UserError(f"benchmark: unexpected arguments {list(overrides)}; KEY=VALUE overrides go with --train")
-    from toolkit.runtime import benchmark as bench
+    from toolkit.runtime.benchmark import BenchmarkOptions, run_benchmark
 
-    bench.run_benchmark(model=model, batch_sizes=_as_list(batch_sizes, int), precision=_as_list(precision),
-                        device=_as_list(device), torch=torch, compile=compile, duration=duration,
-                        iterations=iterations, warmup=warmup, rounds=rounds or 5, threads=threads, data=data,
-                        split=split, end_to_end=not model_only, isolate=isolate, checkpoint=checkpoint,
-                        out_dir=out_dir)
+    run_benchmark(model, BenchmarkOptions(
+        batch_sizes=_as_list(batch_sizes, int), precision=_as_list(precision), device=_as_list(device), torch=torch,
+        compile=compile, duration=duration, iterations=iterations, warmup=warmup, rounds=rounds or 5,
+        threads=threads, data=data, split=split, end_to_end=not model_only, isolate=isolate, checkpoint=checkpoint,
+        out_dir=out_dir))
 
 
 def demo(*overrides: str, seeds="0,1,2", labels_per_class="1,3,10", quick: bool = False, out_dir: str = "runs/demo"):

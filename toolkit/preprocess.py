@@ -1,7 +1,7 @@
 """Image decoding and eval preprocessing in numpy + Pillow: the one source of truth.
 
 Training evaluation, the export parity gate, INT8 calibration, the Predictor and serve-local all
-call this module, so a model sees the same pixels wherever it runs. No torch here (see DESIGN.md).
+call this module, so a model sees the same pixels wherever it runs. No torch here (see docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # What a classifier needs to decode. Servers use SERVE_FORMATS; image folders may hold a few more.
 SERVE_FORMATS = ("JPEG", "PNG", "WEBP")
 FOLDER_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# File names an image folder is listed by (data sets, predict's folders and globs): FOLDER_FORMATS' extensions.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -180,21 +182,11 @@ class Preprocess:
     @classmethod
     def from_model(cls, path: str) -> "Preprocess":
         """The preprocessing stored in an exported model's metadata, read without opening a session (for
-        clients of a model served elsewhere, e.g. by Triton)."""
-        import json
+        clients of a model served elsewhere, e.g. by Triton). toolkit.contract.ContractError if the file
+        is missing, unreadable or not a toolkit export."""
+        from toolkit import contract
 
-        import onnx
-
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: no such model file; expected an .onnx file written by toolkit export")
-        try:
-            meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-        except Exception:
-            raise UserError(f"{path}: not a readable ONNX file; expected an .onnx file written by toolkit export") \
-                from None
-        if meta.get("toolkit_format") != "1" or "preprocess" not in meta:
-            raise UserError(f"{path}: no toolkit preprocessing metadata; expected a model written by toolkit export")
-        return cls.from_dict(json.loads(meta["preprocess"]))
+        return cls.from_dict(contract.read_file(path).preprocess)
 
     def resize_crop(self, img: Image.Image) -> np.ndarray:
         """RGB image -> uint8 HxWx3 array of crop x crop pixels (what a raw-input model takes)."""

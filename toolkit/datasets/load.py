@@ -10,9 +10,9 @@ from typing import Optional
 import numpy as np
 
 from toolkit.datasets.sources import LOADERS
-from toolkit.datasets.splits import IMAGE_EXTENSIONS, Dataset, _keep_per_class
+from toolkit.datasets.splits import Dataset, _keep_per_class
 from toolkit.errors import UserError
-from toolkit.preprocess import DEFAULT_MAX_PIXELS, ImageError, open_image
+from toolkit.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
 
 MAX_LISTED = 20  # problems listed in one error before "and N more"
 
@@ -61,7 +61,6 @@ def _listing(lines: list) -> str:
     return "\n".join(f"  {line}" for line in shown + more)
 
 
-
 def _empty_classes(labels: list, splits: dict, locate) -> list:
     """One line per class without a usable image in train, or in a val/test split that exists."""
     problems = []
@@ -74,8 +73,6 @@ def _empty_classes(labels: list, splits: dict, locate) -> list:
             if where is not None:
                 problems.append(f"{where}: empty class, no usable images ({' '.join(IMAGE_EXTENSIONS)})")
     return problems
-
-
 
 
 def load_dataset(recipe, scan: bool = True) -> Dataset:
@@ -107,5 +104,3 @@ def load_dataset(recipe, scan: bool = True) -> Dataset:
               f"(data.skip_corrupt):\n{_listing([f'{p}: {r}' for p, r in skipped])}")
     train = _keep_per_class(splits["train"], labels, d.labels_per_class, d.split_seed)
     return Dataset(labels=labels, train=train, val=splits["val"], test=splits["test"], skipped=skipped)
-
-

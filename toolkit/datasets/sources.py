@@ -13,8 +13,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from toolkit.datasets.splits import IMAGE_EXTENSIONS, SPLIT_NAMES, _locate_split, _split_class
+from toolkit.datasets.splits import SPLIT_NAMES, _locate_split, _split_class
 from toolkit.errors import UserError
+from toolkit.preprocess import IMAGE_EXTENSIONS
 
 # ----------------------------------------------------------------------------------------------
 # Source: folder
@@ -173,7 +174,6 @@ def _load_digits(d, problems: list):
                 idx.tolist(), labels[label], d.val_fraction, d.test_fraction, d.split_seed)):
             splits[split] += [(pixels[i], label) for i in part]
     return labels, splits, _locate_split
-
 
 
 LOADERS = {"folder": _load_folder, "flowers102": _load_flowers102, "digits": _load_digits}

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+SPLITS = ("train", "val", "test")  # a Dataset's splits, the names evaluate and benchmark accept
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 Item = tuple  # (source: str | np.ndarray, label: int)
@@ -59,7 +59,5 @@ def _keep_per_class(train: list, labels: list, per_class: Optional[int], seed: i
     return out
 
 
-
 def _locate_split(split: str, name: str) -> Optional[str]:
     return f"{split} split, class {name}"
-

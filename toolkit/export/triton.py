@@ -11,13 +11,14 @@ from the file. Light module: onnx only, no torch.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from typing import Optional
 
+from toolkit import contract
 from toolkit.artifacts import atomic_write
 from toolkit.errors import UserError
 
@@ -26,6 +27,18 @@ INSTANCE_KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 DATA_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 6: "TYPE_INT32", 7: "TYPE_INT64",
               9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class TritonOptions:
+    """How `toolkit export --format triton` lays out and configures the model repository."""
+
+    repo: Optional[str] = None  # the repository folder; None = exports_dir/triton
+    max_batch_size: int = 32  # config.pbtxt max_batch_size (every export has a dynamic batch axis)
+    instances: int = 1  # model instances per device (instance_group count)
+    instance_kind: str = "auto"  # auto, gpu or cpu (instance_group kind)
+    queue_delay_us: int = 100  # dynamic batching: the longest a request waits for others, in microseconds
+    model_version: int = 1  # the version folder written; other versions of the model are left alone
 
 
 def _tensors(values) -> list[dict]:
@@ -45,11 +58,8 @@ def describe(onnx_path: str) -> dict:
     """What config.pbtxt needs from an exported file: inputs, outputs, labels, input layout."""
     import onnx
 
-    proto = onnx.load(onnx_path, load_external_data=False)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if meta.get("toolkit_format") != "1":
-        raise UserError(f"{onnx_path}: not a toolkit export (no toolkit_format metadata); expected a file written "
-                        "by toolkit export")
+    proto = onnx.load(onnx_path, load_external_data=False)  # one load: the graph and its metadata
+    model = contract.from_props({p.key: p.value for p in proto.metadata_props}, onnx_path)
     initializers = {i.name for i in proto.graph.initializer}
     inputs = _tensors([v for v in proto.graph.input if v.name not in initializers])
     outputs = _tensors(proto.graph.output)
@@ -57,21 +67,19 @@ def describe(onnx_path: str) -> dict:
         if tensor["batch_dim"] != -1:
             raise UserError(f"{onnx_path}: tensor {tensor['name']!r} has no dynamic batch axis; Triton's "
                             "max_batch_size needs one (every toolkit export has it)")
-    labels = json.loads(meta["labels"])
-    layout = json.loads(meta.get("input", "{}")).get("layout", "NCHW")
-    return {"inputs": inputs, "outputs": outputs, "labels": [str(x) for x in labels], "layout": layout,
-            "precision": meta.get("precision", "fp32")}
+    layout = (model.input or {}).get("layout", "NCHW")
+    return {"inputs": inputs, "outputs": outputs, "labels": [str(x) for x in model.labels], "layout": layout,
+            "precision": model.precision}
 
 
 def _dims(dims: list[int]) -> str:
     return "[ " + ", ".join(str(d) for d in dims) + " ]"
 
 
-def model_config(name: str, info: dict, max_batch_size: int = 32, instances: int = 1, kind: str = "auto",
-                 queue_delay_us: int = 100) -> str:
+def model_config(name: str, info: dict, options: TritonOptions) -> str:
     """config.pbtxt text for a described export (see `describe`)."""
     fmt = "FORMAT_NHWC" if info["layout"] == "NHWC" else "FORMAT_NCHW"
-    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {max_batch_size}", "input ["]
+    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', f"max_batch_size: {options.max_batch_size}", "input ["]
     for i, t in enumerate(info["inputs"]):
         lines += ["  {", f'    name: "{t["name"]}"', f"    data_type: {t['data_type']}",
                   f"    format: {fmt}", f"    dims: {_dims(t['dims'])}", "  }" + ("," if i < len(info["inputs"]) - 1 else "")]
@@ -81,26 +89,27 @@ def model_config(name: str, info: dict, max_batch_size: int = 32, instances: int
         lines += ["  {", f'    name: "{t["name"]}"', f"    data_type: {t['data_type']}",
                   f"    dims: {_dims(t['dims'])}", '    label_filename: "labels.txt"',
                   "  }" + ("," if i < len(info["outputs"]) - 1 else "")]
-    lines += ["]", "dynamic_batching {", f"  max_queue_delay_microseconds: {queue_delay_us}", "}",
-              "instance_group [", "  {", f"    count: {instances}", f"    kind: {INSTANCE_KINDS[kind]}", "  }", "]"]
+    lines += ["]", "dynamic_batching {", f"  max_queue_delay_microseconds: {options.queue_delay_us}", "}",
+              "instance_group [", "  {", f"    count: {options.instances}",
+              f"    kind: {INSTANCE_KINDS[options.instance_kind]}", "  }", "]"]
     return "\n".join(lines) + "\n"
 
 
-def check_options(max_batch_size, instances, kind, queue_delay_us, version) -> None:
+def check_options(options: TritonOptions) -> None:
     """One line per bad option, before any export work starts."""
     problems = []
-    for key, value, low in (("--max-batch-size", max_batch_size, 1), ("--instances", instances, 1),
-                            ("--queue-delay-us", queue_delay_us, 0), ("--model-version", version, 1)):
+    o = options
+    for key, value, low in (("--max-batch-size", o.max_batch_size, 1), ("--instances", o.instances, 1),
+                            ("--queue-delay-us", o.queue_delay_us, 0), ("--model-version", o.model_version, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             problems.append(f"{key} {value!r}: expected a whole number, at least {low}")
-    if kind not in INSTANCE_KINDS:
-        problems.append(f"--instance-kind {kind!r}: expected one of {', '.join(INSTANCE_KINDS)}")
+    if o.instance_kind not in INSTANCE_KINDS:
+        problems.append(f"--instance-kind {o.instance_kind!r}: expected one of {', '.join(INSTANCE_KINDS)}")
     if problems:
         raise UserError("\n".join(problems))
 
 
-def write_model(repo: str, name: str, onnx_path: str, version: int = 1, max_batch_size: int = 32,
-                instances: int = 1, kind: str = "auto", queue_delay_us: int = 100,
+def write_model(repo: str, name: str, onnx_path: str, options: TritonOptions,
                 extra_files: Optional[dict] = None) -> dict:
     """Move one verified export (`onnx_path`, e.g. from a staging folder) into repository `repo` as model
     `name`; returns what was written.
@@ -113,6 +122,7 @@ def write_model(repo: str, name: str, onnx_path: str, version: int = 1, max_batc
     bad = [label for label in info["labels"] if "\n" in label or "\r" in label]
     if bad:
         raise UserError(f"label {bad[0]!r}: labels.txt holds one label per line, so labels can't contain newlines")
+    version = options.model_version
     model_dir = os.path.join(repo, name)
     os.makedirs(model_dir, exist_ok=True)
     final = os.path.join(model_dir, str(version))
@@ -129,7 +139,7 @@ def write_model(repo: str, name: str, onnx_path: str, version: int = 1, max_batc
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
-    config = model_config(name, info, max_batch_size, instances, kind, queue_delay_us)
+    config = model_config(name, info, options)
     atomic_write(os.path.join(model_dir, "labels.txt"), "".join(label + "\n" for label in info["labels"]))
     for filename, text in (extra_files or {}).items():
         atomic_write(os.path.join(model_dir, filename), text)

@@ -9,17 +9,17 @@ the confusion matrix. The export's INT8 accuracy budget uses the same functions,
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Optional
 
 import numpy as np
 
+from toolkit import contract
+from toolkit.datasets import SPLITS
 from toolkit.errors import UserError
 from toolkit.preprocess import ImageError, Preprocess, open_image
 
-SPLITS = ("train", "val", "test")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -59,23 +59,11 @@ def cpu_session(model: Any, threads: Optional[int] = None, device: str = "cpu"):
 
 
 def read_metadata(session_or_path: Any) -> dict:
-    """The toolkit metadata of a model, JSON values decoded. UserError if it isn't a toolkit export."""
-    session = cpu_session(session_or_path) if isinstance(session_or_path, (str, os.PathLike)) else session_or_path
-    raw = dict(session.get_modelmeta().custom_metadata_map)
-    if raw.get("toolkit_format") != "1":
-        name = session_or_path if isinstance(session_or_path, (str, os.PathLike)) else "model"
-        raise UserError(f"{name}: no toolkit metadata (toolkit_format); expected a model written by "
-                        "toolkit export, which carries its labels and preprocessing")
-    out: dict = {}
-    for key, value in raw.items():
-        try:
-            out[key] = json.loads(value) if key in JSON_KEYS else value
-        except ValueError:
-            out[key] = value
-    return out
-
-
-JSON_KEYS = ("labels", "names", "preprocess", "input", "outputs", "recipe", "metrics", "quantization")
+    """The toolkit metadata of a model (a path or a session), JSON values decoded (toolkit.contract).
+    A toolkit.contract.ContractError (a UserError) if it isn't a toolkit export."""
+    if isinstance(session_or_path, (str, os.PathLike)):
+        return contract.read_file(session_or_path).meta
+    return contract.from_session(session_or_path, "model").meta
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,11 +156,12 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     if not os.path.isfile(str(model_path)):
         raise UserError(f"{model_path}: no such model file; expected an .onnx file from toolkit export")
     session = cpu_session(str(model_path), threads, device)
-    meta = read_metadata(session)
+    model = contract.from_session(session, str(model_path))
+    meta = model.meta
     recipe = _resolve_recipe(recipe_path_or_recipe, meta, str(model_path))
-    preprocess = Preprocess.from_dict(meta["preprocess"])
-    raw = bool((meta.get("input") or {}).get("raw"))
-    labels = [str(x) for x in meta["labels"]]
+    preprocess = Preprocess.from_dict(model.preprocess)
+    raw = bool((model.input or {}).get("raw"))
+    labels = [str(x) for x in model.labels]
 
     from toolkit.datasets import load_dataset
 
@@ -192,10 +181,10 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
                         f"(first: {skipped[0][1] if skipped else 'none'})")
     logits = run_logits(session, pixels, preprocess, raw, batch_size)
     out = report(logits, to_model[targets], labels)
-    out.update({"model": str(model_path), "split": split, "precision": meta.get("precision", "fp32"),
+    out.update({"model": str(model_path), "split": split, "precision": model.precision,
                 "seconds": round(time.perf_counter() - start, 3), "skipped": skipped})
     if not quiet:
         from toolkit.metrics import format_report
 
-        print(format_report(out, title=f"{model_path} on {split} ({meta.get('precision', 'fp32')})"))
+        print(format_report(out, title=f"{model_path} on {split} ({model.precision})"))
     return out

@@ -1,17 +1,13 @@
-"""Train-time data (torch side): albumentations augmentation, the torch Dataset and DataLoader.
+"""Train-time data (torch side): albumentations augmentation, the torch Dataset and DataLoader, and the
+input pipeline's throughput.
 
-Listing, splits and the pre-flight scan are torch-free and live in toolkit.datasets.
+Listing, sources, splits and the pre-flight scan are torch-free and live in toolkit.datasets;
+`load_dataset`, `scan_items`, `render_digits` and `Dataset` are re-exported here for callers on this side.
 
-Sources (recipe `data.source`):
-  folder      data.root with class sub-folders, either split (train/ val/ test/) or not (then split
-              by val_fraction / test_fraction, stratified and seeded by split_seed)
-  flowers102  torchvision's Oxford Flowers-102 with its official 1020/1020/6149 split
-  digits      scikit-learn's bundled 8x8 handwritten digits, rendered as RGB images (offline demo)
-
-Every source gives a `Dataset` of (source, label_index) items, where a source is an image path or
-a uint8 HxWx3 array. Eval preprocessing is `toolkit.preprocess.Preprocess` (numpy + Pillow, the one
-source of truth); training runs albumentations (from the recipe's serialised pipeline) and then the
-same `Preprocess.normalize`, so train and eval share mean/std by construction.
+Items are (source, label_index), where a source is an image path or a uint8 HxWx3 array. Eval
+preprocessing is `toolkit.preprocess.Preprocess` (numpy + Pillow, the one source of truth); training runs
+albumentations (from the recipe's serialised pipeline) and then the same `Preprocess.normalize`, so train
+and eval share mean/std by construction.
 """
 from __future__ import annotations
 
@@ -204,16 +200,14 @@ def make_loader(items: list, recipe, train: bool, generator: Optional[torch.Gene
 # Throughput of the input pipeline (for the closing note and benchmarks)
 
 def _write_test_jpegs(folder: str, n: int, size=(500, 375)) -> list:
-    """Photo-like JPEGs: smooth colour fields plus noise, so they compress like real pictures."""
-    rng = np.random.default_rng(0)
-    w, h = size
+    """The benchmark's photo-like JPEGs (smooth colour fields plus noise), written to `folder`."""
+    from toolkit.runtime.benchmark.backends import synthetic_jpegs  # the benchmark package is big: load on use
+
     paths = []
-    for i in range(n):
-        small = rng.integers(0, 256, (h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
-        arr = np.asarray(img).astype(np.int16) + rng.integers(-12, 13, (h, w, 3), dtype=np.int16)
+    for i, blob in enumerate(synthetic_jpegs(n, size)):
         path = os.path.join(folder, f"img_{i:04d}.jpg")
-        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        with open(path, "wb") as fh:
+            fh.write(blob)
         paths.append(path)
     return paths
 

@@ -9,9 +9,10 @@ What this module owns:
     or dies brings the others down with a clear message instead of blocking forever;
   - splitting each global batch across ranks (`shard`), so N processes see together exactly the
     batch one process would;
-  - the few collectives the training loop needs: sums, an any-rank flag, gathering validation
-    outputs, and "rank 0 does it, everyone learns the outcome" (`on_main`), which keeps a user
-    error raised on rank 0 from leaving the other ranks waiting.
+  - wrapping the model in DistributedDataParallel, afresh when the trainable layer groups change (`wrap`);
+  - the few collectives the training loop needs: sums, an any-rank flag, the validation report over
+    every rank's share (`gather_report`), and "rank 0 does it, everyone learns the outcome"
+    (`on_main`), which keeps a user error raised on rank 0 from leaving the other ranks waiting.
 """
 from __future__ import annotations
 
@@ -21,13 +22,15 @@ import os
 import signal
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from toolkit.errors import RankZeroError, UserError, first_line
+from toolkit.metrics import classification_report
 
 IGNORE = -100  # target of a padding sample: CrossEntropyLoss's ignore_index, so it adds nothing
 
@@ -43,6 +46,7 @@ class Dist:
     local_rank: int = 0
     timeout_s: float = 1800.0
     backend: str | None = None
+    _wrapped: tuple | None = field(default=None, repr=False, compare=False)  # (trainable groups, DDP wrapper)
 
     @property
     def active(self) -> bool:
@@ -110,6 +114,18 @@ class Dist:
             f"Another rank died, or stalled for over train.dist_timeout ({self.timeout_s:g} s): its own output "
             f"says why. Training stopped; continue from {last_checkpoint} with --resume")
 
+    def check_training(self, t, device: torch.device) -> None:
+        """Refuse, on rank 0 and so on every rank, train settings that cannot run in this world."""
+        def check() -> None:
+            if self.world > t.batch_size:
+                raise UserError(f"train.batch_size {t.batch_size}: smaller than the {self.world} processes; the "
+                                f"global batch is split across them, so expected at least {self.world}")
+            if t.sync_batchnorm and self.active and device.type != "cuda":
+                raise UserError("train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA devices only; set it to "
+                                "false for distributed training on the CPU")
+
+        self.on_main(check)
+
     # -- the global batch --------------------------------------------------------------------------
     def shard(self, batch: list[int]) -> tuple[list[int], int]:
         """(this rank's part of a global batch, number of padding entries in it).
@@ -126,6 +142,34 @@ class Dist:
         if not part:
             return batch[:1], 1
         return part, 0
+
+    def share(self, n: int) -> list[int]:
+        """This rank's share of n items (every world-th one), e.g. of the validation images."""
+        return list(range(self.rank, n, self.world))
+
+    # -- the model ---------------------------------------------------------------------------------
+    def wrap(self, model: torch.nn.Module, device: torch.device, trainable) -> torch.nn.Module:
+        """The module to run forward: `model` itself in one process, else a DistributedDataParallel over it.
+
+        DDP registers the parameters that need grad when it is built; after a freeze or unfreeze a fresh
+        wrapper is built over the new `trainable` set rather than toggling requires_grad under the old one."""
+        if not self.active:
+            return model
+        if self._wrapped is None or self._wrapped[0] != trainable:
+            self._wrapped = None  # let the old wrapper go before the new one registers its hooks
+            ddp = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+            self._wrapped = (trainable, ddp)
+        return self._wrapped[1]
+
+    def gather_report(self, logits: np.ndarray, targets: np.ndarray, loss: float, labels) -> dict:
+        """The classification report (with the mean loss) over every rank's share of the validation set."""
+        parts = [p for p in self.gather((logits, targets, loss)) if len(p[1])]
+        n = sum(len(p[1]) for p in parts)
+        report = classification_report(np.concatenate([p[0] for p in parts]),
+                                       np.concatenate([p[1] for p in parts]), labels)
+        report["loss"] = sum(p[2] * len(p[1]) for p in parts) / n
+        return report
 
     # -- collectives ------------------------------------------------------------------------------
     def sum(self, values: list[float]) -> list[float]:

@@ -6,10 +6,9 @@ import os
 
 import numpy as np
 
+from toolkit.datasets.splits import SPLITS
 from toolkit.errors import UserError
 from toolkit.metrics import classification_report, format_report
-
-SPLITS = ("train", "val", "test")
 
 
 def collect_logits(model, loader, device, autocast=None, criterion=None):
@@ -42,7 +41,7 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
     from toolkit.train import data as data_mod
     from toolkit import recipe as recipe_mod
     from toolkit.train.checkpoint import model_from_checkpoint
-    from toolkit.train.loop import pick_device
+    from toolkit.train.device import pick_device
 
     if split not in SPLITS:
         raise UserError(f"split {split!r}: expected one of {', '.join(SPLITS)}")

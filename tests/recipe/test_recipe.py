@@ -1,0 +1,120 @@
+"""Recipes: every shipped recipe validates; every problem is reported at once with the dotted key."""
+import glob
+import os
+
+import yaml
+import subprocess
+import sys
+
+import pytest
+
+from toolkit import recipe as recipe_mod
+from toolkit.errors import UserError
+
+from conftest import ROOT  # the repository root
+
+
+def _problems(raw: dict) -> list[str]:
+    with pytest.raises(UserError) as info:
+        recipe_mod.from_dict(raw)
+    return [line.strip() for line in str(info.value).splitlines()[1:]]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml"))))
+def test_every_shipped_recipe_is_valid(path, monkeypatch, tmp_path):
+    """Shipped recipes validate; paths they name (a source run's checkpoint) are checked on disk, so lay it."""
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load(open(path))
+    weights = raw.get("model", {}).get("weights", "imagenet")
+    if weights not in ("imagenet", "none"):
+        os.makedirs(os.path.dirname(weights), exist_ok=True)
+        open(weights, "wb").close()
+    if raw.get("data", {}).get("source") == "folder":
+        os.makedirs(raw["data"]["root"], exist_ok=True)
+    recipe = recipe_mod.load(path)
+    from toolkit.train.data import build_augment  # the augment block must build, too
+
+    build_augment(recipe)
+
+
+def test_shipped_flowers_recipe_is_the_documented_one():
+    recipe = recipe_mod.load(os.path.join(ROOT, "recipes", "flowers.yaml"))
+    assert recipe.data.source == "flowers102"
+    assert (recipe.model.arch, recipe.model.weights, recipe.preprocess.crop) == ("vgg16", "imagenet", 224)
+    assert recipe.train.freeze_epochs > 0 and recipe.train.lr_decay < 1
+    # each key carries a comment
+    lines = [ln for ln in open(os.path.join(ROOT, "recipes", "flowers.yaml")) if ":" in ln and not ln.strip().startswith("#")]
+    scalar_keys = [ln for ln in lines if not ln.rstrip().endswith(":") and "__" not in ln and "- " not in ln]
+    assert sum("#" in ln for ln in scalar_keys) / len(scalar_keys) > 0.8
+
+
+def test_all_problems_at_once_with_suggestions():
+    problems = _problems({
+        "data": {"source": "digit", "val_fraction": 1.5},
+        "model": {"arhc": "vgg16", "weights": "none"},
+        "train": {"epocs": 3, "lr": "fast", "strategy": "scratch", "trainable_blocks": [0, 6]},
+    })
+    text = "\n".join(problems)
+    assert "model.arhc: unknown key; did you mean 'model.arch'?" in text
+    assert "train.epocs: unknown key; did you mean 'train.epochs'?" in text
+    assert "train.lr: expected a number, got 'fast'" in text
+    assert "data.source: 'digit' is not one of folder, flowers102, digits (did you mean 'digits'?)" in text
+    assert any(p.startswith("data.val_fraction:") for p in problems)
+    assert any(p.startswith("train.trainable_blocks:") for p in problems)
+    assert len(problems) == 6, problems
+
+
+def test_value_checks_name_key_and_expectation():
+    problems = _problems({"data": {"source": "digits"}, "preprocess": {"resize": 32, "crop": 48},
+                          "model": {"weights": "none", "head": "classic"}, "train": {"strategy": "finetune",
+                                                                                   "group_lrs": {"blok1": 0.1}}})
+    text = "\n".join(problems)
+    assert "preprocess.crop: crop 48 with resize 32" in text
+    assert "train.strategy: 'finetune' with model.weights: none" in text
+    assert "train.group_lrs.blok1: unknown group; did you mean 'block1'?" in text
+
+
+def test_unknown_top_level_and_section_type():
+    text = "\n".join(_problems({"trian": {}, "model": "vgg16"}))
+    assert "trian: unknown key; did you mean 'train'?" in text
+    assert "model: expected a mapping, got str" in text
+
+
+def test_overrides_are_yaml_typed(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {source: digits}\npreprocess: {resize: 32, crop: 32}\nmodel: {weights: none}\n"
+                    "train: {strategy: scratch}\n")
+    recipe = recipe_mod.load(str(path), ["train.epochs=3", "train.lr=0.05", "data.classes=[1,2]",
+                                         "train.grad_clip=null", "name=x"])
+    assert recipe.train.epochs == 3 and recipe.train.lr == 0.05
+    assert recipe.data.classes == [1, 2] and recipe.train.grad_clip is None and recipe.name == "x"
+    with pytest.raises(UserError, match="train.epochs: expected an integer"):
+        recipe_mod.load(str(path), ["train.epochs=many"])
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        recipe_mod.load(str(path), ["train.epochs"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(UserError, match="no such recipe file"):
+        recipe_mod.load(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML at line"):
+        recipe_mod.load(str(bad))
+
+
+def test_resolved_recipe_round_trips():
+    recipe = recipe_mod.load(os.path.join(ROOT, "recipes", "flowers.yaml"))
+    again = recipe_mod.from_dict(yaml.safe_load(recipe_mod.dump(recipe)))
+    assert again == recipe
+
+
+def test_cli_reports_recipe_errors_in_one_block_without_traceback(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {arhc: vgg16}\ntrain: {epocs: 2}\n")
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "train", str(path)], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "model.arhc: unknown key; did you mean 'model.arch'?" in proc.stderr
+    assert "train.epocs: unknown key; did you mean 'train.epochs'?" in proc.stderr

@@ -1,0 +1,392 @@
+"""The README and docs/ stay true: the commands they show work, and every name, flag, path and link exists.
+
+- The README's tour runs for real, in a temp folder on the digits recipes, with a smaller budget appended:
+  train, export, predict and the Python snippet always; evaluate and benchmark as `slow` tests.
+- Every other `toolkit <command> --flag` shown anywhere names a real command and real options
+  (the signatures in toolkit.cli.COMMANDS), and so does every `--flag` row of an options table.
+- Every ```python block compiles and its `from toolkit... import X` lines import.
+- Every `toolkit.x.y` name, every repository path and every relative link (anchors included) resolves.
+"""
+import ast
+import glob
+import importlib
+import inspect
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+README_TEST_COMMAND = 'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest'
+# Option tables whose first column lists one command's flags.
+TABLE_COMMAND = {"export.md": "export", "serve.md": "serve-local", "benchmark.md": "benchmark"}
+# Where docs may point without the thing existing in a checkout: files the commands write.
+GENERATED = ("runs/", "exports/", "benchmarks/", "data/")
+
+
+def read(path) -> str:
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def rel(path) -> str:
+    return os.path.relpath(path, ROOT)
+
+
+def split_markdown(text: str):
+    """(blocks, prose): fenced blocks as (lang, body), 4-space indented blocks as ("", body), and the
+    prose with every block cut out (for inline code spans and links)."""
+    blocks, prose, fence, body, indented = [], [], None, [], []
+    for line in text.split("\n"):
+        stripped = line.lstrip()
+        if fence is None and stripped.startswith("```"):
+            fence, body = stripped[3:].strip(), []
+        elif fence is not None and stripped.startswith("```"):
+            blocks.append((fence, "\n".join(body)))
+            fence = None
+        elif fence is not None:
+            body.append(line)
+        elif line.startswith("    ") and (indented or not prose or not prose[-1].strip()):
+            indented.append(line[4:])
+        else:
+            if indented:
+                blocks.append(("", "\n".join(indented)))
+                indented = []
+            prose.append(line)
+    if indented:
+        blocks.append(("", "\n".join(indented)))
+    return blocks, "\n".join(prose)
+
+
+def inline_spans(prose: str) -> list:
+    return [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]
+
+
+def shell_lines(blocks) -> list:
+    """Lines of shell blocks (bash, untagged, indented), continuations joined, prompts dropped."""
+    lines = []
+    for lang, body in blocks:
+        if lang not in ("", "bash", "sh", "console"):
+            continue
+        for line in body.replace("\\\n", " ").split("\n"):
+            line = line.strip()
+            lines.append(line[2:] if line.startswith("$ ") else line)
+    return lines
+
+
+def words(text: str) -> list:
+    try:
+        return shlex.split(text, comments=True)
+    except ValueError:  # an unbalanced quote in an output line: plain words will do
+        return text.split("#", 1)[0].split()
+
+
+def toolkit_invocations(text: str) -> list:
+    """Every `toolkit COMMAND ...` in a line or span: at its start, after `-m`, `&&`, a prompt or a colon."""
+    found, tokens = [], words(text)
+    for i, token in enumerate(tokens):
+        before = tokens[i - 1] if i else None
+        if (token == "toolkit" or token.endswith("bin/toolkit")) and i + 1 < len(tokens) and \
+                (before is None or before in ("-m", "&&", "$", ";") or before.endswith(":")):
+            rest = []
+            for word in tokens[i + 1:]:
+                if word in ("&&", "|", ";", ">"):
+                    break
+                rest.append(word)
+            found.append(rest)
+    return found
+
+
+def all_invocations():
+    """(page, words after `toolkit`) for every invocation shown in the README and docs/."""
+    out = []
+    for page in PAGES:
+        blocks, prose = split_markdown(read(page))
+        for text in shell_lines(blocks) + inline_spans(prose):
+            out += [(rel(page), rest) for rest in toolkit_invocations(text)]
+    return out
+
+
+def command_options(name: str) -> set:
+    from toolkit.cli import COMMANDS
+
+    parameters = inspect.signature(COMMANDS[name]).parameters.values()
+    return {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
+def flag_names(tokens) -> list:
+    names = []
+    for token in tokens:
+        token = token.strip("[](),")
+        if token.startswith("--") and len(token) > 2:
+            names.append(token[2:].partition("=")[0].replace("-", "_"))
+    return names
+
+
+# ------------------------------------------------------------------------------------------------
+# What the README must keep
+
+def test_readme_fits_and_keeps_its_commands():
+    text = read(os.path.join(ROOT, "README.md"))
+    assert text.count("\n") <= 220, "the README should fit on a few screens; move detail to docs/"
+    assert README_TEST_COMMAND in text  # CI greps for it
+    assert "## Two commands for a fresh machine" in text
+    assert 'python3 -m venv .venv && .venv/bin/pip install -e ".[train]" && .venv/bin/toolkit demo' in text
+    assert "docs/architecture.md" in text
+    for extra in ("[train]", "[serve]", "[triton]", "[all]", "[test]"):
+        assert f"`{extra}`" in text, f"the extras table lacks {extra}"
+    from toolkit.cli import COMMANDS
+
+    shown = {rest[0] for page, rest in all_invocations() if page == "README.md" and rest}
+    assert set(COMMANDS) <= shown, f"the README's tour misses {sorted(set(COMMANDS) - shown)}"
+
+
+def test_docs_cite_no_missing_design_files():
+    for page in PAGES:
+        text = read(page)
+        for name in ("DESIGN.md", "CONTRACTS.md"):
+            assert name not in text, f"{rel(page)} cites {name}, which is not in the repository"
+
+
+# ------------------------------------------------------------------------------------------------
+# Commands and flags
+
+def test_every_shown_command_and_flag_exists():
+    from toolkit.cli import COMMANDS
+
+    invocations = all_invocations()
+    assert len(invocations) >= 40, f"found only {len(invocations)} toolkit commands: is the extractor broken?"
+    problems = []
+    for page, rest in invocations:
+        if not rest or rest[0] not in COMMANDS:
+            problems.append(f"{page}: toolkit {' '.join(rest)}: no such command (have {', '.join(COMMANDS)})")
+            continue
+        options = command_options(rest[0])
+        for flag in flag_names(rest[1:]):
+            if flag not in options:
+                problems.append(f"{page}: toolkit {' '.join(rest)}: --{flag} is not an option of {rest[0]}")
+    assert not problems, "\n".join(problems)
+
+
+def test_option_tables_name_real_flags():
+    checked = 0
+    for page in PAGES:
+        command = TABLE_COMMAND.get(os.path.basename(page))
+        if command is None:
+            continue
+        options = command_options(command)
+        for line in read(page).split("\n"):
+            if line.startswith("| `--"):
+                for flag in re.findall(r"--([a-z0-9][a-z0-9_-]*)", line.split("|")[1]):
+                    checked += 1
+                    assert flag.replace("-", "_") in options, f"{rel(page)}: --{flag} is not an option of {command}"
+    assert checked >= 40
+
+
+# ------------------------------------------------------------------------------------------------
+# Python blocks, dotted names, paths and links
+
+def python_blocks():
+    for page in PAGES:
+        blocks, _ = split_markdown(read(page))
+        for lang, body in blocks:
+            if lang == "python":
+                yield rel(page), body
+
+
+def test_python_blocks_compile_and_their_toolkit_imports_import():
+    blocks = list(python_blocks())
+    assert len(blocks) >= 4
+    for page, body in blocks:
+        tree = compile(body, f"<{page}>", "exec", ast.PyCF_ONLY_AST)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "toolkit":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        importlib.import_module(f"{node.module}.{alias.name}")  # a submodule
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "toolkit":
+                        importlib.import_module(alias.name)
+
+
+def resolve(dotted: str):
+    """toolkit.a.b.c -> the object: the longest importable module, then attributes."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+def test_dotted_names_resolve():
+    names = set()
+    for page in PAGES:
+        _, prose = split_markdown(read(page))
+        for span in inline_spans(prose):
+            names |= {(rel(page), m) for m in re.findall(r"(?<![\w./])toolkit(?:\.\w+)+", span)}
+    assert len(names) >= 10
+    problems = []
+    for page, name in sorted(names):
+        try:
+            resolve(name)
+        except (ImportError, AttributeError) as exc:
+            problems.append(f"{page}: `{name}` does not resolve ({exc})")
+    assert not problems, "\n".join(problems)
+
+
+def test_repository_paths_exist():
+    problems, checked = [], 0
+    for page in PAGES:
+        blocks, prose = split_markdown(read(page))
+        texts = inline_spans(prose) + shell_lines(blocks)
+        for text in texts:
+            for token in text.split():
+                token = token.strip("`'\"(),;:[]")
+                if not re.match(r"(toolkit|tests|recipes|docs|\.ci)/[\w./-]*$", token) or token.startswith(GENERATED):
+                    continue
+                checked += 1
+                if not os.path.exists(os.path.join(ROOT, token)):
+                    problems.append(f"{rel(page)}: {token} is not in the repository")
+    assert checked >= 10
+    assert not problems, "\n".join(problems)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path) -> set:
+    _, prose = split_markdown(read(path))
+    return {slug(m) for m in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
+
+
+def test_relative_links_resolve():
+    problems, checked = [], 0
+    for page in PAGES:
+        _, prose = split_markdown(read(page))
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto
+            checked += 1
+            file, _, anchor = target.partition("#")
+            path = os.path.normpath(os.path.join(os.path.dirname(page), file)) if file else page
+            if not os.path.exists(path):
+                problems.append(f"{rel(page)}: link to {target}: no such file")
+            elif anchor and path.endswith(".md") and anchor not in anchors(path):
+                problems.append(f"{rel(page)}: link to {target}: no heading with that anchor")
+    assert checked >= 15
+    assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------------------------------------------
+# The README's tour, for real: train -> evaluate -> export -> predict -> Python -> benchmark
+
+# Appended to the README's command (a later KEY=VALUE or --flag wins over the README's own).
+SMALLER = {
+    "train": ["model.arch=vgg11", "model.hidden=32", "train.epochs=1", "data.labels_per_class=4",
+              "train.device=cpu"],
+    "export": ["--int8-budget", "100"],  # a 1-epoch model: the INT8 gate is not what is tested here
+    "benchmark": ["--batch-sizes", "1", "--iterations", "2", "--rounds", "1", "--warmup", "1", "--isolate=false"],
+}
+
+
+def readme_command(name: str) -> list:
+    """The README's bash line for `toolkit NAME` (exactly one)."""
+    blocks, _ = split_markdown(read(os.path.join(ROOT, "README.md")))
+    shown = [rest for lang, body in blocks if lang == "bash"
+             for line in shell_lines([(lang, body)]) for rest in toolkit_invocations(line) if rest[:1] == [name]]
+    assert len(shown) == 1, f"expected one `toolkit {name}` line in the README's tour, found {shown}"
+    return shown[0]
+
+
+def with_smaller_budget(rest: list) -> list:
+    """rest + SMALLER[command], dropping the README's own value of any flag SMALLER sets."""
+    extra = SMALLER.get(rest[0], [])
+    override = {w.partition("=")[0] for w in extra if w.startswith("--")}
+    out, skip = [], False
+    for word in rest:
+        if skip:
+            skip = False
+            continue
+        if word in override:  # `--flag VALUE`: drop both
+            skip = True
+            continue
+        out.append(word)
+    return out + extra
+
+
+def toolkit_exe() -> list:
+    exe = shutil.which("toolkit", path=os.path.dirname(sys.executable))
+    return [exe] if exe else [sys.executable, "-m", "toolkit"]
+
+
+@pytest.fixture(scope="module")
+def tour(tmp_path_factory):
+    pytest.importorskip("torch")
+    from PIL import Image
+
+    from toolkit.datasets import render_digits
+
+    work = tmp_path_factory.mktemp("tour")
+    shutil.copytree(os.path.join(ROOT, "recipes"), work / "recipes")
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    (work / "my-digits").mkdir()
+    for i, image in enumerate(render_digits(digits.images[:2], 32)):
+        Image.fromarray(image).save(work / "my-digits" / f"digit_{i}.png")
+
+    def run(name):
+        argv = toolkit_exe() + with_smaller_budget(readme_command(name))
+        done = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{' '.join(argv)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        return done
+
+    run("train")
+    assert (work / "runs" / "demo" / "digits-source" / "checkpoints" / "best.pt").exists()
+    run("export")
+    assert (work / "exports" / "digits-source.onnx").exists() and (work / "exports" / "digits-source.int8.onnx").exists()
+    return work, run
+
+
+def test_readme_tour_trains_exports_and_predicts(tour):
+    work, run = tour
+    predicted = run("predict")
+    rows = [line for line in predicted.stdout.splitlines() if "digit_" in line]
+    assert len(rows) == 2, predicted.stdout
+    (snippet,) = [body for page, body in python_blocks() if page == "README.md"]
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=work, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ExecutionProvider" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.slow  # about 10 s more: torch-side evaluation of the run
+def test_readme_tour_evaluates(tour):
+    _, run = tour
+    evaluated = run("evaluate")
+    assert "top-1" in evaluated.stdout + evaluated.stderr
+
+
+@pytest.mark.slow  # about 15 s more: the GEMM peak and the timed rounds
+def test_readme_tour_benchmarks(tour):
+    import json
+
+    from toolkit.runtime.benchmark import validate_record
+
+    work, run = tour
+    run("benchmark")
+    (record,) = glob.glob(str(work / "benchmarks" / "digits-source-*" / "benchmark.json"))
+    assert validate_record(json.loads(read(record))) == []

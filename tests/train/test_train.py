@@ -1,0 +1,232 @@
+"""The training loop: artifacts, exact resume, signals, kill -9, the NaN guard, freezing, evaluate."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, tiny_recipe, write_recipe
+from toolkit import recipe as recipe_mod
+from toolkit.train.checkpoint import load_checkpoint
+from toolkit.errors import UserError
+from toolkit.train.loop import train
+from toolkit.train.schedule import lr_factor
+
+
+def _train(raw, **kwargs):
+    return train(recipe_mod.from_dict(raw), quiet=True, **kwargs)
+
+
+def _weights(run_dir, name="last.pt"):
+    return load_checkpoint(os.path.join(run_dir, "checkpoints", name))["model"]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_tiny_run_writes_every_artifact(tmp_path, image_folder):
+    summary = _train(tiny_recipe(tmp_path, image_folder))
+    run = tmp_path / "runs" / "tiny"
+    for name in ("recipe.yaml", "param_groups.txt", "metrics.jsonl", "curves.png", "confusion.png", "summary.json",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    assert not [f for f in os.listdir(run / "checkpoints") if f.startswith(".tmp")]
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for key in ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s"):
+        assert key in records[0]
+    assert set(records[0]["lr"]) == {"block1", "block2", "block3", "block4", "block5", "head"}
+    ckpt = load_checkpoint(str(run / "checkpoints" / "last.pt"))
+    assert ckpt["epoch"] == 2 and ckpt["labels"] == ["class_0", "class_1", "class_2"]
+    assert recipe_mod.from_dict(ckpt["recipe"]).model.arch == "vgg11"
+    assert recipe_mod.load(str(run / "recipe.yaml")).train.epochs == 2  # the resolved recipe re-loads
+    assert "block5" in (run / "param_groups.txt").read_text()
+    assert summary["best_checkpoint"].endswith("best.pt")
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, image_folder):
+    raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 1})
+    _train(raw)
+    with pytest.raises(UserError, match="already holds a trained run; pass --resume"):
+        _train(raw)
+    with pytest.raises(UserError, match="nothing to resume"):
+        _train({**raw, "name": "other"}, resume=True)
+
+
+def test_discriminative_rates_reach_the_optimizer(tmp_path, image_folder):
+    source = tiny_recipe(tmp_path, image_folder, train={"epochs": 1})
+    _train(source)
+    raw = tiny_recipe(tmp_path, image_folder, name="fine",
+                      model={"weights": str(tmp_path / "runs" / "tiny" / "checkpoints" / "best.pt")},
+                      train={"strategy": "finetune", "epochs": 1, "lr": 0.01, "lr_decay": 0.5,
+                             "schedule": "constant"})
+    _train(raw)
+    lrs = json.loads(open(tmp_path / "runs" / "fine" / "metrics.jsonl").readline())["lr"]
+    assert lrs["head"] == pytest.approx(0.01)
+    for k in range(1, 6):
+        assert lrs[f"block{k}"] == pytest.approx(0.01 * 0.5 ** (6 - k))
+    assert "0.0003" in open(tmp_path / "runs" / "fine" / "param_groups.txt").read()  # block1, in the table
+
+
+def test_frozen_blocks_bit_identical_through_training(tmp_path, image_folder):
+    _train(tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
+    source = _weights(tmp_path / "runs" / "tiny")
+    raw = tiny_recipe(tmp_path, image_folder, name="partial",
+                      model={"weights": str(tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt")},
+                      train={"strategy": "finetune", "trainable_blocks": [4, 5], "freeze_epochs": 1, "epochs": 2,
+                             "lr_decay": 0.5})
+    _train(raw)
+    tuned = _weights(tmp_path / "runs" / "partial")
+    from toolkit.train.model import build_model, group_of
+
+    model = build_model("vgg11", 3, input_size=32, hidden=32)
+    frozen = [k for k in source if k.startswith("features") and group_of(model, k) in ("block1", "block2", "block3")]
+    trained = [k for k in source if k.startswith("features") and group_of(model, k) in ("block4", "block5")]
+    assert frozen and trained
+    for key in frozen:
+        assert torch.equal(source[key], tuned[key]), key
+    assert any(not torch.equal(source[k], tuned[k]) for k in trained)
+    records = [json.loads(line) for line in open(tmp_path / "runs" / "partial" / "metrics.jsonl")]
+    assert records[0]["trainable"] == ["head"]  # the head-only warm-up
+    assert records[1]["trainable"] == ["block4", "block5", "head"]
+
+
+def test_resume_gives_the_same_weights(tmp_path, image_folder):
+    """Deterministic CPU: 3 epochs straight == 1 epoch, stop, resume to 3."""
+    straight = tiny_recipe(tmp_path, image_folder, name="straight", train={"epochs": 3})
+    _train(straight)
+    split = tiny_recipe(tmp_path, image_folder, name="split", train={"epochs": 3})
+    _train(split, stop_after_epochs=1)
+    assert load_checkpoint(str(tmp_path / "runs" / "split" / "checkpoints" / "last.pt"))["epoch"] == 1
+    _train(split, resume=True)
+    _assert_same(_weights(tmp_path / "runs" / "straight"), _weights(tmp_path / "runs" / "split"))
+    lines = open(tmp_path / "runs" / "split" / "metrics.jsonl").read().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_sigterm_mid_epoch_saves_and_resumes_exactly(tmp_path, image_folder, monkeypatch):
+    from toolkit.train import data as data_mod
+
+    straight = tiny_recipe(tmp_path, image_folder, name="straight", train={"epochs": 2})
+    _train(straight)
+
+    calls = {"n": 0}
+    original = data_mod.ImageDataset.load
+
+    def interrupting(self, index, seed=None):
+        if self.augment is not None:
+            calls["n"] += 1
+            if calls["n"] == 18 + 5:  # second batch of epoch 2 (18 training images, batches of 4)
+                os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, index, seed)
+
+    monkeypatch.setattr(data_mod.ImageDataset, "load", interrupting)
+    raw = tiny_recipe(tmp_path, image_folder, name="stopped", train={"epochs": 2})
+    with pytest.raises(SystemExit) as info:
+        _train(raw)
+    assert info.value.code == 128 + signal.SIGTERM
+    ckpt = load_checkpoint(str(tmp_path / "runs" / "stopped" / "checkpoints" / "last.pt"))
+    assert ckpt["epoch"] == 1 and ckpt["run_state"]["step_in_epoch"] > 0
+    monkeypatch.setattr(data_mod.ImageDataset, "load", original)
+    _train(raw, resume=True)
+    _assert_same(_weights(tmp_path / "runs" / "straight"), _weights(tmp_path / "runs" / "stopped"))
+
+
+def test_augmentation_does_not_depend_on_worker_count(tmp_path, image_folder):
+    """Each sample's augmentation is seeded by (seed, epoch, index): 0 or 2 loader workers, same weights."""
+    _train(tiny_recipe(tmp_path, image_folder, name="w0", train={"epochs": 1}))
+    _train(tiny_recipe(tmp_path, image_folder, name="w2", data={"workers": 2}, train={"epochs": 1}))
+    _assert_same(_weights(tmp_path / "runs" / "w0"), _weights(tmp_path / "runs" / "w2"))
+
+
+@pytest.mark.slow
+def test_kill_9_loses_at_most_one_epoch(tmp_path, image_folder):
+    raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 40, "deterministic": False})
+    path = write_recipe(tmp_path / "r.yaml", raw)
+    metrics = tmp_path / "runs" / "tiny" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "train", path], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+            time.sleep(0.05)
+        assert metrics.exists(), "training did not get going"
+    finally:
+        proc.kill()  # SIGKILL: no handler runs
+        proc.wait()
+    done = len(metrics.read_text().splitlines())  # epochs finished before the kill (logged just before saving)
+    ckpt = load_checkpoint(str(tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"))
+    assert ckpt["epoch"] >= done - 1
+    # and the run continues from there
+    _train({**raw, "train": {**raw["train"], "epochs": ckpt["epoch"] + 1}}, resume=True)
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert epochs == list(range(1, ckpt["epoch"] + 2))
+
+
+def test_nan_guard_stops_and_never_saves_non_finite_weights(tmp_path, image_folder):
+    raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 3, "lr": 1e12, "schedule": "constant",
+                                                     "momentum": 0.0, "nan_patience": 2})
+    with pytest.raises(UserError, match=r"non-finite .* epoch \d+"):
+        _train(raw)
+    last = tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"
+    if last.exists():
+        for tensor in load_checkpoint(str(last))["model"].values():
+            assert torch.isfinite(tensor).all()
+
+
+def test_evaluate_checkpoint_from_the_cli(tmp_path, image_folder):
+    _train(tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(tmp_path / "runs" / "tiny"),
+                           "--split", "val"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "top-1" in proc.stdout and "top-5" in proc.stdout
+    assert "per-class accuracy" in proc.stdout and "confusion matrix" in proc.stdout
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(bad)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and "corrupt or truncated checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, image_folder):
+    _train(tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
+    last = tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:5000])
+    with pytest.raises(UserError, match="corrupt or truncated checkpoint"):
+        load_checkpoint(str(last))
+
+
+def test_one_cycle_and_cosine_shapes():
+    factors = [lr_factor(s, 0, 100, "onecycle", 0) for s in range(100)]
+    assert factors[0] < 0.1 and max(factors) == pytest.approx(1.0, abs=0.01) and factors[-1] < 0.01
+    assert factors.index(max(factors)) in range(20, 30)
+    cosine = [lr_factor(s, 0, 100, "cosine", 10) for s in range(100)]
+    assert cosine[0] < cosine[9] and cosine[10] == pytest.approx(1.0) and cosine[-1] < 0.01
+    assert lr_factor(50, 0, 100, "constant", 0) == 1.0
+
+
+def test_cli_flags_never_swallow_the_next_argument(tmp_path, image_folder, monkeypatch):
+    """fire would read `--resume train.epochs=3` as resume='train.epochs=3' and `--overwrite=false` as true."""
+    from toolkit import cli
+
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
+    monkeypatch.chdir(tmp_path)
+    cli.main(["train", recipe])
+    cli.main(["train", recipe, "--resume", "train.epochs=2"])  # the override reaches the resume
+    assert load_checkpoint(str(tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"))["epoch"] == 2
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", recipe, "--overwrite=false"])  # false means false: the run is kept
+    assert stop.value.code == 2
+    assert load_checkpoint(str(tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"))["epoch"] == 2
+    assert cli._spell_out_flags(["predict", "--allow-fallback", "a.jpg", "--top-k", "3"]) == \
+        ["predict", "--allow-fallback=True", "a.jpg", "--top-k", "3"]
+    with pytest.raises(SystemExit):
+        cli.main(["train", recipe, "--resume=maybe"])

@@ -1,0 +1,191 @@
+"""The ONNX file contract: the metadata every toolkit export carries, written, read and checked here.
+
+An exported model is self-describing: a Predictor, `toolkit evaluate MODEL.onnx`, serve-local, the
+benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_props` hold:
+
+    key                 value (strings are stored as-is, everything else as JSON)
+    toolkit_format      "1" (FORMAT_VERSION); required. A newer number means "upgrade toolkit"
+    labels              required: JSON list of class names, one per logit, in output order (non-empty, str)
+    names               JSON object {"0": label, ...} (the same labels keyed by index, for other tools)
+    preprocess          required: JSON object, toolkit.preprocess.Preprocess.to_dict(): resize, crop,
+                        interpolation, mean, std (+ channel_order RGB, layout NCHW, value_range [0, 1])
+    input               JSON object: name, dtype (float32 | uint8), layout (NCHW | NHWC), shape, raw (bool;
+                        true = uint8 NHWC pixels in, normalisation inside the graph)
+    outputs             JSON list of output names: ["logits"] or ["logits", "probabilities"]
+    precision           fp32 | fp16 | int8 (fp32 when absent)
+    toolkit_version     the toolkit that wrote the file
+    source_run, checkpoint, checkpoint_sha256   where the weights came from
+    recipe              JSON object: the training recipe (lets `toolkit evaluate` find the data)
+    metrics             JSON object: the checkpoint's validation metrics
+    arch, head          the backbone and head names
+    quantization        JSON object, INT8 twins only: how it was calibrated
+
+Versioning: FORMAT_VERSION changes only when an existing key changes meaning; new optional keys don't
+change it. A reader accepts its own version and refuses a newer one with "upgrade toolkit".
+
+Reading is in two steps: `decode` (every value JSON-decoded where it looks like JSON: what
+Predictor.metadata holds) and `from_props` (validation into a ModelContract). A missing or malformed
+key is a ContractError naming the file, the key and what was expected. No torch here, and not even
+onnx at import time (onnx is imported where a file or proto is handled). See docs/architecture.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolkit.errors import UserError
+
+__all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "encode", "write", "decode", "from_props",
+           "read_file", "raw_props", "from_session", "PREPROCESS_KEYS"]
+
+FORMAT_VERSION = "1"
+
+# What Preprocess.from_dict needs (the other keys of Preprocess.to_dict have defaults).
+PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std")
+_EXPECT_FILE = "expected an .onnx file written by toolkit export"
+
+
+class ContractError(UserError):
+    """A model whose metadata breaks the ONNX file contract; the message names the file and the key."""
+
+
+@dataclass
+class ModelContract:
+    """The checked metadata of one exported model."""
+
+    labels: list  # class names, one per logit
+    preprocess: dict  # Preprocess.to_dict() of the eval preprocessing (Preprocess.from_dict rebuilds it)
+    input: dict | None  # the input spec (name, dtype, layout, shape, raw); None in files that lack it
+    outputs: list | None  # output names; None in files that lack it
+    precision: str  # fp32, fp16 or int8
+    meta: dict = field(default_factory=dict)  # every key, JSON-decoded (what Predictor.metadata is)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.meta.get(key, default)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+
+def encode(meta: dict) -> dict[str, str]:
+    """Metadata values as stored: strings as-is, everything else JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in meta.items()}
+
+
+def write(model_proto, meta: dict) -> None:
+    """Replace the metadata of `model_proto` with `meta` (encoded), and mark toolkit as the producer."""
+    from onnx import helper
+
+    del model_proto.metadata_props[:]
+    helper.set_model_props(model_proto, encode(meta))
+    model_proto.producer_name = "toolkit"
+    model_proto.doc_string = f"toolkit export of {meta.get('source_run') or meta.get('checkpoint')}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+
+def _decode_value(value: str) -> Any:
+    if value[:1] in "[{\"":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def decode(props: dict[str, str]) -> dict:
+    """Every value JSON-decoded where it is JSON (a list, an object or a quoted string); others stay str."""
+    return {k: _decode_value(v) for k, v in props.items()}
+
+
+def _check_format(props: dict, where: str) -> None:
+    fmt = props.get("toolkit_format")
+    if fmt is None:
+        raise ContractError(f"{where}: not a toolkit export: no 'toolkit_format' metadata; expected "
+                            f"toolkit_format {FORMAT_VERSION!r}, written by toolkit export")
+    if fmt == FORMAT_VERSION:
+        return
+    if fmt.isdigit() and int(fmt) > int(FORMAT_VERSION):
+        raise ContractError(f"{where}: toolkit_format {fmt!r} is not supported by this toolkit; expected "
+                            f"{FORMAT_VERSION!r} (upgrade toolkit to run it)")
+    raise ContractError(f"{where}: 'toolkit_format' metadata is {fmt[:40]!r}; expected {FORMAT_VERSION!r}")
+
+
+def _check_labels(meta: dict, props: dict, where: str) -> list:
+    labels = meta["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ContractError(f"{where}: 'labels' metadata is {props['labels'][:80]!r}; expected a JSON list of "
+                            "class names")
+    return labels
+
+
+def _check_preprocess(meta: dict, where: str) -> dict:
+    pre = meta.get("preprocess")
+    if pre is None:
+        raise ContractError(f"{where}: not a toolkit export: no 'preprocess' metadata; expected the JSON eval "
+                            "preprocessing (resize, crop, interpolation, mean, std) written by toolkit export")
+    missing = [k for k in PREPROCESS_KEYS if k not in pre] if isinstance(pre, dict) else list(PREPROCESS_KEYS)
+    if missing:
+        raise ContractError(f"{where}: 'preprocess' metadata is incomplete (no {', '.join(missing)}); expected "
+                            "resize, crop, interpolation, mean and std")
+    from toolkit.preprocess import Preprocess  # core, but preprocess imports this module lazily too
+
+    try:
+        Preprocess.from_dict(pre)
+    except UserError as exc:
+        raise ContractError(f"{where}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ContractError(f"{where}: 'preprocess' metadata is incomplete ({exc!r}); expected resize, crop, "
+                            "interpolation, mean and std") from None
+    return pre
+
+
+def _optional(meta: dict, key: str, kind: type, expected: str, where: str) -> Any:
+    value = meta.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise ContractError(f"{where}: {key!r} metadata is {str(value)[:80]!r}; expected {expected}")
+    return value
+
+
+def from_props(props: dict[str, str], where: str) -> ModelContract:
+    """Check raw metadata (key -> stored string) against the contract. `where` names the file in errors."""
+    props = dict(props or {})
+    if "labels" not in props:
+        raise ContractError(f"{where}: not a toolkit export: no 'labels' metadata; expected an ONNX file written "
+                            "by toolkit export (metadata keys toolkit_format, labels, preprocess, input)")
+    _check_format(props, where)
+    meta = decode(props)
+    labels = _check_labels(meta, props, where)
+    preprocess = _check_preprocess(meta, where)
+    spec = _optional(meta, "input", dict, "a JSON object (name, dtype, layout, shape, raw)", where)
+    outputs = _optional(meta, "outputs", list, 'a JSON list of output names (["logits", ...])', where)
+    precision = _optional(meta, "precision", str, "fp32, fp16 or int8", where) or "fp32"
+    return ModelContract(labels=labels, preprocess=preprocess, input=spec, outputs=outputs, precision=precision,
+                         meta=meta)
+
+
+def raw_props(path) -> dict[str, str]:
+    """The stored metadata of an ONNX file (weights not loaded, nothing checked)."""
+    import onnx
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ContractError(f"{path}: no such model file; {_EXPECT_FILE}")
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:  # protobuf raises its own types
+        raise ContractError(f"{path}: not a readable ONNX file; {_EXPECT_FILE}") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def read_file(path) -> ModelContract:
+    """The checked contract of an ONNX file, read without an ONNX Runtime session."""
+    return from_props(raw_props(path), os.fspath(path))
+
+
+def from_session(session, where: str) -> ModelContract:
+    """The checked contract of a model already open in an onnxruntime.InferenceSession."""
+    return from_props(dict(session.get_modelmeta().custom_metadata_map or {}), where)

@@ -1,0 +1,71 @@
+"""What `toolkit export` is asked to do: one dataclass of options, and their cheap checks.
+
+The CLI's `toolkit export` flags map one to one onto ExportOptions fields (see docs/export.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import numpy as np
+
+from toolkit.errors import UserError
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass
+class ExportOptions:
+    """Options of one export (the `toolkit export` flags)."""
+
+    run: Optional[str] = None  # a run folder, a checkpoint file or a run name under runs_dir; None = newest run
+    out: Optional[str] = None  # the .onnx path or a folder; None = exports_dir/<recipe name>.onnx
+    opset: int = 17  # default-domain ONNX opset (checked against the installed ONNX Runtime)
+    fp16: bool = False  # add the <stem>.fp16.onnx twin: fp16 weights, float32 inputs and outputs
+    int8: bool = False  # add the <stem>.int8.onnx twin: static QDQ quantization under int8_budget
+    raw_input: bool = False  # add the <stem>.raw.onnx twin: uint8 NHWC pixels in, normalisation in the graph
+    probabilities: bool = False  # add a softmax `probabilities` output beside `logits`
+    dynamic_hw: bool = False  # height and width dynamic too (gap head only)
+    calib_images: int = 64  # training images sampled for INT8 calibration
+    calib_method: str = "minmax"  # INT8 calibration: one of CALIB_METHODS
+    per_channel: bool = True  # INT8 weights quantized per output channel (else per tensor)
+    keep_fp32: Iterable[str] = ()  # layers --int8 leaves in float: head, block1..block5, a module or node name
+    int8_budget: float = 1.0  # the largest allowed top-1 drop FP32 -> INT8, in points, on the validation split
+    parity_images: int = 16  # validation images the parity gate runs (beside random tensors)
+    ir_version: Optional[int] = None  # write this ONNX IR version (older runtimes); None = the exporter's
+    exports_dir: str = "exports"  # where exports go when `out` is not given
+    runs_dir: str = "runs"  # where run names and the newest run are looked up
+    quiet: bool = False  # print nothing
+    list_files: bool = True  # close with the list of written files (export_triton moves them on, so it doesn't)
+
+    @classmethod
+    def of(cls, run=None, **fields) -> "ExportOptions":
+        """ExportOptions from export_run's arguments: an ExportOptions (fields override it) or the run."""
+        if isinstance(run, cls):
+            return dataclasses.replace(run, **fields)
+        return cls(run=run, **fields)
+
+
+def check_options(options: ExportOptions) -> ExportOptions:
+    """The options with keep_fp32 as a list and int8_budget as a float; a UserError for a bad one.
+
+    Only what needs no checkpoint; the opset and the output path are checked once the run is known."""
+    if options.calib_method not in CALIB_METHODS:
+        raise UserError(f"--calib-method {options.calib_method!r}: expected one of {', '.join(CALIB_METHODS)}")
+    for key, value in (("--calib-images", options.calib_images), ("parity_images", options.parity_images)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise UserError(f"{key} {value!r}: expected a whole number, at least 1")
+    try:
+        budget = float(options.int8_budget)
+    except (TypeError, ValueError):
+        raise UserError(f"--int8-budget {options.int8_budget!r}: expected a number of top-1 points, "
+                        "e.g. 1.0") from None
+    keep = options.keep_fp32
+    if isinstance(keep, str):
+        keep = [k for k in keep.split(",") if k.strip()]
+    keep = [str(k).strip() for k in keep if str(k).strip()]
+    if keep and not options.int8:
+        raise UserError("--keep-fp32 only applies with --int8; add --int8 or drop --keep-fp32")
+    return dataclasses.replace(options, int8_budget=budget, keep_fp32=keep)
+

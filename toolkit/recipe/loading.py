@@ -1,0 +1,164 @@
+"""Recipe loading: YAML file -> KEY=VALUE overrides -> typed dataclasses -> value checks.
+
+A recipe is checked completely before any model is built: every problem is reported at once, one line
+each, naming the dotted key and what was expected; an unknown key suggests the nearest valid one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any, Union
+
+import yaml
+
+from toolkit.errors import UserError
+from toolkit.recipe.check import check
+from toolkit.recipe.schema import Recipe
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is not None:
+        return origin.__name__
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+            "list": "a list", "dict": "a mapping"}.get(tp.__name__, tp.__name__)
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, value) for a YAML value against a field's annotation; ints widen to floats."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return True, None
+        for arg in typing.get_args(tp):
+            if arg is not type(None):
+                ok, v = _coerce(value, arg)
+                if ok:
+                    return True, v
+        return False, value
+    base = origin or tp
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if base is bool:
+        return isinstance(value, bool), value
+    if base is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, str(value)
+        return isinstance(value, str), value
+    return isinstance(value, base), value
+
+
+def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
+    """Dataclass `cls` from mapping `raw`, appending one line per problem to `errors`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        errors.append(f"{prefix.rstrip('.') or 'recipe'}: expected a mapping, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
+            errors.append(f"{dotted}: unknown key{hint}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, dotted + ".", errors)
+            continue
+        ok, value = _coerce(value, tp)
+        if not ok:
+            errors.append(f"{dotted}: expected {_type_name(tp)}, got {value!r}")
+            continue
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.epochs=3' -> (['train', 'epochs'], 3). Values are read as YAML."""
+    if "=" not in text:
+        raise UserError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, _, value = text.partition("=")
+    key = key.strip().lstrip("-")
+    if not key:
+        raise UserError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set each KEY=VALUE in `raw` (in place, creating sections as needed); return `raw`."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return raw
+
+
+def from_dict(raw: Any, source: str = "recipe", check_paths: bool = True) -> Recipe:
+    """Build and validate a Recipe; raise one UserError listing every problem.
+
+    check_paths=False is for a recipe read back from a checkpoint on another machine."""
+    errors: list[str] = []
+    recipe = _build(Recipe, raw, "", errors)
+    # Value checks run too, so every problem shows at once; a key already reported isn't repeated.
+    reported = {e.split(":")[0] for e in errors}
+    checks: list[str] = []
+    check(recipe, checks, check_paths)
+    broken_sections = {key for key in reported if "." not in key}  # a whole section was not a mapping
+    errors += [e for e in checks if e.split(":")[0] not in reported
+               and e.split(":")[0].split(".")[0] not in broken_sections]
+    if errors:
+        head = f"{source}: {len(errors)} problem{'s' if len(errors) > 1 else ''}"
+        raise UserError(head + "\n" + "\n".join(f"  {e}" for e in errors))
+    return recipe
+
+
+def load(path: str, overrides: list[str] | tuple = ()) -> Recipe:
+    """Read a recipe file, apply KEY=VALUE overrides, validate."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such recipe file; expected a YAML recipe such as recipes/flowers.yaml")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of recipe keys at the top level")
+    raw = apply_overrides(raw, list(overrides))
+    return from_dict(raw, source=path)
+
+
+def to_dict(recipe: Recipe) -> dict:
+    """Plain types only: what a checkpoint and the ONNX metadata store."""
+    return dataclasses.asdict(recipe)
+
+
+def dump(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, in schema order (runs/<name>/recipe.yaml)."""
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False)

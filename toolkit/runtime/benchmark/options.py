@@ -1,0 +1,133 @@
+"""What `toolkit benchmark` is asked to do (BenchmarkOptions), checked and parsed into Settings."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from toolkit.errors import UserError
+from toolkit.runtime.benchmark.machine import physical_cores
+from toolkit.runtime.benchmark.rounds import DEFAULT_DURATION_S, DEFAULT_ROUNDS
+from toolkit.runtime.benchmark.schema import DEVICES, MODES, PRECISIONS
+
+
+@dataclass
+class BenchmarkOptions:
+    """run_benchmark's keyword arguments; list-valued ones take lists or comma-separated strings."""
+
+    batch_sizes: Any = (1, 8, 32)  # batch sizes to time
+    precision: Any = ("fp32",)  # fp32 / fp16 / int8: the export and its twins <name>.fp16.onnx, <name>.int8.onnx
+    device: Any = ("cpu",)  # cpu / cuda (cuda:N) / tensorrt
+    torch: bool = False  # add the run's PyTorch model (eager FP32; on CUDA also autocast FP16) as the baseline
+    compile: bool = False  # add torch.compile of the same model
+    duration: Optional[float] = None  # timed seconds per backend x mode x batch size (default 5), over the rounds
+    iterations: Optional[int] = None  # or: timed calls per backend x mode x batch size, over the rounds
+    warmup: Optional[int] = None  # calls per backend and batch size before timing (default >= 2 and >= 0.5 s)
+    rounds: int = DEFAULT_ROUNDS  # interleaved rounds; each backend runs one block per round
+    threads: Optional[int] = None  # intra-op threads for ORT and PyTorch (default: physical cores)
+    data: Optional[str] = None  # a recipe whose `split` measures each precision's accuracy
+    split: str = "val"  # the recipe's split for the accuracy
+    end_to_end: bool = True  # also time JPEG decode + preprocess + inference + top-5
+    out_dir: Optional[str] = None  # where the files go (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)
+    exports_dir: str = "exports"  # where the newest export is looked up when no model is given
+    quiet: bool = False  # no progress, no table, no messages
+    isolate: bool = True  # cold start and peak RSS in a fresh process per backend
+    checkpoint: Optional[str] = None  # the PyTorch checkpoint for --torch (default: the one the export names)
+    plot: bool = True  # write benchmark.png (needs matplotlib)
+    reference: bool = True  # time the FP32 GEMM as one more entry of every round (CPU): fraction_of_gemm_in_rounds
+
+
+@dataclass
+class Settings:
+    """BenchmarkOptions checked and parsed: what the run really does."""
+
+    sizes: tuple  # batch sizes, ascending, unique
+    precisions: tuple  # unique, in the order given
+    devices: tuple  # unique, lower case, "gpu" spelled "cuda"
+    modes: tuple  # ("model", "end_to_end") or ("model",)
+    rounds: int
+    duration: Optional[float]  # None when iterations are given
+    threads: int  # intra-op threads
+    threads_source: str  # "given" or "physical cores"
+
+
+def _as_tuple(value: Any, cast: Callable = str, name: str = "value") -> tuple:
+    """'1,8,32' / (1, 8, 32) / 8 -> tuple; what fire and Python callers hand over."""
+    if value is None:
+        return ()
+    items = list(value) if isinstance(value, (list, tuple, set)) else str(value).split(",")
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            out.append(cast(text))
+        except (TypeError, ValueError):
+            raise UserError(f"{name}: {item!r} is not a valid entry; expected a comma-separated list") from None
+    return tuple(out)
+
+
+
+def _check_choices(values: tuple, allowed: tuple, name: str) -> None:
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise UserError(f"{name}: {', '.join(map(str, bad))} not known; expected one or more of {', '.join(allowed)}")
+
+
+def _parse_devices(device: Any) -> tuple:
+    out = []
+    for d in _as_tuple(device or ("cpu",), str, "device"):
+        d = d.lower()
+        d = "cuda" if d == "gpu" else d
+        if d.split(":")[0] not in DEVICES:
+            raise UserError(f"device: {d!r} not known; expected one or more of {', '.join(DEVICES)} (or cuda:N)")
+        if d not in out:
+            out.append(d)
+    return tuple(out)
+
+
+
+def _check_counts(o: BenchmarkOptions) -> None:
+    if o.duration is not None and o.iterations is not None:
+        raise UserError("benchmark: pass --duration or --iterations, not both")
+    if o.duration is not None and not float(o.duration) > 0:
+        raise UserError(f"duration: {o.duration!r}; expected a positive number of seconds")
+    if o.iterations is not None and (int(o.iterations) != o.iterations or int(o.iterations) < 1):
+        raise UserError(f"iterations: {o.iterations!r}; expected a positive whole number")
+    if int(o.rounds) < 1:
+        raise UserError(f"rounds: {o.rounds!r}; expected at least 1")
+    if o.warmup is not None and int(o.warmup) < 1:
+        raise UserError(f"warmup: {o.warmup!r}; expected at least 1 (warm-up always runs before timing)")
+    if o.threads is not None and (int(o.threads) != o.threads or int(o.threads) < 1):
+        raise UserError(f"threads: {o.threads!r}; expected a positive whole number")
+
+
+def _check_data(o: BenchmarkOptions) -> None:
+    """A bad recipe fails now, not after minutes of timing."""
+    if not o.data:
+        return
+    from toolkit import recipe as recipe_mod
+    from toolkit.runtime.onnx_eval import SPLITS
+
+    recipe_mod.load(os.fspath(o.data))
+    if o.split not in SPLITS:
+        raise UserError(f"split: {o.split!r}; expected one of {', '.join(SPLITS)}")
+
+
+def parse(o: BenchmarkOptions) -> Settings:
+    """Check every option (one UserError naming the first bad one) and parse the lists."""
+    sizes = tuple(sorted(set(_as_tuple(o.batch_sizes, int, "batch_sizes"))))
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"batch_sizes: {o.batch_sizes!r}; expected positive whole numbers, e.g. 1,8,32")
+    precisions = tuple(dict.fromkeys(p.lower() for p in _as_tuple(o.precision or ("fp32",), str, "precision")))
+    _check_choices(precisions, PRECISIONS, "precision")
+    devices = _parse_devices(o.device)
+    _check_counts(o)
+    duration = DEFAULT_DURATION_S if o.duration is None and o.iterations is None else o.duration
+    threads, source = (int(o.threads), "given") if o.threads else (physical_cores(), "physical cores")
+    settings = Settings(sizes=sizes, precisions=precisions, devices=devices,
+                        modes=MODES if o.end_to_end else ("model",), rounds=int(o.rounds), duration=duration,
+                        threads=threads, threads_source=source)
+    _check_data(o)
+    return settings

@@ -1,0 +1,185 @@
+"""Benchmark reports: the stdout table, the Markdown file and the PNG plot of a record.
+
+The runtime benchmark (run.py) measures and schema.py describes the record; this module only formats it.
+Light module: the standard library only (matplotlib is imported for the plot alone).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Optional
+
+from toolkit.artifacts import atomic_path, atomic_write
+from toolkit.errors import first_line
+
+def _fmt(v: Any, spec: str = ".1f", none: str = "-") -> str:
+    if v is None:
+        return none
+    try:
+        return format(v, spec)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+_COLUMNS = ("backend", "precision", "device", "mode", "batch", "img/s (min-max)", "p50 ms", "p90 ms", "p95 ms",
+            "p99 ms", "ms/img", "GFLOP/s", "% peak", "% gemm", "x base", "cold s", "RSS MB", "file MB", "top-1")
+
+
+def _ms(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    return format(v, ".3f" if v < 1 else ".2f" if v < 10 else ".1f")
+
+
+def _ips(v: float) -> str:
+    return format(v, ".2f" if v < 10 else ".1f" if v < 1000 else ".0f")
+
+
+def _row_cells(r: dict) -> list:
+    t, lat = r["throughput_ips"], r["latency_ms"]
+    return [r["backend"], r["precision"], f"{r['device']} ({_short_provider(r['provider'])})",
+            "e2e" if r["mode"] == "end_to_end" else "model", str(r["batch"]),
+            f"{_ips(t['median'])} ({_ips(t['min'])}-{_ips(t['max'])})", _ms(lat["p50"]), _ms(lat["p90"]),
+            _ms(lat["p95"]), _ms(lat["p99"]), _ms(r["latency_per_image_ms"]["p50"]), _fmt(r["gflops"], ".1f"),
+            _fmt(r["fraction_of_peak"] * 100 if r["fraction_of_peak"] is not None else None, ".0f"),
+            _fmt(r["fraction_of_gemm_in_rounds"] * 100 if r.get("fraction_of_gemm_in_rounds") is not None else None,
+                 ".0f"),
+            _fmt(r["speedup"], ".2f"), _fmt(r["cold_start_s"], ".2f"), _fmt(r["peak_rss_mb"], ".0f"),
+            _fmt(r["file_bytes"] / 1e6 if r["file_bytes"] else None, ".1f"),
+            _fmt(r["top1"], ".2f")]
+
+
+def _short_provider(p: Optional[str]) -> str:
+    return (p or "-").replace("ExecutionProvider", "").replace("PyTorch ", "").replace(" (inductor)", "")
+
+
+def _header(record: dict) -> list:
+    m, s, v = record["machine"], record["settings"], record["versions"]
+    lines = [f"model {record['model']['path']} ({record['model'].get('arch') or '?'}, "
+             f"{_fmt(record['model']['flops_per_image'] / 1e9 if record['model']['flops_per_image'] else None, '.2f')}"
+             f" GFLOP/image)",
+             f"machine {m['cpu']} ({m['physical_cores']} cores" + (f"; GPU {m['gpu']}" if m.get("gpu") else "") + ")",
+             f"threads {s['threads']} ({s['threads_source']}), onnxruntime {v['onnxruntime']}"
+             + (f", torch {v['torch']}" if s["torch"] or s["compile"] else ""),
+             f"rounds {s['rounds']}, " + (f"{s['iterations']} iterations" if s["iterations"] else
+                                          f"{s['duration_s']} s") + " per backend x mode x batch size, interleaved"]
+    for pk in record["peaks"]:
+        if pk["gflops"]:
+            rounds = ", ".join(f"batch {x['batch']}: {x['median_gflops']:.0f}" for x in pk.get("in_rounds") or [])
+            lines.append(f"peak {pk['precision']} GEMM on {pk['device']}: {pk['gflops']:.0f} GFLOP/s ({pk['engine']}, "
+                         f"best of {pk['matrix']}x{pk['matrix']} runs before and after)"
+                         + (f"; in the rounds (ORT MatMul, median) {rounds}" if rounds else ""))
+    return lines
+
+
+def format_table(record: dict) -> str:
+    """The results as a plain-text table for a terminal."""
+    rows = [list(_COLUMNS)] + [_row_cells(r) for r in record["results"]]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(_COLUMNS))]
+    lines = _header(record) + [""]
+    for j, row in enumerate(rows):
+        lines.append("  ".join(str(c).ljust(w) if i < 4 else str(c).rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("model = inference only; e2e = JPEG decode + preprocess + inference + top-5. img/s: median over "
+                 "rounds (min-max). % peak: of the measured FP32 GEMM peak; % gemm: of the same GEMM timed in "
+                 "the rounds. x base: vs "
+                 "PyTorch eager FP32 (else ORT FP32) at the same batch and mode.")
+    for note in record["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def format_markdown(record: dict) -> str:
+    head = ["# Benchmark: " + record["model"]["name"], "", f"`{record['command']}`", ""]
+    head += [f"- {line}" for line in _header(record)]
+    head += ["", "| " + " | ".join(_COLUMNS) + " |", "|" + "|".join("---" if i < 4 else "---:"
+                                                                 for i in range(len(_COLUMNS))) + "|"]
+    body = ["| " + " | ".join(c.replace("|", "/") for c in _row_cells(r)) + " |" for r in record["results"]]
+    tail = ["", "## What was timed", ""] + [f"- **{k}**: {v}" for k, v in record["timed"].items()]
+    if record["notes"]:
+        tail += ["", "## Notes", ""] + [f"- {n}" for n in record["notes"]]
+    failed = [b for b in record["backends"] if b["status"] != "ok"]
+    if failed:
+        tail += ["", "## Backends that failed", ""] + [f"- {b['key']}: {b['error']}" for b in failed]
+    return "\n".join(head + body + tail) + "\n"
+
+
+def _plot(record: dict, path: str) -> Optional[str]:
+    """Throughput vs batch size per backend; None when done, else the reason it was skipped."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as exc:  # noqa: BLE001 - matplotlib is an optional (train) extra
+        return f"plot skipped: matplotlib is not installed ({first_line(exc, 300)}); pip install 'toolkit[train]'"
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    series: dict[tuple, list] = {}
+    for r in record["results"]:
+        series.setdefault((r["key"], r["mode"]), []).append(r)
+    for (key, mode), rows in series.items():
+        rows = sorted(rows, key=lambda r: r["batch"])
+        xs = [r["batch"] for r in rows]
+        ys = [r["throughput_ips"]["median"] for r in rows]
+        lo = [r["throughput_ips"]["median"] - r["throughput_ips"]["min"] for r in rows]
+        hi = [r["throughput_ips"]["max"] - r["throughput_ips"]["median"] for r in rows]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, linestyle="-" if mode == "model" else "--",
+                    label=f"{key} ({'model' if mode == 'model' else 'end to end'})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(record["settings"]["batch_sizes"])
+    ax.set_xticklabels([str(b) for b in record["settings"]["batch_sizes"]])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s (median over rounds, min-max bars)")
+    ax.set_title(f"{record['model']['name']} on {record['machine']['gpu'] or record['machine']['cpu']}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
+    return None
+
+
+def _write_outputs(record: dict, out_dir: str, plot: bool, say: Callable) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    if plot:
+        skipped = _plot(record, record["files"]["png"])
+        if skipped:
+            record["files"]["png"] = None
+            record["notes"].append(skipped)
+            say(f"benchmark: {skipped}")
+    if record["kind"] == "inference":
+        atomic_write(record["files"]["markdown"], format_markdown(record))
+    else:
+        atomic_write(record["files"]["markdown"], format_train_markdown(record))
+    atomic_write(record["files"]["json"], json.dumps(record, indent=2, default=str) + "\n")
+
+
+# ================================================================================================
+# --train: training step vs data loader
+# ================================================================================================
+
+def format_train_table(record: dict) -> str:
+    r = record["recipe"]
+    lines = [f"training benchmark: {r['name']} ({r['arch']}, {r['head']} head, {r['crop']} px, batch {r['batch_size']},"
+             f" {r['optimizer']}) on {record['settings']['device']}, {record['settings']['threads']} threads"]
+    for ph in record["phases"]:
+        t = ph["throughput_ips"]
+        lines.append(f"  training step [{ph['phase']}: {', '.join(ph['groups'])}]: {t['median']:.1f} img/s "
+                     f"({t['min']:.1f}-{t['max']:.1f}), {ph['latency_ms']['p50']:.0f} ms/step p50")
+    lo = record["loader"]
+    lines.append(f"  data loader ({lo['workers']} workers): {lo['throughput_ips']['overall']:.1f} img/s over "
+                 f"{lo['batches']} batches (startup {lo['startup_s']:.2f}s)")
+    lim = record["limiter"]
+    lines.append(f"  limited by the {lim['bound_by']}: {lim['advice']}")
+    lines += [f"  note: {n}" for n in record["notes"]]
+    return "\n".join(lines)
+
+
+def format_train_markdown(record: dict) -> str:
+    return "# Training benchmark\n\n`" + record["command"] + "`\n\n```\n" + format_train_table(record) + "\n```\n\n" \
+        + "\n".join(f"- **{k}**: {v}" for k, v in record["timed"].items()) + "\n"
+

@@ -1,0 +1,288 @@
+"""`toolkit predict [MODEL] IMAGES...`: classify files, folders and globs with a Predictor.
+
+Results go to stdout as a table, CSV (path,rank,label,score,index) or JSON; messages and progress go to
+stderr. Unreadable images are reported and skipped. Light module (no torch).
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from toolkit import artifacts
+from toolkit.errors import UserError
+from toolkit.preprocess import IMAGE_EXTENSIONS, ImageError
+from toolkit.runtime.predictor import Predictor
+
+__all__ = ["PredictOptions", "predict_command", "collect_images", "IMAGE_EXTENSIONS", "FORMATS"]
+
+FORMATS = ("table", "csv", "json")
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the images
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk(folder: str, recursive: bool) -> list[str]:
+    found = []
+    if recursive:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith(".") and _is_image_name(f))
+    else:
+        found = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                 if not f.startswith(".") and _is_image_name(f) and os.path.isfile(os.path.join(folder, f))]
+    return found
+
+
+def _expand_glob(pattern: str, recursive: bool) -> list[str]:
+    found = []
+    for m in sorted(glob.glob(pattern, recursive=True)):
+        if os.path.isdir(m):
+            found.extend(_walk(m, recursive))
+        elif _is_image_name(m):   # glob skips hidden names itself
+            found.append(m)
+    return found
+
+
+def _unique(paths: list[str]) -> list[str]:
+    seen: set[str] = set()
+    unique = []
+    for p in paths:
+        key = os.path.normpath(os.path.abspath(p))
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def collect_images(args: Iterable[str] | str, recursive: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (image extensions only, hidden skipped) and globs (expanded here, so quoted globs
+    work) -> (image paths in order, without duplicates; [(arg, problem)] for args that matched nothing)."""
+    if isinstance(args, (str, os.PathLike)):
+        args = [args]
+    paths: list[str] = []
+    problems: list[tuple[str, str]] = []
+    for arg in args:
+        arg = os.path.expanduser(os.fspath(arg))
+        if os.path.isfile(arg):
+            paths.append(arg)
+        elif os.path.isdir(arg):
+            found = _walk(arg, recursive)
+            if not found:
+                problems.append((arg, f"folder holds no images ({', '.join(IMAGE_EXTENSIONS)})"))
+            paths.extend(found)
+        elif glob.has_magic(arg):
+            found = _expand_glob(arg, recursive)
+            if not found:
+                problems.append((arg, "pattern matched no images"))
+            paths.extend(found)
+        else:
+            problems.append((arg, "no such file or folder"))
+    return _unique(paths), problems
+
+
+# --------------------------------------------------------------------------------------------
+# Options, progress and output
+
+@dataclass
+class PredictOptions:
+    """What `toolkit predict` was asked for (its command-line options)."""
+
+    top_k: int = 5  # predictions shown per image (at most the number of classes)
+    format: str = "table"  # stdout format: table, csv or json
+    device: str = "auto"  # auto, cpu, cuda[:N] or tensorrt[:N] (toolkit.runtime.session)
+    threads: int | None = None  # ONNX Runtime intra-op threads; None: its own choice
+    allow_fallback: bool = False  # run on the CPU, with a warning, when the device asked for can't load
+    batch_size: int = 32  # images decoded and run per inference call
+    recursive: bool = True  # look into sub-folders of folder arguments
+
+    def __post_init__(self):
+        fmt = str(self.format).lower()
+        if fmt not in FORMATS:
+            raise UserError(f"format: {self.format!r}; expected one of {', '.join(FORMATS)}")
+        self.format = fmt
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise UserError(f"top_k: {self.top_k!r}; expected a positive whole number")
+
+
+class _Progress:
+    """One in-place line on stderr when it is a terminal; a line every ~10% otherwise."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.start = total, enabled, time.perf_counter()
+        self.tty = enabled and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        self.next_pct = 10
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        line = f"predict: {done}/{self.total} images  {rate:.1f} img/s  ETA {eta:.0f}s"
+        if self.tty:
+            sys.stderr.write("\r" + line + "\x1b[K")
+            sys.stderr.flush()
+        elif done * 100 >= self.next_pct * self.total or done == self.total:
+            while self.next_pct <= done * 100 / self.total:
+                self.next_pct += 10
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+class _Results:
+    """Writes predictions to stdout in the chosen format: table and CSV row by row, JSON at the end."""
+
+    def __init__(self, fmt: str, predictor: Predictor, paths: list[str], k: int):
+        self.fmt, self.predictor, self.k, self.out = fmt, predictor, k, sys.stdout
+        self.rows: list[dict] = []
+        self.path_w = min(max(len(p) for p in paths), 60)
+        self.label_w = min(max(len(lb) for lb in predictor.labels), 30)
+        if fmt == "csv":
+            self.csv = csv.writer(self.out, lineterminator="\n")
+            self.csv.writerow(["path", "rank", "label", "score", "index"])
+        elif fmt == "table":
+            head = f"{'image':<{self.path_w}}" + "".join(f"  {'#' + str(r):<{self.label_w}} {'score':>6}"
+                                                         for r in range(1, k + 1))
+            print(head.rstrip(), file=self.out)
+
+    def add(self, path: str, preds: list[dict]) -> None:
+        if self.fmt == "csv":
+            for rank, p in enumerate(preds, 1):
+                self.csv.writerow([path, rank, p["label"], f"{p['score']:.6f}", p["index"]])
+        elif self.fmt == "json":
+            self.rows.append({"path": path, "predictions": [
+                {"rank": r, "label": p["label"], "score": round(p["score"], 6), "index": p["index"]}
+                for r, p in enumerate(preds, 1)]})
+        else:
+            w = self.label_w
+            cells = "".join(f"  {p['label'][:w]:<{w}} {p['score']:>6.1%}" for p in preds)
+            shown = path if len(path) <= self.path_w else "..." + path[-(self.path_w - 3):]
+            print(f"{shown:<{self.path_w}}{cells}", file=self.out)
+
+    def finish(self) -> None:
+        if self.fmt == "json":
+            p = self.predictor
+            json.dump({"model": p.path, "sha256": p.sha256, "provider": p.provider, "top_k": self.k,
+                       "results": self.rows}, self.out, indent=2)
+            self.out.write("\n")
+        self.out.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+def _decode(predictor: Predictor, path: str) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return predictor.prepare_one(path), None
+    except ImageError as exc:
+        msg = str(exc)
+        return None, msg if msg.startswith(path) else f"{path}: {msg}"
+    except Exception as exc:  # a decoder bug must not stop a folder run
+        return None, f"{path}: cannot read image ({type(exc).__name__}: {exc})"
+
+
+def _resolve_model(model: str | None) -> str:
+    """An explicit .onnx file, or the newest export (in exports/ or in the folder given)."""
+    if model is not None and not os.path.isdir(model):
+        return model
+    model = artifacts.newest_export() if model is None else artifacts.newest_export(model)
+    print(f"predict: using the newest export {model}", file=sys.stderr)
+    return model
+
+
+def _image_paths(images: Sequence[str] | str, recursive: bool) -> tuple[list[str], list]:
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    images = [os.fspath(i) for i in images]
+    if not images:
+        raise UserError("predict: no images given; expected image files, folders or globs, "
+                        "e.g. toolkit predict exports/flowers.onnx photos/")
+    paths, problems = collect_images(images, recursive=recursive)
+    for arg, problem in problems:
+        print(f"skipped {arg}: {problem}", file=sys.stderr)
+    if not paths:
+        raise UserError(f"predict: no images found in {', '.join(images)}; expected image files "
+                        f"({', '.join(IMAGE_EXTENSIONS)}), folders or globs")
+    return paths, problems
+
+
+def _load_predictor(model: str, o: PredictOptions) -> Predictor:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor = Predictor(model, device=o.device, threads=o.threads, allow_fallback=o.allow_fallback,
+                              batch_size=o.batch_size)
+    for w in caught:   # one plain line each (the fallback warning), not Python's source-line format
+        print(f"predict: warning: {w.message}", file=sys.stderr)
+    return predictor
+
+
+def _predict_paths(predictor: Predictor, paths: list[str], o: PredictOptions, results: _Results) -> tuple[int, int]:
+    """Decode (threads: Pillow works without the GIL), run and write every batch -> (predicted, failed)."""
+    progress = _Progress(len(paths), enabled=len(paths) > 50)
+    predicted = failed = 0
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for start in range(0, len(paths), o.batch_size):
+            chunk = paths[start:start + o.batch_size]
+            ok_paths, arrays = [], []
+            for path, (arr, err) in zip(chunk, pool.map(lambda p: _decode(predictor, p), chunk)):
+                if err is None:
+                    ok_paths.append(path)
+                    arrays.append(arr)
+                    continue
+                failed += 1
+                if progress.tty:
+                    sys.stderr.write("\r\x1b[K")
+                print(f"skipped {err}", file=sys.stderr, flush=True)
+            if arrays:
+                for path, preds in zip(ok_paths, predictor.predict_batch(np.stack(arrays), results.k)):
+                    predicted += 1
+                    results.add(path, preds)
+                results.out.flush()
+            progress.update(start + len(chunk))
+    progress.close()
+    return predicted, failed
+
+
+def predict_command(model: str | None = None, images: Sequence[str] | str = (), top_k: int = 5,
+                    format: str = "table", device: str = "auto", threads: int | None = None,
+                    allow_fallback: bool = False, batch_size: int = 32, recursive: bool = True) -> int:
+    """`toolkit predict [MODEL] IMAGES...`: classify files, folders and globs; results on stdout as a
+    table, CSV (path,rank,label,score,index) or JSON; messages and progress on stderr.
+    Unreadable images are reported and skipped. Returns 0 if at least one image was predicted, else 1."""
+    o = PredictOptions(top_k=top_k, format=format, device=device, threads=threads,
+                       allow_fallback=allow_fallback, batch_size=batch_size, recursive=recursive)
+    model = _resolve_model(model)
+    paths, problems = _image_paths(images, o.recursive)
+    predictor = _load_predictor(model, o)
+    k = min(o.top_k, len(predictor.labels))
+    print(f"predict: {len(paths)} image(s) with {os.path.basename(predictor.path)} on {predictor.provider}",
+          file=sys.stderr)
+    results = _Results(o.format, predictor, paths, k)
+    t0 = time.perf_counter()
+    predicted, failed = _predict_paths(predictor, paths, o, results)
+    results.finish()
+    elapsed = time.perf_counter() - t0
+    rate = predicted / elapsed if elapsed > 0 else 0.0
+    skipped = failed + len(problems)
+    print(f"predict: {predicted} predicted, {failed} unreadable skipped in {elapsed:.2f}s ({rate:.1f} img/s, "
+          f"decode + preprocess + inference) on {predictor.provider}"
+          + (f"; {skipped} skipped in all" if problems else ""), file=sys.stderr)
+    return 0 if predicted else 1

@@ -1,0 +1,183 @@
+"""Micro-batching: one worker thread runs the model on the images that arrive together."""
+import asyncio
+import logging
+import queue
+import threading
+import time
+
+from toolkit.runtime.serve.errors import ApiError
+from toolkit.runtime.serve.options import GRACEFUL_TIMEOUT_S, RETRY_AFTER_S
+
+log = logging.getLogger("toolkit.runtime.serve")
+
+_STOP = object()
+
+
+class Batcher:
+    """One worker thread that runs the model on micro-batches.
+
+    A request handler calls `preparing()` before it decodes an image, then `submit(array, top_k)`
+    (or `abandon()` if decoding failed); `submit` queues the prepared image (the model's input
+    without the batch axis) and awaits its top-k. The worker takes the first waiting item, then
+    keeps collecting until it has `max_batch` items or `max_wait_ms` have passed since the first.
+    When that time is up while other requests are already inside the server being decoded, it waits
+    for those too, for at most a quarter of the last batch's inference time (`grace_s`): on a slow
+    model a full batch is worth a short wait, on a fast one the grace is next to nothing. Then one
+    `predict_batch` call, and every future is resolved. The warm-up inference runs before anything
+    else; `ready` is set once it is done. `stop()` lets it finish everything queued, then ends it.
+    """
+
+    GRACE_FRACTION = 0.25
+    GRACE_MAX_S = 1.0
+
+    def __init__(self, predictor, max_batch: int = 16, max_wait_ms: float = 5.0):
+        self.predictor = predictor
+        self.max_batch = int(max_batch)
+        self.max_wait = float(max_wait_ms) / 1000.0
+        self.queue: queue.Queue = queue.Queue()
+        self.ready = threading.Event()
+        self.warmup_s: float | None = None
+        self.warmup_error: str | None = None
+        self.stopping = False
+        self.decoding = 0          # requests between preparing() and submit()/abandon()
+        self._lock = threading.Lock()
+        self.last_batch_s = 0.0
+        self.batches = 0
+        self.images = 0
+        self.largest_batch = 0
+        self.thread = threading.Thread(target=self._run, name="toolkit-batcher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float | None = GRACEFUL_TIMEOUT_S) -> None:
+        if not self.thread.is_alive():
+            return
+        self.stopping = True
+        self.queue.put(_STOP)
+        self.thread.join(timeout)
+
+    def preparing(self) -> None:
+        if self.stopping:
+            raise ApiError(503, "shutting down", "the server is stopping; retry on another instance",
+                           {"Retry-After": str(RETRY_AFTER_S)})
+        with self._lock:
+            self.decoding += 1
+
+    def abandon(self) -> None:
+        with self._lock:
+            self.decoding -= 1
+
+    async def submit(self, array, top_k: int) -> list[dict]:
+        """Queue one prepared image (after `preparing()`) and wait for its predictions."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:   # queued before it stops counting as decoding: the worker never misses it
+            self.queue.put((array, top_k, future, loop))
+            self.decoding -= 1
+        return await future
+
+    @property
+    def grace_s(self) -> float:
+        return min(self.GRACE_MAX_S, self.GRACE_FRACTION * self.last_batch_s)
+
+    def stats(self) -> dict:
+        return {"batches": self.batches, "images": self.images, "largest_batch": self.largest_batch,
+                "mean_batch": round(self.images / self.batches, 2) if self.batches else 0.0,
+                "queued": self.queue.qsize(), "decoding": self.decoding,
+                "last_batch_ms": round(1000 * self.last_batch_s, 2)}
+
+    # ---- worker thread --------------------------------------------------------------------
+    def _warm_up(self) -> None:
+        t = time.perf_counter()
+        try:
+            self.last_batch_s = self.predictor.warmup(1)
+            if not self.predictor.provider.startswith("CPU") and self.max_batch > 1:
+                # GPUs pick kernels per shape: pay for the largest batch now, not on a user's request.
+                self.predictor.warmup(self.max_batch)
+        except Exception as exc:  # reported through /ready; requests still get answers (or errors)
+            self.warmup_error = f"{type(exc).__name__}: {exc}"[:500]
+            log.error("warm-up inference failed: %s", self.warmup_error)
+            return
+        self.warmup_s = time.perf_counter() - t
+        self.ready.set()
+
+    def _collect(self, first) -> tuple[list, bool]:
+        """The batch that starts with `first`, and whether the stop marker was seen."""
+        batch = [first]
+        start = time.monotonic()
+        deadline = start + self.max_wait
+        grace_end = deadline + self.grace_s
+        while len(batch) < self.max_batch:
+            now = time.monotonic()
+            if now < deadline:
+                timeout = deadline - now
+            elif self.decoding > 0 and now < grace_end:
+                timeout = min(grace_end - now, 0.002)   # a request being decoded is about to land
+            else:
+                timeout = 0.0
+            try:
+                nxt = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                if timeout > 0:
+                    continue
+                break
+            if nxt is _STOP:
+                return batch, True
+            batch.append(nxt)
+        return batch, False
+
+    def _run(self) -> None:
+        self._warm_up()
+        stop = False
+        while not stop:
+            item = self.queue.get()
+            if item is _STOP:
+                break
+            batch, stop = self._collect(item)
+            self._run_batch(batch)
+        # Anything queued after the stop marker (should not happen: requests are refused once stopping).
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                self._run_batch([item])
+
+    def _run_batch(self, batch: list) -> None:
+        import numpy as np
+
+        try:
+            arrays = np.stack([b[0] for b in batch])
+            k = max(b[1] for b in batch)
+            t = time.perf_counter()
+            results = self.predictor.predict_batch(arrays, k)
+            self.last_batch_s = time.perf_counter() - t
+        except Exception as exc:
+            log.error("inference failed on a batch of %d: %s: %s", len(batch), type(exc).__name__, exc)
+            error = ApiError(500, "inference failed", "the model could not run on this input; see the server log")
+            for _, _, future, loop in batch:
+                self._resolve(loop, future, None, error)
+            return
+        self.batches += 1
+        self.images += len(batch)
+        self.largest_batch = max(self.largest_batch, len(batch))
+        for (_, k, future, loop), preds in zip(batch, results):
+            clean = [{"label": str(p["label"]), "score": float(p["score"]), "index": int(p["index"])}
+                     for p in preds[:k]]
+            self._resolve(loop, future, clean, None)
+
+    @staticmethod
+    def _resolve(loop, future, value, error) -> None:
+        def settle():
+            if future.done():   # the request went away (client gone, server cancelled it)
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(value)
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:    # event loop already closed
+            pass

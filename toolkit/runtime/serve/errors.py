@@ -1,0 +1,102 @@
+"""Every error the server answers is JSON {"error": short, "detail": longer}, never a traceback or a path."""
+import http
+import json
+from typing import Any
+
+
+class ApiError(Exception):
+    """An HTTP error answered as JSON {"error": short, "detail": longer}."""
+
+    def __init__(self, status: int, error: str, detail: Any = None, headers: dict | None = None):
+        super().__init__(error)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers or {}
+
+
+class BodyTooLarge(Exception):
+    """Raised from inside `receive` when a streamed body passes the limit."""
+
+
+class BodyTimeout(Exception):
+    """Raised from inside `receive` when the client stalls while sending its body."""
+
+
+def _json_bytes(error: str, detail: Any = None) -> bytes:
+    return json.dumps({"error": error, "detail": detail}, separators=(",", ":")).encode()
+
+
+async def send_json(send, status: int, error: str, detail: Any = None, headers: dict | None = None) -> None:
+    """Answer straight from the ASGI layer (before FastAPI sees the request)."""
+    body = _json_bytes(error, detail)
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def image_error(exc: Exception) -> ApiError:
+    """toolkit.preprocess.ImageError (or Pillow's own bomb check) -> the HTTP answer."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, Image.DecompressionBombError):
+        # Pillow refuses > ~179 MP itself inside Image.open, before our own cap is looked at.
+        return ApiError(413, "image too large", f"image: {exc}")
+    kind = getattr(exc, "kind", "corrupt")
+    message = str(exc)
+    if kind == "too_large":
+        return ApiError(413, "image too large", message)
+    if kind == "unsupported":
+        if isinstance(exc.__context__, UnidentifiedImageError) or "not a recognised image" in message:
+            # Bytes that no decoder recognises: garbage, not a format we chose to refuse.
+            return ApiError(400, "not an image", message)
+        return ApiError(415, "unsupported image format", message)
+    if kind == "empty":
+        return ApiError(400, "empty body", "expected JPEG, PNG or WebP bytes as the body, or a multipart 'file'")
+    return ApiError(400, "corrupt image", message)
+
+
+def add_error_handlers(app, max_body: int, body_timeout_s: float) -> None:
+    """Turn every exception a route can raise into the JSON error body, with the right status."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
+
+    def error_response(status: int, error: str, detail: Any = None, headers: dict | None = None):
+        return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return error_response(exc.status, exc.error, exc.detail, exc.headers)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request, exc):
+        return error_response(413, "body too large", f"the body passed the limit of {max_body} bytes")
+
+    @app.exception_handler(BodyTimeout)
+    async def _timeout(request, exc):
+        return error_response(408, "request timeout", f"the body did not arrive within {body_timeout_s:g} s",
+                              {"Connection": "close"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):
+        status = exc.status_code
+        phrase = http.HTTPStatus(status).phrase.lower() if status in http.HTTPStatus._value2member_map_ else "error"
+        detail = exc.detail
+        if status == 404:
+            detail = f"no such endpoint: {request.method} {request.url.path}"
+        elif status == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return error_response(status, phrase, detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc):
+        detail = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        return error_response(422, "invalid request", detail)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request, exc):
+        return error_response(400, "client disconnected", None)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc):   # the traceback goes to the server log only
+        return error_response(500, "internal error", "the server hit an unexpected error; see its log")

@@ -1,0 +1,78 @@
+"""What `toolkit serve-local` can be asked for: the server's limits and its options, with their checks."""
+from dataclasses import asdict, dataclass, fields
+
+from toolkit.preprocess import DEFAULT_MAX_PIXELS
+
+RETRY_AFTER_S = 1            # the Retry-After sent with 503 busy / shutting down
+GRACEFUL_TIMEOUT_S = 30      # how long a stop waits for the requests in flight
+BODY_TIMEOUT_S = 30.0        # a client that stops sending its body mid-way gets 408 after this long
+
+# (lowest value, what the message says is expected) per limit; `whole` limits must be integers.
+_RULES = {
+    "max_batch": (1, "a whole number >= 1"), "max_wait_ms": (0, "a number of milliseconds >= 0"),
+    "max_body_mb": (1e-6, "a positive number of megabytes"), "max_pixels": (1, "a whole number >= 1"),
+    "max_concurrency": (1, "a whole number >= 1"), "top_k": (1, "a whole number >= 1"),
+}
+_WHOLE = ("max_batch", "max_pixels", "max_concurrency", "top_k")
+
+
+@dataclass
+class Limits:
+    """How much one server takes on: the serve-local --max-* and --top-k options."""
+
+    max_batch: int = 16                 # images per session call (one micro-batch)
+    max_wait_ms: float = 5.0            # how long a batch's first image waits for company
+    max_body_mb: float = 10.0           # request body cap, checked before and while reading
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decoded image cap, checked before decoding
+    max_concurrency: int = 64           # predictions in flight before 503 busy
+    top_k: int = 5                      # labels answered when the request has no ?top_k=
+
+    def problems(self) -> list[str]:
+        """One line per limit that is not a number in range (the option name as typed on the CLI)."""
+        problems = []
+        for name, value in asdict(self).items():
+            low, expected = _RULES[name]
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
+            if ok and name in _WHOLE and int(value) != value:
+                ok = False
+            if not ok:
+                problems.append(f"{name.replace('_', '-')}: {value!r}; expected {expected}")
+        return problems
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(float(self.max_body_mb) * 1024 * 1024)
+
+
+DEFAULTS = asdict(Limits())
+_LIMIT_NAMES = tuple(f.name for f in fields(Limits))
+
+
+@dataclass
+class ServeOptions:
+    """Everything `serve()` is told: which model, where to listen, how to run it, and the limits."""
+
+    model: str | None = None            # an .onnx file, a folder of exports, or None: the newest in exports_dir
+    host: str = "127.0.0.1"             # anything but loopback prints a warning (no auth, no TLS)
+    port: int = 8000                    # 0 picks a free port (the URL is printed)
+    device: str = "auto"                # the Predictor's device: auto, cpu, cuda, ...
+    threads: int | None = None          # ONNX Runtime intra-op threads (None: its default)
+    allow_fallback: bool = False        # run on CPU when the asked-for device is unavailable
+    exports_dir: str = "exports"        # where model=None looks for the newest export
+    max_batch: int = 16                 # see Limits
+    max_wait_ms: float = 5.0            # see Limits
+    max_body_mb: float = 10.0           # see Limits
+    max_pixels: int = DEFAULT_MAX_PIXELS       # see Limits
+    max_concurrency: int = 64           # see Limits
+    top_k: int = 5                      # see Limits
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(**{name: getattr(self, name) for name in _LIMIT_NAMES})
+
+    def problems(self) -> list[str]:
+        problems = self.limits.problems()
+        port = self.port
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            problems.append(f"port: {port!r}; expected a whole number 0..65535 (0 picks a free port)")
+        return problems

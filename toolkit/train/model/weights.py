@@ -1,0 +1,182 @@
+"""Pretrained weights for a Classifier: torchvision's imagenet weights, a .pth state dict, or a toolkit
+checkpoint (source-to-target transfer). Every problem is one UserError naming model.weights."""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping, Optional
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+
+from toolkit.errors import UserError, first_line
+from toolkit.train.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from toolkit.train.model.backbones import Classifier, _unwrap
+
+# Number of 3x3 convs in each VGG config: used to tell the user which VGG a state dict looks like.
+_ARCH_BY_CONVS = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}
+
+
+def _first_line(exc: BaseException) -> str:
+    """'URLError: <first line of its reason>': a download or read failure, quoted in one line."""
+    reason = getattr(exc, "reason", None) or exc
+    return f"{type(exc).__name__}: {first_line(reason)}" if str(reason).strip() else type(exc).__name__
+
+
+def _guess_arch(feats: Mapping[str, Any]) -> Optional[str]:
+    """'vgg19_bn' from a features state dict's layout, or None if it doesn't look like a VGG."""
+    convs = sum(1 for k, v in feats.items() if k.endswith(".weight") and getattr(v, "ndim", 0) == 4)
+    arch = _ARCH_BY_CONVS.get(convs)
+    if arch and any(k.endswith("running_mean") for k in feats):
+        arch += "_bn"
+    return arch
+
+
+def _shape(v: Any) -> str:
+    return str(list(v.shape)) if torch.is_tensor(v) else type(v).__name__
+
+
+def _mismatch(source: Mapping[str, Any], target: Mapping[str, Any], prefix: str) -> list[str]:
+    """One line per key that is missing, unexpected or of another shape (prefix names the module)."""
+    problems = []
+    for k, t in target.items():
+        if k not in source:
+            if not k.endswith("num_batches_tracked"):  # old torchvision _bn files lack it; BN fills it in
+                problems.append(f"{prefix}{k} is missing")
+        elif not torch.is_tensor(source[k]) or source[k].shape != t.shape:
+            problems.append(f"{prefix}{k} is {_shape(source[k])} in the file, {list(t.shape)} expected")
+    problems += [f"{prefix}{k} has no place in the model" for k in source if k not in target]
+    return problems
+
+
+def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop DistributedDataParallel's 'module.' and torch.compile's '_orig_mod.' key prefixes."""
+    out = {}
+    for k, v in state.items():
+        while k.startswith(("module.", "_orig_mod.")):
+            k = k.split(".", 1)[1]
+        out[k] = v
+    return out
+
+
+def _features_of(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The features.* entries of a state dict, prefix stripped; also accepts a features-only dict."""
+    state = _strip_wrappers(state)
+    feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    if not feats and state and all(re.match(r"\d+\.", k) for k in state):
+        feats = dict(state)  # saved as vgg.features.state_dict()
+    return feats
+
+
+def _load_features(model: Classifier, state: Mapping[str, Any], what: str) -> None:
+    """Load VGG features from `state` or raise one UserError naming the first problem."""
+    feats = _features_of(state)
+    if not feats:
+        keys = ", ".join(list(state)[:3]) or "none"
+        raise UserError(f"model.weights: {what} holds no VGG features (features.N.*; its first keys: {keys}); "
+                        f"expected a torchvision {model.arch} state dict")
+    problems = _mismatch(feats, model.features.state_dict(), "features.")
+    if problems:
+        guess = _guess_arch(feats)
+        hint = f"; it looks like a {guess} state dict" if guess and guess != model.arch else ""
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"model.weights: {what} does not fit {model.arch}: {problems[0]}{more}{hint}")
+    model.features.load_state_dict(feats)
+
+
+def _read(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise UserError(f"model.weights: {path!r} is not a file; expected imagenet, none, a .pth state dict "
+                        "or a toolkit checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, a pickled object that isn't plain tensors
+        raise UserError(f"model.weights: {path} could not be read ({_first_line(exc)}); expected a state dict "
+                        "saved with torch.save(model.state_dict(), path) or a toolkit checkpoint") from None
+
+
+def _labels_text(labels: list) -> str:
+    """'0-4' for consecutive integers, else a short list."""
+    labels = [str(x) for x in labels]
+    if len(labels) > 1 and all(re.fullmatch(r"-?\d+", x) for x in labels):
+        nums = [int(x) for x in labels]
+        if nums == list(range(nums[0], nums[0] + len(nums))):
+            return f"{nums[0]}-{nums[-1]}"
+    if len(labels) <= 6:
+        return ", ".join(labels)
+    return ", ".join(labels[:3]) + f", ..., {labels[-1]} ({len(labels)} classes)"
+
+
+def _load_imagenet(model: Classifier, arch: str) -> str:
+    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    file_name = os.path.basename(urlparse(weights.url).path)
+    cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")  # $TORCH_HOME/hub/checkpoints
+    cached = os.path.join(cache_dir, file_name)
+    try:
+        # Reads the cached file, or downloads it there first (hash-checked); plain tensors only.
+        state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except Exception as exc:
+        if os.path.isfile(cached):
+            raise UserError(f"model.weights: the cached imagenet weights {cached} could not be read "
+                            f"({_first_line(exc)}); delete the file to download it again") from None
+        raise UserError(f"model.weights: imagenet weights for {arch} are not in {cache_dir} and could not be "
+                        f"downloaded ({_first_line(exc)}); put {file_name} there or set model.weights to a "
+                        "local .pth file") from None
+    _load_features(model, state, cached)
+    return f"imagenet weights ({arch} {weights}, {cached}): features loaded, new head"
+
+
+def _load_checkpoint(model: Classifier, ckpt: dict, path: str, arch: str, labels: Optional[list]) -> str:
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"model.weights: {path} has format {ckpt.get('format')!r}; expected {CHECKPOINT_FORMAT}")
+    source_arch = ((ckpt.get("recipe") or {}).get("model") or {}).get("arch")
+    if source_arch and source_arch != arch:
+        raise UserError(f"model.weights: {path} is a {source_arch} checkpoint but model.arch is {arch}; "
+                        f"set model.arch: {source_arch} to transfer from it")
+    state = ckpt.get("model")
+    if not isinstance(state, Mapping):
+        raise UserError(f"model.weights: {path} has no model state dict; expected a toolkit checkpoint")
+    state = _strip_wrappers(state)
+    _load_features(model, state, path)
+    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    source_labels = list(ckpt.get("labels") or [])
+    problems = _mismatch(head, model.head.state_dict(), "head.")
+    if labels is None:
+        why = "target classes unknown"
+    elif [str(x) for x in source_labels] != [str(x) for x in labels]:
+        why = f"source classes {_labels_text(source_labels)} -> target classes {_labels_text(labels)}"
+    elif problems:
+        why = f"source head does not fit: {problems[0]}"
+    else:
+        model.head.load_state_dict(head)
+        return f"{path}: toolkit checkpoint ({arch}), features and head loaded (same classes)"
+    return f"{path}: toolkit checkpoint ({arch}), features loaded, head replaced ({why})"
+
+
+def load_weights(model: nn.Module, weights: str, arch: str, labels: Optional[list] = None) -> str:
+    """Load pretrained weights into `model`; return a one-line description of what was loaded.
+
+    weights: 'imagenet' (torchvision's IMAGENET1K_V1, from/into torch hub's cache), 'none', a
+    torchvision state dict file (.pth/.pt, full VGG or features only; its classifier is ignored),
+    or a toolkit checkpoint (source-to-target transfer: features always, the head too when it has
+    the same shapes and the same `labels` as the target). Every problem is a UserError.
+    """
+    model = _unwrap(model)
+    if model.arch != arch:
+        raise ValueError(f"model is {model.arch}, weights requested for {arch}")
+    weights = str(weights)
+    if weights == "none":
+        return "no pretrained weights (random init)"
+    if weights == "imagenet":
+        return _load_imagenet(model, arch)
+    obj = _read(weights)
+    if not isinstance(obj, Mapping):
+        raise UserError(f"model.weights: {weights} holds a {type(obj).__name__}; expected a state dict "
+                        "or a toolkit checkpoint")
+    if "format" in obj:
+        return _load_checkpoint(model, dict(obj), weights, arch, labels)
+    state = obj["state_dict"] if isinstance(obj.get("state_dict"), Mapping) else obj  # {"state_dict": ...} wrapper
+    _load_features(model, state, weights)
+    return f"{weights}: {arch} features loaded (any classifier in the file ignored), new head"

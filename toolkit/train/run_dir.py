@@ -1,0 +1,83 @@
+"""The run folder, runs/<name>/: checked and made at the start, its log kept in step with the checkpoint,
+summary.json at the end. Rank 0 alone touches it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from toolkit import recipe as recipe_mod
+from toolkit.artifacts import atomic_write
+from toolkit.errors import UserError
+from toolkit.train.checkpoint import load_checkpoint
+
+
+def checkpoint_paths(run_dir: str) -> tuple[str, str]:
+    """(last.pt, best.pt) of a run folder."""
+    folder = os.path.join(run_dir, "checkpoints")
+    return os.path.join(folder, "last.pt"), os.path.join(folder, "best.pt")
+
+
+def prepare_run_dir(run_dir: str, resume: bool, overwrite: bool) -> dict | None:
+    """Check the run folder against --resume / --overwrite, make it, and load last.pt when resuming."""
+    last_path, _ = checkpoint_paths(run_dir)
+    if resume:
+        if not os.path.isfile(last_path):
+            raise UserError(f"{last_path}: nothing to resume; train without --resume to start the run")
+        return load_checkpoint(last_path)
+    if os.path.exists(last_path):
+        if not overwrite:
+            raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it, --overwrite to "
+                            f"replace it, or set another name (e.g. name=<new>)")
+        shutil.rmtree(run_dir)
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    return None
+
+
+def write_run_files(recipe, model, epochs_done: int, say) -> None:
+    """recipe.yaml and param_groups.txt; metrics.jsonl trimmed back to the checkpoint's epochs."""
+    from toolkit.train import model as model_mod
+
+    run_dir, t = recipe.run_dir, recipe.train
+    atomic_write(os.path.join(run_dir, "recipe.yaml"), recipe_mod.dump(recipe))
+    table = model_mod.param_group_table(model, model_mod.group_learning_rates(t), model_mod.trainable_from(t))
+    atomic_write(os.path.join(run_dir, "param_groups.txt"), table + "\n")
+    say(table)
+    truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), epochs_done)
+
+
+def truncate_metrics(path: str, epochs_done: int) -> None:
+    """After a crash the metrics log may run ahead of the checkpoint: keep only what the checkpoint saw."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        kept = [line for line in fh if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    atomic_write(path, "".join(kept))
+
+
+def append_metrics(run_dir: str, record: dict) -> None:
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def write_summary(recipe, dataset, device, state, started: float, quiet: bool, world: int = 1) -> dict:
+    """summary.json (with the test split's scores of best.pt when `dataset` has one) and the closing lines."""
+    from toolkit.train.evaluate import evaluate_checkpoint
+
+    _, best_path = checkpoint_paths(recipe.run_dir)
+    summary = {"run": recipe.run_dir, "best_checkpoint": best_path, "best_epoch": state.best_epoch,
+               "val_top1": state.best_top1, "epochs_run": state.epoch, "processes": world, "wall_time_s": None}
+    if dataset is not None and dataset.test:
+        test = evaluate_checkpoint(best_path, dataset=dataset, split="test", device=str(device), quiet=True)
+        summary.update(test_top1=test["top1"], test_top5=test["top5"], test_mean_per_class=test["mean_per_class"])
+    summary["wall_time_s"] = round(time.time() - started, 1)
+    atomic_write(os.path.join(recipe.run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    if not quiet:
+        print(f"\ndone in {summary['wall_time_s']:.0f}s: best val top-1 {state.best_top1:.2f}% at epoch "
+              f"{state.best_epoch}" + (f", test top-1 {summary['test_top1']:.2f}%" if "test_top1" in summary else ""))
+        print(f"  run folder  {recipe.run_dir}/  (recipe.yaml, metrics.jsonl, param_groups.txt, curves.png, "
+              f"confusion.png)")
+        print(f"  checkpoint  {best_path}")
+        print(f"  next        toolkit export {recipe.run_dir}")
+    return summary

@@ -1,0 +1,81 @@
+"""Data order and augmentation seeded by (seed, epoch, index).
+
+The shuffle order of epoch e comes from (seed, e), and each sample's augmentation from (seed, e, index),
+whatever the worker count. So a resumed run, or one interrupted mid-epoch, sees the same batches and
+the same augmented pixels as an uninterrupted one, and N processes together see the batches one does.
+"""
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from toolkit.train.distributed import IGNORE, Dist
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled order of one epoch's n samples, from (seed, epoch) alone."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+class EpochBatches(Sampler):
+    """This rank's part of each global batch of one epoch, as lists of encoded sample indices.
+
+    The global batches are the epoch's shuffled order cut into `batch_size` pieces, the same for any
+    number of processes; `dist.shard` gives each rank its part. Each index is encoded as epoch * n + i,
+    so the dataset (even in a persistent worker) knows the epoch; a padding entry (see Dist.shard) as
+    -(code + 1). `skip` global batches are left out, to resume mid-epoch.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, batch_size: int, dist: Dist, skip: int = 0):
+        self.n, self.seed, self.epoch = n, seed, epoch
+        self.batch_size, self.dist, self.skip = batch_size, dist, skip
+
+    def global_sizes(self) -> list[int]:
+        n, b = self.n, self.batch_size
+        return [min(b, n - start) for start in range(0, n, b)][self.skip:]
+
+    def __iter__(self):
+        codes = [self.epoch * self.n + i for i in epoch_order(self.n, self.seed, self.epoch)]
+        for start in range(self.skip * self.batch_size, len(codes), self.batch_size):
+            part, padding = self.dist.shard(codes[start:start + self.batch_size])
+            yield [-(c + 1) for c in part] if padding else part
+
+    def __len__(self):
+        return len(self.global_sizes())
+
+
+class SeededAugmentation(Dataset):
+    """Wraps a training ImageDataset: each sample's augmentation is seeded by (seed, epoch, index), so it
+    does not depend on worker count, worker seeds, or where in the epoch a resumed run starts.
+    A negative code is padding: the sample loads as usual but its target is IGNORE."""
+
+    def __init__(self, inner, seed: int):
+        self.inner, self.seed = inner, seed
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, encoded: int):
+        padding = encoded < 0
+        epoch, index = divmod(-encoded - 1 if padding else encoded, len(self.inner))
+        image, target = self.inner.load(
+            index, seed=int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
+        return image, IGNORE if padding else target
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Ctrl-C goes to the whole process group: let the main process alone decide when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def run_loader(dataset, workers, device, sampler=None, batch_size=None, batch_sampler=None) -> DataLoader:
+    # A fixed generator keeps the DataLoader from drawing on (and shifting) the global torch RNG.
+    return DataLoader(dataset, batch_size=batch_size if batch_sampler is None else 1, sampler=sampler,
+                      batch_sampler=batch_sampler, num_workers=workers,
+                      worker_init_fn=_worker_init if workers else None, pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(0), persistent_workers=False)

@@ -1,0 +1,68 @@
+"""The training step, one for `toolkit train` (toolkit.train.loop) and `toolkit benchmark --train`
+(toolkit.train.benchmark): forward under autocast, the loss, backward through the GradScaler, optional
+gradient clipping, the optimizer step. The benchmark times exactly what training runs."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from toolkit.train.distributed import IGNORE
+
+
+def build_optimizer(model, t, groups) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum) or AdamW over `groups`, each layer group at its discriminative rate."""
+    from toolkit.train import model as model_mod
+
+    param_groups = model_mod.optimizer_param_groups(model, model_mod.group_learning_rates(t), t.weight_decay,
+                                                    groups=groups)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0)
+    return torch.optim.AdamW(param_groups, lr=t.lr)
+
+
+class TrainStep:
+    """One optimizer step over a batch. `forward` and `update` are apart so that the loop can decide in
+    between (with the other ranks) to skip the update of a non-finite loss; `__call__` does both.
+
+    The loss is summed, then scaled by `scale` (1 / images in the global batch, times the number of
+    processes): DistributedDataParallel's average over ranks is then the mean over the global batch,
+    however it was split. Padding targets (IGNORE) add nothing."""
+
+    def __init__(self, model: nn.Module, optimizer, t, device: torch.device, autocast):
+        self.model, self.optimizer, self.device, self.autocast = model, optimizer, device, autocast
+        self.net = model  # what runs the forward pass: the model, or its DDP wrapper (see Dist.wrap)
+        self.grad_clip = t.grad_clip
+        self.channels_last = bool(t.channels_last and device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=autocast is torch.float16)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="sum",
+                                             ignore_index=IGNORE)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor):
+        """(logits, summed loss, targets on the device)."""
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            logits = self.net(images)
+            loss = self.criterion(logits.float(), targets)
+        return logits, loss, targets
+
+    def update(self, loss: torch.Tensor, scale: float) -> None:
+        """Backward, (unscale and clip), optimizer step, gradients cleared."""
+        self.scaler.scale(loss * scale).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.skip()
+
+    def skip(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """One whole step on one process's batch; returns the summed loss."""
+        _, loss, _ = self.forward(images, targets)
+        self.update(loss, 1.0 / len(targets))
+        return loss
