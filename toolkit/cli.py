@@ -9,7 +9,7 @@ import os
 import sys
 
 from toolkit.errors import RankZeroError, UserError
-from toolkit.preprocess import DEFAULT_MAX_PIXELS
+from toolkit.limits import DEFAULT_MAX_PIXELS
 
 
 def _as_list(value, kind=str) -> list:

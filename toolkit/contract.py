@@ -38,7 +38,7 @@ from typing import Any
 from toolkit.errors import UserError
 
 __all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "encode", "write", "decode", "from_props",
-           "read_file", "raw_props", "from_session", "PREPROCESS_KEYS"]
+           "read_file", "raw_props", "props_of", "from_session", "PREPROCESS_KEYS"]
 
 FORMAT_VERSION = "1"
 
@@ -178,7 +178,12 @@ def raw_props(path) -> dict[str, str]:
         proto = onnx.load(path, load_external_data=False)
     except Exception:  # protobuf raises its own types
         raise ContractError(f"{path}: not a readable ONNX file; {_EXPECT_FILE}") from None
-    return {p.key: p.value for p in proto.metadata_props}
+    return props_of(proto)
+
+
+def props_of(model_proto) -> dict[str, str]:
+    """The stored metadata of a loaded ModelProto, as a dict (nothing decoded or checked)."""
+    return {p.key: p.value for p in model_proto.metadata_props}
 
 
 def read_file(path) -> ModelContract:

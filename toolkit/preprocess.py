@@ -14,12 +14,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from toolkit.errors import UserError
+from toolkit.limits import DEFAULT_MAX_PIXELS  # noqa: F401  (re-exported: decoding's default)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Pillow only warns between 89 and 179 megapixels; we refuse earlier, before decoding.
-DEFAULT_MAX_PIXELS = 40_000_000
 
 # What a classifier needs to decode. Servers use SERVE_FORMATS; image folders may hold a few more.
 SERVE_FORMATS = ("JPEG", "PNG", "WEBP")

@@ -23,8 +23,10 @@ def test_train_benchmark_names_the_limit(tmp_path):
            "model": {"arch": "vgg11", "weights": weights, "head": "gap"},
            "train": {"strategy": "finetune", "freeze_epochs": 1, "epochs": 2, "batch_size": 4, "device": "cpu"}}
     path = write_recipe(tmp_path / "r.yaml", raw)
+    torch.set_num_threads(2)
     rec = train_bench.run_train_benchmark(path, iterations=2, rounds=2, warmup=1, threads=1, loader_batches=3,
                                     out_dir=str(tmp_path / "o"), quiet=True)
+    assert torch.get_num_threads() == 2  # threads=1 applied to the benchmark only, then given back
     assert report.validate_record(rec) == [], report.validate_record(rec)
     assert [p["phase"] for p in rec["phases"]] == ["frozen (first epochs)", "main"]
     assert rec["phases"][0]["trainable_params"] < rec["phases"][1]["trainable_params"]

@@ -59,7 +59,7 @@ def describe(onnx_path: str) -> dict:
     import onnx
 
     proto = onnx.load(onnx_path, load_external_data=False)  # one load: the graph and its metadata
-    model = contract.from_props({p.key: p.value for p in proto.metadata_props}, onnx_path)
+    model = contract.from_props(contract.props_of(proto), onnx_path)
     initializers = {i.name for i in proto.graph.initializer}
     inputs = _tensors([v for v in proto.graph.input if v.name not in initializers])
     outputs = _tensors(proto.graph.output)

@@ -53,19 +53,23 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     from toolkit.train.device import pick_device
 
     n_threads, threads_source = (int(threads), "given") if threads else (physical_cores(), "physical cores")
-    torch.set_num_threads(n_threads)
     dev = pick_device(recipe.train.device)
     progress = _Progress(not quiet)
     progress.live("loading the data")
     dataset = data_mod.load_dataset(recipe, scan=False)
     if not dataset.train:
         raise UserError("data: the training split is empty; nothing to load")
-    phase_records = [_time_step(recipe, name, groups, len(dataset.labels), dev, timing, progress)
-                     for name, groups in _phases(recipe.train)]
-    progress.line(f"training step: {phase_records[-1]['throughput_ips']['median']:.1f} img/s "
-                  f"(batch {recipe.train.batch_size}, {phase_records[-1]['phase']} phase)")
-    loader_rec, n_batches = _time_loader(recipe, dataset.train, timing, progress)
-    progress.close()
+    caller_threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:  # a library call must not leave the caller's process on the benchmark's thread count
+        phase_records = [_time_step(recipe, name, groups, len(dataset.labels), dev, timing, progress)
+                         for name, groups in _phases(recipe.train)]
+        progress.line(f"training step: {phase_records[-1]['throughput_ips']['median']:.1f} img/s "
+                      f"(batch {recipe.train.batch_size}, {phase_records[-1]['phase']} phase)")
+        loader_rec, n_batches = _time_loader(recipe, dataset.train, timing, progress)
+    finally:
+        torch.set_num_threads(caller_threads)
+        progress.close()
     settings = {"device": str(dev), "threads": n_threads, "threads_source": threads_source,
                 "warmup": int(warmup) if warmup is not None else "auto", "rounds": int(rounds),
                 "iterations": int(iterations) if iterations is not None else None,

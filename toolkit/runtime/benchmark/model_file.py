@@ -39,7 +39,7 @@ def inspect_model(path: str) -> dict:
     except Exception as exc:  # noqa: BLE001 - protobuf raises its own types
         raise UserError(f"{path}: not a readable ONNX model ({first_line(exc, 300)}); expected a .onnx file "
                         "written by toolkit export") from None
-    meta = contract.decode({p.key: p.value for p in proto.metadata_props})
+    meta = contract.decode(contract.props_of(proto))
     init_names = {i.name for i in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in init_names]
     dims = []

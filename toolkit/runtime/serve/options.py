@@ -1,7 +1,7 @@
 """What `toolkit serve-local` can be asked for: the server's limits and its options, with their checks."""
 from dataclasses import asdict, dataclass, fields
 
-from toolkit.preprocess import DEFAULT_MAX_PIXELS
+from toolkit.limits import DEFAULT_MAX_PIXELS
 
 RETRY_AFTER_S = 1            # the Retry-After sent with 503 busy / shutting down
 GRACEFUL_TIMEOUT_S = 30      # how long a stop waits for the requests in flight
