@@ -83,3 +83,81 @@ def test_from_session_reads_what_write_wrote(tiny_model):
 
     session = ort.InferenceSession(tiny_model, providers=["CPUExecutionProvider"])
     assert contract.from_session(session, tiny_model).meta == contract.read_file(tiny_model).meta
+
+
+# ------------------------------------------------------------------------------------------------
+# Values out of range: one ContractError at load, naming the file and the key
+
+_GOOD = Preprocess(resize=36, crop=32).to_dict()
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("preprocess, message", [
+    ({**_GOOD, "std": [0.2, NAN, 0.2]}, r"preprocess\.std: .*expected three finite positive numbers"),
+    ({**_GOOD, "std": [0.2, INF, 0.2]}, r"preprocess\.std"),
+    ({**_GOOD, "std": [0.2, -0.1, 0.2]}, r"preprocess\.std"),
+    ({**_GOOD, "std": [0.2, 0, 0.2]}, r"preprocess\.std"),
+    ({**_GOOD, "std": [0.2, 0.2]}, r"preprocess\.std"),
+    ({**_GOOD, "mean": [NAN, 0.4, 0.4]}, r"preprocess\.mean: .*expected three finite numbers"),
+    ({**_GOOD, "mean": ["a", 0.4, 0.4]}, r"preprocess\.mean"),
+    ({**_GOOD, "resize": 10**9}, r"preprocess\.resize: 1000000000; expected a whole number of pixels from 1 to 8192"),
+    ({**_GOOD, "resize": 1e9}, r"preprocess\.resize"),
+    ({**_GOOD, "resize": 36.5}, r"preprocess\.resize"),
+    ({**_GOOD, "resize": "36"}, r"preprocess\.resize"),
+    ({**_GOOD, "crop": 0}, r"preprocess\.crop"),
+    ({**_GOOD, "crop": True}, r"preprocess\.crop"),
+    ({**_GOOD, "crop": 40}, r"preprocess\.crop: 40 with resize 36; expected crop <= resize"),
+    ({**_GOOD, "interpolation": ["bilinear"]}, r"preprocess\.interpolation"),
+    ({**_GOOD, "decode": "fast"}, r"preprocess\.decode: 'fast'; expected one of draft, full"),
+])
+def test_out_of_range_preprocessing_is_refused_at_load(tmp_path, preprocess, message):
+    path = write_tiny_model(tmp_path / "bad.onnx", meta={"preprocess": preprocess})
+    with pytest.raises(contract.ContractError, match=f"bad.onnx: {message}") as e:
+        contract.read_file(path)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("labels, message", [
+    ("[" * 100_000 + "]" * 100_000, r"'labels' metadata nests deeper than 64 levels"),
+    ('[["a"], ["b"], ["c"]]', r"'labels' metadata is .*expected a JSON list of class names"),
+    (json.dumps([f"c{i}" for i in range(100_001)]), r"'labels' metadata has 100001 class names; expected at most"),
+    (json.dumps(["a" * 1001, "b", "c"]), r"'labels' metadata has a class name of 1001 characters"),
+])
+def test_hostile_labels_are_refused_before_they_are_used(tmp_path, labels, message):
+    path = write_tiny_model(tmp_path / "bad.onnx", meta={"labels": labels})
+    with pytest.raises(contract.ContractError, match=f"bad.onnx: {message}"):
+        contract.read_file(path)
+
+
+def test_deep_nesting_in_any_key_never_reaches_json():
+    deep = "{\"a\": " * 50_000 + "1" + "}" * 50_000
+    with pytest.raises(contract.ContractError, match=r"m.onnx: 'recipe' metadata nests deeper than 64"):
+        contract.from_props({**_props(), "recipe": deep}, "m.onnx")
+    with pytest.raises(contract.ContractError, match="model: 'x' metadata nests deeper"):
+        contract.decode({"x": "[" * 5000})  # not even valid JSON: still refused, never a RecursionError
+    # brackets inside strings don't count, and an ordinary recipe-like value passes
+    assert contract.decode({"x": json.dumps(["[" * 500, {"a": [[1, 2]]}])})["x"][1] == {"a": [[1, 2]]}
+
+
+def test_an_oversized_value_is_refused_before_decoding():
+    big = json.dumps(["x" * (16 * 2**20)])
+    with pytest.raises(contract.ContractError, match=r"m.onnx: 'metrics' metadata is 16.0 MB; expected at most 16 MB"):
+        contract.from_props({**_props(), "metrics": big}, "m.onnx")
+
+
+def test_files_without_a_decode_key_keep_the_full_decode(tmp_path):
+    old = {k: v for k, v in _GOOD.items() if k != "decode"}  # written before draft decoding existed
+    assert Preprocess.from_model(write_tiny_model(tmp_path / "old.onnx", meta={"preprocess": old})).decode == "full"
+    assert Preprocess.from_model(write_tiny_model(tmp_path / "new.onnx")).decode == "draft"
+
+
+def test_predictor_refuses_a_tampered_file_at_load(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from toolkit.inference import Predictor
+
+    path = write_tiny_model(tmp_path / "nan.onnx", meta={"preprocess": {**_GOOD, "std": [NAN, 0.2, 0.2]}})
+    with pytest.raises(contract.ContractError, match=r"nan.onnx: preprocess\.std"):
+        Predictor(path, device="cpu")
+    path = write_tiny_model(tmp_path / "deep.onnx", meta={"labels": "[" * 100_000 + "]" * 100_000})
+    with pytest.raises(contract.ContractError, match="deep.onnx: 'labels' metadata nests deeper"):
+        Predictor(path, device="cpu")

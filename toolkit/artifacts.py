@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import tempfile
@@ -11,16 +12,24 @@ from toolkit.errors import UserError
 TWIN_SUFFIXES = (".fp16.onnx", ".int8.onnx", ".raw.onnx")
 
 
+def find_runs(runs_dir: str = "runs") -> list[str]:
+    """Every run folder at any depth under `runs_dir`: a folder holding checkpoints/last.pt. The demo's
+    runs sit one level down (runs/demo/<run>/), so a fixed depth would miss them."""
+    marker = os.path.join("checkpoints", "last.pt")
+    found = glob.glob(os.path.join(glob.escape(runs_dir), "**", marker), recursive=True)
+    return sorted(os.path.dirname(os.path.dirname(path)) for path in found)
+
+
 def newest_run(runs_dir: str = "runs") -> str:
-    """The run directory whose last checkpoint was written most recently."""
-    candidates = [d for d in glob.glob(os.path.join(runs_dir, "*")) if os.path.isdir(d)]
-    if not candidates:
+    """The run folder (at any depth under `runs_dir`) whose last checkpoint was written most recently."""
+    if not os.path.isdir(runs_dir) or not os.listdir(runs_dir):
         raise UserError(f"{runs_dir}/: no runs yet; train one first with: toolkit train RECIPE.yaml")
-    with_ckpt = [d for d in candidates if os.path.isfile(os.path.join(d, "checkpoints", "last.pt"))]
-    if not with_ckpt:
-        raise UserError(f"{runs_dir}/: no run has a checkpoint yet (looked in {', '.join(sorted(candidates))}); "
+    runs = find_runs(runs_dir)
+    if not runs:
+        looked = sorted(d for d in glob.glob(os.path.join(glob.escape(runs_dir), "*")) if os.path.isdir(d))
+        raise UserError(f"{runs_dir}/: no run has a checkpoint yet (looked in {', '.join(looked) or runs_dir}); "
                         "expected runs/<name>/checkpoints/last.pt from toolkit train")
-    return max(with_ckpt, key=lambda d: os.path.getmtime(os.path.join(d, "checkpoints", "last.pt")))
+    return max(runs, key=lambda d: os.path.getmtime(os.path.join(d, "checkpoints", "last.pt")))
 
 
 def run_checkpoint(run: str) -> str:
@@ -45,15 +54,29 @@ def newest_export(exports_dir: str = "exports") -> str:
     return max(files, key=os.path.getmtime)
 
 
+def write_failure(path: str, exc: OSError, then: str = "") -> UserError:
+    """One clear error for a write that failed: the path, the reason, and what to do (`then` overrides it)."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        advice = "the disk is full (or over quota): free some space and run the command again"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "the folder is not writable: choose a writable place for it"
+    else:
+        advice = "check the disk and the folder, then run the command again"
+    return UserError(f"{path}: could not write it ({reason}); {then or advice}")
+
+
 @contextlib.contextmanager
-def atomic_path(path: str):
+def atomic_path(path: str, then: str = ""):
     """Yield a temp path beside `path`; on success it is fsynced and renamed over `path` with ordinary
-    permissions, on failure removed. A crash at any moment leaves the old file or the new one, never half."""
+    permissions, on failure removed. A crash at any moment leaves the old file or the new one, never half.
+    A failed write (disk full, read-only, ...) is one UserError naming `path`; `then` says what to do next."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+        os.close(fd)
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -66,12 +89,14 @@ def atomic_path(path: str):
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError as exc:
+        raise write_failure(path, exc, then) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def atomic_write(path: str, data: bytes | str) -> None:
+def atomic_write(path: str, data: bytes | str, then: str = "") -> None:
     """Write `data` to `path` all at once (see atomic_path)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, then) as tmp, open(tmp, "wb") as fh:
         fh.write(data.encode("utf-8") if isinstance(data, str) else data)

@@ -8,7 +8,9 @@ benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_p
     labels              required: JSON list of class names, one per logit, in output order (non-empty, str)
     names               JSON object {"0": label, ...} (the same labels keyed by index, for other tools)
     preprocess          required: JSON object, toolkit.preprocess.Preprocess.to_dict(): resize, crop,
-                        interpolation, mean, std (+ channel_order RGB, layout NCHW, value_range [0, 1])
+                        interpolation, mean, std (+ channel_order RGB, layout NCHW, value_range [0, 1]);
+                        decode (draft | full; absent in files written before draft decoding: full).
+                        Checked: 1 <= crop <= resize <= 8192, mean finite, std finite and positive
     input               JSON object: name, dtype (float32 | uint8), layout (NCHW | NHWC), shape, raw (bool;
                         true = uint8 NHWC pixels in, normalisation inside the graph)
     outputs             JSON list of output names: ["logits"] or ["logits", "probabilities"]
@@ -25,17 +27,23 @@ change it. A reader accepts its own version and refuses a newer one with "upgrad
 
 Reading is in two steps: `decode` (every value JSON-decoded where it looks like JSON: what
 Predictor.metadata holds) and `from_props` (validation into a ModelContract). A missing or malformed
-key is a ContractError naming the file, the key and what was expected. No torch here, and not even
-onnx at import time (onnx is imported where a file or proto is handled). See docs/architecture.md.
+key is a ContractError naming the file, the key and what was expected. Before any value is JSON-decoded
+its size (16 MB) and nesting depth (64) are checked, so a hostile file cannot exhaust memory or
+json's recursion; `labels` holds at most 100,000 names of at most 1,000 characters (toolkit.limits).
+No torch here, and not even onnx at import time (onnx is imported where a file or proto is handled).
+See docs/architecture.md.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit.errors import UserError
+from toolkit.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH
 
 __all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "encode", "write", "decode", "from_props",
            "read_file", "raw_props", "props_of", "from_session", "PREPROCESS_KEYS"]
@@ -87,18 +95,40 @@ def write(model_proto, meta: dict) -> None:
 # ------------------------------------------------------------------------------------------------
 # Reading
 
-def _decode_value(value: str) -> Any:
+# A JSON string literal (escapes included), and the step each bracket takes the nesting depth.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _nesting(text: str) -> int:
+    """How deep the lists and objects of a JSON text nest, counted without parsing it (so a hostile value
+    cannot reach json's recursion limit). Brackets inside string literals don't count."""
+    if text.count("[") + text.count("{") <= MAX_METADATA_DEPTH:
+        return 0  # too few brackets to go too deep
+    brackets = re.findall(r"[\[\]{}]", _JSON_STRING.sub("", text))
+    return max(itertools.accumulate(_DEPTH_STEP[b] for b in brackets), default=0)
+
+
+def _decode_value(key: str, value: str, where: str) -> Any:
+    if len(value) > MAX_METADATA_CHARS:
+        raise ContractError(f"{where}: {key[:80]!r} metadata is {len(value) / 2**20:.1f} MB; expected at most "
+                            f"{MAX_METADATA_CHARS // 2**20} MB per value")
     if value[:1] in "[{\"":
+        if _nesting(value) > MAX_METADATA_DEPTH:
+            raise ContractError(f"{where}: {key[:80]!r} metadata nests deeper than {MAX_METADATA_DEPTH} levels; "
+                                "expected the flat JSON toolkit export writes")
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return value
     return value
 
 
-def decode(props: dict[str, str]) -> dict:
-    """Every value JSON-decoded where it is JSON (a list, an object or a quoted string); others stay str."""
-    return {k: _decode_value(v) for k, v in props.items()}
+def decode(props: dict[str, str], where: str = "model") -> dict:
+    """Every value JSON-decoded where it is JSON (a list, an object or a quoted string); others stay str.
+    A value over MAX_METADATA_CHARS or nested over MAX_METADATA_DEPTH is a ContractError naming `where`
+    and the key, checked before json sees it."""
+    return {k: _decode_value(k, v, where) for k, v in props.items()}
 
 
 def _check_format(props: dict, where: str) -> None:
@@ -119,6 +149,13 @@ def _check_labels(meta: dict, props: dict, where: str) -> list:
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise ContractError(f"{where}: 'labels' metadata is {props['labels'][:80]!r}; expected a JSON list of "
                             "class names")
+    if len(labels) > MAX_LABELS:
+        raise ContractError(f"{where}: 'labels' metadata has {len(labels)} class names; expected at most "
+                            f"{MAX_LABELS}")
+    long = next((x for x in labels if len(x) > MAX_LABEL_CHARS), None)
+    if long is not None:
+        raise ContractError(f"{where}: 'labels' metadata has a class name of {len(long)} characters "
+                            f"({long[:40]!r}...); expected at most {MAX_LABEL_CHARS}")
     return labels
 
 
@@ -138,8 +175,8 @@ def _check_preprocess(meta: dict, where: str) -> dict:
     except UserError as exc:
         raise ContractError(f"{where}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise ContractError(f"{where}: 'preprocess' metadata is incomplete ({exc!r}); expected resize, crop, "
-                            "interpolation, mean and std") from None
+        raise ContractError(f"{where}: 'preprocess' metadata is malformed ({str(exc)[:80]!r}); expected resize, "
+                            "crop, interpolation, mean and std as toolkit export writes them") from None
     return pre
 
 
@@ -157,7 +194,7 @@ def from_props(props: dict[str, str], where: str) -> ModelContract:
         raise ContractError(f"{where}: not a toolkit export: no 'labels' metadata; expected an ONNX file written "
                             "by toolkit export (metadata keys toolkit_format, labels, preprocess, input)")
     _check_format(props, where)
-    meta = decode(props)
+    meta = decode(props, where)
     labels = _check_labels(meta, props, where)
     preprocess = _check_preprocess(meta, where)
     spec = _optional(meta, "input", dict, "a JSON object (name, dtype, layout, shape, raw)", where)

@@ -2,24 +2,30 @@
 
 Training evaluation, the export parity gate, INT8 calibration, the Predictor and serve-local all
 call this module, so a model sees the same pixels wherever it runs. No torch here (see docs/architecture.md).
+
+Hostile input is bounded here, for every caller: the pixel cap is checked before decoding, any error
+Pillow raises while decoding becomes an ImageError, a broken EXIF block leaves the image unrotated,
+and the resize only computes the crop it returns (so a 1000000x1 image costs what a normal one does).
 """
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from toolkit.errors import UserError
-from toolkit.limits import DEFAULT_MAX_PIXELS  # noqa: F401  (re-exported: decoding's default)
+from toolkit.limits import DEFAULT_MAX_PIXELS, MAX_PREPROCESS_SIDE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # What a classifier needs to decode. Servers use SERVE_FORMATS; image folders may hold a few more.
+# MPO (the multi-picture JPEG many phone cameras write) counts as JPEG: its first frame is read.
 SERVE_FORMATS = ("JPEG", "PNG", "WEBP")
 FOLDER_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # File names an image folder is listed by (data sets, predict's folders and globs): FOLDER_FORMATS' extensions.
@@ -31,10 +37,24 @@ INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+# How JPEGs are decoded by the eval transform: "draft" lets libjpeg scale by 1/2, 1/4 or 1/8 while
+# decoding (the smallest scale whose short side still covers `resize`); "full" decodes every pixel.
+# Model files without the key predate draft decoding and keep "full".
+DECODE_MODES = ("draft", "full")
+# Up to this aspect ratio (long side / short side) the eval resize resamples the whole image; beyond it,
+# only the crop (see Preprocess.resize_crop).
+WHOLE_RESIZE_ASPECT = 8
+
+# EXIF orientation -> the transpose that makes the picture upright.
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageError(UserError):
-    """An image that cannot be used. `kind` says why: empty, unsupported, too_large or corrupt."""
+    """An image that cannot be used. `kind` says why: empty, missing, unsupported, too_large or corrupt."""
 
     def __init__(self, message: str, kind: str):
         super().__init__(message)
@@ -47,34 +67,26 @@ def _describe(source: Any) -> str:
     return "image"
 
 
-def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
-               formats: Iterable[str] = FOLDER_FORMATS) -> Image.Image:
-    """Decode `source` into an RGB PIL image, the same way everywhere.
-
-    `source` is a path, bytes, a binary file object, a PIL image or a numpy array (HxW, HxWx1,
-    HxWx3 or HxWx4, uint8 or uint16). The pixel count is checked after `Image.open` (which only
-    reads the header) and before `load()` (which decodes), so a decompression bomb costs nothing.
-    """
-    name = _describe(source)
-    if isinstance(source, Image.Image):
-        return to_rgb(source)
-    if isinstance(source, np.ndarray):
-        return to_rgb(_from_array(source, name))
+def _file_object(source: Any, name: str) -> Any:
+    """What Image.open reads for `source` (bytes, a path or a file object)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageError(f"{name}: empty body, expected JPEG, PNG or WebP bytes", "empty")
-        fp: Any = io.BytesIO(bytes(source))
-    elif isinstance(source, (str, os.PathLike)):
+        return io.BytesIO(bytes(source))
+    if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
             raise ImageError(f"{name}: no such file", "missing")
         if os.path.getsize(source) == 0:
             raise ImageError(f"{name}: empty file, expected an image", "empty")
-        fp = source
-    elif hasattr(source, "read"):
-        fp = source
-    else:
-        raise ImageError(f"unsupported image input of type {type(source).__name__}; expected a path, "
-                         "bytes, a PIL image or a numpy array", "unsupported")
+        return source
+    if hasattr(source, "read"):
+        return source
+    raise ImageError(f"unsupported image input of type {type(source).__name__}; expected a path, "
+                     "bytes, a PIL image or a numpy array", "unsupported")
+
+
+def _open_header(fp: Any, name: str, formats: tuple, max_pixels: int) -> Image.Image:
+    """Image.open (the header only) plus the format and pixel-cap checks, before anything is decoded."""
     try:
         img = Image.open(fp)
     except Image.DecompressionBombError as exc:  # Pillow's own cap (about 179 MP) fires inside open()
@@ -82,9 +94,10 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not a recognised image, expected one of {', '.join(formats)}",
                          "unsupported") from None
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"{name}: cannot read image ({exc})", "corrupt") from None
-    if img.format not in formats:
+    except Exception as exc:  # noqa: BLE001 - a malformed header raises whatever the plugin trips on
+        raise ImageError(f"{name}: cannot read image ({type(exc).__name__}: {exc})"[:300], "corrupt") from None
+    fmt = "JPEG" if img.format == "MPO" else img.format
+    if fmt not in formats:
         raise ImageError(f"{name}: {img.format} images are not accepted, expected one of "
                          f"{', '.join(formats)}", "unsupported")
     width, height = img.size
@@ -93,13 +106,38 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
                          f"limit of {max_pixels / 1e6:.1f}", "too_large")
     if width < 1 or height < 1:
         raise ImageError(f"{name}: image has no pixels", "corrupt")
+    return img
+
+
+def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
+               formats: Iterable[str] = FOLDER_FORMATS, min_side: int = 0) -> Image.Image:
+    """Decode `source` into an RGB PIL image, the same way everywhere.
+
+    `source` is a path, bytes, a binary file object, a PIL image or a numpy array (HxW, HxWx1,
+    HxWx3 or HxWx4, uint8 or uint16). The pixel count is checked after `Image.open` (which only
+    reads the header) and before `load()` (which decodes), so a decompression bomb costs nothing.
+    With `min_side`, a JPEG decodes at the smallest DCT scale (1/2, 1/4, 1/8; Pillow's `draft`) whose
+    short side is still >= min_side. Every failure is an ImageError, whatever Pillow raised.
+    """
+    name, formats = _describe(source), tuple(formats)
+    if isinstance(source, Image.Image):
+        return _rgb(source, name)
+    if isinstance(source, np.ndarray):
+        return _rgb(_from_array(source, name), name)
+    img = _open_header(_file_object(source, name), name, formats, max_pixels)
     try:
+        if min_side > 0 and img.format in ("JPEG", "MPO"):
+            img.draft(img.mode, (min_side, min_side))
         img.load()
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: {exc}", "too_large") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{name}: corrupt or truncated image ({exc})", "corrupt") from None
-    return to_rgb(img)
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode a {img.width}x{img.height} image",
+                         "too_large") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt body raises whatever the decoder trips on
+        raise ImageError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc})"[:300],
+                         "corrupt") from None
+    return _rgb(img, name)
 
 
 def _from_array(arr: np.ndarray, name: str) -> Image.Image:
@@ -107,6 +145,8 @@ def _from_array(arr: np.ndarray, name: str) -> Image.Image:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise ImageError(f"{name}: array of shape {arr.shape}; expected HxW, HxWx3 or HxWx4", "unsupported")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"{name}: array of shape {arr.shape} has no pixels", "corrupt")
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
     elif arr.dtype != np.uint8:
@@ -114,16 +154,35 @@ def _from_array(arr: np.ndarray, name: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
+def _rgb(img: Image.Image, name: str) -> Image.Image:
+    """to_rgb, with a mode Pillow cannot convert (e.g. a LAB TIFF) as an ImageError."""
+    try:
+        return to_rgb(img)
+    except (ValueError, OSError, TypeError) as exc:
+        raise ImageError(f"{name}: {img.mode} images cannot be converted to RGB ({exc})"[:300],
+                         "unsupported") from None
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says. A broken EXIF block is ignored: the pixels are
+    still good, so the image is used as stored rather than refused."""
+    try:
+        method = _ORIENTATIONS.get(int(img.getexif().get(ExifTags.Base.Orientation, 1)))
+    except Exception:  # noqa: BLE001 - EXIF parsing raises many types on malformed blocks
+        return img
+    return img.transpose(method) if method is not None else img
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB, upright. Alpha is composited onto white."""
-    img = ImageOps.exif_transpose(img)
+    img = upright(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit greyscale: scale to 8 bits instead of letting Pillow clip at 255.
-        arr = np.asarray(img, dtype=np.uint32)
+        arr = np.clip(np.asarray(img, dtype=np.int64), 0, None)
         peak = 65535 if img.mode.startswith("I;16") or arr.max() > 255 else 255
-        img = Image.fromarray((arr * 255 // peak).astype(np.uint8), "L")
+        img = Image.fromarray((np.minimum(arr, peak) * 255 // peak).astype(np.uint8), "L")
     elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0)
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA")
@@ -136,6 +195,24 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _number_list(values: Any, key: str, positive: bool) -> tuple:
+    """Three finite numbers (positive ones for std), or a UserError naming preprocess.<key>."""
+    ok = (isinstance(values, (list, tuple)) and len(values) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  and (v > 0 or not positive) for v in values))
+    if not ok:
+        raise UserError(f"preprocess.{key}: {str(values)[:80]}; expected three finite "
+                        f"{'positive ' if positive else ''}numbers (R, G, B)")
+    return tuple(float(v) for v in values)
+
+
+def _side(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PREPROCESS_SIDE:
+        raise UserError(f"preprocess.{key}: {str(value)[:40]}; expected a whole number of pixels from 1 to "
+                        f"{MAX_PREPROCESS_SIDE}")
+    return value
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Eval preprocessing: resize the shorter side, center-crop a square, scale to [0, 1], normalise.
@@ -144,25 +221,29 @@ class Preprocess:
     into the ONNX metadata, and `from_dict()` is how a Predictor rebuilds it from that file alone.
     """
 
-    resize: int = 256
-    crop: int = 224
-    interpolation: str = "bilinear"
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
+    resize: int = 256  # shorter side after the resize, pixels
+    crop: int = 224  # the square center crop: the network's input
+    interpolation: str = "bilinear"  # resize filter, one of INTERPOLATIONS
+    mean: tuple = IMAGENET_MEAN  # per channel (R, G, B), of pixels scaled to [0, 1]
+    std: tuple = IMAGENET_STD  # per channel (R, G, B)
+    decode: str = "draft"  # how JPEGs decode: draft (DCT-scaled, short side >= resize) | full
     channel_order: str = field(default="RGB", init=False)
     layout: str = field(default="NCHW", init=False)
     value_range: tuple = field(default=(0.0, 1.0), init=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-        if self.interpolation not in INTERPOLATIONS:
-            raise UserError(f"preprocess.interpolation: {self.interpolation!r}; expected one of "
+        object.__setattr__(self, "mean", _number_list(self.mean, "mean", positive=False))
+        object.__setattr__(self, "std", _number_list(self.std, "std", positive=True))
+        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATIONS:
+            raise UserError(f"preprocess.interpolation: {str(self.interpolation)[:40]!r}; expected one of "
                             f"{', '.join(INTERPOLATIONS)}")
-        if not (0 < self.crop <= self.resize):
-            raise UserError(f"preprocess: crop {self.crop} must be positive and at most resize {self.resize}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise UserError("preprocess: mean and std need three values each, std positive")
+        if not isinstance(self.decode, str) or self.decode not in DECODE_MODES:
+            raise UserError(f"preprocess.decode: {str(self.decode)[:40]!r}; expected one of "
+                            f"{', '.join(DECODE_MODES)}")
+        _side(self.resize, "resize")
+        _side(self.crop, "crop")
+        if self.crop > self.resize:
+            raise UserError(f"preprocess.crop: {self.crop} with resize {self.resize}; expected crop <= resize")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -171,11 +252,13 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
+        """Rebuild from to_dict()'s form, every value type-checked (it comes from a model file). A dict
+        without `decode` was written before draft decoding existed, so it decodes in full."""
         if d.get("channel_order", "RGB") != "RGB" or d.get("layout", "NCHW") != "NCHW":
-            raise UserError(f"preprocess: unsupported channel order/layout {d.get('channel_order')}/"
-                            f"{d.get('layout')}; expected RGB/NCHW")
-        return cls(resize=int(d["resize"]), crop=int(d["crop"]), interpolation=d["interpolation"],
-                   mean=tuple(d["mean"]), std=tuple(d["std"]))
+            raise UserError(f"preprocess: unsupported channel order/layout {str(d.get('channel_order'))[:20]}/"
+                            f"{str(d.get('layout'))[:20]}; expected RGB/NCHW")
+        return cls(resize=d["resize"], crop=d["crop"], interpolation=d["interpolation"],
+                   mean=d["mean"], std=d["std"], decode=d.get("decode", "full"))
 
     @classmethod
     def from_model(cls, path: str) -> "Preprocess":
@@ -186,19 +269,43 @@ class Preprocess:
 
         return cls.from_dict(contract.read_file(path).preprocess)
 
+    def open(self, source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
+             formats: Iterable[str] = FOLDER_FORMATS) -> Image.Image:
+        """`open_image`, decoding JPEGs the way this transform says (draft or full)."""
+        return open_image(source, max_pixels, formats, min_side=self.resize if self.decode == "draft" else 0)
+
     def resize_crop(self, img: Image.Image) -> np.ndarray:
-        """RGB image -> uint8 HxWx3 array of crop x crop pixels (what a raw-input model takes)."""
+        """RGB image -> uint8 HxWx3 array of crop x crop pixels (what a raw-input model takes): the short
+        side resized to `resize`, then the centre crop.
+
+        The work is bounded by the output, whatever the aspect ratio: up to WHOLE_RESIZE_ASPECT the whole
+        image is resized, then cropped (at most that many times resize x resize pixels); a thinner image
+        resamples only the crop's box in source coordinates (Image.resize's `box`), since resized whole a
+        1000000x1 image would be 256000000x256. The box path matches the whole path up to Pillow's float32
+        box coordinates (a sub-pixel shift), so it is kept for the images that need it."""
         width, height = img.size
         short, long = (width, height) if width <= height else (height, width)
         new_long = max(self.resize, int(self.resize * long / short))
-        size = (self.resize, new_long) if width <= height else (new_long, self.resize)
-        if size != img.size:
-            img = img.resize(size, INTERPOLATIONS[self.interpolation])
-        width, height = img.size
-        left = int(round((width - self.crop) / 2.0))
-        top = int(round((height - self.crop) / 2.0))
-        img = img.crop((left, top, left + self.crop, top + self.crop))
+        new_w, new_h = (self.resize, new_long) if width <= height else (new_long, self.resize)
+        left = int(round((new_w - self.crop) / 2.0))
+        top = int(round((new_h - self.crop) / 2.0))
+        crop = (left, top, left + self.crop, top + self.crop)
+        if new_long <= WHOLE_RESIZE_ASPECT * self.resize:
+            if (new_w, new_h) != (width, height):
+                img = img.resize((new_w, new_h), INTERPOLATIONS[self.interpolation])
+            img = img.crop(crop)
+        else:
+            sx, sy = width / new_w, height / new_h
+            box = (crop[0] * sx, crop[1] * sy, min(width, crop[2] * sx), min(height, crop[3] * sy))
+            img = img.resize((self.crop, self.crop), INTERPOLATIONS[self.interpolation], box=box)
         return np.asarray(img, dtype=np.uint8)
+
+    def pixels(self, source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
+               formats: Iterable[str] = FOLDER_FORMATS) -> np.ndarray:
+        """One image (any `open_image` source) -> uint8 crop x crop x 3: decode as this transform says,
+        resize and crop. What every caller uses, so training eval, the parity gate, evaluate, predict
+        and serve-local see the same pixels."""
+        return self.resize_crop(self.open(source, max_pixels, formats))
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 ...xHxWx3 -> float32 ...x3xHxW, scaled to [0, 1] then normalised."""
@@ -209,7 +316,7 @@ class Preprocess:
     def __call__(self, source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
                  formats: Iterable[str] = FOLDER_FORMATS) -> np.ndarray:
         """One image (any `open_image` source) -> float32 3xHxW."""
-        return self.normalize(self.resize_crop(open_image(source, max_pixels, formats)))
+        return self.normalize(self.pixels(source, max_pixels, formats))
 
     def batch(self, sources: list, **kwargs) -> np.ndarray:
         """A list of images -> float32 Nx3xHxW."""

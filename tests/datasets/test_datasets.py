@@ -177,3 +177,25 @@ def test_image_extensions_are_the_folder_formats():
     registered = Image.registered_extensions()
     assert {registered[ext] for ext in IMAGE_EXTENSIONS} == set(FOLDER_FORMATS)
     assert D.IMAGE_EXTENSIONS is IMAGE_EXTENSIONS
+
+
+@pytest.mark.parametrize("root_exists", [False, True])
+def test_flowers102_failed_download_leaves_no_folder_behind(tmp_path, monkeypatch, root_exists):
+    tv_datasets = pytest.importorskip("torchvision.datasets")
+    root = tmp_path / "data" / "flowers102"
+    if root_exists:
+        os.makedirs(root)
+        (root / "mine.txt").write_text("the user's own file")
+
+    def failing_download(root_dir, split, download):  # torchvision makes its folder, then the network fails
+        os.makedirs(os.path.join(root_dir, "flowers-102"), exist_ok=True)
+        open(os.path.join(root_dir, "flowers-102", "102flowers.tgz.part"), "wb").close()
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(tv_datasets, "Flowers102", failing_download)
+    with pytest.raises(UserError, match="could not download Flowers-102"):
+        D.load_dataset(make_recipe({"source": "flowers102", "root": str(root), "download": True}))
+    assert not (root / "flowers-102").exists()
+    assert root.exists() == root_exists  # what was there before stays, what the attempt made goes
+    if root_exists:
+        assert (root / "mine.txt").read_text() == "the user's own file"

@@ -87,9 +87,12 @@ def test_validator_catches_missing_and_mistyped_fields(record):
 def test_every_backend_mode_and_batch_is_measured(record):
     combos = {(r["key"], r["mode"], r["batch"]) for r in record["results"]}
     assert combos == {(f"onnxruntime/cpu/{p}", m, b) for p in ("fp32", "int8")
-                      for m in ("model", "end_to_end") for b in (1, 2)}
+                      for m in ("model", "end_to_end", "end_to_end_12mp") for b in (1, 2)}
     for r in record["results"]:
         assert r["provider"] == "CPUExecutionProvider"
+        assert r["engine"] == "onnxruntime" and r["engine_device"] == "CPU"
+        assert r["inference_precision"] == r["precision"]
+        assert r["e2e_image"] == {"model": None, "end_to_end": "500x375", "end_to_end_12mp": "4032x3024"}[r["mode"]]
         assert r["iterations"] == 2  # ceil(2 / 2 rounds) = 1 per round x 2 rounds
         assert r["gflops"] > 0 and r["fraction_of_peak"] > 0
         assert r["cold_start_s"] > 0 and r["peak_rss_mb"] > 0  # from the fresh-process probe
@@ -158,8 +161,8 @@ def test_benchmark_interleaves_backends(record):
         sched = [s for s in record["schedule"] if s["batch"] == batch]
         names = [(s["key"], s["mode"]) for s in sched]
         entries = list(dict.fromkeys(names))
-        # 2 precisions x 2 modes + the reference GEMM, 2 rounds
-        assert len(entries) == 5 and len(sched) == 5 * 2
+        # 2 precisions x 3 modes (model, 500x375 and 12 MP end to end) + the reference GEMM, 2 rounds
+        assert len(entries) == 7 and len(sched) == 7 * 2
         assert entries[-1] == ("gemm/cpu/fp32", "reference")
         first_round = [n for s, n in zip(sched, names) if s["round"] == 0]
         second_round = [n for s, n in zip(sched, names) if s["round"] == 1]
@@ -347,7 +350,10 @@ def test_torch_baseline_on_a_tiny_checkpoint(tmp_path):
     assert set(keys) == {"onnxruntime/cpu/fp32", "torch-eager/cpu/fp32"}
     assert keys["torch-eager/cpu/fp32"]["file"] == ckpt
     for r in rec["results"]:
-        assert r["baseline"] == "torch-eager/cpu/fp32" and r["speedup"] > 0
+        # PyTorch has no 12 MP end-to-end rows: there ORT FP32 is the baseline
+        want = "onnxruntime/cpu/fp32" if r["mode"] == "end_to_end_12mp" else "torch-eager/cpu/fp32"
+        assert r["baseline"] == want and r["speedup"] > 0
+    assert {r["mode"] for r in rec["results"] if r["backend"] == "torch-eager"} == {"model", "end_to_end"}
     torch_row = next(r for r in rec["results"] if r["backend"] == "torch-eager" and r["mode"] == "end_to_end")
     assert torch_row["gflops"] > 0  # the FP32 graph's FLOPs
     assert rec["versions"]["torch"]

@@ -625,12 +625,13 @@ def test_serves_a_real_export(tmp_path):
 
 
 def test_stalled_body_gets_408_and_frees_its_slot(predictor):
-    """create_app inside an in-process uvicorn: a client that stops sending its body is cut off."""
+    """create_app inside a plain in-process uvicorn (the guard alone, not serve-local's protocol): a client
+    that stops sending its body is cut off by the total body deadline."""
     import uvicorn
 
     from toolkit.runtime.serve import create_app
 
-    app = create_app(predictor, max_concurrency=1, body_timeout_s=0.5)
+    app = create_app(predictor, max_concurrency=1, body_timeout=0.5)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -2,6 +2,8 @@
 
 Everything runs on tiny images generated in tmp_path; nothing touches the network.
 """
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from toolkit.train import data as D
 from toolkit.errors import UserError
 from toolkit.preprocess import Preprocess
 
+from conftest import ROOT
 from data_helpers import make_folder, make_recipe, write_image
 
 A = D.A  # albumentations, imported by toolkit.train.data with its update check switched off
@@ -37,6 +40,24 @@ def test_custom_augment_from_albumentations_to_dict():
     recipe = make_recipe({"source": "digits", "image_size": 40}, augment=custom)
     pipeline = D.build_augment(recipe)
     assert [type(t).__name__ for t in pipeline.transforms] == ["Affine", "Resize"]
+
+
+def test_an_augment_crop_without_a_size_follows_preprocess_crop():
+    spec = {"transform": {"__class_fullname__": "Compose", "p": 1.0, "transforms": [
+        {"__class_fullname__": "OneOf", "p": 1.0, "transforms": [
+            {"__class_fullname__": "RandomResizedCrop", "p": 1.0},
+            {"__class_fullname__": "Resize", "p": 1.0}]},
+        {"__class_fullname__": "HorizontalFlip", "p": 0.5}]}}
+    for crop in (32, 64):  # one edit of preprocess.crop changes the augmentation too
+        pipeline = D.build_augment(make_recipe(crop=crop, resize=crop + 8, augment=spec))
+        assert pipeline(image=np.zeros((50, 70, 3), np.uint8))["image"].shape == (crop, crop, 3)
+    assert "size" not in spec["transform"]["transforms"][0]["transforms"][0]  # the recipe is not edited
+    flowers = R.load(os.path.join(ROOT, "recipes", "flowers.yaml"), ["preprocess.crop=160"])  # the shipped recipe
+    assert D.build_augment(flowers)(image=np.zeros((300, 400, 3), np.uint8))["image"].shape == (160, 160, 3)
+    # a size the recipe sets is kept as written, so a mismatch is still the clear error
+    fixed = A.to_dict(A.Compose([A.RandomResizedCrop(size=(32, 32), p=1.0)]))
+    with pytest.raises(UserError, match="expected 64x64.*leave that transform.s size out"):
+        D.build_augment(make_recipe(crop=64, resize=72, augment=fixed))
 
 
 @pytest.mark.parametrize("spec, match", [

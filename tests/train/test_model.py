@@ -51,7 +51,7 @@ def test_classic_head_fixes_input_size():
 
 def test_bad_arch_and_head_are_user_errors():
     with pytest.raises(UserError, match="model.arch"):
-        M.build_model("resnet18", 2)
+        M.build_model("resnet7", 2)
     with pytest.raises(UserError, match="model.head"):
         M.build_model("vgg11", 2, head="mlp")
 

@@ -1,6 +1,7 @@
 """load_dataset: a recipe's data as a Dataset, after the pre-flight scan that decodes every image file."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -12,7 +13,7 @@ import numpy as np
 from toolkit.datasets.sources import LOADERS
 from toolkit.datasets.splits import Dataset, _keep_per_class
 from toolkit.errors import UserError
-from toolkit.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, open_image
+from toolkit.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, Preprocess, open_image
 
 MAX_LISTED = 20  # problems listed in one error before "and N more"
 
@@ -20,10 +21,14 @@ MAX_LISTED = 20  # problems listed in one error before "and N more"
 # ----------------------------------------------------------------------------------------------
 # The pre-flight scan
 
-def _check_file(path: str, max_pixels: int) -> Optional[str]:
-    """None when the file decodes completely, else the reason it can't be used."""
+def _check_file(path: str, max_pixels: int, preprocess: Optional[Preprocess] = None) -> Optional[str]:
+    """None when the file decodes completely (and, with `preprocess`, goes through the eval transform's
+    decode, resize and crop: what evaluation will do with it), else the reason it can't be used."""
     try:
-        open_image(path, max_pixels=max_pixels)
+        if preprocess is None:
+            open_image(path, max_pixels=max_pixels)
+        else:
+            preprocess.pixels(path, max_pixels=max_pixels)
     except ImageError as exc:
         msg = str(exc)
         return msg[len(path) + 2:] if msg.startswith(path + ": ") else msg
@@ -33,10 +38,13 @@ def _check_file(path: str, max_pixels: int) -> Optional[str]:
 
 
 def scan_items(items: list, max_pixels: int = DEFAULT_MAX_PIXELS, threads: Optional[int] = None,
-               progress: bool = True) -> list:
+               progress: bool = True, preprocess: Optional[Preprocess] = None) -> list:
     """Decode every file item (arrays are skipped); -> [(path, reason)] for each unusable one.
 
-    Pillow releases the GIL while decoding, so a thread pool scales with cores.
+    With `preprocess` (load_dataset passes the recipe's), each file runs through that transform's own
+    decode (draft or full), resize and crop, so a file the scan passes also passes evaluation, and the
+    scan's work per image is bounded like evaluation's. Pillow releases the GIL while decoding, so a
+    thread pool scales with cores.
     """
     paths = sorted({src for src, _ in items if isinstance(src, str)})
     if not paths:
@@ -45,7 +53,8 @@ def scan_items(items: list, max_pixels: int = DEFAULT_MAX_PIXELS, threads: Optio
     show = progress and len(paths) >= 2000
     bad, start = [], time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        for n, (path, reason) in enumerate(zip(paths, pool.map(lambda p: _check_file(p, max_pixels), paths))):
+        reasons = pool.map(lambda p: _check_file(p, max_pixels, preprocess), paths)
+        for n, (path, reason) in enumerate(zip(paths, reasons)):
             if reason is not None:
                 bad.append((path, reason))
             if show and sys.stdout.isatty() and (n + 1) % 1000 == 0:
@@ -84,7 +93,9 @@ def load_dataset(recipe, scan: bool = True) -> Dataset:
         raise UserError(f"data.root: {d.root!r} is not a folder; expected a folder of class sub-folders")
     problems: list = []
     labels, splits, locate = LOADERS[d.source](d, problems)
-    bad = scan_items(splits["train"] + splits["val"] + splits["test"], d.max_pixels) if scan else []
+    preprocess = Preprocess(**dataclasses.asdict(recipe.preprocess))
+    bad = scan_items(splits["train"] + splits["val"] + splits["test"], d.max_pixels,
+                     preprocess=preprocess) if scan else []
     skipped = []
     if bad and d.skip_corrupt:
         drop = {p for p, _ in bad}

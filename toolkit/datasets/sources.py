@@ -5,6 +5,8 @@
   flowers102  torchvision's Oxford Flowers-102 with its official 1020/1020/6149 split (torchvision is
               imported only for this source, to download and list it)
   digits      scikit-learn's bundled 8x8 handwritten digits, rendered as RGB images (offline demo)
+  fashion_mnist  Zalando's Fashion-MNIST idx files: torchvision's root/FashionMNIST/raw/ or Debian's
+              dataset-fashion-mnist; val held out of train, test a fixed 2,000 of t10k (datasets/fashion.py)
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from toolkit.datasets.fashion import load_fashion_mnist
 from toolkit.datasets.splits import SPLIT_NAMES, _locate_split, _split_class
 from toolkit.errors import UserError
 from toolkit.preprocess import IMAGE_EXTENSIONS
@@ -110,14 +113,25 @@ def _load_folder(d, problems: list):
 # ----------------------------------------------------------------------------------------------
 # Source: flowers102
 
+def _remove_folders(created: list) -> None:
+    """Remove the folders this attempt created (a failed download leaves no empty or half-filled folder
+    behind); folders that were there before are left alone."""
+    import shutil
+
+    for folder in created:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _load_flowers102(d, problems: list):
     from torchvision.datasets import Flowers102
 
     splits = {}
+    created = [f for f in (d.root, os.path.join(d.root, "flowers-102")) if not os.path.exists(f)]
     for split in ("train", "val", "test"):
         try:
             ds = Flowers102(d.root, split=split, download=d.download)
         except RuntimeError as exc:
+            _remove_folders(created)
             if "not found" in str(exc).lower() and not d.download:
                 raise UserError(f"data.root: Flowers-102 not found in {d.root}/flowers-102; set "
                                 "data.download: true to fetch it (about 330 MB), or place 102flowers.tgz's "
@@ -125,12 +139,14 @@ def _load_flowers102(d, problems: list):
             raise UserError(f"data: Flowers-102 in {d.root}/flowers-102 is incomplete or corrupted ({exc}); "
                             "delete it and set data.download: true") from None
         except (OSError, ValueError) as exc:  # network failures (URLError is an OSError), bad archives
+            _remove_folders(created)
             raise UserError(f"data: could not download Flowers-102 into {d.root} ({exc}); check the network, "
                             f"or place jpg/, imagelabels.mat and setid.mat in {d.root}/flowers-102 by hand "
                             "and set data.download: false") from None
         except ImportError as exc:
             raise UserError(f"data.source: flowers102 needs scipy to read its .mat files ({exc}); "
                             "pip install scipy") from None
+        created = []  # downloaded and readable: from here on the files are the user's
         splits[split] = [(str(p), int(lab)) for p, lab in zip(ds._image_files, ds._labels)]
     names = list(Flowers102.classes)  # the 102 Oxford category names, in label-index order
     if d.classes is None:
@@ -176,4 +192,5 @@ def _load_digits(d, problems: list):
     return labels, splits, _locate_split
 
 
-LOADERS = {"folder": _load_folder, "flowers102": _load_flowers102, "digits": _load_digits}
+LOADERS = {"folder": _load_folder, "flowers102": _load_flowers102, "digits": _load_digits,
+           "fashion_mnist": load_fashion_mnist}

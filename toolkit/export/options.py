@@ -28,11 +28,13 @@ class ExportOptions:
     probabilities: bool = False  # add a softmax `probabilities` output beside `logits`
     dynamic_hw: bool = False  # height and width dynamic too (gap head only)
     calib_images: int = 64  # training images sampled for INT8 calibration
-    calib_method: str = "minmax"  # INT8 calibration: one of CALIB_METHODS
-    per_channel: bool = True  # INT8 weights quantized per output channel (else per tensor)
+    calib_method: Optional[str] = None  # INT8 calibration (CALIB_METHODS); None = minmax first, the search varies it
+    per_channel: Optional[bool] = None  # INT8 weights per channel, else per tensor; None = per-channel, then searched
+    int8_search: bool = True  # when the first INT8 setting misses int8_budget, try the others (docs/export.md)
     keep_fp32: Iterable[str] = ()  # layers --int8 leaves in float: head, block1..block5, a module or node name
     int8_budget: float = 1.0  # the largest allowed top-1 drop FP32 -> INT8, in points, on the validation split
     parity_images: int = 16  # validation images the parity gate runs (beside random tensors)
+    bf16_check: bool = False  # also judge the FP32 file on OpenVINO bf16 against PyTorch (toolkit/export/bf16.py)
     ir_version: Optional[int] = None  # write this ONNX IR version (older runtimes); None = the exporter's
     exports_dir: str = "exports"  # where exports go when `out` is not given
     runs_dir: str = "runs"  # where run names and the newest run are looked up
@@ -51,7 +53,7 @@ def check_options(options: ExportOptions) -> ExportOptions:
     """The options with keep_fp32 as a list and int8_budget as a float; a UserError for a bad one.
 
     Only what needs no checkpoint; the opset and the output path are checked once the run is known."""
-    if options.calib_method not in CALIB_METHODS:
+    if options.calib_method is not None and options.calib_method not in CALIB_METHODS:
         raise UserError(f"--calib-method {options.calib_method!r}: expected one of {', '.join(CALIB_METHODS)}")
     for key, value in (("--calib-images", options.calib_images), ("parity_images", options.parity_images)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -67,5 +69,19 @@ def check_options(options: ExportOptions) -> ExportOptions:
     keep = [str(k).strip() for k in keep if str(k).strip()]
     if keep and not options.int8:
         raise UserError("--keep-fp32 only applies with --int8; add --int8 or drop --keep-fp32")
-    return dataclasses.replace(options, int8_budget=budget, keep_fp32=keep)
+    per_channel = None if options.per_channel is None else _flag("--per-channel", options.per_channel)
+    return dataclasses.replace(options, int8_budget=budget, keep_fp32=keep, per_channel=per_channel,
+                               int8_search=_flag("--int8-search", options.int8_search))
+
+
+def _flag(key: str, value) -> bool:
+    """A yes/no option as a bool: fire hands `--per-channel=false` over as the string 'false'."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise UserError(f"{key} {value!r}: expected true or false")
 

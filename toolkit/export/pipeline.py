@@ -12,8 +12,9 @@ Stages, in order; a failure at any one is a UserError and nothing appears under 
      metadata (toolkit.contract), the onnx checker in full                        toolkit/export/torch_graph.py
   3. parity gate: ONNX Runtime (CPU) against PyTorch on real validation images of the run plus random
      tensors, at batch sizes 1, 2, 7 and 16                                        toolkit/export/parity.py
-  4. optional twins: FP16 weights with float32 IO (own tolerance), INT8 static QDQ quantization
-     under an accuracy budget measured on the validation split                     toolkit/export/twins.py
+  4. optional twins: FP16 weights with float32 IO (own tolerance)                 toolkit/export/twins.py
+     INT8 static QDQ quantization under an accuracy budget measured on the validation split, trying
+     other settings when the first misses it                                       toolkit/export/int8.py
   5. all files renamed into place together, then the JSON report beside them       toolkit/export/staging.py
 """
 from __future__ import annotations
@@ -26,12 +27,14 @@ from typing import Optional
 
 from toolkit.errors import UserError
 from toolkit.export.opset import check_ir_version, check_opset, ort_max_opset  # noqa: F401 (public here too)
+from toolkit.export.bf16 import bf16_check, require_bf16
 from toolkit.export.options import ExportOptions, check_options
 from toolkit.export.parity import gate_fp32
 from toolkit.export.plan import ExportJob, base_metadata, check_writable, load_data, load_model, plan_export
 from toolkit.export.staging import Staging, remove_stale_twins, report_path, write_json
 from toolkit.export.torch_graph import export_graphs, resolve_layers  # noqa: F401 (public here too)
-from toolkit.export.twins import FP16_MIN_AGREEMENT, fp16_twin, int8_twin  # noqa: F401 (public here too)
+from toolkit.export.int8 import int8_twin
+from toolkit.export.twins import FP16_MIN_AGREEMENT, fp16_twin  # noqa: F401 (public here too)
 
 __all__ = ["ExportOptions", "export_run", "export_triton", "ort_max_opset", "check_opset", "check_ir_version",
            "resolve_layers", "FP16_MIN_AGREEMENT"]
@@ -59,6 +62,8 @@ def export_run(run=None, **fields) -> dict:
     """
     t_start = time.perf_counter()
     options = check_options(ExportOptions.of(run, **fields))
+    if options.bf16_check:
+        require_bf16()   # openvino and a BF16 CPU, before any slow work
     say = _noop if options.quiet else _say
     job = plan_export(options, say)
     load_model(job)
@@ -66,6 +71,8 @@ def export_run(run=None, **fields) -> dict:
         exporter = export_graphs(job, staging)
         data, why = load_data(job.recipe)
         gate, data_info, parity = gate_fp32(job, staging, data, why)
+        if options.bf16_check:
+            parity["bf16_openvino"] = bf16_check(job, staging, gate)
         if options.fp16:
             parity["fp16"] = fp16_twin(job, staging, gate)
         int8_info = int8_twin(job, staging, data, why) if options.int8 else None

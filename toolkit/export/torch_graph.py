@@ -6,6 +6,7 @@ import ast
 import contextlib
 import io
 import os
+import re
 import time
 import warnings
 from typing import Iterable, Optional
@@ -164,6 +165,12 @@ def _strip_wrapper(name: str) -> str:
     return name[len("model."):] if name.startswith("model.") else name
 
 
+def _features_unit(node, module: str) -> Optional[int]:
+    """The backbone unit (features.N) a node sits in, however deep: '/features/features.3/block/...' -> 3."""
+    found = re.search(r"(?:^|/)features\.(\d+)(?:[./]|$)", node.name) or re.match(r"features\.(\d+)(?:\.|$)", module)
+    return int(found.group(1)) if found else None
+
+
 def resolve_layers(model_proto, names: Iterable[str], block_of: dict) -> list[str]:
     """ONNX node names for --keep-fp32 entries: 'head' (the classifier's Gemm/MatMul nodes),
     'block1'..'block5' (that conv block's Conv nodes), a module name ('head.4', 'features.0'),
@@ -180,8 +187,8 @@ def resolve_layers(model_proto, names: Iterable[str], block_of: dict) -> list[st
             if name == "head":
                 hit = module.startswith("head") and node.op_type in ("Gemm", "MatMul")
             elif name.startswith("block") and name[5:].isdigit():
-                hit = (node.op_type == "Conv" and module.startswith("features.") and module[9:].isdigit()
-                       and block_of.get(int(module[9:])) == int(name[5:]))
+                unit = _features_unit(node, module)
+                hit = node.op_type == "Conv" and unit is not None and block_of.get(unit) == int(name[5:])
             else:
                 hit = node.name == name or (module == name and node.op_type in ("Gemm", "MatMul", "Conv"))
             if hit:

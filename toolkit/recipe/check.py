@@ -5,10 +5,14 @@ and what was expected. The order of the checks is the order of the lines in the 
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
 import os
-from typing import Callable
+import tempfile
+from typing import Any, Callable
 
+from toolkit.recipe.archs import ARCH_TABLE, family_problems, has_batchnorm
 from toolkit.recipe.schema import CHOICES, GROUPS, LR_SCALINGS, Recipe
 
 Err = Callable[[str, str], None]  # err(dotted key, what is wrong and what was expected)
@@ -21,10 +25,13 @@ def check(recipe: Recipe, errors: list[str], check_paths: bool = True) -> None:
 
     _check_choices(recipe, err)
     _check_name(recipe, err)
+    _check_out_dir(recipe, err, check_paths)
+    _check_finite(recipe, err)
     _check_data(recipe, err, check_paths)
     _check_preprocess(recipe, err)
     _check_augment(recipe, err)
     _check_model(recipe, err, check_paths)
+    _check_family(recipe, err)
     _check_strategy(recipe, err)
     _check_train_schedule(recipe, err)
     _check_group_lrs(recipe, err)
@@ -47,9 +54,63 @@ def _check_choices(recipe: Recipe, err: Err) -> None:
             err(key, f"{value!r} is not one of {', '.join(choices)}{hint}")
 
 
+MAX_NAME_BYTES = 100  # runs/<name>/, exports/<name>.report.json and the twins must fit a 255-byte file name
+
+
 def _check_name(recipe: Recipe, err: Err) -> None:
-    if not recipe.name or any(c in recipe.name for c in "/\\") or recipe.name.startswith("."):
-        err("name", f"{recipe.name!r}; expected a plain name without slashes (it names runs/<name>/)")
+    name = recipe.name
+    shown = repr(name) if len(name) <= 40 else repr(name[:37] + "...")
+    control = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        err("name", f"{shown}; expected a plain name without slashes (it names runs/<name>/)")
+    elif control is not None:
+        err("name", f"{shown} holds the control character {control!r}; expected a plain name (it names runs/<name>/)")
+    elif len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        err("name", f"{shown} is {len(name.encode('utf-8'))} bytes long; expected at most {MAX_NAME_BYTES} (it "
+                    "names runs/<name>/ and exports/<name>.onnx)")
+
+
+def _check_out_dir(recipe: Recipe, err: Err, check_paths: bool) -> None:
+    """out_dir must be a folder that run folders can be made in: probed with a temporary folder, because
+    permission bits don't tell (root may write anywhere by them, and still not in /proc)."""
+    out = recipe.out_dir
+    if not out or "\0" in out:
+        err("out_dir", f"{out!r}; expected a folder path (where run folders are made)")
+        return
+    if not check_paths:
+        return
+    probe = os.path.abspath(out)
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        err("out_dir", f"{out!r}: {probe} is not a folder; expected a folder where run folders can be made")
+        return
+    try:
+        tempfile.TemporaryDirectory(dir=probe, prefix=".toolkit-probe-").cleanup()
+    except OSError as exc:
+        err("out_dir", f"{out!r}: cannot make folders in {probe} ({exc.strerror}); expected a writable folder "
+                       "(set out_dir=<folder>)")
+
+
+def _non_finite(value: Any) -> float | None:
+    """The first NaN or infinity inside a value (lists and mappings included), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next((bad for bad in map(_non_finite, items) if bad is not None), None)
+
+
+def _check_finite(recipe: Recipe, err: Err) -> None:
+    """NaN and infinity in list and mapping values (lone numbers are refused while the recipe is read)."""
+    sections = {"": recipe, **{f.name + ".": getattr(recipe, f.name) for f in dataclasses.fields(recipe)
+                                if dataclasses.is_dataclass(getattr(recipe, f.name))}}
+    for prefix, section in sections.items():
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if prefix + f.name == "train.group_lrs":
+                continue  # _check_group_lrs names the group
+            if isinstance(value, (list, dict)) and _non_finite(value) is not None:
+                err(prefix + f.name, f"holds {_non_finite(value)}; expected finite numbers")
 
 
 def _check_data(recipe: Recipe, err: Err, check_paths: bool) -> None:
@@ -104,10 +165,17 @@ def _check_model(recipe: Recipe, err: Err, check_paths: bool) -> None:
     if check_paths and weights not in ("imagenet", "none") and not os.path.isfile(weights):
         err("model.weights", f"{weights!r} is not a file; expected imagenet, none, a .pth state dict "
                              "or a toolkit checkpoint")
-    if m.hidden < 1:
+    if m.hidden is not None and m.hidden < 1:
         err("model.hidden", f"{m.hidden}; expected a positive integer")
     if not 0 <= m.dropout < 1:
         err("model.dropout", f"{m.dropout}; expected 0 <= x < 1")
+
+
+def _check_family(recipe: Recipe, err: Err) -> None:
+    """VGG-only keys (the classic head, model.hidden) with another backbone family: one line."""
+    m = recipe.model
+    for key, msg in family_problems(m.arch, m.head, m.hidden):
+        err(key, msg)
 
 
 def _check_strategy(recipe: Recipe, err: Err) -> None:
@@ -144,8 +212,8 @@ def _check_group_lrs(recipe: Recipe, err: Err) -> None:
             near = _nearest(key, GROUPS)
             hint = f"; did you mean '{near}'?" if near else f"; expected one of {', '.join(GROUPS)}"
             err(f"train.group_lrs.{key}", f"unknown group{hint}")
-        elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            err(f"train.group_lrs.{key}", f"{value!r}; expected a non-negative number")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+            err(f"train.group_lrs.{key}", f"{value!r}; expected a finite, non-negative number")
 
 
 def _check_train_limits(recipe: Recipe, err: Err) -> None:
@@ -177,8 +245,8 @@ def _check_distributed(recipe: Recipe, err: Err) -> None:
     elif t.lr_scaling != "none" and t.lr_scaling in LR_SCALINGS and t.lr_reference_batch is None:
         err("train.lr_reference_batch", f"null with train.lr_scaling: {t.lr_scaling}; expected the global batch "
                                         "size your learning rates were chosen for, e.g. 32")
-    if t.sync_batchnorm and not arch.endswith("_bn"):
-        err("train.sync_batchnorm", f"true, but model.arch {arch} has no BatchNorm layers; expected a _bn arch "
-                                    f"(e.g. {arch}_bn) or false")
+    if t.sync_batchnorm and arch in ARCH_TABLE and not has_batchnorm(arch):
+        like = f"a _bn arch (e.g. {arch}_bn)" if arch.startswith("vgg") else "an arch with BatchNorm layers"
+        err("train.sync_batchnorm", f"true, but model.arch {arch} has no BatchNorm layers; expected {like} or false")
     if t.dist_timeout <= 0:
         err("train.dist_timeout", f"{t.dist_timeout}; expected a positive number of seconds")

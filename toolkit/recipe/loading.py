@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
+import math
 import types
 import typing
 from typing import Any, Union
@@ -15,8 +15,16 @@ from typing import Any, Union
 import yaml
 
 from toolkit.errors import UserError
+from toolkit.recipe.archs import fill_defaults
 from toolkit.recipe.check import check
+from toolkit.recipe.reading import RecipeYAMLError, parse_yaml, read_recipe_file
 from toolkit.recipe.schema import Recipe
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr cut to `limit` characters: an error line quotes a value, never a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _type_name(tp: Any) -> str:
@@ -82,14 +90,17 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
             continue
         ok, value = _coerce(value, tp)
         if not ok:
-            errors.append(f"{dotted}: expected {_type_name(tp)}, got {value!r}")
+            errors.append(f"{dotted}: expected {_type_name(tp)}, got {short_repr(value)}")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            errors.append(f"{dotted}: {value}; expected a finite number")
             continue
         kwargs[key] = value
     return cls(**kwargs)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'train.epochs=3' -> (['train', 'epochs'], 3). Values are read as YAML."""
+    """'train.epochs=3' -> (['train', 'epochs'], 3). Values are read as YAML (with the recipe file's rules)."""
     if "=" not in text:
         raise UserError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
     key, _, value = text.partition("=")
@@ -97,22 +108,48 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise UserError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = parse_yaml(value) if value.strip() else None
+    except RecipeYAMLError as exc:
+        raise UserError(f"override {key}: {exc.message}") from None
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed
 
 
+def _child(node: Any, part: str, where: str, text: str) -> tuple[Any, Any]:
+    """(container, key) for one step of an override's path: a list item by index, else a mapping key."""
+    if isinstance(node, list):
+        if not part.isdigit():
+            raise UserError(f"override {text!r}: {where} is a list; expected an item index 0-{len(node) - 1}, "
+                            f"got {part!r}")
+        if int(part) >= len(node):
+            raise UserError(f"override {text!r}: {where} has {len(node)} item{'s' * (len(node) != 1)}, so index "
+                            f"{part} is out of range; expected 0-{len(node) - 1}" if node else
+                            f"override {text!r}: {where} is an empty list; there is no item {part} to set")
+        return node, int(part)
+    return node, part
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Set each KEY=VALUE in `raw` (in place, creating sections as needed); return `raw`."""
+    """Set each KEY=VALUE in `raw` (in place, creating sections as needed); return `raw`.
+
+    A numeric part addresses an item of an existing list: augment.transform.transforms.0.size=[64,64]."""
     for text in overrides:
         path, value = parse_override(text)
         node = raw
-        for part in path[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[path[-1]] = value
+        for depth, part in enumerate(path[:-1]):
+            where = ".".join(path[:depth + 1])
+            container, key = _child(node, part, ".".join(path[:depth]) or "recipe", text)
+            child = container[key] if isinstance(container, list) else container.get(key)
+            if path[depth + 1].isdigit() and not isinstance(child, (list, dict)):
+                now = "not set in the recipe" if child is None else short_repr(child)
+                raise UserError(f"override {text!r}: {where} is {now}; an index ({path[depth + 1]}) needs a list "
+                                f"there (write the list in the recipe, or set it whole: {where}=[...])")
+            if not isinstance(child, (list, dict)):
+                child = container[key] = {}
+            node = child
+        container, key = _child(node, path[-1], ".".join(path[:-1]) or "recipe", text)
+        container[key] = value
     return raw
 
 
@@ -121,7 +158,7 @@ def from_dict(raw: Any, source: str = "recipe", check_paths: bool = True) -> Rec
 
     check_paths=False is for a recipe read back from a checkpoint on another machine."""
     errors: list[str] = []
-    recipe = _build(Recipe, raw, "", errors)
+    recipe = _build(Recipe, fill_defaults(raw), "", errors)  # unset preprocess/head: the arch's (archs.py)
     # Value checks run too, so every problem shows at once; a key already reported isn't repeated.
     reported = {e.split(":")[0] for e in errors}
     checks: list[str] = []
@@ -136,16 +173,8 @@ def from_dict(raw: Any, source: str = "recipe", check_paths: bool = True) -> Rec
 
 
 def load(path: str, overrides: list[str] | tuple = ()) -> Recipe:
-    """Read a recipe file, apply KEY=VALUE overrides, validate."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such recipe file; expected a YAML recipe such as recipes/flowers.yaml")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    """Read a recipe file (toolkit.recipe.reading), apply KEY=VALUE overrides, validate."""
+    raw = read_recipe_file(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -9,10 +9,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from toolkit.preprocess import DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+from toolkit.preprocess import DECODE_MODES, DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+from toolkit.recipe.archs import ARCH_TABLE
 
-ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
-SOURCES = ("folder", "flowers102", "digits")
+ARCHS = tuple(ARCH_TABLE)  # VGG (torchvision), MobileNetV3, EfficientNet-B0, ResNet, ConvNeXt, EfficientNet-Lite0
+SOURCES = ("folder", "flowers102", "digits", "fashion_mnist")
 HEADS = ("classic", "gap")
 STRATEGIES = ("linear-probe", "finetune", "scratch")
 OPTIMIZERS = ("sgd", "adamw")
@@ -48,15 +49,16 @@ class PreprocessConfig:
     interpolation: str = "bilinear"  # resize filter: nearest | bilinear | bicubic | lanczos
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))  # per channel (R, G, B), pixels scaled to 0-1
     std: list = field(default_factory=lambda: list(IMAGENET_STD))  # per channel (R, G, B)
+    decode: str = "draft"  # JPEGs: draft (libjpeg scales by 1/2-1/8 while decoding, short side >= resize) | full
 
 
 @dataclass
 class ModelConfig:
     """recipe `model`: backbone, starting weights and head."""
-    arch: str = "vgg16"  # any torchvision VGG, _bn variants included
+    arch: str = "vgg16"  # one of ARCHS (docs/models.md): any torchvision VGG, or a small edge backbone
     weights: str = "imagenet"  # imagenet | none | a .pth state dict | a toolkit checkpoint (.pt)
-    head: str = "classic"  # classic: Flatten-512-ReLU-Dropout-classes; gap: any input size
-    hidden: int = 512  # classic head's hidden width
+    head: Optional[str] = None  # classic (VGG only): Flatten-hidden-ReLU-Dropout; gap: pooled; unset: the arch's
+    hidden: Optional[int] = None  # classic head's hidden width (VGG only; unset: 512)
     dropout: float = 0.5  # dropout before the head's last linear layer
 
 
@@ -111,7 +113,8 @@ class Recipe:
 
 # The string-valued keys and their allowed values (checked by toolkit.recipe.check).
 CHOICES = {
-    "data.source": SOURCES, "preprocess.interpolation": tuple(INTERPOLATIONS), "model.arch": ARCHS,
+    "data.source": SOURCES, "preprocess.interpolation": tuple(INTERPOLATIONS), "preprocess.decode": DECODE_MODES,
+    "model.arch": ARCHS,
     "model.head": HEADS, "train.strategy": STRATEGIES, "train.optimizer": OPTIMIZERS,
     "train.schedule": SCHEDULES, "train.lr_scaling": LR_SCALINGS, "train.amp": AMP_MODES, "train.device": DEVICES,
 }

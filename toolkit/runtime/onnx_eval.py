@@ -1,10 +1,12 @@
-"""Accuracy of an exported ONNX model on a recipe's split, through ONNX Runtime (CPU).
+"""Accuracy of an exported ONNX model on a recipe's split, through ONNX Runtime (CPU) or OpenVINO.
 
 `evaluate_onnx("exports/flowers.onnx")` reads the recipe, labels and preprocessing from the file's own
 metadata, loads the split with toolkit.train.data (imported lazily: the data side needs torch), runs every
 image through the same `Preprocess` the Predictor uses and reports top-1, top-5, per-class accuracy and
 the confusion matrix. The export's INT8 accuracy budget uses the same functions, so the gate and
-`toolkit evaluate MODEL.onnx` can't disagree. Light module: no torch at import time.
+`toolkit evaluate MODEL.onnx` can't disagree. With engine="openvino" the same pixels also run through the
+FP32 file on ONNX Runtime, and the accuracy change and its gates are reported (toolkit.runtime.engine_eval).
+Light module: no torch at import time.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import numpy as np
 from toolkit import contract
 from toolkit.datasets import SPLITS
 from toolkit.errors import UserError
-from toolkit.preprocess import ImageError, Preprocess, open_image
+from toolkit.preprocess import ImageError, Preprocess
+from toolkit.runtime.engines import openvino_device, parse_engine, parse_precision
 
 
 
@@ -58,6 +61,17 @@ def cpu_session(model: Any, threads: Optional[int] = None, device: str = "cpu"):
     return session
 
 
+def engine_session(model: str, threads: Optional[int], device: str, engine: str, precision: Optional[str]):
+    """A session of `engine` for evaluation: cpu_session on ONNX Runtime, else an OpenVinoSession (LATENCY)."""
+    engine = parse_engine(engine)
+    precision = parse_precision(precision, engine)
+    if engine == "onnxruntime":
+        return cpu_session(model, threads, device)
+    from toolkit.runtime.openvino_session import open_openvino
+
+    return open_openvino(model, device=openvino_device(device), precision=precision, threads=threads)
+
+
 def read_metadata(session_or_path: Any) -> dict:
     """The toolkit metadata of a model (a path or a session), JSON values decoded (toolkit.contract).
     A toolkit.contract.ContractError (a UserError) if it isn't a toolkit export."""
@@ -78,7 +92,7 @@ def load_pixels(items: list, preprocess: Preprocess, max_pixels: Optional[int] =
     pixels, targets, skipped = [], [], []
     for source, label in (items[:limit] if limit else items):
         try:
-            pixels.append(preprocess.resize_crop(open_image(source, **kwargs)))
+            pixels.append(preprocess.pixels(source, **kwargs))
             targets.append(int(label))
         except ImageError as exc:
             skipped.append((source if isinstance(source, str) else "array", str(exc)))
@@ -143,19 +157,22 @@ def _label_map(data_labels: list, model_labels: list, model_path: str) -> np.nda
 
 def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str = "val",
                   batch_size: int = 32, limit: Optional[int] = None, threads: Optional[int] = None,
-                  device: str = "cpu", quiet: bool = True) -> dict:
+                  device: str = "cpu", quiet: bool = True, engine: str = "onnxruntime",
+                  precision: Optional[str] = None) -> dict:
     """Top-1 / top-5 (in %), per-class accuracy, confusion matrix and n of an ONNX export on a split.
 
     recipe_path_or_recipe: a recipe file, a Recipe, a recipe dict, or None for the recipe stored in the
     model's metadata (the data it was trained on). Labels and preprocessing always come from the model.
     The dataset is not pre-scanned; unreadable images are skipped and listed under "skipped".
     limit: evaluate only the first N images of the split. quiet=False prints the formatted report.
+    engine: onnxruntime or openvino; precision: fp32 or bf16 (openvino only; None: fp32). On OpenVINO the
+    report gains "vs_onnxruntime" (toolkit.runtime.engine_eval), and a failed bf16 / int8 gate is a UserError.
     """
     if split not in SPLITS:
         raise UserError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
     if not os.path.isfile(str(model_path)):
         raise UserError(f"{model_path}: no such model file; expected an .onnx file from toolkit export")
-    session = cpu_session(str(model_path), threads, device)
+    session = engine_session(str(model_path), threads, device, engine, precision)
     model = contract.from_session(session, str(model_path))
     meta = model.meta
     recipe = _resolve_recipe(recipe_path_or_recipe, meta, str(model_path))
@@ -182,9 +199,29 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     logits = run_logits(session, pixels, preprocess, raw, batch_size)
     out = report(logits, to_model[targets], labels)
     out.update({"model": str(model_path), "split": split, "precision": model.precision,
-                "seconds": round(time.perf_counter() - start, 3), "skipped": skipped})
+                "seconds": round(time.perf_counter() - start, 3), "skipped": skipped,
+                **_engine_fields(session, model.precision)})
+    if out["engine"] == "openvino":
+        from toolkit.runtime.engine_eval import versus_onnxruntime
+
+        out["vs_onnxruntime"] = versus_onnxruntime(
+            str(model_path), model.precision, out["inference_precision"], logits, to_model[targets],
+            lambda path: run_logits(cpu_session(path, threads), pixels, preprocess, raw, batch_size))
     if not quiet:
         from toolkit.metrics import format_report
 
-        print(format_report(out, title=f"{model_path} on {split} ({model.precision})"))
+        runs_on = f", {out['provider']} {out['inference_precision']}" if out["engine"] == "openvino" else ""
+        print(format_report(out, title=f"{model_path} on {split} ({model.precision}{runs_on})"))
+        if out["engine"] == "openvino":
+            from toolkit.runtime.engine_eval import versus_line
+
+            print(versus_line(out))
     return out
+
+
+def _engine_fields(session, file_precision: str) -> dict:
+    """engine, provider and inference precision of an evaluation session (read back on OpenVINO)."""
+    provider = session.get_providers()[0]
+    if hasattr(session, "inference_precision"):   # an OpenVinoSession
+        return {"engine": "openvino", "provider": provider, "inference_precision": session.inference_precision}
+    return {"engine": "onnxruntime", "provider": provider, "inference_precision": file_precision}

@@ -21,6 +21,7 @@ import numpy as np
 from toolkit import artifacts
 from toolkit.errors import UserError
 from toolkit.preprocess import IMAGE_EXTENSIONS, ImageError
+from toolkit.runtime.engines import parse_engine, parse_precision
 from toolkit.runtime.predictor import Predictor
 
 __all__ = ["PredictOptions", "predict_command", "collect_images", "IMAGE_EXTENSIONS", "FORMATS"]
@@ -108,6 +109,8 @@ class PredictOptions:
     allow_fallback: bool = False  # run on the CPU, with a warning, when the device asked for can't load
     batch_size: int = 32  # images decoded and run per inference call
     recursive: bool = True  # look into sub-folders of folder arguments
+    engine: str = "onnxruntime"  # onnxruntime or openvino (toolkit.runtime.engines)
+    precision: str | None = None  # fp32 or bf16 (bf16: openvino only); None: fp32
 
     def __post_init__(self):
         fmt = str(self.format).lower()
@@ -116,6 +119,8 @@ class PredictOptions:
         self.format = fmt
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise UserError(f"top_k: {self.top_k!r}; expected a positive whole number")
+        self.engine = parse_engine(self.engine)
+        self.precision = parse_precision(self.precision, self.engine)
 
 
 class _Progress:
@@ -180,7 +185,8 @@ class _Results:
     def finish(self) -> None:
         if self.fmt == "json":
             p = self.predictor
-            json.dump({"model": p.path, "sha256": p.sha256, "provider": p.provider, "top_k": self.k,
+            json.dump({"model": p.path, "sha256": p.sha256, "provider": p.provider, "engine": p.engine,
+                       "inference_precision": p.inference_precision, "top_k": self.k,
                        "results": self.rows}, self.out, indent=2)
             self.out.write("\n")
         self.out.flush()
@@ -228,7 +234,7 @@ def _load_predictor(model: str, o: PredictOptions) -> Predictor:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         predictor = Predictor(model, device=o.device, threads=o.threads, allow_fallback=o.allow_fallback,
-                              batch_size=o.batch_size)
+                              batch_size=o.batch_size, engine=o.engine, precision=o.precision)
     for w in caught:   # one plain line each (the fallback warning), not Python's source-line format
         print(f"predict: warning: {w.message}", file=sys.stderr)
     return predictor
@@ -263,17 +269,19 @@ def _predict_paths(predictor: Predictor, paths: list[str], o: PredictOptions, re
 
 def predict_command(model: str | None = None, images: Sequence[str] | str = (), top_k: int = 5,
                     format: str = "table", device: str = "auto", threads: int | None = None,
-                    allow_fallback: bool = False, batch_size: int = 32, recursive: bool = True) -> int:
+                    allow_fallback: bool = False, batch_size: int = 32, recursive: bool = True,
+                    engine: str = "onnxruntime", precision: str | None = None) -> int:
     """`toolkit predict [MODEL] IMAGES...`: classify files, folders and globs; results on stdout as a
     table, CSV (path,rank,label,score,index) or JSON; messages and progress on stderr.
     Unreadable images are reported and skipped. Returns 0 if at least one image was predicted, else 1."""
     o = PredictOptions(top_k=top_k, format=format, device=device, threads=threads,
-                       allow_fallback=allow_fallback, batch_size=batch_size, recursive=recursive)
+                       allow_fallback=allow_fallback, batch_size=batch_size, recursive=recursive,
+                       engine=engine, precision=precision)
     model = _resolve_model(model)
     paths, problems = _image_paths(images, o.recursive)
     predictor = _load_predictor(model, o)
     k = min(o.top_k, len(predictor.labels))
-    print(f"predict: {len(paths)} image(s) with {os.path.basename(predictor.path)} on {predictor.provider}",
+    print(f"predict: {len(paths)} image(s) with {os.path.basename(predictor.path)} on {predictor.runs_on}",
           file=sys.stderr)
     results = _Results(o.format, predictor, paths, k)
     t0 = time.perf_counter()
@@ -283,6 +291,6 @@ def predict_command(model: str | None = None, images: Sequence[str] | str = (), 
     rate = predicted / elapsed if elapsed > 0 else 0.0
     skipped = failed + len(problems)
     print(f"predict: {predicted} predicted, {failed} unreadable skipped in {elapsed:.2f}s ({rate:.1f} img/s, "
-          f"decode + preprocess + inference) on {predictor.provider}"
+          f"decode + preprocess + inference) on {predictor.runs_on}"
           + (f"; {skipped} skipped in all" if problems else ""), file=sys.stderr)
     return 0 if predicted else 1

@@ -10,7 +10,9 @@ toolkit.contract); the Predictor rebuilds that preprocessing with `toolkit.prepr
 training evaluation uses, so nothing is written twice.
 
 `Predictor.provider` is the execution provider that actually runs, read from the session after it
-was created (toolkit.runtime.session). Never import torch, torchvision, albumentations or cv2 here
+was created (toolkit.runtime.session). `engine="openvino"` runs the same file on OpenVINO instead
+(toolkit.runtime.openvino_session; `precision="bf16"` there); its device and inference precision are
+read back from the compiled model. Never import torch, torchvision, albumentations or cv2 here
 (tests/test_layout.py checks it).
 """
 from __future__ import annotations
@@ -24,7 +26,8 @@ import numpy as np
 
 from toolkit import contract
 from toolkit.errors import UserError
-from toolkit.preprocess import DEFAULT_MAX_PIXELS, FOLDER_FORMATS, ImageError, Preprocess, open_image
+from toolkit.preprocess import DEFAULT_MAX_PIXELS, FOLDER_FORMATS, ImageError, Preprocess
+from toolkit.runtime.engines import openvino_device, parse_engine, parse_hint, parse_precision
 from toolkit.runtime.session import DEVICES, ORT_TYPES, open_session
 
 __all__ = ["Predictor", "DEVICES", "ImageError"]
@@ -50,13 +53,21 @@ class Predictor:
     Attributes: `labels`, `preprocess` (toolkit.preprocess.Preprocess), `provider` (the provider that
     actually runs), `providers` (the session's full list), `sha256` (of the model file, computed on
     first use), `input_spec` (dict), `raw` (uint8 NHWC input), `metadata` (JSON-decoded dict),
-    `precision`, `outputs`, `session` (the onnxruntime.InferenceSession), `contract` (the checked
+    `precision` (the FILE's precision, from its metadata), `outputs`, `session` (the
+    onnxruntime.InferenceSession, or an OpenVinoSession), `contract` (the checked
     toolkit.contract.ModelContract of the file).
+
+    Engine: `engine` ("onnxruntime" or "openvino"), `engine_device` (the device that runs: CPU, CUDA,
+    TensorRT on ORT; OpenVINO's EXECUTION_DEVICES), `inference_precision` (what floating-point layers
+    compute in: on ORT the file's precision; on OpenVINO its read-back INFERENCE_PRECISION_HINT).
+    precision=None is fp32 on both engines (OpenVINO's own bf16 default is not inherited: a file runs as
+    it was gated). `hint` (LATENCY / THROUGHPUT) and `cache_dir` (its model cache) are OpenVINO's only.
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
                  allow_fallback: bool = False, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 formats: Iterable[str] = FOLDER_FORMATS):
+                 formats: Iterable[str] = FOLDER_FORMATS, engine: str = "onnxruntime", precision: str | None = None,
+                 hint: str | None = None, cache_dir: str | None = None):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise UserError(f"{self.path}: no such file; expected an ONNX model written by toolkit export "
@@ -74,10 +85,29 @@ class Predictor:
         self.formats = tuple(formats)
         self._sha256: str | None = None
 
-        self.session = open_session(self.path, device, threads, allow_fallback)
+        self.engine = parse_engine(engine)
+        self.session = self._open_session(precision, hint, cache_dir, allow_fallback)
         self.providers = list(self.session.get_providers())
         self.provider = self.providers[0]
         self._read_metadata()
+        if self.engine == "openvino":
+            self.engine_device = self.session.device
+            self.inference_precision = self.session.inference_precision
+        else:
+            self.engine_device = self.provider.replace("ExecutionProvider", "").replace("Tensorrt", "TensorRT")
+            self.inference_precision = self.precision
+
+    def _open_session(self, precision: str | None, hint: str | None, cache_dir: str | None, allow_fallback: bool):
+        """The engine's session; bad engine options are a UserError before anything is loaded."""
+        wanted = parse_precision(precision, self.engine)
+        if self.engine == "onnxruntime":
+            if hint is not None or cache_dir is not None:
+                raise UserError("hint / cache_dir: OpenVINO options; expected engine='openvino' to use them")
+            return open_session(self.path, self.device, self.threads, allow_fallback)
+        from toolkit.runtime.openvino_session import open_openvino
+
+        return open_openvino(self.path, device=openvino_device(self.device), precision=wanted,
+                             threads=self.threads, hint=parse_hint(hint), cache_dir=cache_dir)
 
     # ---- metadata ------------------------------------------------------------------------
     def _read_metadata(self) -> None:
@@ -136,16 +166,26 @@ class Predictor:
             self._sha256 = h.hexdigest()
         return self._sha256
 
+    @property
+    def runs_on(self) -> str:
+        """What runs, for a log line: the ORT provider, or e.g. "OpenVINO:CPU bf16" (read back)."""
+        if self.engine == "openvino":
+            return f"{self.provider} {self.inference_precision}"
+        return self.provider
+
     def describe(self) -> dict:
         """Plain-JSON description (what serve-local's /v1/model shows)."""
         return {"path": os.path.basename(self.path), "sha256": self.sha256, "labels": list(self.labels),
                 "preprocess": self.preprocess.to_dict(), "input": dict(self.input_spec), "outputs": list(self.outputs),
                 "precision": self.precision, "provider": self.provider, "providers": list(self.providers),
+                "engine": self.engine, "engine_device": self.engine_device,
+                "inference_precision": self.inference_precision,
                 "arch": self.metadata.get("arch"), "head": self.metadata.get("head"),
                 "toolkit_version": self.metadata.get("toolkit_version")}
 
     def __repr__(self) -> str:
-        return (f"Predictor({self.path!r}, provider={self.provider}, classes={len(self.labels)}, "
+        return (f"Predictor({self.path!r}, engine={self.engine}, provider={self.provider}, "
+                f"inference={self.inference_precision}, classes={len(self.labels)}, "
                 f"input={'uint8 NHWC' if self.raw else 'float32 NCHW'} {self.preprocess.crop}px, {self.precision})")
 
     # ---- preprocessing -------------------------------------------------------------------
@@ -153,7 +193,7 @@ class Predictor:
         """One image (path, bytes, file object, PIL image or numpy array) -> the model's input for it,
         without the batch axis: float32 3xHxW, or uint8 HxWx3 for a raw-input model.
         Raises toolkit.preprocess.ImageError (a UserError with `.kind`) for unusable images."""
-        pixels = self.preprocess.resize_crop(open_image(image, self.max_pixels, self.formats))
+        pixels = self.preprocess.pixels(image, self.max_pixels, self.formats)
         return pixels if self.raw else self.preprocess.normalize(pixels)
 
     def prepare(self, images: Any) -> np.ndarray:

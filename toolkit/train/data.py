@@ -11,6 +11,7 @@ and eval share mean/std by construction.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -27,10 +28,9 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402  (albumentations' backend: border modes, thread count)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from toolkit.errors import UserError  # noqa: E402
-from toolkit.preprocess import DEFAULT_MAX_PIXELS, ImageError, Preprocess, open_image, to_rgb  # noqa: E402
+from toolkit.preprocess import DEFAULT_MAX_PIXELS, ImageError, Preprocess, open_image  # noqa: E402
 
 from toolkit.datasets import Dataset, load_dataset, render_digits, scan_items  # noqa: E402,F401  (the listing, for callers on this side)
 
@@ -64,9 +64,35 @@ def _dummy_image(recipe) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+# Transforms that make the network's input size, and their size arguments. One that leaves its size
+# out follows preprocess.crop, so changing the resolution is one edit of the recipe.
+_SIZED_TRANSFORMS = {"RandomResizedCrop": ("size",), "RandomSizedCrop": ("size",), "Resize": ("height", "width"),
+                     "CenterCrop": ("height", "width"), "RandomCrop": ("height", "width")}
+
+
+def fill_crop_size(spec: Any, crop: int) -> Any:
+    """A copy of an albumentations dict in which every sized transform without a size gets crop x crop.
+    A size the recipe sets stays as written (and must still produce crop x crop)."""
+    if not isinstance(spec, dict):
+        return spec  # A.from_dict reports the malformed pipeline
+    spec = copy.deepcopy(spec)
+    pending = [spec.get("transform", spec)]
+    while pending:
+        t = pending.pop()
+        if not isinstance(t, dict):
+            continue
+        keys = _SIZED_TRANSFORMS.get(str(t.get("__class_fullname__", "")).rsplit(".", 1)[-1], ())
+        if keys and not any(k in t for k in keys):
+            t.update({"size": [crop, crop]} if keys == ("size",) else {"height": crop, "width": crop})
+        nested = t.get("transforms")
+        pending.extend(nested if isinstance(nested, list) else [])
+    return spec
+
+
 def build_augment(recipe) -> A.Compose:
     """recipe.augment (or the default) -> albumentations Compose, checked once on a dummy image."""
     spec = recipe.augment if recipe.augment is not None else default_augment(recipe)
+    spec = fill_crop_size(spec, recipe.preprocess.crop)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -101,7 +127,8 @@ def build_augment(recipe) -> A.Compose:
         if out.shape != (crop, crop, 3):
             got = "x".join(map(str, out.shape[:2])) if out.ndim >= 2 else str(out.shape)
             raise UserError(f"augment: pipeline outputs {got}, expected {crop}x{crop}; end it with a "
-                            f"crop/resize to preprocess.crop ({crop})")
+                            f"crop/resize to preprocess.crop ({crop}), or leave that transform's size out "
+                            "so it follows preprocess.crop")
     pipeline.set_random_seed(None)
     return pipeline
 
@@ -112,23 +139,14 @@ def build_augment(recipe) -> A.Compose:
 def _pixels(source: Any, max_pixels: int, min_side: int = 0) -> np.ndarray:
     """Any image source -> contiguous uint8 HxWx3, for augmentation.
 
-    Arrays (the digits source) pass straight through. A JPEG with a short side of at least 2 x `min_side`
-    is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (Pillow's `draft`), keeping the short
-    side >= `min_side`: a phone photo then decodes many times faster, and DCT scaling is a clean
-    (antialiased) downscale. Everything else goes through `open_image` unchanged.
+    Arrays (the digits source) pass straight through. Everything else goes through `open_image`, where a
+    JPEG (or MPO) with a short side of at least 2 x `min_side` is decoded at 1/2, 1/4 or 1/8 scale by
+    libjpeg's DCT scaling (Pillow's `draft`), keeping the short side >= `min_side`: a phone photo then
+    decodes many times faster, and DCT scaling is a clean (antialiased) downscale.
     """
     if isinstance(source, np.ndarray) and source.dtype == np.uint8 and source.ndim == 3 and source.shape[2] == 3:
         return np.ascontiguousarray(source)
-    if min_side and isinstance(source, str):
-        try:
-            with Image.open(source) as img:
-                if (img.format == "JPEG" and min(img.size) >= 2 * min_side
-                        and img.width * img.height <= max_pixels):
-                    img.draft("RGB", (min_side, min_side))
-                    return np.asarray(to_rgb(img))
-        except (OSError, ValueError, SyntaxError):
-            pass  # let open_image classify the problem
-    return np.asarray(open_image(source, max_pixels=max_pixels))
+    return np.asarray(open_image(source, max_pixels=max_pixels, min_side=min_side))
 
 
 class ImageDataset(torch.utils.data.Dataset):

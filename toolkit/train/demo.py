@@ -12,35 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 
 from toolkit import recipe as recipe_mod
-from toolkit.artifacts import atomic_write
 from toolkit.errors import UserError
-
-
-def _recipe_path(name: str) -> str:
-    """recipes/<name> in the working directory, else beside the installed package (a source checkout)."""
-    for root in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))):
-        path = os.path.join(root, "recipes", name)
-        if os.path.isfile(path):
-            return path
-    raise UserError(f"recipes/{name}: not found; run the demo from the toolkit source folder")
-
-
-def _train_quietly(recipe, evaluate_test: bool = True) -> float:
-    from toolkit.train.loop import train
-
-    started = time.time()
-    train(recipe, overwrite=True, quiet=True, evaluate_test=evaluate_test)
-    return time.time() - started
-
-
-def _test_top1(run_dir: str) -> float:
-    from toolkit.train.evaluate import evaluate_checkpoint
-
-    return evaluate_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"), split="test", quiet=True)["top1"]
+from toolkit.train.demo_shared import (final_test_top1, print_next_steps, recipe_path, summarise, table_lines,
+                                       train_quietly, write_report)
 
 
 def run_demo(seeds=(0, 1, 2), labels_per_class=(1, 3, 10), quick: bool = False, out_dir: str = "runs/demo",
@@ -52,17 +29,18 @@ def run_demo(seeds=(0, 1, 2), labels_per_class=(1, 3, 10), quick: bool = False, 
         raise UserError("demo: expected at least one seed and one labels-per-class value")
     quick_overrides = (["train.epochs=4"] if quick else []) + list(overrides)
 
-    source = recipe_mod.load(_recipe_path("digits-source.yaml"), [f"out_dir={out_dir}"] + quick_overrides)
+    source = recipe_mod.load(recipe_path("digits-source.yaml"), [f"out_dir={out_dir}"] + quick_overrides)
     source_ckpt = os.path.join(source.run_dir, "checkpoints", "best.pt")
     print(f"[1/3] source: VGG16 learns digits {source.data.classes} from all labels "
           f"({source.train.epochs} epochs, {source.preprocess.crop} px)", flush=True)
-    seconds = _train_quietly(source)
+    seconds = train_quietly(source)
     source_summary = json.load(open(os.path.join(source.run_dir, "summary.json")))
     print(f"      source test top-1 {source_summary.get('test_top1', float('nan')):.1f}%  ({seconds:.0f}s)")
 
     results = []
-    arms = (("transfer", "digits-transfer.yaml", [f"model.weights={source_ckpt}"]),
-            ("scratch", "digits-scratch.yaml", []))
+    # Scratch first, so the newest run (what `toolkit export` picks with no path) is a transfer run.
+    arms = (("scratch", "digits-scratch.yaml", []),
+            ("transfer", "digits-transfer.yaml", [f"model.weights={source_ckpt}"]))
     total = len(seeds) * len(labels_per_class) * 2
     done = 0
     print(f"[2/3] target: digits 5-9, {labels_per_class} labels per class, seeds {seeds}: transfer vs scratch "
@@ -72,39 +50,28 @@ def run_demo(seeds=(0, 1, 2), labels_per_class=(1, 3, 10), quick: bool = False, 
             for arm, recipe_file, extra in arms:
                 overrides = [f"out_dir={out_dir}", f"name={arm}-k{k}-s{seed}", f"seed={seed}",
                              f"data.labels_per_class={k}", *extra, *quick_overrides]
-                recipe = recipe_mod.load(_recipe_path(recipe_file), overrides)
-                seconds = _train_quietly(recipe, evaluate_test=False)  # scored on last.pt below
-                top1 = _test_top1(recipe.run_dir)
+                recipe = recipe_mod.load(recipe_path(recipe_file), overrides)
+                seconds = train_quietly(recipe, evaluate_test=False)  # scored on last.pt below
+                top1 = final_test_top1(recipe.run_dir)
                 done += 1
                 print(f"      {done:2d}/{total}  {arm:8s} {k:3d} labels/class  seed {seed}  test top-1 "
                       f"{top1:5.1f}%  ({seconds:.0f}s)", flush=True)
                 results.append({"arm": arm, "labels_per_class": k, "seed": seed, "test_top1": top1,
                                 "seconds": round(seconds, 1)})
 
-    rows = []
-    for k in labels_per_class:
-        row = {"labels_per_class": k}
-        for arm in ("transfer", "scratch"):
-            accs = [r["test_top1"] for r in results if r["arm"] == arm and r["labels_per_class"] == k]
-            row[arm] = {"mean": statistics.mean(accs), "std": statistics.pstdev(accs), "min": min(accs),
-                        "max": max(accs), "runs": accs}
-        row["gain"] = row["transfer"]["mean"] - row["scratch"]["mean"]
-        rows.append(row)
-
+    rows = summarise(results, labels_per_class)
     wall = time.time() - started
     lines = ["[3/3] target test top-1 (digits 5-9), mean ± std over seeds " + ", ".join(map(str, seeds)),
-             "", "| labels per class | transfer | scratch | transfer gain |", "|---|---|---|---|"]
-    for row in rows:
-        t, s = row["transfer"], row["scratch"]
-        lines.append(f"| {row['labels_per_class']} | {t['mean']:.1f} ± {t['std']:.1f}% | "
-                     f"{s['mean']:.1f} ± {s['std']:.1f}% | {row['gain']:+.1f} points |")
+             "", *table_lines(rows)]
     lines += ["", f"source model: {source_ckpt} (test top-1 {source_summary.get('test_top1', float('nan')):.1f}% "
               f"on digits 0-4); demo wall time {wall / 60:.1f} min"]
     report = "\n".join(lines)
     print(report)
     record = {"source_test_top1": source_summary.get("test_top1"), "rows": rows, "runs": results,
               "wall_time_s": round(wall, 1), "quick": quick}
-    atomic_write(os.path.join(out_dir, "demo.json"), json.dumps(record, indent=2) + "\n")
-    atomic_write(os.path.join(out_dir, "demo.md"), report + "\n")
-    print(f"written: {out_dir}/demo.json, {out_dir}/demo.md; every run's curves and checkpoints are in {out_dir}/")
+    paths = write_report(out_dir, report, record, "digits 5-9: transfer from digits 0-4 vs scratch")
+    print(f"written: {', '.join(paths)}; every run's curves and checkpoints are in {out_dir}/")
+    showcase = os.path.join(out_dir, f"transfer-k{labels_per_class[-1]}-s{seeds[-1]}")
+    target = recipe_mod.load(recipe_path("digits-scratch.yaml"), [f"out_dir={out_dir}"])  # the same target data
+    print_next_steps(target, showcase, out_dir)
     return record

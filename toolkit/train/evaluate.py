@@ -75,8 +75,10 @@ def _short(labels) -> str:
 
 
 def evaluate_command(target: str | None, recipe: str | None = None, split: str = "val", batch_size: int = 32,
-                     device: str = "auto", as_json: bool = False) -> dict:
-    """Dispatch: .onnx files go through ONNX Runtime, runs and checkpoints through PyTorch."""
+                     device: str = "auto", as_json: bool = False, engine: str = "onnxruntime",
+                     precision: str | None = None) -> dict:
+    """Dispatch: .onnx files go through ONNX Runtime (or OpenVINO: engine, precision), runs and checkpoints
+    through PyTorch."""
     from toolkit import artifacts
     from toolkit import recipe as recipe_mod
 
@@ -87,12 +89,20 @@ def evaluate_command(target: str | None, recipe: str | None = None, split: str =
     if str(target).endswith(".onnx"):
         from toolkit.runtime.onnx_eval import evaluate_onnx
 
-        report = evaluate_onnx(target, loaded_recipe, split=split, batch_size=batch_size, device=device)
+        from toolkit.runtime.engine_eval import versus_line
+
+        report = evaluate_onnx(target, loaded_recipe, split=split, batch_size=batch_size, device=device,
+                               engine=engine, precision=precision)
         if not as_json:
             print(format_report(report, f"{target} on {split}:"))
+            if versus_line(report):
+                print(versus_line(report))
     else:
         if not os.path.exists(target):
             raise UserError(f"{target}: no such run, checkpoint or .onnx file")
+        if engine not in (None, "onnxruntime") or precision is not None:
+            raise UserError(f"--engine / --precision: for an exported .onnx file; {target} is a run or checkpoint "
+                            "(evaluated with PyTorch): pass its exports/<name>.onnx instead")
         report = evaluate_checkpoint(artifacts.run_checkpoint(target), recipe=loaded_recipe, split=split,
                                      batch_size=batch_size, device=device, quiet=as_json)
     if as_json:

@@ -25,7 +25,7 @@ import torch.nn as nn
 from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.recipe import Recipe
-from toolkit.train.checkpoint import save_checkpoint
+from toolkit.train.checkpoint import load_model_state, load_optimizer_state, save_checkpoint
 from toolkit.train.device import amp_dtype, pick_device
 from toolkit.train.distributed import IGNORE, Dist, is_collective_failure
 from toolkit.train.evaluate import collect_logits
@@ -151,7 +151,7 @@ class _Session:
                                                                 self.labels))
             self.say(f"weights: {loaded}")
         else:
-            model.load_state_dict(self.resumed["model"])
+            load_model_state(model, self.resumed["model"], self.last_path)
         if t.sync_batchnorm and ctx.active:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         channels_last = t.channels_last and device.type == "cuda"
@@ -171,7 +171,7 @@ class _Session:
         resumed = self.resumed
         if resumed is None:
             return
-        self.step.optimizer.load_state_dict(resumed["optimizer"])
+        load_optimizer_state(self.step.optimizer, resumed["optimizer"], self.last_path)
         if "scaler" in resumed and resumed["scaler"]:
             self.step.scaler.load_state_dict(resumed["scaler"])
         self.state = RunState(**resumed["run_state"])
@@ -217,10 +217,13 @@ class _Session:
             record, improved = self.end_epoch(trainable, totals, seconds)
             (stopping,) = self.ctx.any([stopping or stop.requested])  # a signal during validation
             early = bool(t.early_stopping and state.stale_evals >= t.early_stopping)
+            # best.pt before last.pt: if a write fails (disk full), last.pt stays behind best.pt, so a resume
+            # redoes this epoch and writes both again, and best.pt never lags what last.pt says is best.
+            if improved and self.main:
+                self.check_weights()
+                save_checkpoint(self.best_path, self.checkpoint_state())
             if state.epoch % t.save_every == 0 or state.epoch == t.epochs or stopping or early or improved:
                 self.save_last()
-            if improved and self.main:
-                save_checkpoint(self.best_path, self.checkpoint_state())
             self.log_epoch(record, improved)
             if early:
                 self.say(f"early stopping: no better val top-1 in {state.stale_evals} evaluations")
@@ -356,11 +359,14 @@ class _Session:
                        **({"rng_ranks": rngs, "world_size": self.ctx.world} if self.ctx.active else {}))
         return out
 
-    def save_last(self) -> None:
-        """Every rank calls this (its RNG state goes into the checkpoint); rank 0 writes."""
+    def check_weights(self) -> None:
         if not all(torch.isfinite(p).all() for p in self.model.state_dict().values() if p.is_floating_point()):
             raise NonFiniteLoss(f"non-finite weights at epoch {self.state.epoch + 1}; not saving them "
                                 f"(the last good checkpoint is {self.last_path})")
+
+    def save_last(self) -> None:
+        """Every rank calls this (its RNG state goes into the checkpoint); rank 0 writes."""
+        self.check_weights()
         rngs = self.ctx.gather(rng_state())
         if self.main:
             save_checkpoint(self.last_path, self.checkpoint_state(rngs))

@@ -8,7 +8,7 @@ import shutil
 import time
 
 from toolkit import recipe as recipe_mod
-from toolkit.artifacts import atomic_write
+from toolkit.artifacts import atomic_write, write_failure
 from toolkit.errors import UserError
 from toolkit.train.checkpoint import load_checkpoint
 
@@ -25,13 +25,17 @@ def prepare_run_dir(run_dir: str, resume: bool, overwrite: bool) -> dict | None:
     if resume:
         if not os.path.isfile(last_path):
             raise UserError(f"{last_path}: nothing to resume; train without --resume to start the run")
-        return load_checkpoint(last_path)
-    if os.path.exists(last_path):
-        if not overwrite:
-            raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it, --overwrite to "
-                            f"replace it, or set another name (e.g. name=<new>)")
-        shutil.rmtree(run_dir)
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        return load_checkpoint(last_path, resume=True)
+    try:
+        if os.path.exists(last_path):
+            if not overwrite:
+                raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it, --overwrite "
+                                f"to replace it, or set another name (e.g. name=<new>)")
+            shutil.rmtree(run_dir)
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{exc.filename or run_dir}: could not make the run folder ({exc.strerror}); expected a "
+                        "writable out_dir (set out_dir=<folder>)") from None
     return None
 
 
@@ -44,21 +48,51 @@ def write_run_files(recipe, model, epochs_done: int, say) -> None:
     table = model_mod.param_group_table(model, model_mod.group_learning_rates(t), model_mod.trainable_from(t))
     atomic_write(os.path.join(run_dir, "param_groups.txt"), table + "\n")
     say(table)
-    truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), epochs_done)
+    truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), epochs_done, say)
 
 
-def truncate_metrics(path: str, epochs_done: int) -> None:
-    """After a crash the metrics log may run ahead of the checkpoint: keep only what the checkpoint saw."""
+RESUME_HINT = "free some space, then continue the run with toolkit train RECIPE --resume"
+
+
+def _metrics_epoch(line: str):
+    """A metrics.jsonl line's epoch, or None when the line is not a whole record."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    epoch = record.get("epoch") if isinstance(record, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def truncate_metrics(path: str, epochs_done: int, say=print) -> None:
+    """After a crash the metrics log may run ahead of the checkpoint: keep only what the checkpoint saw.
+    A torn last line (a write cut off by a crash or a full disk) is dropped with a note; a broken line
+    before the end is not a torn write, so it is an error."""
     if not os.path.isfile(path):
         return
-    with open(path, encoding="utf-8") as fh:
-        kept = [line for line in fh if line.strip() and json.loads(line)["epoch"] <= epochs_done]
-    atomic_write(path, "".join(kept))
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = [line for line in fh if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        epoch = _metrics_epoch(line)
+        if epoch is None and number == len(lines):
+            say(f"note: {path}: dropped a half-written last line (line {number}: {line.strip()[:40]!r})")
+        elif epoch is None:
+            raise UserError(f"{path}: line {number} is not a metrics record ({line.strip()[:40]!r}); expected one "
+                            "JSON object with an 'epoch' per line: delete that line (the checkpoint keeps the "
+                            "run's history) and resume again")
+        elif epoch <= epochs_done:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write(path, "".join(kept), then=RESUME_HINT)
 
 
 def append_metrics(run_dir: str, record: dict) -> None:
-    with open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    path = os.path.join(run_dir, "metrics.jsonl")
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise write_failure(path, exc, RESUME_HINT + " (a half-written last line is dropped then)") from None
 
 
 def write_summary(recipe, dataset, device, state, started: float, quiet: bool, world: int = 1) -> dict:
@@ -72,7 +106,8 @@ def write_summary(recipe, dataset, device, state, started: float, quiet: bool, w
         test = evaluate_checkpoint(best_path, dataset=dataset, split="test", device=str(device), quiet=True)
         summary.update(test_top1=test["top1"], test_top5=test["top5"], test_mean_per_class=test["mean_per_class"])
     summary["wall_time_s"] = round(time.time() - started, 1)
-    atomic_write(os.path.join(recipe.run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write(os.path.join(recipe.run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n",
+                 then=RESUME_HINT)
     if not quiet:
         print(f"\ndone in {summary['wall_time_s']:.0f}s: best val top-1 {state.best_top1:.2f}% at epoch "
               f"{state.best_epoch}" + (f", test top-1 {summary['test_top1']:.2f}%" if "test_top1" in summary else ""))

@@ -73,9 +73,9 @@ class _TorchBackend(_Backend):
     def run(self, mode: str) -> None:
         torch = self.torch
         if mode == "end_to_end":
-            from toolkit.preprocess import SERVE_FORMATS, open_image
+            from toolkit.preprocess import SERVE_FORMATS
 
-            pixels = np.stack([self.preprocess.resize_crop(open_image(j, formats=SERVE_FORMATS))
+            pixels = np.stack([self.preprocess.pixels(j, formats=SERVE_FORMATS)
                                for j in self._jpegs])
             x = torch.from_numpy(self.preprocess.normalize(pixels)).to(self.dev)
             logits = self._forward(x)

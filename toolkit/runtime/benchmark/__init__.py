@@ -3,6 +3,7 @@
     toolkit benchmark                                  # the newest export, ORT FP32 on CPU, batch 1,8,32
     toolkit benchmark exports/flowers.onnx --precision fp32,int8 --torch --batch-sizes 1,8
     toolkit benchmark --train recipes/flowers.yaml     # training step vs data loader
+    toolkit benchmark a.onnx b.onnx --data R.yaml      # which model for this box: top-1 vs img/s, Pareto
 
 What a number means is written into the record beside it (`timed`), and docs/benchmark.md
 documents every field. The rules the measurements follow:
@@ -20,11 +21,13 @@ documents every field. The rules the measurements follow:
 
 The modules, in the order a run uses them: options (BenchmarkOptions), model_file (the export, its
 twins and metadata), flops, backends (ORT and the reference GEMM), peak, probe (cold start),
-rounds (warm-up, interleaved timing, statistics), run (run_benchmark), record, report, schema.
+rounds (warm-up, interleaved timing, statistics), run (run_benchmark), record, report, schema;
+compare + compare_report (compare_models: several exports interleaved in the same rounds, Pareto marks).
 The --torch / --compile backends live on the torch side (toolkit.train.torch_backend) and --train
 in toolkit.train.benchmark; both are imported only when asked for. No torch at import time here.
 """
 from toolkit.runtime.benchmark.backends import synthetic_jpegs
+from toolkit.runtime.benchmark.compare import compare_models, pareto_flags
 from toolkit.runtime.benchmark.flops import count_flops
 from toolkit.runtime.benchmark.machine import _now_iso, machine_info, physical_cores, versions
 from toolkit.runtime.benchmark.model_file import TWIN_SUFFIX, inspect_model, twin_path
@@ -36,7 +39,8 @@ from toolkit.runtime.benchmark.rounds import DEFAULT_DURATION_S, DEFAULT_ROUNDS,
 from toolkit.runtime.benchmark.run import run_benchmark
 from toolkit.runtime.benchmark.schema import SCHEMA_VERSION, SCHEMAS, TIMED, validate, validate_record
 
-__all__ = ["BenchmarkOptions", "DEFAULT_DURATION_S", "DEFAULT_ROUNDS", "SCHEMA_VERSION", "SCHEMAS", "TIMED",
+__all__ = ["BenchmarkOptions", "compare_models", "pareto_flags",
+           "DEFAULT_DURATION_S", "DEFAULT_ROUNDS", "SCHEMA_VERSION", "SCHEMAS", "TIMED",
            "TWIN_SUFFIX", "count_flops", "format_markdown", "format_table", "format_train_markdown",
            "format_train_table", "inspect_model", "interleaved_rounds", "machine_info", "measure_peak",
            "physical_cores", "run_benchmark", "synthetic_jpegs", "twin_path", "validate", "validate_record",

@@ -1,4 +1,5 @@
-"""What the rounds time: an ORT session per precision x device, the reference GEMM, and the synthetic JPEGs.
+"""What the rounds time: a Predictor (ONNX Runtime or OpenVINO) per engine x precision x device, the
+reference GEMM, and the synthetic JPEGs.
 
 The PyTorch backends (--torch, --compile) live on the torch side, in toolkit.train.torch_backend.
 """
@@ -13,6 +14,7 @@ import numpy as np
 
 from toolkit.errors import UserError
 from toolkit.runtime.benchmark import peak as peak_mod
+from toolkit.runtime.benchmark.combos import Combo
 from toolkit.runtime.benchmark.schema import E2E_IMAGE, E2E_JPEG_QUALITY, E2E_TOP_K
 
 ORT_INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
@@ -36,10 +38,14 @@ def synthetic_jpegs(count: int, size: tuple = E2E_IMAGE, seed: int = 0) -> list:
 
 
 class _Backend:
-    """One loaded model: ORT session for a precision x device, or a PyTorch model."""
+    """One loaded model: a Predictor for an engine x precision x device, or a PyTorch model."""
 
     key: str = ""
     backend: str = ""
+    engine: str = ""  # onnxruntime | openvino | torch (the PyTorch backends leave it to `backend`)
+    engine_device: Optional[str] = None  # the device that runs, read back (ORT provider / OpenVINO device)
+    inference_precision: Optional[str] = None  # what floating-point layers compute in, read back
+    photo_modes: tuple = ()  # extra end-to-end modes (the 12 MP case) this backend takes: prepare_photos
     device: str = "cpu"
     precision: str = "fp32"
     provider: str = ""
@@ -87,42 +93,66 @@ def _ort_options(session) -> tuple[dict, dict]:
     return opts, prov
 
 
-class _OrtBackend(_Backend):
-    backend = "onnxruntime"
+def _openvino_options(session, threads: int) -> dict:
+    """What the compiled OpenVINO model runs with, read back from it (toolkit.runtime.openvino_session)."""
+    return {"performance_hint": session.hint, "inference_precision": session.inference_precision,
+            "optimal_infer_requests": session.optimal_requests, "inference_num_threads": threads,
+            "compile_s": round(session.compile_s, 4), "cache_dir": session.cache_dir}
 
-    def __init__(self, info: dict, precision: str, device: str, threads: int, max_batch: int):
+
+class _OrtBackend(_Backend):
+    """A Predictor on either ONNX engine (the class name is the one the torch side and tests know)."""
+
+    photo_modes = ("end_to_end_12mp",)
+
+    def __init__(self, info: dict, combo: Combo, threads: int, max_batch: int):
         from toolkit.runtime.predictor import Predictor
 
-        self.precision, self.device, self.file = precision, device, info["path"]
-        self.key = f"onnxruntime/{device}/{precision}"
+        self.combo, self.backend = combo, combo.engine
+        self.precision, self.device, self.file = combo.precision, combo.device, info["path"]
+        self.key = combo.key
         self.file_bytes = info["file_bytes"]
         self.flops, self.flops_by_op = info["flops"]["flops"], info["flops"]["by_op"]
+        self.threads = threads
         t = time.perf_counter()
         # The Predictor owns provider truth: asking for CUDA where it can't load is a UserError there.
         try:
-            self.predictor = Predictor(self.file, device=device, threads=threads, batch_size=max_batch)
+            self.predictor = Predictor(self.file, device=combo.device, threads=threads, batch_size=max_batch,
+                                       engine=combo.engine,
+                                       precision=combo.inference_precision if combo.engine == "openvino" else None)
         except UserError as exc:
-            if device == "cpu":
+            if combo.device == "cpu":
                 raise
             msg = re.sub(r",? or pass allow_fallback=True / --allow-fallback to run on \w+$", "", str(exc))
-            raise UserError(f"--device {device}: {msg}; or leave {device} out of --device") from None
+            raise UserError(f"--device {combo.device}: {msg}; or leave {combo.device} out of --device") from None
         self.session_s = time.perf_counter() - t
         self.session = self.predictor.session
         self.provider = self.predictor.provider
         self.providers = list(self.predictor.providers)
-        self.session_options, self.provider_options = _ort_options(self.session)
+        self.engine = self.predictor.engine
+        self.engine_device = self.predictor.engine_device
+        self.inference_precision = self.predictor.inference_precision
+        if self.engine == "openvino":
+            self.session_options, self.provider_options = _openvino_options(self.session, threads), {}
+        else:
+            self.session_options, self.provider_options = _ort_options(self.session)
         inp = self.session.get_inputs()[0]
         self.in_name = inp.name
         self.in_dtype = ORT_INPUT_DTYPES.get(inp.type, np.float32)
         outs = [o.name for o in self.session.get_outputs()]
         self.out_names = ["logits"] if "logits" in outs else outs[:1]
-        self.on_gpu = self.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self.on_gpu = self.engine == "onnxruntime" and self.provider in ("CUDAExecutionProvider",
+                                                                           "TensorrtExecutionProvider")
         self._binding = None
 
     def probe_spec(self, threads: int, sizes: tuple) -> dict:
         """What the fresh-process cold-start probe needs to rebuild this backend."""
-        return {"kind": "onnxruntime", "path": self.file, "device": self.device, "threads": threads,
-                "batch_sizes": list(sizes)}
+        return {"kind": self.engine, "path": self.file, "device": self.device, "threads": threads,
+                "batch_sizes": list(sizes), "inference_precision": self.combo.inference_precision}
+
+    def prepare_photos(self, photos: list) -> None:
+        """The 12 MP JPEGs of mode end_to_end_12mp (after prepare)."""
+        self._photos = photos
 
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: list) -> None:
         pre = self.predictor.preprocess
@@ -144,6 +174,8 @@ class _OrtBackend(_Backend):
     def run(self, mode: str) -> None:
         if mode == "end_to_end":
             self.predictor.predict(self._jpegs, top_k=E2E_TOP_K)
+        elif mode == "end_to_end_12mp":
+            self.predictor.predict(self._photos, top_k=E2E_TOP_K)
         elif self._binding is not None:
             self.session.run_with_iobinding(self._binding)
             self._binding.synchronize_outputs()

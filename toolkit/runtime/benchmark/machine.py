@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from toolkit.runtime.benchmark.schema import ISA_FLAGS
+
 _CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
               "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "i8mm", "bf16")
 
@@ -107,6 +109,20 @@ def _gpu_mem_of_pid(pid: int) -> Optional[float]:
     return total if found else None
 
 
+def isa_of(flags: list) -> dict:
+    """The instruction sets that decide FP32 / BF16 / INT8 speed, each present or not, and one line
+    saying what that means (e.g. "AVX-512 BF16 + VNNI, no AMX")."""
+    have = {f: f in flags for f in ISA_FLAGS}
+    parts = ["AVX-512" if have["avx512f"] else ("AVX2" if have["avx2"] else "no AVX2")]
+    parts += [name for flag, name in (("avx512_bf16", "BF16"), ("avx512_vnni", "VNNI")) if have[flag]]
+    if have["avx_vnni"] and not have["avx512_vnni"]:
+        parts.append("AVX-VNNI")
+    amx = [name for flag, name in (("amx_bf16", "BF16"), ("amx_int8", "INT8")) if have[flag]]
+    summary = " ".join(parts[:1]) + (" " + " + ".join(parts[1:]) if parts[1:] else "")
+    summary += f", AMX {' + '.join(amx)}" if amx else ", no AMX"
+    return {**have, "summary": summary}
+
+
 def machine_info(gpu: bool = False) -> dict:
     """CPU name and the instruction-set flags that decide FP32/INT8 speed; the GPU when asked."""
     cpu, flags = platform.processor() or platform.machine(), []
@@ -125,7 +141,7 @@ def machine_info(gpu: bool = False) -> dict:
         pass
     if sys.platform == "darwin":
         cpu = _run_quiet(["sysctl", "-n", "machdep.cpu.brand_string"]) or cpu
-    info = {"cpu": cpu, "cpu_flags": flags, "logical_cpus": os.cpu_count() or 1,
+    info = {"cpu": cpu, "cpu_flags": flags, "isa": isa_of(flags), "logical_cpus": os.cpu_count() or 1,
             "usable_cpus": len(_usable_cpus()), "physical_cores": physical_cores(),
             "os": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
     info.update(_gpu_info() if gpu else {"gpu": None, "gpu_driver": None, "gpu_memory_mb": None})
@@ -138,7 +154,8 @@ def versions() -> dict:
     out = {"toolkit": toolkit.__version__,
            "onnxruntime": _version("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino",
                                    "onnxruntime-directml", "onnxruntime-silicon"),
-           "onnx": _version("onnx"), "numpy": np.__version__, "pillow": _version("Pillow", "pillow"),
+           "openvino": _version("openvino"), "onnx": _version("onnx"), "numpy": np.__version__,
+           "pillow": _version("Pillow", "pillow"),
            "torch": _version("torch"), "torchvision": _version("torchvision"),
            "cuda_onnxruntime": None, "cuda_torch": None, "cudnn_torch": None}
     try:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from toolkit.errors import UserError
+from toolkit.runtime.engines import parse_engines
 from toolkit.runtime.benchmark.machine import physical_cores
 from toolkit.runtime.benchmark.rounds import DEFAULT_DURATION_S, DEFAULT_ROUNDS
 from toolkit.runtime.benchmark.schema import DEVICES, MODES, PRECISIONS
@@ -16,7 +17,9 @@ class BenchmarkOptions:
     """run_benchmark's keyword arguments; list-valued ones take lists or comma-separated strings."""
 
     batch_sizes: Any = (1, 8, 32)  # batch sizes to time
-    precision: Any = ("fp32",)  # fp32 / fp16 / int8: the export and its twins <name>.fp16.onnx, <name>.int8.onnx
+    precision: Any = ("fp32",)  # fp32 / fp16 / bf16 / int8: the export, its twins <name>.fp16/.int8.onnx; bf16 = the
+    #                             FP32 file at OpenVINO's bf16 inference precision
+    engine: Any = ("onnxruntime",)  # onnxruntime / openvino: each runs every precision x device it can, interleaved
     device: Any = ("cpu",)  # cpu / cuda (cuda:N) / tensorrt
     torch: bool = False  # add the run's PyTorch model (eager FP32; on CUDA also autocast FP16) as the baseline
     compile: bool = False  # add torch.compile of the same model
@@ -28,6 +31,7 @@ class BenchmarkOptions:
     data: Optional[str] = None  # a recipe whose `split` measures each precision's accuracy
     split: str = "val"  # the recipe's split for the accuracy
     end_to_end: bool = True  # also time JPEG decode + preprocess + inference + top-5
+    photos: bool = True  # with end_to_end: also on 12 MP (4032x3024) JPEGs, mode end_to_end_12mp (ONNX engines)
     out_dir: Optional[str] = None  # where the files go (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)
     exports_dir: str = "exports"  # where the newest export is looked up when no model is given
     quiet: bool = False  # no progress, no table, no messages
@@ -43,8 +47,9 @@ class Settings:
 
     sizes: tuple  # batch sizes, ascending, unique
     precisions: tuple  # unique, in the order given
+    engines: tuple  # unique, in the order given (toolkit.runtime.engines names)
     devices: tuple  # unique, lower case, "gpu" spelled "cuda"
-    modes: tuple  # ("model", "end_to_end") or ("model",)
+    modes: tuple  # ("model", "end_to_end", "end_to_end_12mp"), without the 12 MP case, or ("model",)
     rounds: int
     duration: Optional[float]  # None when iterations are given
     threads: int  # intra-op threads
@@ -126,8 +131,10 @@ def parse(o: BenchmarkOptions) -> Settings:
     _check_counts(o)
     duration = DEFAULT_DURATION_S if o.duration is None and o.iterations is None else o.duration
     threads, source = (int(o.threads), "given") if o.threads else (physical_cores(), "physical cores")
-    settings = Settings(sizes=sizes, precisions=precisions, devices=devices,
-                        modes=MODES if o.end_to_end else ("model",), rounds=int(o.rounds), duration=duration,
+    engines = tuple(parse_engines(list(_as_tuple(o.engine or ("onnxruntime",), str, "engine"))))
+    modes = (MODES if o.photos else MODES[:2]) if o.end_to_end else ("model",)
+    settings = Settings(sizes=sizes, precisions=precisions, engines=engines, devices=devices, modes=modes,
+                        rounds=int(o.rounds), duration=duration,
                         threads=threads, threads_source=source)
     _check_data(o)
     return settings

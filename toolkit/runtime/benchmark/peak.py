@@ -1,9 +1,17 @@
-"""Peak: the machine's measured GEMM limit, with the same engine and threads as the benchmark.
+"""Peak: the machine's measured GEMM limit per precision, with the benchmark's threads, taken with the
+fastest engine available.
 
-A model's achieved GFLOP/s is read against it (fraction_of_peak in the record).
+A model's achieved GFLOP/s is read against the FP32 peak (fraction_of_peak) and against its own
+precision's peak (fraction_of_precision_peak). Candidates per precision on CPU:
+    fp32  ORT MatMul, numpy's BLAS (fresh process), OpenVINO MatMul f32 (with --engine openvino)
+    bf16  OpenVINO MatMul at bf16 (with --engine openvino), torch.matmul in bfloat16 (oneDNN, in a
+          fresh process, when torch is installed: the runtime itself never imports torch)
+    int8  ORT MatMulInteger u8 x s8, OpenVINO's QDQ MatMul (with --engine openvino)
+CUDA: ORT MatMul (FP32, FP16) with IO binding.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -99,18 +107,69 @@ print(2.0 * n ** 3 / best / 1e9, blas)
 """
 
 
-def _numpy_gemm_peak(n: int, threads: int) -> tuple[float, str]:
-    """numpy's BLAS in a fresh process, its thread pools pinned to `threads` (they are fixed at load)."""
+_TORCH_BF16_PEAK_SCRIPT = r"""
+import sys, time, torch
+n, threads = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
+a = torch.randn(n, n).to(torch.bfloat16); b = torch.randn(n, n).to(torch.bfloat16)
+torch.matmul(a, b)
+best, spent, runs = float("inf"), 0.0, 0
+while runs < 3 or (spent < 1.5 and runs < 50):
+    t = time.perf_counter(); torch.matmul(a, b); dt = time.perf_counter() - t
+    best, spent, runs = min(best, dt), spent + dt, runs + 1
+print(2.0 * n ** 3 / best / 1e9, torch.__version__)
+"""
+
+
+def _fresh_process_peak(script: str, args: list, threads: int) -> tuple[float, str]:
+    """A GEMM timed in a fresh process, its thread pools pinned to `threads` (they are fixed at load).
+    Returns (GFLOP/s, the second word it printed)."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS"):
         env[var] = str(threads)
-    proc = subprocess.run([sys.executable, "-c", _NUMPY_PEAK_SCRIPT, str(n)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=300)
     if proc.returncode != 0:
-        raise RuntimeError((proc.stderr.strip().splitlines() or ["numpy GEMM failed"])[-1])
-    value, _, blas = proc.stdout.strip().partition(" ")
-    return float(value), blas.strip() or "BLAS"
+        raise RuntimeError((proc.stderr.strip().splitlines() or ["GEMM failed"])[-1])
+    value, _, word = proc.stdout.strip().splitlines()[-1].partition(" ")
+    return float(value), word.strip()
+
+
+def _numpy_gemm_peak(n: int, threads: int) -> tuple[float, str]:
+    """numpy's BLAS in a fresh process."""
+    value, blas = _fresh_process_peak(_NUMPY_PEAK_SCRIPT, [n], threads)
+    return value, blas or "BLAS"
+
+
+def _candidate(engine: str, measure: Callable[[], float]) -> dict:
+    """{"engine", "gflops"} of one engine's GEMM, or its error: the benchmark goes on without it."""
+    try:
+        return {"engine": engine, "gflops": round(measure(), 1)}
+    except Exception as exc:  # noqa: BLE001 - a missing or failing engine only loses its candidate
+        return {"engine": engine, "gflops": None, "error": first_line(exc, 300)}
+
+
+def _cpu_candidates(n: int, precision: str, threads: int, engines: tuple) -> list:
+    """The CPU GEMM candidates of one precision (the module docstring lists them)."""
+    out = []
+    if precision in ("fp32", "int8", "fp16"):
+        out.append(_candidate(f"onnxruntime {'MatMulInteger u8s8' if precision == 'int8' else 'MatMul'}",
+                              lambda: _ort_gemm_peak(n, precision, "cpu", threads)))
+    if precision == "fp32":
+        blas = []  # the BLAS's name, which the fresh process prints beside its figure
+        out.append(_candidate("numpy", lambda: (blas.append(_numpy_gemm_peak(n, threads)) or blas[0][0])))
+        if blas:
+            out[-1]["engine"] = f"numpy ({blas[0][1]})"
+    if "openvino" in engines and precision in ("fp32", "bf16", "int8"):
+        from toolkit.runtime.benchmark.ov import ov_gemm_peak
+
+        label = {"fp32": "MatMul f32", "bf16": "MatMul bf16", "int8": "QDQ MatMul u8s8"}[precision]
+        out.append(_candidate(f"openvino {label}", lambda: ov_gemm_peak(n, precision, threads, _time_best)))
+    if precision == "bf16" and importlib.util.find_spec("torch") is not None:
+        out.append(_candidate("torch matmul bf16 (oneDNN)",
+                              lambda: _fresh_process_peak(_TORCH_BF16_PEAK_SCRIPT, [n, threads], threads)[0]))
+    return out
 
 
 def _merge_peak(first: dict, again: dict) -> None:
@@ -129,28 +188,17 @@ def _merge_peak(first: dict, again: dict) -> None:
 
 
 def measure_peak(device: str = "cpu", threads: int = 1, precision: str = "fp32",
-                 n: Optional[int] = None) -> dict:
-    """The best GFLOP/s of a large square GEMM on `device` at `threads`.
-
-    FP32 on CPU: ONNX Runtime's MatMul (the engine the benchmark runs) and numpy's BLAS (in a fresh
-    process with its threads pinned to the same count); the higher one is the peak, both are kept.
-    INT8 on CPU: ORT MatMulInteger (u8 x s8). CUDA: ORT MatMul with IO binding (FP32 runs as TF32 on
-    tensor cores where the CUDA EP enables it, its default).
-    """
+                 n: Optional[int] = None, engines: tuple = ("onnxruntime",)) -> dict:
+    """The best GFLOP/s of a large square GEMM of `precision` on `device` at `threads`: every candidate
+    engine (the module docstring) is kept with its figure, the fastest is the peak (`engine`).
+    CUDA: ORT MatMul with IO binding (FP32 runs as TF32 on tensor cores where the CUDA EP enables it,
+    its default)."""
     kind = "cpu" if device == "cpu" else "cuda"
     n = int(n or PEAK_MATRIX[kind])
-    candidates = []
-    try:
-        candidates.append({"engine": f"onnxruntime {'MatMulInteger u8s8' if precision == 'int8' else 'MatMul'}",
-                           "gflops": round(_ort_gemm_peak(n, precision, kind, threads), 1)})
-    except Exception as exc:  # noqa: BLE001 - the benchmark goes on without a peak
-        candidates.append({"engine": "onnxruntime MatMul", "gflops": None, "error": first_line(exc, 300)})
-    if kind == "cpu" and precision == "fp32":
-        try:
-            value, blas = _numpy_gemm_peak(n, threads)
-            candidates.append({"engine": f"numpy ({blas})", "gflops": round(value, 1)})
-        except Exception as exc:  # noqa: BLE001
-            candidates.append({"engine": "numpy", "gflops": None, "error": first_line(exc, 300)})
+    if kind == "cpu":
+        candidates = _cpu_candidates(n, precision, threads, tuple(engines))
+    else:
+        candidates = [_candidate("onnxruntime MatMul", lambda: _ort_gemm_peak(n, precision, kind, threads))]
     ok = [c for c in candidates if c.get("gflops")]
     best = max(ok, key=lambda c: c["gflops"]) if ok else None
     note = ""

@@ -1,6 +1,7 @@
 """Cold start and peak RSS, measured in a fresh Python process per backend.
 
-`python -m toolkit.runtime.benchmark --probe SPEC` runs the ONNX Runtime probe (this module);
+`python -m toolkit.runtime.benchmark --probe SPEC` runs the ONNX-file probe (this module: ONNX Runtime or
+OpenVINO, spec["kind"], with spec["cache_dir"] as OpenVINO's model cache);
 `python -m toolkit.train.torch_backend --probe SPEC` the PyTorch one, which reuses `first_runs`.
 Each prints one JSON line; `run_probe` starts the right one and reads it back.
 """
@@ -21,7 +22,8 @@ from toolkit.runtime.benchmark.backends import ORT_INPUT_DTYPES
 from toolkit.runtime.benchmark.machine import _gpu_mem_of_pid, _maxrss_mb
 
 # spec["kind"] -> the module whose `--probe` entry point measures it
-PROBE_MODULES = {"onnxruntime": "toolkit.runtime.benchmark", "torch": "toolkit.train.torch_backend"}
+PROBE_MODULES = {"onnxruntime": "toolkit.runtime.benchmark", "openvino": "toolkit.runtime.benchmark",
+                 "torch": "toolkit.train.torch_backend"}
 
 
 def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
@@ -41,17 +43,23 @@ def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
 
 
 def probe_ort(spec: dict) -> dict:
-    """Runs in a fresh interpreter: create one ORT session, first inference per batch size, memory."""
+    """Runs in a fresh interpreter: create one session (ORT, or OpenVINO's compile), first inference per
+    batch size, memory."""
     t0 = time.perf_counter()
     out: dict = {"rss_start_mb": _maxrss_mb()}
     from toolkit.runtime.predictor import Predictor
     out["import_s"] = time.perf_counter() - t0
     out["rss_base_mb"] = _maxrss_mb()
     t = time.perf_counter()
+    engine = spec.get("kind", "onnxruntime")
+    extra = {"precision": spec.get("inference_precision"), "cache_dir": spec.get("cache_dir")} \
+        if engine == "openvino" else {}
     pred = Predictor(spec["path"], device=spec["device"], threads=spec["threads"],
-                     batch_size=max(spec["batch_sizes"]))
+                     batch_size=max(spec["batch_sizes"]), engine=engine, **extra)
     out["session_s"] = time.perf_counter() - t
     out["provider"] = pred.provider
+    if engine == "openvino":
+        out["compile_s"] = pred.session.compile_s
     sess = pred.session
     inp = sess.get_inputs()[0]
     dtype = ORT_INPUT_DTYPES.get(inp.type, np.float32)

@@ -22,7 +22,7 @@ def _fmt(v: Any, spec: str = ".1f", none: str = "-") -> str:
 
 
 _COLUMNS = ("backend", "precision", "device", "mode", "batch", "img/s (min-max)", "p50 ms", "p90 ms", "p95 ms",
-            "p99 ms", "ms/img", "GFLOP/s", "% peak", "% gemm", "x base", "cold s", "RSS MB", "file MB", "top-1")
+            "p99 ms", "ms/img", "GFLOP/s", "% peak", "% own", "% gemm", "x base", "cold s", "RSS MB", "file MB", "top-1")
 
 
 def _ms(v: Optional[float]) -> str:
@@ -38,15 +38,20 @@ def _ips(v: float) -> str:
 def _row_cells(r: dict) -> list:
     t, lat = r["throughput_ips"], r["latency_ms"]
     return [r["backend"], r["precision"], f"{r['device']} ({_short_provider(r['provider'])})",
-            "e2e" if r["mode"] == "end_to_end" else "model", str(r["batch"]),
+            _MODE_LABEL.get(r["mode"], r["mode"]), str(r["batch"]),
             f"{_ips(t['median'])} ({_ips(t['min'])}-{_ips(t['max'])})", _ms(lat["p50"]), _ms(lat["p90"]),
             _ms(lat["p95"]), _ms(lat["p99"]), _ms(r["latency_per_image_ms"]["p50"]), _fmt(r["gflops"], ".1f"),
             _fmt(r["fraction_of_peak"] * 100 if r["fraction_of_peak"] is not None else None, ".0f"),
+            _fmt(r["fraction_of_precision_peak"] * 100 if r.get("fraction_of_precision_peak") is not None else None,
+                 ".0f"),
             _fmt(r["fraction_of_gemm_in_rounds"] * 100 if r.get("fraction_of_gemm_in_rounds") is not None else None,
                  ".0f"),
             _fmt(r["speedup"], ".2f"), _fmt(r["cold_start_s"], ".2f"), _fmt(r["peak_rss_mb"], ".0f"),
             _fmt(r["file_bytes"] / 1e6 if r["file_bytes"] else None, ".1f"),
             _fmt(r["top1"], ".2f")]
+
+
+_MODE_LABEL = {"model": "model", "end_to_end": "e2e", "end_to_end_12mp": "e2e 12MP"}
 
 
 def _short_provider(p: Optional[str]) -> str:
@@ -58,8 +63,10 @@ def _header(record: dict) -> list:
     lines = [f"model {record['model']['path']} ({record['model'].get('arch') or '?'}, "
              f"{_fmt(record['model']['flops_per_image'] / 1e9 if record['model']['flops_per_image'] else None, '.2f')}"
              f" GFLOP/image)",
-             f"machine {m['cpu']} ({m['physical_cores']} cores" + (f"; GPU {m['gpu']}" if m.get("gpu") else "") + ")",
+             f"machine {m['cpu']} ({m['physical_cores']} cores" + (f"; GPU {m['gpu']}" if m.get("gpu") else "") + ")"
+             + (f"; ISA {m['isa']['summary']}" if m.get("isa") else ""),
              f"threads {s['threads']} ({s['threads_source']}), onnxruntime {v['onnxruntime']}"
+             + (f", openvino {v.get('openvino')}" if "openvino" in s.get("engines", ()) else "")
              + (f", torch {v['torch']}" if s["torch"] or s["compile"] else ""),
              f"rounds {s['rounds']}, " + (f"{s['iterations']} iterations" if s["iterations"] else
                                           f"{s['duration_s']} s") + " per backend x mode x batch size, interleaved"]
@@ -69,6 +76,24 @@ def _header(record: dict) -> list:
             lines.append(f"peak {pk['precision']} GEMM on {pk['device']}: {pk['gflops']:.0f} GFLOP/s ({pk['engine']}, "
                          f"best of {pk['matrix']}x{pk['matrix']} runs before and after)"
                          + (f"; in the rounds (ORT MatMul, median) {rounds}" if rounds else ""))
+    lines += _cache_lines(record)
+    return lines
+
+
+def _cache_lines(record: dict) -> list:
+    """OpenVINO's cold start (compile + first inference at the smallest batch) without and with its model cache."""
+    lines = []
+    for b in record["backends"]:
+        cache = (b.get("cold_start") or {}).get("model_cache")
+        if not cache:
+            continue
+        cells = []
+        for name, label in (("none", "no cache"), ("cold", "empty cache"), ("warm", "warm cache")):
+            c = cache.get(name) or {}
+            firsts = c.get("first_inference_s") or {}
+            first = firsts[min(firsts, key=int)] if firsts else None
+            cells.append(f"{label} {_fmt(c.get('session_s'), '.2f')} s + {_fmt(first, '.3f')} s")
+        lines.append(f"cold start {b['key']} (compile + first inference): " + ", ".join(cells))
     return lines
 
 
@@ -82,9 +107,10 @@ def format_table(record: dict) -> str:
                                for i, (c, w) in enumerate(zip(row, widths))))
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
-    lines.append("model = inference only; e2e = JPEG decode + preprocess + inference + top-5. img/s: median over "
-                 "rounds (min-max). % peak: of the measured FP32 GEMM peak; % gemm: of the same GEMM timed in "
-                 "the rounds. x base: vs "
+    lines.append("model = inference only; e2e = JPEG decode + preprocess + inference + top-5 (500x375; 12MP: "
+                 "4032x3024). img/s: median over rounds (min-max). % peak: of the measured FP32 GEMM peak; % own: "
+                 "of the row's own precision's GEMM peak; % gemm: of the same FP32 GEMM timed in the rounds. "
+                 "x base: vs "
                  "PyTorch eager FP32 (else ORT FP32) at the same batch and mode.")
     for note in record["notes"]:
         lines.append(f"note: {note}")

@@ -5,13 +5,14 @@
 
 Endpoints: GET /health (live), GET /ready (503 until the warm-up inference ran), GET /v1/model,
 POST /v1/predict (raw image body or multipart `file`, ?top_k=), GET / (drop-an-image page),
-GET /docs and /openapi.json (FastAPI's).
+GET /docs and /openapi.json (FastAPI's). HEAD works wherever GET does.
 
 The modules, in the order a request meets them:
     server.py   serve(ServeOptions): bind, host warning, load the model, uvicorn, signals
-    guard.py    ASGI guard: Host check, predictions in flight, body size and time limits
+    protocol.py the HTTP/1.1 protocol: total head and body deadlines, idle timeout, connection cap, JSON errors
+    guard.py    ASGI guard: Host check, HEAD, the whole body read before a prediction slot is taken
     app.py      create_app(): the FastAPI routes, decode + preprocess in the request threadpool
-    batcher.py  Batcher: one worker thread, micro-batches, one session call per batch
+    batcher.py  Batcher: worker threads (one per OpenVINO infer request), micro-batches, one session call per batch
     errors.py   ApiError and the JSON error bodies {"error", "detail"} (no tracebacks, no paths)
     options.py  Limits, ServeOptions and their checks
 

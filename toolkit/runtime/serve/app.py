@@ -13,7 +13,7 @@ from toolkit.errors import UserError
 from toolkit.runtime.serve.batcher import Batcher
 from toolkit.runtime.serve.errors import ApiError, add_error_handlers, image_error
 from toolkit.runtime.serve.guard import PREDICT_PATH, _Counter, _Guard
-from toolkit.runtime.serve.options import BODY_TIMEOUT_S, Limits
+from toolkit.runtime.serve.options import Limits
 
 # Content types whose body is taken as the raw image bytes (sniffed, never trusted). curl's
 # --data-binary sends application/x-www-form-urlencoded unless told otherwise, so that one works too.
@@ -87,7 +87,9 @@ def _describe(predictor, limits: Limits, default_k: int) -> dict:
         "serving": {"max_batch": int(limits.max_batch), "max_wait_ms": float(limits.max_wait_ms),
                     "max_body_bytes": limits.max_body_bytes, "max_pixels": int(limits.max_pixels),
                     "max_concurrency": int(limits.max_concurrency), "default_top_k": default_k,
-                    "formats": list(SERVE_FORMATS)},
+                    "formats": list(SERVE_FORMATS), "max_connections": int(limits.max_connections),
+                    "header_timeout_s": float(limits.header_timeout), "body_timeout_s": float(limits.body_timeout),
+                    "keep_alive_s": float(limits.keep_alive)},
     })
     return description
 
@@ -153,15 +155,14 @@ async def _image_bytes(request) -> bytes:
 
 def _decoder(predictor, max_pixels: int):
     """The function the request threadpool runs: decode (capped, JPEG/PNG/WebP only) and preprocess."""
-    from toolkit.preprocess import SERVE_FORMATS, ImageError, open_image
+    from toolkit.preprocess import SERVE_FORMATS, ImageError
 
     def decode_and_prepare(body: bytes):
         from PIL import Image
-        try:
-            image = open_image(body, max_pixels, SERVE_FORMATS)
+        try:  # decode (draft or full, as the model file says), resize and crop: the Predictor's own steps
+            pixels = predictor.preprocess.pixels(body, max_pixels, SERVE_FORMATS)
         except (ImageError, Image.DecompressionBombError) as exc:
             raise image_error(exc) from None
-        pixels = predictor.preprocess.resize_crop(image)
         return pixels if predictor.raw else predictor.preprocess.normalize(pixels)
     return decode_and_prepare
 
@@ -215,10 +216,10 @@ def _add_page_routes(app) -> None:
 
 
 def create_app(predictor, limits: Limits | None = None, allowed_hosts: tuple | None = None,
-               body_timeout_s: float = BODY_TIMEOUT_S, decode_slots: int | None = None, **limit_fields):
+               decode_slots: int | None = None, **limit_fields):
     """The FastAPI app over a loaded `toolkit.runtime.predictor.Predictor`.
 
-    `limits`: a `Limits`, or its fields as keywords (max_batch=..., top_k=...). The batching worker
+    `limits`: a `Limits`, or its fields as keywords (max_batch=..., body_timeout=...). The batching worker
     starts (and runs the warm-up inference) in the app's lifespan, and is drained when the app shuts
     down. `allowed_hosts`: Host header names accepted (None: any). `decode_slots`: images decoded at
     once (default: the CPU count, 2..8) — decoding is CPU-bound, and this bounds the memory that many
@@ -247,8 +248,8 @@ def create_app(predictor, limits: Limits | None = None, allowed_hosts: tuple | N
     app.state.counter = counter
     app.add_middleware(_Guard, counter=counter, max_concurrency=int(limits.max_concurrency),
                        max_body=limits.max_body_bytes, allowed_hosts=allowed_hosts,
-                       body_timeout_s=float(body_timeout_s))
-    add_error_handlers(app, limits.max_body_bytes, body_timeout_s)
+                       body_timeout_s=float(limits.body_timeout))
+    add_error_handlers(app)
     _add_status_routes(app, predictor, batcher, counter, description)
     _add_predict_route(app, predictor, batcher, limiter, default_k, _decoder(predictor, int(limits.max_pixels)))
     _add_page_routes(app)

@@ -1,4 +1,5 @@
-"""Micro-batching: one worker thread runs the model on the images that arrive together."""
+"""Micro-batching: worker threads run the model on the images that arrive together (one on ONNX Runtime;
+one per OpenVINO infer request under its THROUGHPUT hint, so batches from many clients use every stream)."""
 import asyncio
 import logging
 import queue
@@ -14,7 +15,7 @@ _STOP = object()
 
 
 class Batcher:
-    """One worker thread that runs the model on micro-batches.
+    """Worker threads that run the model on micro-batches.
 
     A request handler calls `preparing()` before it decodes an image, then `submit(array, top_k)`
     (or `abandon()` if decoding failed); `submit` queues the prepared image (the model's input
@@ -25,12 +26,16 @@ class Batcher:
     model a full batch is worth a short wait, on a fast one the grace is next to nothing. Then one
     `predict_batch` call, and every future is resolved. The warm-up inference runs before anything
     else; `ready` is set once it is done. `stop()` lets it finish everything queued, then ends it.
+
+    `workers` threads collect and run batches side by side (None: the session's `optimal_requests`,
+    which an OpenVINO session has and an ONNX Runtime one doesn't, so 1 there). With several, one
+    batch is collected while others run: on OpenVINO each runs on its own infer request and stream.
     """
 
     GRACE_FRACTION = 0.25
     GRACE_MAX_S = 1.0
 
-    def __init__(self, predictor, max_batch: int = 16, max_wait_ms: float = 5.0):
+    def __init__(self, predictor, max_batch: int = 16, max_wait_ms: float = 5.0, workers: int | None = None):
         self.predictor = predictor
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
@@ -45,17 +50,28 @@ class Batcher:
         self.batches = 0
         self.images = 0
         self.largest_batch = 0
-        self.thread = threading.Thread(target=self._run, name="toolkit-batcher", daemon=True)
+        if workers is None:
+            workers = getattr(getattr(predictor, "session", None), "optimal_requests", 1)
+        self.workers = max(1, int(workers))
+        self._warmed = threading.Event()   # set after the warm-up, whether it worked or not
+        self._collecting = threading.Lock()   # one worker gathers a batch at a time, the others run theirs
+        self.threads = [threading.Thread(target=self._run, args=(i,), name=f"toolkit-batcher-{i}", daemon=True)
+                        for i in range(self.workers)]
+        self.thread = self.threads[0]   # the one that warms up (serve's ready line watches it)
 
     def start(self) -> None:
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
 
     def stop(self, timeout: float | None = GRACEFUL_TIMEOUT_S) -> None:
-        if not self.thread.is_alive():
+        if not any(t.is_alive() for t in self.threads):
             return
         self.stopping = True
-        self.queue.put(_STOP)
-        self.thread.join(timeout)
+        for _ in self.threads:
+            self.queue.put(_STOP)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def preparing(self) -> None:
         if self.stopping:
@@ -84,7 +100,7 @@ class Batcher:
     def stats(self) -> dict:
         return {"batches": self.batches, "images": self.images, "largest_batch": self.largest_batch,
                 "mean_batch": round(self.images / self.batches, 2) if self.batches else 0.0,
-                "queued": self.queue.qsize(), "decoding": self.decoding,
+                "queued": self.queue.qsize(), "decoding": self.decoding, "workers": self.workers,
                 "last_batch_ms": round(1000 * self.last_batch_s, 2)}
 
     # ---- worker thread --------------------------------------------------------------------
@@ -127,14 +143,20 @@ class Batcher:
             batch.append(nxt)
         return batch, False
 
-    def _run(self) -> None:
-        self._warm_up()
+    def _run(self, index: int = 0) -> None:
+        if index == 0:
+            try:
+                self._warm_up()
+            finally:
+                self._warmed.set()
+        self._warmed.wait()
         stop = False
         while not stop:
-            item = self.queue.get()
-            if item is _STOP:
-                break
-            batch, stop = self._collect(item)
+            with self._collecting:
+                item = self.queue.get()
+                if item is _STOP:
+                    break
+                batch, stop = self._collect(item)
             self._run_batch(batch)
         # Anything queued after the stop marker (should not happen: requests are refused once stopping).
         while True:
@@ -142,8 +164,10 @@ class Batcher:
                 item = self.queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
-                self._run_batch([item])
+            if item is _STOP:   # another worker's marker: leave it for that worker
+                self.queue.put(_STOP)
+                break
+            self._run_batch([item])
 
     def _run_batch(self, batch: list) -> None:
         import numpy as np
@@ -153,16 +177,18 @@ class Batcher:
             k = max(b[1] for b in batch)
             t = time.perf_counter()
             results = self.predictor.predict_batch(arrays, k)
-            self.last_batch_s = time.perf_counter() - t
+            elapsed = time.perf_counter() - t
         except Exception as exc:
             log.error("inference failed on a batch of %d: %s: %s", len(batch), type(exc).__name__, exc)
             error = ApiError(500, "inference failed", "the model could not run on this input; see the server log")
             for _, _, future, loop in batch:
                 self._resolve(loop, future, None, error)
             return
-        self.batches += 1
-        self.images += len(batch)
-        self.largest_batch = max(self.largest_batch, len(batch))
+        with self._lock:
+            self.last_batch_s = elapsed
+            self.batches += 1
+            self.images += len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
         for (_, k, future, loop), preds in zip(batch, results):
             clean = [{"label": str(p["label"]), "score": float(p["score"]), "index": int(p["index"])}
                      for p in preds[:k]]

@@ -12,25 +12,30 @@ class ApiError(Exception):
         self.status, self.error, self.detail, self.headers = status, error, detail, headers or {}
 
 
-class BodyTooLarge(Exception):
-    """Raised from inside `receive` when a streamed body passes the limit."""
-
-
-class BodyTimeout(Exception):
-    """Raised from inside `receive` when the client stalls while sending its body."""
-
-
 def _json_bytes(error: str, detail: Any = None) -> bytes:
     return json.dumps({"error": error, "detail": detail}, separators=(",", ":")).encode()
+
+
+def _raw_headers(body: bytes, headers: dict | None) -> list[tuple[bytes, bytes]]:
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return raw + [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
 
 
 async def send_json(send, status: int, error: str, detail: Any = None, headers: dict | None = None) -> None:
     """Answer straight from the ASGI layer (before FastAPI sees the request)."""
     body = _json_bytes(error, detail)
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw_headers += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.start", "status": status, "headers": _raw_headers(body, headers)})
     await send({"type": "http.response.body", "body": body})
+
+
+def response_bytes(status: int, error: str, detail: Any = None, headers: dict | None = None) -> bytes:
+    """A whole HTTP/1.1 response with the JSON error body, for the protocol layer (no ASGI app involved);
+    it always closes the connection."""
+    body = _json_bytes(error, detail)
+    phrase = http.HTTPStatus(status).phrase
+    lines = [f"HTTP/1.1 {status} {phrase}".encode()]
+    lines += [k + b": " + v for k, v in _raw_headers(body, {**(headers or {}), "Connection": "close"})]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 def image_error(exc: Exception) -> ApiError:
@@ -54,7 +59,7 @@ def image_error(exc: Exception) -> ApiError:
     return ApiError(400, "corrupt image", message)
 
 
-def add_error_handlers(app, max_body: int, body_timeout_s: float) -> None:
+def add_error_handlers(app) -> None:
     """Turn every exception a route can raise into the JSON error body, with the right status."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -67,15 +72,6 @@ def add_error_handlers(app, max_body: int, body_timeout_s: float) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
         return error_response(exc.status, exc.error, exc.detail, exc.headers)
-
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request, exc):
-        return error_response(413, "body too large", f"the body passed the limit of {max_body} bytes")
-
-    @app.exception_handler(BodyTimeout)
-    async def _timeout(request, exc):
-        return error_response(408, "request timeout", f"the body did not arrive within {body_timeout_s:g} s",
-                              {"Connection": "close"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):

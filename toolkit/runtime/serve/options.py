@@ -1,19 +1,27 @@
 """What `toolkit serve-local` can be asked for: the server's limits and its options, with their checks."""
+import math
 from dataclasses import asdict, dataclass, fields
 
+from toolkit.errors import UserError
 from toolkit.limits import DEFAULT_MAX_PIXELS
+from toolkit.runtime.engines import parse_precision
 
 RETRY_AFTER_S = 1            # the Retry-After sent with 503 busy / shutting down
 GRACEFUL_TIMEOUT_S = 30      # how long a stop waits for the requests in flight
-BODY_TIMEOUT_S = 30.0        # a client that stops sending its body mid-way gets 408 after this long
+BODY_TIMEOUT_S = 30.0        # the whole body must arrive within this long after the headers, else 408
+HEADER_TIMEOUT_S = 10.0      # the whole request head must arrive within this long, else 408 (or a silent close)
+KEEP_ALIVE_S = 5.0           # an idle keep-alive connection is closed after this long
+MAX_CONNECTIONS = 128        # open connections; past it, idle ones are closed first, then new ones get 503
 
 # (lowest value, what the message says is expected) per limit; `whole` limits must be integers.
 _RULES = {
     "max_batch": (1, "a whole number >= 1"), "max_wait_ms": (0, "a number of milliseconds >= 0"),
     "max_body_mb": (1e-6, "a positive number of megabytes"), "max_pixels": (1, "a whole number >= 1"),
     "max_concurrency": (1, "a whole number >= 1"), "top_k": (1, "a whole number >= 1"),
+    "header_timeout": (1e-3, "a positive number of seconds"), "body_timeout": (1e-3, "a positive number of seconds"),
+    "keep_alive": (1e-3, "a positive number of seconds"), "max_connections": (1, "a whole number >= 1"),
 }
-_WHOLE = ("max_batch", "max_pixels", "max_concurrency", "top_k")
+_WHOLE = ("max_batch", "max_pixels", "max_concurrency", "top_k", "max_connections")
 
 
 @dataclass
@@ -26,13 +34,18 @@ class Limits:
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded image cap, checked before decoding
     max_concurrency: int = 64           # predictions in flight before 503 busy
     top_k: int = 5                      # labels answered when the request has no ?top_k=
+    header_timeout: float = HEADER_TIMEOUT_S  # seconds for the whole request head (total, not per byte)
+    body_timeout: float = BODY_TIMEOUT_S      # seconds for the whole body, counted from the end of the head
+    keep_alive: float = KEEP_ALIVE_S          # seconds an idle keep-alive connection stays open
+    max_connections: int = MAX_CONNECTIONS    # connections open at once (slow ones included)
 
     def problems(self) -> list[str]:
         """One line per limit that is not a number in range (the option name as typed on the CLI)."""
         problems = []
         for name, value in asdict(self).items():
             low, expected = _RULES[name]
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low \
+                and (isinstance(value, int) or math.isfinite(value))
             if ok and name in _WHOLE and int(value) != value:
                 ok = False
             if not ok:
@@ -58,6 +71,8 @@ class ServeOptions:
     device: str = "auto"                # the Predictor's device: auto, cpu, cuda, ...
     threads: int | None = None          # ONNX Runtime intra-op threads (None: its default)
     allow_fallback: bool = False        # run on CPU when the asked-for device is unavailable
+    engine: str = "onnxruntime"         # onnxruntime or openvino (THROUGHPUT hint, a batch worker per request)
+    precision: str | None = None        # fp32 or bf16 (bf16: openvino only); None: fp32
     exports_dir: str = "exports"        # where model=None looks for the newest export
     max_batch: int = 16                 # see Limits
     max_wait_ms: float = 5.0            # see Limits
@@ -65,6 +80,10 @@ class ServeOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS       # see Limits
     max_concurrency: int = 64           # see Limits
     top_k: int = 5                      # see Limits
+    header_timeout: float = HEADER_TIMEOUT_S  # see Limits
+    body_timeout: float = BODY_TIMEOUT_S      # see Limits
+    keep_alive: float = KEEP_ALIVE_S          # see Limits
+    max_connections: int = MAX_CONNECTIONS    # see Limits
 
     @property
     def limits(self) -> Limits:
@@ -75,4 +94,8 @@ class ServeOptions:
         port = self.port
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             problems.append(f"port: {port!r}; expected a whole number 0..65535 (0 picks a free port)")
+        try:
+            parse_precision(self.precision, self.engine)
+        except UserError as exc:
+            problems.append(str(exc))
         return problems

@@ -9,7 +9,7 @@ import time
 import warnings
 
 from toolkit.errors import UserError
-from toolkit.runtime.serve.options import GRACEFUL_TIMEOUT_S, ServeOptions
+from toolkit.runtime.serve.options import GRACEFUL_TIMEOUT_S, Limits, ServeOptions
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 _ANY_HOST = ("0.0.0.0", "::", "[::]")
@@ -82,7 +82,8 @@ def _build_app(options: ServeOptions, model: str, host: str):
 
     predictor = Predictor(model, device=options.device, threads=options.threads,
                           allow_fallback=options.allow_fallback, batch_size=max(32, int(options.max_batch)),
-                          max_pixels=int(options.max_pixels), formats=SERVE_FORMATS)
+                          max_pixels=int(options.max_pixels), formats=SERVE_FORMATS, engine=options.engine,
+                          precision=options.precision, hint="THROUGHPUT" if options.engine == "openvino" else None)
     return predictor, create_app(predictor, options.limits, allowed_hosts=_allowed_hosts(host))
 
 
@@ -93,10 +94,12 @@ def _print_banner(options: ServeOptions, model: str, host: str, port: int, predi
         shown_host = f"[{host.strip('[]')}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
     print(f"serve-local: {os.path.basename(model)} (sha256 {predictor.sha256[:12]}, {len(predictor.labels)} labels, "
-          f"{predictor.precision}) on {predictor.provider}", flush=True)
+          f"{predictor.precision}) on {predictor.runs_on}", flush=True)
     print(f"serve-local: micro-batching up to {options.max_batch} images, waiting at most {options.max_wait_ms:g} ms; "
           f"limits: body {options.max_body_mb:g} MB, {int(options.max_pixels) / 1e6:g} MP, "
-          f"{options.max_concurrency} predictions in flight", flush=True)
+          f"{options.max_concurrency} predictions in flight, {options.max_connections} connections; timeouts: "
+          f"head {options.header_timeout:g} s, body {options.body_timeout:g} s, idle {options.keep_alive:g} s",
+          flush=True)
     warning = host_warning(host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -114,6 +117,18 @@ def _announce_ready(batcher, server, t0: float) -> None:
             return
     print(f"serve-local: ready {time.perf_counter() - t0:.2f}s after start (model load + warm-up; the warm-up "
           f"inference took {batcher.warmup_s:.3f}s)", flush=True)
+
+
+def uvicorn_config(app, limits: Limits, **settings):
+    """uvicorn's settings for serve-local: its own HTTP protocol (total head and body deadlines, the
+    connection cap, JSON protocol errors; see protocol.py) and the idle keep-alive timeout."""
+    import uvicorn
+
+    from toolkit.runtime.serve.protocol import protocol_class
+
+    settings = {"log_level": "warning", "access_log": False, "lifespan": "on", "server_header": False,
+                "timeout_graceful_shutdown": GRACEFUL_TIMEOUT_S, **settings}
+    return uvicorn.Config(app, http=protocol_class(limits), timeout_keep_alive=float(limits.keep_alive), **settings)
 
 
 def _run_until_stopped(server, sock: socket.socket) -> None:
@@ -163,9 +178,7 @@ def serve(options: ServeOptions | str | None = None, **fields) -> None:
     from PIL import Image
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     _print_banner(options, model, host, sock.getsockname()[1], predictor)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False,
-                            timeout_graceful_shutdown=GRACEFUL_TIMEOUT_S, timeout_keep_alive=5)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, options.limits))
     batcher = app.state.batcher
     threading.Thread(target=_announce_ready, args=(batcher, server, t0), name="toolkit-ready", daemon=True).start()
     _run_until_stopped(server, sock)

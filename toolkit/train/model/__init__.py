@@ -1,20 +1,22 @@
 """Backbones + heads, pretrained weights, layer groups, freezing and discriminative learning rates.
 
-A `Classifier` is torchvision's VGG `features` Sequential (indices unchanged, so torchvision state
-dicts load as `features.N.*`) followed by one of two heads:
+A `Classifier` is a backbone (any torchvision VGG, MobileNetV3, EfficientNet-B0, ResNet-18/50,
+ConvNeXt-Tiny, or timm's EfficientNet-Lite0; toolkit.recipe.archs lists them) kept unit by unit as
+`features`, followed by one of two heads:
 
     classic  Flatten -> Linear(512*(s/32)^2, hidden) -> ReLU -> Dropout -> Linear(hidden, classes)
-             (the flatten fixes the input size s, a multiple of 32)
-    gap      AdaptiveAvgPool2d(1) -> Flatten -> Dropout -> Linear(512, classes)   (any input >= 32)
+             (VGG only; the flatten fixes the input size s, a multiple of 32)
+    gap      AdaptiveAvgPool2d(1) -> Flatten -> Dropout -> Linear(features, classes)   (any input >= 32)
 
-Layer groups: VGG's features split at each MaxPool into five conv blocks, block1 (next to the
-image) .. block5, plus the head. Each group gets its own learning rate (head = train.lr, each block
-= the next block's rate x train.lr_decay, or explicit train.group_lrs) and is trainable or frozen
-per strategy and epoch. Frozen groups keep requires_grad False and their BatchNorm layers in eval
-mode, so their weights and running statistics stay bit-identical.
+Layer groups: five blocks, block1 (next to the image) .. block5, plus the head: VGG splits at each
+MaxPool, the other families by stride (families.py). Each group gets its own learning rate (head =
+train.lr, each block = the next block's rate x train.lr_decay, or explicit train.group_lrs) and is
+trainable or frozen per strategy and epoch. Frozen groups keep requires_grad False and their
+BatchNorm layers in eval mode, so their weights and running statistics stay bit-identical.
 
-Modules: backbones (Classifier, build_model, build_from_recipe), groups (layer groups, freezing, learning
-rates, optimizer parameter groups, the group table), weights (load_weights: imagenet, .pth, checkpoint).
+Modules: backbones (Classifier, build_model, build_from_recipe), families (each arch's units and blocks),
+groups (layer groups, freezing, learning rates, optimizer parameter groups, the group table), weights
+(load_weights: imagenet, .pth, checkpoint).
 """
 from toolkit.recipe import ARCHS, GROUPS, HEADS
 from toolkit.train.model.backbones import Classifier, build_from_recipe, build_model

@@ -1,36 +1,44 @@
-"""The network: torchvision's VGG `features` plus one of two small heads, as a `Classifier`.
+"""The network: a backbone (toolkit.train.model.families) plus one of two small heads, as a `Classifier`.
 
-The features Sequential keeps torchvision's indices, so torchvision state dicts load as `features.N.*`.
+`features` is the backbone as a Sequential of units (VGG: torchvision's `features`, indices unchanged);
+`source_names` keeps each unit's name in the torchvision/timm model, so their state dicts map onto it.
 The head is built here; pretrained weights are loaded by toolkit.train.model.weights.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
-import torchvision
 from torch import nn
 
 from toolkit.errors import UserError
 from toolkit.recipe import ARCHS, HEADS
+from toolkit.recipe.archs import CLASSIC_HIDDEN, FAMILY_NAMES, arch_info
+from toolkit.train.model.families import Backbone, build_backbone, vgg_features
+
+_vgg_features = vgg_features  # the name tests and older callers import
 
 
 class Classifier(nn.Module):
-    """VGG features + a small head. Attributes: arch, head_type, input_size, num_classes.
+    """Backbone units + a small head. Attributes: arch, family, head_type, input_size, num_classes;
+    block_of (features index -> block 1..5), source_names (features index -> torchvision/timm name) and
+    head_sources (torchvision name -> head index, for ConvNeXt's pretrained LayerNorm).
 
     `frozen` is the set of groups that `set_trainable` froze; `train()` keeps their BatchNorm
     layers in eval mode (running statistics untouched), so a training loop can call
     `model.train()` every epoch without undoing the freeze.
     """
 
-    def __init__(self, arch: str, features: nn.Sequential, head: nn.Sequential, head_type: str,
-                 input_size: int, num_classes: int):
+    def __init__(self, arch: str, backbone: Backbone, head: nn.Sequential, head_type: str,
+                 input_size: int, num_classes: int, head_sources: Optional[dict[str, str]] = None):
         super().__init__()
-        self.arch, self.head_type = arch, head_type
+        self.arch, self.family, self.head_type = arch, arch_info(arch).family, head_type
         self.input_size, self.num_classes = input_size, num_classes
-        self.features = features
+        self.features = nn.Sequential(*(m for _, m in backbone.units))
         self.head = head
-        self.block_of = _feature_blocks(features)  # features index -> conv block number (1..5)
+        self.block_of = dict(backbone.block_of)  # features index -> block number (1..5)
+        self.source_names = [name for name, _ in backbone.units]
+        self.head_sources = dict(head_sources or {})
         self.frozen: set[str] = set()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,58 +53,45 @@ class Classifier(nn.Module):
         return self
 
 
-def _feature_blocks(features: nn.Sequential) -> dict[int, int]:
-    """Map each index of VGG's features to its block: a block ends with (and includes) a MaxPool."""
-    out, block = {}, 1
-    for i, module in enumerate(features):
-        out[i] = block
-        if isinstance(module, nn.MaxPool2d):
-            block += 1
-    if block != 6:
-        raise ValueError(f"expected VGG features with 5 max-pools, found {block - 1}")
-    return out
-
-
-def _vgg_features(arch: str) -> nn.Sequential:
-    """torchvision's `features` for `arch`, initialised as torchvision's VGG initialises it.
-
-    The model is built on the meta device: VGG's 120M-parameter classifier (which we drop) is
-    never allocated or initialised, so building a model costs milliseconds, not seconds.
-    """
-    with torch.device("meta"):
-        vgg = torchvision.models.get_model(arch, weights=None, init_weights=False)
-    features = vgg.features.to_empty(device="cpu")
-    for m in features.modules():
-        if isinstance(m, nn.Conv2d):  # same init as torchvision.models.VGG
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            m.reset_parameters()  # weight 1, bias 0, fresh running statistics
-    return features
-
-
-def build_model(arch: str, num_classes: int, head: str = "classic", input_size: int = 224,
-                hidden: int = 512, dropout: float = 0.5) -> Classifier:
-    """A randomly initialised Classifier (load pretrained weights with `load_weights`)."""
+def _check_args(arch: str, num_classes: int, head: str, input_size: int) -> None:
     if arch not in ARCHS:
         raise UserError(f"model.arch: {arch!r}; expected one of {', '.join(ARCHS)}")
     if head not in HEADS:
         raise UserError(f"model.head: {head!r}; expected one of {', '.join(HEADS)}")
     if num_classes < 1:
         raise UserError(f"num_classes: {num_classes}; expected at least 1")
+    family = arch_info(arch).family
+    if head == "classic" and family != "vgg":
+        raise UserError(f"model.head: classic with model.arch {arch}: the classic head is VGG-only; "
+                        f"{FAMILY_NAMES[family]} uses the gap head")
     if input_size < 32:
-        raise UserError(f"input size (preprocess.crop) {input_size}: VGG halves it five times; "
+        raise UserError(f"input size (preprocess.crop) {input_size}: {arch} halves it five times; "
                         "expected at least 32")
+    if head == "classic" and input_size % 32:
+        raise UserError(f"input size (preprocess.crop) {input_size}: the classic head flattens VGG's 1/32 "
+                        "feature map, so it must be a multiple of 32 (or use model.head: gap)")
+
+
+def build_model(arch: str, num_classes: int, head: Optional[str] = None, input_size: int = 224,
+                hidden: Optional[int] = None, dropout: float = 0.5) -> Classifier:
+    """A randomly initialised Classifier (load pretrained weights with `load_weights`).
+
+    head None is the arch's default (classic for VGG, gap elsewhere); hidden None is 512."""
+    head = head or (arch_info(arch).head if arch in ARCHS else "gap")
+    _check_args(arch, num_classes, head, input_size)
+    backbone = build_backbone(arch)
+    head_sources = {}
     if head == "classic":
-        if input_size % 32:
-            raise UserError(f"input size (preprocess.crop) {input_size}: the classic head flattens VGG's 1/32 "
-                            "feature map, so it must be a multiple of 32 (or use model.head: gap)")
-        side = input_size // 32
-        layers = nn.Sequential(nn.Flatten(), nn.Linear(512 * side * side, hidden), nn.ReLU(inplace=True),
-                               nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        side, hidden = input_size // 32, hidden or CLASSIC_HIDDEN
+        layers = nn.Sequential(nn.Flatten(), nn.Linear(backbone.channels * side * side, hidden),
+                               nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+    elif backbone.head_norm is not None:  # ConvNeXt: pool, then its LayerNorm, as torchvision's classifier
+        layers = nn.Sequential(nn.AdaptiveAvgPool2d(1), backbone.head_norm, nn.Flatten(), nn.Dropout(dropout),
+                               nn.Linear(backbone.channels, num_classes))
+        head_sources = {backbone.head_norm_source: "1"}
     else:
         layers = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                               nn.Linear(512, num_classes))
+                               nn.Linear(backbone.channels, num_classes))
     # Head init: He-normal for the hidden layer (it feeds a ReLU); small weights on the output
     # layer so the first logits are near zero (uniform softmax, a sane first loss).
     linears = [m for m in layers if isinstance(m, nn.Linear)]
@@ -105,7 +100,7 @@ def build_model(arch: str, num_classes: int, head: str = "classic", input_size: 
         nn.init.zeros_(m.bias)
     nn.init.normal_(linears[-1].weight, 0.0, 0.01)
     nn.init.zeros_(linears[-1].bias)
-    return Classifier(arch, _vgg_features(arch), layers, head, input_size, num_classes)
+    return Classifier(arch, backbone, layers, head, input_size, num_classes, head_sources)
 
 
 def build_from_recipe(recipe: Any, num_classes: int) -> Classifier:

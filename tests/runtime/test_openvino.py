@@ -1,0 +1,281 @@
+"""OpenVINO as a second engine: selection and read-back, clear errors, agreement with ONNX Runtime, the BF16
+gate in `toolkit evaluate`, and serve-local on OpenVINO. Tiny onnx.helper models: no torch here."""
+import asyncio
+import builtins
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+from conftest import ROOT, make_image_folder, tiny_graph, tiny_metadata, tiny_recipe, write_tiny_model  # noqa: E402
+
+from toolkit import contract  # noqa: E402
+from toolkit.errors import UserError  # noqa: E402
+from toolkit.runtime import engines, openvino_session  # noqa: E402
+from toolkit.runtime.bf16_gate import compare_centred  # noqa: E402
+from toolkit.runtime.predictor import Predictor  # noqa: E402
+
+HAS_BF16 = "BF16" in openvino_session._capabilities(ov.Core(), "CPU")
+needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no BF16 support in OpenVINO")
+
+
+def batch(n=8, crop=32, seed=1):
+    """Smooth random images, normalised like the eval transform would leave them."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.standard_normal((n, 3, 4, 4)).astype(np.float32)
+    return np.ascontiguousarray(np.kron(coarse, np.ones((1, 1, crop // 4, crop // 4), np.float32)))
+
+
+def offset_model(path, offset=1000.0):
+    """tiny_graph with `offset` added to every weight of its final Gemm: in FP32 the class differences
+    survive; in bfloat16 (8-bit mantissa: steps of 4 near 1000) they are rounded away, so top-1 flips."""
+    from onnx import numpy_helper
+    import onnx
+
+    proto = tiny_graph()
+    for init in proto.graph.initializer:
+        if init.name == "w3":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(offset), "w3"))
+    contract.write(proto, tiny_metadata())
+    onnx.save(proto, str(path))
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Selection and read-back
+
+def test_openvino_fp32_reads_back_and_agrees_with_onnxruntime(tiny_model):
+    ort_p = Predictor(tiny_model)
+    ov_p = Predictor(tiny_model, engine="openvino")
+    assert (ov_p.engine, ov_p.engine_device, ov_p.inference_precision) == ("openvino", "CPU", "fp32")
+    assert ov_p.provider == "OpenVINO:CPU" and ov_p.precision == "fp32"
+    assert (ort_p.engine, ort_p.engine_device, ort_p.inference_precision) == ("onnxruntime", "CPU", "fp32")
+    assert ov_p.session.hint == "LATENCY" and ov_p.session.compile_s > 0
+    described = ov_p.describe()
+    assert described["engine"] == "openvino" and described["inference_precision"] == "fp32"
+    x = batch()
+    np.testing.assert_allclose(ov_p.logits(x), ort_p.logits(x), rtol=1e-4, atol=1e-4)
+    assert [[p["index"] for p in r] for r in ov_p.predict_batch(x, 2)] == \
+        [[p["index"] for p in r] for r in ort_p.predict_batch(x, 2)]
+
+
+def test_raw_input_model_agrees_too(tmp_path):
+    path = write_tiny_model(tmp_path / "raw.onnx", raw=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    ort_logits = Predictor(path).logits(pixels)
+    ov_logits = Predictor(path, engine="openvino").logits(pixels)
+    np.testing.assert_allclose(ov_logits, ort_logits, rtol=1e-4, atol=1e-4)
+
+
+@needs_bf16
+def test_bf16_is_read_back(tiny_model):
+    p = Predictor(tiny_model, engine="openvino", precision="bf16")
+    assert p.inference_precision == "bf16" and p.precision == "fp32"
+    assert "bf16" in p.runs_on
+    ref = Predictor(tiny_model).logits(batch())
+    assert not np.array_equal(p.logits(batch()), ref)   # really computed in bf16 ...
+    assert compare_centred(ref, p.logits(batch()))["close"]   # ... and close on a normal model
+
+
+def test_throughput_hint_gives_a_request_pool_and_run_is_thread_safe(tiny_model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    session = openvino_session.open_openvino(tiny_model, hint="THROUGHPUT", threads=2)
+    assert session.hint == "THROUGHPUT" and session.optimal_requests >= 1
+    assert session.get_inputs()[0].shape == [None, 3, 32, 32] and session.get_inputs()[0].type == "tensor(float)"
+    x = batch(16)
+    want = session.run(["logits"], {"input": x})[0]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: session.run(None, {"input": x[i:i + 1]})[0], range(16)))
+    np.testing.assert_allclose(np.concatenate(outs), want, rtol=1e-5, atol=1e-5)
+
+
+def test_read_back_that_differs_from_the_request_is_an_error(tiny_model):
+    session = openvino_session.open_openvino(tiny_model)
+    with pytest.raises(UserError, match="asked for bf16.*refusing"):
+        openvino_session._check_read_back(session, "CPU", "bf16", "LATENCY")
+    with pytest.raises(UserError, match="device CPU \\(asked for GPU\\)"):
+        openvino_session._check_read_back(session, "GPU", "fp32", "LATENCY")
+
+
+def test_model_cache_dir_is_filled(tiny_model, tmp_path):
+    cache = tmp_path / "ov-cache"
+    first = openvino_session.open_openvino(tiny_model, cache_dir=str(cache))
+    assert first.cache_dir == str(cache) and any(cache.iterdir())
+    second = openvino_session.open_openvino(tiny_model, cache_dir=str(cache))
+    np.testing.assert_allclose(second.run(None, {"input": batch()})[0], first.run(None, {"input": batch()})[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# Clear errors
+
+def test_openvino_missing_is_one_clear_error(tiny_model, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    with pytest.raises(UserError, match=r"pip install 'toolkit\[openvino\]'"):
+        Predictor(tiny_model, engine="openvino")
+
+
+def test_bf16_where_the_cpu_has_none_is_one_clear_error(tiny_model, monkeypatch):
+    monkeypatch.setattr(openvino_session, "_capabilities", lambda core, device: ["FP32", "INT8"])
+    with pytest.raises(UserError, match="no BF16 support on this machine.*--precision fp32"):
+        Predictor(tiny_model, engine="openvino", precision="bf16")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"precision": "bf16"}, "precision: bf16 needs engine openvino"),
+    ({"engine": "openvino", "precision": "int4"}, "precision: 'int4'; expected one of fp32, bf16"),
+    ({"engine": "tensorflow"}, "engine: 'tensorflow'; expected one of onnxruntime, openvino"),
+    ({"engine": "openvino", "device": "cuda"}, "cuda and tensorrt are ONNX Runtime devices"),
+    ({"engine": "openvino", "device": "npu"}, "OpenVINO sees CPU"),
+    ({"hint": "THROUGHPUT"}, "OpenVINO options"),
+])
+def test_bad_engine_options(tiny_model, kwargs, match):
+    with pytest.raises(UserError, match=match):
+        Predictor(tiny_model, **kwargs)
+
+
+def test_engine_names_and_lists():
+    assert engines.ENGINES == ("onnxruntime", "openvino") and engines.INFERENCE_PRECISIONS == ("fp32", "bf16")
+    assert engines.parse_engines("onnxruntime,ov,openvino") == ["onnxruntime", "openvino"]
+    assert engines.parse_precision(None, "openvino") == "fp32"
+    assert engines.openvino_device("gpu:1") == "GPU.1" and engines.openvino_device("auto") == "CPU"
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluate on OpenVINO: the accuracy change and the BF16 gate
+
+@pytest.fixture(scope="module")
+def folder_recipe(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval")
+    return tiny_recipe(base, make_image_folder(base / "images", per_class=6, size=(40, 36)))
+
+
+def test_evaluate_on_openvino_reports_the_change_against_onnxruntime(tiny_model, folder_recipe):
+    from toolkit.runtime.onnx_eval import evaluate_onnx
+
+    ort_report = evaluate_onnx(tiny_model, folder_recipe)
+    ov_report = evaluate_onnx(tiny_model, folder_recipe, engine="openvino")
+    assert ov_report["engine"] == "openvino" and ov_report["provider"] == "OpenVINO:CPU"
+    vs = ov_report["vs_onnxruntime"]
+    assert vs["reference"]["top1"] == pytest.approx(ort_report["top1"], abs=1e-3)
+    assert vs["top1_agreement"] == 1.0 and vs["max_abs_logit_diff"] < 1e-3 and "bf16_gate" not in vs
+
+
+@needs_bf16
+def test_bf16_gate_passes_a_normal_model_and_fails_one_built_to_break_it(tiny_model, folder_recipe, tmp_path):
+    from toolkit.runtime.onnx_eval import evaluate_onnx
+
+    ok = evaluate_onnx(tiny_model, folder_recipe, engine="openvino", precision="bf16")
+    assert ok["inference_precision"] == "bf16" and ok["vs_onnxruntime"]["bf16_gate"]["close"]
+    broken = offset_model(tmp_path / "offset.onnx")
+    assert Predictor(broken).predict_batch(batch(), 1) != \
+        Predictor(broken, engine="openvino", precision="bf16").predict_batch(batch(), 1)
+    with pytest.raises(UserError) as err:
+        evaluate_onnx(broken, folder_recipe, engine="openvino", precision="bf16")
+    msg = str(err.value)
+    assert "bf16 gate failed" in msg and "offset.onnx" in msg and "centred logits differ" in msg
+    assert "use precision fp32" in msg and "\n" not in msg
+
+
+def test_cli_predict_and_evaluate_take_engine(tiny_model, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(img)
+    run = subprocess.run([sys.executable, "-m", "toolkit", "predict", tiny_model, str(img), "--engine", "openvino",
+                          "--format", "json"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["engine"] == "openvino" and out["provider"] == "OpenVINO:CPU" and out["inference_precision"] == "fp32"
+    assert "on OpenVINO:CPU fp32" in run.stderr
+    bad = subprocess.run([sys.executable, "-m", "toolkit", "predict", tiny_model, str(img), "--precision", "bf16"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "needs engine openvino" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# serve-local on OpenVINO
+
+class FakeSession:
+    optimal_requests = 3
+
+
+class SlowPredictor:
+    """Stands in for a Predictor: records which threads ran batches."""
+
+    provider = "CPUExecutionProvider"
+    session = FakeSession()
+
+    def __init__(self):
+        import threading
+        self.threads, self.lock = set(), threading.Lock()
+
+    def warmup(self, n):
+        return 0.001
+
+    def predict_batch(self, arrays, k):
+        import threading
+        import time
+        with self.lock:
+            self.threads.add(threading.current_thread().name)
+        time.sleep(0.05)
+        return [[{"label": "x", "score": float(a.sum()), "index": 0}] for a in arrays]
+
+
+def test_batcher_runs_one_worker_per_infer_request():
+    from toolkit.runtime.serve.batcher import Batcher
+
+    async def scenario():
+        fake = SlowPredictor()
+        batcher = Batcher(fake, max_batch=2, max_wait_ms=1)
+        assert batcher.workers == 3
+        batcher.start()
+        while not batcher.ready.is_set():
+            await asyncio.sleep(0.01)
+
+        async def one(i):
+            batcher.preparing()
+            return await batcher.submit(np.full(3, float(i)), 1)
+
+        results = await asyncio.gather(*(one(i) for i in range(12)))
+        await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+        assert [r[0]["score"] for r in results] == [3.0 * i for i in range(12)]
+        assert len(fake.threads) > 1 and not any(t.is_alive() for t in batcher.threads)
+        assert batcher.images == 12
+
+    asyncio.run(scenario())
+
+
+def test_serve_local_on_openvino_answers_like_the_predictor(tmp_path):
+    pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from test_serve import Server, encode, photo
+
+    model = write_tiny_model(tmp_path / "tiny.onnx", labels=("a", "b", "c", "d", "e"))
+    predictor = Predictor(model, engine="openvino")
+    srv = Server(model, tmp_path, "--engine", "openvino")
+    try:
+        assert "on OpenVINO:CPU fp32" in srv.output()
+        info = srv.client.get("/v1/model").json()
+        assert info["engine"] == "openvino" and info["inference_precision"] == "fp32"
+        for seed in range(3):
+            data = encode(photo(seed), "PNG")
+            got = srv.client.post("/v1/predict?top_k=3", content=data, headers={"content-type": "image/png"}).json()
+            want = predictor.predict(data, top_k=3)
+            assert [p["index"] for p in got["predictions"]] == [p["index"] for p in want]
+            assert [p["score"] for p in got["predictions"]] == pytest.approx([p["score"] for p in want], abs=1e-4)
+        assert srv.ready()["workers"] >= 1
+    finally:
+        srv.stop()

@@ -1,0 +1,160 @@
+"""toolkit.preprocess: bounded resize, draft JPEG decoding, EXIF that cannot break a decode, MPO, and the
+checks on the eval transform's values (no torch needed)."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from toolkit.errors import UserError
+from toolkit.preprocess import (INTERPOLATIONS, SERVE_FORMATS, WHOLE_RESIZE_ASPECT, ImageError, Preprocess,
+                                open_image)
+
+
+def _photo(width, height, seed=0) -> Image.Image:
+    """Smooth colour fields plus noise: compresses and resamples like a picture."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)).astype(int)
+    return Image.fromarray(np.clip(img + rng.integers(-10, 11, img.shape), 0, 255).astype(np.uint8))
+
+
+def _encoded(img: Image.Image, fmt: str, **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def _resize_whole_then_crop(pre: Preprocess, img: Image.Image) -> np.ndarray:
+    """The eval transform as it always was: the whole image resized (short side -> resize), then cropped."""
+    w, h = img.size
+    short, long = min(w, h), max(w, h)
+    new_long = max(pre.resize, int(pre.resize * long / short))
+    size = (pre.resize, new_long) if w <= h else (new_long, pre.resize)
+    if size != img.size:
+        img = img.resize(size, INTERPOLATIONS[pre.interpolation])
+    left, top = int(round((size[0] - pre.crop) / 2.0)), int(round((size[1] - pre.crop) / 2.0))
+    return np.asarray(img.crop((left, top, left + pre.crop, top + pre.crop)))
+
+
+# ------------------------------------------------------------------------------------------------
+# The resize: identical pixels for ordinary images, bounded work for thin ones
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (300, 300), (36, 36), (1, 1), (7, 50), (50, 7),
+                                  (800, 100), (30, 40)])
+@pytest.mark.parametrize("interpolation", list(INTERPOLATIONS))
+def test_ordinary_images_keep_exactly_the_pixels_of_resize_then_crop(size, interpolation):
+    pre = Preprocess(resize=40, crop=32, interpolation=interpolation)
+    img = _photo(*size)
+    assert max(size) / min(size) <= WHOLE_RESIZE_ASPECT
+    assert np.array_equal(pre.resize_crop(img), _resize_whole_then_crop(pre, img))
+
+
+@pytest.mark.parametrize("size", [(1_000_000, 1), (1, 1_000_000), (10_000_000, 1), (300_000, 3)])
+def test_thin_images_cost_what_their_crop_costs(size):
+    """Resized whole, 1000000x1 would be 256000000x256 pixels (Pillow: MemoryError); 10000x1 took 5 s and
+    2.6 GB. Only the crop is resampled now, so each is an ordinary 224x224 result."""
+    width, height = size
+    ramp = np.linspace(0, 255, width * height).astype(np.uint8).reshape(height, width)
+    arr = np.stack([ramp] * 3, axis=-1)
+    x = Preprocess()(_encoded(Image.fromarray(arr), "PNG"))
+    assert x.shape == (3, 224, 224) and np.isfinite(x).all()
+
+
+def test_the_crop_box_path_matches_the_whole_resize_up_to_a_sub_pixel_shift():
+    img = _photo(4000, 300, seed=3)  # 13:1, beyond WHOLE_RESIZE_ASPECT
+    pre = Preprocess(resize=64, crop=48)
+    diff = np.abs(pre.resize_crop(img).astype(int) - _resize_whole_then_crop(pre, img).astype(int))
+    assert diff.mean() < 0.5 and diff.max() <= 8
+
+
+# ------------------------------------------------------------------------------------------------
+# Draft decoding of JPEGs
+
+def test_draft_decodes_jpegs_at_the_smallest_scale_that_covers_the_resize():
+    jpeg = _encoded(_photo(2048, 1536), "JPEG", quality=90)
+    assert Preprocess(resize=256, crop=224, decode="full").open(jpeg).size == (2048, 1536)
+    assert Preprocess(resize=256, crop=224).open(jpeg).size == (512, 384)  # 1/6 would do: libjpeg has 1/4
+    assert Preprocess(resize=192, crop=160).open(jpeg).size == (256, 192)  # 1/8
+    assert Preprocess(resize=1000, crop=224).open(jpeg).size == (2048, 1536)  # no scale keeps 1000
+    png = _encoded(_photo(2048, 1536), "PNG")
+    assert Preprocess(resize=256, crop=224).open(png).size == (2048, 1536)  # only JPEGs have a draft mode
+
+
+def test_draft_and_full_decode_give_nearly_the_same_pixels():
+    jpeg = _encoded(_photo(2048, 1536, seed=1), "JPEG", quality=90)
+    draft = Preprocess(resize=256, crop=224).pixels(jpeg).astype(int)
+    full = Preprocess(resize=256, crop=224, decode="full").pixels(jpeg).astype(int)
+    diff = np.abs(draft - full)
+    assert draft.shape == full.shape == (224, 224, 3)
+    assert 0 < diff.mean() < 3 and diff.max() < 40
+
+
+def test_the_decode_mode_round_trips_and_old_dicts_decode_in_full():
+    pre = Preprocess(resize=40, crop=32)
+    assert pre.decode == "draft" and Preprocess.from_dict(pre.to_dict()) == pre
+    full = Preprocess(resize=40, crop=32, decode="full")
+    assert Preprocess.from_dict(full.to_dict()) == full
+    old = {k: v for k, v in pre.to_dict().items() if k != "decode"}
+    assert Preprocess.from_dict(old).decode == "full"
+
+
+# ------------------------------------------------------------------------------------------------
+# EXIF and MPO
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "PNG"])
+def test_a_broken_exif_block_leaves_the_image_unrotated(fmt):
+    img = _photo(40, 30)
+    blob = _encoded(img, fmt, exif=b"Exif\x00\x00" + b"\xff" * 40)  # ImageOps.exif_transpose: SyntaxError
+    assert open_image(blob).size == (40, 30)
+    assert open_image(_encoded(img, fmt, exif=_exif(6))).size == (30, 40)  # a good one still turns it
+
+
+def test_exif_orientation_is_applied_before_the_draft_sized_resize():
+    jpeg = _encoded(_photo(1600, 1200), "JPEG", exif=_exif(6))
+    assert Preprocess(resize=256, crop=224).open(jpeg).size == (300, 400)  # decoded at 1/4, then turned
+
+
+def test_mpo_phone_photos_are_read_as_jpeg_first_frame():
+    first, second = _photo(64, 48, seed=1), _photo(64, 48, seed=2)
+    mpo = _encoded(first, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    got = np.asarray(open_image(mpo, formats=SERVE_FORMATS)).astype(int)
+    want = np.asarray(open_image(_encoded(first, "JPEG"))).astype(int)
+    assert np.abs(got - want).mean() < 1.0  # the first frame, not the second
+    assert Preprocess(resize=40, crop=32).pixels(mpo, formats=SERVE_FORMATS).shape == (32, 32, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors stay ImageErrors
+
+def test_a_pillow_error_of_any_type_is_an_image_error():
+    jpeg = _encoded(_photo(64, 48), "JPEG")
+    with pytest.raises(ImageError) as e:
+        open_image(jpeg[: len(jpeg) // 2])
+    assert e.value.kind == "corrupt"
+    with pytest.raises(ImageError) as e:
+        open_image(np.zeros((0, 5, 3), np.uint8))
+    assert e.value.kind == "corrupt"
+    with pytest.raises(ImageError, match="La images cannot be converted") as e:
+        open_image(Image.new("La", (8, 8)))  # Pillow: ValueError, conversion from La to L not supported
+    assert e.value.kind == "unsupported"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"std": (0.2, float("nan"), 0.2)}, r"preprocess\.std"),
+    ({"std": (0.2, 0.0, 0.2)}, r"preprocess\.std"),
+    ({"mean": (float("inf"), 0.4, 0.4)}, r"preprocess\.mean"),
+    ({"resize": 9000, "crop": 224}, r"preprocess\.resize: 9000; expected a whole number of pixels from 1 to 8192"),
+    ({"resize": 100, "crop": 120}, r"preprocess\.crop: 120 with resize 100"),
+    ({"decode": "quick"}, r"preprocess\.decode"),
+])
+def test_out_of_range_values_are_one_clear_error(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        Preprocess(**kwargs)

@@ -1,0 +1,174 @@
+"""The INT8 twin: ORT static QDQ quantization held to an accuracy budget, with a search over settings.
+
+The budget is the top-1 drop FP32 -> INT8, both through ONNX Runtime on the run's validation images
+(the same code as `toolkit evaluate`). The first setting is the user's (per-channel minmax by
+default). When it misses the budget, export tries the others in `search_order`, and keeps the first
+that fits: the order runs from the cheapest change to the costliest, so the first fit is also the
+smallest, fastest file that meets the budget. If none fits, one UserError lists every setting tried
+with its drop, and the staging leaves nothing behind (docs/export.md).
+
+Time stays bounded: the calibration and validation images are read once, the FP32 logits computed
+once, the graph pre-processed once, each calibration method's ranges computed once (toolkit.export.
+quantize); an attempt costs one quantisation and one INT8 pass over the validation images.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from toolkit import contract
+from toolkit.errors import UserError
+from toolkit.export.options import CALIB_METHODS
+from toolkit.export.plan import ExportJob, base_metadata
+from toolkit.export.quantize import Int8Setting, Prepared, calibration_reader, prepare, quantize
+from toolkit.export.staging import Staging, check_file
+from toolkit.runtime.onnx_eval import cpu_session, load_pixels, run_logits
+from toolkit.runtime.onnx_eval import report as accuracy_report
+
+
+@dataclass
+class Scoring:
+    """What every attempt is judged on, computed once."""
+
+    split: str  # "val", or "test" when the run has no validation split
+    pixels: np.ndarray  # uint8 eval pixels (resized and cropped)
+    targets: np.ndarray  # their class indices
+    fp32_logits: np.ndarray  # the FP32 file's logits on them, through ORT
+    fp32: dict  # accuracy_report of fp32_logits
+
+
+def search_order(options, prepared: Prepared) -> list:
+    """The settings to try, in order. An axis the user set (per_channel, calib_method) stays as set;
+    an unset one starts at per-channel / minmax. Inner to outer: weight granularity, calibration method
+    (minmax, entropy, percentile), then the same again with the first and last layers in fp32, since
+    those cost size and speed. With int8_search off, only the first."""
+    per_channel = [options.per_channel] if options.per_channel is not None else [True, False]
+    methods = [options.calib_method] if options.calib_method is not None else list(CALIB_METHODS)
+    edges = [False] if prepared.edges_add_nothing() else [False, True]
+    order = [Int8Setting(pc, method, edge) for edge in edges for method in methods for pc in per_channel]
+    return order if options.int8_search else order[:1]
+
+
+def int8_twin(job: ExportJob, staging: Staging, data, why) -> dict:
+    """Stage the INT8 twin of the first setting that meets the budget; returns what the report says of it."""
+    t = time.perf_counter()
+    o = job.options
+    scoring = _scoring(job, staging, data, _check_int8_data(data, why))
+    calib = _calibration_images(job, data)
+    prepared = prepare(staging.files["fp32"], staging.work_dir(".tmp-quant-"), o.keep_fp32, job.block_of)
+    order = search_order(o, prepared)
+    job.say(f"int8: calibrating on {len(calib)} train images, {len(scoring.pixels)} {scoring.split} images "
+            f"for the budget; {len(order)} setting{'s' if len(order) > 1 else ''} to try"
+            f"{', keeping ' + ', '.join(o.keep_fp32) + ' in fp32' if o.keep_fp32 else ''} ...")
+    tried = []
+    for setting in order:
+        tried.append(_attempt(job, staging, prepared, setting, calib, scoring))
+        job.say(f"int8: {setting.label}: top-1 {scoring.fp32['top1']:.2f}% -> {tried[-1]['int8_top1']:.2f}% "
+                f"(drop {tried[-1]['top1_drop']:.2f}, budget {o.int8_budget:g}, {tried[-1]['seconds']:.1f} s)")
+        if tried[-1]["top1_drop"] <= o.int8_budget:
+            break
+        os.unlink(tried[-1].pop("path"))
+    else:
+        raise UserError(_failure(job, scoring, tried, len(calib)))
+    info = _stage_choice(job, staging, prepared, tried, len(order), len(calib), scoring)
+    job.timings["int8_s"] = time.perf_counter() - t
+    job.say(f"int8: chose {info['setting']} (setting {len(tried)} of {len(order)}): top-1 "
+            f"{info['fp32_top1']:.2f}% -> {info['int8_top1']:.2f}% on {info['n']} {info['split']} images "
+            f"(drop {info['top1_drop']:.2f}, budget {o.int8_budget:g})")
+    return info
+
+
+def _check_int8_data(data, why) -> str:
+    """The split that holds the accuracy budget; a UserError when the run's data can't serve INT8."""
+    if data is None:
+        raise UserError(f"--int8: could not load the run's data ({why}); INT8 needs its training images "
+                        "for calibration and its validation images for the accuracy budget")
+    eval_split = "val" if data.val else "test" if data.test else None
+    if not data.train or eval_split is None:
+        raise UserError("--int8: the run's data has no training images to calibrate on or no "
+                        "validation/test images to check the accuracy budget on")
+    return eval_split
+
+
+def _calibration_images(job: ExportJob, data) -> np.ndarray:
+    """A seeded sample of calib_images training images, as uint8 pixels."""
+    order = np.random.default_rng(0).permutation(len(data.train))[:int(job.options.calib_images)]
+    calib, _, _ = load_pixels([data.train[i] for i in order], job.preprocess, job.recipe.data.max_pixels)
+    if len(calib) == 0:
+        raise UserError("--int8: none of the sampled training images could be read for calibration")
+    return calib
+
+
+def _scoring(job: ExportJob, staging: Staging, data, split: str) -> Scoring:
+    """The evaluation images and the FP32 file's logits and accuracy on them."""
+    items = getattr(data, split)
+    pixels, targets, _ = load_pixels(items, job.preprocess, job.recipe.data.max_pixels)
+    if len(pixels) == 0:
+        raise UserError(f"--int8: none of the {len(items)} {split} images could be read")
+    logits = run_logits(cpu_session(staging.files["fp32"]), pixels, job.preprocess, False)
+    return Scoring(split=split, pixels=pixels, targets=targets, fp32_logits=logits,
+                   fp32=accuracy_report(logits, targets, job.labels))
+
+
+def _attempt(job: ExportJob, staging: Staging, prepared: Prepared, setting: Int8Setting, calib: np.ndarray,
+             scoring: Scoring) -> dict:
+    """Quantize with one setting and score the candidate; returns its numbers and its file."""
+    t = time.perf_counter()
+    path = os.path.join(prepared.work_dir, f"candidate-{setting.calib_method}-{int(setting.per_channel)}"
+                                           f"-{int(setting.fp32_edges)}.onnx")
+    quantize(prepared, setting, calibration_reader(calib, job.preprocess), path, staging.ir_version)
+    session = cpu_session(path)
+    logits = run_logits(session, scoring.pixels, job.preprocess, False)
+    del session
+    acc = accuracy_report(logits, scoring.targets, job.labels)
+    return {**setting.as_dict(), "int8_top1": acc["top1"], "int8_top5": acc["top5"],
+            "top1_drop": scoring.fp32["top1"] - acc["top1"],
+            "top1_agreement_with_fp32": float((scoring.fp32_logits.argmax(1) == logits.argmax(1)).mean()),
+            "seconds": round(time.perf_counter() - t, 3), "path": path}
+
+
+def _stage_choice(job: ExportJob, staging: Staging, prepared: Prepared, tried: list, planned: int,
+                  n_calib: int, scoring: Scoring) -> dict:
+    """Write the chosen candidate, with its metadata, as the staged INT8 twin; returns the report's dict."""
+    import onnx
+
+    o, chosen = job.options, tried[-1]
+    setting = Int8Setting(chosen["per_channel"], chosen["calib_method"], chosen["fp32_edges"])
+    quant = {"format": "QDQ", "weights": "int8", "activations": "uint8", **setting.as_dict(),
+             "calib_images": int(n_calib), "keep_fp32": o.keep_fp32, "excluded_nodes": prepared.excluded(setting),
+             "split": scoring.split, "n": int(len(scoring.pixels)), "budget": o.int8_budget,
+             "fp32_top1": scoring.fp32["top1"], "int8_top1": chosen["int8_top1"], "top1_drop": chosen["top1_drop"],
+             "setting": setting.label, "attempt": len(tried), "attempts_planned": planned,
+             "search": bool(o.int8_search)}
+    q = onnx.load(chosen["path"])
+    contract.write(q, {**base_metadata(job), "precision": "int8", "quantization": quant})
+    tmp = staging.new("int8")
+    staging.save(q, "int8")
+    del q
+    check_file(tmp)
+    tried_report = [{k: v for k, v in t.items() if k != "path"} for t in tried]
+    return {**quant, "fp32_top5": scoring.fp32["top5"], "int8_top5": chosen["int8_top5"],
+            "top1_agreement_with_fp32": chosen["top1_agreement_with_fp32"], "tried": tried_report}
+
+
+def _failure(job: ExportJob, scoring: Scoring, tried: list, n_calib: int) -> str:
+    """The one-line error when no setting meets the budget: every setting tried, with its drop."""
+    o = job.options
+    each = "; ".join(f"{Int8Setting(t['per_channel'], t['calib_method'], t['fp32_edges']).label} "
+                     f"{t['top1_drop']:.2f}" for t in tried)
+    hints = []
+    if not o.int8_search:
+        hints.append("--int8-search=true (tries the other settings)")
+    pinned = [flag for flag, value in (("--per-channel", o.per_channel), ("--calib-method", o.calib_method))
+              if value is not None]
+    if o.int8_search and pinned:
+        hints.append(f"leaving out {' and '.join(pinned)} (lets the search vary them)")
+    hints += [f"more --calib-images (used {n_calib})", "--keep-fp32 with more layers (e.g. head)",
+              "a larger --int8-budget"]
+    return (f"int8 accuracy gate failed: no setting kept the top-1 drop within --int8-budget {o.int8_budget:g} "
+            f"(points) on {len(scoring.pixels)} {scoring.split} images (fp32 top-1 {scoring.fp32['top1']:.2f}%); "
+            f"top-1 drop of each setting tried: {each}; try {', '.join(hints)}; nothing was written (the fp32 "
+            "export passed its gate: rerun without --int8 to keep it)")

@@ -1,0 +1,138 @@
+"""What the two transfer demos share (`toolkit demo` on digits, `toolkit demo --imagenet` on
+Fashion-MNIST): finding a recipe, one quiet training run, scoring its final weights, and the report:
+the table (labels per class | transfer | scratch | gain, each mean ± std over seeds), demo.json,
+demo.md and demo.png (test top-1 against labels per class)."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+from toolkit.artifacts import atomic_path, atomic_write
+from toolkit.datasets import load_dataset
+from toolkit.errors import UserError
+
+ARMS = ("transfer", "scratch")
+TABLE_HEADER = ["| labels per class | transfer | scratch | transfer gain |", "|---|---|---|---|"]
+
+
+def recipe_path(name: str) -> str:
+    """recipes/<name> in the working directory, else beside the installed package (a source checkout)."""
+    for root in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))):
+        path = os.path.join(root, "recipes", name)
+        if os.path.isfile(path):
+            return path
+    raise UserError(f"recipes/{name}: not found; run the demo from the toolkit source folder")
+
+
+def train_quietly(recipe, evaluate_test: bool = True) -> float:
+    """Train `recipe` (replacing an earlier run of the same name) without log lines; -> seconds."""
+    from toolkit.train.loop import train
+
+    started = time.time()
+    train(recipe, overwrite=True, quiet=True, evaluate_test=evaluate_test)
+    return time.time() - started
+
+
+def final_test_top1(run_dir: str, batch_size: int = 32) -> float:
+    """Test top-1 of the run's final weights (last.pt), not of the epoch validation liked best."""
+    from toolkit.train.evaluate import evaluate_checkpoint
+
+    last = os.path.join(run_dir, "checkpoints", "last.pt")
+    return evaluate_checkpoint(last, split="test", batch_size=batch_size, quiet=True)["top1"]
+
+
+def summarise(results: list, labels_per_class: list) -> list:
+    """Per labels-per-class value: each arm's mean, std (population), min, max and runs, and the gain."""
+    rows = []
+    for k in labels_per_class:
+        row = {"labels_per_class": k}
+        for arm in ARMS:
+            accs = [r["test_top1"] for r in results if r["arm"] == arm and r["labels_per_class"] == k]
+            row[arm] = {"mean": statistics.mean(accs), "std": statistics.pstdev(accs), "min": min(accs),
+                        "max": max(accs), "runs": accs}
+        row["gain"] = row["transfer"]["mean"] - row["scratch"]["mean"]
+        rows.append(row)
+    return rows
+
+
+def table_lines(rows: list) -> list:
+    """The markdown table both demos print."""
+    lines = list(TABLE_HEADER)
+    for row in rows:
+        t, s = row["transfer"], row["scratch"]
+        lines.append(f"| {row['labels_per_class']} | {t['mean']:.1f} ± {t['std']:.1f}% | "
+                     f"{s['mean']:.1f} ± {s['std']:.1f}% | {row['gain']:+.1f} points |")
+    return lines
+
+
+def plot_rows(path: str, rows: list, title: str) -> None:
+    """demo.png: test top-1 (mean, with ± std bars) of both arms against labels per class (log axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [row["labels_per_class"] for row in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, style in zip(ARMS, ("o-", "s--")):
+        ax.errorbar(ks, [row[arm]["mean"] for row in rows], yerr=[row[arm]["std"] for row in rows],
+                    fmt=style, capsize=4, label=arm)
+    if len(set(ks)) > 1 and min(ks) > 0:
+        ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set(xlabel="labels per class", ylabel="test top-1 (%)", title=title, ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def write_report(out_dir: str, report: str, record: dict, plot_title: str) -> list:
+    """demo.json, demo.md and demo.png in `out_dir`; -> their paths."""
+    paths = [os.path.join(out_dir, name) for name in ("demo.json", "demo.md", "demo.png")]
+    atomic_write(paths[0], json.dumps(record, indent=2) + "\n")
+    atomic_write(paths[1], report + "\n")
+    plot_rows(paths[2], record["rows"], plot_title)
+    return paths
+
+
+def write_samples(recipe, folder: str, count: int = 5) -> list:
+    """One test image per class (up to `count`) as PNG files, so `toolkit predict` has something real to read."""
+    from PIL import Image
+
+    data = load_dataset(recipe, scan=False)
+    first_of_class = {}
+    for pixels, label in data.test:  # one image per class, so the samples show different answers
+        first_of_class.setdefault(label, pixels)
+    paths = []
+    for label, pixels in sorted(first_of_class.items())[:count]:
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in data.labels[label])  # "T-shirt/top"
+        path = os.path.join(folder, f"{safe}.png")
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(pixels).save(path)  # the digits and Fashion-MNIST sources hold uint8 HxWx3 arrays
+        paths.append(path)
+    return paths
+
+
+def print_next_steps(recipe, showcase_run: str, out_dir: str) -> None:
+    """Write the samples of `recipe`'s target data and print the commands to try next."""
+    samples = write_samples(recipe, os.path.join(out_dir, "samples"))
+    print(next_steps(showcase_run, samples[0] if samples else None))
+
+
+def next_steps(showcase_run: str, sample_image) -> str:
+    """What to try after the demo. With no path, export picks the newest run at any depth under runs/; the
+    demo trains `showcase_run` (a transfer run) last, so that is the one."""
+    image = sample_image or "PHOTO.jpg"
+    return "\n".join([
+        "", "next, with the newest run (a transfer run; or name one, e.g. toolkit export " + showcase_run + "):",
+        "  toolkit export                 # a verified ONNX file in exports/, labels and preprocessing inside",
+        "  toolkit export --int8          # ... plus an INT8 twin, checked against an accuracy budget",
+        f"  toolkit predict {image}",
+        "  toolkit serve-local            # the newest export over HTTP, with a page at http://127.0.0.1:8000",
+        "  toolkit benchmark              # its throughput and latency on this machine",
+    ])
