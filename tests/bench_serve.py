@@ -1,6 +1,6 @@
 """serve-local vs a direct Predictor, side by side in one run on this machine (not a test).
 
-    python tests/bench_serve.py exports/flowers.onnx [--requests 64] [--latency-n 15] [--threads N]
+    python tests/bench_serve.py exports/flowers.onnx [--requests 64] [--latency-n 15] [--threads N] [--engine openvino]
 
 Prints (and writes as JSON with --json PATH):
 - cold start: `toolkit serve-local` process start -> /ready 200 (import + session + warm-up), and
@@ -72,6 +72,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--latency-n", type=int, default=15)
     ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (both sides)")
+    ap.add_argument("--engine", default="onnxruntime", help="onnxruntime | openvino (both sides)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=5)
     ap.add_argument("--json", default=None)
@@ -87,6 +88,7 @@ def main():
     extra = ["--device", "cpu", "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     if args.threads:
         extra += ["--threads", str(args.threads)]
+    extra += ["--engine", args.engine]
 
     # 1. cold starts ---------------------------------------------------------------------------
     proc, url, server_cold = start_server(args.model, extra, "/tmp/bench_serve_server.log")
@@ -97,7 +99,7 @@ def main():
 
         # 2+3. throughput, in alternating rounds so that load from others on a shared machine hits
         # both sides alike: the Predictor on a list (server idle), then the server under N clients.
-        pred = Predictor(args.model, device="cpu", threads=args.threads)
+        pred = Predictor(args.model, device="cpu", threads=args.threads, engine=args.engine)
         pred.predict(images[0], top_k=5)
         work = [images[i % len(images)] for i in range(args.requests)]
         direct = {16: [], 32: []}
