@@ -8,9 +8,9 @@ import json
 import os
 from typing import Callable, Optional
 
-from toolkit.artifacts import atomic_path, atomic_write
+from toolkit.artifacts import atomic_write
 from toolkit.errors import first_line
-from toolkit.runtime.benchmark.report import _fmt, _ips
+from toolkit.runtime.benchmark.report import _fmt, _ips, save_figure
 
 
 def _lines(record: dict) -> list:
@@ -99,12 +99,7 @@ def _plot_pareto(record: dict, path: str) -> Optional[str]:
     ax.set_ylabel(f"top-1 % ({record['settings']['split']} split)")
     ax.set_title(f"Which model for {record['machine']['cpu']}", fontsize=9)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
     return None
 
 

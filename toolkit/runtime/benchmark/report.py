@@ -160,13 +160,20 @@ def _plot(record: dict, path: str) -> Optional[str]:
     ax.set_title(f"{record['model']['name']} on {record['machine']['gpu'] or record['machine']['cpu']}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
+    save_figure(fig, path)
+    return None
+
+
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure as PNG atomically, and close it whatever happens."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-    return None
 
 
 def _write_outputs(record: dict, out_dir: str, plot: bool, say: Callable) -> None:
