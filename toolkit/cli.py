@@ -78,9 +78,9 @@ def serve_local(model, **given):
     serve(model, **given)
 
 
-@options("toolkit.runtime.benchmark.options:BenchmarkOptions")
+@options("toolkit.runtime.benchmark.options:BenchmarkOptions", skip=("end_to_end",))
 def benchmark(model: str | None = None, *more: str, train: str | None = None, batch_size: int | None = None,
-              pareto_batch: int | None = None, **given):
+              pareto_batch: int | None = None, model_only: bool = False, **given):
     """Throughput and latency of an export (default: the newest), or of training with --train RECIPE
     (KEY=VALUE overrides after it apply to that recipe). More .onnx files after MODEL: compare them
     in the same rounds, top-1 (--data) against img/s with Pareto marks at --pareto-batch.
@@ -89,10 +89,12 @@ def benchmark(model: str | None = None, *more: str, train: str | None = None, ba
         train: a recipe: time its training step and data loader instead (--batch-size: its batch size)
         batch_size: with --train: the batch size (default: the recipe's)
         pareto_batch: with several models: the batch size of the Pareto marks (default: the largest)
+        model_only: time the model alone, not also JPEG decode + preprocess + inference + top-5
     """
     from toolkit.runtime.benchmark import BenchmarkOptions, compare_models, run_benchmark
 
-    asked, others = BenchmarkOptions(**given), [str(o) for o in more if not str(o).endswith(".onnx")]
+    asked = BenchmarkOptions(**given, end_to_end=not model_only)
+    others = [str(o) for o in more if not str(o).endswith(".onnx")]
     if train:
         from toolkit.train.benchmark import run_train_benchmark
 
