@@ -1,8 +1,6 @@
-"""`toolkit` command line (fire): each command is a few lines over a library function.
-
-export, serve-local and benchmark take their flags, defaults and help from the options dataclasses they fill
-(`@options`, toolkit/flags.py), imported only when the command is named; the others pass a few flags on.
-"""
+"""`toolkit` command line (fire): each command is a few lines over a library function. export, serve-local and
+benchmark take their flags, defaults and help from the options dataclasses they fill (`@options`, toolkit/flags.py),
+imported only when the command is named; the other commands pass their few flags on."""
 from __future__ import annotations
 
 import sys
@@ -44,10 +42,9 @@ def export(run, *, format: str = "onnx", **given):
     from toolkit.export import TritonOptions, export_run, export_triton
 
     triton_only = sorted(set(given) & set(TritonOptions.__dataclass_fields__))
-    if format not in ("onnx", "triton"):
-        raise UserError(f"--format {format!r}: expected onnx (one file) or triton (a Triton model repository)")
-    if format == "onnx" and triton_only:
-        raise UserError(f"--{triton_only[0].replace('_', '-')} goes with --format triton")
+    if format not in ("onnx", "triton") or format == "onnx" and triton_only:
+        raise UserError(f"--{triton_only[0].replace('_', '-')} goes with --format triton" if format == "onnx" else
+                        f"--format {format!r}: expected onnx (one file) or triton (a Triton model repository)")
     if format == "triton":
         export_triton(run, **{("repo" if k == "out" else k): v for k, v in given.items()})
     else:
@@ -112,13 +109,15 @@ def benchmark(model: str | None = None, *more: str, train: str | None = None, ba
 
 def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False, out_dir: str | None = None,
          imagenet: bool = False, steps: int | None = None):
-    """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch (seeds 0,1,2; labels
-    per class 1,3,10). --imagenet: real ImageNet EfficientNet-Lite0 against the same net from scratch, on
-    Fashion-MNIST (labels per class 1,5,20; --steps: optimizer steps per run).
-    KEY=VALUE overrides apply to all its recipes (e.g. model.arch=vgg11)."""
-    given = {k: v for k, v in dict(seeds=parse_list(seeds, int), labels_per_class=parse_list(labels_per_class, int),
-                                   steps=steps, out_dir=out_dir).items() if v}  # unset: the demo's own defaults
-    given.update(quick=quick, overrides=[str(o) for o in overrides])
+    """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch (seeds 0,1,2; labels per
+    class 1,3,10). --imagenet: real ImageNet EfficientNet-Lite0 against the same net from scratch, on Fashion-MNIST
+    (labels per class 1,5,20; --steps: optimizer steps per run). KEY=VALUE overrides apply to all its recipes."""
+    given = {k: v for k, v in dict(seeds=seeds, labels_per_class=labels_per_class, steps=steps, out_dir=out_dir).items()
+             if v is not None}  # unset: the demo's own defaults
+    given.update({k: parse_list(given[k], int) for k in ("seeds", "labels_per_class") if k in given},
+                 quick=quick, overrides=[str(o) for o in overrides])
+    if "steps" in given and not imagenet:
+        raise UserError("demo: --steps goes with --imagenet (the digits demo trains by epochs)")
     if imagenet:
         from toolkit.train.demo_imagenet import ImagenetDemoOptions, run_imagenet_demo
 
@@ -127,6 +126,7 @@ def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False
         from toolkit.train.demo import run_demo
 
         run_demo(**given)
+
 
 COMMANDS = {"train": train, "evaluate": evaluate, "export": export, "predict": predict,
             "serve-local": serve_local, "benchmark": benchmark, "demo": demo}

@@ -183,7 +183,7 @@ def test_cli_takes_extra_onnx_files_as_models(models, tmp_path):
 
     out = tmp_path / "cli"
     cli.benchmark(models[0], models[1], batch_sizes="1", iterations=1, rounds=1, warmup=1, threads=1,
-                  end_to_end=False, isolate=False, out_dir=str(out))
+                  model_only=True, isolate=False, out_dir=str(out))
     with open(out / "compare.json") as fh:
         rec = json.load(fh)
     assert [m["name"] for m in rec["models"]] == ["small", "mid"]
