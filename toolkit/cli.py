@@ -114,7 +114,8 @@ def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False
     (labels per class 1,5,20; --steps: optimizer steps per run). KEY=VALUE overrides apply to all its recipes."""
     given = {k: v for k, v in dict(seeds=seeds, labels_per_class=labels_per_class, steps=steps, out_dir=out_dir).items()
              if v is not None}  # unset: the demo's own defaults
-    given.update({k: parse_list(given[k], int) for k in ("seeds", "labels_per_class") if k in given},
+    given.update({k: parse_list(given[k], int, "--" + k.replace("_", "-")) for k in ("seeds", "labels_per_class")
+                  if k in given},
                  quick=quick, overrides=[str(o) for o in overrides])
     if "steps" in given and not imagenet:
         raise UserError("demo: --steps goes with --imagenet (the digits demo trains by epochs)")

@@ -30,22 +30,23 @@ FLAG = re.compile(r"--?[A-Za-z]")  # what fire reads as a flag: --name, and -n o
 def options(*sources: str, skip: tuple = ()):
     """Give a command the fields of these dataclasses ('module:Class') as keyword-only flags, less `skip`."""
     def attach(command):
-        command.sources, command.skip = sources, skip
+        command._options = (sources, skip)  # underscored: fire's --help lists a function's public attributes
         return command
     return attach
 
 
 def option_classes(command) -> list:
     return [getattr(importlib.import_module(module), name)
-            for module, _, name in (source.partition(":") for source in getattr(command, "sources", ()))]
+            for module, _, name in (source.partition(":") for source in getattr(command, "_options", ((),))[0])]
 
 
 def signature(command) -> inspect.Signature:
     """The command's flags: its own parameters, then its options' fields, keyword-only, with their defaults;
     set on the function, with the fields' help under Args: in its docstring, for fire and --help."""
-    if "__signature__" in vars(command) or not hasattr(command, "sources"):
+    if "__signature__" in vars(command) or not hasattr(command, "_options"):
         return inspect.signature(command)
-    fields = {f.name: f for cls in option_classes(command) for f in _own_first(cls) if f.name not in command.skip}
+    skip = command._options[1]
+    fields = {f.name: f for cls in option_classes(command) for f in _own_first(cls) if f.name not in skip}
     default = {k: f.default_factory() if f.default is dataclasses.MISSING else f.default for k, f in fields.items()}
     types = {k: v for cls in option_classes(command) for k, v in typing.get_type_hints(cls).items()}
     own = [p if p.name not in fields else p.replace(default=default[p.name], annotation=types[p.name])
