@@ -1,7 +1,7 @@
 """A command's flags for fire, read from the options dataclasses it fills, and checked before fire runs.
 
     @options("toolkit.export.options:ExportOptions")
-    def export(run, *, format="onnx", **flags): ...
+    def export(run, *, format="onnx", **given): ...
 
 gives `toolkit export` a flag per ExportOptions field: its default is the field's and its --help line the
 field's `# comment` (or the string under the field), so an option is written once, in its dataclass.
@@ -36,6 +36,7 @@ def options(*sources: str, skip: tuple = ()):
 
 
 def option_classes(command) -> list:
+    """The command's options dataclasses, imported now."""
     return [getattr(importlib.import_module(module), name)
             for module, _, name in (source.partition(":") for source in getattr(command, "_options", ((),))[0])]
 
@@ -84,7 +85,10 @@ def field_help(cls) -> dict[str, str]:
 
 
 def _own_field_help(klass) -> dict[str, str]:
-    source = textwrap.dedent(inspect.getsource(klass))
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):  # no source shipped: flags without help lines, not a failing command
+        return {}
     tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     comments = {t.start[0]: t for t in tokens if t.type == tokenize.COMMENT}
     code = {t.start[0] for t in tokens if t.type in (tokenize.NAME, tokenize.OP, tokenize.NUMBER, tokenize.STRING)}
