@@ -35,7 +35,6 @@ LAZY_ALLOWED = {
     ("toolkit/datasets/fashion.py", "torchvision.datasets"): "data.source: fashion_mnist with data.download: true",
     ("toolkit/runtime/benchmark/run.py", "toolkit.train.torch_backend"): "benchmark --torch",
     ("toolkit/runtime/openvino_session.py", "openvino"): "engine openvino: imported only when that engine is asked for",
-    ("toolkit/runtime/benchmark/ov.py", "openvino"): "benchmark --engine openvino: its GEMM peaks",
 }
 
 

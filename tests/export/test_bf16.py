@@ -17,7 +17,7 @@ from toolkit.export import bf16 as bf16_mod  # noqa: E402
 from toolkit.export import pipeline as export_mod  # noqa: E402
 from toolkit.runtime import openvino_session  # noqa: E402
 
-if "BF16" not in openvino_session._capabilities(ov.Core(), "CPU"):
+if "BF16" not in openvino_session._capabilities(openvino_session.shared_core(), "CPU"):
     pytest.skip("this CPU has no BF16 support in OpenVINO", allow_module_level=True)
 
 

@@ -32,8 +32,10 @@ def small_peak(monkeypatch):
 
 
 def _cpu_has_bf16() -> bool:
-    ov = pytest.importorskip("openvino")
-    return "BF16" in [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    pytest.importorskip("openvino")
+    from toolkit.runtime import openvino_session
+
+    return "BF16" in openvino_session._capabilities(openvino_session.shared_core(), "CPU")
 
 
 @pytest.fixture(scope="module")

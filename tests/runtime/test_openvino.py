@@ -19,7 +19,7 @@ from toolkit.runtime import engines, openvino_session  # noqa: E402
 from toolkit.runtime.bf16_gate import compare_centred  # noqa: E402
 from toolkit.runtime.predictor import Predictor  # noqa: E402
 
-HAS_BF16 = "BF16" in openvino_session._capabilities(ov.Core(), "CPU")
+HAS_BF16 = "BF16" in openvino_session._capabilities(openvino_session.shared_core(), "CPU")
 needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no BF16 support in OpenVINO")
 
 
@@ -111,6 +111,53 @@ def test_model_cache_dir_is_filled(tiny_model, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# OpenVINO's alternate signal stack (issue 18): one process-wide Core, so no session leaves it unmapped
+
+_SIGNAL_STACK_SCRIPT = r"""
+import ctypes, gc, os, signal, subprocess, sys
+from toolkit.runtime.predictor import Predictor
+
+first = Predictor(sys.argv[1], engine="openvino")
+second = Predictor(sys.argv[1], engine="openvino")
+del first   # oldest first: the order that left the thread's alternate stack unmapped
+gc.collect()
+del second
+gc.collect()
+
+class StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+libc = ctypes.CDLL(None, use_errno=True)
+now = StackT()
+assert libc.sigaltstack(None, ctypes.byref(now)) == 0, os.strerror(ctypes.get_errno())
+SS_DISABLE = 2
+if not now.ss_flags & SS_DISABLE:
+    start, end = now.ss_sp, now.ss_sp + now.ss_size
+    with open("/proc/self/maps") as maps:
+        regions = [[int(x, 16) for x in line.split()[0].split("-")] + [line.split()[1]] for line in maps]
+    mapped = any(lo <= start and end <= hi and perms.startswith("rw") for lo, hi, perms in regions)
+    print(f"alternate stack {start:#x}+{now.ss_size}: {'mapped' if mapped else 'UNMAPPED'}", flush=True)
+    assert mapped, "the thread's alternate signal stack is not mapped"
+seen = []
+signal.signal(signal.SIGUSR1, lambda *_: seen.append("usr1"))
+os.kill(os.getpid(), signal.SIGUSR1)
+signal.signal(signal.SIGCHLD, lambda *_: seen.append("chld"))
+assert subprocess.run(["true"]).returncode == 0
+print("handled", sorted(set(seen)), flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_sessions_dropped_oldest_first_leave_the_signal_stack_mapped(tiny_model):
+    """Two sessions opened and released oldest-first, then a handled signal and a subprocess, in a
+    fresh process: with a Core per session the second release left an unmapped stack (exit -11)."""
+    run = subprocess.run([sys.executable, "-c", _SIGNAL_STACK_SCRIPT, tiny_model], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stdout, run.stderr[-2000:])
+    assert "UNMAPPED" not in run.stdout and "handled ['chld', 'usr1']" in run.stdout
+
+
+# ------------------------------------------------------------------------------------------------
 # Clear errors
 
 def test_openvino_missing_is_one_clear_error(tiny_model, monkeypatch):
@@ -122,6 +169,7 @@ def test_openvino_missing_is_one_clear_error(tiny_model, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_openvino)
+    monkeypatch.setattr(openvino_session, "_core", None)   # as before the first use (the real one is kept)
     with pytest.raises(UserError, match=r"pip install 'toolkit\[openvino\]'"):
         Predictor(tiny_model, engine="openvino")
 

@@ -26,10 +26,9 @@ __all__ = ["require_bf16", "bf16_check"]
 
 def require_bf16() -> None:
     """Before any slow work: openvino is installed and its CPU can compute in bf16 (else a UserError)."""
-    from toolkit.runtime.openvino_session import _capabilities, _import_openvino
+    from toolkit.runtime.openvino_session import _capabilities, shared_core
 
-    ov = _import_openvino()
-    caps = _capabilities(ov.Core(), "CPU")
+    caps = _capabilities(shared_core(), "CPU")
     if "BF16" not in caps:
         raise UserError(f"--bf16-check: OpenVINO's CPU has no BF16 support on this machine (it offers "
                         f"{', '.join(caps)}; BF16 needs AVX-512 BF16 or AMX); drop --bf16-check")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from toolkit import contract
 from toolkit.errors import UserError
 from toolkit.runtime.engines import parse_hint, parse_precision
 
-__all__ = ["open_openvino", "OpenVinoSession", "PortInfo", "INSTALL_HINT"]
+__all__ = ["open_openvino", "OpenVinoSession", "PortInfo", "INSTALL_HINT", "shared_core"]
 
 INSTALL_HINT = "pip install 'toolkit[openvino]'"
 # OpenVINO element type names -> ONNX Runtime's type strings (what Predictor's ORT_TYPES reads)
@@ -130,6 +131,26 @@ def _import_openvino():
     return openvino
 
 
+_core = None   # the process-wide openvino.Core: created once, never released (see shared_core)
+_core_lock = threading.Lock()
+
+
+def shared_core():
+    """The one openvino.Core of this process, created on first use and never released.
+
+    OpenVINO's CPU plugin maps an alternate signal stack per Core and, when that Core is released, puts
+    the saved stack back only if its own is still current. Two Cores released oldest-first leave the
+    thread with an unmapped alternate stack, and the next signal Python handles there (SIGCHLD, Ctrl-C)
+    kills the process with SIGSEGV. One Core that lives as long as the process cannot do that, so every
+    OpenVINO path of the toolkit (sessions, the BF16 checks, the benchmark's peaks) goes through it; the
+    model cache is passed per compile_model call (CACHE_DIR), never set on the shared Core."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            _core = _import_openvino().Core()
+        return _core
+
+
 def _capabilities(core, device: str) -> list[str]:
     """OpenVINO's OPTIMIZATION_CAPABILITIES of a device (BF16, FP32, INT8, ...)."""
     return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
@@ -146,10 +167,12 @@ def _check_device(core, device: str, precision: str) -> None:
                         "fp32")
 
 
-def _config(precision: str, hint: str, threads: int | None) -> dict:
+def _config(precision: str, hint: str, threads: int | None, cache_dir: str | None) -> dict:
     config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision], "PERFORMANCE_HINT": hint}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if cache_dir:   # per call: the shared Core keeps no cache setting between callers
+        config["CACHE_DIR"] = os.fspath(cache_dir)
     return config
 
 
@@ -179,15 +202,13 @@ def open_openvino(path: str | os.PathLike, device: str = "CPU", precision: str =
         raise UserError(f"threads: {threads!r}; expected a positive whole number (or leave it unset)")
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such model file; expected an .onnx file written by toolkit export")
-    ov = _import_openvino()
-    core = ov.Core()
+    core = shared_core()
     _check_device(core, device, precision)
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
-        core.set_property({"CACHE_DIR": os.fspath(cache_dir)})
     start = time.perf_counter()
     try:
-        compiled = core.compile_model(path, device, _config(precision, hint, threads))
+        compiled = core.compile_model(path, device, _config(precision, hint, threads, cache_dir))
     except Exception as exc:  # OpenVINO raises RuntimeError / its own types with a long C++ trace
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{path}: OpenVINO cannot compile it ({first[:300]}); expected an ONNX file written by "

@@ -45,9 +45,9 @@ def _matmul_model(n: int, precision: str):
 def ov_gemm_peak(n: int, precision: str, threads: int, time_best: Callable) -> float:
     """GFLOP/s of an n x n x n GEMM on OpenVINO's CPU at `threads`, LATENCY hint (one stream).
     Raises when OpenVINO can't run that precision here (e.g. bf16 without BF16 support)."""
-    import openvino as ov
+    from toolkit.runtime.openvino_session import shared_core
 
-    core = ov.Core()
+    core = shared_core()   # never a Core of its own: see shared_core on OpenVINO's signal stack
     if precision == "bf16" and "BF16" not in [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]:
         raise RuntimeError("OpenVINO's CPU has no BF16 support on this machine")
     compiled = core.compile_model(core.read_model(_matmul_model(n, precision).SerializeToString(), b""), "CPU",
