@@ -34,7 +34,7 @@ LAZY_ALLOWED = {
     ("toolkit/datasets/sources.py", "torchvision.datasets"): "data.source: flowers102 downloads with torchvision",
     ("toolkit/datasets/fashion.py", "torchvision.datasets"): "data.source: fashion_mnist with data.download: true",
     ("toolkit/runtime/benchmark/run.py", "toolkit.train.torch_backend"): "benchmark --torch",
-    ("toolkit/runtime/engines/openvino_core.py", "openvino"): "engine openvino: imported only when that engine is asked for",
+    ("toolkit/runtime/engines/openvino_core.py", "openvino"): "engine openvino: imported only when asked for",
 }
 
 

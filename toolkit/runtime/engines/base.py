@@ -117,6 +117,8 @@ class Engine(Protocol):
 
     def describe(self) -> EngineInfo: ...
 
+    def metadata(self) -> dict: ...  # the file's metadata_props, as stored (toolkit.contract reads them)
+
 
 class Adapter:
     """What adapters share, and the capabilities callers ask instead of comparing engine names."""

@@ -15,8 +15,8 @@ import importlib
 
 from toolkit.errors import UserError
 
-__all__ = ["ENGINES", "DEFAULT_ENGINE", "INFERENCE_PRECISIONS", "adapter_for", "reference_engine", "engines_with", "parse_engine",
-           "parse_engines", "parse_precision"]
+__all__ = ["ENGINES", "DEFAULT_ENGINE", "INFERENCE_PRECISIONS", "adapter_for", "reference_engine", "engines_with",
+           "parse_engine", "parse_engines", "parse_precision"]
 
 # name -> the module whose ADAPTER class runs it (a future engine, e.g. TFLite, is one more row)
 _ADAPTER_MODULES = {"onnxruntime": "toolkit.runtime.engines.onnxruntime_adapter",
