@@ -32,8 +32,10 @@ def small_peak(monkeypatch):
 
 
 def _cpu_has_bf16() -> bool:
-    ov = pytest.importorskip("openvino")
-    return "BF16" in [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    pytest.importorskip("openvino")
+    from toolkit.runtime.engines import openvino_core
+
+    return "BF16" in openvino_core.capabilities("CPU")
 
 
 @pytest.fixture(scope="module")
@@ -187,9 +189,9 @@ def test_openvino_cold_start_without_and_with_its_model_cache(record):
 
 def test_bf16_the_cpu_cannot_run_is_skipped_beside_others(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
-    from toolkit.runtime import openvino_session
+    from toolkit.runtime.engines import openvino_core
 
-    monkeypatch.setattr(openvino_session, "_capabilities", lambda core, device: ["FP32", "INT8"])
+    monkeypatch.setattr(openvino_core, "capabilities", lambda device="CPU": ["FP32", "INT8"])
     base = make_export(str(tmp_path / "exports"))
     rec = bench.run_benchmark(base, engine="openvino", precision="fp32,bf16", isolate=False, end_to_end=False,
                               out_dir=str(tmp_path / "o"), **FAST)

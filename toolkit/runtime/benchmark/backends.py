@@ -1,5 +1,5 @@
-"""What the rounds time: a Predictor (ONNX Runtime or OpenVINO) per engine x precision x device, the
-reference GEMM, and the synthetic JPEGs.
+"""What the rounds time: a Predictor on an engine adapter (toolkit.runtime.engines: ONNX Runtime or OpenVINO)
+per engine x precision x device, the reference GEMM, and the synthetic JPEGs.
 
 The PyTorch backends (--torch, --compile) live on the torch side, in toolkit.train.torch_backend.
 """
@@ -14,10 +14,9 @@ import numpy as np
 
 from toolkit.errors import UserError
 from toolkit.runtime.benchmark import peak as peak_mod
+from toolkit.runtime.engines import EngineOptions, adapter_for
 from toolkit.runtime.benchmark.combos import Combo
 from toolkit.runtime.benchmark.schema import E2E_IMAGE, E2E_JPEG_QUALITY, E2E_TOP_K
-
-ORT_INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
 def synthetic_jpegs(count: int, size: tuple = E2E_IMAGE, seed: int = 0) -> list:
@@ -67,41 +66,13 @@ class _Backend:
     def run(self, mode: str) -> None:
         raise NotImplementedError
 
-
-def _ort_options(session) -> tuple[dict, dict]:
-    """What the session really runs with, read back from it."""
-    so = session.get_session_options()
-    level = so.graph_optimization_level
-    opts = {"graph_optimization_level": getattr(level, "name", str(level)),
-            "intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": so.inter_op_num_threads,
-            "execution_mode": getattr(so.execution_mode, "name", str(so.execution_mode)),
-            "enable_cpu_mem_arena": so.enable_cpu_mem_arena, "enable_mem_pattern": so.enable_mem_pattern}
-    try:
-        for key in ("session.intra_op.allow_spinning", "session.disable_prepacking"):
-            value = so.get_session_config_entry(key)
-            if value:
-                opts[key] = value
-    except Exception:  # noqa: BLE001 - config entry lookup raises when unset
-        pass
-    try:
-        prov = {k: dict(v) for k, v in session.get_provider_options().items()}
-    except Exception:  # noqa: BLE001
-        prov = {}
-    keep = ("device_id", "cudnn_conv_algo_search", "cudnn_conv_use_max_workspace", "do_copy_in_default_stream",
-            "use_tf32", "arena_extend_strategy", "enable_cuda_graph", "trt_fp16_enable", "trt_int8_enable")
-    prov = {k: {kk: vv for kk, vv in v.items() if kk in keep} for k, v in prov.items()}
-    return opts, prov
+    def cold_starts(self, spec: dict, run_probe) -> tuple:
+        """(the fresh-process cold start, extra variants such as a model cache, or None)."""
+        return run_probe(spec), None
 
 
-def _openvino_options(session, threads: int) -> dict:
-    """What the compiled OpenVINO model runs with, read back from it (toolkit.runtime.openvino_session)."""
-    return {"performance_hint": session.hint, "inference_precision": session.inference_precision,
-            "optimal_infer_requests": session.optimal_requests, "inference_num_threads": threads,
-            "compile_s": round(session.compile_s, 4), "cache_dir": session.cache_dir}
-
-
-class _OrtBackend(_Backend):
-    """A Predictor on either ONNX engine (the class name is the one the torch side and tests know)."""
+class _EngineBackend(_Backend):
+    """A Predictor on one engine adapter (toolkit.runtime.engines.open_engine, through the Predictor)."""
 
     photo_modes = ("end_to_end_12mp",)
 
@@ -117,9 +88,8 @@ class _OrtBackend(_Backend):
         t = time.perf_counter()
         # The Predictor owns provider truth: asking for CUDA where it can't load is a UserError there.
         try:
-            self.predictor = Predictor(self.file, device=combo.device, threads=threads, batch_size=max_batch,
-                                       engine=combo.engine,
-                                       precision=combo.inference_precision if combo.engine == "openvino" else None)
+            options = EngineOptions(device=combo.device, threads=threads, precision=combo.inference_precision)
+            self.predictor = Predictor(self.file, batch_size=max_batch, engine=combo.engine, options=options)
         except UserError as exc:
             if combo.device == "cpu":
                 raise
@@ -132,18 +102,17 @@ class _OrtBackend(_Backend):
         self.engine = self.predictor.engine
         self.engine_device = self.predictor.engine_device
         self.inference_precision = self.predictor.inference_precision
-        if self.engine == "openvino":
-            self.session_options, self.provider_options = _openvino_options(self.session, threads), {}
-        else:
-            self.session_options, self.provider_options = _ort_options(self.session)
-        inp = self.session.get_inputs()[0]
+        info = self.predictor.engine_info
+        self.session_options, self.provider_options = dict(info.session_options), dict(info.provider_options)
+        inp = self.session.inputs[0]
         self.in_name = inp.name
-        self.in_dtype = ORT_INPUT_DTYPES.get(inp.type, np.float32)
-        outs = [o.name for o in self.session.get_outputs()]
+        self.in_dtype = np.dtype(inp.dtype)
+        outs = [o.name for o in self.session.outputs]
         self.out_names = ["logits"] if "logits" in outs else outs[:1]
-        self.on_gpu = self.engine == "onnxruntime" and self.provider in ("CUDAExecutionProvider",
-                                                                           "TensorrtExecutionProvider")
-        self._binding = None
+        self._call = None
+
+    def cold_starts(self, spec: dict, run_probe) -> tuple:
+        return adapter_for(self.engine).cold_starts(spec, run_probe)
 
     def probe_spec(self, threads: int, sizes: tuple) -> dict:
         """What the fresh-process cold-start probe needs to rebuild this backend."""
@@ -159,28 +128,15 @@ class _OrtBackend(_Backend):
         x = pixels if self.predictor.raw else pre.normalize(pixels)
         self._x = np.ascontiguousarray(x.astype(self.in_dtype, copy=False))
         self._jpegs = jpegs
-        self._binding = None
-        if self.on_gpu:
-            import onnxruntime as ort
-
-            device_id = int(self.provider_options.get(self.provider, {}).get("device_id", 0) or 0)
-            self._x_dev = ort.OrtValue.ortvalue_from_numpy(self._x, "cuda", device_id)
-            binding = self.session.io_binding()
-            binding.bind_ortvalue_input(self.in_name, self._x_dev)
-            for name in self.out_names:
-                binding.bind_output(name, "cuda", device_id)
-            self._binding = binding
+        self._call = self.session.prepared({self.in_name: self._x}, self.out_names)   # on a GPU: IO binding
 
     def run(self, mode: str) -> None:
         if mode == "end_to_end":
             self.predictor.predict(self._jpegs, top_k=E2E_TOP_K)
         elif mode == "end_to_end_12mp":
             self.predictor.predict(self._photos, top_k=E2E_TOP_K)
-        elif self._binding is not None:
-            self.session.run_with_iobinding(self._binding)
-            self._binding.synchronize_outputs()
         else:
-            self.session.run(self.out_names, {self.in_name: self._x})
+            self._call()
 
 
 class _GemmReference:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from toolkit.errors import UserError
+from toolkit.runtime.engines import INFERENCE_PRECISIONS, adapter_for, engines_with
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,14 @@ def file_precision(precision: str) -> str:
 
 
 def why_not(engine: str, device: str, precision: str) -> str | None:
-    """Why `engine` can't run this device x precision here, or None when it can."""
-    if engine == "onnxruntime" and precision == "bf16":
-        return ("onnxruntime has no bf16 inference precision (it runs a file as exported); bf16 runs on "
-                "--engine openvino")
-    if engine == "openvino" and device != "cpu":
-        return f"openvino runs the cpu device in this benchmark; {device} is an ONNX Runtime device"
+    """Why `engine` can't run this device x precision here, or None when it can (its adapter says)."""
+    adapter = adapter_for(engine)
+    if precision in INFERENCE_PRECISIONS and precision not in adapter.inference_precisions:
+        return (f"{engine} has no {precision} inference precision (it runs a file as exported); {precision} runs "
+                f"on --engine {' or '.join(engines_with(precision))}")
+    if not adapter.supports_device(device):
+        able = [e for e in engines_with("fp32") if adapter_for(e).supports_device(device)]
+        return f"{engine} has no {device} device; {device} runs on --engine {' or '.join(able) or 'none here'}"
     return None
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from toolkit.errors import first_line
+from toolkit.runtime.engines import adapter_for
 
 PEAK_MATRIX = {"cpu": 2048, "cuda": 8192}  # square GEMM sizes for the peak measurement
 
@@ -161,11 +162,9 @@ def _cpu_candidates(n: int, precision: str, threads: int, engines: tuple) -> lis
         out.append(_candidate("numpy", lambda: (blas.append(_numpy_gemm_peak(n, threads)) or blas[0][0])))
         if blas:
             out[-1]["engine"] = f"numpy ({blas[0][1]})"
-    if "openvino" in engines and precision in ("fp32", "bf16", "int8"):
-        from toolkit.runtime.benchmark.ov import ov_gemm_peak
-
-        label = {"fp32": "MatMul f32", "bf16": "MatMul bf16", "int8": "QDQ MatMul u8s8"}[precision]
-        out.append(_candidate(f"openvino {label}", lambda: ov_gemm_peak(n, precision, threads, _time_best)))
+    for engine in engines:   # each engine's own GEMM, from its adapter (OpenVINO's MatMul; ORT's is above)
+        for label, measure in adapter_for(engine).gemm_peaks(precision):
+            out.append(_candidate(label, lambda m=measure: m(n, threads, _time_best)))
     if precision == "bf16" and importlib.util.find_spec("torch") is not None:
         out.append(_candidate("torch matmul bf16 (oneDNN)",
                               lambda: _fresh_process_peak(_TORCH_BF16_PEAK_SCRIPT, [n, threads], threads)[0]))

@@ -18,12 +18,11 @@ from typing import Callable
 
 import numpy as np
 
-from toolkit.runtime.benchmark.backends import ORT_INPUT_DTYPES
 from toolkit.runtime.benchmark.machine import _gpu_mem_of_pid, _maxrss_mb
 
-# spec["kind"] -> the module whose `--probe` entry point measures it
-PROBE_MODULES = {"onnxruntime": "toolkit.runtime.benchmark", "openvino": "toolkit.runtime.benchmark",
-                 "torch": "toolkit.train.torch_backend"}
+# spec["kind"] -> the module whose `--probe` entry point measures it; every engine's (its name) is this package's
+PROBE_MODULES = {"torch": "toolkit.train.torch_backend"}
+ENGINE_PROBE_MODULE = "toolkit.runtime.benchmark"
 
 
 def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
@@ -43,28 +42,26 @@ def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
 
 
 def probe_ort(spec: dict) -> dict:
-    """Runs in a fresh interpreter: create one session (ORT, or OpenVINO's compile), first inference per
-    batch size, memory."""
+    """Runs in a fresh interpreter: open the model on spec["kind"]'s engine (ORT's session, OpenVINO's compile,
+    with spec["cache_dir"] as its model cache), first inference per batch size, memory."""
     t0 = time.perf_counter()
     out: dict = {"rss_start_mb": _maxrss_mb()}
+    from toolkit.runtime.engines import EngineOptions, OpenVinoOptions
     from toolkit.runtime.predictor import Predictor
     out["import_s"] = time.perf_counter() - t0
     out["rss_base_mb"] = _maxrss_mb()
     t = time.perf_counter()
-    engine = spec.get("kind", "onnxruntime")
-    extra = {"precision": spec.get("inference_precision"), "cache_dir": spec.get("cache_dir")} \
-        if engine == "openvino" else {}
-    pred = Predictor(spec["path"], device=spec["device"], threads=spec["threads"],
-                     batch_size=max(spec["batch_sizes"]), engine=engine, **extra)
+    options = EngineOptions(device=spec["device"], threads=spec["threads"], precision=spec.get("inference_precision"),
+                            openvino=OpenVinoOptions(cache_dir=spec.get("cache_dir")))
+    pred = Predictor(spec["path"], batch_size=max(spec["batch_sizes"]), engine=spec.get("kind"), options=options)
     out["session_s"] = time.perf_counter() - t
     out["provider"] = pred.provider
-    if engine == "openvino":
-        out["compile_s"] = pred.session.compile_s
+    out["compile_s"] = pred.engine_info.load_s   # the engine's own load (OpenVINO: read + compile)
     sess = pred.session
-    inp = sess.get_inputs()[0]
-    dtype = ORT_INPUT_DTYPES.get(inp.type, np.float32)
+    inp = sess.inputs[0]
+    dtype = np.dtype(inp.dtype)
     c = pred.preprocess.crop
-    names = ["logits"] if "logits" in [o.name for o in sess.get_outputs()] else None
+    names = ["logits"] if "logits" in [o.name for o in sess.outputs] else None
 
     def make(b):
         rng = np.random.default_rng(0)
@@ -73,7 +70,7 @@ def probe_ort(spec: dict) -> dict:
         return rng.standard_normal((b, 3, c, c)).astype(dtype)
 
     def call(x):
-        sess.run(names, {inp.name: x})
+        sess.run({inp.name: x}, names)
     return first_runs(spec, out, make, call)
 
 
@@ -88,7 +85,8 @@ def run_probe(spec: dict, timeout: float = 3600) -> dict:
         env["TORCHINDUCTOR_CACHE_DIR"] = cache
     t = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", PROBE_MODULES[spec["kind"]], "--probe", json.dumps(spec)],
+        proc = subprocess.run([sys.executable, "-m", PROBE_MODULES.get(spec["kind"], ENGINE_PROBE_MODULE), "--probe",
+                               json.dumps(spec)],
                               capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"cold-start probe timed out after {timeout:.0f}s"}

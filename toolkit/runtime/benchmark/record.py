@@ -9,6 +9,7 @@ import numpy as np
 from toolkit.runtime.benchmark.machine import _gpu_mem_of_pid, _maxrss_mb, _now_iso, machine_info, versions
 from toolkit.runtime.benchmark.combos import skip_note
 from toolkit.runtime.benchmark.schema import E2E_IMAGE, E2E_IMAGES, E2E_JPEG_QUALITY, SCHEMA_VERSION, TIMED
+from toolkit.runtime.engines import DEFAULT_ENGINE
 
 
 def build_record(run: Any) -> dict:
@@ -97,7 +98,7 @@ def _fill_rows(run: Any) -> None:
             if row["gflops"] and ref and ref["median_gflops"] else None
         _fill_cold(run, row, b)
         row["file_bytes"] = b.file_bytes
-        acc = run.accuracy.get(row["precision"]) if b.backend == "onnxruntime" else None  # measured on ORT
+        acc = run.accuracy.get(row["precision"]) if b.backend == DEFAULT_ENGINE else None  # evaluate_onnx's engine
         row["top1"] = acc.get("top1") if acc else None
 
 
@@ -147,7 +148,7 @@ def _backend_records(run: Any) -> list:
             "status": "failed" if b.key in failed else "ok",
             "error": failed[b.key]["error"] if b.key in failed else None,
             "cold_start": _cold_record(run.cold.get(b.key), b, run.first_runs, run.s.sizes, run.opts.isolate),
-            "accuracy": run.accuracy.get(b.precision) if b.backend == "onnxruntime" else None})
+            "accuracy": run.accuracy.get(b.precision) if b.backend == DEFAULT_ENGINE else None})
     loaded = {b.key for b in run.backends}
     for f in run.failed:
         if f["key"] not in loaded:
@@ -198,7 +199,7 @@ def _command(run: Any) -> str:
     opts, s = run.opts, run.s
     cmd = ["toolkit benchmark", run.base, "--batch-sizes", ",".join(map(str, s.sizes)), "--precision",
            ",".join(s.precisions), "--device", ",".join(s.devices)]
-    cmd += ["--engine", ",".join(s.engines)] if tuple(s.engines) != ("onnxruntime",) else []
+    cmd += ["--engine", ",".join(s.engines)] if tuple(s.engines) != (DEFAULT_ENGINE,) else []
     cmd += ["--torch"] if opts.torch else []
     cmd += ["--compile"] if opts.compile else []
     cmd += ["--iterations", str(opts.iterations)] if opts.iterations is not None else ["--duration", str(s.duration)]

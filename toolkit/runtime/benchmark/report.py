@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 from toolkit.artifacts import atomic_path, atomic_write
 from toolkit.errors import first_line
+from toolkit.runtime.engines import DEFAULT_ENGINE
 
 def _fmt(v: Any, spec: str = ".1f", none: str = "-") -> str:
     if v is None:
@@ -65,8 +66,8 @@ def _header(record: dict) -> list:
              f" GFLOP/image)",
              f"machine {m['cpu']} ({m['physical_cores']} cores" + (f"; GPU {m['gpu']}" if m.get("gpu") else "") + ")"
              + (f"; ISA {m['isa']['summary']}" if m.get("isa") else ""),
-             f"threads {s['threads']} ({s['threads_source']}), onnxruntime {v['onnxruntime']}"
-             + (f", openvino {v.get('openvino')}" if "openvino" in s.get("engines", ()) else "")
+             f"threads {s['threads']} ({s['threads_source']}), "   # the default engine always runs (peak, accuracy)
+             + ", ".join(f"{e} {v.get(e)}" for e in dict.fromkeys((DEFAULT_ENGINE, *s.get("engines", ()))))
              + (f", torch {v['torch']}" if s["torch"] or s["compile"] else ""),
              f"rounds {s['rounds']}, " + (f"{s['iterations']} iterations" if s["iterations"] else
                                           f"{s['duration_s']} s") + " per backend x mode x batch size, interleaved"]

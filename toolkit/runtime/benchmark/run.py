@@ -15,7 +15,7 @@ import numpy as np
 
 from toolkit.errors import UserError, first_line
 from toolkit.runtime.benchmark import combos as combos_mod
-from toolkit.runtime.benchmark.backends import _Backend, _GemmReference, _OrtBackend, synthetic_jpegs
+from toolkit.runtime.benchmark.backends import _Backend, _EngineBackend, _GemmReference, synthetic_jpegs
 from toolkit.runtime.benchmark.model_file import _base_of, _export_hint, _resolve_model, inspect_model, twin_path
 from toolkit.runtime.benchmark.options import BenchmarkOptions, Settings, _as_tuple, parse
 from toolkit.runtime.benchmark.peak import _merge_peak, measure_peak
@@ -123,7 +123,7 @@ def _load_backends(run: _Run) -> None:
     for combo in combos:
         run.progress.live(f"loading {combo.key}")
         try:
-            run.backends.append(_OrtBackend(run.infos[combo.precision], combo, run.s.threads, max(run.s.sizes)))
+            run.backends.append(_EngineBackend(run.infos[combo.precision], combo, run.s.threads, max(run.s.sizes)))
         except UserError as exc:
             if combo.precision != "bf16" or len(combos) == 1:
                 raise
@@ -161,18 +161,13 @@ def _measure_peaks(run: _Run, backends: Optional[list] = None) -> None:
 
 
 def _cold_starts(run: _Run) -> None:
-    """Cold start and peak RSS of each backend in a fresh process; on OpenVINO also with a model cache."""
+    """Cold start and peak RSS of each backend in a fresh process; with a model cache where its engine has one."""
     for b in run.backends:
         run.progress.live(f"cold start of {b.key} in a fresh process")
         spec = b.probe_spec(run.s.threads, run.s.sizes)
-        if b.engine == "openvino":
-            from toolkit.runtime.benchmark.ov import cold_starts_with_cache
-
-            run.cold[b.key], cache = cold_starts_with_cache(spec, run_probe)
-            if "error" not in run.cold[b.key]:
-                run.cold[b.key]["model_cache"] = cache
-        else:
-            run.cold[b.key] = run_probe(spec)
+        run.cold[b.key], cache = b.cold_starts(spec, run_probe)   # OpenVINO's adapter adds its model cache
+        if cache is not None and "error" not in run.cold[b.key]:
+            run.cold[b.key]["model_cache"] = cache
 
 
 def _time_batches(run: _Run) -> None:

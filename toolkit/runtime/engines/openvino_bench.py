@@ -1,8 +1,7 @@
-"""OpenVINO's share of the benchmark: its GEMM peaks (FP32, BF16, INT8) and its cold start with and
-without a model cache (OpenVINO's CACHE_DIR).
+"""OpenVINO's share of the benchmark, asked through its adapter (OpenVinoEngine.gemm_peaks / cold_starts):
+its GEMM peaks (FP32, BF16, INT8) and its cold start with and without a model cache (CACHE_DIR).
 
-openvino is imported only inside these functions, and they run only when `--engine openvino` is
-asked for (toolkit.runtime.openvino_session keeps the same rule).
+These run only when `--engine openvino` is asked for; every compile goes through the shared Core.
 """
 from __future__ import annotations
 
@@ -45,10 +44,10 @@ def _matmul_model(n: int, precision: str):
 def ov_gemm_peak(n: int, precision: str, threads: int, time_best: Callable) -> float:
     """GFLOP/s of an n x n x n GEMM on OpenVINO's CPU at `threads`, LATENCY hint (one stream).
     Raises when OpenVINO can't run that precision here (e.g. bf16 without BF16 support)."""
-    import openvino as ov
+    from toolkit.runtime.engines.openvino_core import capabilities, shared_core
 
-    core = ov.Core()
-    if precision == "bf16" and "BF16" not in [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]:
+    core = shared_core()   # never a Core of its own: see shared_core on OpenVINO's signal stack
+    if precision == "bf16" and "BF16" not in capabilities("CPU"):
         raise RuntimeError("OpenVINO's CPU has no BF16 support on this machine")
     compiled = core.compile_model(core.read_model(_matmul_model(n, precision).SerializeToString(), b""), "CPU",
                                   {"INFERENCE_PRECISION_HINT": _HINT[precision], "PERFORMANCE_HINT": "LATENCY",
@@ -57,6 +56,17 @@ def ov_gemm_peak(n: int, precision: str, threads: int, time_best: Callable) -> f
     x = np.random.default_rng(1).random((n, n), dtype=np.float32)
     best = time_best(lambda: request.infer({0: x}))
     return 2.0 * n ** 3 / best / 1e9
+
+
+_PEAK_LABELS = {"fp32": "MatMul f32", "bf16": "MatMul bf16", "int8": "QDQ MatMul u8s8"}
+
+
+def gemm_peaks(precision: str) -> list:
+    """[(label, measure(n, threads, time_best))]: OpenVINO's GEMM peak candidate for `precision`, if any."""
+    if precision not in _PEAK_LABELS:
+        return []
+    return [(f"openvino {_PEAK_LABELS[precision]}",
+             lambda n, threads, time_best: ov_gemm_peak(n, precision, threads, time_best))]
 
 
 def _first(probe: dict) -> dict:
