@@ -9,7 +9,7 @@ import os
 import re
 import sys
 
-from toolkit.errors import RankZeroError, UserError
+from toolkit.errors import AbandonedWorkError, RankZeroError, UserError
 from toolkit.limits import DEFAULT_MAX_PIXELS
 
 
@@ -111,7 +111,7 @@ def serve_local(model: str | None = None, host: str = "127.0.0.1", port: int = 8
                 max_wait_ms: float = 5, max_body_mb: float = 10, max_pixels: int = DEFAULT_MAX_PIXELS,
                 max_concurrency: int = 64, top_k: int = 5, engine: str = "onnxruntime", precision: str | None = None,
                 header_timeout: float = 10, body_timeout: float = 30, keep_alive: float = 5,
-                max_connections: int = 128):
+                max_connections: int = 128, warmup_timeout: float = 600):
     """Serve an export (default: the newest) over HTTP on this machine."""
     from toolkit.runtime.serve import ServeOptions, serve
 
@@ -119,7 +119,8 @@ def serve_local(model: str | None = None, host: str = "127.0.0.1", port: int = 8
                        allow_fallback=allow_fallback, max_batch=max_batch, max_wait_ms=max_wait_ms,
                        max_body_mb=max_body_mb, max_pixels=max_pixels, max_concurrency=max_concurrency,
                        top_k=top_k, engine=engine, precision=precision, header_timeout=header_timeout,
-                       body_timeout=body_timeout, keep_alive=keep_alive, max_connections=max_connections))
+                       body_timeout=body_timeout, keep_alive=keep_alive, max_connections=max_connections,
+                       warmup_timeout=warmup_timeout))
 
 
 def benchmark(model: str | None = None, *overrides: str, batch_sizes="1,8,32", precision="fp32", device="cpu",
@@ -276,6 +277,13 @@ def _check_flags(argv: list[str]) -> None:
         raise UserError(f"{flag}: {argv[0]} has no such option; {hint}`toolkit {argv[0]} --help` lists them")
 
 
+def _exit_now(code: int) -> None:
+    """Leave without interpreter shutdown (see AbandonedWorkError), output flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     import fire
 
@@ -288,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)  # torchrun: rank 0 has printed this error already
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, AbandonedWorkError):
+            _exit_now(2)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -86,6 +86,7 @@ class Predictor:
         self._sha256: str | None = None
 
         self.engine = parse_engine(engine)
+        contract.check_model_file(self.path)  # external data, control flow, oversized metadata: before loading
         self.session = self._open_session(precision, hint, cache_dir, allow_fallback)
         self.providers = list(self.session.get_providers())
         self.provider = self.providers[0]
