@@ -48,7 +48,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from toolkit.contract_graph import check_graph
+from toolkit.contract_graph import check_graph, read_skeleton
 from toolkit.errors import UserError
 from toolkit.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH
 
@@ -271,15 +271,16 @@ def check_model_file(path) -> None:
     flow: toolkit.contract_graph) must be what export writes; a ContractError otherwise. A file that
     is not ONNX, or makes no such claim, is left to the engine and the contract check after it."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        return  # missing, a folder or a FIFO (opening one would block): the caller and the engine say so
     try:
-        proto = _load_proto(path)
-    except ContractError:
+        skeleton = read_skeleton(path)
+    except Exception:  # not a file, not ONNX (protobuf raises its own types)
         return  # the engine says why it can't read it, in its own words
-    props = props_of(proto)
-    if proto.producer_name != "toolkit" and not any(key in props for key in _CLAIM_KEYS):
+    if skeleton.producer != "toolkit" and not any(key in skeleton.props for key in _CLAIM_KEYS):
         return
-    check_sizes(props, path)
-    check_graph(proto, path, ContractError)
+    check_sizes(skeleton.props, path)
+    check_graph(skeleton, path, ContractError)
 
 
 def props_of(model_proto) -> dict[str, str]:

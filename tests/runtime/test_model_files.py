@@ -84,3 +84,25 @@ def test_serve_local_stops_when_the_warm_up_does_not_end(tmp_path):
     assert "error: " in res.stderr and "the warm-up inference did not finish within 2 s" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and "ready" not in res.stdout.replace("not ready", ""), res.stdout
     assert time.monotonic() - start < 60
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while n > 0x7F:
+        out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
+    return out + bytes([n])
+
+
+@pytest.mark.parametrize("prefix", [
+    _varint(100 << 3 | 3) + _varint(1 << 3) + _varint(5) + _varint(100 << 3 | 4),  # an unknown group field
+    _varint(7 << 3) + _varint(5),  # the graph's field number with a varint: protobuf keeps it as unknown
+])
+def test_the_graph_check_reads_what_the_engine_reads(tmp_path, prefix):
+    """The check skims the file (tensor data unread); bytes protobuf accepts but a skim can't follow
+    fall back to the full parse, so they can't smuggle a Loop past it."""
+    data = open(_endless_loop_model(tmp_path / "plain.onnx"), "rb").read()
+    odd = tmp_path / "odd.onnx"
+    odd.write_bytes(prefix + data)
+    assert [n.op_type for n in onnx.load(str(odd)).graph.node][-2:] == ["Loop", "Add"]  # what an engine sees
+    with pytest.raises(contract.ContractError, match=r"odd.onnx: has a Loop node"):
+        contract.check_model_file(odd)
