@@ -34,8 +34,8 @@ file cannot exhaust memory or json's recursion, nor make /v1/model answer megaby
 most 100,000 names of at most 1,000 characters (toolkit.limits).
 
 `check_model_file(path)` runs before an engine loads a file: in a file that claims to be an export it
-refuses oversized metadata, tensors stored as external data and control flow (toolkit.contract_graph),
-reading the graph without loading any external tensor.
+refuses oversized metadata, tensors stored as external data and control flow (toolkit.contract_graph,
+which skims the file: no tensor data is read, from the file or beside it).
 No torch here, and not even onnx at import time (onnx is imported where a file or proto is handled).
 See docs/architecture.md.
 """

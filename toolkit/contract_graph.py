@@ -83,7 +83,7 @@ def _fields(fd: _Reader, start: int, end: int):
         elif wire in (1, 5):
             used += 8 if wire == 1 else 4
         else:
-            raise ValueError(f"protobuf wire type {wire}")  # groups: never in an ONNX file
+            raise ValueError(f"protobuf wire type {wire}")  # groups: read_skeleton falls back to a full parse
         pos += used
         if pos > end:
             raise ValueError("truncated protobuf field")
