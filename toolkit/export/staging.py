@@ -119,7 +119,8 @@ def _disk_full(exc: BaseException) -> Optional[OSError]:
 @contextlib.contextmanager
 def writing(path: str):
     """Whatever the block writes for `path` (the file the user will get): a full disk in it becomes one
-    UserError naming `path`, the disk (the folder it sits in) and its free space; nothing is published."""
+    UserError naming `path`, the disk (the folder that could not be written: where `path` goes, unless
+    the error names another, e.g. the quantizer's temp folder) and its free space; nothing is published."""
     try:
         yield
     except UserError:
@@ -129,12 +130,17 @@ def writing(path: str):
         if full is None:
             raise
         folder = os.path.dirname(os.path.abspath(path))
+        elsewhere = "export elsewhere with --out"
+        if isinstance(full.filename, str):
+            failed = os.path.dirname(os.path.abspath(full.filename))
+            if os.path.commonpath([failed, folder]) != folder:  # outside the export's folder: a temp folder
+                folder, elsewhere = failed, "point TMPDIR at a disk with room"
         try:
             free = f", {shutil.disk_usage(folder).free / 1e6:.0f} MB free"
         except OSError:
             free = ""
-        then = (f"the disk holding {folder} is full{free}: free some space there (or export elsewhere with "
-                "--out) and export again; nothing was published")
+        then = (f"the disk holding {folder} is full{free}: free some space there (or {elsewhere}) and export "
+                "again; nothing was published")
         raise write_failure(path, full, then) from None
 
 
