@@ -35,3 +35,31 @@ def test_newest_run_errors_name_the_folder(tmp_path):
     os.makedirs(tmp_path / "runs" / "demo" / "half")
     with pytest.raises(UserError, match="no run has a checkpoint yet"):
         artifacts.newest_run(str(tmp_path / "runs"))
+
+
+def test_only_regular_files_are_candidates(tmp_path):
+    """A dangling symlink is skipped (was a FileNotFoundError traceback), and so is a FIFO named *.onnx
+    (was picked as the newest export, and opening it blocked predict for ever)."""
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    real = exports / "real.onnx"
+    real.write_bytes(b"x")
+    os.utime(real, (1_700_000_000, 1_700_000_000))
+    os.symlink(exports / "gone.onnx", exports / "dangling.onnx")
+    os.mkfifo(exports / "pipe.onnx")  # newer than real.onnx
+    os.symlink(real, exports / "alias.onnx")  # a symlink to a regular file still counts
+    os.utime(exports / "alias.onnx", (1_600_000_000, 1_600_000_000), follow_symlinks=False)
+    assert artifacts.newest_export(str(exports)) in (str(real), str(exports / "alias.onnx"))
+    os.unlink(real)
+    os.unlink(exports / "alias.onnx")
+    with pytest.raises(UserError, match="no exported model yet"):
+        artifacts.newest_export(str(exports))
+
+    runs = str(tmp_path / "runs")
+    good = _run(runs, "good", age=100)
+    os.makedirs(os.path.join(runs, "pipe", "checkpoints"))
+    os.mkfifo(os.path.join(runs, "pipe", "checkpoints", "last.pt"))
+    os.makedirs(os.path.join(runs, "dangling", "checkpoints"))
+    os.symlink(os.path.join(runs, "nowhere.pt"), os.path.join(runs, "dangling", "checkpoints", "last.pt"))
+    assert artifacts.find_runs(runs) == [good]
+    assert artifacts.newest_run(runs) == good

@@ -28,8 +28,14 @@ change it. A reader accepts its own version and refuses a newer one with "upgrad
 Reading is in two steps: `decode` (every value JSON-decoded where it looks like JSON: what
 Predictor.metadata holds) and `from_props` (validation into a ModelContract). A missing or malformed
 key is a ContractError naming the file, the key and what was expected. Before any value is JSON-decoded
-its size (16 MB) and nesting depth (64) are checked, so a hostile file cannot exhaust memory or
-json's recursion; `labels` holds at most 100,000 names of at most 1,000 characters (toolkit.limits).
+its size (VALUE_LIMITS: per key, from 16 characters for `precision` to 16 MB for `labels`; 64 KB for a
+key not in the table; 40 MB for all values together) and nesting depth (64) are checked, so a hostile
+file cannot exhaust memory or json's recursion, nor make /v1/model answer megabytes; `labels` holds at
+most 100,000 names of at most 1,000 characters (toolkit.limits).
+
+`check_model_file(path)` runs before an engine loads a file: in a file that claims to be an export it
+refuses oversized metadata, tensors stored as external data and control flow (toolkit.contract_graph,
+which skims the file: no tensor data is read, from the file or beside it).
 No torch here, and not even onnx at import time (onnx is imported where a file or proto is handled).
 See docs/architecture.md.
 """
@@ -42,17 +48,36 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from toolkit.contract_graph import check_graph, read_skeleton
 from toolkit.errors import UserError
 from toolkit.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH
 
 __all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "encode", "write", "decode", "from_props",
-           "read_file", "raw_props", "props_of", "from_session", "PREPROCESS_KEYS"]
+           "read_file", "raw_props", "props_of", "from_session", "check_model_file", "PREPROCESS_KEYS",
+           "VALUE_LIMITS"]
 
 FORMAT_VERSION = "1"
 
 # What Preprocess.from_dict needs (the other keys of Preprocess.to_dict have defaults).
 PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std")
 _EXPECT_FILE = "expected an .onnx file written by toolkit export"
+# Keys whose presence says "this file is a toolkit export" (so the export rules apply to it).
+_CLAIM_KEYS = ("toolkit_format", "labels", "preprocess")
+
+_KB, _MB = 1024, 1024 * 1024
+# The most characters each stored value may have. Sized far above what export writes, far below harm:
+# the class names may be many (MAX_LABELS of up to MAX_LABEL_CHARS), a recipe file is at most 1 MB
+# (toolkit.recipe.reading), and the short strings /v1/model shows are a few dozen characters.
+VALUE_LIMITS = {
+    "labels": MAX_METADATA_CHARS, "names": MAX_METADATA_CHARS,
+    "recipe": 2 * _MB, "metrics": 1 * _MB, "quantization": 64 * _KB,
+    "preprocess": 4 * _KB, "input": 4 * _KB, "outputs": 4 * _KB,
+    "source_run": 4 * _KB, "checkpoint": 4 * _KB,  # paths (PATH_MAX is 4096)
+    "toolkit_format": 16, "precision": 16, "toolkit_version": 64, "checkpoint_sha256": 128,
+    "arch": 256, "head": 256,
+}
+OTHER_VALUE_LIMIT = 64 * _KB  # a key the contract doesn't define (another tool's note)
+TOTAL_METADATA_LIMIT = 40 * _MB  # every key and value together
 
 
 class ContractError(UserError):
@@ -109,10 +134,28 @@ def _nesting(text: str) -> int:
     return max(itertools.accumulate(_DEPTH_STEP[b] for b in brackets), default=0)
 
 
+def _size(chars: int) -> str:
+    if chars >= _MB:
+        return f"{chars / _MB:.1f} MB".replace(".0 MB", " MB")
+    return f"{chars / _KB:.1f} KB".replace(".0 KB", " KB") if chars >= _KB else f"{chars} characters"
+
+
+def check_sizes(props: dict[str, str], where: str = "model") -> None:
+    """Every stored value within its key's limit (VALUE_LIMITS), and all of them within
+    TOTAL_METADATA_LIMIT: a ContractError naming `where` and the key. Nothing is decoded."""
+    total = 0
+    for key, value in props.items():
+        limit = VALUE_LIMITS.get(key, OTHER_VALUE_LIMIT)
+        if len(value) > limit:
+            raise ContractError(f"{where}: {key[:80]!r} metadata is {_size(len(value))}; expected at most "
+                                f"{_size(limit)} for this key")
+        total += len(key) + len(value)
+    if total > TOTAL_METADATA_LIMIT:
+        raise ContractError(f"{where}: the metadata is {_size(total)} in all ({len(props)} keys); expected at "
+                            f"most {_size(TOTAL_METADATA_LIMIT)}")
+
+
 def _decode_value(key: str, value: str, where: str) -> Any:
-    if len(value) > MAX_METADATA_CHARS:
-        raise ContractError(f"{where}: {key[:80]!r} metadata is {len(value) / 2**20:.1f} MB; expected at most "
-                            f"{MAX_METADATA_CHARS // 2**20} MB per value")
     if value[:1] in "[{\"":
         if _nesting(value) > MAX_METADATA_DEPTH:
             raise ContractError(f"{where}: {key[:80]!r} metadata nests deeper than {MAX_METADATA_DEPTH} levels; "
@@ -126,8 +169,9 @@ def _decode_value(key: str, value: str, where: str) -> Any:
 
 def decode(props: dict[str, str], where: str = "model") -> dict:
     """Every value JSON-decoded where it is JSON (a list, an object or a quoted string); others stay str.
-    A value over MAX_METADATA_CHARS or nested over MAX_METADATA_DEPTH is a ContractError naming `where`
-    and the key, checked before json sees it."""
+    A value over its size limit or nested over MAX_METADATA_DEPTH is a ContractError naming `where`
+    and the key, checked before json sees it (and so is every value's size: check_sizes)."""
+    check_sizes(props, where)
     return {k: _decode_value(k, v, where) for k, v in props.items()}
 
 
@@ -204,18 +248,39 @@ def from_props(props: dict[str, str], where: str) -> ModelContract:
                          meta=meta)
 
 
-def raw_props(path) -> dict[str, str]:
-    """The stored metadata of an ONNX file (weights not loaded, nothing checked)."""
+def _load_proto(path: str):
+    """The ModelProto of an ONNX file, without its external data."""
     import onnx
 
-    path = os.fspath(path)
     if not os.path.isfile(path):
         raise ContractError(f"{path}: no such model file; {_EXPECT_FILE}")
     try:
-        proto = onnx.load(path, load_external_data=False)
+        return onnx.load(path, load_external_data=False)
     except Exception:  # protobuf raises its own types
         raise ContractError(f"{path}: not a readable ONNX file; {_EXPECT_FILE}") from None
-    return props_of(proto)
+
+
+def raw_props(path) -> dict[str, str]:
+    """The stored metadata of an ONNX file (weights not loaded, nothing checked)."""
+    return props_of(_load_proto(os.fspath(path)))
+
+
+def check_model_file(path) -> None:
+    """Before an engine loads `path`: if the file claims to be a toolkit export (contract metadata or
+    producer "toolkit"), its metadata sizes (check_sizes) and its graph (no external data, no control
+    flow: toolkit.contract_graph) must be what export writes; a ContractError otherwise. A file that
+    is not ONNX, or makes no such claim, is left to the engine and the contract check after it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return  # missing, a folder or a FIFO (opening one would block): the caller and the engine say so
+    try:
+        skeleton = read_skeleton(path)
+    except Exception:  # not a file, not ONNX (protobuf raises its own types)
+        return  # the engine says why it can't read it, in its own words
+    if skeleton.producer != "toolkit" and not any(key in skeleton.props for key in _CLAIM_KEYS):
+        return
+    check_sizes(skeleton.props, path)
+    check_graph(skeleton, path, ContractError)
 
 
 def props_of(model_proto) -> dict[str, str]:

@@ -31,7 +31,8 @@ from toolkit.export.bf16 import bf16_check, require_bf16
 from toolkit.export.options import ExportOptions, check_options
 from toolkit.export.parity import gate_fp32
 from toolkit.export.plan import ExportJob, base_metadata, check_writable, load_data, load_model, plan_export
-from toolkit.export.staging import Staging, remove_stale_twins, report_path, write_json
+from toolkit.export.staging import (Staging, remove_stale_temps, remove_stale_twins, report_path, write_json,
+                                    writing)
 from toolkit.export.torch_graph import export_graphs, resolve_layers  # noqa: F401 (public here too)
 from toolkit.export.int8 import int8_twin
 from toolkit.export.twins import FP16_MIN_AGREEMENT, fp16_twin  # noqa: F401 (public here too)
@@ -67,7 +68,8 @@ def export_run(run=None, **fields) -> dict:
     say = _noop if options.quiet else _say
     job = plan_export(options, say)
     load_model(job)
-    with Staging(job.path, job.ir_version) as staging:
+    remove_stale_temps(os.path.dirname(os.path.abspath(job.path)), say)
+    with writing(job.path), Staging(job.path, job.ir_version) as staging:
         exporter = export_graphs(job, staging)
         data, why = load_data(job.recipe)
         gate, data_info, parity = gate_fp32(job, staging, data, why)

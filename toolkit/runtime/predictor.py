@@ -102,6 +102,7 @@ class Predictor:
         self._sha256: str | None = None
 
         self.engine = parse_engine(engine)
+        contract.check_model_file(self.path)  # external data, control flow, oversized metadata: before loading
         self.session = open_engine(self.path, self.engine, self.options)
         self.engine_info = self.session.describe()
         self.providers = list(self.engine_info.providers)

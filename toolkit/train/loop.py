@@ -25,6 +25,7 @@ import torch.nn as nn
 from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.recipe import Recipe
+from toolkit.train import resume as resume_mod
 from toolkit.train.checkpoint import load_model_state, load_optimizer_state, save_checkpoint
 from toolkit.train.device import amp_dtype, pick_device
 from toolkit.train.distributed import IGNORE, Dist, is_collective_failure, launch
@@ -81,9 +82,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_af
 def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) -> dict:
     started = time.time()
     # Rank 0 checks the run folder and reads last.pt; every rank gets the checkpoint (no shared disk needed).
-    resumed = ctx.on_main(lambda: prepare_run_dir(recipe.run_dir, opts.resume, opts.overwrite))
+    resumed = ctx.on_main(lambda: _open_run(recipe, opts))
     if resumed is not None:
-        recipe = _resumed_recipe(recipe, resumed)
+        recipe = resume_mod.resumed_recipe(recipe, _saved_recipe(recipe, resumed))
     seed_everything(recipe.seed, recipe.train.deterministic)
     run = _Session(recipe, ctx, device, opts, resumed)
     run.load_data()
@@ -101,14 +102,19 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
                          opts.quiet, world=ctx.world)
 
 
-def _resumed_recipe(recipe: Recipe, resumed: dict) -> Recipe:
-    """The recipe saved in last.pt, with what a resume may change taken from `recipe`."""
-    saved = recipe_mod.from_dict(resumed["recipe"], source=f"{checkpoint_paths(recipe.run_dir)[0]} (recipe)",
-                                 check_paths=False)
-    saved.train.epochs = recipe.train.epochs  # a resume may train longer ...
-    saved.train.device = recipe.train.device  # ... and run on another machine
-    saved.train.dist_timeout = recipe.train.dist_timeout
-    return saved
+def _open_run(recipe: Recipe, opts: TrainOptions) -> dict | None:
+    """Rank 0: the run folder checked (and last.pt read, when resuming: a recipe that would change the
+    run's model or data is refused there, and each other difference said; toolkit.train.resume)."""
+    resumed = prepare_run_dir(recipe.run_dir, opts.resume, opts.overwrite)
+    if resumed is not None:
+        resume_mod.check_resume(recipe, _saved_recipe(recipe, resumed), _silent if opts.quiet else print)
+    return resumed
+
+
+def _saved_recipe(recipe: Recipe, resumed: dict) -> Recipe:
+    """The recipe saved in last.pt."""
+    return recipe_mod.from_dict(resumed["recipe"], source=f"{checkpoint_paths(recipe.run_dir)[0]} (recipe)",
+                                check_paths=False)
 
 
 def _silent(*_args, **_kwargs) -> None:

@@ -12,6 +12,7 @@ BODY_TIMEOUT_S = 30.0        # the whole body must arrive within this long after
 HEADER_TIMEOUT_S = 10.0      # the whole request head must arrive within this long, else 408 (or a silent close)
 KEEP_ALIVE_S = 5.0           # an idle keep-alive connection is closed after this long
 MAX_CONNECTIONS = 128        # open connections; past it, idle ones are closed first, then new ones get 503
+WARMUP_TIMEOUT_S = 600.0     # the warm-up inference must finish within this long, else serve-local exits 2
 
 # (lowest value, what the message says is expected) per limit; `whole` limits must be integers.
 _RULES = {
@@ -75,6 +76,7 @@ class ServeOptions(Limits):
     engine: str = "onnxruntime"         # onnxruntime or openvino (THROUGHPUT hint, a batch worker per request)
     precision: str | None = None        # fp32 or bf16 (bf16: openvino only); None: fp32
     exports_dir: str = "exports"        # where model=None looks for the newest export
+    warmup_timeout: float = WARMUP_TIMEOUT_S  # seconds for the warm-up inference (TensorRT builds engines in it)
 
     @property
     def limits(self) -> Limits:
@@ -85,6 +87,9 @@ class ServeOptions(Limits):
         port = self.port
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             problems.append(f"port: {port!r}; expected a whole number 0..65535 (0 picks a free port)")
+        warmup = self.warmup_timeout
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 < warmup < math.inf:
+            problems.append(f"warmup-timeout: {warmup!r}; expected a positive number of seconds")
         try:
             parse_precision(self.precision, self.engine)
         except UserError as exc:
