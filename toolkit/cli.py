@@ -3,6 +3,7 @@ benchmark take their flags, defaults and help from the options dataclasses they 
 imported only when the command is named; the other commands pass their few flags on."""
 from __future__ import annotations
 
+import os
 import sys
 
 from toolkit.errors import AbandonedWorkError, RankZeroError, UserError
