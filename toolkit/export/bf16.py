@@ -17,7 +17,7 @@ import numpy as np
 from toolkit.errors import UserError
 from toolkit.export.parity import Gate
 from toolkit.export.plan import ExportJob
-from toolkit.export.staging import Staging, final_path
+from toolkit.export.staging import Staging, twin_path
 from toolkit.export.torch_graph import torch_logits
 from toolkit.runtime.bf16_gate import bf16_line, compare_centred, judge_bf16
 
@@ -53,7 +53,7 @@ def bf16_check(job: ExportJob, staging: Staging, gate: Gate) -> dict:
     result.update({"engine": "openvino", "device": session.device, "inference_precision": session.inference_precision,
                    "real_inputs": kinds.count("real"), "random_inputs": kinds.count("random"),
                    "compile_s": round(session.compile_s, 3)})
-    judge_bf16(result, final_path(job.path, "fp32"), "PyTorch FP32")
+    judge_bf16(result, twin_path(job.path, "fp32"), "PyTorch FP32")
     job.timings["bf16_check_s"] = time.perf_counter() - t
     job.say(f"bf16 check (OpenVINO {session.device}): {bf16_line(result)}")
     return result

@@ -9,23 +9,12 @@ import tempfile
 from typing import Optional
 
 from toolkit import contract
-from toolkit.artifacts import TWIN_SUFFIXES, atomic_write
+from toolkit.artifacts import TWINS, atomic_write, twin_path
 from toolkit.errors import UserError, first_line
-
-# kind -> file suffix, from the one list in toolkit.artifacts: ".fp16.onnx" -> "fp16"
-TWINS = {suffix.split(".")[1]: suffix for suffix in TWIN_SUFFIXES}
-
-
-def twin_path(path: str, kind: str) -> str:
-    return path[:-len(".onnx")] + TWINS[kind]
 
 
 def report_path(path: str) -> str:
     return path[:-len(".onnx")] + ".report.json"
-
-
-def final_path(path: str, kind: str) -> str:
-    return path if kind == "fp32" else twin_path(path, kind)
 
 
 class Staging:
@@ -76,7 +65,7 @@ class Staging:
 
     def publish(self) -> dict:
         """Rename every staged file into place; returns kind -> {path, bytes}."""
-        files = {kind: {"path": final_path(self.path, kind), "bytes": os.path.getsize(tmp)}
+        files = {kind: {"path": twin_path(self.path, kind), "bytes": os.path.getsize(tmp)}
                  for kind, tmp in self.files.items()}
         for kind, tmp in self.files.items():
             _publish(tmp, files[kind]["path"])
