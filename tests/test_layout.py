@@ -18,17 +18,17 @@ PACKAGE = ROOT / "toolkit"
 LAYERS = ["core", "recipe", "datasets", "runtime", "train", "export", "cli"]
 TORCH_FREE = {"core", "recipe", "datasets", "runtime"}
 HEAVY = {"torch", "torchvision", "albumentations", "cv2", "openvino"}
-# Public import names kept stable for users; each re-exports one module from its real home.
-SHIMS = {"toolkit/inference.py": "runtime", "toolkit/onnx_eval.py": "runtime", "toolkit/benchmark.py": "runtime",
-         "toolkit/benchmark_report.py": "runtime", "toolkit/data.py": "train"}
-# Every name an earlier README documented for library use, as it was spelled then.
+# The one public re-export (the documented import for edge apps): its layer is that of what it re-exports.
+SHIMS = {"toolkit/inference.py": "runtime"}
+# The names docs/architecture.md lists for library use ("Public import names").
 DOCUMENTED_NAMES = ["toolkit.inference.Predictor", "toolkit.inference.predict_command",
                     "toolkit.inference.time_cold_start", "toolkit.preprocess.Preprocess",
                     "toolkit.preprocess.ImageError", "toolkit.errors.UserError", "toolkit.recipe.load",
-                    "toolkit.recipe.from_dict", "toolkit.onnx_eval.evaluate_onnx",
-                    "toolkit.benchmark.run_benchmark", "toolkit.benchmark_report.validate_record",
-                    "toolkit.benchmark_report.SCHEMAS"]
-TORCH_SIDE_NAMES = ["toolkit.data.measure_pipeline", "toolkit.data.make_loader", "toolkit.export.export_run"]
+                    "toolkit.recipe.from_dict", "toolkit.runtime.onnx_eval.evaluate_onnx",
+                    "toolkit.runtime.benchmark.run_benchmark", "toolkit.runtime.benchmark.validate_record",
+                    "toolkit.runtime.benchmark.SCHEMAS"]
+TORCH_SIDE_NAMES = ["toolkit.train.data.measure_pipeline", "toolkit.train.data.make_loader",
+                    "toolkit.export.export_run"]
 # Imports inside a function, each with its reason. The layer rule needs them: the feature is torch-side
 # (or needs openvino) and runs only when asked for, or the module must load without the heavy side.
 # (module, imported) -> why; (module, "*"): every in-function import of that module.
@@ -366,6 +366,17 @@ def test_allowed_lazy_imports_exist():
     assert set(LAZY_ALLOWED) <= found, set(LAZY_ALLOWED) - found
 
 
+def test_only_the_documented_re_export_is_left():
+    """Of the top-level re-export modules only toolkit/inference.py stays: a name has one home."""
+    top_files = [(rel, tree) for rel, tree in sources() if rel.count("/") == 1
+                 and rel not in ("toolkit/__init__.py", "toolkit/__main__.py")]
+    # A re-export module: imports, __all__ and a docstring, nothing of its own.
+    reexports = [rel for rel, tree in top_files
+                 if all(isinstance(n, (ast.ImportFrom, ast.Assign, ast.Expr)) for n in tree.body)
+                 and any(isinstance(n, ast.ImportFrom) for n in tree.body)]
+    assert reexports == ["toolkit/inference.py"], reexports
+
+
 def test_pending_offenders_are_still_there():
     """EXPECTED_PENDING only shrinks: an entry whose offence is gone must leave the list."""
     found = edges()
@@ -399,7 +410,7 @@ for pkg in ("toolkit.recipe", "toolkit.datasets", "toolkit.runtime"):
     mod = importlib.import_module(pkg)
     names += [pkg] + [m.name for m in pkgutil.walk_packages(mod.__path__, pkg + ".")]
 names += ["toolkit." + m.name for m in pkgutil.iter_modules(toolkit.__path__) if not m.ispkg
-          and m.name not in ("data", "__main__")] + ["toolkit.cli"]
+          and m.name != "__main__"] + ["toolkit.cli"]
 for name in names:
     try:
         importlib.import_module(name)
@@ -427,7 +438,7 @@ def test_torch_free_layers_import_without_torch():
 
 
 def test_documented_import_names_still_resolve():
-    """Moving a module must not break a user's import: the old spellings stay as re-exports."""
+    """The names documented for library use resolve (toolkit.inference's through its re-export)."""
     import importlib
     import importlib.util
 
