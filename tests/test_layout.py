@@ -289,8 +289,8 @@ def import_cycles(found: list) -> list:
             while not group or node not in group:
                 group.add(stack.pop())
             if len(group) > 1:
-                groups.append(sorted(f"{e.rel}:{e.line} -> {e.target}" for a in group
-                                     for b, es in graph.get(a, {}).items() if b in group for e in es))
+                groups.append(sorted({f"{e.rel}:{e.line} -> {e.target}" for a in group
+                                      for b, es in graph.get(a, {}).items() if b in group for e in es}))
 
     for node in list(graph):
         if node not in index:
