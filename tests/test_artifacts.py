@@ -63,3 +63,31 @@ def test_only_regular_files_are_candidates(tmp_path):
     os.symlink(os.path.join(runs, "nowhere.pt"), os.path.join(runs, "dangling", "checkpoints", "last.pt"))
     assert artifacts.find_runs(runs) == [good]
     assert artifacts.newest_run(runs) == good
+
+
+def test_twin_names_live_in_one_place():
+    """One naming for the files beside an export: twin path, the FP32 file of a twin, its precision."""
+    base = os.path.join("exports", "flowers.onnx")
+    assert [artifacts.twin_path(base, k) for k in ("fp32", "fp16", "int8", "raw")] == [
+        base, os.path.join("exports", "flowers.fp16.onnx"), os.path.join("exports", "flowers.int8.onnx"),
+        os.path.join("exports", "flowers.raw.onnx")]
+    for kind in artifacts.PRECISION_TWINS:
+        twin = artifacts.twin_path(base, kind)
+        assert artifacts.base_of(twin) == (base, kind) and artifacts.precision_of(twin) == kind
+    raw = artifacts.twin_path(base, "raw")  # a layout twin: its weights are FP32, it is its own base
+    assert artifacts.base_of(raw) == (raw, None) and artifacts.precision_of(raw) == "fp32"
+    assert artifacts.base_of(base) == (base, None) and artifacts.precision_of("int8.onnx") == "fp32"
+
+
+def test_twin_naming_has_no_other_copy():
+    """No module spells a twin suffix itself: they all ask toolkit.artifacts."""
+    import pathlib
+    import re
+
+    package = pathlib.Path(artifacts.__file__).parent
+    spelled = [f"{p.relative_to(package.parent)}:{i}" for p in sorted(package.rglob("*.py"))
+               if p.name != "artifacts.py"
+               for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+               if re.search(r"""["'][^"'\s]*\.(fp16|int8|raw)\.onnx|\(int8\|fp16\)|split\("\."\)\[1\]""",
+                            line.split("#")[0])]
+    assert not spelled, spelled

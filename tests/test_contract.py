@@ -19,7 +19,9 @@ def test_write_then_read_round_trips(tmp_path):
     assert props["labels"] == json.dumps(["a", "b"]) and props["precision"] == "int8"  # strings stay raw
     model = contract.read_file(path)
     assert model.labels == ["a", "b"] and model.precision == "int8" and model.outputs == ["logits"]
-    assert Preprocess.from_dict(model.preprocess) == Preprocess(resize=36, crop=32)
+    assert isinstance(model.preprocess, contract.PreprocessSpec)  # parsed and checked once, here
+    assert Preprocess.from_spec(model.preprocess) == Preprocess(resize=36, crop=32)
+    assert model.preprocess.to_dict() == Preprocess(resize=36, crop=32).to_dict()
     assert model.input["raw"] is False and model.get("quantization") == {"method": "static"}
     assert model.get("missing", 7) == 7 and model.meta["checkpoint_sha256"] == "0" * 64
     assert Preprocess.from_model(path) == Preprocess(resize=36, crop=32)

@@ -1,4 +1,5 @@
-"""Finding the newest run and the newest export, for commands called without a path. No torch here."""
+"""Finding the newest run and the newest export, for commands called without a path; the names of an
+export's twin files; atomic writes. No torch here."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,32 @@ import tempfile
 
 from toolkit.errors import UserError
 
-TWIN_SUFFIXES = (".fp16.onnx", ".int8.onnx", ".raw.onnx")
+# The twins export writes beside <stem>.onnx (the FP32 file): kind -> file suffix. The one place these
+# names live; use the helpers below.
+TWINS = {"fp16": ".fp16.onnx", "int8": ".int8.onnx", "raw": ".raw.onnx"}
+TWIN_SUFFIXES = tuple(TWINS.values())
+PRECISION_TWINS = ("fp16", "int8")  # the twins that change the precision (raw changes the input layout)
+
+
+def twin_path(model: str, kind: str) -> str:
+    """exports/x.onnx, 'int8' -> exports/x.int8.onnx; kind 'fp32' is the FP32 file itself."""
+    if kind == "fp32":
+        return model
+    return (model[:-len(".onnx")] if model.endswith(".onnx") else model) + TWINS[kind]
+
+
+def base_of(path: str) -> tuple[str, str | None]:
+    """(FP32 file, precision) of a precision twin: exports/x.int8.onnx -> (exports/x.onnx, 'int8').
+    Any other file (a .raw.onnx twin included: its weights are FP32) -> (path, None)."""
+    for kind in PRECISION_TWINS:
+        if path.endswith(TWINS[kind]):
+            return path[:-len(TWINS[kind])] + ".onnx", kind
+    return path, None
+
+
+def precision_of(path: str) -> str:
+    """The precision a model file's name says: fp16 or int8 for those twins, else fp32."""
+    return base_of(path)[1] or "fp32"
 
 
 def _regular_mtime(path: str) -> float | None:

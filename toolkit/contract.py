@@ -7,8 +7,8 @@ benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_p
     toolkit_format      "1" (FORMAT_VERSION); required. A newer number means "upgrade toolkit"
     labels              required: JSON list of class names, one per logit, in output order (non-empty, str)
     names               JSON object {"0": label, ...} (the same labels keyed by index, for other tools)
-    preprocess          required: JSON object, toolkit.preprocess.Preprocess.to_dict(): resize, crop,
-                        interpolation, mean, std (+ channel_order RGB, layout NCHW, value_range [0, 1]);
+    preprocess          required: JSON object, PreprocessSpec.to_dict() (read back as a PreprocessSpec):
+                        resize, crop, interpolation, mean, std (+ channel_order RGB, layout NCHW, value_range [0, 1]);
                         decode (draft | full; absent in files written before draft decoding: full).
                         Checked: 1 <= crop <= resize <= 8192, mean finite, std finite and positive
     input               JSON object: name, dtype (float32 | uint8), layout (NCHW | NHWC), shape, raw (bool;
@@ -43,23 +43,29 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from toolkit.contract_graph import check_graph, read_skeleton
 from toolkit.errors import UserError
-from toolkit.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH
+from toolkit.limits import (MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH,
+                            MAX_PREPROCESS_SIDE)
 
-__all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "encode", "write", "decode", "from_props",
-           "read_file", "raw_props", "props_of", "from_session", "check_model_file", "PREPROCESS_KEYS",
-           "VALUE_LIMITS"]
+__all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "PreprocessSpec", "encode", "write", "decode",
+           "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file", "PREPROCESS_KEYS",
+           "INTERPOLATION_NAMES", "DECODE_MODES", "VALUE_LIMITS"]
 
 FORMAT_VERSION = "1"
 
-# What Preprocess.from_dict needs (the other keys of Preprocess.to_dict have defaults).
+# What PreprocessSpec.from_dict needs (the other keys of to_dict have defaults).
 PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std")
+# The resize filters (toolkit.preprocess maps each to Pillow's) and the JPEG decode modes (see
+# toolkit.preprocess: draft lets libjpeg scale while decoding; full decodes every pixel).
+INTERPOLATION_NAMES = ("nearest", "bilinear", "bicubic", "lanczos")
+DECODE_MODES = ("draft", "full")
 _EXPECT_FILE = "expected an .onnx file written by toolkit export"
 # Keys whose presence says "this file is a toolkit export" (so the export rules apply to it).
 _CLAIM_KEYS = ("toolkit_format", "labels", "preprocess")
@@ -84,12 +90,81 @@ class ContractError(UserError):
     """A model whose metadata breaks the ONNX file contract; the message names the file and the key."""
 
 
+def _number_list(values: Any, key: str, positive: bool) -> tuple:
+    """Three finite numbers (positive ones for std), or a UserError naming preprocess.<key>."""
+    ok = (isinstance(values, (list, tuple)) and len(values) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  and (v > 0 or not positive) for v in values))
+    if not ok:
+        raise UserError(f"preprocess.{key}: {str(values)[:80]}; expected three finite "
+                        f"{'positive ' if positive else ''}numbers (R, G, B)")
+    return tuple(float(v) for v in values)
+
+
+def _side(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PREPROCESS_SIDE:
+        raise UserError(f"preprocess.{key}: {str(value)[:40]}; expected a whole number of pixels from 1 to "
+                        f"{MAX_PREPROCESS_SIDE}")
+    return value
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """The eval preprocessing a model file states (its `preprocess` key), typed and checked once.
+
+    toolkit.preprocess.Preprocess is this spec plus the pixel work (it subclasses it, with the recipe's
+    defaults), built from it with `Preprocess.from_spec`. Every value is checked on construction:
+    1 <= crop <= resize <= MAX_PREPROCESS_SIDE, mean finite, std finite and positive, a known filter and
+    decode mode; a bad one is a UserError naming preprocess.<key>.
+    """
+
+    resize: int  # shorter side after the resize, pixels
+    crop: int  # the square center crop: the network's input
+    interpolation: str  # resize filter, one of INTERPOLATION_NAMES
+    mean: tuple  # per channel (R, G, B), of pixels scaled to [0, 1]
+    std: tuple  # per channel (R, G, B)
+    decode: str = "full"  # how JPEGs decode, one of DECODE_MODES (files without the key predate draft)
+    channel_order: str = field(default="RGB", init=False)
+    layout: str = field(default="NCHW", init=False)
+    value_range: tuple = field(default=(0.0, 1.0), init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", _number_list(self.mean, "mean", positive=False))
+        object.__setattr__(self, "std", _number_list(self.std, "std", positive=True))
+        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATION_NAMES:
+            raise UserError(f"preprocess.interpolation: {str(self.interpolation)[:40]!r}; expected one of "
+                            f"{', '.join(INTERPOLATION_NAMES)}")
+        if not isinstance(self.decode, str) or self.decode not in DECODE_MODES:
+            raise UserError(f"preprocess.decode: {str(self.decode)[:40]!r}; expected one of "
+                            f"{', '.join(DECODE_MODES)}")
+        _side(self.resize, "resize")
+        _side(self.crop, "crop")
+        if self.crop > self.resize:
+            raise UserError(f"preprocess.crop: {self.crop} with resize {self.resize}; expected crop <= resize")
+
+    def to_dict(self) -> dict:
+        """What export writes into the model file (JSON-ready: lists, not tuples)."""
+        d = asdict(self)
+        d["mean"], d["std"], d["value_range"] = list(self.mean), list(self.std), list(self.value_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Rebuild from to_dict()'s form, every value type-checked (it comes from a model file). A dict
+        without `decode` was written before draft decoding existed, so it decodes in full."""
+        if d.get("channel_order", "RGB") != "RGB" or d.get("layout", "NCHW") != "NCHW":
+            raise UserError(f"preprocess: unsupported channel order/layout {str(d.get('channel_order'))[:20]}/"
+                            f"{str(d.get('layout'))[:20]}; expected RGB/NCHW")
+        return cls(resize=d["resize"], crop=d["crop"], interpolation=d["interpolation"],
+                   mean=d["mean"], std=d["std"], decode=d.get("decode", "full"))
+
+
 @dataclass
 class ModelContract:
     """The checked metadata of one exported model."""
 
     labels: list  # class names, one per logit
-    preprocess: dict  # Preprocess.to_dict() of the eval preprocessing (Preprocess.from_dict rebuilds it)
+    preprocess: PreprocessSpec  # the eval preprocessing (toolkit.preprocess.Preprocess.from_spec runs it)
     input: dict | None  # the input spec (name, dtype, layout, shape, raw); None in files that lack it
     outputs: list | None  # output names; None in files that lack it
     precision: str  # fp32, fp16 or int8
@@ -203,7 +278,7 @@ def _check_labels(meta: dict, props: dict, where: str) -> list:
     return labels
 
 
-def _check_preprocess(meta: dict, where: str) -> dict:
+def _check_preprocess(meta: dict, where: str) -> PreprocessSpec:
     pre = meta.get("preprocess")
     if pre is None:
         raise ContractError(f"{where}: not a toolkit export: no 'preprocess' metadata; expected the JSON eval "
@@ -212,16 +287,13 @@ def _check_preprocess(meta: dict, where: str) -> dict:
     if missing:
         raise ContractError(f"{where}: 'preprocess' metadata is incomplete (no {', '.join(missing)}); expected "
                             "resize, crop, interpolation, mean and std")
-    from toolkit.preprocess import Preprocess  # core, but preprocess imports this module lazily too
-
     try:
-        Preprocess.from_dict(pre)
+        return PreprocessSpec.from_dict(pre)
     except UserError as exc:
         raise ContractError(f"{where}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ContractError(f"{where}: 'preprocess' metadata is malformed ({str(exc)[:80]!r}); expected resize, "
                             "crop, interpolation, mean and std as toolkit export writes them") from None
-    return pre
 
 
 def _optional(meta: dict, key: str, kind: type, expected: str, where: str) -> Any:

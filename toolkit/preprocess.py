@@ -10,16 +10,17 @@ and the resize only computes the crop it returns (so a 1000000x1 image costs wha
 from __future__ import annotations
 
 import io
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from toolkit import contract
+from toolkit.contract import DECODE_MODES, INTERPOLATION_NAMES, PreprocessSpec  # noqa: F401 (public here too)
 from toolkit.errors import UserError
-from toolkit.limits import DEFAULT_MAX_PIXELS, MAX_PREPROCESS_SIDE
+from toolkit.limits import DEFAULT_MAX_PIXELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,16 +32,11 @@ FOLDER_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # File names an image folder is listed by (data sets, predict's folders and globs): FOLDER_FORMATS' extensions.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
-INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-# How JPEGs are decoded by the eval transform: "draft" lets libjpeg scale by 1/2, 1/4 or 1/8 while
-# decoding (the smallest scale whose short side still covers `resize`); "full" decodes every pixel.
-# Model files without the key predate draft decoding and keep "full".
-DECODE_MODES = ("draft", "full")
+# Each resize filter the contract names -> Pillow's.
+INTERPOLATIONS = {name: Image.Resampling[name.upper()] for name in INTERPOLATION_NAMES}
+# How JPEGs are decoded by the eval transform (contract.DECODE_MODES): "draft" lets libjpeg scale by 1/2,
+# 1/4 or 1/8 while decoding (the smallest scale whose short side still covers `resize`); "full" decodes
+# every pixel. Model files without the key predate draft decoding and keep "full".
 # Up to this aspect ratio (long side / short side) the eval resize resamples the whole image; beyond it,
 # only the crop (see Preprocess.resize_crop).
 WHOLE_RESIZE_ASPECT = 8
@@ -195,30 +191,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def _number_list(values: Any, key: str, positive: bool) -> tuple:
-    """Three finite numbers (positive ones for std), or a UserError naming preprocess.<key>."""
-    ok = (isinstance(values, (list, tuple)) and len(values) == 3
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                  and (v > 0 or not positive) for v in values))
-    if not ok:
-        raise UserError(f"preprocess.{key}: {str(values)[:80]}; expected three finite "
-                        f"{'positive ' if positive else ''}numbers (R, G, B)")
-    return tuple(float(v) for v in values)
-
-
-def _side(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PREPROCESS_SIDE:
-        raise UserError(f"preprocess.{key}: {str(value)[:40]}; expected a whole number of pixels from 1 to "
-                        f"{MAX_PREPROCESS_SIDE}")
-    return value
-
-
 @dataclass(frozen=True)
-class Preprocess:
+class Preprocess(PreprocessSpec):
     """Eval preprocessing: resize the shorter side, center-crop a square, scale to [0, 1], normalise.
 
-    Output is float32, channels RGB, layout CHW (NCHW for a batch). `to_dict()` is what export writes
-    into the ONNX metadata, and `from_dict()` is how a Predictor rebuilds it from that file alone.
+    The fields, their checks and `to_dict()` / `from_dict()` (what export writes into the ONNX metadata and
+    reads back) are toolkit.contract.PreprocessSpec's; this class adds the defaults and the pixel work.
+    Output is float32, channels RGB, layout CHW (NCHW for a batch).
     """
 
     resize: int = 256  # shorter side after the resize, pixels
@@ -227,47 +206,19 @@ class Preprocess:
     mean: tuple = IMAGENET_MEAN  # per channel (R, G, B), of pixels scaled to [0, 1]
     std: tuple = IMAGENET_STD  # per channel (R, G, B)
     decode: str = "draft"  # how JPEGs decode: draft (DCT-scaled, short side >= resize) | full
-    channel_order: str = field(default="RGB", init=False)
-    layout: str = field(default="NCHW", init=False)
-    value_range: tuple = field(default=(0.0, 1.0), init=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "mean", _number_list(self.mean, "mean", positive=False))
-        object.__setattr__(self, "std", _number_list(self.std, "std", positive=True))
-        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATIONS:
-            raise UserError(f"preprocess.interpolation: {str(self.interpolation)[:40]!r}; expected one of "
-                            f"{', '.join(INTERPOLATIONS)}")
-        if not isinstance(self.decode, str) or self.decode not in DECODE_MODES:
-            raise UserError(f"preprocess.decode: {str(self.decode)[:40]!r}; expected one of "
-                            f"{', '.join(DECODE_MODES)}")
-        _side(self.resize, "resize")
-        _side(self.crop, "crop")
-        if self.crop > self.resize:
-            raise UserError(f"preprocess.crop: {self.crop} with resize {self.resize}; expected crop <= resize")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"], d["value_range"] = list(self.mean), list(self.std), list(self.value_range)
-        return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
-        """Rebuild from to_dict()'s form, every value type-checked (it comes from a model file). A dict
-        without `decode` was written before draft decoding existed, so it decodes in full."""
-        if d.get("channel_order", "RGB") != "RGB" or d.get("layout", "NCHW") != "NCHW":
-            raise UserError(f"preprocess: unsupported channel order/layout {str(d.get('channel_order'))[:20]}/"
-                            f"{str(d.get('layout'))[:20]}; expected RGB/NCHW")
-        return cls(resize=d["resize"], crop=d["crop"], interpolation=d["interpolation"],
-                   mean=d["mean"], std=d["std"], decode=d.get("decode", "full"))
+    def from_spec(cls, spec: PreprocessSpec) -> "Preprocess":
+        """The transform a checked spec states (e.g. toolkit.contract.read_file(path).preprocess)."""
+        return cls(resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation, mean=spec.mean,
+                   std=spec.std, decode=spec.decode)
 
     @classmethod
     def from_model(cls, path: str) -> "Preprocess":
         """The preprocessing stored in an exported model's metadata, read without opening a session (for
         clients of a model served elsewhere, e.g. by Triton). toolkit.contract.ContractError if the file
         is missing, unreadable or not a toolkit export."""
-        from toolkit import contract
-
-        return cls.from_dict(contract.read_file(path).preprocess)
+        return cls.from_spec(contract.read_file(path).preprocess)
 
     def open(self, source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
              formats: Iterable[str] = FOLDER_FORMATS) -> Image.Image:

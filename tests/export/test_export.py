@@ -148,7 +148,7 @@ def test_parity_at_every_batch_size_and_report(full_export):
 
 def test_onnx_matches_torch_on_a_real_image(full_export, data_root):
     """Independent of the gate: the file, the checkpoint and Preprocess agree on one image."""
-    from toolkit.train.checkpoint import model_from_checkpoint
+    from toolkit.train.model import model_from_checkpoint
 
     model, _ = model_from_checkpoint(os.path.join(full_export["run"], "checkpoints", "best.pt"))
     x = Preprocess(resize=40, crop=32).batch([os.path.join(data_root, "val", "dog", "0.png")])

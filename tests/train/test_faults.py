@@ -15,6 +15,7 @@ from toolkit.train import checkpoint as ckpt_mod
 from toolkit.train import run_dir as run_dir_mod
 from toolkit.train.checkpoint import FORMAT, load_checkpoint
 from toolkit.train.loop import train
+from toolkit.train.model import model_from_checkpoint
 from toolkit.train.run_dir import truncate_metrics
 
 TENSORS = {"w": torch.zeros(2)}
@@ -50,7 +51,7 @@ def test_wrong_structure_checkpoint_is_one_clear_error(tmp_path, state, expected
         load_checkpoint(path)
     assert expected in str(info.value) and path in str(info.value)
     with pytest.raises(UserError, match="not a complete toolkit checkpoint"):
-        ckpt_mod.model_from_checkpoint(path)  # export and evaluate load through here
+        model_from_checkpoint(path)  # export and evaluate load through here
     from toolkit.train.model import build_from_recipe, load_weights
 
     model = build_from_recipe(recipe_mod.from_dict(RECIPE, check_paths=False), num_classes=2)

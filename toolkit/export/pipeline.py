@@ -19,13 +19,16 @@ Stages, in order; a failure at any one is a UserError and nothing appears under 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
 import time
 from typing import Optional
 
+import toolkit
 from toolkit.errors import UserError
+from toolkit.export import triton as triton_mod
 from toolkit.export.opset import check_ir_version, check_opset, ort_max_opset  # noqa: F401 (public here too)
 from toolkit.export.bf16 import bf16_check, require_bf16
 from toolkit.export.options import ExportOptions, check_options
@@ -98,8 +101,6 @@ def _report(job: ExportJob, files: dict, removed: list, exporter: str, ir_versio
     import onnxruntime
     import torch
 
-    import toolkit
-
     meta, o = base_metadata(job), job.options
     return {
         "name": job.recipe.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -136,10 +137,6 @@ def export_triton(run=None, triton=None, **fields) -> dict:
     TritonOptions'). repo defaults to exports_dir/triton. The FP32 file becomes model <name>; each twin its
     own model, <name>_fp16, <name>_int8, <name>_raw. Returns the export report with a 'triton' list of the
     models written."""
-    import dataclasses
-
-    from toolkit.export import triton as triton_mod
-
     names = {f.name for f in dataclasses.fields(triton_mod.TritonOptions)}
     triton = dataclasses.replace(triton or triton_mod.TritonOptions(), **{k: v for k, v in fields.items()
                                                                           if k in names})
@@ -166,8 +163,6 @@ def export_triton(run=None, triton=None, **fields) -> dict:
 
 def _move_into_repo(report: dict, repo: str, triton) -> list:
     """Each exported file becomes one model of the repository; the report's paths follow them."""
-    from toolkit.export import triton as triton_mod
-
     written = []
     for kind in ("fp32", "fp16", "int8", "raw"):
         if kind not in report["files"]:

@@ -17,7 +17,7 @@ import time
 from typing import Optional
 
 from toolkit import contract
-from toolkit.artifacts import TWIN_SUFFIXES, atomic_write, write_failure
+from toolkit.artifacts import TWINS, atomic_write, twin_path, write_failure
 from toolkit.errors import UserError, first_line
 
 # A temp file or folder whose owner is gone is removed once it is this old (the age guards against an
@@ -28,20 +28,9 @@ UNOWNED_STALE_AFTER_S = 24 * 3600
 _OWNER = re.compile(r"-pid(\d+)-[A-Za-z0-9_]+(?:\.onnx(?:\.data)?)?$")
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 
-# kind -> file suffix, from the one list in toolkit.artifacts: ".fp16.onnx" -> "fp16"
-TWINS = {suffix.split(".")[1]: suffix for suffix in TWIN_SUFFIXES}
-
-
-def twin_path(path: str, kind: str) -> str:
-    return path[:-len(".onnx")] + TWINS[kind]
-
 
 def report_path(path: str) -> str:
     return path[:-len(".onnx")] + ".report.json"
-
-
-def final_path(path: str, kind: str) -> str:
-    return path if kind == "fp32" else twin_path(path, kind)
 
 
 class Staging:
@@ -70,7 +59,7 @@ class Staging:
 
     def new(self, kind: str) -> str:
         """A fresh temp path for `kind` beside the final file."""
-        with writing(final_path(self.path, kind)):
+        with writing(twin_path(self.path, kind)):
             fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(self.path)[:-5]}-{kind}-pid{os.getpid()}-",
                                        suffix=".onnx", dir=self.folder)
         os.close(fd)
@@ -90,12 +79,12 @@ class Staging:
         if self.ir_version is not None:
             proto.ir_version = self.ir_version  # before the checker and the parity gate, so they judge these bytes
         self.ir_written[kind] = int(proto.ir_version)
-        with writing(final_path(self.path, kind)):
+        with writing(twin_path(self.path, kind)):
             onnx.save_model(proto, self.files[kind], save_as_external_data=False)
 
     def publish(self) -> dict:
         """Rename every staged file into place; returns kind -> {path, bytes}."""
-        files = {kind: {"path": final_path(self.path, kind), "bytes": os.path.getsize(tmp)}
+        files = {kind: {"path": twin_path(self.path, kind), "bytes": os.path.getsize(tmp)}
                  for kind, tmp in self.files.items()}
         for kind, tmp in self.files.items():
             _publish(tmp, files[kind]["path"])

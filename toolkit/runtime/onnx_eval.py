@@ -176,7 +176,7 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     model = contract.from_props(session.metadata(), str(model_path))
     meta = model.meta
     recipe = _resolve_recipe(recipe_path_or_recipe, meta, str(model_path))
-    preprocess = Preprocess.from_dict(model.preprocess)
+    preprocess = Preprocess.from_spec(model.preprocess)
     raw = bool((model.input or {}).get("raw"))
     labels = [str(x) for x in model.labels]
 

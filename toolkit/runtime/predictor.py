@@ -118,7 +118,7 @@ class Predictor:
         self.contract = model
         self.metadata = model.meta
         self.labels: list[str] = model.labels
-        self.preprocess = Preprocess.from_dict(model.preprocess)
+        self.preprocess = Preprocess.from_spec(model.preprocess)
         self.precision = model.precision
         self._read_input(model.input)
         self._read_outputs()

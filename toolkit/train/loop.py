@@ -25,6 +25,8 @@ import torch.nn as nn
 from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.recipe import Recipe
+from toolkit.train import data as data_mod
+from toolkit.train import model as model_mod
 from toolkit.train import resume as resume_mod
 from toolkit.train.checkpoint import load_model_state, load_optimizer_state, save_checkpoint
 from toolkit.train.device import amp_dtype, pick_device
@@ -136,8 +138,6 @@ class _Session:
 
     # -- stages ---------------------------------------------------------------------------------
     def load_data(self) -> None:
-        from toolkit.train import data as data_mod
-
         # Rank 0 downloads (if anything) and decodes every image once; the other ranks get its file lists.
         self.dataset = self.ctx.on_main(lambda: data_mod.load_dataset(self.recipe))
         self.labels = self.dataset.labels
@@ -148,8 +148,6 @@ class _Session:
         self.ctx.check_training(self.t, self.device)
 
     def build_model(self) -> None:
-        from toolkit.train import model as model_mod
-
         recipe, t, ctx, device = self.recipe, self.t, self.ctx, self.device
         model = model_mod.build_from_recipe(recipe, num_classes=len(self.labels))  # same seed: same init everywhere
         if self.resumed is None:
@@ -190,8 +188,6 @@ class _Session:
                  (f", batch {self.state.step_in_epoch + 1}" if self.state.step_in_epoch else ""))
 
     def build_loaders(self) -> None:
-        from toolkit.train import data as data_mod
-
         recipe, t, ctx, dataset = self.recipe, self.t, self.ctx, self.dataset
         preprocess = data_mod.eval_preprocess(recipe)
         self.train_set = SeededAugmentation(
@@ -245,8 +241,6 @@ class _Session:
         """This epoch's batches from state.step_in_epoch on. Returns (the groups trained, [images, summed
         loss, correct] over every rank, seconds, whether any rank was asked to stop)."""
         from tqdm import tqdm
-
-        from toolkit.train import model as model_mod
 
         t, state = self.t, self.state
         trainable = model_mod.trainable_groups(t, state.epoch)

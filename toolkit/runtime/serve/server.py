@@ -10,6 +10,7 @@ import warnings
 
 from toolkit.errors import AbandonedWorkError, UserError
 from toolkit.runtime.serve.options import GRACEFUL_TIMEOUT_S, Limits, ServeOptions
+from toolkit.runtime.engines import EngineOptions
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 _ANY_HOST = ("0.0.0.0", "::", "[::]")
@@ -78,7 +79,6 @@ def _model_file(options: ServeOptions) -> str:
 def _build_app(options: ServeOptions, model: str, host: str):
     from toolkit.preprocess import SERVE_FORMATS
     from toolkit.runtime.predictor import Predictor
-    from toolkit.runtime.engines import EngineOptions
     from toolkit.runtime.serve.app import create_app
 
     engine_options = EngineOptions(device=options.device, threads=options.threads, precision=options.precision,
