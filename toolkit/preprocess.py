@@ -3,15 +3,18 @@
 Training evaluation, the export parity gate, INT8 calibration, the Predictor and serve-local all
 call this module, so a model sees the same pixels wherever it runs. No torch here (see docs/architecture.md).
 
-Hostile input is bounded here, for every caller: the pixel cap is checked before decoding, any error
-Pillow raises while decoding becomes an ImageError, a broken EXIF block leaves the image unrotated,
-and the resize only computes the crop it returns (so a 1000000x1 image costs what a normal one does).
+Hostile input is bounded here, for every caller: the pixel cap is checked before decoding, a JPEG's
+scans are counted and sized from its markers before decoding (toolkit.jpeg_scans), any error Pillow
+raises while decoding becomes an ImageError, a broken EXIF block leaves the image unrotated, and the
+resize only computes the crop it returns (so a 1000000x1 image costs what a normal one does).
 """
 from __future__ import annotations
 
 import io
 import math
+import mmap
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
@@ -19,7 +22,8 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from toolkit.errors import UserError
-from toolkit.limits import DEFAULT_MAX_PIXELS, MAX_PREPROCESS_SIDE
+from toolkit.jpeg_scans import JpegStructureError, check_jpeg
+from toolkit.limits import DEFAULT_MAX_PIXELS, MAX_JPEG_SCANS, MAX_PREPROCESS_SIDE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,6 +79,9 @@ def _file_object(source: Any, name: str) -> Any:
         return io.BytesIO(bytes(source))
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
+            if os.path.exists(source):   # a FIFO would block the read for ever, a device never end
+                raise ImageError(f"{name}: not a regular file ({_file_kind(source)}); expected an image file",
+                                 "unsupported")
             raise ImageError(f"{name}: no such file", "missing")
         if os.path.getsize(source) == 0:
             raise ImageError(f"{name}: empty file, expected an image", "empty")
@@ -83,6 +90,32 @@ def _file_object(source: Any, name: str) -> Any:
         return source
     raise ImageError(f"unsupported image input of type {type(source).__name__}; expected a path, "
                      "bytes, a PIL image or a numpy array", "unsupported")
+
+
+def _file_kind(path: Any) -> str:
+    mode = os.stat(path).st_mode
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _pil_image(img: Image.Image, name: str) -> Image.Image:
+    """A PIL image given directly, loaded: a closed one or one without pixels is an ImageError. One that
+    Image.open left undecoded gets the JPEG marker checks first."""
+    if getattr(img, "fp", None) is not None and img.format in ("JPEG", "MPO"):
+        _check_jpeg_markers(img.fp, name)
+    try:
+        img.load()
+    except ValueError as exc:   # Pillow: "Operation on closed image"
+        raise ImageError(f"{name}: the PIL image cannot be read ({exc}); was it closed?", "corrupt") from None
+    except Exception as exc:  # noqa: BLE001 - a lazily opened file image decodes here
+        raise ImageError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc})"[:300],
+                         "corrupt") from None
+    if img.width < 1 or img.height < 1:
+        raise ImageError(f"{name}: PIL image of {img.width}x{img.height} has no pixels", "corrupt")
+    return img
 
 
 def _open_header(fp: Any, name: str, formats: tuple, max_pixels: int) -> Image.Image:
@@ -121,10 +154,12 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
     """
     name, formats = _describe(source), tuple(formats)
     if isinstance(source, Image.Image):
-        return _rgb(source, name)
+        return _rgb(_pil_image(source, name), name)
     if isinstance(source, np.ndarray):
         return _rgb(_from_array(source, name), name)
     img = _open_header(_file_object(source, name), name, formats, max_pixels)
+    if img.format in ("JPEG", "MPO"):
+        _check_jpeg_markers(img.fp, name)
     try:
         if min_side > 0 and img.format in ("JPEG", "MPO"):
             img.draft(img.mode, (min_side, min_side))
@@ -138,6 +173,29 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc})"[:300],
                          "corrupt") from None
     return _rgb(img, name)
+
+
+def _check_jpeg_markers(fp: Any, name: str) -> None:
+    """check_jpeg over the whole file Image.open read the header of (it starts at offset 0): the scan cap
+    and the truncation bound, before libjpeg sees a byte. Reads in place where it can (bytes, files)."""
+    try:
+        if isinstance(fp, io.BytesIO):
+            with fp.getbuffer() as view:
+                check_jpeg(view, MAX_JPEG_SCANS)
+            return
+        try:
+            with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                check_jpeg(mapped, MAX_JPEG_SCANS)
+            return
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            pass   # no file descriptor (or not mappable): read it
+        where = fp.tell()
+        fp.seek(0)
+        data = fp.read()
+        fp.seek(where)
+        check_jpeg(data, MAX_JPEG_SCANS)
+    except JpegStructureError as exc:
+        raise ImageError(f"{name}: {exc}", exc.kind) from None
 
 
 def _from_array(arr: np.ndarray, name: str) -> Image.Image:
@@ -173,9 +231,27 @@ def upright(img: Image.Image) -> Image.Image:
     return img.transpose(method) if method is not None else img
 
 
+def _colour_key_mask(img: Image.Image) -> Image.Image | None:
+    """The alpha a PNG's tRNS colour key gives an RGB or grey image (0 where a pixel equals the key),
+    or None if it has no key. Palette images carry theirs into convert("RGBA") already."""
+    key = img.info.get("transparency")
+    if key is None or isinstance(key, bytes) or img.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "RGB"):
+        return None
+    arr = np.asarray(img)
+    if img.mode == "RGB":
+        if not (isinstance(key, tuple) and len(key) == 3):
+            return None
+        opaque = np.any(arr != np.asarray(key, dtype=np.int64).astype(arr.dtype), axis=-1)
+    else:
+        opaque = arr != key
+    return Image.fromarray(opaque.astype(np.uint8) * 255, "L")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB, upright. Alpha is composited onto white."""
+    """Any Pillow mode -> 8-bit RGB, upright. Alpha (an alpha channel, a palette's transparency or a
+    tRNS colour key) is composited onto white."""
     img = upright(img)
+    key_mask = _colour_key_mask(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit greyscale: scale to 8 bits instead of letting Pillow clip at 255.
         arr = np.clip(np.asarray(img, dtype=np.int64), 0, None)
@@ -192,6 +268,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = Image.alpha_composite(background, rgba)
     if img.mode != "RGB":
         img = img.convert("RGB")
+    if key_mask is not None:
+        img = Image.composite(img, Image.new("RGB", img.size, (255, 255, 255)), key_mask)
     return img
 
 
@@ -306,6 +384,17 @@ class Preprocess:
         resize and crop. What every caller uses, so training eval, the parity gate, evaluate, predict
         and serve-local see the same pixels."""
         return self.resize_crop(self.open(source, max_pixels, formats))
+
+    def check_batch(self, batch: np.ndarray, raw: bool) -> None:
+        """UserError unless `batch` is what a model with this preprocessing takes: N x 3 x crop x crop
+        (N x crop x crop x 3 for a raw-input model), every value finite (NaN would give NaN scores
+        in an arbitrary order)."""
+        c = self.crop
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != ((c, c, 3) if raw else (3, c, c)):
+            layout = f"Nx{c}x{c}x3 uint8" if raw else f"Nx3x{c}x{c} float32"
+            raise UserError(f"batch of shape {batch.shape}; expected {layout} (use Predictor.prepare)")
+        if batch.dtype.kind in "fc" and not np.isfinite(batch).all():
+            raise UserError("batch holds NaN or infinite values; expected finite inputs (use Predictor.prepare)")
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 ...xHxWx3 -> float32 ...x3xHxW, scaled to [0, 1] then normalised."""
