@@ -111,7 +111,7 @@ def serve_local(model: str | None = None, host: str = "127.0.0.1", port: int = 8
                 max_wait_ms: float = 5, max_body_mb: float = 10, max_pixels: int = DEFAULT_MAX_PIXELS,
                 max_concurrency: int = 64, top_k: int = 5, engine: str = "onnxruntime", precision: str | None = None,
                 header_timeout: float = 10, body_timeout: float = 30, keep_alive: float = 5,
-                max_connections: int = 128):
+                max_connections: int = 128, write_timeout: float = 10):
     """Serve an export (default: the newest) over HTTP on this machine."""
     from toolkit.runtime.serve import ServeOptions, serve
 
@@ -119,7 +119,8 @@ def serve_local(model: str | None = None, host: str = "127.0.0.1", port: int = 8
                        allow_fallback=allow_fallback, max_batch=max_batch, max_wait_ms=max_wait_ms,
                        max_body_mb=max_body_mb, max_pixels=max_pixels, max_concurrency=max_concurrency,
                        top_k=top_k, engine=engine, precision=precision, header_timeout=header_timeout,
-                       body_timeout=body_timeout, keep_alive=keep_alive, max_connections=max_connections))
+                       body_timeout=body_timeout, keep_alive=keep_alive, max_connections=max_connections,
+                       write_timeout=write_timeout))
 
 
 def benchmark(model: str | None = None, *overrides: str, batch_sizes="1,8,32", precision="fp32", device="cpu",

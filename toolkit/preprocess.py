@@ -118,13 +118,41 @@ def _pil_image(img: Image.Image, name: str) -> Image.Image:
     return img
 
 
-def _open_header(fp: Any, name: str, formats: tuple, max_pixels: int) -> Image.Image:
-    """Image.open (the header only) plus the format and pixel-cap checks, before anything is decoded."""
+def _sniffed_format(fp: Any) -> str | None:
+    """The format Pillow's magic-byte checks give the first 16 bytes of `fp` (nothing is parsed), or None."""
     try:
-        img = Image.open(fp)
+        if isinstance(fp, (str, os.PathLike)):
+            with open(fp, "rb") as f:
+                prefix = f.read(16)
+        else:
+            fp.seek(0)
+            prefix = fp.read(16)
+    except (OSError, ValueError):
+        return None
+    Image.init()
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:
+            if accept is not None and accept(prefix):
+                return "JPEG" if fmt == "MPO" else fmt
+        except Exception:  # noqa: BLE001 - a plugin's check that trips on 16 odd bytes: not that format
+            continue
+    return None
+
+
+def _open_header(fp: Any, name: str, formats: tuple, max_pixels: int) -> Image.Image:
+    """Image.open (the header only) plus the format and pixel-cap checks, before anything is decoded.
+    Only the plugins of `formats` parse the header: a refused format (a GIF header bomb on serve) is
+    named from its magic bytes and never parsed."""
+    try:
+        img = Image.open(fp, formats=formats)   # JPEG covers MPO (its factory returns one)
     except Image.DecompressionBombError as exc:  # Pillow's own cap (about 179 MP) fires inside open()
         raise ImageError(f"{name}: {exc}", "too_large") from None
     except UnidentifiedImageError:
+        known = _sniffed_format(fp)
+        if known is not None and known not in formats:
+            raise ImageError(f"{name}: {known} images are not accepted, expected one of {', '.join(formats)}",
+                             "unsupported") from None
         raise ImageError(f"{name}: not a recognised image, expected one of {', '.join(formats)}",
                          "unsupported") from None
     except Exception as exc:  # noqa: BLE001 - a malformed header raises whatever the plugin trips on
