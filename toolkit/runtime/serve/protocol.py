@@ -25,6 +25,8 @@ Transfer-Encoding (a smuggling pattern), Transfer-Encoding in HTTP/1.0 (400).
 import http
 import logging
 import re
+import socket
+import struct
 
 # uvicorn first: without the serve extra, the ModuleNotFoundError names uvicorn, not h11.
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -101,7 +103,7 @@ def _busy_app(max_connections: int):
 
 
 class DeadlineH11Protocol(H11Protocol):
-    """One connection (see the module docstring). `protocol_class(limits)` sets the three class fields."""
+    """One connection (see the module docstring). `protocol_class(limits)` sets the four class fields."""
 
     header_timeout = 10.0
     body_timeout = 30.0
@@ -162,10 +164,17 @@ class DeadlineH11Protocol(H11Protocol):
         self.transport.close()
 
     def _abort(self) -> None:
-        """Drop the connection without flushing (close() would wait for a client that does not read)."""
+        """Drop the connection with a reset: close() would wait for a client that does not read, and the
+        kernel would keep trying to deliver its unread answers (SO_LINGER 0 discards them)."""
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True
             self.cycle.message_event.set()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass   # already gone: abort() below is all there is to do
         self.transport.abort()
 
     def _write_deadline_passed(self) -> None:
