@@ -2,7 +2,7 @@
 whether each scan holds enough entropy-coded bytes for the blocks it must code.
 
 Why: libjpeg's work is linear in scans x blocks, so a progressive JPEG that repeats one cheap scan
-10,000 times stalls a decode for about a minute while its size and pixel count look harmless. And when
+10,000 times stalls a decode for ~35 s while its size and pixel count look harmless. And when
 a file ends early but carries an end marker, libjpeg pads the missing blocks with grey and reports it
 only as a warning, which Pillow does not pass on. Walking the markers costs a regex search per scan.
 
@@ -12,6 +12,7 @@ when refining). AC scans (end-of-band runs) and arithmetic or lossless coding ha
 """
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ _MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
 _SOF_HUFFMAN = {0xC0: "sequential", 0xC1: "sequential", 0xC2: "progressive", 0xC6: "progressive"}
 _SOF_OTHER = {0xC3, 0xC5, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}   # lossless, hierarchical, arithmetic
 _PARAMETERLESS = {0x01, *range(0xD0, 0xD9)}   # TEM, RST0-7, SOI
+_CHUNK = 1 << 20
 
 
 class JpegStructureError(ValueError):
@@ -85,24 +87,45 @@ def _bits_needed(frame: _Frame | None, seg: bytes, tables: dict) -> int:
     return total
 
 
-def check_jpeg(data, max_scans: int) -> int:
-    """Walk the markers of the JPEG in `data` (bytes-like, from its SOI) up to its first EOI; the scan
-    count. JpegStructureError when it has over `max_scans` scans, or a scan too short for its blocks."""
-    frame, tables, scans, pos, size = None, {}, 0, 2, len(data)
-    while pos + 2 <= size:
-        if data[pos] != 0xFF or data[pos + 1] in (0x00, 0xFF):
-            found = _MARKER.search(data, pos + 1)   # libjpeg skips stray bytes up to the next marker too
-            if found is None:
+def _marker_after(fp, pos: int) -> int | None:
+    """Offset of the first marker at or after `pos` (entropy-coded data skipped), None if none is left.
+    Reads 1 MB at a time: a file is never held whole, nor mapped (a file cut while mapped is SIGBUS)."""
+    carry = b""
+    while True:
+        fp.seek(pos)
+        chunk = fp.read(_CHUNK)
+        if not chunk:
+            return None
+        found = _MARKER.search(carry + chunk)
+        if found is not None:
+            return pos - len(carry) + found.start()
+        carry, pos = chunk[-1:], pos + len(chunk)   # a 0xFF at the end may start a marker
+
+
+def check_jpeg(source, max_scans: int) -> int:
+    """Walk the markers of the JPEG in `source` (bytes, or a seekable binary file at its SOI at offset 0)
+    up to its first EOI; the scan count. JpegStructureError when it has over `max_scans` scans, or a scan
+    too short for its blocks."""
+    fp = source if hasattr(source, "read") else io.BytesIO(source)
+    frame, tables, scans, pos = None, {}, 0, 2
+    while True:
+        fp.seek(pos)
+        head = fp.read(4)
+        if len(head) < 2:
+            break
+        if head[0] != 0xFF or head[1] in (0x00, 0xFF):
+            pos = _marker_after(fp, pos + 1)   # libjpeg skips stray bytes up to the next marker too
+            if pos is None:
                 break
-            pos = found.start()
-        code = data[pos + 1]
+            continue
+        code = head[1]
         if code == 0xD9:
             break
         if code in _PARAMETERLESS:
             pos += 2
             continue
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        seg = bytes(data[pos + 4:pos + 2 + length])
+        length = int.from_bytes(head[2:4], "big")
+        seg = fp.read(max(0, length - 2))
         pos += 2 + max(length, 2)
         if code in _SOF_HUFFMAN or code in _SOF_OTHER:
             frame = _frame(code, seg) if len(seg) >= 6 else None
@@ -113,8 +136,8 @@ def check_jpeg(data, max_scans: int) -> int:
             if scans > max_scans:
                 raise JpegStructureError(f"a JPEG of over {max_scans} scans (each scan costs a pass over "
                                          "every block); a progressive JPEG has about 10", "too_large")
-            found = _MARKER.search(data, pos)
-            end = found.start() if found else size
+            end = _marker_after(fp, pos)
+            end = fp.seek(0, io.SEEK_END) if end is None else end
             needed = _bits_needed(frame, seg, tables)
             if (end - pos) * 8 < needed:
                 raise JpegStructureError(f"truncated JPEG: scan {scans} holds {end - pos} bytes, fewer than "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import math
-import mmap
 import os
 import stat
 from dataclasses import asdict, dataclass, field
@@ -204,26 +203,17 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
 
 
 def _check_jpeg_markers(fp: Any, name: str) -> None:
-    """check_jpeg over the whole file Image.open read the header of (it starts at offset 0): the scan cap
-    and the truncation bound, before libjpeg sees a byte. Reads in place where it can (bytes, files)."""
+    """check_jpeg over the file Image.open read the header of (from offset 0, where the JPEG starts):
+    the scan cap and the truncation bound, before libjpeg sees a byte. The position is put back."""
+    where = fp.tell()
     try:
-        if isinstance(fp, io.BytesIO):
-            with fp.getbuffer() as view:
-                check_jpeg(view, MAX_JPEG_SCANS)
-            return
-        try:
-            with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                check_jpeg(mapped, MAX_JPEG_SCANS)
-            return
-        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-            pass   # no file descriptor (or not mappable): read it
-        where = fp.tell()
-        fp.seek(0)
-        data = fp.read()
-        fp.seek(where)
-        check_jpeg(data, MAX_JPEG_SCANS)
+        check_jpeg(fp, MAX_JPEG_SCANS)
     except JpegStructureError as exc:
         raise ImageError(f"{name}: {exc}", exc.kind) from None
+    except (OSError, ValueError) as exc:   # a file that fails to read: the decoder would fail on it too
+        raise ImageError(f"{name}: cannot read image ({type(exc).__name__}: {exc})"[:300], "corrupt") from None
+    finally:
+        fp.seek(where)
 
 
 def _from_array(arr: np.ndarray, name: str) -> Image.Image:
@@ -265,13 +255,13 @@ def _colour_key_mask(img: Image.Image) -> Image.Image | None:
     key = img.info.get("transparency")
     if key is None or isinstance(key, bytes) or img.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "RGB"):
         return None
+    keys = key if isinstance(key, tuple) else (key,)
+    if len(keys) != (3 if img.mode == "RGB" else 1) or not all(isinstance(k, int) for k in keys):
+        return None
     arr = np.asarray(img)
-    if img.mode == "RGB":
-        if not (isinstance(key, tuple) and len(key) == 3):
-            return None
-        opaque = np.any(arr != np.asarray(key, dtype=np.int64).astype(arr.dtype), axis=-1)
-    else:
-        opaque = arr != key
+    if arr.dtype.kind in "ui" and not all(0 <= k <= np.iinfo(arr.dtype).max for k in keys):
+        return None   # a 16-bit RGB key on pixels Pillow decoded to 8 bits: no pixel can equal it
+    opaque = np.any(arr != np.asarray(keys, dtype=arr.dtype), axis=-1) if img.mode == "RGB" else arr != keys[0]
     return Image.fromarray(opaque.astype(np.uint8) * 255, "L")
 
 
