@@ -89,17 +89,18 @@ def _bits_needed(frame: _Frame | None, seg: bytes, tables: dict) -> int:
 
 def _marker_after(fp, pos: int) -> int | None:
     """Offset of the first marker at or after `pos` (entropy-coded data skipped), None if none is left.
-    Reads 1 MB at a time: a file is never held whole, nor mapped (a file cut while mapped is SIGBUS)."""
-    carry = b""
+    Reads 64 KB, then twice as much each time up to 1 MB: a file is never held whole, nor mapped (a
+    file cut while mapped is SIGBUS), and many short scans cost little each."""
+    carry, size = b"", _CHUNK // 16
     while True:
         fp.seek(pos)
-        chunk = fp.read(_CHUNK)
+        chunk = fp.read(size)
         if not chunk:
             return None
         found = _MARKER.search(carry + chunk)
         if found is not None:
             return pos - len(carry) + found.start()
-        carry, pos = chunk[-1:], pos + len(chunk)   # a 0xFF at the end may start a marker
+        carry, pos, size = chunk[-1:], pos + len(chunk), min(2 * size, _CHUNK)   # a 0xFF may start a marker
 
 
 def check_jpeg(source, max_scans: int) -> int:
