@@ -208,8 +208,9 @@ def _check_jpeg_markers(fp: Any, name: str) -> None:
     where = fp.tell()
     try:
         check_jpeg(fp, MAX_JPEG_SCANS)
-    except JpegStructureError as exc:
-        raise ImageError(f"{name}: {exc}", exc.kind) from None
+    except JpegStructureError as exc:   # worded as the decoder's own errors are, for every caller's checks
+        message = f"corrupt or truncated image ({exc})" if exc.kind == "corrupt" else str(exc)
+        raise ImageError(f"{name}: {message}", exc.kind) from None
     except (OSError, ValueError) as exc:   # a file that fails to read: the decoder would fail on it too
         raise ImageError(f"{name}: cannot read image ({type(exc).__name__}: {exc})"[:300], "corrupt") from None
     finally:
