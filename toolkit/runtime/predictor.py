@@ -216,11 +216,7 @@ class Predictor:
     # ---- running -------------------------------------------------------------------------
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         batch = np.asarray(batch)
-        want = (4, 3) if self.raw else (4, 1)
-        if batch.ndim != 4 or batch.shape[want[1]] != 3:
-            layout = "Nx{c}x{c}x3 uint8".format(c=self.preprocess.crop) if self.raw else \
-                "Nx3x{c}x{c} float32".format(c=self.preprocess.crop)
-            raise UserError(f"batch of shape {batch.shape}; expected {layout} (use Predictor.prepare)")
+        self.preprocess.check_batch(batch, self.raw)   # shape and finite values, before the engine sees it
         if batch.dtype != self._input_dtype:
             if self.raw and batch.dtype != np.uint8:
                 raise UserError(f"batch dtype {batch.dtype}; this raw-input model expects uint8 pixels")

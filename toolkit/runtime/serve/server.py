@@ -99,7 +99,8 @@ def _print_banner(options: ServeOptions, model: str, host: str, port: int, predi
     print(f"serve-local: micro-batching up to {options.max_batch} images, waiting at most {options.max_wait_ms:g} ms; "
           f"limits: body {options.max_body_mb:g} MB, {int(options.max_pixels) / 1e6:g} MP, "
           f"{options.max_concurrency} predictions in flight, {options.max_connections} connections; timeouts: "
-          f"head {options.header_timeout:g} s, body {options.body_timeout:g} s, idle {options.keep_alive:g} s",
+          f"head {options.header_timeout:g} s, body {options.body_timeout:g} s, idle {options.keep_alive:g} s, "
+          f"unread answers {options.write_timeout:g} s",
           flush=True)
     warning = host_warning(host)
     if warning:
