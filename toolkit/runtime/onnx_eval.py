@@ -23,6 +23,7 @@ from toolkit.datasets import SPLITS
 from toolkit.errors import UserError
 from toolkit.preprocess import ImageError, Preprocess
 from toolkit.runtime.engines import EngineOptions, open_engine, reference_engine
+from toolkit.runtime.ood_eval import calibration_fields, calibration_lines, ood_pixels
 
 
 
@@ -126,6 +127,18 @@ def report(logits: np.ndarray, targets: np.ndarray, labels: list) -> dict:
 # ------------------------------------------------------------------------------------------------
 # The public entry point
 
+def _calibration(session, model, logits, targets, ood: Optional[str], preprocess, raw: bool, batch_size: int,
+                 max_pixels) -> dict:
+    """ECE / NLL / accept rate with the file's calibration (its BF16 values on an engine computing in bf16)."""
+    temperature, spec = model.temperature, dict(model.ood) if model.ood else None
+    if spec and spec.get("bf16") and session.describe().precision == "bf16":
+        temperature, spec["threshold"] = spec["bf16"]["temperature"], spec["bf16"]["threshold"]
+    out_logits = None
+    if ood:
+        out_logits = run_logits(session, ood_pixels(ood, preprocess, max_pixels), preprocess, raw, batch_size)
+    return calibration_fields(logits, targets, temperature, spec, out_logits)
+
+
 def _resolve_recipe(recipe: Any, meta: dict, model_path: str):
     from toolkit import recipe as recipe_mod
 
@@ -156,7 +169,7 @@ def _label_map(data_labels: list, model_labels: list, model_path: str) -> np.nda
 def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str = "val",
                   batch_size: int = 32, limit: Optional[int] = None, threads: Optional[int] = None,
                   device: str = "cpu", quiet: bool = True, engine: Optional[str] = None,
-                  precision: Optional[str] = None) -> dict:
+                  precision: Optional[str] = None, ood: Optional[str] = None) -> dict:
     """Top-1 / top-5 (in %), per-class accuracy, confusion matrix and n of an ONNX export on a split.
 
     recipe_path_or_recipe: a recipe file, a Recipe, a recipe dict, or None for the recipe stored in the
@@ -165,7 +178,9 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     limit: evaluate only the first N images of the split. quiet=False prints the formatted report.
     engine: onnxruntime or openvino; precision: fp32 or bf16 (openvino only; None: fp32). On an engine other
     than the reference the report gains "vs_onnxruntime" (toolkit.runtime.engine_eval), and a failed bf16 /
-    int8 gate is a UserError.
+    int8 gate is a UserError. The report's "calibration" holds ECE, NLL (at the file's temperature) and the
+    accept rate at its OOD threshold; ood: a folder of photos that are none of the classes, adding AUROC,
+    FPR at 95% TPR and the share of them rejected (toolkit.runtime.ood_eval).
     """
     if split not in SPLITS:
         raise UserError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
@@ -198,6 +213,8 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
                         f"(first: {skipped[0][1] if skipped else 'none'})")
     logits = run_logits(session, pixels, preprocess, raw, batch_size)
     out = report(logits, to_model[targets], labels)
+    out["calibration"] = _calibration(session, model, logits, to_model[targets], ood, preprocess, raw, batch_size,
+                                      recipe.data.max_pixels)
     info = session.describe()
     out.update({"model": str(model_path), "split": split, "precision": model.precision,
                 "seconds": round(time.perf_counter() - start, 3), "skipped": skipped,
@@ -214,6 +231,7 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
 
         runs_on = "" if session.reference else f", {info.runs_on}"
         print(format_report(out, title=f"{model_path} on {split} ({model.precision}{runs_on})"))
+        print("\n".join(calibration_lines(out["calibration"])))
         if not session.reference:
             from toolkit.runtime.engine_eval import versus_line
 

@@ -4,16 +4,30 @@ folder also AUROC, FPR at 95% TPR and its rejection rate). Torch-free."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from toolkit import calibration
 from toolkit.errors import UserError
-from toolkit.preprocess import Preprocess
-from toolkit.runtime.onnx_eval import load_pixels
+from toolkit.preprocess import ImageError, Preprocess
 from toolkit.runtime.predict import collect_images
 
-__all__ = ["ood_pixels", "calibration_fields", "calibration_lines"]
+__all__ = ["EvaluateOptions", "ood_pixels", "calibration_fields", "calibration_lines"]
+
+
+@dataclass
+class EvaluateOptions:
+    """What `toolkit evaluate` was asked for (its command-line options)."""
+
+    recipe: str | None = None  # the recipe of the data to evaluate on; None: the one inside the model or run
+    split: str = "val"  # train, val or test
+    batch_size: int = 32  # images per inference call
+    device: str = "auto"  # auto, cpu, cuda[:N]
+    json: bool = False  # print the report as JSON instead of text
+    engine: str = "onnxruntime"  # an .onnx file on onnxruntime or openvino (compared with ONNX Runtime FP32)
+    precision: str | None = None  # fp32 or bf16 (openvino only); None: fp32
+    ood: str | None = None  # a folder of photos that are none of the classes: AUROC, FPR at 95% TPR, rejection rate
 
 
 def ood_pixels(folder, preprocess: Preprocess, max_pixels: int | None = None) -> np.ndarray:
@@ -27,10 +41,15 @@ def ood_pixels(folder, preprocess: Preprocess, max_pixels: int | None = None) ->
     if not paths:
         raise UserError(f"--ood {folder}: the folder holds no images; expected photos that are none of the "
                         "model's classes")
-    pixels, _, skipped = load_pixels([(p, 0) for p in paths], preprocess, max_pixels)
-    if len(pixels) == 0:
-        raise UserError(f"--ood {folder}: none of its {len(paths)} images could be read (first: {skipped[0][1]})")
-    return pixels
+    pixels, skipped = [], []
+    for path in paths:
+        try:
+            pixels.append(preprocess.pixels(path, **({"max_pixels": max_pixels} if max_pixels else {})))
+        except ImageError as exc:
+            skipped.append(str(exc))
+    if not pixels:
+        raise UserError(f"--ood {folder}: none of its {len(paths)} images could be read (first: {skipped[0]})")
+    return np.stack(pixels)
 
 
 def calibration_fields(logits: np.ndarray, targets: np.ndarray, temperature: float | None, ood: dict | None,

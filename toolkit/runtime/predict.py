@@ -20,6 +20,7 @@ import numpy as np
 
 from toolkit import artifacts
 from toolkit.errors import UserError
+from toolkit.parsing import parse_bool
 from toolkit.preprocess import IMAGE_EXTENSIONS, ImageError
 from toolkit.runtime.engines import parse_engine, parse_precision
 from toolkit.runtime.predictor import Predictor
@@ -111,6 +112,8 @@ class PredictOptions:
     recursive: bool = True  # look into sub-folders of folder arguments
     engine: str = "onnxruntime"  # onnxruntime or openvino (toolkit.runtime.engines)
     precision: str | None = None  # fp32 or bf16 (bf16: openvino only); None: fp32
+    threshold: float | None = None  # the OOD score threshold instead of the model's own (docs/inference.md)
+    reject: bool = True  # answer "unknown" below the threshold; --reject false: always the best label
 
     def __post_init__(self):
         fmt = str(self.format).lower()
@@ -173,14 +176,16 @@ class _Results:
             for rank, p in enumerate(preds, 1):
                 self.csv.writerow([path, rank, p["label"], f"{p['score']:.6f}", p["index"]])
         elif self.fmt == "json":
-            self.rows.append({"path": path, "predictions": [
+            self.rows.append({"path": path, "answer": preds.text(), "accepted": preds.accepted,
+                              "ood_score": preds.ood_score, "predictions": [
                 {"rank": r, "label": p["label"], "score": round(p["score"], 6), "index": p["index"]}
                 for r, p in enumerate(preds, 1)]})
         else:
             w = self.label_w
             cells = "".join(f"  {p['label'][:w]:<{w}} {p['score']:>6.1%}" for p in preds)
             shown = path if len(path) <= self.path_w else "..." + path[-(self.path_w - 3):]
-            print(f"{shown:<{self.path_w}}{cells}", file=self.out)
+            answer = "" if preds.accepted else f"  {preds.text()}"  # "unknown (best guess: rose 0.41)"
+            print(f"{shown:<{self.path_w}}{cells}{answer}", file=self.out)
 
     def finish(self) -> None:
         if self.fmt == "json":
@@ -258,7 +263,8 @@ def _predict_paths(predictor: Predictor, paths: list[str], o: PredictOptions, re
                     sys.stderr.write("\r\x1b[K")
                 print(f"skipped {err}", file=sys.stderr, flush=True)
             if arrays:
-                for path, preds in zip(ok_paths, predictor.predict_batch(np.stack(arrays), results.k)):
+                for path, preds in zip(ok_paths, predictor.predict_batch(np.stack(arrays), results.k, o.threshold,
+                                                                             parse_bool(o.reject, "--reject"))):
                     predicted += 1
                     results.add(path, preds)
                 results.out.flush()
@@ -267,16 +273,12 @@ def _predict_paths(predictor: Predictor, paths: list[str], o: PredictOptions, re
     return predicted, failed
 
 
-def predict_command(model: str | None = None, images: Sequence[str] | str = (), top_k: int = 5,
-                    format: str = "table", device: str = "auto", threads: int | None = None,
-                    allow_fallback: bool = False, batch_size: int = 32, recursive: bool = True,
-                    engine: str = "onnxruntime", precision: str | None = None) -> int:
+def predict_command(model: str | None = None, images: Sequence[str] | str = (), **options) -> int:
     """`toolkit predict [MODEL] IMAGES...`: classify files, folders and globs; results on stdout as a
     table, CSV (path,rank,label,score,index) or JSON; messages and progress on stderr.
-    Unreadable images are reported and skipped. Returns 0 if at least one image was predicted, else 1."""
-    o = PredictOptions(top_k=top_k, format=format, device=device, threads=threads,
-                       allow_fallback=allow_fallback, batch_size=batch_size, recursive=recursive,
-                       engine=engine, precision=precision)
+    Unreadable images are reported and skipped. Returns 0 if at least one image was predicted, else 1.
+    options: PredictOptions fields."""
+    o = PredictOptions(**options)
     model = _resolve_model(model)
     paths, problems = _image_paths(images, o.recursive)
     predictor = _load_predictor(model, o)
