@@ -1,6 +1,6 @@
-"""`toolkit` command line (fire): each command is a few lines over a library function. export, serve-local and
-benchmark take their flags, defaults and help from the options dataclasses they fill (`@options`, toolkit/flags.py),
-imported only when the command is named; the other commands pass their few flags on."""
+"""`toolkit` command line (fire): each command is a few lines over a library function. evaluate, export, predict,
+serve-local and benchmark take their flags, defaults and help from the options dataclasses they fill (`@options`,
+toolkit/flags.py), imported only when the command is named; train and demo pass their few flags on."""
 from __future__ import annotations
 
 import os
@@ -54,13 +54,9 @@ def export(run, *, format: str = "onnx", **given):
 @options("toolkit.runtime.predict:PredictOptions")
 def predict(*paths: str, **given):
     """Predict images: toolkit predict [MODEL.onnx] IMAGES... (files, folders, globs)."""
-    from toolkit.runtime.predict import predict_command
+    from toolkit.runtime.predict import model_and_images, predict_command
 
-    paths = [str(p) for p in paths]
-    model = paths.pop(0) if paths and paths[0].endswith(".onnx") else None  # else: the newest export
-    if not paths:
-        raise UserError("predict: no images given; expected toolkit predict [MODEL.onnx] IMAGE_OR_FOLDER...")
-    if code := predict_command(model, paths, **given):
+    if code := predict_command(*model_and_images(paths), **given):
         sys.exit(code)
 
 
@@ -112,8 +108,7 @@ def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False
     given = {k: v for k, v in dict(seeds=seeds, labels_per_class=labels_per_class, steps=steps, out_dir=out_dir).items()
              if v is not None}  # unset: the demo's own defaults
     given.update({k: parse_list(given[k], int, "--" + k.replace("_", "-")) for k in ("seeds", "labels_per_class")
-                  if k in given},
-                 quick=quick, overrides=[str(o) for o in overrides])
+                  if k in given}, quick=quick, overrides=[str(o) for o in overrides])
     if "steps" in given and not imagenet:
         raise UserError("demo: --steps goes with --imagenet (the digits demo trains by epochs)")
     if imagenet:
@@ -148,9 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)  # torchrun: rank 0 has printed this error already
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        if isinstance(exc, AbandonedWorkError):
-            _exit_now(2)
-        sys.exit(2)
+        (_exit_now if isinstance(exc, AbandonedWorkError) else sys.exit)(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -25,7 +25,7 @@ from toolkit.preprocess import IMAGE_EXTENSIONS, ImageError
 from toolkit.runtime.engines import parse_engine, parse_precision
 from toolkit.runtime.predictor import Predictor
 
-__all__ = ["PredictOptions", "predict_command", "collect_images", "IMAGE_EXTENSIONS", "FORMATS"]
+__all__ = ["PredictOptions", "predict_command", "model_and_images", "collect_images", "IMAGE_EXTENSIONS", "FORMATS"]
 
 FORMATS = ("table", "csv", "json")
 
@@ -271,6 +271,15 @@ def _predict_paths(predictor: Predictor, paths: list[str], o: PredictOptions, re
             progress.update(start + len(chunk))
     progress.close()
     return predicted, failed
+
+
+def model_and_images(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """`toolkit predict [MODEL.onnx] IMAGES...`'s arguments -> (the model or None for the newest, the images)."""
+    paths = [str(p) for p in args]
+    model = paths.pop(0) if paths and paths[0].endswith(".onnx") else None
+    if not paths:
+        raise UserError("predict: no images given; expected toolkit predict [MODEL.onnx] IMAGE_OR_FOLDER...")
+    return model, paths
 
 
 def predict_command(model: str | None = None, images: Sequence[str] | str = (), **options) -> int:

@@ -72,6 +72,11 @@ class Prediction(list):
         super().__init__(top)
         self.accepted, self.ood_score, self.score_kind, self.threshold = accepted, ood_score, score_kind, threshold
 
+    def first(self, k: int) -> "Prediction":
+        """The best k only, in plain Python types (a batch was run at the largest k asked)."""
+        top = [{"label": str(p["label"]), "score": float(p["score"]), "index": int(p["index"])} for p in self[:k]]
+        return Prediction(top, self.accepted, self.ood_score, self.score_kind, self.threshold)
+
     def to_dict(self) -> dict:
         """Plain JSON: {"predictions": [...], "accepted", "ood_score", "score_kind", "threshold"}."""
         return {"predictions": list(self), "accepted": self.accepted, "ood_score": self.ood_score,

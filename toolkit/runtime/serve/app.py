@@ -177,7 +177,9 @@ def _add_predict_route(app, predictor, batcher: Batcher, limiter: dict, default_
     @app.post(PREDICT_PATH, tags=["predict"], summary="Classify one image",
               description="Body: the image bytes (JPEG, PNG or WebP; Content-Type image/* or "
                           "application/octet-stream) or multipart/form-data with a `file` part. "
-                          "Answers {predictions: [{label, score, index}], model, provider}.",
+                          "Answers {predictions: [{label, score, index}], answer, accepted, ood_score, "
+                          "model, provider}: accepted false and answer \"unknown (best guess: rose 0.41)\" "
+                          "when the image looks like none of the classes (the model's OOD threshold).",
               openapi_extra=_PREDICT_BODY_DOC, responses=_PREDICT_RESPONSES)
     async def predict(request: Request,
                       top_k: int | None = Query(None, description=f"how many labels (1..{labels}); "
@@ -197,7 +199,9 @@ def _add_predict_route(app, predictor, batcher: Batcher, limiter: dict, default_
             batcher.abandon()
             raise
         predictions = await batcher.submit(array, k)
-        return JSONResponse({"predictions": predictions, "model": sha[:12], "provider": predictor.provider})
+        return JSONResponse({"predictions": list(predictions), "answer": predictions.text(),
+                             "accepted": predictions.accepted, "ood_score": predictions.ood_score,
+                             "model": sha[:12], "provider": predictor.provider})
 
 
 def _add_page_routes(app) -> None:

@@ -192,9 +192,7 @@ class Batcher:
             self.images += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
         for (_, k, future, loop), preds in zip(batch, results):
-            clean = [{"label": str(p["label"]), "score": float(p["score"]), "index": int(p["index"])}
-                     for p in preds[:k]]
-            self._resolve(loop, future, clean, None)
+            self._resolve(loop, future, preds.first(k), None)
 
     @staticmethod
     def _resolve(loop, future, value, error) -> None:
