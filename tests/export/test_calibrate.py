@@ -116,3 +116,18 @@ def test_empty_or_missing_ood_folder_is_one_error(tmp_path):
             export_mod.export_run(run_dir, exports_dir=str(tmp_path / "exports"), runs_dir=str(tmp_path / "runs"),
                                   ood=str(tmp_path / folder), quiet=True)
     assert _onnx_files(tmp_path / "exports") == []
+
+
+def test_the_bf16_read_is_refused_only_with_bf16_check():
+    import types
+
+    said = []
+    job = types.SimpleNamespace(options=types.SimpleNamespace(bf16_check=False), say=said.append, path="m.onnx")
+    calibrate_mod._judge({"fp16": 1.0, "openvino bf16": 0.977}, job)
+    assert said and "openvino bf16 takes the FP32 file's accept/reject decision on 97.7%" in said[0]
+    job.options.bf16_check = True
+    with pytest.raises(UserError, match=r"openvino bf16 97\.7%"):
+        calibrate_mod._judge({"fp16": 1.0, "openvino bf16": 0.977}, job)
+    with pytest.raises(UserError, match=r"openvino fp32 98\.0%"):
+        calibrate_mod._judge({"openvino fp32": 0.98}, types.SimpleNamespace(options=types.SimpleNamespace(
+            bf16_check=False), say=said.append, path="m.onnx"))

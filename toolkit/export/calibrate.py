@@ -5,8 +5,9 @@ After every file is staged and gated (before anything is published):
      (fp32, raw, fp16, int8), and through the FP32 file on OpenVINO FP32 and BF16 where installed;
   2. each file gets its own T (toolkit.calibration.fit_temperature on its own logits) and threshold
      (accepting --accept-rate of the validation images); the BF16 read gets its own under ood.bf16;
-  3. every engine and twin must take the FP32 file's accept/reject decision on at least MIN_AGREEMENT
-     of the images, else a UserError with the numbers and nothing is written (like the INT8 budget);
+  3. every twin and the FP32 file on OpenVINO must take the FP32 file's accept/reject decision on at least
+     MIN_AGREEMENT of the images, else a UserError with the numbers and nothing is written (like the INT8
+     budget); the BF16 read too with --bf16-check (else its agreement is reported, with a note below 99%);
   4. `temperature` and `ood` go into each staged file's metadata (toolkit.contract).
 With --ood DIR the OOD score (max_prob or energy) is the one that separates that folder better, and
 the share of it each file rejects is reported. Fewer than 20 validation images: skipped with one line.
@@ -108,7 +109,13 @@ def _agreement(logits: dict, fits: dict) -> dict:
 
 
 def _judge(agreement: dict, job: ExportJob) -> None:
-    bad = {k: v for k, v in agreement.items() if v < MIN_AGREEMENT}
+    """Refuse a twin or an FP32 engine below MIN_AGREEMENT. The BF16 read is not a file: like its logits
+    (--bf16-check), it is refused only when asked for with --bf16-check, else reported with a note."""
+    low = {k: v for k, v in agreement.items() if v < MIN_AGREEMENT}
+    bad = {k: v for k, v in low.items() if job.options.bf16_check or not k.endswith("bf16")}
+    for name in set(low) - set(bad):
+        job.say(f"note: {name} takes the FP32 file's accept/reject decision on {low[name] * 100:.1f}% of the "
+                f"validation images (below {MIN_AGREEMENT * 100:g}%; --bf16-check refuses that)")
     if bad:
         raise UserError(f"accept/reject agreement with the FP32 file below {MIN_AGREEMENT * 100:g}%: "
                         + ", ".join(f"{k} {v * 100:.1f}%" for k, v in bad.items())

@@ -31,7 +31,7 @@ def calibrate_run(model, recipe, dataset, device, run_dir: str, say=print,
         say(skipped)
     else:
         batch = recipe.train.batch_size
-        logits = {split: split_logits(model, recipe, dataset, split, batch, device)[:2]
+        logits = {split: split_logits(model, recipe, getattr(dataset, split), batch, device)[:2]
                   for split in ("val", "test") if getattr(dataset, split)}
         fit = calibration.fit(*logits["val"], accept_rate=accept_rate)
         ood = {k: fit[k] for k in ("score", "threshold", "accept_rate")}

@@ -60,7 +60,7 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
                         f"{_short(dataset.labels)}; expected the same classes in the same order")
     if not getattr(dataset, split):
         raise UserError(f"data: the {split} split is empty; pick another with --split")
-    logits, targets, loss = split_logits(model, recipe, dataset, split, batch_size, pick_device(device))
+    logits, targets, loss = split_logits(model, recipe, getattr(dataset, split), batch_size, pick_device(device))
     report = classification_report(logits, targets, dataset.labels)
     report.update(loss=loss, split=split, model=str(checkpoint),
                   calibration=calibration_fields(logits, targets, None, None))  # a checkpoint: T = 1
@@ -70,14 +70,15 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
     return report
 
 
-def split_logits(model, recipe, dataset, split: str, batch_size: int, dev):
-    """(logits, targets, mean loss) of a model on one split of `dataset`, with the recipe's eval transform."""
+def split_logits(model, recipe, items: list, batch_size: int, dev):
+    """(logits, targets, mean loss) of a model on `items` ((image, label) pairs: a split of a data set),
+    with the recipe's eval transform."""
     import torch
     from torch.utils.data import DataLoader
 
     from toolkit.train import data as data_mod
 
-    loader = DataLoader(data_mod.ImageDataset(getattr(dataset, split), data_mod.eval_preprocess(recipe),
+    loader = DataLoader(data_mod.ImageDataset(items, data_mod.eval_preprocess(recipe),
                                               max_pixels=recipe.data.max_pixels),
                         batch_size=batch_size, num_workers=recipe.data.workers)
     return collect_logits(model.to(dev), loader, dev, None, torch.nn.CrossEntropyLoss())
