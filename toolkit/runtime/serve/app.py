@@ -74,6 +74,14 @@ def _version() -> str:
     return __version__
 
 
+def _answer(predictions: list) -> dict:
+    """The "unknown" answer beside the top-k (a Prediction's); a plain list is an accepted answer."""
+    if not hasattr(predictions, "text"):
+        best = f"{predictions[0]['label']} {predictions[0]['score']:.2f}" if predictions else ""
+        return {"answer": best, "accepted": True, "ood_score": None}
+    return {"answer": predictions.text(), "accepted": predictions.accepted, "ood_score": predictions.ood_score}
+
+
 def _describe(predictor, limits: Limits, default_k: int) -> dict:
     """What GET /v1/model answers: the model's contract, where it came from, and the serving limits."""
     from toolkit.preprocess import SERVE_FORMATS
@@ -199,9 +207,8 @@ def _add_predict_route(app, predictor, batcher: Batcher, limiter: dict, default_
             batcher.abandon()
             raise
         predictions = await batcher.submit(array, k)
-        return JSONResponse({"predictions": list(predictions), "answer": predictions.text(),
-                             "accepted": predictions.accepted, "ood_score": predictions.ood_score,
-                             "model": sha[:12], "provider": predictor.provider})
+        return JSONResponse({"predictions": list(predictions), **_answer(predictions), "model": sha[:12],
+                             "provider": predictor.provider})
 
 
 def _add_page_routes(app) -> None:
