@@ -12,7 +12,6 @@ import os
 import sys
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 from toolkit import artifacts
 from toolkit.errors import UserError
 from toolkit.preprocess import IMAGE_EXTENSIONS, ImageError
+from toolkit.runtime.decode_pool import DecodePool
 from toolkit.runtime.engines import parse_engine, parse_precision
 from toolkit.runtime.predictor import Predictor
 
@@ -240,15 +240,27 @@ def _load_predictor(model: str, o: PredictOptions) -> Predictor:
     return predictor
 
 
+def _chunks(outcomes, size: int):
+    """Lists of `size` consecutive (item, value, error) outcomes (the last may be shorter)."""
+    chunk = []
+    for outcome in outcomes:
+        chunk.append(outcome)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _predict_paths(predictor: Predictor, paths: list[str], o: PredictOptions, results: _Results) -> tuple[int, int]:
-    """Decode (threads: Pillow works without the GIL), run and write every batch -> (predicted, failed)."""
+    """Decode on the decode pool (every core, the next batch while the engine runs this one), run and write
+    every batch of `batch_size` paths (less the unreadable ones) -> (predicted, failed)."""
     progress = _Progress(len(paths), enabled=len(paths) > 50)
-    predicted = failed = 0
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for start in range(0, len(paths), o.batch_size):
-            chunk = paths[start:start + o.batch_size]
+    predicted = failed = done = 0
+    with DecodePool() as pool:
+        for chunk in _chunks(pool.ordered(lambda p: _decode(predictor, p), paths, ahead=o.batch_size), o.batch_size):
             ok_paths, arrays = [], []
-            for path, (arr, err) in zip(chunk, pool.map(lambda p: _decode(predictor, p), chunk)):
+            for path, (arr, err), _ in chunk:
                 if err is None:
                     ok_paths.append(path)
                     arrays.append(arr)
@@ -262,7 +274,8 @@ def _predict_paths(predictor: Predictor, paths: list[str], o: PredictOptions, re
                     predicted += 1
                     results.add(path, preds)
                 results.out.flush()
-            progress.update(start + len(chunk))
+            done += len(chunk)
+            progress.update(done)
     progress.close()
     return predicted, failed
 
