@@ -29,7 +29,7 @@ class _TorchBackend(_Backend):
     def __init__(self, checkpoint: str, device: str, threads: int, compiled: bool, amp: bool, preprocess):
         import torch
 
-        from toolkit.train.checkpoint import model_from_checkpoint
+        from toolkit.train.model import model_from_checkpoint
 
         self.torch = torch
         self.backend = "torch-compile" if compiled else "torch-eager"
@@ -170,7 +170,7 @@ def probe_torch(spec: dict) -> dict:
     out: dict = {"rss_start_mb": _maxrss_mb()}
     import torch
 
-    from toolkit.train.checkpoint import model_from_checkpoint
+    from toolkit.train.model import model_from_checkpoint
     out["import_s"] = time.perf_counter() - t0
     out["rss_base_mb"] = _maxrss_mb()
     torch.set_num_threads(int(spec["threads"]))

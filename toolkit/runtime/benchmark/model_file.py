@@ -6,12 +6,13 @@ from typing import Callable, Optional
 
 from toolkit import contract
 from toolkit import artifacts
+from toolkit.artifacts import base_of as _base_of, twin_path  # noqa: F401 (run.py imports them from here)
 from toolkit.errors import UserError, first_line
 from toolkit.runtime.benchmark.flops import count_flops
 from toolkit.runtime.benchmark.schema import PRECISIONS
 
-# precision -> file suffix: the precision twins among artifacts.TWIN_SUFFIXES (.raw.onnx is a layout, not a precision)
-TWIN_SUFFIX = {"fp32": ".onnx", **{s.split(".")[1]: s for s in artifacts.TWIN_SUFFIXES if s.split(".")[1] in PRECISIONS}}
+# precision -> file suffix (artifacts.TWINS' precision twins)
+TWIN_SUFFIX = {"fp32": ".onnx", **{p: artifacts.TWINS[p] for p in artifacts.PRECISION_TWINS if p in PRECISIONS}}
 
 
 def _file_bytes(path: str, proto) -> int:
@@ -52,19 +53,6 @@ def inspect_model(path: str) -> dict:
     flops = count_flops(proto, image_size=crop)
     return {"path": path, "metadata": meta, "input_dims": dims, "file_bytes": _file_bytes(path, proto),
             "flops": flops}
-
-
-def twin_path(base: str, precision: str) -> str:
-    stem = base[:-len(".onnx")] if base.endswith(".onnx") else base
-    return stem + TWIN_SUFFIX[precision]
-
-
-def _base_of(path: str) -> tuple[str, Optional[str]]:
-    """exports/x.int8.onnx -> (exports/x.onnx, 'int8'); a plain file -> (path, None)."""
-    for precision, suffix in TWIN_SUFFIX.items():
-        if precision != "fp32" and path.endswith(suffix):
-            return path[:-len(suffix)] + ".onnx", precision
-    return path, None
 
 
 def _resolve_model(model: Optional[str], exports_dir: str, say: Callable) -> str:

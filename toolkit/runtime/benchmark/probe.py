@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from toolkit.runtime.benchmark.machine import _gpu_mem_of_pid, _maxrss_mb
+from toolkit.runtime.engines import EngineOptions, OpenVinoOptions
 
 # spec["kind"] -> the module whose `--probe` entry point measures it; every engine's (its name) is this package's
 PROBE_MODULES = {"torch": "toolkit.train.torch_backend"}
@@ -46,7 +47,6 @@ def probe_ort(spec: dict) -> dict:
     with spec["cache_dir"] as its model cache), first inference per batch size, memory."""
     t0 = time.perf_counter()
     out: dict = {"rss_start_mb": _maxrss_mb()}
-    from toolkit.runtime.engines import EngineOptions, OpenVinoOptions
     from toolkit.runtime.predictor import Predictor
     out["import_s"] = time.perf_counter() - t0
     out["rss_base_mb"] = _maxrss_mb()

@@ -94,7 +94,7 @@ def _describe(predictor, limits: Limits, default_k: int, batch_workers: int, dec
                     "batch_workers": batch_workers, "decode_threads": decode_threads,
                     "formats": list(SERVE_FORMATS), "max_connections": int(limits.max_connections),
                     "header_timeout_s": float(limits.header_timeout), "body_timeout_s": float(limits.body_timeout),
-                    "keep_alive_s": float(limits.keep_alive)},
+                    "keep_alive_s": float(limits.keep_alive), "write_timeout_s": float(limits.write_timeout)},
     })
     return description
 
@@ -166,7 +166,7 @@ async def _image_bytes(request) -> bytes:
 
 
 def _decoder(predictor, max_pixels: int):
-    """The function the request threadpool runs: decode (capped, JPEG/PNG/WebP only) and preprocess."""
+    """The function the decode pool runs: decode (capped, JPEG/PNG/WebP only) and preprocess."""
     from toolkit.preprocess import SERVE_FORMATS, ImageError
 
     def decode_and_prepare(body: bytes):
