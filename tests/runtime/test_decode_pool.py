@@ -147,3 +147,34 @@ def test_evaluate_decodes_while_the_engine_runs_with_the_same_arrays(tmp_path, p
     got = decode_and_run(engine, items, predictor.preprocess, False, batch_size=3)
     assert np.array_equal(got[0], pixels) and np.array_equal(got[1], targets) and got[2] == skipped
     assert len(skipped) == 1 and np.array_equal(got[3], logits)
+
+
+def test_predictor_predict_on_a_list_decodes_on_the_pool_with_the_same_answers(predictor, tmp_path):
+    """A list of encoded images or files: the same scores, bit for bit, as one at a time, over several
+    batches; a bad item is the same first error as before (images[i]: for bytes, its path for files)."""
+    from toolkit.runtime import decode_pool
+
+    bodies = [jpeg(i, (50 + 5 * i, 40 + 2 * i)) for i in range(7)]
+    paths = []
+    for i, body in enumerate(bodies):
+        paths.append(tmp_path / f"p{i}.jpg")
+        paths[-1].write_bytes(body)
+    one_by_one = [predictor.predict(body, top_k=3) for body in bodies]
+    predictor.batch_size = 3
+    try:
+        calls = []
+        real = decode_pool.DecodePool.ordered
+        decode_pool.DecodePool.ordered = lambda self, *a, **k: calls.append(k) or real(self, *a, **k)
+        try:
+            assert predictor.predict(bodies, top_k=3) == one_by_one
+            assert predictor.predict([str(p) for p in paths], top_k=3) == one_by_one
+        finally:
+            decode_pool.DecodePool.ordered = real
+        assert calls == [{"ahead": 3}, {"ahead": 3}]
+        with pytest.raises(ImageError, match=r"^images\[4\]: .*not a recognised image"):
+            predictor.predict(bodies[:4] + [b"junk"] + bodies[4:], top_k=3)
+        (tmp_path / "bad.jpg").write_bytes(b"junk")
+        with pytest.raises(ImageError, match="bad.jpg"):
+            predictor.predict([str(paths[0]), str(tmp_path / "bad.jpg")], top_k=3)
+    finally:
+        predictor.batch_size = 32

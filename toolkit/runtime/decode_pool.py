@@ -1,7 +1,7 @@
 """Decoding on every core: one small bounded thread pool that decodes and preprocesses images while the
 engine runs the previous batch (Pillow releases the GIL while it decodes, resizes and crops).
 
-    pool = DecodePool()                                   # workers: the CPU count, 1..8
+    pool = DecodePool()                                   # workers: the CPU count, 1..8 (or shared_pool())
     for item, value, error in pool.ordered(prepare, paths, ahead=32):
         ...                                               # input order; error: that item's exception, or None
     array = await pool.run(prepare, body, gone=client_left)   # serve-local: one request's decode
@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Iterable, Iterator, Optional
 
-__all__ = ["DecodePool", "default_workers", "ClientGone"]
+__all__ = ["DecodePool", "default_workers", "ClientGone", "shared_pool"]
 
 MAX_WORKERS = 8
+_shared: Optional["DecodePool"] = None
+_shared_lock = threading.Lock()
 
 
 def default_workers() -> int:
@@ -105,6 +108,15 @@ class DecodePool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def shared_pool() -> DecodePool:
+    """The process-wide pool (created on first use) for callers without their own: Predictor.predict."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = DecodePool()
+        return _shared
 
 
 def _outcome(item: Any, future: Future) -> tuple[Any, Any, Optional[BaseException]]:
