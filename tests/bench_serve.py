@@ -189,7 +189,8 @@ def end_to_end(pred, paths, batch_size, rounds):
     shared = 1 / (1 / best["decode_bound"] + 1 / best["model_bound"])   # both on the same cores, no idle time
     return {"images": n, "batch_size": batch_size, **{f"{k}_img_s": round(v, 2) for k, v in best.items()},
             "ratio_to_min_bound": round(best["end_to_end"] / bound, 3),
-            "shared_cores_bound_img_s": round(shared, 2), "ratio_to_shared_bound": round(best["end_to_end"] / shared, 3),
+            "shared_cores_bound_img_s": round(shared, 2),
+            "ratio_to_shared_bound": round(best["end_to_end"] / shared, 3),
             "split": split, "decode": pred.preprocess.decode}
 
 
@@ -233,9 +234,10 @@ def summary(results):
              "12MP e2e img/s (decode-, model-bound)"]
     for r in results:
         e2e = r.get("end_to_end_12mp")
-        e2e_text = (f"{e2e['end_to_end_img_s']:.1f} ({e2e['decode_bound_img_s']:.1f}, {e2e['model_bound_img_s']:.1f}) "
-                    f"= {e2e['ratio_to_min_bound']:.2f} of min") if e2e else "-"
-        ratios = f"{r['throughput_ratio']:.2f}, {r['throughput_ratio_median_round']:.2f}, {r['throughput_ratio_best']:.2f}"
+        e2e_text = (f"{e2e['end_to_end_img_s']:.1f} ({e2e['decode_bound_img_s']:.1f}, "
+                    f"{e2e['model_bound_img_s']:.1f}) = {e2e['ratio_to_min_bound']:.2f} of min") if e2e else "-"
+        ratios = ", ".join(f"{r[k]:.2f}" for k in ("throughput_ratio", "throughput_ratio_median_round",
+                                                    "throughput_ratio_best"))
         lines.append(f"{r['engine']:<12} {ratios:>38}  {r['latency_p50_direct_ms']:>7.1f} -> "
                      f"{r['latency_p50_server_ms']:.1f} ms ({100 * r['latency_overhead']:+.0f}%)    {e2e_text}")
     return "\n".join(lines)

@@ -23,9 +23,10 @@ class Batcher:
     without the batch axis) and awaits its top-k. The worker takes the first waiting item, then
     keeps collecting until it has `max_batch` items or `max_wait_ms` have passed since the first. A
     request alone in the server (nothing else queued or being decoded) runs at once: there is nobody to
-    wait for, and under load the batches grow by themselves while the model runs. When that time is up while other requests are already inside the server being decoded, it waits
-    for those too, for at most a quarter of the last batch's inference time (`grace_s`): on a slow
-    model a full batch is worth a short wait, on a fast one the grace is next to nothing. Then one
+    wait for, and under load the batches grow by themselves while the model runs. When that time is up
+    while other requests are already inside the server being decoded, it waits for those too, for at
+    most a quarter of the last batch's inference time (`grace_s`): on a slow model a full batch is
+    worth a short wait, on a fast one the grace is next to nothing. Then one
     `predict_batch` call, and every future is resolved. The warm-up inference runs before anything
     else; `ready` is set once it is done. `stop()` lets it finish everything queued, then ends it.
 
