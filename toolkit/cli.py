@@ -146,6 +146,9 @@ def benchmark(model: str | None = None, *overrides: str, batch_sizes="1,8,32", p
                         "or KEY=VALUE overrides with --train")
     from toolkit.runtime.benchmark import BenchmarkOptions, compare_models, run_benchmark
 
+    loader = None  # the PyTorch backends come from the torch side: the runtime never imports it
+    if torch or compile:
+        from toolkit.train.torch_backend import load_torch_backends as loader
     options = BenchmarkOptions(
         batch_sizes=_as_list(batch_sizes, int), precision=_as_list(precision), device=_as_list(device),
         engine=_as_list(engine), torch=torch,
@@ -153,11 +156,11 @@ def benchmark(model: str | None = None, *overrides: str, batch_sizes="1,8,32", p
         threads=threads, data=data, split=split, end_to_end=not model_only, isolate=isolate, checkpoint=checkpoint,
         out_dir=out_dir)
     if overrides:
-        compare_models([model, *map(str, overrides)], options, pareto_batch=pareto_batch)
+        compare_models([model, *map(str, overrides)], options, pareto_batch=pareto_batch, torch_backends=loader)
     elif pareto_batch is not None:
         raise UserError("benchmark: --pareto-batch goes with several models (toolkit benchmark A.onnx B.onnx ...)")
     else:
-        run_benchmark(model, options)
+        run_benchmark(model, options, torch_backends=loader)
 
 
 def demo(*overrides: str, seeds="0,1,2", labels_per_class=None, quick: bool = False, out_dir=None,

@@ -115,7 +115,7 @@ def test_outputs_are_written(compared):
     assert bench.validate_record(on_disk) == [] and on_disk["rows"] == compared["rows"]
     md = open(files["markdown"]).read()
     assert all(name in md for name in CROPS) and "img/s b2" in md
-    from toolkit.runtime.benchmark.compare_report import format_compare_table
+    from toolkit.runtime.benchmark.report import format_compare_table
 
     table = format_compare_table(compared)
     assert len([line for line in table.splitlines() if "onnxruntime/cpu/" in line]) == 6

@@ -14,17 +14,17 @@ from typing import Optional
 
 import numpy as np
 
-from toolkit.runtime.benchmark.schema import ISA_FLAGS
+from toolkit.runtime.benchmark.records import ISA_FLAGS, Machine, Versions
 
 _CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
               "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "i8mm", "bf16")
 
 
-def _now_iso() -> str:
+def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _maxrss_mb() -> Optional[float]:
+def maxrss_mb() -> Optional[float]:
     """Peak resident set size of this process so far, in MiB.
 
     Linux: VmHWM of /proc/self/status, the high-water mark of this process's own address space.
@@ -92,7 +92,7 @@ def _gpu_info() -> dict:
             "gpu_memory_mb": float(mem) if mem.replace(".", "").isdigit() else None}
 
 
-def _gpu_mem_of_pid(pid: int) -> Optional[float]:
+def gpu_mem_of_pid(pid: int) -> Optional[float]:
     out = _run_quiet(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
     if not out:
         return None
@@ -123,7 +123,7 @@ def isa_of(flags: list) -> dict:
     return {**have, "summary": summary}
 
 
-def machine_info(gpu: bool = False) -> dict:
+def machine_info(gpu: bool = False) -> Machine:
     """CPU name and the instruction-set flags that decide FP32/INT8 speed; the GPU when asked."""
     cpu, flags = platform.processor() or platform.machine(), []
     try:
@@ -141,14 +141,13 @@ def machine_info(gpu: bool = False) -> dict:
         pass
     if sys.platform == "darwin":
         cpu = _run_quiet(["sysctl", "-n", "machdep.cpu.brand_string"]) or cpu
-    info = {"cpu": cpu, "cpu_flags": flags, "isa": isa_of(flags), "logical_cpus": os.cpu_count() or 1,
-            "usable_cpus": len(_usable_cpus()), "physical_cores": physical_cores(),
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
-    info.update(_gpu_info() if gpu else {"gpu": None, "gpu_driver": None, "gpu_memory_mb": None})
-    return info
+    return Machine(cpu=cpu, cpu_flags=flags, isa=isa_of(flags), logical_cpus=os.cpu_count() or 1,
+                   usable_cpus=len(_usable_cpus()), physical_cores=physical_cores(),
+                   os=f"{platform.system()} {platform.release()}", python=platform.python_version(),
+                   **(_gpu_info() if gpu else {"gpu": None, "gpu_driver": None, "gpu_memory_mb": None}))
 
 
-def versions() -> dict:
+def versions() -> Versions:
     """Library versions, read from package metadata: torch is not imported for this."""
     import toolkit
     out = {"toolkit": toolkit.__version__,
@@ -174,4 +173,4 @@ def versions() -> dict:
             out["cudnn_torch"] = str(torch.backends.cudnn.version()) if torch.cuda.is_available() else None
         except Exception:  # noqa: BLE001
             pass
-    return out
+    return Versions(**out)

@@ -8,7 +8,7 @@ from toolkit import contract
 from toolkit import artifacts
 from toolkit.errors import UserError, first_line
 from toolkit.runtime.benchmark.flops import count_flops
-from toolkit.runtime.benchmark.schema import PRECISIONS
+from toolkit.runtime.benchmark.records import PRECISIONS
 
 # precision -> file suffix: the precision twins among artifacts.TWIN_SUFFIXES (.raw.onnx is a layout, not a precision)
 TWIN_SUFFIX = {"fp32": ".onnx", **{s.split(".")[1]: s for s in artifacts.TWIN_SUFFIXES if s.split(".")[1] in PRECISIONS}}
@@ -59,7 +59,7 @@ def twin_path(base: str, precision: str) -> str:
     return stem + TWIN_SUFFIX[precision]
 
 
-def _base_of(path: str) -> tuple[str, Optional[str]]:
+def base_of(path: str) -> tuple[str, Optional[str]]:
     """exports/x.int8.onnx -> (exports/x.onnx, 'int8'); a plain file -> (path, None)."""
     for precision, suffix in TWIN_SUFFIX.items():
         if precision != "fp32" and path.endswith(suffix):
@@ -67,7 +67,7 @@ def _base_of(path: str) -> tuple[str, Optional[str]]:
     return path, None
 
 
-def _resolve_model(model: Optional[str], exports_dir: str, say: Callable) -> str:
+def resolve_model(model: Optional[str], exports_dir: str, say: Callable) -> str:
     if model is None:
         path = artifacts.newest_export(exports_dir)
         say(f"benchmark: using the newest export {path}")
@@ -86,7 +86,7 @@ def _resolve_model(model: Optional[str], exports_dir: str, say: Callable) -> str
     return model
 
 
-def _export_hint(meta: dict, precision: str) -> str:
+def export_hint(meta: dict, precision: str) -> str:
     run = meta.get("source_run")
     target = f" {run}" if isinstance(run, str) and run else ""
     return f"toolkit export{target} --{precision}"

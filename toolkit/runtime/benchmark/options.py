@@ -1,4 +1,11 @@
-"""What `toolkit benchmark` is asked to do (BenchmarkOptions), checked and parsed into Settings."""
+"""What `toolkit benchmark` is asked to do (BenchmarkOptions), checked and parsed into a Plan: the batch
+sizes, modes and threads, and the engine x device x precision combinations (Combo) it runs.
+
+A precision names a file and an inference precision: fp32, fp16 and int8 are the export and its twins
+(<name>.fp16.onnx, <name>.int8.onnx), computed as they were exported; bf16 is the FP32 file at
+OpenVINO's bf16 inference precision. A combination an engine can't run is skipped with its reason in
+the record; only when nothing is left is it an error.
+"""
 from __future__ import annotations
 
 import os
@@ -7,9 +14,10 @@ from typing import Any, Callable, Optional
 
 from toolkit.errors import UserError
 from toolkit.runtime.engines import parse_engines
+from toolkit.runtime.benchmark.engine_parts import why_not
 from toolkit.runtime.benchmark.machine import physical_cores
-from toolkit.runtime.benchmark.rounds import DEFAULT_DURATION_S, DEFAULT_ROUNDS
-from toolkit.runtime.benchmark.schema import DEVICES, MODES, PRECISIONS
+from toolkit.runtime.benchmark.records import DEVICES, MODES, PRECISIONS, Skipped
+from toolkit.runtime.benchmark.timing import DEFAULT_DURATION_S, DEFAULT_ROUNDS
 
 
 @dataclass
@@ -41,8 +49,52 @@ class BenchmarkOptions:
     reference: bool = True  # time the FP32 GEMM as one more entry of every round (CPU): fraction_of_gemm_in_rounds
 
 
+@dataclass(frozen=True)
+class Combo:
+    """One engine x device x precision the rounds time."""
+
+    engine: str  # onnxruntime | openvino
+    device: str  # the benchmark's device word: cpu, cuda[:N], tensorrt
+    precision: str  # fp32 | fp16 | bf16 | int8: the row's label
+
+    @property
+    def key(self) -> str:
+        return f"{self.engine}/{self.device}/{self.precision}"
+
+    @property
+    def file_precision(self) -> str:
+        """Which file: fp32 (the export), fp16 or int8 (its twins); bf16 reads the FP32 file."""
+        return file_precision(self.precision)
+
+    @property
+    def inference_precision(self) -> str:
+        """What floating-point layers compute in: fp32, or bf16 (OpenVINO's hint)."""
+        return "bf16" if self.precision == "bf16" else "fp32"
+
+
+def file_precision(precision: str) -> str:
+    return "fp32" if precision == "bf16" else precision
+
+
+def plan_combos(engines: tuple, devices: tuple, precisions: tuple) -> tuple[list, list]:
+    """([Combo] to run, [Skipped]), devices outermost, then engines, then precisions, in the order given."""
+    run, skipped = [], []
+    for device in devices:
+        for engine in engines:
+            for p in precisions:
+                reason = why_not(engine, device, p)
+                if reason:
+                    skipped.append(Skipped(engine, device, p, reason))
+                else:
+                    run.append(Combo(engine, device, p))
+    if not run:
+        raise UserError("benchmark: nothing to run: " + "; ".join(
+            f"{s.engine} {s.precision} on {s.device}: {s.reason}" for s in skipped))
+    return run, skipped
+
+
 @dataclass
-class Settings:
+class Plan:
     """BenchmarkOptions checked and parsed: what the run really does."""
 
     sizes: tuple  # batch sizes, ascending, unique
@@ -56,7 +108,7 @@ class Settings:
     threads_source: str  # "given" or "physical cores"
 
 
-def _as_tuple(value: Any, cast: Callable = str, name: str = "value") -> tuple:
+def as_tuple(value: Any, cast: Callable = str, name: str = "value") -> tuple:
     """'1,8,32' / (1, 8, 32) / 8 -> tuple; what fire and Python callers hand over."""
     if value is None:
         return ()
@@ -73,7 +125,6 @@ def _as_tuple(value: Any, cast: Callable = str, name: str = "value") -> tuple:
     return tuple(out)
 
 
-
 def _check_choices(values: tuple, allowed: tuple, name: str) -> None:
     bad = [v for v in values if v not in allowed]
     if bad:
@@ -82,7 +133,7 @@ def _check_choices(values: tuple, allowed: tuple, name: str) -> None:
 
 def _parse_devices(device: Any) -> tuple:
     out = []
-    for d in _as_tuple(device or ("cpu",), str, "device"):
+    for d in as_tuple(device or ("cpu",), str, "device"):
         d = d.lower()
         d = "cuda" if d == "gpu" else d
         if d.split(":")[0] not in DEVICES:
@@ -90,7 +141,6 @@ def _parse_devices(device: Any) -> tuple:
         if d not in out:
             out.append(d)
     return tuple(out)
-
 
 
 def _check_counts(o: BenchmarkOptions) -> None:
@@ -120,21 +170,19 @@ def _check_data(o: BenchmarkOptions) -> None:
         raise UserError(f"split: {o.split!r}; expected one of {', '.join(SPLITS)}")
 
 
-def parse(o: BenchmarkOptions) -> Settings:
+def parse(o: BenchmarkOptions) -> Plan:
     """Check every option (one UserError naming the first bad one) and parse the lists."""
-    sizes = tuple(sorted(set(_as_tuple(o.batch_sizes, int, "batch_sizes"))))
+    sizes = tuple(sorted(set(as_tuple(o.batch_sizes, int, "batch_sizes"))))
     if not sizes or min(sizes) < 1:
         raise UserError(f"batch_sizes: {o.batch_sizes!r}; expected positive whole numbers, e.g. 1,8,32")
-    precisions = tuple(dict.fromkeys(p.lower() for p in _as_tuple(o.precision or ("fp32",), str, "precision")))
+    precisions = tuple(dict.fromkeys(p.lower() for p in as_tuple(o.precision or ("fp32",), str, "precision")))
     _check_choices(precisions, PRECISIONS, "precision")
     devices = _parse_devices(o.device)
     _check_counts(o)
     duration = DEFAULT_DURATION_S if o.duration is None and o.iterations is None else o.duration
     threads, source = (int(o.threads), "given") if o.threads else (physical_cores(), "physical cores")
-    engines = tuple(parse_engines(list(_as_tuple(o.engine or ("onnxruntime",), str, "engine"))))
+    engines = tuple(parse_engines(list(as_tuple(o.engine or ("onnxruntime",), str, "engine"))))
     modes = (MODES if o.photos else MODES[:2]) if o.end_to_end else ("model",)
-    settings = Settings(sizes=sizes, precisions=precisions, engines=engines, devices=devices, modes=modes,
-                        rounds=int(o.rounds), duration=duration,
-                        threads=threads, threads_source=source)
     _check_data(o)
-    return settings
+    return Plan(sizes=sizes, precisions=precisions, engines=engines, devices=devices, modes=modes,
+                rounds=int(o.rounds), duration=duration, threads=threads, threads_source=source)

@@ -18,17 +18,14 @@ from typing import Callable
 
 import numpy as np
 
-from toolkit.runtime.benchmark.backends import ORT_INPUT_DTYPES
-from toolkit.runtime.benchmark.machine import _gpu_mem_of_pid, _maxrss_mb
-
-# spec["kind"] -> the module whose `--probe` entry point measures it
-PROBE_MODULES = {"onnxruntime": "toolkit.runtime.benchmark", "openvino": "toolkit.runtime.benchmark",
-                 "torch": "toolkit.train.torch_backend"}
+from toolkit.runtime.benchmark import engine_parts
+from toolkit.runtime.benchmark.backends import INPUT_DTYPES
+from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, maxrss_mb
 
 
 def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
     """After the session is made: the first inference per batch size (ascending) and the memory after it."""
-    out["rss_session_mb"] = _maxrss_mb()
+    out["rss_session_mb"] = maxrss_mb()
     out["first_inference_s"], out["peak_rss_mb"] = {}, {}
     for b in sorted(spec["batch_sizes"]):
         x = make(b)
@@ -36,9 +33,9 @@ def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
         call(x)
         out["first_inference_s"][str(b)] = time.perf_counter() - t
         call(x)
-        out["peak_rss_mb"][str(b)] = _maxrss_mb()
+        out["peak_rss_mb"][str(b)] = maxrss_mb()
     if spec["device"] != "cpu":
-        out["gpu_mem_mb"] = _gpu_mem_of_pid(os.getpid())
+        out["gpu_mem_mb"] = gpu_mem_of_pid(os.getpid())
     return out
 
 
@@ -46,23 +43,21 @@ def probe_ort(spec: dict) -> dict:
     """Runs in a fresh interpreter: create one session (ORT, or OpenVINO's compile), first inference per
     batch size, memory."""
     t0 = time.perf_counter()
-    out: dict = {"rss_start_mb": _maxrss_mb()}
+    out: dict = {"rss_start_mb": maxrss_mb()}
     from toolkit.runtime.predictor import Predictor
     out["import_s"] = time.perf_counter() - t0
-    out["rss_base_mb"] = _maxrss_mb()
+    out["rss_base_mb"] = maxrss_mb()
     t = time.perf_counter()
-    engine = spec.get("kind", "onnxruntime")
-    extra = {"precision": spec.get("inference_precision"), "cache_dir": spec.get("cache_dir")} \
-        if engine == "openvino" else {}
+    engine = spec["kind"]
     pred = Predictor(spec["path"], device=spec["device"], threads=spec["threads"],
-                     batch_size=max(spec["batch_sizes"]), engine=engine, **extra)
+                     batch_size=max(spec["batch_sizes"]), engine=engine,
+                     **engine_parts.predictor_options(engine, spec["inference_precision"], spec.get("cache_dir")))
     out["session_s"] = time.perf_counter() - t
     out["provider"] = pred.provider
-    if engine == "openvino":
-        out["compile_s"] = pred.session.compile_s
+    out.update(engine_parts.probe_extras(pred))
     sess = pred.session
     inp = sess.get_inputs()[0]
-    dtype = ORT_INPUT_DTYPES.get(inp.type, np.float32)
+    dtype = INPUT_DTYPES.get(inp.type, np.float32)
     c = pred.preprocess.crop
     names = ["logits"] if "logits" in [o.name for o in sess.get_outputs()] else None
 
@@ -88,7 +83,7 @@ def run_probe(spec: dict, timeout: float = 3600) -> dict:
         env["TORCHINDUCTOR_CACHE_DIR"] = cache
     t = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", PROBE_MODULES[spec["kind"]], "--probe", json.dumps(spec)],
+        proc = subprocess.run([sys.executable, "-m", spec.get("module", "toolkit.runtime.benchmark"), "--probe", json.dumps(spec)],
                               capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"cold-start probe timed out after {timeout:.0f}s"}

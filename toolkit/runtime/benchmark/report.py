@@ -1,8 +1,5 @@
-"""Benchmark reports: the stdout table, the Markdown file and the PNG plot of a record.
-
-The runtime benchmark (run.py) measures and schema.py describes the record; this module only formats it.
-Light module: the standard library only (matplotlib is imported for the plot alone).
-"""
+"""Benchmark reports: the terminal table, the Markdown file and the PNG plot of each record kind
+(inference, train, compare), and write_outputs. Standard library only (matplotlib for the plots alone)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +8,7 @@ from typing import Any, Callable, Optional
 
 from toolkit.artifacts import atomic_path, atomic_write
 from toolkit.errors import first_line
+
 
 def _fmt(v: Any, spec: str = ".1f", none: str = "-") -> str:
     if v is None:
@@ -74,7 +72,7 @@ def _header(record: dict) -> list:
         if pk["gflops"]:
             rounds = ", ".join(f"batch {x['batch']}: {x['median_gflops']:.0f}" for x in pk.get("in_rounds") or [])
             lines.append(f"peak {pk['precision']} GEMM on {pk['device']}: {pk['gflops']:.0f} GFLOP/s ({pk['engine']}, "
-                         f"best of {pk['matrix']}x{pk['matrix']} runs before and after)"
+                         f"{pk['matrix']}x{pk['matrix']}, measured before the timing)"
                          + (f"; in the rounds (ORT MatMul, median) {rounds}" if rounds else ""))
     lines += _cache_lines(record)
     return lines
@@ -132,14 +130,8 @@ def format_markdown(record: dict) -> str:
     return "\n".join(head + body + tail) + "\n"
 
 
-def _plot(record: dict, path: str) -> Optional[str]:
-    """Throughput vs batch size per backend; None when done, else the reason it was skipped."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as exc:  # noqa: BLE001 - matplotlib is an optional (train) extra
-        return f"plot skipped: matplotlib is not installed ({first_line(exc, 300)}); pip install 'toolkit[train]'"
+def _plot(record: dict, plt):
+    """Throughput vs batch size per backend and mode."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     series: dict[tuple, list] = {}
     for r in record["results"]:
@@ -160,14 +152,11 @@ def _plot(record: dict, path: str) -> Optional[str]:
     ax.set_title(f"{record['model']['name']} on {record['machine']['gpu'] or record['machine']['cpu']}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    save_figure(fig, path)
-    return None
+    return fig
 
 
-def save_figure(fig, path: str) -> None:
+def _save_figure(fig, plt, path: str) -> None:
     """Write a matplotlib figure as PNG atomically, and close it whatever happens."""
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     try:
         with atomic_path(path) as tmp:
@@ -176,24 +165,26 @@ def save_figure(fig, path: str) -> None:
         plt.close(fig)
 
 
-def _write_outputs(record: dict, out_dir: str, plot: bool, say: Callable) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    if plot:
-        skipped = _plot(record, record["files"]["png"])
-        if skipped:
-            record["files"]["png"] = None
-            record["notes"].append(skipped)
-            say(f"benchmark: {skipped}")
-    if record["kind"] == "inference":
-        atomic_write(record["files"]["markdown"], format_markdown(record))
-    else:
-        atomic_write(record["files"]["markdown"], format_train_markdown(record))
-    atomic_write(record["files"]["json"], json.dumps(record, indent=2, default=str) + "\n")
+def write_outputs(record: dict, plot: bool, say: Callable) -> None:
+    """The record's Markdown, its plot (when asked for and matplotlib is there) and its JSON, each atomically."""
+    files, kind = record["files"], record["kind"]
+    os.makedirs(os.path.dirname(files["json"]) or ".", exist_ok=True)
+    if plot and files["png"]:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except Exception as exc:  # noqa: BLE001 - matplotlib is an optional (train) extra
+            files["png"] = None
+            record["notes"].append(f"plot skipped: matplotlib is not installed ({first_line(exc, 300)}); "
+                                   "pip install 'toolkit[train]'")
+            say(f"benchmark: {record['notes'][-1]}")
+        else:
+            _save_figure((_plot_pareto if kind == "compare" else _plot)(record, plt), plt, files["png"])
+    markdown = {"inference": format_markdown, "train": format_train_markdown, "compare": format_compare_markdown}
+    atomic_write(files["markdown"], markdown[kind](record))
+    atomic_write(files["json"], json.dumps(record, indent=2, default=str) + "\n")
 
-
-# ================================================================================================
-# --train: training step vs data loader
-# ================================================================================================
 
 def format_train_table(record: dict) -> str:
     r = record["recipe"]
@@ -216,3 +207,85 @@ def format_train_markdown(record: dict) -> str:
     return "# Training benchmark\n\n`" + record["command"] + "`\n\n```\n" + format_train_table(record) + "\n```\n\n" \
         + "\n".join(f"- **{k}**: {v}" for k, v in record["timed"].items()) + "\n"
 
+
+def _compare_lines(record: dict) -> list:
+    """One line per model x backend: its img/s at every batch size, sorted by img/s at the Pareto batch."""
+    sizes, pb = record["settings"]["batch_sizes"], record["settings"]["pareto_batch"]
+    by_line: dict = {}
+    for r in record["rows"]:
+        by_line.setdefault((r["model"], r["key"]), {})[r["batch"]] = r
+    ordered = sorted(by_line.items(), key=lambda kv: -(kv[1].get(pb) or {}).get("ips", 0.0))
+    header = ["model", "backend", "file MB", "GFLOP/img", "top-1"] + [f"img/s b{b}" for b in sizes] + ["Pareto"]
+    out = [header]
+    for (model, key), cells in ordered:
+        any_row = next(iter(cells.values()))
+        at_pb = cells.get(pb) or {}
+        mark = {True: "*", False: "", None: "-"}[at_pb.get("pareto")]
+        out.append([model, key, _fmt(any_row["file_bytes"] / 1e6 if any_row["file_bytes"] else None, ".3g"),
+                    _fmt(any_row["flops_per_image"] / 1e9 if any_row["flops_per_image"] else None, ".3g"),
+                    _fmt(any_row["top1"], ".2f")]
+                   + [_ips(cells[b]["ips"]) if b in cells else "-" for b in sizes] + [mark])
+    return out
+
+
+def _compare_legend(record: dict) -> str:
+    s = record["settings"]
+    acc = f"top-1 on the {s['split']} split of {s['data']}" if s["data"] else "top-1 needs --data"
+    return (f"img/s: inference only, median over {s['rounds']} rounds, all models interleaved in the same rounds. "
+            f"{acc}. Pareto (*): at batch {s['pareto_batch']}, no other row is at least as fast and as accurate "
+            "and better in one.")
+
+
+def format_compare_table(record: dict) -> str:
+    """The comparison as a plain-text table for a terminal."""
+    rows = _compare_lines(record)
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"comparing {len(record['models'])} models on {record['machine']['cpu']}, "
+             f"{record['settings']['threads']} threads", ""]
+    for j, row in enumerate(rows):
+        lines.append("  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append(_compare_legend(record))
+    lines += [f"note: {n}" for n in record["notes"]]
+    return "\n".join(lines)
+
+
+def format_compare_markdown(record: dict) -> str:
+    rows = _compare_lines(record)
+    out = ["# Which model for this box", "", f"`{record['command']}`", "",
+           f"- machine {record['machine']['cpu']}, {record['settings']['threads']} threads", ""]
+    out += ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" if i < 2 else "---:"
+                                                            for i in range(len(rows[0]))) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows[1:]]
+    out += ["", _compare_legend(record), "", "## Models", ""]
+    out += [f"- **{m['name']}**: `{m['path']}` ({m['arch'] or '?'}, {m['classes'] or '?'} classes); "
+            f"its full record: `{m['record']}`" for m in record["models"]]
+    if record["notes"]:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in record["notes"]]
+    return "\n".join(out) + "\n"
+
+
+def _plot_pareto(record: dict, plt):
+    """Top-1 against img/s at the Pareto batch, the Pareto front joined."""
+    pb = record["settings"]["pareto_batch"]
+    rows = [r for r in record["rows"] if r["batch"] == pb and r["top1"] is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in rows:
+        ax.errorbar([r["ips"]], [r["top1"]], xerr=[[r["ips"] - r["ips_min"]], [r["ips_max"] - r["ips"]]],
+                    marker="*" if r["pareto"] else "o", markersize=11 if r["pareto"] else 6, capsize=3,
+                    linestyle="none", color="tab:red" if r["pareto"] else "tab:blue")
+        ax.annotate(f"{r['model']} {r['precision']} ({r['engine']})", (r["ips"], r["top1"]), fontsize=7,
+                    textcoords="offset points", xytext=(5, 4))
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["ips"])
+    if len(front) > 1:
+        ax.step([r["ips"] for r in front], [r["top1"] for r in front], where="post", color="tab:red", alpha=0.5,
+                label="Pareto front")
+        ax.legend(fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"images / s at batch {pb} (inference only; median, min-max bars)")
+    ax.set_ylabel(f"top-1 % ({record['settings']['split']} split)")
+    ax.set_title(f"Which model for {record['machine']['cpu']}", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    return fig
