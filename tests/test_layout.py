@@ -33,9 +33,8 @@ TORCH_SIDE_NAMES = ["toolkit.data.measure_pipeline", "toolkit.data.make_loader",
 LAZY_ALLOWED = {
     ("toolkit/datasets/sources.py", "torchvision.datasets"): "data.source: flowers102 downloads with torchvision",
     ("toolkit/datasets/fashion.py", "torchvision.datasets"): "data.source: fashion_mnist with data.download: true",
-    ("toolkit/runtime/benchmark/run.py", "toolkit.train.torch_backend"): "benchmark --torch",
     ("toolkit/runtime/openvino_session.py", "openvino"): "engine openvino: imported only when that engine is asked for",
-    ("toolkit/runtime/benchmark/ov.py", "openvino"): "benchmark --engine openvino: its GEMM peaks",
+    ("toolkit/runtime/benchmark/engine_parts.py", "openvino"): "benchmark --engine openvino: its GEMM peaks",
 }
 
 
