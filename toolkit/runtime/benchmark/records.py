@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, make_dataclass
+from dataclasses import make_dataclass
 from typing import Literal, Optional, Union
 
 SCHEMA_VERSION = 2
@@ -55,328 +55,92 @@ TIMED = {
 }
 
 
-def _numbers(name: str, keys: str, kind: type = float) -> type:
-    """A record of same-typed fields (the statistics): make_dataclass keeps them one line each."""
-    return make_dataclass(name, [(k, kind) for k in keys.split()])
+def record(name: str, doc: str, base: Optional[type] = None, /, **fields) -> type:
+    """A record dataclass, its fields declared as name=type (or name=(type, default), defaults last):
+    one line per few fields keeps every record readable at a glance, like the JSON it becomes."""
+    spec = [(k, *v[:1], dataclasses.field(default=v[1])) if isinstance(v, tuple) else (k, v) for k, v in fields.items()]
+    cls = make_dataclass(name, spec, bases=(base,) if base else ())
+    cls.__doc__, cls.__module__ = doc, __name__
+    return cls
 
 
-Latency = _numbers("Latency", "p50 p90 p95 p99 mean min max q25 q75 iqr")  # ms per call
-PerImage = _numbers("PerImage", "p50 p90 p95 p99")  # ms per call / batch
-Throughput = _numbers("Throughput", "median min max q25 q75")  # images/s over rounds
-Versions = _numbers("Versions", "toolkit onnxruntime openvino onnx numpy pillow torch torchvision cuda_onnxruntime "
-                                "cuda_torch cudnn_torch", Optional[str])
-GemmRound = _numbers("GemmRound", "batch median_gflops min_gflops max_gflops calls")  # the GEMM in one batch's rounds
-
-
-@dataclass
-class Machine:
-    cpu: str
-    cpu_flags: list[str]
-    isa: dict[str, Union[bool, str]]  # ISA_FLAGS -> present, and "summary"
-    logical_cpus: int
-    usable_cpus: int
-    physical_cores: int
-    os: str
-    python: str
-    gpu: Optional[str]
-    gpu_driver: Optional[str]
-    gpu_memory_mb: Optional[float]
-
-
-@dataclass
-class Files:
-    json: str
-    markdown: str
-    png: Optional[str]
-
-
-@dataclass
-class Head:
-    """What every record kind starts with."""
-    schema_version: Literal[2]
-    kind: str
-    created: str
-    command: str
-    machine: Machine
-    versions: Versions
-    notes: list[str]
-    files: Files
-
-
-@dataclass
-class Peak:
-    """One precision's GEMM peak on one device, measured once: the fastest of `candidates`."""
-    device: str
-    precision: str
-    engine: Optional[str]
-    gflops: Optional[float]
-    matrix: int
-    threads: Optional[int]
-    candidates: list[dict]  # [{engine, gflops[, error]}]
-    note: str
-    in_rounds: list[GemmRound]
-
-
-@dataclass
-class BackendRecord:
-    """One backend, loaded or failed; cold_start and accuracy are filled in when measured."""
-    key: str
-    backend: Literal["onnxruntime", "openvino", "torch-eager", "torch-compile"]
-    engine: str
-    engine_device: Optional[str]
-    inference_precision: Optional[str]
-    device: str
-    precision: str
-    provider: Optional[str]
-    providers: list[str]
-    file: Optional[str]
-    file_bytes: Optional[int]
-    flops_per_image: int
-    flops_by_op: dict[str, int]
-    session_options: dict
-    provider_options: dict
-    status: Literal["ok", "failed"] = "ok"
-    error: Optional[str] = None
-    cold_start: Optional[dict] = None
-    accuracy: Optional[dict] = None
-
-
-@dataclass
-class Row:
-    """One backend x mode x batch size."""
-    key: str
-    backend: str
-    engine: str
-    engine_device: Optional[str]
-    inference_precision: Optional[str]
-    device: str
-    precision: str
-    provider: str
-    mode: Literal[MODES]
-    e2e_image: Optional[str]
-    batch: int = dataclasses.field(metadata={"minimum": 1})
-    iterations: int = dataclasses.field(metadata={"minimum": 1})
-    rounds: int = dataclasses.field(metadata={"minimum": 1})
-    throughput_ips: Throughput
-    latency_ms: Latency
-    latency_per_image_ms: PerImage
-    first_run_s: float
-    gflops: Optional[float]
-    fraction_of_peak: Optional[float]
-    fraction_of_precision_peak: Optional[float]
-    peak_precision: Optional[str]
-    precision_peak_engine: Optional[str]
-    fraction_of_gemm_in_rounds: Optional[float]
-    cold_start_s: Optional[float]
-    peak_rss_mb: Optional[float]
-    gpu_mem_mb: Optional[float]
-    file_bytes: Optional[int]
-    top1: Optional[float]
-    baseline: Optional[str]
-    speedup: Optional[float]
-
-
-@dataclass
-class Block:
-    """One timed block of the interleaved rounds, in execution order."""
-    round: int
-    batch: int
-    model: Optional[str]  # None for the reference GEMM
-    key: str
-    mode: str
-    iterations: int
-
-
-@dataclass
-class Skipped:
-    engine: str
-    device: str
-    precision: str
-    reason: str
-
-
-@dataclass
-class ModelInfo:
-    path: str
-    name: str
-    arch: Optional[str]
-    head: Optional[str]
-    classes: Optional[int]
-    input: dict
-    preprocess: Optional[dict]
-    source_run: Optional[str]
-    checkpoint: Optional[str]
-    flops_per_image: int
-
-
-@dataclass
-class E2EImages:
-    """The synthetic JPEGs of one end-to-end mode."""
-    mode: str
-    format: str
-    width: int
-    height: int
-    quality: int
-    distinct: int
-    bytes_mean: int
-
-
-@dataclass
-class Settings:
-    """What a run measured with (the options, parsed)."""
-    batch_sizes: list[int]
-    precisions: list[Literal[PRECISIONS]]
-    engines: list[str]
-    devices: list[str]
-    threads: int
-    rounds: int
-    iterations: Optional[int]
-    duration_s: Optional[float]
-    data: Optional[str]
-    split: Optional[str]
-
-
-@dataclass
-class InferenceSettings(Settings):
-    skipped: list[Skipped]
-    torch: bool
-    compile: bool
-    threads_source: str
-    warmup: Union[int, str]
-    end_to_end: bool
-    isolate: bool
-    reference: bool
-    e2e_image: Optional[E2EImages]  # the 500x375 case
-    e2e_images: list[E2EImages]
-
-
-@dataclass
-class InferenceRecord(Head):
-    model: ModelInfo
-    settings: InferenceSettings
-    timed: dict[str, str]
-    peaks: list[Peak]
-    backends: list[BackendRecord]
-    results: list[Row]
-    schedule: list[Block]
-
-
-@dataclass
-class CompareSettings(Settings):
-    pareto_batch: int
-    pareto_mode: str
-    interleaved: bool
-
-
-@dataclass
-class CompareModel:
-    name: str
-    path: str
-    arch: Optional[str]
-    classes: Optional[int]
-    preprocess: Optional[dict]
-    flops_per_image: int
-    record: str  # the path of its own benchmark.json
-
-
-@dataclass
-class CompareRow:
-    model: str
-    key: str
-    engine: str
-    device: str
-    precision: str
-    batch: int
-    ips: float
-    ips_min: float
-    ips_max: float
-    latency_p50_ms: float
-    file_bytes: Optional[int]
-    flops_per_image: int
-    top1: Optional[float]
-    pareto: Optional[bool]
-
-
-@dataclass
-class CompareRecord(Head):
-    settings: CompareSettings
-    models: list[CompareModel]
-    rows: list[CompareRow]
-    schedule: list[Block]
-
-
-@dataclass
-class TrainRecipe:
-    path: str
-    name: str
-    arch: str
-    head: str
-    crop: int
-    classes: int
-    strategy: str
-    optimizer: str
-    batch_size: int
-    amp: Optional[str]
-    channels_last: bool
-    train_images: int
-
-
-@dataclass
-class TrainSettings:
-    device: str
-    threads: int
-    threads_source: str
-    warmup: Union[int, str]
-    rounds: int
-    iterations: Optional[int]
-    duration_s: Optional[float]
-    loader_batches: int
-
-
-@dataclass
-class Phase:
-    phase: str
-    groups: list[str]
-    trainable_params: int
-    iterations: int
-    first_step_s: float
-    throughput_ips: Throughput
-    latency_ms: Latency
-
-
-LoaderIps = _numbers("LoaderIps", "overall median_batch min_batch max_batch")
-
-
-@dataclass
-class Loader:
-    workers: int
-    batch_size: int
-    startup_s: float
-    batches: int
-    images: int
-    augment: str
-    throughput_ips: LoaderIps
-
-
-@dataclass
-class Limiter:
-    bound_by: Literal["data loader", "training step"]
-    step_ips: float
-    loader_ips: float
-    ratio: Optional[float]
-    estimate_shared_cpu_ips: Optional[float]
-    advice: str
-
-
-@dataclass
-class TrainRecord(Head):
-    recipe: TrainRecipe
-    settings: TrainSettings
-    timed: dict[str, str]
-    phases: list[Phase]
-    loader: Loader
-    limiter: Limiter
-
+_NUM, _STR, _INT = Optional[float], Optional[str], Optional[int]  # the nullable ones
+Latency = record("Latency", "Milliseconds per call over every timed call.", **dict.fromkeys(
+    "p50 p90 p95 p99 mean min max q25 q75 iqr".split(), float))
+PerImage = record("PerImage", "Latency / batch size.", **dict.fromkeys("p50 p90 p95 p99".split(), float))
+Throughput = record("Throughput", "Images/s over the rounds.", **dict.fromkeys("median min max q25 q75".split(), float))
+Versions = record("Versions", "Library versions (package metadata).", **dict.fromkeys(
+    "toolkit onnxruntime openvino onnx numpy pillow torch torchvision cuda_onnxruntime cuda_torch cudnn_torch".split(),
+    _STR))
+GemmRound = record("GemmRound", "The reference GEMM in one batch size's rounds.", batch=int, median_gflops=float,
+                   min_gflops=float, max_gflops=float, calls=int)
+Machine = record("Machine", "What ran it.", cpu=str, cpu_flags=list[str], isa=dict[str, Union[bool, str]],
+                 logical_cpus=int, usable_cpus=int, physical_cores=int, os=str, python=str, gpu=_STR, gpu_driver=_STR,
+                 gpu_memory_mb=_NUM)
+Files = record("Files", "What a run wrote.", json=str, markdown=str, png=_STR)
+Head = record("Head", "What every record kind starts with.", schema_version=Literal[SCHEMA_VERSION], kind=str,
+              created=str, command=str, machine=Machine, versions=Versions, notes=list[str], files=Files)
+Peak = record("Peak", "One precision's GEMM peak on one device, measured once: the fastest of its candidates.",
+              device=str, precision=str, engine=_STR, gflops=_NUM, matrix=int, threads=_INT,
+              candidates=list[dict], note=str, in_rounds=list[GemmRound])
+BackendRecord = record(
+    "BackendRecord", "One backend, loaded or failed; cold_start and accuracy are filled in when measured.",
+    key=str, backend=Literal["onnxruntime", "openvino", "torch-eager", "torch-compile"], engine=str,
+    engine_device=_STR, inference_precision=_STR, device=str, precision=str, provider=_STR, providers=list[str],
+    file=_STR, file_bytes=_INT, flops_per_image=int, flops_by_op=dict[str, int], session_options=dict,
+    provider_options=dict, status=(Literal["ok", "failed"], "ok"), error=(_STR, None), cold_start=(Optional[dict], None),
+    accuracy=(Optional[dict], None))
+Row = record(
+    "Row", "One backend x mode x batch size.",
+    key=str, backend=str, engine=str, engine_device=_STR, inference_precision=_STR, device=str, precision=str,
+    provider=str, mode=Literal[MODES], e2e_image=_STR, batch=int, iterations=int, rounds=int,
+    throughput_ips=Throughput, latency_ms=Latency, latency_per_image_ms=PerImage, first_run_s=float, gflops=_NUM,
+    fraction_of_peak=_NUM, fraction_of_precision_peak=_NUM, peak_precision=_STR, precision_peak_engine=_STR,
+    fraction_of_gemm_in_rounds=_NUM, cold_start_s=_NUM, peak_rss_mb=_NUM, gpu_mem_mb=_NUM, file_bytes=_INT,
+    top1=_NUM, baseline=_STR, speedup=_NUM)
+Block = record("Block", "One timed block of the interleaved rounds (model None: the reference GEMM).",
+               round=int, batch=int, model=_STR, key=str, mode=str, iterations=int)
+Skipped = record("Skipped", "A combination an engine can't run.", engine=str, device=str, precision=str, reason=str)
+ModelInfo = record("ModelInfo", "The export under test.", path=str, name=str, arch=_STR, head=_STR, classes=_INT,
+                   input=dict, preprocess=Optional[dict], source_run=_STR, checkpoint=_STR, flops_per_image=int)
+E2EImages = record("E2EImages", "The synthetic JPEGs of one end-to-end mode.", mode=str, format=str, width=int,
+                   height=int, quality=int, distinct=int, bytes_mean=int)
+Settings = record("Settings", "What a run measured with.", batch_sizes=list[int], precisions=list[Literal[PRECISIONS]],
+                  engines=list[str], devices=list[str], threads=int, rounds=int, iterations=_INT, duration_s=_NUM,
+                  data=_STR, split=_STR)
+InferenceSettings = record(
+    "InferenceSettings", Settings.__doc__, Settings, skipped=list[Skipped], torch=bool, compile=bool,
+    threads_source=str, warmup=Union[int, str], end_to_end=bool, isolate=bool, reference=bool,
+    e2e_image=E2EImages, e2e_images=list[E2EImages])
+InferenceRecord = record("InferenceRecord", "benchmark.json of one export.", Head, model=ModelInfo,
+                         settings=InferenceSettings, timed=dict[str, str], peaks=list[Peak],
+                         backends=list[BackendRecord], results=list[Row], schedule=list[Block])
+CompareSettings = record("CompareSettings", Settings.__doc__, Settings, pareto_batch=int, pareto_mode=str,
+                         interleaved=bool)
+CompareModel = record("CompareModel", "One compared model; `record`: the path of its own benchmark.json.",
+                      name=str, path=str, arch=_STR, classes=_INT, preprocess=Optional[dict], flops_per_image=int,
+                      record=str)
+CompareRow = record("CompareRow", "One model x backend x batch size, inference only.", model=str, key=str,
+                    engine=str, device=str, precision=str, batch=int, ips=float, ips_min=float, ips_max=float,
+                    latency_p50_ms=float, file_bytes=_INT, flops_per_image=int, top1=_NUM, pareto=Optional[bool])
+CompareRecord = record("CompareRecord", "compare.json of several exports.", Head, settings=CompareSettings,
+                       models=list[CompareModel], rows=list[CompareRow], schedule=list[Block])
+TrainRecipe = record("TrainRecipe", "The recipe timed.", path=str, name=str, arch=str, head=str, crop=int,
+                     classes=int, strategy=str, optimizer=str, batch_size=int, amp=_STR, channels_last=bool,
+                     train_images=int)
+TrainSettings = record("TrainSettings", "What --train measured with.", device=str, threads=int, threads_source=str,
+                       warmup=Union[int, str], rounds=int, iterations=_INT, duration_s=_NUM, loader_batches=int)
+Phase = record("Phase", "The training step of one phase.", phase=str, groups=list[str], trainable_params=int,
+               iterations=int, first_step_s=float, throughput_ips=Throughput, latency_ms=Latency)
+LoaderIps = record("LoaderIps", "Images/s of the data loader.", overall=float, median_batch=float, min_batch=float,
+                   max_batch=float)
+Loader = record("Loader", "The data loader.", workers=int, batch_size=int, startup_s=float, batches=int, images=int,
+                augment=str, throughput_ips=LoaderIps)
+Limiter = record("Limiter", "Which of step and loader limits an epoch.",
+                 bound_by=Literal["data loader", "training step"], step_ips=float, loader_ips=float, ratio=_NUM,
+                 estimate_shared_cpu_ips=_NUM, advice=str)
+TrainRecord = record("TrainRecord", "benchmark.json of --train.", Head, recipe=TrainRecipe, settings=TrainSettings,
+                     timed=dict[str, str], phases=list[Phase], loader=Loader, limiter=Limiter)
 
 RECORDS = {"inference": InferenceRecord, "train": TrainRecord, "compare": CompareRecord}
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null",
@@ -388,7 +152,7 @@ def json_schema(kind: object) -> dict:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind)
-        props = {f.name: {**json_schema(hints[f.name]), **f.metadata} for f in dataclasses.fields(kind)}
+        props = {f.name: json_schema(hints[f.name]) for f in dataclasses.fields(kind)}
         return {"type": "object", "properties": props, "required": list(props)}
     if origin is Union:
         return {"anyOf": [json_schema(a) for a in args]}
