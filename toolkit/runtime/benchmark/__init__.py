@@ -25,7 +25,7 @@ through its `torch_backends` argument. No torch at import time here.
 """
 from toolkit.runtime.benchmark.backends import Backend, BackendLoader, ExtraBackends, synthetic_jpegs
 from toolkit.runtime.benchmark.compare import compare_models, pareto_flags
-from toolkit.runtime.benchmark.flops import count_flops
+from toolkit.runtime.benchmark.model_file import count_flops
 from toolkit.runtime.benchmark.machine import machine_info, physical_cores, versions
 from toolkit.runtime.benchmark.model_file import TWIN_SUFFIX, inspect_model, twin_path
 from toolkit.runtime.benchmark.options import BenchmarkOptions
