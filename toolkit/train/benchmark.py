@@ -9,7 +9,6 @@ import datetime as _dt
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -21,16 +20,6 @@ from toolkit.runtime.benchmark.records import (SCHEMA_VERSION, Files, Limiter, L
                                                TrainRecord, TrainSettings)
 from toolkit.runtime.benchmark.report import write_outputs
 from toolkit.runtime.benchmark.timing import DEFAULT_DURATION_S, Progress, calls_per_block, stats, warm_up
-
-
-@dataclass
-class _Timing:
-    """How long to time, from the command's options."""
-    duration: Optional[float]  # timed seconds for the step (and the loader); None with `iterations`
-    iterations: Optional[int]  # timed steps, spread over the rounds
-    warmup: Optional[int]  # warm-up steps; None: until warm (see toolkit.runtime.benchmark.rounds)
-    rounds: int  # the step is timed in this many blocks
-    loader_batches: Optional[int]  # loader batches to time; None: one pass over the train split (at least 3)
 
 
 def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_size: Optional[int] = None,
@@ -46,53 +35,44 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     (loader: `loader_batches`, default one pass over the train split, at least 3 batches).
     Writes benchmark.json and benchmark.md into out_dir (default benchmarks/<recipe name>-train-<stamp>/).
     """
-    say = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, **k))
-    recipe, timing = _settings(recipe_path, overrides, batch_size, device, duration, iterations, warmup, rounds,
-                               loader_batches)
     import torch
 
+    from toolkit import recipe as recipe_mod
     from toolkit.train import data as data_mod
     from toolkit.train.device import pick_device
 
-    n_threads, threads_source = (int(threads), "given") if threads else (physical_cores(), "physical cores")
+    recipe = recipe_mod.load(os.fspath(recipe_path), list(overrides))
+    settings = _settings(recipe, batch_size, device, duration, iterations, warmup, rounds, threads, loader_batches)
     dev = pick_device(recipe.train.device)
-    progress = Progress(not quiet)
+    settings.device, progress = str(dev), Progress(not quiet)
     progress.live("loading the data")
     dataset = data_mod.load_dataset(recipe, scan=False)
     if not dataset.train:
         raise UserError("data: the training split is empty; nothing to load")
     caller_threads = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
+    torch.set_num_threads(settings.threads)
     try:  # a library call must not leave the caller's process on the benchmark's thread count
-        phase_records = [_time_step(recipe, name, groups, len(dataset.labels), dev, timing, progress)
-                         for name, groups in _phases(recipe.train)]
-        progress.line(f"training step: {phase_records[-1].throughput_ips.median:.1f} img/s "
-                      f"(batch {recipe.train.batch_size}, {phase_records[-1].phase} phase)")
-        loader_rec, n_batches = _time_loader(recipe, dataset.train, timing, progress)
+        phases = [_time_step(recipe, name, groups, len(dataset.labels), dev, settings, progress)
+                  for name, groups in _phases(recipe.train)]
+        progress.line(f"training step: {phases[-1].throughput_ips.median:.1f} img/s "
+                      f"(batch {recipe.train.batch_size}, {phases[-1].phase} phase)")
+        loader = _time_loader(recipe, dataset.train, settings, progress)
     finally:
         torch.set_num_threads(caller_threads)
         progress.close()
-    settings = TrainSettings(device=str(dev), threads=n_threads, threads_source=threads_source,
-                             warmup=int(warmup) if warmup is not None else "auto", rounds=int(rounds),
-                             iterations=int(iterations) if iterations is not None else None,
-                             duration_s=float(timing.duration) if timing.duration is not None else None,
-                             loader_batches=n_batches)
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = out_dir or os.path.join("benchmarks", f"{recipe.name}-train-{stamp}")
+    out_dir = out_dir or os.path.join("benchmarks", f"{recipe.name}-train-{_dt.datetime.now():%Y%m%d-%H%M%S}")
     command = f"toolkit benchmark --train {recipe_path}" + (" " + " ".join(overrides) if overrides else "")
-    record = _record(recipe, recipe_path, command, dataset, dev, settings, phase_records, loader_rec, out_dir)
-    write_outputs(record, False, say)
+    record = _record(recipe, recipe_path, command, dataset, dev, settings, phases, loader, out_dir)
+    write_outputs(record, False, lambda *a: None if quiet else print(*a, file=sys.stderr))
     if not quiet:
         print(format_train_table(record))
-        say(f"benchmark: wrote {record['files']['json']}, {record['files']['markdown']}")
+        print(f"benchmark: wrote {record['files']['json']}, {record['files']['markdown']}", file=sys.stderr)
     return record
 
 
-def _settings(recipe_path, overrides, batch_size, device, duration, iterations, warmup, rounds, loader_batches):
-    """(the recipe with --batch-size / --device applied, the timing options), checked."""
-    from toolkit import recipe as recipe_mod
-
-    recipe = recipe_mod.load(os.fspath(recipe_path), list(overrides))
+def _settings(recipe, batch_size, device, duration, iterations, warmup, rounds, threads,
+              loader_batches) -> TrainSettings:
+    """The timing options, checked; --batch-size and --device applied to the recipe."""
     if duration is not None and iterations is not None:
         raise UserError("benchmark: pass --duration or --iterations, not both")
     if batch_size is not None:
@@ -103,8 +83,12 @@ def _settings(recipe_path, overrides, batch_size, device, duration, iterations, 
         recipe.train.device = str(device)
     if int(rounds) < 1:
         raise UserError(f"rounds: {rounds!r}; expected at least 1")
-    duration = DEFAULT_DURATION_S if duration is None and iterations is None else duration
-    return recipe, _Timing(duration, iterations, warmup, int(rounds), loader_batches)
+    return TrainSettings(device=str(recipe.train.device), threads=int(threads) if threads else physical_cores(),
+                         threads_source="given" if threads else "physical cores",
+                         warmup=int(warmup) if warmup is not None else "auto", rounds=int(rounds),
+                         iterations=int(iterations) if iterations is not None else None,
+                         duration_s=DEFAULT_DURATION_S if duration is None and iterations is None else duration,
+                         loader_batches=int(loader_batches or 0))  # 0: one pass, set when the loader is timed
 
 
 def _phases(t) -> list[tuple[str, set]]:
@@ -119,7 +103,8 @@ def _phases(t) -> list[tuple[str, set]]:
     return phases
 
 
-def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timing: _Timing, progress) -> Phase:
+def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timing: TrainSettings,
+               progress) -> Phase:
     """The training step's record for one phase: model and optimizer built as toolkit train builds them."""
     import torch
 
@@ -147,9 +132,9 @@ def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timi
             torch.cuda.synchronize()
 
     progress.live(f"warming up the training step ({phase_name})")
-    first, last = warm_up(one_step, timing.warmup)
+    first, last = warm_up(one_step, None if timing.warmup == "auto" else timing.warmup)
     rounds = timing.rounds
-    k = calls_per_block(timing.iterations, timing.duration, rounds, last)
+    k = calls_per_block(timing.iterations, timing.duration_s, rounds, last)
 
     def on_block(r, entry, kk, total):
         progress.live(f"training step ({phase_name}) round {r + 1}/{rounds}: {kk * bs / total:.1f} img/s")
@@ -161,16 +146,17 @@ def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timi
                  latency_ms=latency)
 
 
-def _time_loader(recipe, items: list, timing: _Timing, progress) -> tuple[Loader, int]:
-    """(the data loader's record: seconds to each next batch after the first (startup_s), batches wanted)."""
+def _time_loader(recipe, items: list, timing: TrainSettings, progress) -> Loader:
+    """The data loader's record: seconds to each next batch after the first (startup_s); sets the batches
+    wanted in timing.loader_batches."""
     import torch
 
     from toolkit.train import data as data_mod
 
     progress.live("starting the data loader")
     loader = data_mod.make_loader(items, recipe, train=True, generator=torch.Generator().manual_seed(0))
-    n_batches = int(timing.loader_batches) if timing.loader_batches else max(3, len(loader))
-    duration = timing.duration
+    n_batches = timing.loader_batches = timing.loader_batches or max(3, len(loader))
+    duration = timing.duration_s
     tt = time.perf_counter()
     it = iter(loader)
     next(it)
@@ -193,7 +179,7 @@ def _time_loader(recipe, items: list, timing: _Timing, progress) -> tuple[Loader
                     round(float(ips_per_batch.min()), 3), round(float(ips_per_batch.max()), 3))
     return Loader(workers=int(recipe.data.workers), batch_size=int(recipe.train.batch_size),
                   startup_s=round(startup, 4), batches=len(times), images=int(sum(sizes_seen)),
-                  augment="recipe" if recipe.augment else "default", throughput_ips=ips), n_batches
+                  augment="recipe" if recipe.augment else "default", throughput_ips=ips)
 
 
 def _limiter(step_ips: float, loader_ips: float, on_cpu: bool) -> tuple[Limiter, list]:

@@ -43,11 +43,12 @@ class TorchBackend:
         backend, precision = ("torch-compile" if compiled else "torch-eager"), ("fp16-amp" if amp else "fp32")
         torch.set_num_threads(int(threads))
         t = time.perf_counter()
-        model, _ = model_from_checkpoint(checkpoint)
+        model, ckpt = model_from_checkpoint(checkpoint)
         self.dev = torch.device(device)  # cpu, cuda or cuda:N
         model = model.to(self.dev).eval()
         self.model = torch.compile(model) if compiled else model
         self.session_s = time.perf_counter() - t
+        self.crop = int(ckpt["recipe"]["preprocess"]["crop"])
         self.record = BackendRecord(
             key=f"{backend}/{device}/{precision}", backend=backend, engine="torch", engine_device=_provider(compiled),
             inference_precision=precision, device=device, precision=precision, provider=_provider(compiled),
@@ -55,10 +56,6 @@ class TorchBackend:
             flops_per_image=flops, flops_by_op={}, provider_options={},
             session_options={"torch_threads": torch.get_num_threads(), "inference_mode": True,
                              "autocast": "float16" if amp else None, "compile": compiled})
-
-    def _sync(self):
-        if self.dev.type == "cuda":
-            self.torch.cuda.synchronize()
 
     def _forward(self, x):
         torch = self.torch
@@ -84,7 +81,8 @@ class TorchBackend:
                 top.values.cpu(), top.indices.cpu()
         else:
             self._forward(self.x)
-            self._sync()
+            if self.dev.type == "cuda":
+                torch.cuda.synchronize()
 
     def probe_spec(self, threads: int, sizes: tuple) -> dict:
         """What the fresh-process cold-start probe needs to rebuild this backend."""
@@ -175,34 +173,19 @@ def probe_torch(spec: dict) -> dict:
     out: dict = {"rss_start_mb": maxrss_mb()}
     import torch
 
-    from toolkit.train.checkpoint import model_from_checkpoint
-    out["import_s"] = time.perf_counter() - t0
-    out["rss_base_mb"] = maxrss_mb()
-    torch.set_num_threads(int(spec["threads"]))
-    t = time.perf_counter()
-    model, ckpt = model_from_checkpoint(spec["checkpoint"])
-    dev = torch.device(spec["device"].replace("tensorrt", "cuda"))
-    model = model.to(dev).eval()
-    if spec.get("compile"):
-        model = torch.compile(model)
-    out["session_s"] = time.perf_counter() - t
-    out["provider"] = "torch.compile (inductor)" if spec.get("compile") else "PyTorch eager"
-    c = int(ckpt["recipe"]["preprocess"]["crop"])
+    from toolkit.train import checkpoint  # noqa: F401 - its import counts in import_s, as torch's does
+    out["import_s"], out["rss_base_mb"] = time.perf_counter() - t0, maxrss_mb()
+    b = TorchBackend(spec["checkpoint"], spec["device"], spec["threads"], spec["compile"], spec["amp"], None, 0)
+    out["session_s"], out["provider"] = b.session_s, b.record.provider
 
-    def make(b):
-        return torch.randn(b, 3, c, c, generator=torch.Generator().manual_seed(0)).to(dev)
+    def make(n):
+        return torch.randn(n, 3, b.crop, b.crop, generator=torch.Generator().manual_seed(0)).to(b.dev)
 
     def call(x):
-        with torch.inference_mode():
-            if spec.get("amp"):
-                with torch.autocast("cuda", dtype=torch.float16):
-                    model(x)
-            else:
-                model(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        b.x = x
+        b.run("model")
     first_runs(spec, out, make, call)
-    if spec["device"] != "cpu":
+    if b.dev.type == "cuda":
         out["torch_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
 
