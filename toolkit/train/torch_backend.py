@@ -170,11 +170,10 @@ def checkpoint_note(checkpoint: str, meta: dict) -> Optional[str]:
 def probe_torch(spec: dict) -> dict:
     """Runs in a fresh interpreter: build the PyTorch model, first inference per batch size, memory."""
     t0 = time.perf_counter()
-    out: dict = {"rss_start_mb": maxrss_mb()}
     import torch
 
     from toolkit.train import checkpoint  # noqa: F401 - its import counts in import_s, as torch's does
-    out["import_s"], out["rss_base_mb"] = time.perf_counter() - t0, maxrss_mb()
+    out = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
     b = TorchBackend(spec["checkpoint"], spec["device"], spec["threads"], spec["compile"], spec["amp"], None, 0)
     out["session_s"], out["provider"] = b.session_s, b.record.provider
 

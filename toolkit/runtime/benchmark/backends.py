@@ -64,7 +64,7 @@ class OnnxBackend:
     modes = ("model", "end_to_end", "end_to_end_12mp")
     may_fail = False
 
-    def __init__(self, info: dict, combo: Combo, threads: int, max_batch: int):
+    def __init__(self, info: dict, combo: Combo, threads: int, max_batch: int, cache_dir: Optional[str] = None):
         from toolkit.runtime.predictor import Predictor
 
         self.combo, self.threads = combo, threads
@@ -72,7 +72,7 @@ class OnnxBackend:
         try:  # the Predictor owns provider truth: asking for CUDA where it can't load is a UserError there
             self.predictor = Predictor(info["path"], device=combo.device, threads=threads, batch_size=max_batch,
                                        engine=combo.engine,
-                                       **engine_parts.predictor_options(combo.engine, combo.inference_precision))
+                                       **engine_parts.predictor_options(combo.engine, combo.inference_precision, cache_dir))
         except UserError as exc:
             if combo.device == "cpu":
                 raise
@@ -97,7 +97,7 @@ class OnnxBackend:
 
     def probe_spec(self, threads: int, sizes: tuple) -> dict:
         return {"kind": self.combo.engine, "path": self.record.file, "device": self.combo.device, "threads": threads,
-                "batch_sizes": list(sizes), "inference_precision": self.combo.inference_precision}
+                "batch_sizes": list(sizes), "precision": self.combo.precision}
 
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
         x = pixels if self.predictor.raw else self.predictor.preprocess.normalize(pixels)

@@ -112,11 +112,8 @@ def gemm_candidates(engines: tuple, precision: str, n: int, threads: int,
 
 def _first(probe: dict) -> dict:
     """The cold-start figures of one probe: compile (session) and the first inference per batch size."""
-    if "error" in probe:
-        return {"error": probe["error"]}
-    return {"session_s": round(probe["session_s"], 4), "compile_s": round(probe.get("compile_s") or 0.0, 4),
-            "first_inference_s": {k: round(v, 4) for k, v in probe["first_inference_s"].items()},
-            "process_wall_s": probe.get("process_wall_s")}
+    keep = ("error",) if "error" in probe else ("session_s", "compile_s", "first_inference_s", "process_wall_s")
+    return {k: probe.get(k) for k in keep}
 
 
 def cold_start(spec: dict, run_probe: Callable[[dict], dict]) -> dict:

@@ -166,14 +166,7 @@ def _cold_starts(s: Subject, bench: Bench) -> None:
 
     for b in s.backends:
         bench.progress.live(f"cold start of {b.record.key} in a fresh process")
-        probe = cold_start(b.probe_spec(bench.plan.threads, bench.plan.sizes), run_probe)
-        probe.pop("rss_start_mb", None)
-        for k in ("import_s", "session_s", "compile_s"):
-            if isinstance(probe.get(k), float):
-                probe[k] = round(probe[k], 4)
-        if isinstance(probe.get("first_inference_s"), dict):
-            probe["first_inference_s"] = {k: round(v, 4) for k, v in probe["first_inference_s"].items()}
-        b.record.cold_start = probe
+        b.record.cold_start = cold_start(b.probe_spec(bench.plan.threads, bench.plan.sizes), run_probe)
 
 
 def _prepare_inputs(subjects: list, bench: Bench) -> None:
