@@ -1,5 +1,7 @@
-"""The command line: a misspelt flag or command is an error before anything runs, with the nearest name."""
-import inspect
+"""The command line: a misspelt flag or command is an error before anything runs, with the nearest name;
+export, serve-local and benchmark take their flags, defaults and help from their options dataclasses."""
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -7,8 +9,9 @@ import sys
 import pytest
 
 from conftest import ROOT
-from toolkit import cli
+from toolkit import cli, flags
 from toolkit.errors import UserError
+from toolkit.parsing import parse_bool, parse_list
 
 
 def _refused(argv, capsys) -> str:
@@ -43,42 +46,127 @@ def test_unknown_flags_and_commands_stop_before_the_command_runs(argv, expected,
     assert "--help" in err or "no such command" in err or "ambiguous" in err
 
 
+def _check(argv):
+    flags.check(cli.COMMANDS, argv)
+
+
 @pytest.mark.parametrize("name", sorted(cli.COMMANDS))
 def test_every_real_option_passes_in_every_spelling(name):
-    params = inspect.signature(cli.COMMANDS[name]).parameters.values()
+    params = flags.signature(cli.COMMANDS[name]).parameters.values()
     for p in params:
         if p.kind is p.VAR_POSITIONAL:
             continue
         dashed = p.name.replace("_", "-")
-        cli._check_flags([name, f"--{p.name}", "1", f"--{dashed}=1", f"-{dashed}", "x"])
+        _check([name, f"--{p.name}", "1", f"--{dashed}=1", f"-{dashed}", "x"])
         if isinstance(p.default, bool):
-            cli._check_flags([name, f"--no{p.name}", f"--no-{dashed}"])
-    cli._check_flags([name, "--help"])
-    cli._check_flags([name, "--", "--trace", "--anything"])  # fire's own flags follow a bare --
-    cli._check_flags(["--help"])
-    cli._check_flags([])
+            _check([name, f"--no{p.name}", f"--no-{dashed}"])
+    _check([name, "--help"])
+    _check([name, "--", "--trace", "--anything"])  # fire's own flags follow a bare --
+    _check(["--help"])
+    _check([])
 
 
 def test_switches_are_spelled_out():
-    assert cli._spell_out_flags(["train", "r.yaml", "--no-resume", "--nooverwrite", "--resume"]) == \
+    assert flags.spell_out(cli.COMMANDS, ["train", "r.yaml", "--no-resume", "--nooverwrite", "--resume"]) == \
         ["train", "r.yaml", "--resume=False", "--overwrite=False", "--resume=True"]
-    with pytest.raises(UserError, match="--resume=maybe: expected --resume alone"):
-        cli._spell_out_flags(["train", "r.yaml", "--resume=maybe"])
+    # a switch of an options dataclass too, Optional[bool] included: never takes the next word as its value
+    assert flags.spell_out(cli.COMMANDS, ["export", "--per-channel=no", "--int8", "runs/x", "--no-int8-search"]) \
+        == ["export", "--per-channel=False", "--int8=True", "runs/x", "--int8_search=False"]
+    with pytest.raises(UserError, match="--resume 'maybe': expected true or false"):
+        flags.spell_out(cli.COMMANDS, ["train", "r.yaml", "--resume=maybe"])
 
 
 def test_short_flag_with_one_match_passes():
     """fire's -x: the one option whose name starts with x; two of them is an error naming both."""
-    names = [n for n in inspect.signature(cli.COMMANDS["serve-local"]).parameters]
+    names = [n for n in flags.signature(cli.COMMANDS["serve-local"]).parameters]
     initials = [n[0] for n in names]
     unique = next(c for c in initials if initials.count(c) == 1 and c != "h")
     shared = next(c for c in initials if initials.count(c) > 1)
-    cli._check_flags(["serve-local", f"-{unique}", "1"])
+    _check(["serve-local", f"-{unique}", "1"])
     with pytest.raises(UserError, match=f"-{shared}: ambiguous for serve-local"):
-        cli._check_flags(["serve-local", f"-{shared}", "2"])
+        _check(["serve-local", f"-{shared}", "2"])
 
 
-def test_help_still_works():
+# command -> (its options dataclasses, the fields it spells otherwise: export's --out is Triton's repo,
+# benchmark's --model-only is end_to_end off)
+OPTIONS = {"export": (["toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions"], {"repo"}),
+           "serve-local": (["toolkit.runtime.serve.options:ServeOptions"], set()),
+           "benchmark": (["toolkit.runtime.benchmark.options:BenchmarkOptions"], {"end_to_end"})}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_flags_are_the_options_fields_with_their_defaults_and_help(name):
+    """Each field of the command's options is a flag, its default the field's, its help the field's comment."""
+    command = cli.COMMANDS[name]
+    params = flags.signature(command).parameters
+    classes = flags.option_classes(command)
+    assert [f"{c.__module__}:{c.__name__}" for c in classes] == OPTIONS[name][0]
+    for cls in classes:
+        help_text = flags.field_help(cls)
+        for field in dataclasses.fields(cls):
+            if field.name in OPTIONS[name][1]:
+                assert field.name not in params
+                continue
+            default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+            assert params[field.name].default == default, (name, field.name)
+            assert help_text[field.name] and f"{field.name}: {help_text[field.name]}" in command.__doc__
+
+
+def test_field_help_reads_comments_continuations_docstrings_and_bases():
+    @dataclasses.dataclass
+    class Base:
+        size: int = 3  # how big
+        #              it grows (a comment-only line indented past the field goes on)
+
+    @dataclasses.dataclass
+    class Options(Base):
+        name: str = "a"  # what it is called; a '#' in here stays
+        # a heading above the next field, not part of `name`'s help
+        hidden: bool = False
+        count: int = 2
+        """how many, said in a string"""
+
+    assert flags.field_help(Options) == {"size": "how big it grows (a comment-only line indented past the field goes on)",
+                                         "name": "what it is called; a '#' in here stays",
+                                         "hidden": "", "count": "how many, said in a string"}
+
+
+def test_one_parser_for_booleans_and_lists():
+    assert [parse_bool(v) for v in (True, "yes", "ON", 1, "false", "No", 0, False)] == [True] * 4 + [False] * 4
+    with pytest.raises(UserError, match="--fp16 'maybe': expected true or false"):
+        parse_bool("maybe", "--fp16")
+    assert parse_list("1, 8,,32", int) == parse_list((1, 8, 32), int) == [1, 8, 32]
+    assert parse_list(None) == [] and parse_list(8, int) == [8] and parse_list("head") == ["head"]
+    with pytest.raises(UserError, match="--batch-sizes 'a,1': expected a comma-separated list of int"):
+        parse_list("a,1", int, "--batch-sizes")
+
+
+def test_serve_options_write_each_limit_default_once():
+    from toolkit.runtime.serve.options import Limits, ServeOptions
+
+    assert issubclass(ServeOptions, Limits) and ServeOptions().limits == Limits()
+    params = flags.signature(cli.COMMANDS["serve-local"]).parameters
+    assert params["max_batch"].default == Limits.max_batch and "model" == next(iter(params))
+
+
+START_UP = """
+import json, subprocess, sys
+from toolkit import cli
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"numpy", "torch", "PIL", "onnxruntime", "fire"})))
+"""
+
+
+def test_start_up_imports_nothing_heavy_and_help_comes_from_the_options():
+    """`import toolkit.cli` loads none of numpy, torch, Pillow, onnxruntime or fire (`toolkit --help` stays fast);
+    `serve-local --help` shows the dataclass fields' comments."""
+    env = {**os.environ, "PAGER": "cat", "PYTHONPATH": str(ROOT)}
+    loaded = subprocess.run([sys.executable, "-c", START_UP], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=120)
+    assert loaded.returncode == 0 and json.loads(loaded.stdout) == [], loaded.stdout + loaded.stderr
     proc = subprocess.run([sys.executable, "-m", "toolkit", "serve-local", "--help"], capture_output=True,
-                          text=True, cwd=ROOT, env={**os.environ, "PAGER": "cat"}, timeout=120)
+                          text=True, cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "max_concurrency" in proc.stdout + proc.stderr
+    shown = " ".join((proc.stdout + proc.stderr).split())
+    assert "--max_concurrency=MAX_CONCURRENCY" in shown and "predictions in flight before 503 busy" in shown
+    assert "Default: 16" in shown and "images per session call" in shown  # max_batch, from Limits
+    assert "GROUPS" not in shown  # nothing but the flags

@@ -3,7 +3,8 @@
 - The README's tour runs for real, in a temp folder on the digits recipes, with a smaller budget appended:
   train, export, predict and the Python snippet always; evaluate and benchmark as `slow` tests.
 - Every other `toolkit <command> --flag` shown anywhere names a real command and real options
-  (the signatures in toolkit.cli.COMMANDS), and so does every `--flag` row of an options table.
+  (toolkit.flags.signature of each toolkit.cli.COMMANDS entry: its parameters and its options dataclasses'
+  fields), and so does every `--flag` row of an options table.
 - Every ```python block compiles and its `from toolkit... import X` lines import.
 - Every `toolkit.x.y` name, every repository path and every relative link (anchors included) resolves.
 """
@@ -115,8 +116,9 @@ def all_invocations():
 
 def command_options(name: str) -> set:
     from toolkit.cli import COMMANDS
+    from toolkit.flags import signature
 
-    parameters = inspect.signature(COMMANDS[name]).parameters.values()
+    parameters = signature(COMMANDS[name]).parameters.values()
     return {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_POSITIONAL}
 
 
@@ -158,7 +160,10 @@ def test_docs_cite_no_missing_design_files():
 # Commands and flags
 
 def test_every_shown_command_and_flag_exists():
+    """Each flag shown passes the CLI's own check (an option of the command, or --no-X of a switch X)."""
     from toolkit.cli import COMMANDS
+    from toolkit.errors import UserError
+    from toolkit.flags import check
 
     invocations = all_invocations()
     assert len(invocations) >= 40, f"found only {len(invocations)} toolkit commands: is the extractor broken?"
@@ -167,10 +172,11 @@ def test_every_shown_command_and_flag_exists():
         if not rest or rest[0] not in COMMANDS:
             problems.append(f"{page}: toolkit {' '.join(rest)}: no such command (have {', '.join(COMMANDS)})")
             continue
-        options = command_options(rest[0])
         for flag in flag_names(rest[1:]):
-            if flag not in options:
-                problems.append(f"{page}: toolkit {' '.join(rest)}: --{flag} is not an option of {rest[0]}")
+            try:
+                check(COMMANDS, [rest[0], "--" + flag])
+            except UserError as exc:
+                problems.append(f"{page}: toolkit {' '.join(rest)}: {exc}")
     assert not problems, "\n".join(problems)
 
 

@@ -216,6 +216,7 @@ def test_one_cycle_and_cosine_shapes():
 def test_cli_flags_never_swallow_the_next_argument(tmp_path, image_folder, monkeypatch):
     """fire would read `--resume train.epochs=3` as resume='train.epochs=3' and `--overwrite=false` as true."""
     from toolkit import cli
+    from toolkit.flags import spell_out
 
     recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
     monkeypatch.chdir(tmp_path)
@@ -226,7 +227,7 @@ def test_cli_flags_never_swallow_the_next_argument(tmp_path, image_folder, monke
         cli.main(["train", recipe, "--overwrite=false"])  # false means false: the run is kept
     assert stop.value.code == 2
     assert load_checkpoint(str(tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"))["epoch"] == 2
-    assert cli._spell_out_flags(["predict", "--allow-fallback", "a.jpg", "--top-k", "3"]) == \
+    assert spell_out(cli.COMMANDS, ["predict", "--allow-fallback", "a.jpg", "--top-k", "3"]) == \
         ["predict", "--allow-fallback=True", "a.jpg", "--top-k", "3"]
     with pytest.raises(SystemExit):
         cli.main(["train", recipe, "--resume=maybe"])

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Iterable, Optional
 
-import numpy as np
-
 from toolkit.errors import UserError
+from toolkit.parsing import parse_bool, parse_list
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
@@ -56,32 +56,17 @@ def check_options(options: ExportOptions) -> ExportOptions:
     if options.calib_method is not None and options.calib_method not in CALIB_METHODS:
         raise UserError(f"--calib-method {options.calib_method!r}: expected one of {', '.join(CALIB_METHODS)}")
     for key, value in (("--calib-images", options.calib_images), ("parity_images", options.parity_images)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
             raise UserError(f"{key} {value!r}: expected a whole number, at least 1")
     try:
         budget = float(options.int8_budget)
     except (TypeError, ValueError):
         raise UserError(f"--int8-budget {options.int8_budget!r}: expected a number of top-1 points, "
                         "e.g. 1.0") from None
-    keep = options.keep_fp32
-    if isinstance(keep, str):
-        keep = [k for k in keep.split(",") if k.strip()]
-    keep = [str(k).strip() for k in keep if str(k).strip()]
+    keep = parse_list(options.keep_fp32, name="--keep-fp32")
     if keep and not options.int8:
         raise UserError("--keep-fp32 only applies with --int8; add --int8 or drop --keep-fp32")
-    per_channel = None if options.per_channel is None else _flag("--per-channel", options.per_channel)
+    per_channel = None if options.per_channel is None else parse_bool(options.per_channel, "--per-channel")
     return dataclasses.replace(options, int8_budget=budget, keep_fp32=keep, per_channel=per_channel,
-                               int8_search=_flag("--int8-search", options.int8_search))
-
-
-def _flag(key: str, value) -> bool:
-    """A yes/no option as a bool: fire hands `--per-channel=false` over as the string 'false'."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise UserError(f"{key} {value!r}: expected true or false")
+                               int8_search=parse_bool(options.int8_search, "--int8-search"))
 

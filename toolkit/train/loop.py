@@ -27,7 +27,7 @@ from toolkit.errors import UserError
 from toolkit.recipe import Recipe
 from toolkit.train.checkpoint import load_model_state, load_optimizer_state, save_checkpoint
 from toolkit.train.device import amp_dtype, pick_device
-from toolkit.train.distributed import IGNORE, Dist, is_collective_failure
+from toolkit.train.distributed import IGNORE, Dist, is_collective_failure, launch
 from toolkit.train.evaluate import collect_logits
 from toolkit.train.plots import save_plots
 from toolkit.train.run_dir import append_metrics, checkpoint_paths, prepare_run_dir, write_run_files, write_summary
@@ -381,3 +381,19 @@ class _Session:
             self.plots()
             print(message, file=sys.stderr)
         sys.exit(stop.exit_status())
+
+
+def train_command(recipe: str, overrides: list[str], resume: bool = False, overwrite: bool = False,
+                  nproc: int = 1) -> int:
+    """`toolkit train RECIPE [KEY=VALUE...]`: train here, or with nproc > 1 in that many processes on this
+    machine (torchrun --standalone, the same elastic agent); returns the exit status."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise UserError(f"--nproc {nproc!r}: expected a whole number of processes, at least 1")
+    if nproc > 1 and "WORLD_SIZE" in os.environ:
+        raise UserError("--nproc: already running under torchrun; drop --nproc (torchrun's --nproc-per-node sets it)")
+    recipe_obj = recipe_mod.load(recipe, overrides)  # a bad recipe fails here, once, not in every process
+    if nproc == 1:
+        train(recipe_obj, resume=resume, overwrite=overwrite)
+        return 0
+    argv = ["train", str(recipe), *overrides] + ["--resume"] * resume + ["--overwrite"] * overwrite
+    return launch(nproc, argv)

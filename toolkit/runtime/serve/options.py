@@ -62,8 +62,9 @@ _LIMIT_NAMES = tuple(f.name for f in fields(Limits))
 
 
 @dataclass
-class ServeOptions:
-    """Everything `serve()` is told: which model, where to listen, how to run it, and the limits."""
+class ServeOptions(Limits):
+    """Everything `serve()` is told: which model, where to listen, how to run it, and the limits (the fields
+    of Limits, which it extends: each default is written once, there)."""
 
     model: str | None = None            # an .onnx file, a folder of exports, or None: the newest in exports_dir
     host: str = "127.0.0.1"             # anything but loopback prints a warning (no auth, no TLS)
@@ -74,16 +75,6 @@ class ServeOptions:
     engine: str = "onnxruntime"         # onnxruntime or openvino (THROUGHPUT hint, a batch worker per request)
     precision: str | None = None        # fp32 or bf16 (bf16: openvino only); None: fp32
     exports_dir: str = "exports"        # where model=None looks for the newest export
-    max_batch: int = 16                 # see Limits
-    max_wait_ms: float = 5.0            # see Limits
-    max_body_mb: float = 10.0           # see Limits
-    max_pixels: int = DEFAULT_MAX_PIXELS       # see Limits
-    max_concurrency: int = 64           # see Limits
-    top_k: int = 5                      # see Limits
-    header_timeout: float = HEADER_TIMEOUT_S  # see Limits
-    body_timeout: float = BODY_TIMEOUT_S      # see Limits
-    keep_alive: float = KEEP_ALIVE_S          # see Limits
-    max_connections: int = MAX_CONNECTIONS    # see Limits
 
     @property
     def limits(self) -> Limits:

@@ -1,0 +1,169 @@
+"""A command's flags for fire, read from the options dataclasses it fills, and checked before fire runs.
+
+    @options("toolkit.export.options:ExportOptions")
+    def export(run, *, format="onnx", **given): ...
+
+gives `toolkit export` a flag per ExportOptions field: its default is the field's and its --help line the
+field's `# comment` (or the string under the field), so an option is written once, in its dataclass.
+fire passes on only the flags given, so the dataclass's defaults apply. The dataclasses are imported when
+their command is named, never at start-up. Standard library only.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib
+import inspect
+import io
+import re
+import textwrap
+import tokenize
+import typing
+
+from toolkit.errors import UserError
+from toolkit.parsing import parse_bool
+
+FLAG = re.compile(r"--?[A-Za-z]")  # what fire reads as a flag: --name, and -n or -name (not -1)
+
+
+def options(*sources: str, skip: tuple = ()):
+    """Give a command the fields of these dataclasses ('module:Class') as keyword-only flags, less `skip`."""
+    def attach(command):
+        command._options = (sources, skip)  # underscored: fire's --help lists a function's public attributes
+        return command
+    return attach
+
+
+def option_classes(command) -> list:
+    """The command's options dataclasses, imported now."""
+    return [getattr(importlib.import_module(module), name)
+            for module, _, name in (source.partition(":") for source in getattr(command, "_options", ((),))[0])]
+
+
+def signature(command) -> inspect.Signature:
+    """The command's flags: its own parameters, then its options' fields, keyword-only, with their defaults;
+    set on the function, with the fields' help under Args: in its docstring, for fire and --help."""
+    if "__signature__" in vars(command) or not hasattr(command, "_options"):
+        return inspect.signature(command)
+    skip = command._options[1]
+    fields = {f.name: f for cls in option_classes(command) for f in _own_first(cls) if f.name not in skip}
+    default = {k: f.default_factory() if f.default is dataclasses.MISSING else f.default for k, f in fields.items()}
+    types = {k: v for cls in option_classes(command) for k, v in typing.get_type_hints(cls).items()}
+    own = [p if p.name not in fields else p.replace(default=default[p.name], annotation=types[p.name])
+           for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    added = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=default[k], annotation=types[k])
+             for k, f in fields.items() if k not in {p.name for p in own}]
+    helps = {k: v for cls in option_classes(command) for k, v in field_help(cls).items()}
+    doc = inspect.cleandoc(command.__doc__ or "")
+    command.__doc__ = doc + ("" if "Args:" in doc else "\n\nArgs:") + "".join(
+        f"\n    {p.name}: {helps.get(p.name) or '-'}" for p in own + added if p.name in fields)
+    command.__signature__ = inspect.Signature(own + added)
+    return command.__signature__
+
+
+def _own_first(cls) -> list:
+    """The dataclass's fields, those it declares before those it inherits (its help reads that way)."""
+    return sorted(dataclasses.fields(cls), key=lambda f: f.name not in vars(cls).get("__annotations__", {}))
+
+
+def flag_names(command) -> tuple[list[str], set[str]]:
+    """(the command's flag names, the true/false ones among them), spelled with underscores."""
+    params = [p for p in signature(command).parameters.values() if p.kind is not p.VAR_POSITIONAL]
+    switches = {p.name for p in params if isinstance(p.default, bool) or "bool" in str(p.annotation)}
+    return [p.name for p in params], switches
+
+
+def field_help(cls) -> dict[str, str]:
+    """{field: help} of a dataclass and its dataclass bases: the `# comment` after each field, with the
+    indented comment-only lines right under it, or the string right under the field (an attribute docstring)."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            found.update(_own_field_help(klass))
+    return found
+
+
+def _own_field_help(klass) -> dict[str, str]:
+    try:
+        source = textwrap.dedent(inspect.getsource(klass))
+    except (OSError, TypeError):  # no source shipped: flags without help lines, not a failing command
+        return {}
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    comments = {t.start[0]: t for t in tokens if t.type == tokenize.COMMENT}
+    code = {t.start[0] for t in tokens if t.type in (tokenize.NAME, tokenize.OP, tokenize.NUMBER, tokenize.STRING)}
+    body = ast.parse(source).body[0].body
+    found = {}
+    for node, after in zip(body, body[1:] + [None]):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            found[node.target.id] = " ".join(after.value.value.split())
+            continue
+        row, text = node.end_lineno, []
+        while row in comments and (row == node.end_lineno or row not in code and _goes_on(comments[row], node)):
+            text.append(comments[row].string[1:].strip())
+            row += 1
+        found[node.target.id] = " ".join(t for t in text if t)
+    return found
+
+
+def _goes_on(comment, field) -> bool:
+    """A comment-only line under a field's comment goes on with it when indented past the field or when its
+    words are indented after the '#'; `# words` at the field's column is a heading for what follows."""
+    return comment.start[1] > field.col_offset or comment.string[1:].startswith("  ")
+
+
+def _switch_off(name: str, switches: set[str]) -> str | None:
+    """'no_resume' or 'noresume' -> 'resume' when that is a true/false option (fire's --noflag, and --no-flag)."""
+    for prefix in ("no_", "no"):
+        if name.startswith(prefix) and name[len(prefix):] in switches:
+            return name[len(prefix):]
+    return None
+
+
+def spell_out(commands: dict, argv: list[str]) -> list[str]:
+    """`--resume` -> `--resume=True`, `--overwrite=false` and `--no-overwrite` -> `--overwrite=False`: fire
+    reads `--flag VALUE` as the flag's value (`train R --resume train.epochs=30` would swallow the override)
+    and `--flag=false` as the string 'false', which is true. Spelled out, a written value means what it says."""
+    if not argv or argv[0] not in commands:
+        return argv
+    switches = flag_names(commands[argv[0]])[1]
+    out = [argv[0]]
+    for arg in argv[1:]:
+        name, eq, value = arg[2:].partition("=")
+        key = name.replace("-", "_")
+        if arg.startswith("--") and not eq and key not in switches and _switch_off(key, switches):
+            arg = f"--{_switch_off(key, switches)}=False"
+        elif arg.startswith("--") and key in switches:
+            arg = f"--{name}={parse_bool(value, f'--{name}') if eq else True}"
+        out.append(arg)
+    return out
+
+
+def check(commands: dict, argv: list[str], program: str = "toolkit") -> None:
+    """The command must exist and every flag must name one of its options, before anything runs: fire
+    complains of an unknown --flag only after the command ran (`serve-local --max-concurency 2` served
+    with the defaults), so a misspelling is caught here, with the nearest option, as the recipes do."""
+    if not argv or argv[0].startswith("-"):
+        return  # `toolkit`, `toolkit --help`: fire's own listing
+    if argv[0] not in commands:
+        near = difflib.get_close_matches(argv[0], list(commands), n=1, cutoff=0.5)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        raise UserError(f"{argv[0]!r}: no such command; {hint}expected one of {', '.join(commands)}")
+    names, switches = flag_names(commands[argv[0]])
+    for arg in argv[1:argv.index("--") if "--" in argv else None]:  # fire's own flags follow a bare --
+        flag = arg.partition("=")[0]
+        key = flag.lstrip("-").replace("-", "_")
+        if not FLAG.match(arg) or key in names or key == "help" or _switch_off(key, switches):
+            continue
+        starts = [n for n in names if n.startswith(key)]
+        if len(key) == 1 and not flag.startswith("--"):  # fire's short flag: the one option with that initial
+            if key == "h" or len(starts) == 1:
+                continue
+            if starts:
+                spelled = ", ".join("--" + n.replace("_", "-") for n in starts)
+                raise UserError(f"{flag}: ambiguous for {argv[0]} ({spelled}); write the option out")
+        near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        hint = f"did you mean --{near[0].replace('_', '-')}? " if near else ""
+        raise UserError(f"{flag}: {argv[0]} has no such option; {hint}`{program} {argv[0]} --help` lists them")
