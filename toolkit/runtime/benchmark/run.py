@@ -19,7 +19,8 @@ from toolkit.errors import UserError, first_line
 from toolkit.runtime.benchmark import peak as peak_mod
 from toolkit.runtime.benchmark.backends import BackendLoader, GemmReference, load_onnx_backends, synthetic_jpegs
 from toolkit.runtime.benchmark.model_file import base_of, export_hint, inspect_model, resolve_model, twin_path
-from toolkit.runtime.benchmark.options import BenchmarkOptions, Plan, as_tuple, file_precision, parse, plan_combos
+from toolkit.runtime.benchmark.options import BenchmarkOptions, Plan, file_precision, parse, plan_combos
+from toolkit.parsing import parse_list
 from toolkit.runtime.benchmark.probe import run_probe
 from toolkit.runtime.benchmark.records import E2E_IMAGES, BackendRecord, Block, GemmRound, Peak, Row, Skipped
 from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up
@@ -106,7 +107,7 @@ def open_subject(model: Optional[str], bench: Bench, out_dir_of: Callable[[str],
     if twin_precision:
         if not os.path.isfile(base):
             base = path
-        elif as_tuple(bench.opts.precision) == ("fp32",):
+        elif parse_list(bench.opts.precision) == ["fp32"]:
             precisions = (twin_precision,)
         bench.say(f"benchmark: {path} is the {twin_precision} twin of {base}")
     infos = {"fp32": inspect_model(base)}
