@@ -14,10 +14,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from toolkit.errors import UserError
-from toolkit.runtime.benchmark import format_train_table, interleaved_rounds, machine_info, physical_cores, versions
-from toolkit.runtime.benchmark.machine import now_iso
-from toolkit.runtime.benchmark.records import (SCHEMA_VERSION, Files, Limiter, Loader, LoaderIps, Phase, TrainRecipe,
-                                               TrainRecord, TrainSettings)
+from toolkit.runtime.benchmark import format_train_table, interleaved_rounds, physical_cores
+from toolkit.runtime.benchmark.machine import record_head
+from toolkit.runtime.benchmark.records import Limiter, Loader, LoaderIps, Phase, TrainRecipe, TrainRecord, TrainSettings
 from toolkit.runtime.benchmark.report import write_outputs
 from toolkit.runtime.benchmark.timing import DEFAULT_DURATION_S, Progress, calls_per_block, stats, warm_up
 
@@ -210,9 +209,7 @@ def _record(recipe, recipe_path, command: str, dataset, dev, settings: TrainSett
     autocast = amp_dtype(t.amp, dev)
     limiter, notes = _limiter(phases[-1].throughput_ips.median, loader.throughput_ips.overall, dev.type == "cpu")
     return dataclasses.asdict(TrainRecord(
-        schema_version=SCHEMA_VERSION, kind="train", created=now_iso(), command=command,
-        machine=machine_info(gpu=dev.type == "cuda"), versions=versions(), notes=notes,
-        files=Files(os.path.join(out_dir, "benchmark.json"), os.path.join(out_dir, "benchmark.md"), None),
+        **record_head("train", command, notes, out_dir, ("benchmark.json", "benchmark.md", None), dev.type == "cuda"),
         recipe=TrainRecipe(path=os.fspath(recipe_path), name=recipe.name, arch=recipe.model.arch,
                            head=recipe.model.head, crop=int(recipe.preprocess.crop), classes=len(dataset.labels),
                            strategy=t.strategy, optimizer=t.optimizer, batch_size=int(t.batch_size),

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
-from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, machine_info, maxrss_mb, now_iso, versions
-from toolkit.runtime.benchmark.records import (E2E_IMAGES, E2E_JPEG_QUALITY, SCHEMA_VERSION, TIMED, E2EImages, Files,
-                                               InferenceRecord, InferenceSettings, ModelInfo)
+from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, maxrss_mb, record_head
+from toolkit.runtime.benchmark.records import (E2E_IMAGES, E2E_JPEG_QUALITY, TIMED, E2EImages, InferenceRecord,
+                                               InferenceSettings, ModelInfo)
 
 
 def inference_record(s, bench) -> dict:
@@ -21,10 +21,9 @@ def inference_record(s, bench) -> dict:
     images = [E2EImages(m, "JPEG", *E2E_IMAGES[m], E2E_JPEG_QUALITY, len(js), int(np.mean([len(j) for j in js])))
               for m, js in bench.jpegs.items()]
     record = InferenceRecord(
-        schema_version=SCHEMA_VERSION, kind="inference", created=now_iso(), command=_command(s, bench),
-        machine=machine_info(gpu=any(d != "cpu" for d in plan.devices)), versions=versions(), notes=_notes(s, bench),
-        files=Files(os.path.join(s.out_dir, "benchmark.json"), os.path.join(s.out_dir, "benchmark.md"),
-                    os.path.join(s.out_dir, "benchmark.png") if opts.plot else None),
+        **record_head("inference", _command(s, bench), _notes(s, bench), s.out_dir,
+                      ("benchmark.json", "benchmark.md", "benchmark.png" if opts.plot else None),
+                      any(d != "cpu" for d in plan.devices)),
         model=ModelInfo(path=s.base, name=os.path.basename(s.base)[:-len(".onnx")], arch=meta.get("arch"),
                         head=meta.get("head"),
                         classes=len(meta["labels"]) if isinstance(meta.get("labels"), list) else None,
@@ -33,11 +32,7 @@ def inference_record(s, bench) -> dict:
                         source_run=meta.get("source_run"), checkpoint=s.checkpoint or meta.get("checkpoint"),
                         flops_per_image=s.info["flops"]["flops"]),
         settings=InferenceSettings(
-            batch_sizes=list(plan.sizes), precisions=list(s.precisions), engines=list(plan.engines),
-            devices=list(plan.devices), threads=plan.threads, rounds=plan.rounds,
-            iterations=int(opts.iterations) if opts.iterations is not None else None,
-            duration_s=float(plan.duration) if opts.iterations is None else None, data=opts.data,
-            split=opts.split if opts.data else None, skipped=s.skipped, torch=bool(opts.torch),
+            **common_settings(bench, s.precisions), skipped=s.skipped, torch=bool(opts.torch),
             compile=bool(opts.compile), threads_source=plan.threads_source,
             warmup=int(opts.warmup) if opts.warmup is not None else "auto", end_to_end=bool(opts.end_to_end),
             isolate=bool(opts.isolate), reference=bench.gemm is not None, e2e_image=images[0],
@@ -45,6 +40,16 @@ def inference_record(s, bench) -> dict:
         timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends] + s.failed, results=s.rows,
         schedule=s.schedule)
     return dataclasses.asdict(record)
+
+
+def common_settings(bench, precisions: tuple) -> dict:
+    """The fields of records.Settings, shared by the inference and compare records."""
+    opts, plan = bench.opts, bench.plan
+    return {"batch_sizes": list(plan.sizes), "precisions": list(precisions), "engines": list(plan.engines),
+            "devices": list(plan.devices), "threads": plan.threads, "rounds": plan.rounds,
+            "iterations": int(opts.iterations) if opts.iterations is not None else None,
+            "duration_s": float(plan.duration) if opts.iterations is None else None, "data": opts.data,
+            "split": opts.split if opts.data else None}
 
 
 def _finish_rows(s, bench) -> None:

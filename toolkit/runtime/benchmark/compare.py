@@ -15,10 +15,9 @@ from typing import Optional, Sequence
 from toolkit.errors import UserError
 from toolkit.runtime.benchmark import assemble, report
 from toolkit.runtime.benchmark.backends import BackendLoader
-from toolkit.runtime.benchmark.machine import machine_info, now_iso, versions
+from toolkit.runtime.benchmark.machine import record_head
 from toolkit.runtime.benchmark.options import BenchmarkOptions
-from toolkit.runtime.benchmark.records import (SCHEMA_VERSION, CompareModel, CompareRecord, CompareRow,
-                                               CompareSettings, Files)
+from toolkit.runtime.benchmark.records import CompareModel, CompareRecord, CompareRow, CompareSettings
 from toolkit.runtime.benchmark.run import measure, open_subject, start
 
 PARETO_MODE = "model"  # the comparison reads inference-only throughput (the same for every model's input size)
@@ -117,16 +116,11 @@ def _compare_record(subjects: list, records: list, bench, batch: int, out_dir: s
     notes += sorted({n for rec in records for n in rec["notes"]})
     command = records[0]["command"].replace(subjects[0].base, " ".join(s.base for s in subjects), 1)
     record = CompareRecord(
-        schema_version=SCHEMA_VERSION, kind="compare", created=now_iso(), command=f"{command} --pareto-batch {batch}",
-        machine=machine_info(gpu=any(d != "cpu" for d in plan.devices)), versions=versions(), notes=notes,
-        files=Files(os.path.join(out_dir, "compare.json"), os.path.join(out_dir, "compare.md"),
-                    os.path.join(out_dir, "pareto.png") if opts.plot and opts.data else None),
-        settings=CompareSettings(
-            batch_sizes=list(plan.sizes), precisions=list(plan.precisions), engines=list(plan.engines),
-            devices=list(plan.devices), threads=plan.threads, rounds=plan.rounds,
-            iterations=int(opts.iterations) if opts.iterations is not None else None,
-            duration_s=float(plan.duration) if opts.iterations is None else None, data=opts.data,
-            split=opts.split if opts.data else None, pareto_batch=batch, pareto_mode=PARETO_MODE, interleaved=True),
+        **record_head("compare", f"{command} --pareto-batch {batch}", notes, out_dir,
+                      ("compare.json", "compare.md", "pareto.png" if opts.plot and opts.data else None),
+                      any(d != "cpu" for d in plan.devices)),
+        settings=CompareSettings(**assemble.common_settings(bench, plan.precisions), pareto_batch=batch,
+                                 pareto_mode=PARETO_MODE, interleaved=True),
         models=[CompareModel(name=name, path=s.base, arch=s.meta.get("arch"), classes=len(_labels_of(s)) or None,
                              preprocess=rec["model"]["preprocess"], flops_per_image=rec["model"]["flops_per_image"],
                              record=rec["files"]["json"]) for name, s, rec in zip(names, subjects, records)],

@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 from typing import Optional
 
-from toolkit.runtime.benchmark.records import ISA_FLAGS, Machine, Versions
+from toolkit.runtime.benchmark.records import ISA_FLAGS, SCHEMA_VERSION, Files, Machine, Versions
 
 _CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
               "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "i8mm", "bf16")
@@ -143,3 +143,10 @@ def versions() -> Versions:
         out.cuda_torch = getattr(torch.version, "cuda", None)
         out.cudnn_torch = str(torch.backends.cudnn.version()) if torch.cuda.is_available() else None
     return out
+
+
+def record_head(kind: str, command: str, notes: list, folder: str, files: tuple, gpu: bool) -> dict:
+    """The fields every record kind starts with (records.Head); files: (json, markdown, png or None) in `folder`."""
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "created": now_iso(), "command": command,
+            "machine": machine_info(gpu=gpu), "versions": versions(), "notes": notes,
+            "files": Files(*(os.path.join(folder, name) if name else None for name in files))}
