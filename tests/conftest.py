@@ -183,15 +183,3 @@ def write_tiny_model(path, crop=32, classes=3, raw=False, labels=None, precision
 def tiny_model(tmp_path_factory):
     """A tiny fp32 toolkit export (3 classes, 32 px) shared by a test module; don't modify the file."""
     return write_tiny_model(tmp_path_factory.mktemp("tiny_model") / "tiny.onnx")
-
-
-# Test files that load OpenVINO into the pytest process. They run last: with OpenVINO 2026.4 loaded, a
-# later torch DataLoader test followed by a subprocess call crashed this process (SIGSEGV in
-# PyObject_GetAttr, reproduced with test_openvino.py + test_data.py::test_loaders_shuffle_reproducibly +
-# any subprocess.run). Each passes on its own and in any order that runs OpenVINO after torch's loaders.
-OPENVINO_IN_PROCESS = ("test_openvino.py", "test_bf16.py", "test_benchmark_engines.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    last = [item for item in items if item.path.name in OPENVINO_IN_PROCESS]
-    items[:] = [item for item in items if item.path.name not in OPENVINO_IN_PROCESS] + last

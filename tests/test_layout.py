@@ -33,8 +33,7 @@ TORCH_SIDE_NAMES = ["toolkit.data.measure_pipeline", "toolkit.data.make_loader",
 LAZY_ALLOWED = {
     ("toolkit/datasets/sources.py", "torchvision.datasets"): "data.source: flowers102 downloads with torchvision",
     ("toolkit/datasets/fashion.py", "torchvision.datasets"): "data.source: fashion_mnist with data.download: true",
-    ("toolkit/runtime/openvino_session.py", "openvino"): "engine openvino: imported only when that engine is asked for",
-    ("toolkit/runtime/benchmark/engine_parts.py", "openvino"): "benchmark --engine openvino: its GEMM peaks",
+    ("toolkit/runtime/engines/openvino_core.py", "openvino"): "engine openvino: imported only when asked for",
 }
 
 
@@ -181,3 +180,37 @@ def test_documented_import_names_still_resolve():
     missing = [dotted for dotted in names
                if not hasattr(importlib.import_module(dotted.rpartition(".")[0]), dotted.rpartition(".")[2])]
     assert not missing, missing
+
+
+# The engine seam (docs/architecture.md, "The engine interface"): what an engine can do is asked of its
+# adapter, so only the adapters and the names table may compare a value with an engine's name.
+ENGINE_NAMES = {"onnxruntime", "openvino"}
+ENGINE_NAME_ALLOWED = {"toolkit/runtime/engines/names.py", "toolkit/runtime/engines/onnxruntime_adapter.py",
+                       "toolkit/runtime/engines/openvino_adapter.py", "toolkit/runtime/engines/openvino_core.py",
+                       "toolkit/runtime/engines/openvino_bench.py"}
+
+
+def engine_name_checks(tree: ast.Module) -> list[int]:
+    """Lines that compare with an engine's name ("x == 'openvino'", "'openvino' in engines", a tuple of
+    names) or ask a session what engine it is by duck typing (hasattr(s, "inference_precision"))."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            consts = [c for op in operands for c in (op, *getattr(op, "elts", ()))]
+            if any(isinstance(c, ast.Constant) and c.value in ENGINE_NAMES for c in consts):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "hasattr":
+            if any(isinstance(a, ast.Constant) and a.value == "inference_precision" for a in node.args):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_engine_names_are_compared_only_in_the_adapters():
+    found = [f"{rel}:{line}" for rel, tree in sources() if rel not in ENGINE_NAME_ALLOWED
+             for line in engine_name_checks(tree)]
+    assert not found, f"engine-name checks outside the adapters (ask the adapter instead): {found}"
+    # the check itself sees the forms it forbids
+    probe = ast.parse('a = e == "openvino"\nb = "onnxruntime" in names\nc = e in ("x", "openvino")\n'
+                      'd = hasattr(s, "inference_precision")\ne = {"openvino": 1}\n')
+    assert engine_name_checks(probe) == [1, 2, 3, 4]

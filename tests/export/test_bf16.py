@@ -15,9 +15,9 @@ from test_export import data_root, make_run  # noqa: E402,F401 (data_root is a f
 from toolkit.errors import UserError  # noqa: E402
 from toolkit.export import bf16 as bf16_mod  # noqa: E402
 from toolkit.export import pipeline as export_mod  # noqa: E402
-from toolkit.runtime import openvino_session  # noqa: E402
+from toolkit.runtime.engines import openvino_core  # noqa: E402
 
-if "BF16" not in openvino_session._capabilities(ov.Core(), "CPU"):
+if "BF16" not in openvino_core.capabilities("CPU"):
     pytest.skip("this CPU has no BF16 support in OpenVINO", allow_module_level=True)
 
 
@@ -56,6 +56,6 @@ def test_model_built_to_break_bf16_fails_the_gate_and_writes_nothing(tmp_path, d
 
 
 def test_bf16_check_needs_a_bf16_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr(openvino_session, "_capabilities", lambda core, device: ["FP32"])
+    monkeypatch.setattr(openvino_core, "capabilities", lambda device="CPU": ["FP32"])
     with pytest.raises(UserError, match="--bf16-check: OpenVINO's CPU has no BF16 support"):
         bf16_mod.require_bf16()

@@ -9,7 +9,7 @@ import pytest
 from toolkit.errors import UserError
 from toolkit.runtime import benchmark as bench
 from toolkit.runtime.benchmark import peak as peak_mod
-from toolkit.runtime.benchmark.engine_parts import why_not
+from toolkit.runtime.benchmark.options import why_not
 from toolkit.runtime.benchmark.machine import isa_of
 from toolkit.runtime.benchmark.options import plan_combos
 from toolkit.runtime.benchmark.run import own_peak_precision
@@ -33,8 +33,10 @@ def small_peak(monkeypatch):
 
 
 def _cpu_has_bf16() -> bool:
-    ov = pytest.importorskip("openvino")
-    return "BF16" in [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    pytest.importorskip("openvino")
+    from toolkit.runtime.engines import openvino_core
+
+    return "BF16" in openvino_core.capabilities("CPU")
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +190,9 @@ def test_openvino_cold_start_without_and_with_its_model_cache(record):
 
 def test_bf16_the_cpu_cannot_run_is_skipped_beside_others(tmp_path, monkeypatch):
     pytest.importorskip("openvino")
-    from toolkit.runtime import openvino_session
+    from toolkit.runtime.engines import openvino_core
 
-    monkeypatch.setattr(openvino_session, "_capabilities", lambda core, device: ["FP32", "INT8"])
+    monkeypatch.setattr(openvino_core, "capabilities", lambda device="CPU": ["FP32", "INT8"])
     base = make_export(str(tmp_path / "exports"))
     rec = bench.run_benchmark(base, engine="openvino", precision="fp32,bf16", isolate=False, end_to_end=False,
                               out_dir=str(tmp_path / "o"), **FAST)

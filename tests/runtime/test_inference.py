@@ -259,7 +259,7 @@ def test_cpu_and_auto_providers(models, recwarn):
     assert Predictor(models["fp32"], device="cpu", threads=1).provider == "CPUExecutionProvider"
     auto = Predictor(models["fp32"])
     assert auto.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
-    assert auto.provider == auto.session.get_providers()[0]
+    assert auto.provider == auto.session.session.get_providers()[0]   # the InferenceSession behind the adapter
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]   # auto means auto: no warning
     with pytest.raises(UserError, match="device"):
         Predictor(models["fp32"], device="tpu")

@@ -15,11 +15,13 @@ from conftest import ROOT, make_image_folder, tiny_graph, tiny_metadata, tiny_re
 
 from toolkit import contract  # noqa: E402
 from toolkit.errors import UserError  # noqa: E402
-from toolkit.runtime import engines, openvino_session  # noqa: E402
+from toolkit.runtime import engines  # noqa: E402
+from toolkit.runtime.engines import Engine, EngineOptions, OpenVinoOptions, open_engine  # noqa: E402
+from toolkit.runtime.engines import openvino_adapter, openvino_core  # noqa: E402
 from toolkit.runtime.bf16_gate import compare_centred  # noqa: E402
 from toolkit.runtime.predictor import Predictor  # noqa: E402
 
-HAS_BF16 = "BF16" in openvino_session._capabilities(ov.Core(), "CPU")
+HAS_BF16 = "BF16" in openvino_core.capabilities("CPU")
 needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no BF16 support in OpenVINO")
 
 
@@ -54,7 +56,7 @@ def test_openvino_fp32_reads_back_and_agrees_with_onnxruntime(tiny_model):
     assert (ov_p.engine, ov_p.engine_device, ov_p.inference_precision) == ("openvino", "CPU", "fp32")
     assert ov_p.provider == "OpenVINO:CPU" and ov_p.precision == "fp32"
     assert (ort_p.engine, ort_p.engine_device, ort_p.inference_precision) == ("onnxruntime", "CPU", "fp32")
-    assert ov_p.session.hint == "LATENCY" and ov_p.session.compile_s > 0
+    assert ov_p.engine_info.hint == "LATENCY" and ov_p.engine_info.load_s > 0
     described = ov_p.describe()
     assert described["engine"] == "openvino" and described["inference_precision"] == "fp32"
     x = batch()
@@ -84,30 +86,78 @@ def test_bf16_is_read_back(tiny_model):
 def test_throughput_hint_gives_a_request_pool_and_run_is_thread_safe(tiny_model):
     from concurrent.futures import ThreadPoolExecutor
 
-    session = openvino_session.open_openvino(tiny_model, hint="THROUGHPUT", threads=2)
-    assert session.hint == "THROUGHPUT" and session.optimal_requests >= 1
-    assert session.get_inputs()[0].shape == [None, 3, 32, 32] and session.get_inputs()[0].type == "tensor(float)"
+    session = open_engine(tiny_model, "openvino", EngineOptions(threads=2, openvino=OpenVinoOptions(hint="THROUGHPUT")))
+    assert session.describe().hint == "THROUGHPUT" and session.describe().requests >= 1
+    assert session.inputs[0].shape == (None, 3, 32, 32) and session.inputs[0].dtype == "float32"
     x = batch(16)
-    want = session.run(["logits"], {"input": x})[0]
+    want = session.run({"input": x}, ["logits"])[0]
     with ThreadPoolExecutor(4) as pool:
-        outs = list(pool.map(lambda i: session.run(None, {"input": x[i:i + 1]})[0], range(16)))
+        outs = list(pool.map(lambda i: session.run({"input": x[i:i + 1]})[0], range(16)))
     np.testing.assert_allclose(np.concatenate(outs), want, rtol=1e-5, atol=1e-5)
 
 
 def test_read_back_that_differs_from_the_request_is_an_error(tiny_model):
-    session = openvino_session.open_openvino(tiny_model)
+    info = open_engine(tiny_model, "openvino").describe()
     with pytest.raises(UserError, match="asked for bf16.*refusing"):
-        openvino_session._check_read_back(session, "CPU", "bf16", "LATENCY")
+        openvino_adapter.check_read_back(info, tiny_model, "CPU", "bf16", "LATENCY")
     with pytest.raises(UserError, match="device CPU \\(asked for GPU\\)"):
-        openvino_session._check_read_back(session, "GPU", "fp32", "LATENCY")
+        openvino_adapter.check_read_back(info, tiny_model, "GPU", "fp32", "LATENCY")
 
 
 def test_model_cache_dir_is_filled(tiny_model, tmp_path):
     cache = tmp_path / "ov-cache"
-    first = openvino_session.open_openvino(tiny_model, cache_dir=str(cache))
-    assert first.cache_dir == str(cache) and any(cache.iterdir())
-    second = openvino_session.open_openvino(tiny_model, cache_dir=str(cache))
-    np.testing.assert_allclose(second.run(None, {"input": batch()})[0], first.run(None, {"input": batch()})[0])
+    options = EngineOptions(openvino=OpenVinoOptions(cache_dir=str(cache)))
+    first = open_engine(tiny_model, "openvino", options)
+    assert first.describe().cache_dir == str(cache) and any(cache.iterdir())
+    second = open_engine(tiny_model, "openvino", options)
+    np.testing.assert_allclose(second.run({"input": batch()})[0], first.run({"input": batch()})[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# OpenVINO's alternate signal stack (issue 18): one process-wide Core, so no session leaves it unmapped
+
+_SIGNAL_STACK_SCRIPT = r"""
+import ctypes, gc, os, signal, subprocess, sys
+from toolkit.runtime.predictor import Predictor
+
+first = Predictor(sys.argv[1], engine="openvino")
+second = Predictor(sys.argv[1], engine="openvino")
+del first   # oldest first: the order that left the thread's alternate stack unmapped
+gc.collect()
+del second
+gc.collect()
+
+class StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+libc = ctypes.CDLL(None, use_errno=True)
+now = StackT()
+assert libc.sigaltstack(None, ctypes.byref(now)) == 0, os.strerror(ctypes.get_errno())
+SS_DISABLE = 2
+if not now.ss_flags & SS_DISABLE:
+    start, end = now.ss_sp, now.ss_sp + now.ss_size
+    with open("/proc/self/maps") as maps:
+        regions = [[int(x, 16) for x in line.split()[0].split("-")] + [line.split()[1]] for line in maps]
+    mapped = any(lo <= start and end <= hi and perms.startswith("rw") for lo, hi, perms in regions)
+    print(f"alternate stack {start:#x}+{now.ss_size}: {'mapped' if mapped else 'UNMAPPED'}", flush=True)
+    assert mapped, "the thread's alternate signal stack is not mapped"
+seen = []
+signal.signal(signal.SIGUSR1, lambda *_: seen.append("usr1"))
+os.kill(os.getpid(), signal.SIGUSR1)
+signal.signal(signal.SIGCHLD, lambda *_: seen.append("chld"))
+assert subprocess.run(["true"]).returncode == 0
+print("handled", sorted(set(seen)), flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_sessions_dropped_oldest_first_leave_the_signal_stack_mapped(tiny_model):
+    """Two sessions opened and released oldest-first, then a handled signal and a subprocess, in a
+    fresh process: with a Core per session the second release left an unmapped stack (exit -11)."""
+    run = subprocess.run([sys.executable, "-c", _SIGNAL_STACK_SCRIPT, tiny_model], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stdout, run.stderr[-2000:])
+    assert "UNMAPPED" not in run.stdout and "handled ['chld', 'usr1']" in run.stdout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,12 +172,13 @@ def test_openvino_missing_is_one_clear_error(tiny_model, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_openvino)
+    monkeypatch.setattr(openvino_core, "_core", None)   # as before the first use (the real one is kept)
     with pytest.raises(UserError, match=r"pip install 'toolkit\[openvino\]'"):
         Predictor(tiny_model, engine="openvino")
 
 
 def test_bf16_where_the_cpu_has_none_is_one_clear_error(tiny_model, monkeypatch):
-    monkeypatch.setattr(openvino_session, "_capabilities", lambda core, device: ["FP32", "INT8"])
+    monkeypatch.setattr(openvino_core, "capabilities", lambda device="CPU": ["FP32", "INT8"])
     with pytest.raises(UserError, match="no BF16 support on this machine.*--precision fp32"):
         Predictor(tiny_model, engine="openvino", precision="bf16")
 
@@ -138,7 +189,8 @@ def test_bf16_where_the_cpu_has_none_is_one_clear_error(tiny_model, monkeypatch)
     ({"engine": "tensorflow"}, "engine: 'tensorflow'; expected one of onnxruntime, openvino"),
     ({"engine": "openvino", "device": "cuda"}, "cuda and tensorrt are ONNX Runtime devices"),
     ({"engine": "openvino", "device": "npu"}, "OpenVINO sees CPU"),
-    ({"hint": "THROUGHPUT"}, "OpenVINO options"),
+    ({"threads": 2, "options": EngineOptions()}, "threads: given both as a keyword and in options="),
+    ({"options": {"device": "cpu"}}, "options: dict; expected toolkit.runtime.engines.EngineOptions"),
 ])
 def test_bad_engine_options(tiny_model, kwargs, match):
     with pytest.raises(UserError, match=match):
@@ -149,7 +201,27 @@ def test_engine_names_and_lists():
     assert engines.ENGINES == ("onnxruntime", "openvino") and engines.INFERENCE_PRECISIONS == ("fp32", "bf16")
     assert engines.parse_engines("onnxruntime,ov,openvino") == ["onnxruntime", "openvino"]
     assert engines.parse_precision(None, "openvino") == "fp32"
-    assert engines.openvino_device("gpu:1") == "GPU.1" and engines.openvino_device("auto") == "CPU"
+    assert openvino_adapter.openvino_device("gpu:1") == "GPU.1" and openvino_adapter.openvino_device("auto") == "CPU"
+    assert engines.adapter_for("ov").name == "openvino" and engines.engines_with("bf16") == ["openvino"]
+    assert engines.reference_engine() == "onnxruntime"
+
+
+def test_one_options_object_for_every_engine(tiny_model):
+    """OpenVINO's settings travel in the same object to every engine; ONNX Runtime ignores them (no
+    special case), OpenVINO applies them and reads them back; the simple keywords and options= don't mix."""
+    options = EngineOptions(threads=2, openvino=OpenVinoOptions(hint="THROUGHPUT", streams=2))
+    ort_p = Predictor(tiny_model, options=options)
+    assert ort_p.engine_info.threads == 2 and ort_p.engine_info.hint is None
+    ov_p = Predictor(tiny_model, engine="openvino", options=options)
+    info = ov_p.engine_info
+    assert (info.engine, info.hint, info.streams, info.threads) == ("openvino", "THROUGHPUT", 2, 2)
+    assert (info.device_asked, info.device, info.precision_asked, info.precision) == ("auto", "CPU", "fp32", "fp32")
+    assert info.version == ov.__version__.split("-")[0] and ov_p.session.optimal_requests == info.requests
+    assert isinstance(ov_p.session, Engine) and isinstance(ort_p.session, Engine)
+    np.testing.assert_allclose(ov_p.logits(batch()), ort_p.logits(batch()), rtol=1e-4, atol=1e-4)
+    with pytest.raises(UserError, match="hint: 'FAST'; expected one of LATENCY, THROUGHPUT"):
+        OpenVinoOptions(hint="FAST")
+    assert EngineOptions().for_serving().openvino.hint == "THROUGHPUT"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 
-from toolkit.errors import UserError
 from toolkit.export.parity import Gate
 from toolkit.export.plan import ExportJob
 from toolkit.export.staging import Staging, final_path
@@ -25,35 +24,32 @@ __all__ = ["require_bf16", "bf16_check"]
 
 
 def require_bf16() -> None:
-    """Before any slow work: openvino is installed and its CPU can compute in bf16 (else a UserError)."""
-    from toolkit.runtime.openvino_session import _capabilities, _import_openvino
+    """Before any slow work: the bf16 engine is installed and its CPU can compute in bf16 (else a UserError)."""
+    from toolkit.runtime.engines import adapter_for, engines_with
 
-    ov = _import_openvino()
-    caps = _capabilities(ov.Core(), "CPU")
-    if "BF16" not in caps:
-        raise UserError(f"--bf16-check: OpenVINO's CPU has no BF16 support on this machine (it offers "
-                        f"{', '.join(caps)}; BF16 needs AVX-512 BF16 or AMX); drop --bf16-check")
+    adapter_for(engines_with("bf16")[0]).require("bf16", "cpu", where="--bf16-check", fix="drop --bf16-check")
 
 
 def bf16_check(job: ExportJob, staging: Staging, gate: Gate) -> dict:
     """Judge the staged FP32 file on OpenVINO bf16 against PyTorch FP32; returns the gate's numbers."""
-    from toolkit.runtime.openvino_session import open_openvino
+    from toolkit.runtime.engines import EngineOptions, engines_with, open_engine
 
     t = time.perf_counter()
-    session = open_openvino(staging.files["fp32"], device="CPU", precision="bf16")
+    engine = open_engine(staging.files["fp32"], engines_with("bf16")[0], EngineOptions(device="cpu", precision="bf16"))
+    info = engine.describe()
     refs, gots, kinds = [], [], []
     for i, case in enumerate(gate.cases):
         key = (i, False)   # the same cache entries the FP32 gate filled
         if key not in gate.ref_cache:
             gate.ref_cache[key] = torch_logits(gate.model, case["x"])
         refs.append(gate.ref_cache[key])
-        gots.append(np.asarray(session.run(["logits"], {"input": case["x"]})[0], np.float32))
+        gots.append(np.asarray(engine.run({"input": case["x"]}, ["logits"])[0], np.float32))
         kinds += [case["kind"]] * len(case["x"])
     result = compare_centred(np.concatenate(refs), np.concatenate(gots))
-    result.update({"engine": "openvino", "device": session.device, "inference_precision": session.inference_precision,
+    result.update({"engine": info.engine, "device": info.device, "inference_precision": info.precision,
                    "real_inputs": kinds.count("real"), "random_inputs": kinds.count("random"),
-                   "compile_s": round(session.compile_s, 3)})
+                   "compile_s": round(info.load_s, 3)})
     judge_bf16(result, final_path(job.path, "fp32"), "PyTorch FP32")
     job.timings["bf16_check_s"] = time.perf_counter() - t
-    job.say(f"bf16 check (OpenVINO {session.device}): {bf16_line(result)}")
+    job.say(f"bf16 check ({info.provider}): {bf16_line(result)}")
     return result

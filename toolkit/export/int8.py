@@ -25,7 +25,7 @@ from toolkit.export.options import CALIB_METHODS
 from toolkit.export.plan import ExportJob, base_metadata
 from toolkit.export.quantize import Int8Setting, Prepared, calibration_reader, prepare, quantize
 from toolkit.export.staging import Staging, check_file
-from toolkit.runtime.onnx_eval import cpu_session, load_pixels, run_logits
+from toolkit.runtime.onnx_eval import engine_session, load_pixels, run_logits
 from toolkit.runtime.onnx_eval import report as accuracy_report
 
 
@@ -108,7 +108,7 @@ def _scoring(job: ExportJob, staging: Staging, data, split: str) -> Scoring:
     pixels, targets, _ = load_pixels(items, job.preprocess, job.recipe.data.max_pixels)
     if len(pixels) == 0:
         raise UserError(f"--int8: none of the {len(items)} {split} images could be read")
-    logits = run_logits(cpu_session(staging.files["fp32"]), pixels, job.preprocess, False)
+    logits = run_logits(engine_session(staging.files["fp32"], None, "cpu", None), pixels, job.preprocess, False)
     return Scoring(split=split, pixels=pixels, targets=targets, fp32_logits=logits,
                    fp32=accuracy_report(logits, targets, job.labels))
 
@@ -120,7 +120,7 @@ def _attempt(job: ExportJob, staging: Staging, prepared: Prepared, setting: Int8
     path = os.path.join(prepared.work_dir, f"candidate-{setting.calib_method}-{int(setting.per_channel)}"
                                            f"-{int(setting.fp32_edges)}.onnx")
     quantize(prepared, setting, calibration_reader(calib, job.preprocess), path, staging.ir_version)
-    session = cpu_session(path)
+    session = engine_session(path, None, "cpu", None)   # the default engine: ONNX Runtime
     logits = run_logits(session, scoring.pixels, job.preprocess, False)
     del session
     acc = accuracy_report(logits, scoring.targets, job.labels)

@@ -18,6 +18,7 @@ import numpy as np
 
 from toolkit.errors import UserError
 from toolkit.runtime.bf16_gate import bf16_line, compare_centred, judge_bf16
+from toolkit.runtime.engines import reference_engine
 
 __all__ = ["fp32_reference_path", "versus_onnxruntime", "versus_line", "DEFAULT_INT8_BUDGET"]
 
@@ -52,7 +53,7 @@ def versus_onnxruntime(model_path: str, precision: str, inference_precision: str
     ref = np.asarray(run_reference(ref_path), np.float32)
     top1 = float((logits.argmax(1) == targets).mean() * 100)
     ref_top1 = float((ref.argmax(1) == targets).mean() * 100)
-    out = {"reference": {"file": ref_path, "engine": "onnxruntime", "precision": "fp32", "top1": round(ref_top1, 3)},
+    out = {"reference": {"file": ref_path, "engine": reference_engine(), "precision": "fp32", "top1": round(ref_top1, 3)},
            "top1": round(top1, 3), "top1_change": round(top1 - ref_top1, 3),
            "top1_agreement": float((logits.argmax(1) == ref.argmax(1)).mean()),
            "max_abs_logit_diff": float(np.abs(logits - ref).max()) if len(ref) else 0.0}

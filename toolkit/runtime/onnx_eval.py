@@ -4,8 +4,9 @@
 metadata, loads the split with toolkit.train.data (imported lazily: the data side needs torch), runs every
 image through the same `Preprocess` the Predictor uses and reports top-1, top-5, per-class accuracy and
 the confusion matrix. The export's INT8 accuracy budget uses the same functions, so the gate and
-`toolkit evaluate MODEL.onnx` can't disagree. With engine="openvino" the same pixels also run through the
-FP32 file on ONNX Runtime, and the accuracy change and its gates are reported (toolkit.runtime.engine_eval).
+`toolkit evaluate MODEL.onnx` can't disagree. On any engine other than the reference one (ONNX Runtime, where
+the export gates ran; e.g. engine="openvino") the same pixels also run through the FP32 file on the reference,
+and the accuracy change and its gates are reported (toolkit.runtime.engine_eval).
 Light module: no torch at import time.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from toolkit import contract
 from toolkit.datasets import SPLITS
 from toolkit.errors import UserError
 from toolkit.preprocess import ImageError, Preprocess
-from toolkit.runtime.engines import openvino_device, parse_engine, parse_precision
+from toolkit.runtime.engines import EngineOptions, open_engine, reference_engine
 
 
 
@@ -61,15 +62,12 @@ def cpu_session(model: Any, threads: Optional[int] = None, device: str = "cpu"):
     return session
 
 
-def engine_session(model: str, threads: Optional[int], device: str, engine: str, precision: Optional[str]):
-    """A session of `engine` for evaluation: cpu_session on ONNX Runtime, else an OpenVinoSession (LATENCY)."""
-    engine = parse_engine(engine)
-    precision = parse_precision(precision, engine)
-    if engine == "onnxruntime":
-        return cpu_session(model, threads, device)
-    from toolkit.runtime.openvino_session import open_openvino
-
-    return open_openvino(model, device=openvino_device(device), precision=precision, threads=threads)
+def engine_session(model: str, threads: Optional[int], device: str, engine: Optional[str],
+                   precision: Optional[str] = None):
+    """An engine adapter (toolkit.runtime.engines) for evaluation. device "auto" is the CPU here, as in
+    cpu_session: accuracy doesn't depend on the device, and the CPU is what the export gates use."""
+    device = "cpu" if str(device or "auto").lower() == "auto" else device
+    return open_engine(model, engine, EngineOptions(device=device, threads=threads, precision=precision))
 
 
 def read_metadata(session_or_path: Any) -> dict:
@@ -106,15 +104,15 @@ def model_input(pixels: np.ndarray, preprocess: Preprocess, raw: bool) -> np.nda
     return np.ascontiguousarray(pixels) if raw else preprocess.normalize(pixels)
 
 
-def run_logits(session, pixels: np.ndarray, preprocess: Preprocess, raw: bool,
+def run_logits(engine, pixels: np.ndarray, preprocess: Preprocess, raw: bool,
                batch_size: int = 32) -> np.ndarray:
-    """Logits (float32 N x classes) of `session` over uint8 pixels, in batches."""
-    name = session.get_inputs()[0].name
+    """Logits (float32 N x classes) of an engine adapter (toolkit.runtime.engines) over uint8 pixels, in batches."""
+    name = engine.inputs[0].name
     out = []
     for start in range(0, len(pixels), max(1, int(batch_size))):
         batch = model_input(pixels[start:start + batch_size], preprocess, raw)
-        out.append(np.asarray(session.run(["logits"], {name: batch})[0], np.float32))
-    n_classes = session.get_outputs()[0].shape[1]
+        out.append(np.asarray(engine.run({name: batch}, ["logits"])[0], np.float32))
+    n_classes = engine.outputs[0].shape[1]
     return np.concatenate(out) if out else np.zeros((0, n_classes if isinstance(n_classes, int) else 0),
                                                      np.float32)
 
@@ -157,7 +155,7 @@ def _label_map(data_labels: list, model_labels: list, model_path: str) -> np.nda
 
 def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str = "val",
                   batch_size: int = 32, limit: Optional[int] = None, threads: Optional[int] = None,
-                  device: str = "cpu", quiet: bool = True, engine: str = "onnxruntime",
+                  device: str = "cpu", quiet: bool = True, engine: Optional[str] = None,
                   precision: Optional[str] = None) -> dict:
     """Top-1 / top-5 (in %), per-class accuracy, confusion matrix and n of an ONNX export on a split.
 
@@ -165,15 +163,16 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     model's metadata (the data it was trained on). Labels and preprocessing always come from the model.
     The dataset is not pre-scanned; unreadable images are skipped and listed under "skipped".
     limit: evaluate only the first N images of the split. quiet=False prints the formatted report.
-    engine: onnxruntime or openvino; precision: fp32 or bf16 (openvino only; None: fp32). On OpenVINO the
-    report gains "vs_onnxruntime" (toolkit.runtime.engine_eval), and a failed bf16 / int8 gate is a UserError.
+    engine: onnxruntime or openvino; precision: fp32 or bf16 (openvino only; None: fp32). On an engine other
+    than the reference the report gains "vs_onnxruntime" (toolkit.runtime.engine_eval), and a failed bf16 /
+    int8 gate is a UserError.
     """
     if split not in SPLITS:
         raise UserError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
     if not os.path.isfile(str(model_path)):
         raise UserError(f"{model_path}: no such model file; expected an .onnx file from toolkit export")
     session = engine_session(str(model_path), threads, device, engine, precision)
-    model = contract.from_session(session, str(model_path))
+    model = contract.from_props(session.metadata(), str(model_path))
     meta = model.meta
     recipe = _resolve_recipe(recipe_path_or_recipe, meta, str(model_path))
     preprocess = Preprocess.from_dict(model.preprocess)
@@ -198,30 +197,24 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
                         f"(first: {skipped[0][1] if skipped else 'none'})")
     logits = run_logits(session, pixels, preprocess, raw, batch_size)
     out = report(logits, to_model[targets], labels)
+    info = session.describe()
     out.update({"model": str(model_path), "split": split, "precision": model.precision,
                 "seconds": round(time.perf_counter() - start, 3), "skipped": skipped,
-                **_engine_fields(session, model.precision)})
-    if out["engine"] == "openvino":
+                "engine": info.engine, "provider": info.provider, "inference_precision": info.precision})
+    if not session.reference:
         from toolkit.runtime.engine_eval import versus_onnxruntime
 
         out["vs_onnxruntime"] = versus_onnxruntime(
             str(model_path), model.precision, out["inference_precision"], logits, to_model[targets],
-            lambda path: run_logits(cpu_session(path, threads), pixels, preprocess, raw, batch_size))
+            lambda path: run_logits(engine_session(path, threads, "cpu", reference_engine()), pixels, preprocess,
+                                    raw, batch_size))
     if not quiet:
         from toolkit.metrics import format_report
 
-        runs_on = f", {out['provider']} {out['inference_precision']}" if out["engine"] == "openvino" else ""
+        runs_on = "" if session.reference else f", {info.runs_on}"
         print(format_report(out, title=f"{model_path} on {split} ({model.precision}{runs_on})"))
-        if out["engine"] == "openvino":
+        if not session.reference:
             from toolkit.runtime.engine_eval import versus_line
 
             print(versus_line(out))
     return out
-
-
-def _engine_fields(session, file_precision: str) -> dict:
-    """engine, provider and inference precision of an evaluation session (read back on OpenVINO)."""
-    provider = session.get_providers()[0]
-    if hasattr(session, "inference_precision"):   # an OpenVinoSession
-        return {"engine": "openvino", "provider": provider, "inference_precision": session.inference_precision}
-    return {"engine": "onnxruntime", "provider": provider, "inference_precision": file_precision}

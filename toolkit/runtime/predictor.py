@@ -9,11 +9,10 @@ The model file carries its labels and its exact eval preprocessing (the ONNX fil
 toolkit.contract); the Predictor rebuilds that preprocessing with `toolkit.preprocess`, the same code
 training evaluation uses, so nothing is written twice.
 
-`Predictor.provider` is the execution provider that actually runs, read from the session after it
-was created (toolkit.runtime.session). `engine="openvino"` runs the same file on OpenVINO instead
-(toolkit.runtime.openvino_session; `precision="bf16"` there); its device and inference precision are
-read back from the compiled model. Never import torch, torchvision, albumentations or cv2 here
-(tests/test_layout.py checks it).
+The model runs on an engine adapter (toolkit.runtime.engines: ONNX Runtime by default, `engine="openvino"`
+for OpenVINO, `precision="bf16"` there), opened with one EngineOptions; `Predictor.provider`,
+`engine_device` and `inference_precision` are read back from it (`engine_info`, its describe()), never
+assumed. Never import torch, torchvision, albumentations or cv2 here (tests/test_layout.py checks it).
 """
 from __future__ import annotations
 
@@ -27,10 +26,27 @@ import numpy as np
 from toolkit import contract
 from toolkit.errors import UserError
 from toolkit.preprocess import DEFAULT_MAX_PIXELS, FOLDER_FORMATS, ImageError, Preprocess
-from toolkit.runtime.engines import openvino_device, parse_engine, parse_hint, parse_precision
-from toolkit.runtime.session import DEVICES, ORT_TYPES, open_session
+from toolkit.runtime.engines import EngineOptions, open_engine, parse_engine
+from toolkit.runtime.session import DEVICES
 
 __all__ = ["Predictor", "DEVICES", "ImageError"]
+
+# the input dtypes a toolkit export has (numpy names, as engines.Port gives them)
+_INPUT_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "float64": np.float64}
+_DEFAULTS = {"device": "auto", "threads": None, "precision": None, "allow_fallback": False}
+
+
+def _engine_options(options: EngineOptions | None, **keywords) -> EngineOptions:
+    """The one options object: `options` as given, or built from the simple keywords (not both)."""
+    if options is None:
+        return EngineOptions(**keywords)
+    if not isinstance(options, EngineOptions):
+        raise UserError(f"options: {type(options).__name__}; expected toolkit.runtime.engines.EngineOptions")
+    given = [k for k, v in keywords.items() if v != _DEFAULTS[k]]
+    if given:
+        raise UserError(f"{' / '.join(given)}: given both as a keyword and in options=; expected one of the two "
+                        "(put them in the EngineOptions)")
+    return options
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -53,66 +69,51 @@ class Predictor:
     Attributes: `labels`, `preprocess` (toolkit.preprocess.Preprocess), `provider` (the provider that
     actually runs), `providers` (the session's full list), `sha256` (of the model file, computed on
     first use), `input_spec` (dict), `raw` (uint8 NHWC input), `metadata` (JSON-decoded dict),
-    `precision` (the FILE's precision, from its metadata), `outputs`, `session` (the
-    onnxruntime.InferenceSession, or an OpenVinoSession), `contract` (the checked
-    toolkit.contract.ModelContract of the file).
+    `precision` (the FILE's precision, from its metadata), `outputs`, `session` (the engine adapter,
+    toolkit.runtime.engines.Engine: run / describe), `contract` (the checked toolkit.contract.ModelContract).
 
-    Engine: `engine` ("onnxruntime" or "openvino"), `engine_device` (the device that runs: CPU, CUDA,
-    TensorRT on ORT; OpenVINO's EXECUTION_DEVICES), `inference_precision` (what floating-point layers
-    compute in: on ORT the file's precision; on OpenVINO its read-back INFERENCE_PRECISION_HINT).
-    precision=None is fp32 on both engines (OpenVINO's own bf16 default is not inherited: a file runs as
-    it was gated). `hint` (LATENCY / THROUGHPUT) and `cache_dir` (its model cache) are OpenVINO's only.
+    Engine: `engine` ("onnxruntime" or "openvino"), `engine_info` (the adapter's describe(): what was asked
+    against what runs), `engine_device` (the device that runs: CPU, CUDA, TensorRT on ORT; OpenVINO's
+    EXECUTION_DEVICES), `inference_precision` (what floating-point layers compute in: on ORT the file's
+    precision; on OpenVINO its read-back INFERENCE_PRECISION_HINT). precision=None is fp32 on both engines
+    (OpenVINO's own bf16 default is not inherited: a file runs as it was gated). `device`, `threads`,
+    `precision` and `allow_fallback` are the simple forms of `options` (an EngineOptions, which also
+    carries engine-specific settings such as OpenVinoOptions(hint, streams, cache_dir)); give one or the other.
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
                  allow_fallback: bool = False, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 formats: Iterable[str] = FOLDER_FORMATS, engine: str = "onnxruntime", precision: str | None = None,
-                 hint: str | None = None, cache_dir: str | None = None):
+                 formats: Iterable[str] = FOLDER_FORMATS, engine: str | None = None, precision: str | None = None,
+                 options: EngineOptions | None = None):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise UserError(f"{self.path}: no such file; expected an ONNX model written by toolkit export "
                             "(exports/<name>.onnx)")
         if os.path.isdir(self.path):
             raise UserError(f"{self.path}: is a folder; expected an ONNX model file (exports/<name>.onnx)")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise UserError(f"threads: {threads!r}; expected a positive whole number (or leave it unset)")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size: {batch_size!r}; expected a positive whole number")
-        self.device = device
-        self.threads = threads
+        self.options = _engine_options(options, device=device, threads=threads, precision=precision,
+                                       allow_fallback=allow_fallback)
+        self.device, self.threads = self.options.device, self.options.threads
         self.batch_size = batch_size
         self.max_pixels = int(max_pixels)
         self.formats = tuple(formats)
         self._sha256: str | None = None
 
         self.engine = parse_engine(engine)
-        self.session = self._open_session(precision, hint, cache_dir, allow_fallback)
-        self.providers = list(self.session.get_providers())
-        self.provider = self.providers[0]
+        self.session = open_engine(self.path, self.engine, self.options)
+        self.engine_info = self.session.describe()
+        self.providers = list(self.engine_info.providers)
+        self.provider = self.engine_info.provider
+        self.engine_device = self.engine_info.device
+        self.inference_precision = self.engine_info.precision
         self._read_metadata()
-        if self.engine == "openvino":
-            self.engine_device = self.session.device
-            self.inference_precision = self.session.inference_precision
-        else:
-            self.engine_device = self.provider.replace("ExecutionProvider", "").replace("Tensorrt", "TensorRT")
-            self.inference_precision = self.precision
-
-    def _open_session(self, precision: str | None, hint: str | None, cache_dir: str | None, allow_fallback: bool):
-        """The engine's session; bad engine options are a UserError before anything is loaded."""
-        wanted = parse_precision(precision, self.engine)
-        if self.engine == "onnxruntime":
-            if hint is not None or cache_dir is not None:
-                raise UserError("hint / cache_dir: OpenVINO options; expected engine='openvino' to use them")
-            return open_session(self.path, self.device, self.threads, allow_fallback)
-        from toolkit.runtime.openvino_session import open_openvino
-
-        return open_openvino(self.path, device=openvino_device(self.device), precision=wanted,
-                             threads=self.threads, hint=parse_hint(hint), cache_dir=cache_dir)
 
     # ---- metadata ------------------------------------------------------------------------
     def _read_metadata(self) -> None:
         """The file's contract (toolkit.contract) checked against the graph the session loaded."""
-        model = contract.from_session(self.session, self.path)
+        model = contract.from_props(self.session.metadata(), self.path)
         self.contract = model
         self.metadata = model.meta
         self.labels: list[str] = model.labels
@@ -123,35 +124,35 @@ class Predictor:
 
     def _read_input(self, spec: dict | None) -> None:
         where = self.path
-        inputs = self.session.get_inputs()
+        inputs = self.session.inputs
         if len(inputs) != 1:
             raise UserError(f"{where}: model has {len(inputs)} inputs; expected one image input")
         sess_in = inputs[0]
         self.input_name = sess_in.name
-        self._input_dtype = ORT_TYPES.get(sess_in.type)
+        self._input_dtype = _INPUT_DTYPES.get(sess_in.dtype)
         if self._input_dtype is None:
-            raise UserError(f"{where}: model input type {sess_in.type}; expected float32, float16 or uint8")
+            raise UserError(f"{where}: model input type {sess_in.dtype}; expected float32, float16 or uint8")
         if spec is None:
             raw = self._input_dtype == np.uint8
             spec = {"name": sess_in.name, "dtype": "uint8" if raw else "float32",
                     "layout": "NHWC" if raw else "NCHW", "shape": list(sess_in.shape), "raw": raw}
         self.raw = bool(spec.get("raw", False)) or spec.get("dtype") == "uint8"
         if self.raw != (self._input_dtype == np.uint8):
-            raise UserError(f"{where}: input metadata says raw={self.raw} but the graph input is {sess_in.type}; "
+            raise UserError(f"{where}: input metadata says raw={self.raw} but the graph input is {sess_in.dtype}; "
                             "the file was edited after export")
         self.input_spec = spec
         c = self.preprocess.crop
         expect = ["?", c, c, 3] if self.raw else ["?", 3, c, c]
         for got, want in zip(list(sess_in.shape)[1:], expect[1:]):
             if isinstance(got, int) and got != want:
-                raise UserError(f"{where}: graph input shape {sess_in.shape} does not match the preprocessing "
+                raise UserError(f"{where}: graph input shape {list(sess_in.shape)} does not match the preprocessing "
                                 f"crop {c} ({'NHWC' if self.raw else 'NCHW'}); expected {expect}")
 
     def _read_outputs(self) -> None:
-        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.outputs = [o.name for o in self.session.outputs]
         self._logits_name = "logits" if "logits" in self.outputs else self.outputs[0]
         self._probs_name = "probabilities" if "probabilities" in self.outputs else None
-        out_shape = self.session.get_outputs()[self.outputs.index(self._logits_name)].shape
+        out_shape = self.session.outputs[self.outputs.index(self._logits_name)].shape
         if len(out_shape) == 2 and isinstance(out_shape[1], int) and out_shape[1] != len(self.labels):
             raise UserError(f"{self.path}: the model has {out_shape[1]} outputs but {len(self.labels)} labels in its "
                             "metadata; expected one label per output")
@@ -169,9 +170,7 @@ class Predictor:
     @property
     def runs_on(self) -> str:
         """What runs, for a log line: the ORT provider, or e.g. "OpenVINO:CPU bf16" (read back)."""
-        if self.engine == "openvino":
-            return f"{self.provider} {self.inference_precision}"
-        return self.provider
+        return self.engine_info.runs_on
 
     def describe(self) -> dict:
         """Plain-JSON description (what serve-local's /v1/model shows)."""
@@ -229,7 +228,7 @@ class Predictor:
         logits_parts, prob_parts = [], []
         for start in range(0, max(len(batch), 1), self.batch_size):
             chunk = np.ascontiguousarray(batch[start:start + self.batch_size])
-            res = self.session.run(names, {self.input_name: chunk})
+            res = self.session.run({self.input_name: chunk}, names)
             logits_parts.append(np.asarray(res[0], dtype=np.float32))
             if self._probs_name:
                 prob_parts.append(np.asarray(res[1], dtype=np.float32))

@@ -4,7 +4,8 @@
 "cuda[:N]", "tensorrt[:N]"), creates the session with ORT's own console noise captured, and checks the
 provider that actually runs. Asking for CUDA (or TensorRT) where it can't load is a UserError naming the
 reason, unless the caller allows the fallback to CPU, and then it is a RuntimeWarning. "auto" means CUDA
-when it really loads, else CPU, silently. Light module: onnxruntime + numpy only.
+when it really loads, else CPU, silently. Light module: onnxruntime only. The engine adapter over it is
+toolkit.runtime.engines.onnxruntime_adapter.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import tempfile
 import threading
 import warnings
 
-import numpy as np
 import onnxruntime as ort
 
 from toolkit.errors import UserError
@@ -27,9 +27,6 @@ DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-# ONNX Runtime's input type names -> the numpy dtype a batch is cast to
-ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
-             "tensor(double)": np.float64}
 
 _native_lock = threading.Lock()   # fd-level redirection of stderr is process-wide
 _preloaded = False

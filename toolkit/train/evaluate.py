@@ -9,6 +9,7 @@ import numpy as np
 from toolkit.datasets.splits import SPLITS
 from toolkit.errors import UserError
 from toolkit.metrics import classification_report, format_report
+from toolkit.runtime.engines import DEFAULT_ENGINE
 
 
 def collect_logits(model, loader, device, autocast=None, criterion=None):
@@ -100,7 +101,7 @@ def evaluate_command(target: str | None, recipe: str | None = None, split: str =
     else:
         if not os.path.exists(target):
             raise UserError(f"{target}: no such run, checkpoint or .onnx file")
-        if engine not in (None, "onnxruntime") or precision is not None:
+        if engine not in (None, DEFAULT_ENGINE) or precision is not None:   # an engine was chosen
             raise UserError(f"--engine / --precision: for an exported .onnx file; {target} is a run or checkpoint "
                             "(evaluated with PyTorch): pass its exports/<name>.onnx instead")
         report = evaluate_checkpoint(artifacts.run_checkpoint(target), recipe=loaded_recipe, split=split,

@@ -19,7 +19,7 @@ from toolkit import artifacts
 from toolkit.errors import UserError, first_line
 from toolkit.runtime.benchmark import BackendRecord, ExtraBackends
 from toolkit.runtime.benchmark.machine import maxrss_mb
-from toolkit.runtime.benchmark.probe import first_runs, main
+from toolkit.runtime.benchmark.probe import first_runs, main, run_probe
 from toolkit.runtime.benchmark.records import E2E_TOP_K
 
 
@@ -84,10 +84,10 @@ class TorchBackend:
             if self.dev.type == "cuda":
                 torch.cuda.synchronize()
 
-    def probe_spec(self, threads: int, sizes: tuple) -> dict:
-        """What the fresh-process cold-start probe needs to rebuild this backend."""
-        return {"kind": "torch", "module": __name__, "checkpoint": self.record.file, "device": self.record.device,
-                "threads": threads, "batch_sizes": list(sizes), "compile": self.may_fail, "amp": self.amp}
+    def cold_start(self, threads: int, sizes: tuple) -> dict:
+        """probe_torch in a fresh process (torch.compile's starts with an empty inductor cache)."""
+        return run_probe({"module": __name__, "checkpoint": self.record.file, "device": self.record.device,
+                          "threads": threads, "batch_sizes": list(sizes), "compile": self.may_fail, "amp": self.amp})
 
 
 def find_checkpoint(meta: dict, model_path: str, checkpoint: Optional[str]) -> str:

@@ -15,13 +15,14 @@ number means in `timed`):
 * GFLOP/s from FLOPs counted in the ONNX graph, read against each precision's GEMM peak, measured
   once, and against the same GEMM timed inside the rounds.
 
-The modules, in the order a run uses them: options (BenchmarkOptions, the Plan), model_file (the export,
-its twins, FLOPs: flops), backends (the Backend protocol, ONNX backends, the reference GEMM), engine_parts
-(all that differs between engines), peak, probe (cold start), timing (rounds, statistics), run
-(run_benchmark: the one loop), assemble (a model's record), compare (compare_models, Pareto), records
-(the record dataclasses, their JSON Schema, validate_record), report (tables, Markdown, plots).
-The PyTorch backends live on the torch side (toolkit.train.torch_backend) and reach run_benchmark
-through its `torch_backends` argument. No torch at import time here.
+The modules, in the order a run uses them: options (BenchmarkOptions, the Plan, which engine x device x
+precision runs: asked of the engine adapters, toolkit.runtime.engines), model_file (the export, its twins,
+FLOPs), backends (the Backend protocol, ONNX backends on the adapters, the reference GEMM), peak, probe
+(cold start in a fresh process), timing (rounds, statistics), run (run_benchmark: the one loop), assemble
+(a model's record), compare (compare_models, Pareto), records (the record dataclasses, their JSON Schema,
+validate_record), report (tables, Markdown, plots). The PyTorch backends live on the torch side
+(toolkit.train.torch_backend) and reach run_benchmark through its `torch_backends` argument. No torch at
+import time here.
 """
 from toolkit.runtime.benchmark.backends import Backend, BackendLoader, ExtraBackends, synthetic_jpegs
 from toolkit.runtime.benchmark.compare import compare_models, pareto_flags

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, maxrss_mb, record_head
+from toolkit.runtime.engines import DEFAULT_ENGINE
 from toolkit.runtime.benchmark.records import (E2E_IMAGES, E2E_JPEG_QUALITY, TIMED, E2EImages, InferenceRecord,
                                                InferenceSettings, ModelInfo)
 
@@ -101,7 +102,7 @@ def _command(s, bench) -> str:
     opts, plan = bench.opts, bench.plan
     cmd = ["toolkit benchmark", s.base, "--batch-sizes", ",".join(map(str, plan.sizes)), "--precision",
            ",".join(s.precisions), "--device", ",".join(plan.devices)]
-    cmd += ["--engine", ",".join(plan.engines)] if tuple(plan.engines) != ("onnxruntime",) else []
+    cmd += ["--engine", ",".join(plan.engines)] if tuple(plan.engines) != (DEFAULT_ENGINE,) else []
     cmd += ["--torch"] if opts.torch else []
     cmd += ["--compile"] if opts.compile else []
     cmd += ["--iterations", str(opts.iterations)] if opts.iterations is not None else ["--duration", str(plan.duration)]

@@ -1,5 +1,5 @@
-"""What the rounds time: the `Backend` protocol, a Predictor per engine x precision x device (OnnxBackend),
-the reference GEMM, and the synthetic JPEGs.
+"""What the rounds time: the `Backend` protocol, a Predictor per engine x precision x device (OnnxBackend, on
+an engine adapter of toolkit.runtime.engines), the reference GEMM, and the synthetic JPEGs.
 
 The PyTorch backends (--torch, --compile) satisfy the same protocol on the torch side
 (toolkit.train.torch_backend); the CLI hands their loader to run_benchmark (`torch_backends`).
@@ -15,12 +15,12 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from toolkit.errors import UserError
-from toolkit.runtime.benchmark import engine_parts
+from toolkit.runtime.benchmark.machine import maxrss_mb
 from toolkit.runtime.benchmark.options import Combo
 from toolkit.runtime.benchmark.peak import ort_matmul_session
+from toolkit.runtime.benchmark.probe import first_runs, run_probe
 from toolkit.runtime.benchmark.records import E2E_IMAGES, E2E_JPEG_QUALITY, E2E_TOP_K, BackendRecord, Skipped
-
-INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+from toolkit.runtime.engines import EngineOptions, OpenVinoOptions, adapter_for
 
 
 class Backend(Protocol):
@@ -37,8 +37,8 @@ class Backend(Protocol):
     def run(self, mode: str) -> None:
         """One timed call of `mode` on what prepare got."""
 
-    def probe_spec(self, threads: int, sizes: tuple) -> dict:
-        """What the fresh-process cold-start probe (probe.py) needs to rebuild it."""
+    def cold_start(self, threads: int, sizes: tuple) -> dict:
+        """Its cold start and peak RSS, measured in a fresh process (probe.run_probe) at each batch size."""
 
 
 def synthetic_jpegs(count: int, size: tuple = E2E_IMAGES["end_to_end"], seed: int = 0) -> list:
@@ -59,7 +59,7 @@ def synthetic_jpegs(count: int, size: tuple = E2E_IMAGES["end_to_end"], seed: in
 
 
 class OnnxBackend:
-    """A Predictor on one engine x precision x device; on CUDA, model-only calls use IO binding."""
+    """A Predictor on one engine x precision x device (the engine's adapter: IO binding on a GPU, read-back)."""
 
     modes = ("model", "end_to_end", "end_to_end_12mp")
     may_fail = False
@@ -67,59 +67,64 @@ class OnnxBackend:
     def __init__(self, info: dict, combo: Combo, threads: int, max_batch: int, cache_dir: Optional[str] = None):
         from toolkit.runtime.predictor import Predictor
 
-        self.combo, self.threads = combo, threads
+        self.combo = combo
+        options = EngineOptions(device=combo.device, threads=threads, precision=combo.inference_precision,
+                                openvino=OpenVinoOptions(cache_dir=cache_dir))
         t = time.perf_counter()
         try:  # the Predictor owns provider truth: asking for CUDA where it can't load is a UserError there
-            self.predictor = Predictor(info["path"], device=combo.device, threads=threads, batch_size=max_batch,
-                                       engine=combo.engine,
-                                       **engine_parts.predictor_options(combo.engine, combo.inference_precision, cache_dir))
+            self.predictor = p = Predictor(info["path"], batch_size=max_batch, engine=combo.engine, options=options)
         except UserError as exc:
             if combo.device == "cpu":
                 raise
             msg = re.sub(r",? or pass allow_fallback=True / --allow-fallback to run on \w+$", "", str(exc))
             raise UserError(f"--device {combo.device}: {msg}; or leave {combo.device} out of --device") from None
         self.session_s = time.perf_counter() - t
-        p = self.predictor
-        options, provider_options = engine_parts.read_back(p, threads)
+        e = p.engine_info
         self.record = BackendRecord(
             key=combo.key, backend=combo.engine, engine=p.engine, engine_device=p.engine_device,
             inference_precision=p.inference_precision, device=combo.device, precision=combo.precision,
             provider=p.provider, providers=list(p.providers), file=info["path"], file_bytes=info["file_bytes"],
-            flops_per_image=info["flops"]["flops"], flops_by_op=info["flops"]["by_op"], session_options=options,
-            provider_options=provider_options)
-        inp = p.session.get_inputs()[0]
-        self.in_name, self.in_dtype = inp.name, INPUT_DTYPES.get(inp.type, np.float32)
-        outs = [o.name for o in p.session.get_outputs()]
+            flops_per_image=info["flops"]["flops"], flops_by_op=info["flops"]["by_op"],
+            session_options=dict(e.session_options), provider_options=dict(e.provider_options))
+        inp, outs = p.session.inputs[0], [o.name for o in p.session.outputs]
+        self.in_name, self.in_dtype = inp.name, np.dtype(inp.dtype)
         self.out_names = ["logits"] if "logits" in outs else outs[:1]
-        self.device_id = int(provider_options.get(p.provider, {}).get("device_id", 0) or 0)
-        self.on_gpu = p.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-        self.binding = None
 
-    def probe_spec(self, threads: int, sizes: tuple) -> dict:
-        return {"kind": self.combo.engine, "path": self.record.file, "device": self.combo.device, "threads": threads,
+    def cold_start(self, threads: int, sizes: tuple) -> dict:
+        spec = {"path": self.record.file, "engine": self.combo.engine, "device": self.combo.device, "threads": threads,
                 "batch_sizes": list(sizes), "precision": self.combo.precision}
+        probe, cache = adapter_for(self.combo.engine).cold_starts(spec, run_probe)  # OpenVINO: its model cache too
+        return {**probe, "model_cache": cache} if cache is not None and "error" not in probe else probe
 
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
         x = pixels if self.predictor.raw else self.predictor.preprocess.normalize(pixels)
         self.x = np.ascontiguousarray(x.astype(self.in_dtype, copy=False))
         self.jpegs = jpegs
-        if self.on_gpu:
-            import onnxruntime as ort
-
-            self.x_dev = ort.OrtValue.ortvalue_from_numpy(self.x, "cuda", self.device_id)
-            self.binding = self.predictor.session.io_binding()
-            self.binding.bind_ortvalue_input(self.in_name, self.x_dev)
-            for name in self.out_names:
-                self.binding.bind_output(name, "cuda", self.device_id)
+        self.call = self.predictor.session.prepared({self.in_name: self.x}, self.out_names)  # on a GPU: IO binding
 
     def run(self, mode: str) -> None:
-        if mode != "model":
-            self.predictor.predict(self.jpegs[mode], top_k=E2E_TOP_K)
-        elif self.binding is not None:
-            self.predictor.session.run_with_iobinding(self.binding)
-            self.binding.synchronize_outputs()
+        if mode == "model":
+            self.call()
         else:
-            self.predictor.session.run(self.out_names, {self.in_name: self.x})
+            self.predictor.predict(self.jpegs[mode], top_k=E2E_TOP_K)
+
+
+def probe_onnx(spec: dict) -> dict:
+    """The cold-start probe in a fresh interpreter (`python -m toolkit.runtime.benchmark --probe SPEC`): one
+    OnnxBackend (ORT's session, OpenVINO's read + compile: compile_s), then the first inference per batch
+    size and the memory (probe.first_runs)."""
+    t0 = time.perf_counter()
+    from toolkit.runtime.predictor import Predictor  # noqa: F401 - its import counts in import_s
+    out: dict = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
+    info = {"path": spec["path"], "file_bytes": None, "flops": {"flops": 0, "by_op": {}}}
+    b = OnnxBackend(info, Combo(spec["engine"], spec["device"], spec["precision"]), spec["threads"],
+                    max(spec["batch_sizes"]), spec.get("cache_dir"))
+    out.update(session_s=b.session_s, provider=b.record.provider, compile_s=b.predictor.engine_info.load_s)
+    crop = b.predictor.preprocess.crop
+
+    def make(n):
+        b.prepare(n, np.random.default_rng(0).integers(0, 256, (n, crop, crop, 3), dtype=np.uint8), {})
+    return first_runs(spec, out, make, lambda _: b.run("model"))
 
 
 class GemmReference:

@@ -14,8 +14,7 @@ from typing import Any, Optional
 
 from toolkit.errors import UserError
 from toolkit.parsing import parse_list
-from toolkit.runtime.engines import parse_engines
-from toolkit.runtime.benchmark.engine_parts import why_not
+from toolkit.runtime.engines import INFERENCE_PRECISIONS, adapter_for, engines_with, parse_engines
 from toolkit.runtime.benchmark.machine import physical_cores
 from toolkit.runtime.benchmark.records import DEVICES, MODES, PRECISIONS, Skipped
 from toolkit.runtime.benchmark.timing import DEFAULT_DURATION_S, DEFAULT_ROUNDS
@@ -75,6 +74,18 @@ class Combo:
 def file_precision(precision: str) -> str:
     """Which file a precision reads: fp32 (the export), fp16 or int8 (its twins); bf16 reads the FP32 file."""
     return "fp32" if precision == "bf16" else precision
+
+
+def why_not(engine: str, device: str, precision: str) -> Optional[str]:
+    """Why `engine` can't run this device x precision here, or None when it can (its adapter says)."""
+    adapter = adapter_for(engine)
+    if precision in INFERENCE_PRECISIONS and precision not in adapter.inference_precisions:
+        return (f"{engine} has no {precision} inference precision (it runs a file as exported); {precision} runs "
+                f"on --engine {' or '.join(engines_with(precision))}")
+    if not adapter.supports_device(device):
+        able = [e for e in engines_with("fp32") if adapter_for(e).supports_device(device)]
+        return f"{engine} has no {device} device; {device} runs on --engine {' or '.join(able) or 'none here'}"
+    return None
 
 
 def plan_combos(engines: tuple, devices: tuple, precisions: tuple) -> tuple[list, list]:

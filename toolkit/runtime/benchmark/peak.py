@@ -21,8 +21,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from toolkit.errors import first_line
-from toolkit.runtime.benchmark import engine_parts
 from toolkit.runtime.benchmark.records import Peak
+from toolkit.runtime.engines import adapter_for
 
 PEAK_MATRIX = {"cpu": 2048, "cuda": 8192}  # square GEMM sizes for the peak measurement
 EXTRA_PEAKS = {"cpu": ("bf16", "int8"), "cuda": ("fp16",)}  # measured when rows of that precision run
@@ -145,8 +145,8 @@ def _candidates(kind: str, precision: str, n: int, threads: int, engines: tuple)
         blas = []  # the BLAS's name, which the fresh process prints beside its figure
         out.append(_candidate("numpy", lambda: blas.append(_fresh_process_gflops("numpy", n, threads)) or blas[0][0]))
         out[-1]["engine"] += f" ({blas[0][1]})" if blas else ""
-    out += [_candidate(label, fn) for label, fn in engine_parts.gemm_candidates(engines, precision, n, threads,
-                                                                                  time_best)]
+    out += [_candidate(label, lambda m=measure: m(n, threads, time_best))  # each engine's own GEMM (OpenVINO's)
+            for engine in engines for label, measure in adapter_for(engine).gemm_peaks(precision)]
     if precision == "bf16" and importlib.util.find_spec("torch") is not None:
         out.append(_candidate("torch matmul bf16 (oneDNN)", lambda: _fresh_process_gflops("torch", n, threads)[0]))
     return out

@@ -1,9 +1,8 @@
 """Cold start and peak RSS, measured in a fresh Python process per backend.
 
-`python -m toolkit.runtime.benchmark --probe SPEC` runs the ONNX-file probe (ONNX Runtime or OpenVINO,
-spec["kind"]; spec["cache_dir"]: OpenVINO's model cache); a backend from elsewhere names its own
-module in spec["module"] (the PyTorch one: toolkit.train.torch_backend, which reuses `first_runs` and
-`main`). Each prints one JSON line; `run_probe` starts the right one and reads it back.
+run_probe starts `python -m <spec["module"]> --probe SPEC` (default this package: backends.probe_onnx, ONNX
+Runtime or OpenVINO; the PyTorch one: toolkit.train.torch_backend). The probe builds its backend,
+calls first_runs and prints one JSON line (main); run_probe reads it back.
 """
 from __future__ import annotations
 
@@ -16,12 +15,7 @@ import tempfile
 import time
 from typing import Callable
 
-import numpy as np
-
-from toolkit.runtime.benchmark import engine_parts
-from toolkit.runtime.benchmark.backends import OnnxBackend
 from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, maxrss_mb
-from toolkit.runtime.benchmark.options import Combo
 
 
 def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
@@ -37,23 +31,6 @@ def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
     if spec["device"] != "cpu":
         out["gpu_mem_mb"] = gpu_mem_of_pid(os.getpid())
     return out
-
-
-def probe_onnx(spec: dict) -> dict:
-    """Runs in a fresh interpreter: one OnnxBackend (ORT's session, or OpenVINO's compile), then the first
-    inference per batch size and the memory."""
-    t0 = time.perf_counter()
-    from toolkit.runtime.predictor import Predictor  # noqa: F401 - its import counts in import_s
-    out: dict = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
-    info = {"path": spec["path"], "file_bytes": None, "flops": {"flops": 0, "by_op": {}}}
-    b = OnnxBackend(info, Combo(spec["kind"], spec["device"], spec["precision"]), spec["threads"],
-                    max(spec["batch_sizes"]), spec.get("cache_dir"))
-    out.update(session_s=b.session_s, provider=b.record.provider, **engine_parts.probe_extras(b.predictor))
-    crop = b.predictor.preprocess.crop
-
-    def make(n):
-        b.prepare(n, np.random.default_rng(0).integers(0, 256, (n, crop, crop, 3), dtype=np.uint8), {})
-    return first_runs(spec, out, make, lambda _: b.run("model"))
 
 
 def run_probe(spec: dict, timeout: float = 3600) -> dict:
@@ -87,7 +64,7 @@ def _rounded(value):
     return round(value, 4) if isinstance(value, float) else value
 
 
-def main(argv: list, probe: Callable[[dict], dict] = probe_onnx) -> None:
+def main(argv: list, probe: Callable[[dict], dict]) -> None:
     """The `--probe SPEC` entry point of a fresh process."""
     if len(argv) >= 2 and argv[0] == "--probe":
         print(json.dumps(_rounded(probe(json.loads(argv[1])))))

@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 
 from toolkit.artifacts import atomic_path, atomic_write
 from toolkit.errors import first_line
+from toolkit.runtime.engines import DEFAULT_ENGINE
 
 _COLUMNS = ("backend", "precision", "device", "mode", "batch", "img/s (min-max)", "p50 ms", "p90 ms", "p95 ms",
             "p99 ms", "ms/img", "GFLOP/s", "% peak", "% own", "% gemm", "x base", "cold s", "RSS MB", "file MB", "top-1")
@@ -60,8 +61,8 @@ def _header(record: dict) -> list:
     lines = [f"model {model['path']} ({model['arch'] or '?'}, {_fmt(model['flops_per_image'], '.2f', 1e-9)} GFLOP/image)",
              f"machine {m['cpu']} ({m['physical_cores']} cores" + (f"; GPU {m['gpu']}" if m["gpu"] else "")
              + f"); ISA {m['isa']['summary']}",
-             f"threads {s['threads']} ({s['threads_source']}), onnxruntime {v['onnxruntime']}"
-             + (f", openvino {v['openvino']}" if "openvino" in s["engines"] else "")
+             f"threads {s['threads']} ({s['threads_source']}), "  # the default engine always runs (peak, accuracy)
+             + ", ".join(f"{e} {v[e]}" for e in dict.fromkeys((DEFAULT_ENGINE, *s["engines"])))
              + (f", torch {v['torch']}" if s["torch"] or s["compile"] else ""),
              f"rounds {s['rounds']}, " + (f"{s['iterations']} iterations" if s["iterations"] else f"{s['duration_s']} s")
              + " per backend x mode x batch size, interleaved"]

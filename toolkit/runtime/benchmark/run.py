@@ -21,8 +21,8 @@ from toolkit.runtime.benchmark.backends import BackendLoader, GemmReference, loa
 from toolkit.runtime.benchmark.model_file import base_of, export_hint, inspect_model, resolve_model, twin_path
 from toolkit.runtime.benchmark.options import BenchmarkOptions, Plan, file_precision, parse, plan_combos
 from toolkit.parsing import parse_list
-from toolkit.runtime.benchmark.probe import run_probe
 from toolkit.runtime.benchmark.records import E2E_IMAGES, BackendRecord, Block, GemmRound, Peak, Row, Skipped
+from toolkit.runtime.engines import DEFAULT_ENGINE
 from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up
 
 
@@ -162,12 +162,10 @@ def _load(s: Subject, bench: Bench, torch_backends: Optional[BackendLoader]) -> 
 
 
 def _cold_starts(s: Subject, bench: Bench) -> None:
-    """Cold start and peak RSS of each backend in a fresh process (engine_parts: OpenVINO's model cache too)."""
-    from toolkit.runtime.benchmark.engine_parts import cold_start
-
+    """Cold start and peak RSS of each backend in a fresh process (OpenVINO's: with its model cache too)."""
     for b in s.backends:
         bench.progress.live(f"cold start of {b.record.key} in a fresh process")
-        b.record.cold_start = cold_start(b.probe_spec(bench.plan.threads, bench.plan.sizes), run_probe)
+        b.record.cold_start = b.cold_start(bench.plan.threads, bench.plan.sizes)
 
 
 def _prepare_inputs(subjects: list, bench: Bench) -> None:
@@ -306,5 +304,5 @@ def _measure_accuracy(s: Subject, bench: Bench) -> None:
         accuracy = {"split": opts.split, "top1": res.get("top1"), "top5": res.get("top5"), "n": res.get("n"),
                     "provider": "CPUExecutionProvider"}
         for b in s.backends:
-            if b.record.backend == "onnxruntime" and b.record.precision == p:
+            if b.record.backend == DEFAULT_ENGINE and b.record.precision == p:  # evaluate_onnx's engine
                 b.record.accuracy = accuracy

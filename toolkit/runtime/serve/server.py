@@ -78,12 +78,13 @@ def _model_file(options: ServeOptions) -> str:
 def _build_app(options: ServeOptions, model: str, host: str):
     from toolkit.preprocess import SERVE_FORMATS
     from toolkit.runtime.predictor import Predictor
+    from toolkit.runtime.engines import EngineOptions
     from toolkit.runtime.serve.app import create_app
 
-    predictor = Predictor(model, device=options.device, threads=options.threads,
-                          allow_fallback=options.allow_fallback, batch_size=max(32, int(options.max_batch)),
-                          max_pixels=int(options.max_pixels), formats=SERVE_FORMATS, engine=options.engine,
-                          precision=options.precision, hint="THROUGHPUT" if options.engine == "openvino" else None)
+    engine_options = EngineOptions(device=options.device, threads=options.threads, precision=options.precision,
+                                   allow_fallback=options.allow_fallback).for_serving()
+    predictor = Predictor(model, batch_size=max(32, int(options.max_batch)), max_pixels=int(options.max_pixels),
+                          formats=SERVE_FORMATS, engine=options.engine, options=engine_options)
     return predictor, create_app(predictor, options.limits, allowed_hosts=_allowed_hosts(host))
 
 

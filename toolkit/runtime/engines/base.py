@@ -1,0 +1,175 @@
+"""The engine interface: what every adapter answers, the one options object, and the typed read-back.
+
+    engine = open_engine("exports/flowers.onnx", "openvino", EngineOptions(device="cpu", precision="bf16"))
+    engine.inputs[0]                          # Port(name='input', shape=(None, 3, 224, 224), dtype='float32')
+    engine.run({"input": batch}, ["logits"])  # numpy in, numpy out
+    engine.describe()                         # EngineInfo: device and precision asked vs obtained, load_s, ...
+
+An adapter (one per engine: onnxruntime_adapter, openvino_adapter; later onnxruntime-web, TFLite) is a
+subclass of `Adapter` whose class attributes say what it can do, so no caller compares engine names.
+Standard library only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Optional, Protocol, Sequence, runtime_checkable
+
+from toolkit.errors import UserError
+
+__all__ = ["Port", "EngineInfo", "OpenVinoOptions", "EngineOptions", "Engine", "Adapter", "OPENVINO_HINTS"]
+
+OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output of the loaded model."""
+
+    name: str  # the tensor name in the graph
+    shape: tuple  # ints, with None for a dynamic dimension
+    dtype: str  # numpy's name: float32, float16, uint8, ...
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine runs, read back from it after loading (never assumed from what was asked)."""
+
+    engine: str  # the adapter's name: onnxruntime, openvino
+    version: str  # the engine library's version
+    device_asked: str  # the toolkit's device word: auto, cpu, cuda:0, gpu, npu
+    device: str  # the device that runs: CPU, CUDA, TensorRT (ORT's provider) or OpenVINO's EXECUTION_DEVICES
+    provider: str  # the same in the engine's words: CPUExecutionProvider, OpenVINO:CPU
+    providers: tuple  # every provider the session holds, in order
+    precision_asked: str  # the inference precision asked for: fp32 or bf16
+    precision: str  # what floating-point layers compute in: the file's own on ORT, the read-back hint on OpenVINO
+    threads: Optional[int]  # intra-op / inference threads read back (None: the engine's default)
+    load_s: float  # session creation, or OpenVINO's read + compile, in seconds
+    runs_on: str  # one phrase for a log line: "CPUExecutionProvider", "OpenVINO:CPU bf16"
+    requests: int = 1  # run() calls the engine serves at once (OpenVINO: OPTIMAL_NUMBER_OF_INFER_REQUESTS)
+    hint: Optional[str] = None  # OpenVINO's PERFORMANCE_HINT, read back
+    streams: Optional[int] = None  # OpenVINO's NUM_STREAMS, read back
+    cache_dir: Optional[str] = None  # OpenVINO's model cache, when one was given
+    session_options: dict = field(default_factory=dict)  # the engine's own settings, read back (for records)
+    provider_options: dict = field(default_factory=dict)  # ORT's execution-provider options, read back
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_hint(value: str | None) -> str:
+    """OpenVINO's performance hint: None -> LATENCY."""
+    name = "LATENCY" if value is None else str(value).strip().upper()
+    if name not in OPENVINO_HINTS:
+        raise UserError(f"hint: {value!r}; expected one of {', '.join(OPENVINO_HINTS)}")
+    return name
+
+
+def _check_count(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"{name}: {value!r}; expected a positive whole number (or leave it unset)")
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """OpenVINO's own settings; every other engine ignores them."""
+
+    hint: Optional[str] = None  # PERFORMANCE_HINT: LATENCY (None) or THROUGHPUT (several requests in flight)
+    streams: Optional[int] = None  # NUM_STREAMS; None: what the hint picks
+    cache_dir: Optional[str] = None  # CACHE_DIR: a second compile of the same file loads the cached blob
+
+    def __post_init__(self):
+        object.__setattr__(self, "hint", parse_hint(self.hint))
+        _check_count("streams", self.streams)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything an engine is opened with, for any engine: one object, passed through unchanged."""
+
+    device: str = "auto"  # auto, cpu, cuda[:N], tensorrt[:N] (ORT) / gpu[:N], npu (OpenVINO)
+    threads: Optional[int] = None  # intra-op threads; None: the engine's default
+    precision: Optional[str] = None  # inference precision: fp32 (None) or bf16 (engines that take it)
+    allow_fallback: bool = False  # ORT: run on the CPU, with a warning, when CUDA / TensorRT can't load
+    openvino: OpenVinoOptions = OpenVinoOptions()
+
+    def __post_init__(self):
+        _check_count("threads", self.threads)
+
+    def for_serving(self) -> "EngineOptions":
+        """The same options tuned for a server: OpenVINO's THROUGHPUT hint (a request per batch worker)."""
+        return dataclasses.replace(self, openvino=dataclasses.replace(self.openvino, hint="THROUGHPUT"))
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An opened model on one engine: numpy arrays in, numpy arrays out."""
+
+    name: ClassVar[str]
+    inputs: list  # [Port]
+    outputs: list  # [Port]
+
+    @classmethod
+    def open(cls, path: str, options: EngineOptions) -> "Engine": ...
+
+    def run(self, inputs: Mapping[str, Any], outputs: Optional[Sequence[str]] = None) -> list: ...
+
+    def describe(self) -> EngineInfo: ...
+
+    def metadata(self) -> dict: ...  # the file's metadata_props, as stored (toolkit.contract reads them)
+
+
+class Adapter:
+    """What adapters share, and the capabilities callers ask instead of comparing engine names."""
+
+    name: ClassVar[str] = ""
+    inference_precisions: ClassVar[tuple] = ("fp32",)  # what `EngineOptions.precision` may name here
+    reference: ClassVar[bool] = False  # the engine the export gates ran on: others are compared with it
+    devices: ClassVar[tuple] = ("cpu",)  # the device kinds (auto, cpu, cuda, ...) this adapter can open
+    inputs: list
+    outputs: list
+    path: str
+
+    def metadata(self) -> dict:
+        """The file's metadata_props as stored (toolkit.contract reads them)."""
+        from toolkit import contract
+
+        return contract.raw_props(self.path)
+
+    def prepared(self, inputs: Mapping[str, Any], outputs: Optional[Sequence[str]] = None) -> Callable[[], Any]:
+        """A call that runs these inputs again and again (for timing): inputs already where the engine
+        wants them. The default just calls run."""
+        return lambda: self.run(inputs, outputs)
+
+    @property
+    def optimal_requests(self) -> int:
+        """How many run() calls this engine serves at once (serve-local runs that many batch workers)."""
+        return self.describe().requests
+
+    # ---- capabilities the benchmark asks --------------------------------------------------
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        return str(device).split(":")[0].lower() in cls.devices
+
+    @classmethod
+    def gemm_peaks(cls, precision: str) -> list:
+        """[(label, measure(n, threads, time_best) -> GFLOP/s)]: this engine's own GEMM peak candidates."""
+        return []
+
+    @classmethod
+    def cold_starts(cls, spec: dict, run_probe: Callable[[dict], dict]) -> tuple[dict, Optional[dict]]:
+        """(the fresh-process cold start, extra variants or None): ONNX Runtime has no model cache."""
+        return run_probe(spec), None
+
+    @classmethod
+    def require(cls, precision: str, device: str = "cpu", where: str = "precision", fix: str = "") -> None:
+        """A UserError starting with `where` (ending with `fix`), before any slow work, when this machine
+        can't run `precision` on `device`. Nothing to check by default: parse_precision has checked the name."""
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(fn(), its seconds)."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
