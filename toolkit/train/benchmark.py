@@ -1,7 +1,7 @@
 """`toolkit benchmark --train RECIPE`: training-step and data-loader images/s (the torch side of the benchmark).
 
-The step timed is toolkit.train.step.TrainStep, the one `toolkit train` takes. The runtime benchmark
-(toolkit.runtime.benchmark) imports this only when --train is asked for."""
+The step timed is toolkit.train.step.TrainStep, the one `toolkit train` takes; the timing, the record and
+its reports are the runtime benchmark's (toolkit.runtime.benchmark). The CLI imports this only for --train."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,13 +12,19 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
+from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.runtime.benchmark import format_train_table, interleaved_rounds, physical_cores
 from toolkit.runtime.benchmark.machine import record_head
 from toolkit.runtime.benchmark.records import Limiter, Loader, LoaderIps, Phase, TrainRecipe, TrainRecord, TrainSettings
 from toolkit.runtime.benchmark.report import write_outputs
 from toolkit.runtime.benchmark.timing import DEFAULT_DURATION_S, Progress, calls_per_block, stats, warm_up
+from toolkit.train import data as data_mod
+from toolkit.train import model as model_mod
+from toolkit.train.device import amp_dtype, pick_device
+from toolkit.train.step import TrainStep, build_optimizer
 
 
 def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_size: Optional[int] = None,
@@ -34,12 +40,6 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     (loader: `loader_batches`, default one pass over the train split, at least 3 batches).
     Writes benchmark.json and benchmark.md into out_dir (default benchmarks/<recipe name>-train-<stamp>/).
     """
-    import torch
-
-    from toolkit import recipe as recipe_mod
-    from toolkit.train import data as data_mod
-    from toolkit.train.device import pick_device
-
     recipe = recipe_mod.load(os.fspath(recipe_path), list(overrides))
     settings = _settings(recipe, batch_size, device, duration, iterations, warmup, rounds, threads, loader_batches)
     dev = pick_device(recipe.train.device)
@@ -92,8 +92,6 @@ def _settings(recipe, batch_size, device, duration, iterations, warmup, rounds, 
 
 def _phases(t) -> list[tuple[str, set]]:
     """[(name, trainable groups)]: the main phase, after a frozen one when a fine-tune starts frozen."""
-    from toolkit.train import model as model_mod
-
     first_groups = model_mod.trainable_groups(t, 0)
     last_groups = model_mod.trainable_groups(t, max(0, t.epochs - 1))
     phases = [("main", last_groups)]
@@ -105,12 +103,6 @@ def _phases(t) -> list[tuple[str, set]]:
 def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timing: TrainSettings,
                progress) -> Phase:
     """The training step's record for one phase: model and optimizer built as toolkit train builds them."""
-    import torch
-
-    from toolkit.train import model as model_mod
-    from toolkit.train.device import amp_dtype
-    from toolkit.train.step import TrainStep, build_optimizer
-
     t, bs, crop = recipe.train, int(recipe.train.batch_size), int(recipe.preprocess.crop)
     progress.live(f"building the model ({phase_name})")
     model = model_mod.build_from_recipe(recipe, num_classes)
@@ -148,10 +140,6 @@ def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timi
 def _time_loader(recipe, items: list, timing: TrainSettings, progress) -> Loader:
     """The data loader's record: seconds to each next batch after the first (startup_s); sets the batches
     wanted in timing.loader_batches."""
-    import torch
-
-    from toolkit.train import data as data_mod
-
     progress.live("starting the data loader")
     loader = data_mod.make_loader(items, recipe, train=True, generator=torch.Generator().manual_seed(0))
     n_batches = timing.loader_batches = timing.loader_batches or max(3, len(loader))
@@ -203,8 +191,6 @@ def _limiter(step_ips: float, loader_ips: float, on_cpu: bool) -> tuple[Limiter,
 def _record(recipe, recipe_path, command: str, dataset, dev, settings: TrainSettings, phases: list,
             loader: Loader, out_dir: str) -> dict:
     """benchmark.json's record of kind "train" (toolkit.runtime.benchmark.records.TrainRecord)."""
-    from toolkit.train.device import amp_dtype
-
     t = recipe.train
     autocast = amp_dtype(t.amp, dev)
     limiter, notes = _limiter(phases[-1].throughput_ips.median, loader.throughput_ips.overall, dev.type == "cpu")

@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.parsing import parse_list
+from toolkit.runtime.onnx_eval import SPLITS
 from toolkit.runtime.engines import INFERENCE_PRECISIONS, adapter_for, engines_with, parse_engines
 from toolkit.runtime.benchmark.machine import physical_cores
 from toolkit.runtime.benchmark.records import DEVICES, MODES, PRECISIONS, Skipped
@@ -132,9 +134,6 @@ def _check_data(o: BenchmarkOptions) -> None:
     """A bad recipe fails now, not after minutes of timing."""
     if not o.data:
         return
-    from toolkit import recipe as recipe_mod
-    from toolkit.runtime.onnx_eval import SPLITS
-
     recipe_mod.load(os.fspath(o.data))
     if o.split not in SPLITS:
         raise UserError(f"split: {o.split!r}; expected one of {', '.join(SPLITS)}")

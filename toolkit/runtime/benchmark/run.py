@@ -16,14 +16,17 @@ from typing import Callable, Optional
 import numpy as np
 
 from toolkit.errors import UserError, first_line
+from toolkit.parsing import parse_list
+from toolkit.preprocess import SERVE_FORMATS
+from toolkit.runtime.benchmark import assemble, report
 from toolkit.runtime.benchmark import peak as peak_mod
 from toolkit.runtime.benchmark.backends import BackendLoader, GemmReference, load_onnx_backends, synthetic_jpegs
 from toolkit.runtime.benchmark.model_file import base_of, export_hint, inspect_model, resolve_model, twin_path
 from toolkit.runtime.benchmark.options import BenchmarkOptions, Plan, file_precision, parse, plan_combos
-from toolkit.parsing import parse_list
-from toolkit.runtime.benchmark.records import E2E_IMAGES, BackendRecord, Block, GemmRound, Peak, Row, Skipped
-from toolkit.runtime.engines import DEFAULT_ENGINE
+from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, GemmRound, Row
 from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up
+from toolkit.runtime.engines import DEFAULT_ENGINE
+from toolkit.runtime.onnx_eval import evaluate_onnx
 
 
 @dataclass
@@ -84,8 +87,6 @@ def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOption
     loader of the PyTorch backends, needed for torch / compile (the CLI passes
     toolkit.train.torch_backend.load_torch_backends). Writes benchmark.json, .md and .png into out_dir
     (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
-    from toolkit.runtime.benchmark import assemble, report
-
     bench = start(options, fields)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     subject = open_subject(model, bench, lambda name: bench.opts.out_dir or os.path.join("benchmarks",
@@ -170,8 +171,6 @@ def _cold_starts(s: Subject, bench: Bench) -> None:
 
 def _prepare_inputs(subjects: list, bench: Bench) -> None:
     """The synthetic JPEGs of each end-to-end mode, each model's decoded pixels, the reference GEMM."""
-    from toolkit.preprocess import SERVE_FORMATS
-
     plan = bench.plan
     if bench.opts.reference and "cpu" in plan.devices:
         bench.gemm = GemmReference(plan.threads, peak_mod.PEAK_MATRIX["cpu"])
@@ -270,10 +269,8 @@ def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: 
     rec = b.record
     latency, per_image, throughput = stats(lat, blocks, k, batch)
     kind = "cpu" if rec.device == "cpu" else "cuda"
-    peak_of = {(pk.device, pk.precision): pk for pk in bench.peaks}
-    fp32 = (peak_of.get((kind, "fp32")) or Peak(kind, "fp32", None, None, 0, None, [], "", [])).gflops
-    own = peak_of.get((kind, own_peak_precision(rec.precision, kind)))
-    own = own if own and own.gflops else None
+    peak_of = {(pk.device, pk.precision): pk for pk in bench.peaks if pk.gflops}
+    fp32, own = peak_of.get((kind, "fp32")), peak_of.get((kind, own_peak_precision(rec.precision, kind)))
     gemm = bench.gemm_rounds.get(batch) if kind == "cpu" else None
     gflops = _sig(rec.flops_per_image * throughput.median / 1e9) if rec.flops_per_image else None
     size = E2E_IMAGES.get(mode)
@@ -283,7 +280,7 @@ def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: 
         provider=rec.provider, mode=mode, e2e_image=f"{size[0]}x{size[1]}" if size else None, batch=batch,
         iterations=len(lat), rounds=bench.plan.rounds, throughput_ips=throughput, latency_ms=latency,
         latency_per_image_ms=per_image, first_run_s=round(s.first_runs[(rec.key, mode, batch)], 4), gflops=gflops,
-        fraction_of_peak=_sig(gflops / fp32) if gflops and fp32 else None,
+        fraction_of_peak=_sig(gflops / fp32.gflops) if gflops and fp32 else None,
         fraction_of_precision_peak=_sig(gflops / own.gflops) if gflops and own else None,
         peak_precision=own and own.precision, precision_peak_engine=own and own.engine,
         fraction_of_gemm_in_rounds=_sig(gflops / gemm.median_gflops) if gflops and gemm and gemm.median_gflops
@@ -296,8 +293,6 @@ def _measure_accuracy(s: Subject, bench: Bench) -> None:
     opts = bench.opts
     if not opts.data:
         return
-    from toolkit.runtime.onnx_eval import evaluate_onnx
-
     for p in s.precisions:
         bench.progress.live(f"accuracy of {p} on the {opts.split} split of {opts.data}")
         res = evaluate_onnx(s.infos[p]["path"], opts.data, split=opts.split, threads=bench.plan.threads, quiet=True)
