@@ -180,6 +180,8 @@ def test_benchmark_interleaves_backends(record):
         assert second_round == entries[1:] + entries[:1]  # rotated by one
         # Each round holds every backend once: no backend runs all its iterations back to back.
         assert sorted(first_round) == sorted(second_round)
+        # the loop is compare_models' with one model: every block names it (the GEMM's names none)
+        assert {(s["model"], s["mode"] == "reference") for s in sched} == {("tiny", False), (None, True)}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -169,6 +169,20 @@ def test_mismatched_labels_are_one_clear_error_before_timing(models, tmp_path):
     assert {r["model"] for r in rec["rows"]} == {"small", "dogs"}
 
 
+def test_every_peak_is_measured_once_for_all_models(models, tmp_path, monkeypatch):
+    measured = []
+    real = peak_mod.measure_peak
+    monkeypatch.setattr(peak_mod, "measure_peak", lambda *a, **k: measured.append(a[:3]) or real(*a, **k))
+    rec = bench.compare_models(models[:2], precision="fp32,int8", out_dir=str(tmp_path / "o"), plot=False,
+                               **{**FAST, "batch_sizes": (1,)})
+    assert sorted(measured) == [("cpu", 1, "fp32"), ("cpu", 1, "int8")]
+    peaks = []
+    for m in rec["models"]:
+        with open(m["record"]) as fh:
+            peaks.append(json.load(fh)["peaks"])
+    assert peaks[0] == peaks[1] and [p["precision"] for p in peaks[0]] == ["fp32", "int8"]  # the same, in both
+
+
 def test_bad_requests_are_user_errors(models, tmp_path):
     with pytest.raises(UserError, match="at least two models"):
         bench.compare_models(models[:1], **FAST)
