@@ -1,7 +1,8 @@
 """The benchmark records as dataclasses: benchmark.json / compare.json are `dataclasses.asdict` of them,
 their JSON Schema is derived from these classes, and validate_record checks a record with jsonschema.
 
-SCHEMA_VERSION 2; docs/benchmark.md documents every field. Standard library only at import.
+SCHEMA_VERSION 3 (3: one peak per precision, measured once; schedule[].model); docs/benchmark.md documents
+every field. Standard library only at import.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import typing
 from dataclasses import make_dataclass
 from typing import Literal, Optional, Union
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 E2E_IMAGES = {"end_to_end": (500, 375), "end_to_end_12mp": (4032, 3024)}  # end-to-end mode -> JPEG width x height
 E2E_JPEG_QUALITY = 90
 E2E_TOP_K = 5
