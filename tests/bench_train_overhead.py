@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from toolkit import data as data_mod  # noqa: E402
+from toolkit.train import data as data_mod  # noqa: E402
 from toolkit import recipe as recipe_mod  # noqa: E402
 from toolkit.train.model import build_from_recipe  # noqa: E402
 from toolkit.train.loop import train  # noqa: E402

@@ -19,7 +19,9 @@ def test_write_then_read_round_trips(tmp_path):
     assert props["labels"] == json.dumps(["a", "b"]) and props["precision"] == "int8"  # strings stay raw
     model = contract.read_file(path)
     assert model.labels == ["a", "b"] and model.precision == "int8" and model.outputs == ["logits"]
-    assert Preprocess.from_dict(model.preprocess) == Preprocess(resize=36, crop=32)
+    assert isinstance(model.preprocess, contract.PreprocessSpec)  # parsed and checked once, here
+    assert Preprocess.from_spec(model.preprocess) == Preprocess(resize=36, crop=32)
+    assert model.preprocess.to_dict() == Preprocess(resize=36, crop=32).to_dict()
     assert model.input["raw"] is False and model.get("quantization") == {"method": "static"}
     assert model.get("missing", 7) == 7 and model.meta["checkpoint_sha256"] == "0" * 64
     assert Preprocess.from_model(path) == Preprocess(resize=36, crop=32)
@@ -141,8 +143,31 @@ def test_deep_nesting_in_any_key_never_reaches_json():
 
 def test_an_oversized_value_is_refused_before_decoding():
     big = json.dumps(["x" * (16 * 2**20)])
-    with pytest.raises(contract.ContractError, match=r"m.onnx: 'metrics' metadata is 16.0 MB; expected at most 16 MB"):
+    with pytest.raises(contract.ContractError, match=r"m.onnx: 'metrics' metadata is 16 MB; expected at most 1 MB"):
         contract.from_props({**_props(), "metrics": big}, "m.onnx")
+
+
+def test_every_metadata_value_is_bounded_by_its_key(tmp_path):
+    """A 10 MB `precision` was accepted (and /v1/model answered 20 MB): each key has its own bound, checked
+    before decoding and before the engine loads the file; a long label list is still fine."""
+    pytest.importorskip("onnxruntime")
+    from toolkit.inference import Predictor
+
+    path = write_tiny_model(tmp_path / "big.onnx", meta={"precision": "fp32" + " " * (10 * 2**20)})
+    with pytest.raises(contract.ContractError, match=r"big.onnx: 'precision' metadata is 10 MB; expected at "
+                                                     r"most 16 characters for this key"):
+        contract.check_model_file(path)
+    with pytest.raises(contract.ContractError, match="'precision' metadata is 10 MB"):
+        Predictor(path, device="cpu")
+    for key, value, shown in [("arch", "a" * 257, "257 characters"), ("toolkit_version", "1" * 65, "65 characters"),
+                              ("someone_elses_note", "n" * (64 * 1024 + 1), "64 KB"),
+                              ("recipe", json.dumps({"notes": "r" * (3 * 2**20)}), "3 MB")]:
+        with pytest.raises(contract.ContractError, match=f"'{key}' metadata is {shown}"):
+            contract.from_props({**_props(), key: value}, "m.onnx")
+    with pytest.raises(contract.ContractError, match=r"the metadata is 41 MB in all \(700 keys\); expected at most 40"):
+        contract.decode({f"note{i}": "x" * (60 * 1024) for i in range(700)}, "m.onnx")
+    many = [f"class {i} " + "x" * 90 for i in range(20_000)]  # 2 MB of labels: a large, legitimate list
+    assert len(contract.from_props({**_props(), "labels": json.dumps(many)}, "m.onnx").labels) == 20_000
 
 
 def test_files_without_a_decode_key_keep_the_full_decode(tmp_path):

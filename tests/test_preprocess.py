@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from toolkit.errors import UserError
-from toolkit.preprocess import (INTERPOLATIONS, SERVE_FORMATS, WHOLE_RESIZE_ASPECT, ImageError, Preprocess,
+from toolkit.preprocess import (DECODE_MODES, INTERPOLATIONS, SERVE_FORMATS, WHOLE_RESIZE_ASPECT, ImageError, Preprocess,
                                 open_image)
 
 
@@ -158,3 +158,91 @@ def test_a_pillow_error_of_any_type_is_an_image_error():
 def test_out_of_range_values_are_one_clear_error(kwargs, message):
     with pytest.raises(UserError, match=message):
         Preprocess(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# The JPEG's markers, read before decoding: the scan cap and the truncation bound
+
+def test_a_progressive_scan_bomb_is_refused_before_decoding():
+    """A grey 6000x6000 progressive JPEG repeating one cheap AC scan 10,000 times (~700 KB, ~35 s of
+    libjpeg work): refused from its markers, for bytes, paths, file objects and unloaded PIL images."""
+    from hostile_images import scan_bomb
+    from toolkit.limits import MAX_JPEG_SCANS
+
+    bomb = scan_bomb(10_000)
+    assert len(bomb) < 1_000_000 and Image.open(io.BytesIO(bomb)).size == (6000, 6000)
+    for source in (bomb, io.BytesIO(bomb), Image.open(io.BytesIO(bomb))):
+        with pytest.raises(ImageError, match=f"over {MAX_JPEG_SCANS} scans") as e:
+            Preprocess().pixels(source)
+        assert e.value.kind == "too_large"
+    with pytest.raises(ImageError, match="scans"):
+        Preprocess(decode="full").pixels(scan_bomb(MAX_JPEG_SCANS))   # one DC scan + MAX_JPEG_SCANS AC scans
+
+
+def test_the_scan_cap_is_exact_and_ordinary_jpegs_pass(tmp_path):
+    from hostile_images import scan_bomb
+    from toolkit.jpeg_scans import check_jpeg
+    from toolkit.limits import MAX_JPEG_SCANS
+
+    at_cap = scan_bomb(MAX_JPEG_SCANS - 1, side=64)
+    assert check_jpeg(at_cap, MAX_JPEG_SCANS) == MAX_JPEG_SCANS
+    assert np.asarray(open_image(at_cap)).mean() == pytest.approx(128, abs=1)
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(scan_bomb(MAX_JPEG_SCANS, side=64))
+    with pytest.raises(ImageError, match="scans"):
+        open_image(str(path))
+    photo = _photo(640, 480)
+    for mode, save, scans in (("RGB", {}, 1), ("RGB", {"progressive": True}, 10), ("L", {"progressive": True}, 6),
+                              ("CMYK", {"progressive": True}, 18), ("RGB", {"subsampling": 0, "optimize": True}, 1)):
+        data = _encoded(photo.convert(mode), "JPEG", **save)
+        assert check_jpeg(data, MAX_JPEG_SCANS) == scans, (mode, save)
+        open_image(data)
+    flat = _encoded(Image.new("L", (4000, 3000), 200), "JPEG", optimize=True)   # ~2 bits a block: the bound
+    assert open_image(flat).size == (4000, 3000)
+
+
+def test_a_jpeg_cut_short_with_an_end_marker_is_refused_not_padded_with_grey():
+    """Header 8000x5000, 4 KB of data, then EOI: libjpeg would pad the rest with grey and only warn."""
+    from hostile_images import truncated_jpeg
+
+    for decode in DECODE_MODES:
+        with pytest.raises(ImageError, match="truncated JPEG") as e:
+            Preprocess(decode=decode).pixels(truncated_jpeg())
+        assert e.value.kind == "corrupt"
+    progressive = _encoded(_photo(2000, 1500), "JPEG", progressive=True)
+    with pytest.raises(ImageError, match="truncated JPEG"):
+        open_image(progressive[:3000] + b"\xff\xd9")   # cut inside the first (DC) scan
+
+
+# ------------------------------------------------------------------------------------------------
+# Transparency: a tRNS colour key is composited on white like every other kind of alpha
+
+@pytest.mark.parametrize("mode, key, other", [("RGB", (10, 20, 30), (200, 0, 0)), ("L", 7, 90), ("I;16", 5000, 1000)])
+def test_a_png_colour_key_is_composited_on_white(mode, key, other):
+    img = Image.new(mode, (4, 2), key)
+    img.putpixel((0, 0), other)
+    png = _encoded(img, "PNG", transparency=key)
+    assert Image.open(io.BytesIO(png)).info["transparency"] == key
+    got = np.asarray(open_image(png))
+    assert (got[0, 1:] == 255).all() and (got[1] == 255).all()   # the keyed pixels: white
+    assert (got[0, 0] != 255).any()                               # the other one: its own colour
+    unkeyed = np.asarray(open_image(_encoded(img, "PNG")))
+    assert (got[0, 0] == unkeyed[0, 0]).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources that cannot be images: one ImageError each
+
+def test_unusable_sources_are_one_image_error_each(tmp_path):
+    import os
+
+    closed = Image.new("RGB", (10, 10))
+    closed.close()
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    cases = [(Image.new("RGB", (0, 0)), "0x0 has no pixels"), (Image.new("L", (5, 0)), "has no pixels"),
+             (closed, "was it closed"), (str(fifo), r"not a regular file \(a FIFO\)"),
+             (str(tmp_path), r"not a regular file \(a folder\)"), (str(tmp_path / "none.png"), "no such file")]
+    for source, message in cases:
+        with pytest.raises(ImageError, match=message):
+            Preprocess().pixels(source)

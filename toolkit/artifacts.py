@@ -1,35 +1,83 @@
-"""Finding the newest run and the newest export, for commands called without a path. No torch here."""
+"""Finding the newest run and the newest export, for commands called without a path; the names of an
+export's twin files; atomic writes. No torch here."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import glob
 import os
+import stat
 import tempfile
 
 from toolkit.errors import UserError
 
-TWIN_SUFFIXES = (".fp16.onnx", ".int8.onnx", ".raw.onnx")
+# The twins export writes beside <stem>.onnx (the FP32 file): kind -> file suffix. The one place these
+# names live; use the helpers below.
+TWINS = {"fp16": ".fp16.onnx", "int8": ".int8.onnx", "raw": ".raw.onnx"}
+TWIN_SUFFIXES = tuple(TWINS.values())
+PRECISION_TWINS = ("fp16", "int8")  # the twins that change the precision (raw changes the input layout)
+
+
+def twin_path(model: str, kind: str) -> str:
+    """exports/x.onnx, 'int8' -> exports/x.int8.onnx; kind 'fp32' is the FP32 file itself."""
+    if kind == "fp32":
+        return model
+    return (model[:-len(".onnx")] if model.endswith(".onnx") else model) + TWINS[kind]
+
+
+def base_of(path: str) -> tuple[str, str | None]:
+    """(FP32 file, precision) of a precision twin: exports/x.int8.onnx -> (exports/x.onnx, 'int8').
+    Any other file (a .raw.onnx twin included: its weights are FP32) -> (path, None)."""
+    for kind in PRECISION_TWINS:
+        if path.endswith(TWINS[kind]):
+            return path[:-len(TWINS[kind])] + ".onnx", kind
+    return path, None
+
+
+def precision_of(path: str) -> str:
+    """The precision a model file's name says: fp16 or int8 for those twins, else fp32."""
+    return base_of(path)[1] or "fp32"
+
+
+def _regular_mtime(path: str) -> float | None:
+    """The modification time of a regular file (a symlink to one counts), else None: a dangling symlink,
+    a FIFO (opening it would block), a folder, or a file that vanished since it was listed."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime if stat.S_ISREG(info.st_mode) else None
+
+
+def _regular_files(paths) -> dict[str, float]:
+    """path -> mtime for those of `paths` that are regular files."""
+    times = {path: _regular_mtime(path) for path in paths}
+    return {path: t for path, t in times.items() if t is not None}
 
 
 def find_runs(runs_dir: str = "runs") -> list[str]:
-    """Every run folder at any depth under `runs_dir`: a folder holding checkpoints/last.pt. The demo's
-    runs sit one level down (runs/demo/<run>/), so a fixed depth would miss them."""
+    """Every run folder at any depth under `runs_dir`: a folder holding checkpoints/last.pt (a regular
+    file). The demo's runs sit one level down (runs/demo/<run>/), so a fixed depth would miss them."""
+    return sorted(_run_checkpoints(runs_dir))
+
+
+def _run_checkpoints(runs_dir: str) -> dict[str, float]:
+    """run folder -> mtime of its checkpoints/last.pt, for every run under `runs_dir`."""
     marker = os.path.join("checkpoints", "last.pt")
-    found = glob.glob(os.path.join(glob.escape(runs_dir), "**", marker), recursive=True)
-    return sorted(os.path.dirname(os.path.dirname(path)) for path in found)
+    found = _regular_files(glob.glob(os.path.join(glob.escape(runs_dir), "**", marker), recursive=True))
+    return {os.path.dirname(os.path.dirname(path)): t for path, t in found.items()}
 
 
 def newest_run(runs_dir: str = "runs") -> str:
     """The run folder (at any depth under `runs_dir`) whose last checkpoint was written most recently."""
     if not os.path.isdir(runs_dir) or not os.listdir(runs_dir):
         raise UserError(f"{runs_dir}/: no runs yet; train one first with: toolkit train RECIPE.yaml")
-    runs = find_runs(runs_dir)
+    runs = _run_checkpoints(runs_dir)
     if not runs:
         looked = sorted(d for d in glob.glob(os.path.join(glob.escape(runs_dir), "*")) if os.path.isdir(d))
         raise UserError(f"{runs_dir}/: no run has a checkpoint yet (looked in {', '.join(looked) or runs_dir}); "
                         "expected runs/<name>/checkpoints/last.pt from toolkit train")
-    return max(runs, key=lambda d: os.path.getmtime(os.path.join(d, "checkpoints", "last.pt")))
+    return max(runs, key=runs.get)
 
 
 def run_checkpoint(run: str) -> str:
@@ -47,11 +95,13 @@ def run_checkpoint(run: str) -> str:
 
 
 def newest_export(exports_dir: str = "exports") -> str:
-    """The most recently written FP32 export (twins are chosen explicitly)."""
-    files = [f for f in glob.glob(os.path.join(exports_dir, "*.onnx")) if not f.endswith(TWIN_SUFFIXES)]
+    """The most recently written FP32 export (twins are chosen explicitly). Only regular files count: a
+    dangling symlink or a FIFO named *.onnx is skipped, not crashed on or opened."""
+    names = [f for f in glob.glob(os.path.join(glob.escape(exports_dir), "*.onnx")) if not f.endswith(TWIN_SUFFIXES)]
+    files = _regular_files(names)
     if not files:
         raise UserError(f"{exports_dir}/: no exported model yet; run toolkit export first")
-    return max(files, key=os.path.getmtime)
+    return max(files, key=files.get)
 
 
 def write_failure(path: str, exc: OSError, then: str = "") -> UserError:

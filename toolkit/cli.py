@@ -3,9 +3,10 @@ benchmark take their flags, defaults and help from the options dataclasses they 
 imported only when the command is named; the other commands pass their few flags on."""
 from __future__ import annotations
 
+import os
 import sys
 
-from toolkit.errors import RankZeroError, UserError
+from toolkit.errors import AbandonedWorkError, RankZeroError, UserError
 from toolkit.flags import check, options, spell_out
 from toolkit.parsing import parse_list
 
@@ -138,6 +139,13 @@ COMMANDS = {"train": train, "evaluate": evaluate, "export": export, "predict": p
             "serve-local": serve_local, "benchmark": benchmark, "demo": demo}
 
 
+def _exit_now(code: int) -> None:
+    """Leave without interpreter shutdown (see AbandonedWorkError), output flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     import fire
 
@@ -149,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)  # torchrun: rank 0 has printed this error already
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, AbandonedWorkError):
+            _exit_now(2)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

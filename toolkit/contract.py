@@ -7,8 +7,8 @@ benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_p
     toolkit_format      "1" (FORMAT_VERSION); required. A newer number means "upgrade toolkit"
     labels              required: JSON list of class names, one per logit, in output order (non-empty, str)
     names               JSON object {"0": label, ...} (the same labels keyed by index, for other tools)
-    preprocess          required: JSON object, toolkit.preprocess.Preprocess.to_dict(): resize, crop,
-                        interpolation, mean, std (+ channel_order RGB, layout NCHW, value_range [0, 1]);
+    preprocess          required: JSON object, PreprocessSpec.to_dict() (read back as a PreprocessSpec):
+                        resize, crop, interpolation, mean, std (+ channel_order RGB, layout NCHW, value_range [0, 1]);
                         decode (draft | full; absent in files written before draft decoding: full).
                         Checked: 1 <= crop <= resize <= 8192, mean finite, std finite and positive
     input               JSON object: name, dtype (float32 | uint8), layout (NCHW | NHWC), shape, raw (bool;
@@ -28,8 +28,14 @@ change it. A reader accepts its own version and refuses a newer one with "upgrad
 Reading is in two steps: `decode` (every value JSON-decoded where it looks like JSON: what
 Predictor.metadata holds) and `from_props` (validation into a ModelContract). A missing or malformed
 key is a ContractError naming the file, the key and what was expected. Before any value is JSON-decoded
-its size (16 MB) and nesting depth (64) are checked, so a hostile file cannot exhaust memory or
-json's recursion; `labels` holds at most 100,000 names of at most 1,000 characters (toolkit.limits).
+its size (VALUE_LIMITS: per key, from 16 characters for `precision` to 16 MB for `labels`; 64 KB for a
+key not in the table; 40 MB for all values together) and nesting depth (64) are checked, so a hostile
+file cannot exhaust memory or json's recursion, nor make /v1/model answer megabytes; `labels` holds at
+most 100,000 names of at most 1,000 characters (toolkit.limits).
+
+`check_model_file(path)` runs before an engine loads a file: in a file that claims to be an export it
+refuses oversized metadata, tensors stored as external data and control flow (toolkit.contract_graph,
+which skims the file: no tensor data is read, from the file or beside it).
 No torch here, and not even onnx at import time (onnx is imported where a file or proto is handled).
 See docs/architecture.md.
 """
@@ -37,26 +43,120 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from toolkit.contract_graph import check_graph, read_skeleton
 from toolkit.errors import UserError
-from toolkit.limits import MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH
+from toolkit.limits import (MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH,
+                            MAX_PREPROCESS_SIDE)
 
-__all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "encode", "write", "decode", "from_props",
-           "read_file", "raw_props", "props_of", "from_session", "PREPROCESS_KEYS"]
+__all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "PreprocessSpec", "encode", "write", "decode",
+           "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file", "PREPROCESS_KEYS",
+           "INTERPOLATION_NAMES", "DECODE_MODES", "VALUE_LIMITS"]
 
 FORMAT_VERSION = "1"
 
-# What Preprocess.from_dict needs (the other keys of Preprocess.to_dict have defaults).
+# What PreprocessSpec.from_dict needs (the other keys of to_dict have defaults).
 PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std")
+# The resize filters (toolkit.preprocess maps each to Pillow's) and the JPEG decode modes (see
+# toolkit.preprocess: draft lets libjpeg scale while decoding; full decodes every pixel).
+INTERPOLATION_NAMES = ("nearest", "bilinear", "bicubic", "lanczos")
+DECODE_MODES = ("draft", "full")
 _EXPECT_FILE = "expected an .onnx file written by toolkit export"
+# Keys whose presence says "this file is a toolkit export" (so the export rules apply to it).
+_CLAIM_KEYS = ("toolkit_format", "labels", "preprocess")
+
+_KB, _MB = 1024, 1024 * 1024
+# The most characters each stored value may have. Sized far above what export writes, far below harm:
+# the class names may be many (MAX_LABELS of up to MAX_LABEL_CHARS), a recipe file is at most 1 MB
+# (toolkit.recipe.reading), and the short strings /v1/model shows are a few dozen characters.
+VALUE_LIMITS = {
+    "labels": MAX_METADATA_CHARS, "names": MAX_METADATA_CHARS,
+    "recipe": 2 * _MB, "metrics": 1 * _MB, "quantization": 64 * _KB,
+    "preprocess": 4 * _KB, "input": 4 * _KB, "outputs": 4 * _KB,
+    "source_run": 4 * _KB, "checkpoint": 4 * _KB,  # paths (PATH_MAX is 4096)
+    "toolkit_format": 16, "precision": 16, "toolkit_version": 64, "checkpoint_sha256": 128,
+    "arch": 256, "head": 256,
+}
+OTHER_VALUE_LIMIT = 64 * _KB  # a key the contract doesn't define (another tool's note)
+TOTAL_METADATA_LIMIT = 40 * _MB  # every key and value together
 
 
 class ContractError(UserError):
     """A model whose metadata breaks the ONNX file contract; the message names the file and the key."""
+
+
+def _number_list(values: Any, key: str, positive: bool) -> tuple:
+    """Three finite numbers (positive ones for std), or a UserError naming preprocess.<key>."""
+    ok = (isinstance(values, (list, tuple)) and len(values) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  and (v > 0 or not positive) for v in values))
+    if not ok:
+        raise UserError(f"preprocess.{key}: {str(values)[:80]}; expected three finite "
+                        f"{'positive ' if positive else ''}numbers (R, G, B)")
+    return tuple(float(v) for v in values)
+
+
+def _side(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PREPROCESS_SIDE:
+        raise UserError(f"preprocess.{key}: {str(value)[:40]}; expected a whole number of pixels from 1 to "
+                        f"{MAX_PREPROCESS_SIDE}")
+    return value
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """The eval preprocessing a model file states (its `preprocess` key), typed and checked once.
+
+    toolkit.preprocess.Preprocess is this spec plus the pixel work (it subclasses it, with the recipe's
+    defaults), built from it with `Preprocess.from_spec`. Every value is checked on construction:
+    1 <= crop <= resize <= MAX_PREPROCESS_SIDE, mean finite, std finite and positive, a known filter and
+    decode mode; a bad one is a UserError naming preprocess.<key>.
+    """
+
+    resize: int  # shorter side after the resize, pixels
+    crop: int  # the square center crop: the network's input
+    interpolation: str  # resize filter, one of INTERPOLATION_NAMES
+    mean: tuple  # per channel (R, G, B), of pixels scaled to [0, 1]
+    std: tuple  # per channel (R, G, B)
+    decode: str = "full"  # how JPEGs decode, one of DECODE_MODES (files without the key predate draft)
+    channel_order: str = field(default="RGB", init=False)
+    layout: str = field(default="NCHW", init=False)
+    value_range: tuple = field(default=(0.0, 1.0), init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", _number_list(self.mean, "mean", positive=False))
+        object.__setattr__(self, "std", _number_list(self.std, "std", positive=True))
+        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATION_NAMES:
+            raise UserError(f"preprocess.interpolation: {str(self.interpolation)[:40]!r}; expected one of "
+                            f"{', '.join(INTERPOLATION_NAMES)}")
+        if not isinstance(self.decode, str) or self.decode not in DECODE_MODES:
+            raise UserError(f"preprocess.decode: {str(self.decode)[:40]!r}; expected one of "
+                            f"{', '.join(DECODE_MODES)}")
+        _side(self.resize, "resize")
+        _side(self.crop, "crop")
+        if self.crop > self.resize:
+            raise UserError(f"preprocess.crop: {self.crop} with resize {self.resize}; expected crop <= resize")
+
+    def to_dict(self) -> dict:
+        """What export writes into the model file (JSON-ready: lists, not tuples)."""
+        d = asdict(self)
+        d["mean"], d["std"], d["value_range"] = list(self.mean), list(self.std), list(self.value_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Rebuild from to_dict()'s form, every value type-checked (it comes from a model file). A dict
+        without `decode` was written before draft decoding existed, so it decodes in full."""
+        if d.get("channel_order", "RGB") != "RGB" or d.get("layout", "NCHW") != "NCHW":
+            raise UserError(f"preprocess: unsupported channel order/layout {str(d.get('channel_order'))[:20]}/"
+                            f"{str(d.get('layout'))[:20]}; expected RGB/NCHW")
+        return cls(resize=d["resize"], crop=d["crop"], interpolation=d["interpolation"],
+                   mean=d["mean"], std=d["std"], decode=d.get("decode", "full"))
 
 
 @dataclass
@@ -64,7 +164,7 @@ class ModelContract:
     """The checked metadata of one exported model."""
 
     labels: list  # class names, one per logit
-    preprocess: dict  # Preprocess.to_dict() of the eval preprocessing (Preprocess.from_dict rebuilds it)
+    preprocess: PreprocessSpec  # the eval preprocessing (toolkit.preprocess.Preprocess.from_spec runs it)
     input: dict | None  # the input spec (name, dtype, layout, shape, raw); None in files that lack it
     outputs: list | None  # output names; None in files that lack it
     precision: str  # fp32, fp16 or int8
@@ -109,10 +209,28 @@ def _nesting(text: str) -> int:
     return max(itertools.accumulate(_DEPTH_STEP[b] for b in brackets), default=0)
 
 
+def _size(chars: int) -> str:
+    if chars >= _MB:
+        return f"{chars / _MB:.1f} MB".replace(".0 MB", " MB")
+    return f"{chars / _KB:.1f} KB".replace(".0 KB", " KB") if chars >= _KB else f"{chars} characters"
+
+
+def check_sizes(props: dict[str, str], where: str = "model") -> None:
+    """Every stored value within its key's limit (VALUE_LIMITS), and all of them within
+    TOTAL_METADATA_LIMIT: a ContractError naming `where` and the key. Nothing is decoded."""
+    total = 0
+    for key, value in props.items():
+        limit = VALUE_LIMITS.get(key, OTHER_VALUE_LIMIT)
+        if len(value) > limit:
+            raise ContractError(f"{where}: {key[:80]!r} metadata is {_size(len(value))}; expected at most "
+                                f"{_size(limit)} for this key")
+        total += len(key) + len(value)
+    if total > TOTAL_METADATA_LIMIT:
+        raise ContractError(f"{where}: the metadata is {_size(total)} in all ({len(props)} keys); expected at "
+                            f"most {_size(TOTAL_METADATA_LIMIT)}")
+
+
 def _decode_value(key: str, value: str, where: str) -> Any:
-    if len(value) > MAX_METADATA_CHARS:
-        raise ContractError(f"{where}: {key[:80]!r} metadata is {len(value) / 2**20:.1f} MB; expected at most "
-                            f"{MAX_METADATA_CHARS // 2**20} MB per value")
     if value[:1] in "[{\"":
         if _nesting(value) > MAX_METADATA_DEPTH:
             raise ContractError(f"{where}: {key[:80]!r} metadata nests deeper than {MAX_METADATA_DEPTH} levels; "
@@ -126,8 +244,9 @@ def _decode_value(key: str, value: str, where: str) -> Any:
 
 def decode(props: dict[str, str], where: str = "model") -> dict:
     """Every value JSON-decoded where it is JSON (a list, an object or a quoted string); others stay str.
-    A value over MAX_METADATA_CHARS or nested over MAX_METADATA_DEPTH is a ContractError naming `where`
-    and the key, checked before json sees it."""
+    A value over its size limit or nested over MAX_METADATA_DEPTH is a ContractError naming `where`
+    and the key, checked before json sees it (and so is every value's size: check_sizes)."""
+    check_sizes(props, where)
     return {k: _decode_value(k, v, where) for k, v in props.items()}
 
 
@@ -159,7 +278,7 @@ def _check_labels(meta: dict, props: dict, where: str) -> list:
     return labels
 
 
-def _check_preprocess(meta: dict, where: str) -> dict:
+def _check_preprocess(meta: dict, where: str) -> PreprocessSpec:
     pre = meta.get("preprocess")
     if pre is None:
         raise ContractError(f"{where}: not a toolkit export: no 'preprocess' metadata; expected the JSON eval "
@@ -168,16 +287,13 @@ def _check_preprocess(meta: dict, where: str) -> dict:
     if missing:
         raise ContractError(f"{where}: 'preprocess' metadata is incomplete (no {', '.join(missing)}); expected "
                             "resize, crop, interpolation, mean and std")
-    from toolkit.preprocess import Preprocess  # core, but preprocess imports this module lazily too
-
     try:
-        Preprocess.from_dict(pre)
+        return PreprocessSpec.from_dict(pre)
     except UserError as exc:
         raise ContractError(f"{where}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ContractError(f"{where}: 'preprocess' metadata is malformed ({str(exc)[:80]!r}); expected resize, "
                             "crop, interpolation, mean and std as toolkit export writes them") from None
-    return pre
 
 
 def _optional(meta: dict, key: str, kind: type, expected: str, where: str) -> Any:
@@ -204,18 +320,39 @@ def from_props(props: dict[str, str], where: str) -> ModelContract:
                          meta=meta)
 
 
-def raw_props(path) -> dict[str, str]:
-    """The stored metadata of an ONNX file (weights not loaded, nothing checked)."""
+def _load_proto(path: str):
+    """The ModelProto of an ONNX file, without its external data."""
     import onnx
 
-    path = os.fspath(path)
     if not os.path.isfile(path):
         raise ContractError(f"{path}: no such model file; {_EXPECT_FILE}")
     try:
-        proto = onnx.load(path, load_external_data=False)
+        return onnx.load(path, load_external_data=False)
     except Exception:  # protobuf raises its own types
         raise ContractError(f"{path}: not a readable ONNX file; {_EXPECT_FILE}") from None
-    return props_of(proto)
+
+
+def raw_props(path) -> dict[str, str]:
+    """The stored metadata of an ONNX file (weights not loaded, nothing checked)."""
+    return props_of(_load_proto(os.fspath(path)))
+
+
+def check_model_file(path) -> None:
+    """Before an engine loads `path`: if the file claims to be a toolkit export (contract metadata or
+    producer "toolkit"), its metadata sizes (check_sizes) and its graph (no external data, no control
+    flow: toolkit.contract_graph) must be what export writes; a ContractError otherwise. A file that
+    is not ONNX, or makes no such claim, is left to the engine and the contract check after it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return  # missing, a folder or a FIFO (opening one would block): the caller and the engine say so
+    try:
+        skeleton = read_skeleton(path)
+    except Exception:  # not a file, not ONNX (protobuf raises its own types)
+        return  # the engine says why it can't read it, in its own words
+    if skeleton.producer != "toolkit" and not any(key in skeleton.props for key in _CLAIM_KEYS):
+        return
+    check_sizes(skeleton.props, path)
+    check_graph(skeleton, path, ContractError)
 
 
 def props_of(model_proto) -> dict[str, str]:

@@ -19,3 +19,10 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 class RankZeroError(UserError):
     """Under torchrun: rank 0's UserError, raised again on the other ranks so they stop too. Rank 0 has
     printed it; the CLI keeps the others quiet instead of repeating it once per process."""
+
+
+class AbandonedWorkError(UserError):
+    """A UserError raised while a thread still runs an engine's native code that cannot be interrupted (a
+    serve-local warm-up past its deadline). The CLI ends the process with os._exit once it has printed
+    the message: a normal interpreter shutdown would tear the engine down under that thread, and
+    onnxruntime then aborts (SIGABRT) instead of exiting 2."""

@@ -3,23 +3,27 @@
 Training evaluation, the export parity gate, INT8 calibration, the Predictor and serve-local all
 call this module, so a model sees the same pixels wherever it runs. No torch here (see docs/architecture.md).
 
-Hostile input is bounded here, for every caller: the pixel cap is checked before decoding, any error
-Pillow raises while decoding becomes an ImageError, a broken EXIF block leaves the image unrotated,
-and the resize only computes the crop it returns (so a 1000000x1 image costs what a normal one does).
+Hostile input is bounded here, for every caller: the pixel cap is checked before decoding, a JPEG's
+scans are counted and sized from its markers before decoding (toolkit.jpeg_scans), any error Pillow
+raises while decoding becomes an ImageError, a broken EXIF block leaves the image unrotated, and the
+resize only computes the crop it returns (so a 1000000x1 image costs what a normal one does).
 """
 from __future__ import annotations
 
 import io
-import math
 import os
-from dataclasses import asdict, dataclass, field
+import stat
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from toolkit import contract
+from toolkit.contract import DECODE_MODES, INTERPOLATION_NAMES, PreprocessSpec  # noqa: F401 (public here too)
 from toolkit.errors import UserError
-from toolkit.limits import DEFAULT_MAX_PIXELS, MAX_PREPROCESS_SIDE
+from toolkit.jpeg_scans import JpegStructureError, check_jpeg
+from toolkit.limits import DEFAULT_MAX_PIXELS, MAX_JPEG_SCANS, MAX_PREPROCESS_SIDE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -31,16 +35,11 @@ FOLDER_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # File names an image folder is listed by (data sets, predict's folders and globs): FOLDER_FORMATS' extensions.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
-INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-# How JPEGs are decoded by the eval transform: "draft" lets libjpeg scale by 1/2, 1/4 or 1/8 while
-# decoding (the smallest scale whose short side still covers `resize`); "full" decodes every pixel.
-# Model files without the key predate draft decoding and keep "full".
-DECODE_MODES = ("draft", "full")
+# Each resize filter the contract names -> Pillow's.
+INTERPOLATIONS = {name: Image.Resampling[name.upper()] for name in INTERPOLATION_NAMES}
+# How JPEGs are decoded by the eval transform (contract.DECODE_MODES): "draft" lets libjpeg scale by 1/2,
+# 1/4 or 1/8 while decoding (the smallest scale whose short side still covers `resize`); "full" decodes
+# every pixel. Model files without the key predate draft decoding and keep "full".
 # Up to this aspect ratio (long side / short side) the eval resize resamples the whole image; beyond it,
 # only the crop (see Preprocess.resize_crop).
 WHOLE_RESIZE_ASPECT = 8
@@ -75,6 +74,9 @@ def _file_object(source: Any, name: str) -> Any:
         return io.BytesIO(bytes(source))
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
+            if os.path.exists(source):   # a FIFO would block the read for ever, a device never end
+                raise ImageError(f"{name}: not a regular file ({_file_kind(source)}); expected an image file",
+                                 "unsupported")
             raise ImageError(f"{name}: no such file", "missing")
         if os.path.getsize(source) == 0:
             raise ImageError(f"{name}: empty file, expected an image", "empty")
@@ -85,13 +87,67 @@ def _file_object(source: Any, name: str) -> Any:
                      "bytes, a PIL image or a numpy array", "unsupported")
 
 
-def _open_header(fp: Any, name: str, formats: tuple, max_pixels: int) -> Image.Image:
-    """Image.open (the header only) plus the format and pixel-cap checks, before anything is decoded."""
+def _file_kind(path: Any) -> str:
+    mode = os.stat(path).st_mode
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _pil_image(img: Image.Image, name: str) -> Image.Image:
+    """A PIL image given directly, loaded: a closed one or one without pixels is an ImageError. One that
+    Image.open left undecoded gets the JPEG marker checks first."""
+    if getattr(img, "fp", None) is not None and img.format in ("JPEG", "MPO"):
+        _check_jpeg_markers(img.fp, name)
     try:
-        img = Image.open(fp)
+        img.load()
+    except ValueError as exc:   # Pillow: "Operation on closed image"
+        raise ImageError(f"{name}: the PIL image cannot be read ({exc}); was it closed?", "corrupt") from None
+    except Exception as exc:  # noqa: BLE001 - a lazily opened file image decodes here
+        raise ImageError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc})"[:300],
+                         "corrupt") from None
+    if img.width < 1 or img.height < 1:
+        raise ImageError(f"{name}: PIL image of {img.width}x{img.height} has no pixels", "corrupt")
+    return img
+
+
+def _sniffed_format(fp: Any) -> str | None:
+    """The format Pillow's magic-byte checks give the first 16 bytes of `fp` (nothing is parsed), or None."""
+    try:
+        if isinstance(fp, (str, os.PathLike)):
+            with open(fp, "rb") as f:
+                prefix = f.read(16)
+        else:
+            fp.seek(0)
+            prefix = fp.read(16)
+    except (OSError, ValueError):
+        return None
+    Image.init()
+    for fmt in Image.ID:
+        accept = Image.OPEN[fmt][1]
+        try:
+            if accept is not None and accept(prefix):
+                return "JPEG" if fmt == "MPO" else fmt
+        except Exception:  # noqa: BLE001 - a plugin's check that trips on 16 odd bytes: not that format
+            continue
+    return None
+
+
+def _open_header(fp: Any, name: str, formats: tuple, max_pixels: int) -> Image.Image:
+    """Image.open (the header only) plus the format and pixel-cap checks, before anything is decoded.
+    Only the plugins of `formats` parse the header: a refused format (a GIF header bomb on serve) is
+    named from its magic bytes and never parsed."""
+    try:
+        img = Image.open(fp, formats=formats)   # JPEG covers MPO (its factory returns one)
     except Image.DecompressionBombError as exc:  # Pillow's own cap (about 179 MP) fires inside open()
         raise ImageError(f"{name}: {exc}", "too_large") from None
     except UnidentifiedImageError:
+        known = _sniffed_format(fp)
+        if known is not None and known not in formats:
+            raise ImageError(f"{name}: {known} images are not accepted, expected one of {', '.join(formats)}",
+                             "unsupported") from None
         raise ImageError(f"{name}: not a recognised image, expected one of {', '.join(formats)}",
                          "unsupported") from None
     except Exception as exc:  # noqa: BLE001 - a malformed header raises whatever the plugin trips on
@@ -121,10 +177,12 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
     """
     name, formats = _describe(source), tuple(formats)
     if isinstance(source, Image.Image):
-        return _rgb(source, name)
+        return _rgb(_pil_image(source, name), name)
     if isinstance(source, np.ndarray):
         return _rgb(_from_array(source, name), name)
     img = _open_header(_file_object(source, name), name, formats, max_pixels)
+    if img.format in ("JPEG", "MPO"):
+        _check_jpeg_markers(img.fp, name)
     try:
         if min_side > 0 and img.format in ("JPEG", "MPO"):
             img.draft(img.mode, (min_side, min_side))
@@ -138,6 +196,21 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise ImageError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc})"[:300],
                          "corrupt") from None
     return _rgb(img, name)
+
+
+def _check_jpeg_markers(fp: Any, name: str) -> None:
+    """check_jpeg over the file Image.open read the header of (from offset 0, where the JPEG starts):
+    the scan cap and the truncation bound, before libjpeg sees a byte. The position is put back."""
+    where = fp.tell()
+    try:
+        check_jpeg(fp, MAX_JPEG_SCANS)
+    except JpegStructureError as exc:   # worded as the decoder's own errors are, for every caller's checks
+        message = f"corrupt or truncated image ({exc})" if exc.kind == "corrupt" else str(exc)
+        raise ImageError(f"{name}: {message}", exc.kind) from None
+    except (OSError, ValueError) as exc:   # a file that fails to read: the decoder would fail on it too
+        raise ImageError(f"{name}: cannot read image ({type(exc).__name__}: {exc})"[:300], "corrupt") from None
+    finally:
+        fp.seek(where)
 
 
 def _from_array(arr: np.ndarray, name: str) -> Image.Image:
@@ -173,9 +246,27 @@ def upright(img: Image.Image) -> Image.Image:
     return img.transpose(method) if method is not None else img
 
 
+def _colour_key_mask(img: Image.Image) -> Image.Image | None:
+    """The alpha a PNG's tRNS colour key gives an RGB or grey image (0 where a pixel equals the key),
+    or None if it has no key. Palette images carry theirs into convert("RGBA") already."""
+    key = img.info.get("transparency")
+    if key is None or isinstance(key, bytes) or img.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "RGB"):
+        return None
+    keys = key if isinstance(key, tuple) else (key,)
+    if len(keys) != (3 if img.mode == "RGB" else 1) or not all(isinstance(k, int) for k in keys):
+        return None
+    arr = np.asarray(img)
+    if arr.dtype.kind in "ui" and not all(0 <= k <= np.iinfo(arr.dtype).max for k in keys):
+        return None   # a 16-bit RGB key on pixels Pillow decoded to 8 bits: no pixel can equal it
+    opaque = np.any(arr != np.asarray(keys, dtype=arr.dtype), axis=-1) if img.mode == "RGB" else arr != keys[0]
+    return Image.fromarray(opaque.astype(np.uint8) * 255, "L")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB, upright. Alpha is composited onto white."""
+    """Any Pillow mode -> 8-bit RGB, upright. Alpha (an alpha channel, a palette's transparency or a
+    tRNS colour key) is composited onto white."""
     img = upright(img)
+    key_mask = _colour_key_mask(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # 16-bit greyscale: scale to 8 bits instead of letting Pillow clip at 255.
         arr = np.clip(np.asarray(img, dtype=np.int64), 0, None)
@@ -192,33 +283,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = Image.alpha_composite(background, rgba)
     if img.mode != "RGB":
         img = img.convert("RGB")
+    if key_mask is not None:
+        img = Image.composite(img, Image.new("RGB", img.size, (255, 255, 255)), key_mask)
     return img
 
 
-def _number_list(values: Any, key: str, positive: bool) -> tuple:
-    """Three finite numbers (positive ones for std), or a UserError naming preprocess.<key>."""
-    ok = (isinstance(values, (list, tuple)) and len(values) == 3
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                  and (v > 0 or not positive) for v in values))
-    if not ok:
-        raise UserError(f"preprocess.{key}: {str(values)[:80]}; expected three finite "
-                        f"{'positive ' if positive else ''}numbers (R, G, B)")
-    return tuple(float(v) for v in values)
-
-
-def _side(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PREPROCESS_SIDE:
-        raise UserError(f"preprocess.{key}: {str(value)[:40]}; expected a whole number of pixels from 1 to "
-                        f"{MAX_PREPROCESS_SIDE}")
-    return value
-
-
 @dataclass(frozen=True)
-class Preprocess:
+class Preprocess(PreprocessSpec):
     """Eval preprocessing: resize the shorter side, center-crop a square, scale to [0, 1], normalise.
 
-    Output is float32, channels RGB, layout CHW (NCHW for a batch). `to_dict()` is what export writes
-    into the ONNX metadata, and `from_dict()` is how a Predictor rebuilds it from that file alone.
+    The fields, their checks and `to_dict()` / `from_dict()` (what export writes into the ONNX metadata and
+    reads back) are toolkit.contract.PreprocessSpec's; this class adds the defaults and the pixel work.
+    Output is float32, channels RGB, layout CHW (NCHW for a batch).
     """
 
     resize: int = 256  # shorter side after the resize, pixels
@@ -227,47 +303,19 @@ class Preprocess:
     mean: tuple = IMAGENET_MEAN  # per channel (R, G, B), of pixels scaled to [0, 1]
     std: tuple = IMAGENET_STD  # per channel (R, G, B)
     decode: str = "draft"  # how JPEGs decode: draft (DCT-scaled, short side >= resize) | full
-    channel_order: str = field(default="RGB", init=False)
-    layout: str = field(default="NCHW", init=False)
-    value_range: tuple = field(default=(0.0, 1.0), init=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "mean", _number_list(self.mean, "mean", positive=False))
-        object.__setattr__(self, "std", _number_list(self.std, "std", positive=True))
-        if not isinstance(self.interpolation, str) or self.interpolation not in INTERPOLATIONS:
-            raise UserError(f"preprocess.interpolation: {str(self.interpolation)[:40]!r}; expected one of "
-                            f"{', '.join(INTERPOLATIONS)}")
-        if not isinstance(self.decode, str) or self.decode not in DECODE_MODES:
-            raise UserError(f"preprocess.decode: {str(self.decode)[:40]!r}; expected one of "
-                            f"{', '.join(DECODE_MODES)}")
-        _side(self.resize, "resize")
-        _side(self.crop, "crop")
-        if self.crop > self.resize:
-            raise UserError(f"preprocess.crop: {self.crop} with resize {self.resize}; expected crop <= resize")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["mean"], d["std"], d["value_range"] = list(self.mean), list(self.std), list(self.value_range)
-        return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
-        """Rebuild from to_dict()'s form, every value type-checked (it comes from a model file). A dict
-        without `decode` was written before draft decoding existed, so it decodes in full."""
-        if d.get("channel_order", "RGB") != "RGB" or d.get("layout", "NCHW") != "NCHW":
-            raise UserError(f"preprocess: unsupported channel order/layout {str(d.get('channel_order'))[:20]}/"
-                            f"{str(d.get('layout'))[:20]}; expected RGB/NCHW")
-        return cls(resize=d["resize"], crop=d["crop"], interpolation=d["interpolation"],
-                   mean=d["mean"], std=d["std"], decode=d.get("decode", "full"))
+    def from_spec(cls, spec: PreprocessSpec) -> "Preprocess":
+        """The transform a checked spec states (e.g. toolkit.contract.read_file(path).preprocess)."""
+        return cls(resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation, mean=spec.mean,
+                   std=spec.std, decode=spec.decode)
 
     @classmethod
     def from_model(cls, path: str) -> "Preprocess":
         """The preprocessing stored in an exported model's metadata, read without opening a session (for
         clients of a model served elsewhere, e.g. by Triton). toolkit.contract.ContractError if the file
         is missing, unreadable or not a toolkit export."""
-        from toolkit import contract
-
-        return cls.from_dict(contract.read_file(path).preprocess)
+        return cls.from_spec(contract.read_file(path).preprocess)
 
     def open(self, source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
              formats: Iterable[str] = FOLDER_FORMATS) -> Image.Image:
@@ -306,6 +354,17 @@ class Preprocess:
         resize and crop. What every caller uses, so training eval, the parity gate, evaluate, predict
         and serve-local see the same pixels."""
         return self.resize_crop(self.open(source, max_pixels, formats))
+
+    def check_batch(self, batch: np.ndarray, raw: bool) -> None:
+        """UserError unless `batch` is what a model with this preprocessing takes: N x 3 x crop x crop
+        (N x crop x crop x 3 for a raw-input model), every value finite (NaN would give NaN scores
+        in an arbitrary order)."""
+        c = self.crop
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != ((c, c, 3) if raw else (3, c, c)):
+            layout = f"Nx{c}x{c}x3 uint8" if raw else f"Nx3x{c}x{c} float32"
+            raise UserError(f"batch of shape {batch.shape}; expected {layout} (use Predictor.prepare)")
+        if batch.dtype.kind in "fc" and not np.isfinite(batch).all():
+            raise UserError("batch holds NaN or infinite values; expected finite inputs (use Predictor.prepare)")
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 ...xHxWx3 -> float32 ...x3xHxW, scaled to [0, 1] then normalised."""

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import onnx
@@ -147,7 +148,7 @@ def test_parity_at_every_batch_size_and_report(full_export):
 
 def test_onnx_matches_torch_on_a_real_image(full_export, data_root):
     """Independent of the gate: the file, the checkpoint and Preprocess agree on one image."""
-    from toolkit.train.checkpoint import model_from_checkpoint
+    from toolkit.train.model import model_from_checkpoint
 
     model, _ = model_from_checkpoint(os.path.join(full_export["run"], "checkpoints", "best.pt"))
     x = Preprocess(resize=40, crop=32).batch([os.path.join(data_root, "val", "dog", "0.png")])
@@ -417,3 +418,79 @@ def test_shared_initializers_are_unshared_before_quantization():
     inputs = [list(n.input[1:]) for n in model.graph.node]
     assert inputs[0] != inputs[1] and len({*inputs[0], *inputs[1]}) == 4
     onnx.checker.check_model(model)
+
+
+# ------------------------------------------------------------------------------------------------
+# Faults: a full disk, and what an export killed with -9 left behind (issue 18, item 9)
+
+def _disk_full_after(fraction_written: bytes):
+    """A writer that puts a few bytes on the disk, then finds it full."""
+    import errno
+
+    def write(*args, **kwargs):
+        path = next((a for a in args if isinstance(a, (str, os.PathLike)) and str(a).endswith(".onnx")), None)
+        if path is not None:
+            with open(path, "wb") as fh:
+                fh.write(fraction_written)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return write
+
+
+def test_disk_full_is_one_error_naming_the_file_and_the_disk(tmp_path, data_root, monkeypatch):
+    """--int8 gave an OSError traceback from quantize.py; a plain export blamed the checkpoint."""
+    import onnxruntime.quantization as ort_quant
+
+    runs, exports = tmp_path / "runs", tmp_path / "exports"
+    run_dir = make_run(runs, data_root, name="full")
+    with monkeypatch.context() as patch:
+        patch.setattr(ort_quant, "quantize_static", _disk_full_after(b"half a model"))
+        with pytest.raises(UserError) as err:
+            export_mod.export_run(run_dir, exports_dir=str(exports), runs_dir=str(runs), int8=True,
+                                  int8_search=False, quiet=True)
+    msg = str(err.value)
+    assert f"{exports / 'full.int8.onnx'}: could not write it (No space left on device); the disk holding " \
+           f"{exports} is full, " in msg and " MB free: free some space there" in msg, msg
+    assert "nothing was published" in msg and "\n" not in msg
+    assert os.listdir(exports) == []  # no file under a final name, no temp file, no quantization folder
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.onnx, "export", _disk_full_after(b"\x08\x07"))
+        with pytest.raises(UserError) as err:
+            export_mod.export_run(run_dir, exports_dir=str(exports), runs_dir=str(runs), quiet=True)
+    msg = str(err.value)
+    assert msg.startswith(f"{exports / 'full.onnx'}: could not write it (No space left on device); the disk"), msg
+    assert ".pt" not in msg and "checkpoint" not in msg and "torch.onnx.export failed" not in msg, msg
+    assert os.listdir(exports) == []
+
+
+def test_temp_files_of_a_killed_export_are_removed_at_the_next_export(tmp_path, data_root, capsys):
+    """kill -9 during export left hidden .tmp-*.onnx and .tmp-quant-*/ for ever. The next export removes
+    those whose owner process has ended and that are old; a live export's files and young ones stay."""
+    runs, exports = tmp_path / "runs", tmp_path / "exports"
+    run_dir = make_run(runs, data_root, name="m", head="classic")
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    dead, live = ended.pid, os.getppid()
+    two_hours_ago, two_days_ago = time.time() - 7200, time.time() - 2 * 86400
+    os.makedirs(exports)
+    for name, when in [(f".tmp-m-fp32-pid{dead}-a1b2c3.onnx", two_hours_ago),
+                       (f".tmp-quant-pid{dead}-d4e5f6", two_hours_ago),
+                       (".tmp-m-fp32-k9x8y7.onnx", two_days_ago),  # no owner in the name: an older toolkit's
+                       (f".tmp-m-fp16-pid{live}-g7h8i9.onnx", two_hours_ago),  # its owner still runs
+                       (f".tmp-m-raw-pid{dead}-j1k2l3.onnx", time.time()),  # young
+                       (".tmp-m-int8-m4n5o6.onnx", two_hours_ago),  # no owner, not a day old
+                       (".tmp-notes.txt", two_days_ago)]:  # not an export's temp file
+        path = exports / name
+        if name.startswith(".tmp-quant-"):
+            os.makedirs(path)
+            (path / "preprocessed.onnx").write_bytes(b"x" * 1000)
+        else:
+            path.write_bytes(b"x" * 1000)
+        os.utime(path, (when, when))
+    export_mod.export_run(run_dir, exports_dir=str(exports), runs_dir=str(runs))
+    out = capsys.readouterr().out
+    assert f"removed 3 temp file(s) left in {exports} by an export that was killed" in out, out
+    left = sorted(f for f in os.listdir(exports) if f.startswith(".tmp-"))
+    assert left == sorted([f".tmp-m-fp16-pid{live}-g7h8i9.onnx", f".tmp-m-raw-pid{dead}-j1k2l3.onnx",
+                           ".tmp-m-int8-m4n5o6.onnx", ".tmp-notes.txt"]), left
+    assert os.path.isfile(exports / "m.onnx") and os.path.isfile(exports / "m.report.json")

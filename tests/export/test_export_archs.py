@@ -48,7 +48,7 @@ def test_export_parity_per_arch(tmp_path, image_root, arch):
     assert (pre["crop"], pre["interpolation"], pre["mean"], pre["std"]) == (64, info.interpolation, list(info.mean),
                                                                             list(info.std))
     # the ONNX file gives the checkpoint's logits on a real image, through the arch's own transform
-    from toolkit.train.checkpoint import model_from_checkpoint
+    from toolkit.train.model import model_from_checkpoint
 
     model, _ = model_from_checkpoint(str(tmp_path / "runs" / arch / "checkpoints" / "best.pt"))
     images = sorted(pathlib.Path(image_root).glob("**/*.png"))[:2]

@@ -245,6 +245,34 @@ def test_bad_inputs_are_user_errors(models, images, tmp_path):
         p.logits(np.zeros((2, 32, 32, 3), np.float32))   # wrong layout
 
 
+def test_api_misuse_is_one_error_saying_what_was_wrong(models, images, tmp_path):
+    """Each was a raw Python or ORT error (or NaN scores in an arbitrary order) before."""
+    from hostile_images import scan_bomb, truncated_jpeg
+
+    p, raw = Predictor(models["fp32"], device="cpu"), Predictor(models["raw"], device="cpu")
+    closed = Image.new("RGB", (10, 10))
+    closed.close()
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    for image, error, message in [(Image.new("RGB", (0, 0)), ImageError, "0x0 has no pixels"),
+                                  (closed, ImageError, "was it closed"),
+                                  (str(fifo), ImageError, r"not a regular file \(a FIFO\)"),
+                                  (truncated_jpeg(), ImageError, "truncated JPEG"),
+                                  (scan_bomb(), ImageError, "scans")]:
+        with pytest.raises(error, match=message):
+            p.predict(image)
+    for model, batch, message in [
+            (p, np.zeros((1, 3, 64, 64), np.float32), r"batch of shape \(1, 3, 64, 64\); expected Nx3x32x32"),
+            (p, np.zeros((1, 4, 32, 32), np.float32), "expected Nx3x32x32"),
+            (raw, np.zeros((1, 31, 32, 3), np.uint8), "expected Nx32x32x3 uint8"),
+            (p, np.full((2, 3, 32, 32), np.nan, np.float32), "NaN or infinite"),
+            (p, np.pad(np.zeros((1, 3, 32, 31), np.float32), ((0, 0),) * 3 + ((0, 1),), constant_values=np.inf),
+             "NaN or infinite")]:
+        for call in (model.logits, model.probabilities, model.predict_batch):
+            with pytest.raises(UserError, match=message):
+                call(batch)
+
+
 # ------------------------------------------------------------------------------------------
 # Provider truth
 # ------------------------------------------------------------------------------------------

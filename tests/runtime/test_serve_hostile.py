@@ -152,9 +152,10 @@ def test_timeout_and_connection_options_are_checked():
     from toolkit.runtime.serve import serve
 
     with pytest.raises(UserError) as err:
-        serve("unused.onnx", header_timeout=0, body_timeout=float("nan"), keep_alive=-1, max_connections=0)
+        serve("unused.onnx", header_timeout=0, body_timeout=float("nan"), keep_alive=-1, max_connections=0,
+              write_timeout=0)
     message = str(err.value)
-    for name in ("header-timeout", "body-timeout", "keep-alive", "max-connections"):
+    for name in ("header-timeout", "body-timeout", "keep-alive", "max-connections", "write-timeout"):
         assert name in message, message
     with pytest.raises(UserError, match="body-timeout"):
         serve("unused.onnx", body_timeout=float("inf"))
@@ -463,3 +464,144 @@ def test_broken_exif_and_very_thin_images_get_no_5xx(predictor):
             else:
                 assert_json(response.status_code, response.headers, response.content, response.status_code)
         assert c.get("/ready").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------
+# Round 2 (issue 18): scan bombs, truncated JPEGs, clients that never read, smuggling, HTTP details
+
+
+def test_a_scan_bomb_is_413_at_once_and_a_valid_request_does_not_wait(predictor):
+    """A 700 KB progressive JPEG of 10,000 scans took ~35 s to decode and stalled every prediction."""
+    from hostile_images import scan_bomb, truncated_jpeg
+
+    bomb, image = scan_bomb(), encode(photo(1), "PNG")
+    with live(predictor) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        t0 = time.monotonic()
+        response = c.post("/v1/predict", content=bomb, headers={"Content-Type": "image/jpeg"})
+        payload = assert_json(response.status_code, response.headers, response.content, 413)
+        assert "scans" in payload["detail"] and time.monotonic() - t0 < 5
+        response = c.post("/v1/predict", content=truncated_jpeg(), headers={"Content-Type": "image/jpeg"})
+        payload = assert_json(response.status_code, response.headers, response.content, 400)
+        assert "truncated JPEG" in payload["detail"]
+        assert c.post("/v1/predict", content=image, headers={"Content-Type": "image/png"}).status_code == 200
+
+
+def _non_reader(port, requests=2000) -> socket.socket:
+    """A connection with a tiny receive buffer that pipelines GETs and never reads an answer."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    s.connect(("127.0.0.1", port))
+    s.setblocking(False)
+    data = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * requests   # the page: ~10 KB an answer
+    deadline = time.monotonic() + 2
+    while data and time.monotonic() < deadline:
+        try:
+            data = data[s.send(data):]
+        except BlockingIOError:
+            time.sleep(0.01)
+    return s
+
+
+def _server_connections(srv):
+    return list(srv.server.server_state.connections)
+
+
+def _wait_until(condition, seconds):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_clients_that_never_read_are_closed_at_the_write_deadline(predictor):
+    with live(predictor, write_timeout=1.0, keep_alive=30) as srv:
+        readers_not = [_non_reader(srv.port) for _ in range(3)]
+        try:
+            assert _wait_until(lambda: sum(c.not_reading for c in _server_connections(srv)) == 3, 10), \
+                "the non-readers never filled their buffers"
+            t0 = time.monotonic()
+            assert _wait_until(lambda: not _server_connections(srv), 5), "non-readers outlived the write deadline"
+            assert 0.5 <= time.monotonic() - t0 <= 3.0
+            for s in readers_not:
+                assert closed_within(s, 2) is not None
+        finally:
+            for s in readers_not:
+                s.close()
+        assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
+
+
+def test_clients_that_never_read_make_room_for_new_connections(predictor):
+    """At the connection cap held by non-readers, a new connection (/health) is served, not 503."""
+    with live(predictor, max_connections=3, write_timeout=60, keep_alive=30) as srv:
+        readers_not = [_non_reader(srv.port) for _ in range(3)]
+        try:
+            assert _wait_until(lambda: sum(c.not_reading for c in _server_connections(srv)) == 3, 10)
+            for _ in range(2):
+                status, _, body = exchange(srv.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert status == 200, body
+        finally:
+            for s in readers_not:
+                s.close()
+
+
+SMUGGLING = {
+    # A second request hidden in a chunked body that Content-Length would end early (RFC 9112 section 6.1).
+    "content_length_and_chunked": b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "chunked_then_content_length": b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+                                   b"Content-Length: 40\r\n\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "chunked_in_http_1_0": b"POST /v1/predict HTTP/1.0\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"0\r\n\r\n",
+}
+
+
+def test_smuggling_framings_are_400_and_the_connection_closes(predictor):
+    with live(predictor) as srv:
+        for name, request in SMUGGLING.items():
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+                s.sendall(request)
+                pending = []
+                payload = assert_json(*read_response(s, pending=pending), 400)
+                assert "Transfer-Encoding" in payload["detail"], (name, payload)
+                assert closed_within(s, 2) is not None, f"{name}: the connection stayed open"
+                assert pending == [b""], f"{name}: the hidden request was answered"
+
+
+def _head(size: int) -> bytes:
+    """A GET /health head of exactly `size` bytes, its blank line included."""
+    start = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+def test_http_details(predictor):
+    from toolkit.runtime.serve.protocol import H11_HEAD_LIMIT
+
+    gif_bombs = (b"GIF89a\xff\xff\xff\xff",   # a 65535x65535 header, nothing after it (was 400)
+                 b"GIF89a\xff\xff\xff\xff\x00\x00\x00,\x00\x00\x00\x00\xff\xff\xff\xff\x00\x02\x02D\x01\x00;")  # (413)
+    with live(predictor, header_timeout=5) as srv:
+        for version in (b"3.0", b"2.0", b"0.9"):
+            payload = assert_json(*exchange(srv.port, b"GET /health HTTP/" + version + b"\r\nHost: 127.0.0.1\r\n\r\n"),
+                                  505)
+            assert "HTTP/1.1" in payload["detail"]
+        assert len(_head(H11_HEAD_LIMIT)) == H11_HEAD_LIMIT
+        assert exchange(srv.port, _head(H11_HEAD_LIMIT))[0] == 200
+        assert_json(*exchange(srv.port, _head(H11_HEAD_LIMIT + 1)), 431)
+        # Bare LF line ends (h11 takes them) and a body longer than the head limit: not a 431.
+        bare = b"POST /v1/predict HTTP/1.1\nHost: 127.0.0.1\nContent-Type: image/png\nContent-Length: %d\n\n"
+        image = encode(photo(2, (300, 200)), "PNG")
+        assert len(image) > H11_HEAD_LIMIT
+        status, _, body = exchange(srv.port, bare % len(image) + image)
+        assert status == 200, body
+        for gif in gif_bombs:   # a format serve refuses is refused as such (415), its header never parsed
+            response = httpx.post(srv.url + "/v1/predict", content=gif, headers={"Content-Type": "image/gif"})
+            payload = assert_json(response.status_code, response.headers, response.content, 415)
+            assert "GIF images are not accepted" in payload["detail"]
+        for garbage in (np.random.default_rng(3).integers(33, 127, 4096, dtype=np.uint8).tobytes(),
+                        b"\x16\x03\x01\x02\x00\x01" + bytes(4090), b"hello\nworld\n" * 300):
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+                t0 = time.monotonic()
+                s.sendall(garbage)
+                assert_json(*read_response(s), 400)
+                assert time.monotonic() - t0 < 2, "garbage waited for the head deadline"

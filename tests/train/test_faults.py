@@ -15,6 +15,7 @@ from toolkit.train import checkpoint as ckpt_mod
 from toolkit.train import run_dir as run_dir_mod
 from toolkit.train.checkpoint import FORMAT, load_checkpoint
 from toolkit.train.loop import train
+from toolkit.train.model import model_from_checkpoint
 from toolkit.train.run_dir import truncate_metrics
 
 TENSORS = {"w": torch.zeros(2)}
@@ -50,7 +51,7 @@ def test_wrong_structure_checkpoint_is_one_clear_error(tmp_path, state, expected
         load_checkpoint(path)
     assert expected in str(info.value) and path in str(info.value)
     with pytest.raises(UserError, match="not a complete toolkit checkpoint"):
-        ckpt_mod.model_from_checkpoint(path)  # export and evaluate load through here
+        model_from_checkpoint(path)  # export and evaluate load through here
     from toolkit.train.model import build_from_recipe, load_weights
 
     model = build_from_recipe(recipe_mod.from_dict(RECIPE, check_paths=False), num_classes=2)
@@ -234,3 +235,39 @@ def test_unwritable_out_dir_is_a_clear_error(tmp_path, image_folder, monkeypatch
     monkeypatch.setattr(run_dir_mod.os, "makedirs", refuse)
     with pytest.raises(UserError, match="could not make the run folder \\(Permission denied\\)"):
         _train(raw)
+
+
+def test_resume_refuses_what_would_change_the_model_and_says_what_it_ignores(one_epoch_run, capsys):
+    """--resume with model.arch, data.root, lr or seed overrides trained the original run silently."""
+    import copy
+
+    raw, run = one_epoch_run
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    os.makedirs("other")
+    changed = copy.deepcopy(raw)
+    changed["model"]["arch"] = "vgg13"
+    changed["data"].update(root="other", val_fraction=0.5)
+    changed["train"]["lr"] = 0.5
+    with pytest.raises(UserError) as info:
+        _train(changed, resume=True)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{raw['out_dir']}/tiny: --resume cannot change the model or its data; the run was " \
+                       "started with other values for:"
+    assert lines[1:4] == ["  data.root: 'other' (the run's: 'images')", "  data.val_fraction: 0.5 (the run's: 0.25)",
+                          "  model.arch: 'vgg13' (the run's: 'vgg11')"], lines
+    assert "start a new run" in lines[-1] and len(lines) == 5  # train.lr is not refused, and not listed
+    assert last.read_bytes() == before
+
+    harmless = copy.deepcopy(raw)
+    harmless["seed"] = 7
+    harmless["train"].update(lr=0.5, epochs=3)
+    capsys.readouterr()
+    train(recipe_mod.from_dict(harmless), resume=True)
+    out = capsys.readouterr().out.splitlines()
+    said = [line for line in out if line.startswith("resume: ")]
+    assert said == ["resume: ignored seed=7; the run keeps 0 (a resume continues the run as it was started)",
+                    "resume: train.epochs 2 -> 3",
+                    "resume: ignored train.lr=0.5; the run keeps 0.01 (a resume continues the run as it was started)"]
+    saved = load_checkpoint(str(last))
+    assert saved["epoch"] == 3 and saved["recipe"]["train"]["lr"] == 0.01 and saved["recipe"]["seed"] == 0

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from toolkit.train import model as M
-from toolkit.train.model.backbones import _vgg_features
+from toolkit.train.model.families import vgg_features
 from toolkit.errors import UserError
 
 
@@ -227,7 +227,7 @@ def _torchvision_state(arch):
     """A torchvision `arch` state dict: real (random) features, classifier shrunk to keep files small."""
     with torch.device("meta"):
         tv = torchvision.models.get_model(arch, weights=None)
-    state = _vgg_features(arch).state_dict()
+    state = vgg_features(arch).state_dict()
     state = {f"features.{k}": v for k, v in state.items()}
     for k in tv.state_dict():
         if k.startswith("classifier."):

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from toolkit.datasets.splits import _class_rng, _locate_split, _split_class
+from toolkit.datasets.splits import class_rng, locate_split, split_class
 from toolkit.errors import UserError
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -154,10 +154,10 @@ def load_fashion_mnist(d, problems: list, debian_dir=None):
     splits = {"train": [], "val": [], "test": []}
     for label, (cls, name) in enumerate(zip(chosen, names)):
         idx = np.flatnonzero(train_labels == cls).tolist()
-        train, val, _ = _split_class(idx, name, d.val_fraction, 0.0, d.split_seed)
+        train, val, _ = split_class(idx, name, d.val_fraction, 0.0, d.split_seed)
         splits["train"] += [(train_rgb[i], label) for i in train]
         splits["val"] += [(train_rgb[i], label) for i in val]
         pool = np.flatnonzero(test_labels == cls)
-        picked = np.sort(pool[_class_rng(TEST_SEED, name, 2).permutation(len(pool))[:TEST_PER_CLASS]])
+        picked = np.sort(pool[class_rng(TEST_SEED, name, 2).permutation(len(pool))[:TEST_PER_CLASS]])
         splits["test"] += [(test_rgb[i], label) for i in picked.tolist()]
-    return names, splits, _locate_split
+    return names, splits, locate_split

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from toolkit.datasets.sources import LOADERS
-from toolkit.datasets.splits import Dataset, _keep_per_class
+from toolkit.datasets.splits import Dataset, keep_per_class
 from toolkit.errors import UserError
 from toolkit.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, Preprocess, open_image
 
@@ -113,5 +113,5 @@ def load_dataset(recipe, scan: bool = True) -> Dataset:
     if skipped:
         print(f"data: skipped {len(skipped)} unusable image{'s' if len(skipped) > 1 else ''} "
               f"(data.skip_corrupt):\n{_listing([f'{p}: {r}' for p, r in skipped])}")
-    train = _keep_per_class(splits["train"], labels, d.labels_per_class, d.split_seed)
+    train = keep_per_class(splits["train"], labels, d.labels_per_class, d.split_seed)
     return Dataset(labels=labels, train=train, val=splits["val"], test=splits["test"], skipped=skipped)

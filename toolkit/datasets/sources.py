@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from toolkit.datasets.fashion import load_fashion_mnist
-from toolkit.datasets.splits import SPLIT_NAMES, _locate_split, _split_class
+from toolkit.datasets.splits import SPLIT_NAMES, locate_split, split_class
 from toolkit.errors import UserError
 from toolkit.preprocess import IMAGE_EXTENSIONS
 
@@ -98,7 +98,7 @@ def _load_folder(d, problems: list):
         carved = {"train": [], "val": [], "test": []}
         for label, name in enumerate(labels):
             paths = [p for p, lab in splits["train"] if lab == label]
-            for split, part in zip(("train", "val", "test"), _split_class(paths, name, *fractions, d.split_seed)):
+            for split, part in zip(("train", "val", "test"), split_class(paths, name, *fractions, d.split_seed)):
                 carved[split] += [(p, label) for p in part]
         splits["train"] = carved["train"]
         splits["val"] += carved["val"]
@@ -150,17 +150,17 @@ def _load_flowers102(d, problems: list):
         splits[split] = [(str(p), int(lab)) for p, lab in zip(ds._image_files, ds._labels)]
     names = list(Flowers102.classes)  # the 102 Oxford category names, in label-index order
     if d.classes is None:
-        return names, splits, _locate_split
+        return names, splits, locate_split
     wanted = [str(c) for c in d.classes]
     unknown = [c for c in wanted if c not in names]
     if unknown:
         problems.append(f"data.classes: {', '.join(unknown)} not among the Flowers-102 names "
                         f"(e.g. {', '.join(names[:4])}, ...)")
-        return names, splits, _locate_split
+        return names, splits, locate_split
     keep = sorted(names.index(c) for c in set(wanted))  # keep the official order
     remap = {old: new for new, old in enumerate(keep)}
     return [names[i] for i in keep], {s: [(p, remap[lab]) for p, lab in items if lab in remap]
-                                      for s, items in splits.items()}, _locate_split
+                                      for s, items in splits.items()}, locate_split
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,10 +186,10 @@ def _load_digits(d, problems: list):
     for label, digit in enumerate(chosen):
         idx = np.flatnonzero(bunch.target == digit)
         pixels = dict(zip(idx.tolist(), render_digits(bunch.images[idx], d.image_size)))  # this class only
-        for split, part in zip(("train", "val", "test"), _split_class(
+        for split, part in zip(("train", "val", "test"), split_class(
                 idx.tolist(), labels[label], d.val_fraction, d.test_fraction, d.split_seed)):
             splits[split] += [(pixels[i], label) for i in part]
-    return labels, splits, _locate_split
+    return labels, splits, locate_split
 
 
 LOADERS = {"folder": _load_folder, "flowers102": _load_flowers102, "digits": _load_digits,

@@ -25,11 +25,13 @@ class Dataset:
     skipped: list = field(default_factory=list)  # [(path, reason)] dropped by skip_corrupt
 
 
-def _class_rng(seed: int, name: str, stream: int) -> np.random.Generator:
+def class_rng(seed: int, name: str, stream: int) -> np.random.Generator:
+    """The seeded generator of one class and one use (stream 0: the split, 1: the label subsampling), so a
+    class's draw does not depend on which other classes there are."""
     return np.random.default_rng([seed, zlib.crc32(str(name).encode()), stream])
 
 
-def _split_class(paths: list, name: str, val_fraction: float, test_fraction: float, seed: int):
+def split_class(paths: list, name: str, val_fraction: float, test_fraction: float, seed: int):
     """One class's items -> (train, val, test); each fraction > 0 gets at least one when possible."""
     n = len(paths)
     counts = []
@@ -42,22 +44,23 @@ def _split_class(paths: list, name: str, val_fraction: float, test_fraction: flo
             n_val -= 1
         else:
             n_test -= 1
-    order = _class_rng(seed, name, 0).permutation(n)
+    order = class_rng(seed, name, 0).permutation(n)
     picked = [paths[i] for i in order]
     return picked[n_test + n_val:], picked[n_test:n_test + n_val], picked[:n_test]
 
 
-def _keep_per_class(train: list, labels: list, per_class: Optional[int], seed: int) -> list:
+def keep_per_class(train: list, labels: list, per_class: Optional[int], seed: int) -> list:
     """At most `per_class` training items per class. Nested: the N kept are a subset of the N+1 kept."""
     if per_class is None:
         return train
     out = []
     for label, name in enumerate(labels):
         items = [it for it in train if it[1] == label]
-        order = _class_rng(seed, name, 1).permutation(len(items))[:per_class]
+        order = class_rng(seed, name, 1).permutation(len(items))[:per_class]
         out += [items[i] for i in sorted(order)]
     return out
 
 
-def _locate_split(split: str, name: str) -> Optional[str]:
+def locate_split(split: str, name: str) -> Optional[str]:
+    """Where an empty class of a source without class folders is, for its error line: 'val split, class 3'."""
     return f"{split} split, class {name}"

@@ -16,23 +16,22 @@ import numpy as np
 
 from toolkit.export.parity import Gate
 from toolkit.export.plan import ExportJob
-from toolkit.export.staging import Staging, final_path
+from toolkit.export.staging import Staging, twin_path
 from toolkit.export.torch_graph import torch_logits
 from toolkit.runtime.bf16_gate import bf16_line, compare_centred, judge_bf16
+from toolkit.runtime.engines import EngineOptions, adapter_for, engines_with, open_engine
 
 __all__ = ["require_bf16", "bf16_check"]
 
 
 def require_bf16() -> None:
     """Before any slow work: the bf16 engine is installed and its CPU can compute in bf16 (else a UserError)."""
-    from toolkit.runtime.engines import adapter_for, engines_with
 
     adapter_for(engines_with("bf16")[0]).require("bf16", "cpu", where="--bf16-check", fix="drop --bf16-check")
 
 
 def bf16_check(job: ExportJob, staging: Staging, gate: Gate) -> dict:
     """Judge the staged FP32 file on OpenVINO bf16 against PyTorch FP32; returns the gate's numbers."""
-    from toolkit.runtime.engines import EngineOptions, engines_with, open_engine
 
     t = time.perf_counter()
     engine = open_engine(staging.files["fp32"], engines_with("bf16")[0], EngineOptions(device="cpu", precision="bf16"))
@@ -49,7 +48,7 @@ def bf16_check(job: ExportJob, staging: Staging, gate: Gate) -> dict:
     result.update({"engine": info.engine, "device": info.device, "inference_precision": info.precision,
                    "real_inputs": kinds.count("real"), "random_inputs": kinds.count("random"),
                    "compile_s": round(info.load_s, 3)})
-    judge_bf16(result, final_path(job.path, "fp32"), "PyTorch FP32")
+    judge_bf16(result, twin_path(job.path, "fp32"), "PyTorch FP32")
     job.timings["bf16_check_s"] = time.perf_counter() - t
     job.say(f"bf16 check ({info.provider}): {bf16_line(result)}")
     return result

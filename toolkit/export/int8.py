@@ -24,7 +24,7 @@ from toolkit.errors import UserError
 from toolkit.export.options import CALIB_METHODS
 from toolkit.export.plan import ExportJob, base_metadata
 from toolkit.export.quantize import Int8Setting, Prepared, calibration_reader, prepare, quantize
-from toolkit.export.staging import Staging, check_file
+from toolkit.export.staging import Staging, check_file, twin_path, writing
 from toolkit.runtime.onnx_eval import engine_session, load_pixels, run_logits
 from toolkit.runtime.onnx_eval import report as accuracy_report
 
@@ -58,14 +58,16 @@ def int8_twin(job: ExportJob, staging: Staging, data, why) -> dict:
     o = job.options
     scoring = _scoring(job, staging, data, _check_int8_data(data, why))
     calib = _calibration_images(job, data)
-    prepared = prepare(staging.files["fp32"], staging.work_dir(".tmp-quant-"), o.keep_fp32, job.block_of)
+    with writing(twin_path(job.path, "int8")):  # ORT's quantizer writes its own files: a full disk there too
+        prepared = prepare(staging.files["fp32"], staging.work_dir(".tmp-quant-"), o.keep_fp32, job.block_of)
     order = search_order(o, prepared)
     job.say(f"int8: calibrating on {len(calib)} train images, {len(scoring.pixels)} {scoring.split} images "
             f"for the budget; {len(order)} setting{'s' if len(order) > 1 else ''} to try"
             f"{', keeping ' + ', '.join(o.keep_fp32) + ' in fp32' if o.keep_fp32 else ''} ...")
     tried = []
     for setting in order:
-        tried.append(_attempt(job, staging, prepared, setting, calib, scoring))
+        with writing(twin_path(job.path, "int8")):
+            tried.append(_attempt(job, staging, prepared, setting, calib, scoring))
         job.say(f"int8: {setting.label}: top-1 {scoring.fp32['top1']:.2f}% -> {tried[-1]['int8_top1']:.2f}% "
                 f"(drop {tried[-1]['top1_drop']:.2f}, budget {o.int8_budget:g}, {tried[-1]['seconds']:.1f} s)")
         if tried[-1]["top1_drop"] <= o.int8_budget:

@@ -6,9 +6,10 @@ import time
 
 import numpy as np
 
+from toolkit.artifacts import twin_path
 from toolkit.errors import UserError
 from toolkit.export.plan import ExportJob
-from toolkit.export.staging import Staging, final_path
+from toolkit.export.staging import Staging
 from toolkit.export.torch_graph import torch_logits
 from toolkit.preprocess import Preprocess
 from toolkit.runtime.onnx_eval import cpu_session, load_pixels
@@ -40,7 +41,7 @@ def gate_fp32(job: ExportJob, staging: Staging, data, why) -> tuple[Gate, dict, 
     for kind in [k for k in ("fp32", "raw") if k in staging.files]:
         raw = kind == "raw"
         parity[kind] = gate.measure(staging.files[kind], raw, FP32_RTOL, lambda s: FP32_ATOL)
-        judge(parity[kind], "fp32, raw uint8 input" if raw else "fp32", final_path(job.path, kind))
+        judge(parity[kind], "fp32, raw uint8 input" if raw else "fp32", twin_path(job.path, kind))
         job.say(f"parity {kind}: {parity_line(parity[kind])}")
     job.timings["parity_s"] = time.perf_counter() - t
     return gate, data_info, parity

@@ -19,19 +19,23 @@ Stages, in order; a failure at any one is a UserError and nothing appears under 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
 import time
 from typing import Optional
 
+import toolkit
 from toolkit.errors import UserError
+from toolkit.export import triton as triton_mod
 from toolkit.export.opset import check_ir_version, check_opset, ort_max_opset  # noqa: F401 (public here too)
 from toolkit.export.bf16 import bf16_check, require_bf16
 from toolkit.export.options import ExportOptions, check_options
 from toolkit.export.parity import gate_fp32
 from toolkit.export.plan import ExportJob, base_metadata, check_writable, load_data, load_model, plan_export
-from toolkit.export.staging import Staging, remove_stale_twins, report_path, write_json
+from toolkit.export.staging import (Staging, remove_stale_temps, remove_stale_twins, report_path, write_json,
+                                    writing)
 from toolkit.export.torch_graph import export_graphs, resolve_layers  # noqa: F401 (public here too)
 from toolkit.export.int8 import int8_twin
 from toolkit.export.twins import FP16_MIN_AGREEMENT, fp16_twin  # noqa: F401 (public here too)
@@ -67,7 +71,8 @@ def export_run(run=None, **fields) -> dict:
     say = _noop if options.quiet else _say
     job = plan_export(options, say)
     load_model(job)
-    with Staging(job.path, job.ir_version) as staging:
+    remove_stale_temps(os.path.dirname(os.path.abspath(job.path)), say)
+    with writing(job.path), Staging(job.path, job.ir_version) as staging:
         exporter = export_graphs(job, staging)
         data, why = load_data(job.recipe)
         gate, data_info, parity = gate_fp32(job, staging, data, why)
@@ -95,8 +100,6 @@ def _report(job: ExportJob, files: dict, removed: list, exporter: str, ir_versio
     import onnx
     import onnxruntime
     import torch
-
-    import toolkit
 
     meta, o = base_metadata(job), job.options
     return {
@@ -134,10 +137,6 @@ def export_triton(run=None, triton=None, **fields) -> dict:
     TritonOptions'). repo defaults to exports_dir/triton. The FP32 file becomes model <name>; each twin its
     own model, <name>_fp16, <name>_int8, <name>_raw. Returns the export report with a 'triton' list of the
     models written."""
-    import dataclasses
-
-    from toolkit.export import triton as triton_mod
-
     names = {f.name for f in dataclasses.fields(triton_mod.TritonOptions)}
     triton = dataclasses.replace(triton or triton_mod.TritonOptions(), **{k: v for k, v in fields.items()
                                                                           if k in names})
@@ -164,8 +163,6 @@ def export_triton(run=None, triton=None, **fields) -> dict:
 
 def _move_into_repo(report: dict, repo: str, triton) -> list:
     """Each exported file becomes one model of the repository; the report's paths follow them."""
-    from toolkit.export import triton as triton_mod
-
     written = []
     for kind in ("fp32", "fp16", "int8", "raw"):
         if kind not in report["files"]:

@@ -11,11 +11,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from toolkit import contract
+import toolkit
+from toolkit import artifacts, contract
+from toolkit import recipe as recipe_mod
+from toolkit.datasets import load_dataset
 from toolkit.errors import UserError, first_line
 from toolkit.export.options import ExportOptions
 from toolkit.export.opset import check_ir_version, check_opset
 from toolkit.preprocess import Preprocess
+from toolkit.recipe import ARCHS
+from toolkit.train.checkpoint import load_checkpoint, sha256_file
+from toolkit.train.model import model_from_checkpoint
 
 
 @dataclass
@@ -49,11 +55,8 @@ class ExportJob:
 
 def plan_export(options: ExportOptions, say) -> ExportJob:
     """Resolve the run and its checkpoint, check the architecture, the opset and the output folder."""
-    from toolkit import recipe as recipe_mod
-    from toolkit.train import checkpoint as ckpt_mod
-
     run_dir, ckpt_path = _resolve_run(options.run, options.runs_dir, say)
-    ckpt = ckpt_mod.load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
     _check_checkpoint(ckpt, ckpt_path)
     recipe = recipe_mod.from_dict(ckpt["recipe"], source=f"{ckpt_path} (recipe inside the checkpoint)",
                                   check_paths=False)
@@ -73,20 +76,16 @@ def plan_export(options: ExportOptions, say) -> ExportJob:
 
 def load_model(job: ExportJob) -> None:
     """Build the checkpoint's model (float32, eval mode) into the job."""
-    from toolkit.train import checkpoint as ckpt_mod
-
     t = time.perf_counter()
-    model, _ = ckpt_mod.model_from_checkpoint(job.ckpt_path)
+    model, _ = model_from_checkpoint(job.ckpt_path)
     job.model = model.float().eval()
-    job.sha = ckpt_mod.sha256_file(job.ckpt_path)
+    job.sha = sha256_file(job.ckpt_path)
     job.block_of = dict(getattr(job.model, "block_of", {}))
     job.timings["load_s"] = time.perf_counter() - t
 
 
 def base_metadata(job: ExportJob) -> dict:
     """The metadata of the FP32 file (toolkit.contract); twins change input, precision, quantization."""
-    import toolkit
-
     return {
         "toolkit_format": contract.FORMAT_VERSION,
         "labels": job.labels,
@@ -118,8 +117,6 @@ def input_spec(job: ExportJob, raw: bool) -> dict:
 def load_data(recipe) -> tuple[Any, Optional[str]]:
     """(Dataset or None, why not). Never downloads: export works offline or says it couldn't."""
     try:
-        from toolkit.datasets import load_dataset
-
         data = recipe.data
         if data.source == "flowers102":
             recipe = dataclasses.replace(recipe, data=dataclasses.replace(data, download=False))
@@ -133,8 +130,6 @@ def load_data(recipe) -> tuple[Any, Optional[str]]:
 
 def _resolve_run(run: Optional[str], runs_dir: str, say) -> tuple[str, str]:
     """(run directory or '', checkpoint path) for `run` (a run folder, a checkpoint file, a run name)."""
-    from toolkit import artifacts
-
     if run is None:
         run_dir = artifacts.newest_run(runs_dir)
         ckpt = artifacts.run_checkpoint(run_dir)
@@ -153,8 +148,6 @@ def _resolve_run(run: Optional[str], runs_dir: str, say) -> tuple[str, str]:
 
 def _check_checkpoint(ckpt: dict, path: str) -> None:
     """One-line errors for a checkpoint that loads but can't be exported (before building anything)."""
-    from toolkit.recipe import ARCHS
-
     missing = [k for k in ("model", "labels", "recipe") if k not in ckpt]
     if missing:
         raise UserError(f"{path}: checkpoint lacks {', '.join(missing)}; expected a checkpoint written by "

@@ -1,31 +1,36 @@
 """Files of an export: staged as temp files in the output folder, renamed into place together once every
-gate passed, so a failure at any step leaves nothing under a final name."""
+gate passed, so a failure at any step leaves nothing under a final name.
+
+Temp names carry the exporting process's id (.tmp-<stem>-<kind>-pid<N>-XXXX.onnx, .tmp-quant-pid<N>-XXXX/),
+so that the next export can remove what an export killed with -9 left (remove_stale_temps), and never
+what a live one is still writing. A full disk while writing any of them is one UserError (`writing`)."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from typing import Optional
 
 from toolkit import contract
-from toolkit.artifacts import TWIN_SUFFIXES, atomic_write
+from toolkit.artifacts import TWINS, atomic_write, twin_path, write_failure
 from toolkit.errors import UserError, first_line
 
-# kind -> file suffix, from the one list in toolkit.artifacts: ".fp16.onnx" -> "fp16"
-TWINS = {suffix.split(".")[1]: suffix for suffix in TWIN_SUFFIXES}
-
-
-def twin_path(path: str, kind: str) -> str:
-    return path[:-len(".onnx")] + TWINS[kind]
+# A temp file or folder whose owner is gone is removed once it is this old (the age guards against an
+# owner in another pid namespace, e.g. another container sharing the folder)...
+STALE_AFTER_S = 3600
+# ... and one without an owner in its name (written by an older toolkit) once it is this old.
+UNOWNED_STALE_AFTER_S = 24 * 3600
+_OWNER = re.compile(r"-pid(\d+)-[A-Za-z0-9_]+(?:\.onnx(?:\.data)?)?$")
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 
 
 def report_path(path: str) -> str:
     return path[:-len(".onnx")] + ".report.json"
-
-
-def final_path(path: str, kind: str) -> str:
-    return path if kind == "fp32" else twin_path(path, kind)
 
 
 class Staging:
@@ -54,14 +59,16 @@ class Staging:
 
     def new(self, kind: str) -> str:
         """A fresh temp path for `kind` beside the final file."""
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(self.path)[:-5]}-{kind}-", suffix=".onnx",
-                                   dir=self.folder)
+        with writing(twin_path(self.path, kind)):
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(self.path)[:-5]}-{kind}-pid{os.getpid()}-",
+                                       suffix=".onnx", dir=self.folder)
         os.close(fd)
         self.files[kind] = tmp
         return tmp
 
     def work_dir(self, prefix: str) -> str:
-        folder = tempfile.mkdtemp(prefix=prefix, dir=self.folder)
+        with writing(self.path):
+            folder = tempfile.mkdtemp(prefix=f"{prefix}pid{os.getpid()}-", dir=self.folder)
         self.work_dirs.append(folder)
         return folder
 
@@ -72,16 +79,110 @@ class Staging:
         if self.ir_version is not None:
             proto.ir_version = self.ir_version  # before the checker and the parity gate, so they judge these bytes
         self.ir_written[kind] = int(proto.ir_version)
-        onnx.save_model(proto, self.files[kind], save_as_external_data=False)
+        with writing(twin_path(self.path, kind)):
+            onnx.save_model(proto, self.files[kind], save_as_external_data=False)
 
     def publish(self) -> dict:
         """Rename every staged file into place; returns kind -> {path, bytes}."""
-        files = {kind: {"path": final_path(self.path, kind), "bytes": os.path.getsize(tmp)}
+        files = {kind: {"path": twin_path(self.path, kind), "bytes": os.path.getsize(tmp)}
                  for kind, tmp in self.files.items()}
         for kind, tmp in self.files.items():
             _publish(tmp, files[kind]["path"])
         self.files.clear()
         return files
+
+
+def _disk_full(exc: BaseException) -> Optional[OSError]:
+    """The disk-full error behind `exc` (itself, or what it was raised from), or None. Libraries wrap it:
+    torch.onnx and the quantizer re-raise or reword an OSError on the way out."""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL:
+            return seen
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Whatever the block writes for `path` (the file the user will get): a full disk in it becomes one
+    UserError naming `path`, the disk (the folder that could not be written: where `path` goes, unless
+    the error names another, e.g. the quantizer's temp folder) and its free space; nothing is published."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        full = _disk_full(exc)
+        if full is None:
+            raise
+        folder = os.path.dirname(os.path.abspath(path))
+        elsewhere = "export elsewhere with --out"
+        if isinstance(full.filename, str):
+            failed = os.path.dirname(os.path.abspath(full.filename))
+            if os.path.commonpath([failed, folder]) != folder:  # outside the export's folder: a temp folder
+                folder, elsewhere = failed, "point TMPDIR at a disk with room"
+        try:
+            free = f", {shutil.disk_usage(folder).free / 1e6:.0f} MB free"
+        except OSError:
+            free = ""
+        then = (f"the disk holding {folder} is full{free}: free some space there (or {elsewhere}) and export "
+                "again; nothing was published")
+        raise write_failure(path, full, then) from None
+
+
+def _owner_gone(name: str) -> Optional[bool]:
+    """Whether the process named in a temp name has ended (None: the name names none)."""
+    match = _OWNER.search(name)
+    if match is None:
+        return None
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists, under another user
+    return False
+
+
+def _is_stale(entry: os.DirEntry, now: float) -> bool:
+    is_work_dir = entry.name.startswith(".tmp-quant-") and entry.is_dir(follow_symlinks=False)
+    is_file = entry.name.endswith((".onnx", ".onnx.data")) and entry.is_file(follow_symlinks=False)
+    if not (is_work_dir or is_file):
+        return False
+    try:
+        age = now - entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return False  # gone already
+    gone = _owner_gone(entry.name)
+    return age > UNOWNED_STALE_AFTER_S if gone is None else gone and age > STALE_AFTER_S
+
+
+def remove_stale_temps(folder: str, say) -> list:
+    """Remove the temp files and quantization folders (.tmp-*.onnx, .tmp-quant-*/) that an export killed
+    with -9 left in `folder`: those whose owner process has ended and that are older than STALE_AFTER_S
+    (without an owner in the name: UNOWNED_STALE_AFTER_S). Returns what was removed."""
+    removed, now = [], time.time()
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        stale = [e for e in entries if e.name.startswith(".tmp-") and _is_stale(e, now)]
+    for entry in stale:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            continue  # removed meanwhile, or not ours to remove
+        removed.append(entry.path)
+    if removed:
+        say(f"removed {len(removed)} temp file(s) left in {folder} by an export that was killed: "
+            f"{', '.join(os.path.basename(p) for p in removed)}")
+    return removed
 
 
 def check_file(path: str) -> None:

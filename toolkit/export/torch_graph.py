@@ -16,7 +16,8 @@ import numpy as np
 from toolkit import contract
 from toolkit.errors import UserError, first_line
 from toolkit.export.plan import ExportJob, base_metadata, input_spec
-from toolkit.export.staging import Staging, check_file
+from toolkit.artifacts import twin_path
+from toolkit.export.staging import Staging, check_file, writing
 from toolkit.export.surgery import strip_debug_metadata
 from toolkit.preprocess import Preprocess
 
@@ -63,7 +64,8 @@ def _export_one(job: ExportJob, staging: Staging, kind: str, raw: bool) -> str:
         example = torch.randn(2, 3, crop, crop)
         dynamic = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
     try:
-        exporter = torch_export(module, example, tmp, job.opset, job.outputs, dynamic)
+        with writing(twin_path(job.path, kind)):  # a full disk is not the checkpoint's fault
+            exporter = torch_export(module, example, tmp, job.opset, job.outputs, dynamic)
     except UserError:
         raise
     except Exception as exc:

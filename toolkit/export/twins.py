@@ -8,9 +8,10 @@ from __future__ import annotations
 import time
 
 from toolkit import contract
+from toolkit.artifacts import twin_path
 from toolkit.export.parity import Gate, judge, parity_line
 from toolkit.export.plan import ExportJob, base_metadata
-from toolkit.export.staging import Staging, check_file, twin_path
+from toolkit.export.staging import Staging, check_file
 from toolkit.export.surgery import toposort
 from toolkit.export.torch_graph import hush
 

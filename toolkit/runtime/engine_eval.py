@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import numpy as np
 
+from toolkit.artifacts import base_of
 from toolkit.errors import UserError
 from toolkit.runtime.bf16_gate import bf16_line, compare_centred, judge_bf16
 from toolkit.runtime.engines import reference_engine
@@ -23,12 +23,11 @@ from toolkit.runtime.engines import reference_engine
 __all__ = ["fp32_reference_path", "versus_onnxruntime", "versus_line", "DEFAULT_INT8_BUDGET"]
 
 DEFAULT_INT8_BUDGET = 1.0  # top-1 points; toolkit export's --int8-budget default
-_TWIN = re.compile(r"\.(int8|fp16)\.onnx$")
 
 
 def fp32_reference_path(path: str) -> str:
     """The FP32 file a twin was made from, when it sits beside it; else the file itself."""
-    sibling = _TWIN.sub(".onnx", path)
+    sibling = base_of(path)[0]
     return sibling if sibling != path and os.path.isfile(sibling) else path
 
 

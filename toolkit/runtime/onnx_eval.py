@@ -171,11 +171,12 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
         raise UserError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
     if not os.path.isfile(str(model_path)):
         raise UserError(f"{model_path}: no such model file; expected an .onnx file from toolkit export")
+    contract.check_model_file(model_path)  # before an engine loads it (toolkit.contract_graph)
     session = engine_session(str(model_path), threads, device, engine, precision)
     model = contract.from_props(session.metadata(), str(model_path))
     meta = model.meta
     recipe = _resolve_recipe(recipe_path_or_recipe, meta, str(model_path))
-    preprocess = Preprocess.from_dict(model.preprocess)
+    preprocess = Preprocess.from_spec(model.preprocess)
     raw = bool((model.input or {}).get("raw"))
     labels = [str(x) for x in model.labels]
 

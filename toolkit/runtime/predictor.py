@@ -102,6 +102,7 @@ class Predictor:
         self._sha256: str | None = None
 
         self.engine = parse_engine(engine)
+        contract.check_model_file(self.path)  # external data, control flow, oversized metadata: before loading
         self.session = open_engine(self.path, self.engine, self.options)
         self.engine_info = self.session.describe()
         self.providers = list(self.engine_info.providers)
@@ -117,7 +118,7 @@ class Predictor:
         self.contract = model
         self.metadata = model.meta
         self.labels: list[str] = model.labels
-        self.preprocess = Preprocess.from_dict(model.preprocess)
+        self.preprocess = Preprocess.from_spec(model.preprocess)
         self.precision = model.precision
         self._read_input(model.input)
         self._read_outputs()
@@ -215,11 +216,7 @@ class Predictor:
     # ---- running -------------------------------------------------------------------------
     def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         batch = np.asarray(batch)
-        want = (4, 3) if self.raw else (4, 1)
-        if batch.ndim != 4 or batch.shape[want[1]] != 3:
-            layout = "Nx{c}x{c}x3 uint8".format(c=self.preprocess.crop) if self.raw else \
-                "Nx3x{c}x{c} float32".format(c=self.preprocess.crop)
-            raise UserError(f"batch of shape {batch.shape}; expected {layout} (use Predictor.prepare)")
+        self.preprocess.check_batch(batch, self.raw)   # shape and finite values, before the engine sees it
         if batch.dtype != self._input_dtype:
             if self.raw and batch.dtype != np.uint8:
                 raise UserError(f"batch dtype {batch.dtype}; this raw-input model expects uint8 pixels")

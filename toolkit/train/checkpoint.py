@@ -137,26 +137,6 @@ def load_optimizer_state(optimizer, state: Mapping, source) -> None:
                         "expected the last.pt this run wrote") from None
 
 
-def model_from_checkpoint(source, map_location: str = "cpu"):
-    """(model in eval mode, checkpoint dict) from a checkpoint path or an already loaded dict."""
-    from toolkit import recipe as recipe_mod
-    from toolkit.train.model import build_from_recipe
-
-    if isinstance(source, (str, os.PathLike)):
-        ckpt = load_checkpoint(source, map_location)
-    else:
-        ckpt = source
-        check_structure(ckpt, "checkpoint")
-    recipe = recipe_mod.from_dict(ckpt["recipe"], source=f"{source} (recipe inside the checkpoint)", check_paths=False)
-    model = build_from_recipe(recipe, num_classes=len(ckpt["labels"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise UserError(f"{source}: weights do not fit {recipe.model.arch} with a {recipe.model.head} head "
-                        f"({str(exc).splitlines()[0][:160]})") from None
-    return model.eval(), ckpt
-
-
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

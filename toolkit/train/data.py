@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from toolkit.errors import UserError  # noqa: E402
 from toolkit.preprocess import DEFAULT_MAX_PIXELS, ImageError, Preprocess, open_image  # noqa: E402
+from toolkit.runtime.benchmark.backends import synthetic_jpegs  # noqa: E402
 
 from toolkit.datasets import Dataset, load_dataset, render_digits, scan_items  # noqa: E402,F401  (the listing, for callers on this side)
 
@@ -219,8 +220,6 @@ def make_loader(items: list, recipe, train: bool, generator: Optional[torch.Gene
 
 def _write_test_jpegs(folder: str, n: int, size=(500, 375)) -> list:
     """The benchmark's photo-like JPEGs (smooth colour fields plus noise), written to `folder`."""
-    from toolkit.runtime.benchmark.backends import synthetic_jpegs  # the benchmark package is big: load on use
-
     paths = []
     for i, blob in enumerate(synthetic_jpegs(n, size)):
         path = os.path.join(folder, f"img_{i:04d}.jpg")

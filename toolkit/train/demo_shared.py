@@ -12,6 +12,8 @@ import time
 from toolkit.artifacts import atomic_path, atomic_write
 from toolkit.datasets import load_dataset
 from toolkit.errors import UserError
+from toolkit.train.evaluate import evaluate_checkpoint
+from toolkit.train.loop import train
 
 ARMS = ("transfer", "scratch")
 TABLE_HEADER = ["| labels per class | transfer | scratch | transfer gain |", "|---|---|---|---|"]
@@ -28,8 +30,6 @@ def recipe_path(name: str) -> str:
 
 def train_quietly(recipe, evaluate_test: bool = True) -> float:
     """Train `recipe` (replacing an earlier run of the same name) without log lines; -> seconds."""
-    from toolkit.train.loop import train
-
     started = time.time()
     train(recipe, overwrite=True, quiet=True, evaluate_test=evaluate_test)
     return time.time() - started
@@ -37,8 +37,6 @@ def train_quietly(recipe, evaluate_test: bool = True) -> float:
 
 def final_test_top1(run_dir: str, batch_size: int = 32) -> float:
     """Test top-1 of the run's final weights (last.pt), not of the epoch validation liked best."""
-    from toolkit.train.evaluate import evaluate_checkpoint
-
     last = os.path.join(run_dir, "checkpoints", "last.pt")
     return evaluate_checkpoint(last, split="test", batch_size=batch_size, quiet=True)["top1"]
 

@@ -1,4 +1,7 @@
-"""`toolkit evaluate`: top-1, top-5, per-class accuracy and confusion matrix of a checkpoint or an ONNX file."""
+"""`toolkit evaluate`: top-1, top-5, per-class accuracy and confusion matrix of a checkpoint or an ONNX file.
+
+Loads without torch: `toolkit evaluate MODEL.onnx` runs on the torch-free install, so a checkpoint's
+evaluation imports the torch side (torch, toolkit.train.data, .model, .device) when it runs."""
 from __future__ import annotations
 
 import json
@@ -6,10 +9,14 @@ import os
 
 import numpy as np
 
+from toolkit import artifacts
+from toolkit import recipe as recipe_mod
 from toolkit.datasets.splits import SPLITS
 from toolkit.errors import UserError
 from toolkit.metrics import classification_report, format_report
 from toolkit.runtime.engines import DEFAULT_ENGINE
+from toolkit.runtime.engine_eval import versus_line
+from toolkit.runtime.onnx_eval import evaluate_onnx
 
 
 def collect_logits(model, loader, device, autocast=None, criterion=None):
@@ -40,9 +47,8 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
     from torch.utils.data import DataLoader
 
     from toolkit.train import data as data_mod
-    from toolkit import recipe as recipe_mod
-    from toolkit.train.checkpoint import model_from_checkpoint
     from toolkit.train.device import pick_device
+    from toolkit.train.model import model_from_checkpoint
 
     if split not in SPLITS:
         raise UserError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
@@ -80,18 +86,11 @@ def evaluate_command(target: str | None, recipe: str | None = None, split: str =
                      precision: str | None = None) -> dict:
     """Dispatch: .onnx files go through ONNX Runtime (or OpenVINO: engine, precision), runs and checkpoints
     through PyTorch."""
-    from toolkit import artifacts
-    from toolkit import recipe as recipe_mod
-
     if target is None:
         target = artifacts.newest_run()
         print(f"evaluating newest run: {target}")
     loaded_recipe = recipe_mod.load(recipe) if recipe else None
     if str(target).endswith(".onnx"):
-        from toolkit.runtime.onnx_eval import evaluate_onnx
-
-        from toolkit.runtime.engine_eval import versus_line
-
         report = evaluate_onnx(target, loaded_recipe, split=split, batch_size=batch_size, device=device,
                                engine=engine, precision=precision)
         if not as_json:

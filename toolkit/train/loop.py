@@ -25,6 +25,9 @@ import torch.nn as nn
 from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.recipe import Recipe
+from toolkit.train import data as data_mod
+from toolkit.train import model as model_mod
+from toolkit.train import resume as resume_mod
 from toolkit.train.checkpoint import load_model_state, load_optimizer_state, save_checkpoint
 from toolkit.train.device import amp_dtype, pick_device
 from toolkit.train.distributed import IGNORE, Dist, is_collective_failure, launch
@@ -81,9 +84,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_af
 def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) -> dict:
     started = time.time()
     # Rank 0 checks the run folder and reads last.pt; every rank gets the checkpoint (no shared disk needed).
-    resumed = ctx.on_main(lambda: prepare_run_dir(recipe.run_dir, opts.resume, opts.overwrite))
+    resumed = ctx.on_main(lambda: _open_run(recipe, opts))
     if resumed is not None:
-        recipe = _resumed_recipe(recipe, resumed)
+        recipe = resume_mod.resumed_recipe(recipe, _saved_recipe(recipe, resumed))
     seed_everything(recipe.seed, recipe.train.deterministic)
     run = _Session(recipe, ctx, device, opts, resumed)
     run.load_data()
@@ -101,14 +104,19 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
                          opts.quiet, world=ctx.world)
 
 
-def _resumed_recipe(recipe: Recipe, resumed: dict) -> Recipe:
-    """The recipe saved in last.pt, with what a resume may change taken from `recipe`."""
-    saved = recipe_mod.from_dict(resumed["recipe"], source=f"{checkpoint_paths(recipe.run_dir)[0]} (recipe)",
-                                 check_paths=False)
-    saved.train.epochs = recipe.train.epochs  # a resume may train longer ...
-    saved.train.device = recipe.train.device  # ... and run on another machine
-    saved.train.dist_timeout = recipe.train.dist_timeout
-    return saved
+def _open_run(recipe: Recipe, opts: TrainOptions) -> dict | None:
+    """Rank 0: the run folder checked (and last.pt read, when resuming: a recipe that would change the
+    run's model or data is refused there, and each other difference said; toolkit.train.resume)."""
+    resumed = prepare_run_dir(recipe.run_dir, opts.resume, opts.overwrite)
+    if resumed is not None:
+        resume_mod.check_resume(recipe, _saved_recipe(recipe, resumed), _silent if opts.quiet else print)
+    return resumed
+
+
+def _saved_recipe(recipe: Recipe, resumed: dict) -> Recipe:
+    """The recipe saved in last.pt."""
+    return recipe_mod.from_dict(resumed["recipe"], source=f"{checkpoint_paths(recipe.run_dir)[0]} (recipe)",
+                                check_paths=False)
 
 
 def _silent(*_args, **_kwargs) -> None:
@@ -130,8 +138,6 @@ class _Session:
 
     # -- stages ---------------------------------------------------------------------------------
     def load_data(self) -> None:
-        from toolkit.train import data as data_mod
-
         # Rank 0 downloads (if anything) and decodes every image once; the other ranks get its file lists.
         self.dataset = self.ctx.on_main(lambda: data_mod.load_dataset(self.recipe))
         self.labels = self.dataset.labels
@@ -142,8 +148,6 @@ class _Session:
         self.ctx.check_training(self.t, self.device)
 
     def build_model(self) -> None:
-        from toolkit.train import model as model_mod
-
         recipe, t, ctx, device = self.recipe, self.t, self.ctx, self.device
         model = model_mod.build_from_recipe(recipe, num_classes=len(self.labels))  # same seed: same init everywhere
         if self.resumed is None:
@@ -184,8 +188,6 @@ class _Session:
                  (f", batch {self.state.step_in_epoch + 1}" if self.state.step_in_epoch else ""))
 
     def build_loaders(self) -> None:
-        from toolkit.train import data as data_mod
-
         recipe, t, ctx, dataset = self.recipe, self.t, self.ctx, self.dataset
         preprocess = data_mod.eval_preprocess(recipe)
         self.train_set = SeededAugmentation(
@@ -239,8 +241,6 @@ class _Session:
         """This epoch's batches from state.step_in_epoch on. Returns (the groups trained, [images, summed
         loss, correct] over every rank, seconds, whether any rank was asked to stop)."""
         from tqdm import tqdm
-
-        from toolkit.train import model as model_mod
 
         t, state = self.t, self.state
         trainable = model_mod.trainable_groups(t, state.epoch)

@@ -10,7 +10,9 @@ import time
 from toolkit import recipe as recipe_mod
 from toolkit.artifacts import atomic_write, write_failure
 from toolkit.errors import UserError
+from toolkit.train import model as model_mod
 from toolkit.train.checkpoint import load_checkpoint
+from toolkit.train.evaluate import evaluate_checkpoint
 
 
 def checkpoint_paths(run_dir: str) -> tuple[str, str]:
@@ -41,8 +43,6 @@ def prepare_run_dir(run_dir: str, resume: bool, overwrite: bool) -> dict | None:
 
 def write_run_files(recipe, model, epochs_done: int, say) -> None:
     """recipe.yaml and param_groups.txt; metrics.jsonl trimmed back to the checkpoint's epochs."""
-    from toolkit.train import model as model_mod
-
     run_dir, t = recipe.run_dir, recipe.train
     atomic_write(os.path.join(run_dir, "recipe.yaml"), recipe_mod.dump(recipe))
     table = model_mod.param_group_table(model, model_mod.group_learning_rates(t), model_mod.trainable_from(t))
@@ -97,8 +97,6 @@ def append_metrics(run_dir: str, record: dict) -> None:
 
 def write_summary(recipe, dataset, device, state, started: float, quiet: bool, world: int = 1) -> dict:
     """summary.json (with the test split's scores of best.pt when `dataset` has one) and the closing lines."""
-    from toolkit.train.evaluate import evaluate_checkpoint
-
     _, best_path = checkpoint_paths(recipe.run_dir)
     summary = {"run": recipe.run_dir, "best_checkpoint": best_path, "best_epoch": state.best_epoch,
                "val_top1": state.best_top1, "epochs_run": state.epoch, "processes": world, "wall_time_s": None}

@@ -6,13 +6,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from toolkit.train import model as model_mod
 from toolkit.train.distributed import IGNORE
 
 
 def build_optimizer(model, t, groups) -> torch.optim.Optimizer:
     """SGD (Nesterov momentum) or AdamW over `groups`, each layer group at its discriminative rate."""
-    from toolkit.train import model as model_mod
-
     param_groups = model_mod.optimizer_param_groups(model, model_mod.group_learning_rates(t), t.weight_decay,
                                                     groups=groups)
     if t.optimizer == "sgd":

@@ -17,6 +17,7 @@ import numpy as np
 
 from toolkit import artifacts
 from toolkit.errors import UserError, first_line
+from toolkit.preprocess import SERVE_FORMATS
 from toolkit.runtime.benchmark import BackendRecord, ExtraBackends
 from toolkit.runtime.benchmark.machine import maxrss_mb
 from toolkit.runtime.benchmark.probe import first_runs, main, run_probe
@@ -37,7 +38,7 @@ class TorchBackend:
                  flops: int):
         import torch
 
-        from toolkit.train.checkpoint import model_from_checkpoint
+        from toolkit.train.model import model_from_checkpoint
 
         self.torch, self.amp, self.preprocess, self.may_fail = torch, amp, preprocess, compiled
         backend, precision = ("torch-compile" if compiled else "torch-eager"), ("fp16-amp" if amp else "fp32")
@@ -72,8 +73,6 @@ class TorchBackend:
     def run(self, mode: str) -> None:
         torch = self.torch
         if mode == "end_to_end":
-            from toolkit.preprocess import SERVE_FORMATS
-
             pixels = np.stack([self.preprocess.pixels(j, formats=SERVE_FORMATS) for j in self.jpegs])
             logits = self._forward(torch.from_numpy(self.preprocess.normalize(pixels)).to(self.dev))
             with torch.inference_mode():
@@ -172,7 +171,7 @@ def probe_torch(spec: dict) -> dict:
     t0 = time.perf_counter()
     import torch
 
-    from toolkit.train import checkpoint  # noqa: F401 - its import counts in import_s, as torch's does
+    from toolkit.train import model  # noqa: F401 - its import counts in import_s, as torch's does
     out = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
     b = TorchBackend(spec["checkpoint"], spec["device"], spec["threads"], spec["compile"], spec["amp"], None, 0)
     out["session_s"], out["provider"] = b.session_s, b.record.provider

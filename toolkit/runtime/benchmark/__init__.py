@@ -28,7 +28,8 @@ from toolkit.runtime.benchmark.backends import Backend, BackendLoader, ExtraBack
 from toolkit.runtime.benchmark.compare import compare_models, pareto_flags
 from toolkit.runtime.benchmark.model_file import count_flops
 from toolkit.runtime.benchmark.machine import machine_info, physical_cores, versions
-from toolkit.runtime.benchmark.model_file import TWIN_SUFFIX, inspect_model, twin_path
+from toolkit.artifacts import twin_path
+from toolkit.runtime.benchmark.model_file import inspect_model
 from toolkit.runtime.benchmark.options import BenchmarkOptions
 from toolkit.runtime.benchmark.peak import measure_peak
 from toolkit.runtime.benchmark.records import SCHEMA_VERSION, SCHEMAS, TIMED, BackendRecord, validate_record
@@ -37,7 +38,7 @@ from toolkit.runtime.benchmark.run import run_benchmark
 from toolkit.runtime.benchmark.timing import DEFAULT_DURATION_S, DEFAULT_ROUNDS, interleaved_rounds
 
 __all__ = ["Backend", "BackendLoader", "BackendRecord", "BenchmarkOptions", "DEFAULT_DURATION_S", "DEFAULT_ROUNDS", "ExtraBackends",
-           "SCHEMAS", "SCHEMA_VERSION", "TIMED", "TWIN_SUFFIX", "compare_models", "count_flops", "format_markdown",
+           "SCHEMAS", "SCHEMA_VERSION", "TIMED", "compare_models", "count_flops", "format_markdown",
            "format_table", "format_train_table", "inspect_model", "interleaved_rounds", "machine_info",
            "measure_peak", "pareto_flags", "physical_cores", "run_benchmark", "synthetic_jpegs", "twin_path",
            "validate_record", "versions", "write_outputs"]

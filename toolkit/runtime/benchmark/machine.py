@@ -13,6 +13,7 @@ import sys
 from importlib import metadata
 from typing import Optional
 
+import toolkit
 from toolkit.runtime.benchmark.records import ISA_FLAGS, SCHEMA_VERSION, Files, Machine, Versions
 
 _CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
@@ -123,8 +124,6 @@ def _version(*dists: str) -> Optional[str]:
 
 def versions() -> Versions:
     """Library versions, read from package metadata: torch is not imported for this."""
-    import toolkit
-
     ort = _version("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino", "onnxruntime-directml")
     out = Versions(toolkit=toolkit.__version__, onnxruntime=ort, openvino=_version("openvino"), onnx=_version("onnx"),
                    numpy=_version("numpy"), pillow=_version("Pillow", "pillow"), torch=_version("torch"),

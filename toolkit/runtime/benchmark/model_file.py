@@ -1,5 +1,5 @@
-"""The model file under test: its metadata (toolkit.contract), graph input, size, precision twins, and the
-FLOPs of one forward pass counted from the graph (shapes from ONNX shape inference)."""
+"""The model file under test: its metadata (toolkit.contract), graph input, size, precision twins (named in
+toolkit.artifacts), and the FLOPs of one forward pass counted from the graph (shapes from ONNX shape inference)."""
 from __future__ import annotations
 
 import math
@@ -8,10 +8,7 @@ from typing import Any, Callable, Optional
 
 from toolkit import artifacts, contract
 from toolkit.errors import UserError, first_line
-from toolkit.runtime.benchmark.records import PRECISIONS
 
-# precision -> file suffix: the precision twins among artifacts.TWIN_SUFFIXES (.raw.onnx is a layout, not a precision)
-TWIN_SUFFIX = {"fp32": ".onnx", **{s.split(".")[1]: s for s in artifacts.TWIN_SUFFIXES if s.split(".")[1] in PRECISIONS}}
 # op -> index of its weight input, per kind of multiply-accumulate
 _CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1, "NhwcConv": 1, "NhwcFusedConv": 1,
              "ConvTranspose": 1}
@@ -108,16 +105,6 @@ def inspect_model(path: str) -> dict:
     crop = meta["preprocess"].get("crop") if isinstance(meta.get("preprocess"), dict) else None
     return {"path": path, "metadata": meta, "input_dims": dims, "file_bytes": _file_bytes(path, proto),
             "flops": count_flops(proto, image_size=crop)}
-
-
-def twin_path(base: str, precision: str) -> str:
-    return (base[:-len(".onnx")] if base.endswith(".onnx") else base) + TWIN_SUFFIX[precision]
-
-
-def base_of(path: str) -> tuple[str, Optional[str]]:
-    """exports/x.int8.onnx -> (exports/x.onnx, 'int8'); a plain file -> (path, None)."""
-    return next(((path[:-len(suffix)] + ".onnx", p) for p, suffix in TWIN_SUFFIX.items()
-                 if p != "fp32" and path.endswith(suffix)), (path, None))
 
 
 def resolve_model(model: Optional[str], exports_dir: str, say: Callable) -> str:

@@ -15,13 +15,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from toolkit.artifacts import base_of, twin_path
 from toolkit.errors import UserError, first_line
 from toolkit.parsing import parse_list
 from toolkit.preprocess import SERVE_FORMATS
 from toolkit.runtime.benchmark import assemble, report
 from toolkit.runtime.benchmark import peak as peak_mod
 from toolkit.runtime.benchmark.backends import BackendLoader, GemmReference, load_onnx_backends, synthetic_jpegs
-from toolkit.runtime.benchmark.model_file import base_of, export_hint, inspect_model, resolve_model, twin_path
+from toolkit.runtime.benchmark.model_file import export_hint, inspect_model, resolve_model
 from toolkit.runtime.benchmark.options import BenchmarkOptions, Plan, file_precision, parse, plan_combos
 from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, GemmRound, Row
 from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Optional, Protocol, Sequence, runtime_checkable
 
 from toolkit.errors import UserError
+from toolkit import contract
 
 __all__ = ["Port", "EngineInfo", "OpenVinoOptions", "EngineOptions", "Engine", "Adapter", "OPENVINO_HINTS"]
 
@@ -133,7 +134,6 @@ class Adapter:
 
     def metadata(self) -> dict:
         """The file's metadata_props as stored (toolkit.contract reads them)."""
-        from toolkit import contract
 
         return contract.raw_props(self.path)
 

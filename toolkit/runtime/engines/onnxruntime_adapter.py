@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from toolkit.runtime.engines.base import Adapter, EngineInfo, EngineOptions, Port, timed
 from toolkit.runtime.engines.names import parse_precision
+from toolkit.runtime.session import open_session
 
 __all__ = ["OnnxRuntimeEngine", "ADAPTER"]
 
@@ -68,7 +69,6 @@ class OnnxRuntimeEngine(Adapter):
 
     @classmethod
     def open(cls, path: str, options: EngineOptions) -> "OnnxRuntimeEngine":
-        from toolkit.runtime.session import open_session
 
         parse_precision(options.precision, cls.name)
         session, seconds = timed(lambda: open_session(path, options.device, options.threads, options.allow_fallback))

@@ -18,6 +18,7 @@ from toolkit.errors import UserError
 from toolkit.runtime.engines import openvino_core
 from toolkit.runtime.engines.base import Adapter, EngineInfo, EngineOptions, Port, timed
 from toolkit.runtime.engines.names import parse_precision
+from toolkit.runtime.engines import openvino_bench
 
 __all__ = ["OpenVinoEngine", "ADAPTER", "openvino_device"]
 
@@ -153,13 +154,11 @@ class OpenVinoEngine(Adapter):
 
     @classmethod
     def gemm_peaks(cls, precision: str) -> list:
-        from toolkit.runtime.engines import openvino_bench
 
         return openvino_bench.gemm_peaks(precision)
 
     @classmethod
     def cold_starts(cls, spec: dict, run_probe) -> tuple:
-        from toolkit.runtime.engines import openvino_bench
 
         return openvino_bench.cold_starts_with_cache(spec, run_probe)
 

@@ -11,6 +11,7 @@ import tempfile
 from typing import Callable
 
 import numpy as np
+from toolkit.runtime.engines.openvino_core import capabilities, shared_core
 
 # precision -> OpenVINO's INFERENCE_PRECISION_HINT for the peak GEMM (INT8 runs as INT8 from its QDQ pattern)
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -44,7 +45,6 @@ def _matmul_model(n: int, precision: str):
 def ov_gemm_peak(n: int, precision: str, threads: int, time_best: Callable) -> float:
     """GFLOP/s of an n x n x n GEMM on OpenVINO's CPU at `threads`, LATENCY hint (one stream).
     Raises when OpenVINO can't run that precision here (e.g. bf16 without BF16 support)."""
-    from toolkit.runtime.engines.openvino_core import capabilities, shared_core
 
     core = shared_core()   # never a Core of its own: see shared_core on OpenVINO's signal stack
     if precision == "bf16" and "BF16" not in capabilities("CPU"):

@@ -89,7 +89,7 @@ def _describe(predictor, limits: Limits, default_k: int) -> dict:
                     "max_concurrency": int(limits.max_concurrency), "default_top_k": default_k,
                     "formats": list(SERVE_FORMATS), "max_connections": int(limits.max_connections),
                     "header_timeout_s": float(limits.header_timeout), "body_timeout_s": float(limits.body_timeout),
-                    "keep_alive_s": float(limits.keep_alive)},
+                    "keep_alive_s": float(limits.keep_alive), "write_timeout_s": float(limits.write_timeout)},
     })
     return description
 

@@ -69,6 +69,8 @@ class Batcher:
         self.stopping = True
         for _ in self.threads:
             self.queue.put(_STOP)
+        if not self._warmed.is_set():
+            return  # the warm-up is still running (serve gave up on it): an engine's run can't be interrupted
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self.threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -40,7 +40,7 @@ def response_bytes(status: int, error: str, detail: Any = None, headers: dict | 
 
 def image_error(exc: Exception) -> ApiError:
     """toolkit.preprocess.ImageError (or Pillow's own bomb check) -> the HTTP answer."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if isinstance(exc, Image.DecompressionBombError):
         # Pillow refuses > ~179 MP itself inside Image.open, before our own cap is looked at.
@@ -50,8 +50,9 @@ def image_error(exc: Exception) -> ApiError:
     if kind == "too_large":
         return ApiError(413, "image too large", message)
     if kind == "unsupported":
-        if isinstance(exc.__context__, UnidentifiedImageError) or "not a recognised image" in message:
-            # Bytes that no decoder recognises: garbage, not a format we chose to refuse.
+        if "not a recognised image" in message:
+            # Bytes that no decoder recognises: garbage, not a format we chose to refuse (those are
+            # named from their magic bytes: "GIF images are not accepted").
             return ApiError(400, "not an image", message)
         return ApiError(415, "unsupported image format", message)
     if kind == "empty":

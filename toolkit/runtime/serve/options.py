@@ -11,7 +11,9 @@ GRACEFUL_TIMEOUT_S = 30      # how long a stop waits for the requests in flight
 BODY_TIMEOUT_S = 30.0        # the whole body must arrive within this long after the headers, else 408
 HEADER_TIMEOUT_S = 10.0      # the whole request head must arrive within this long, else 408 (or a silent close)
 KEEP_ALIVE_S = 5.0           # an idle keep-alive connection is closed after this long
+WRITE_TIMEOUT_S = 10.0       # a client leaving over 64 KB of answers unread has this long to read them
 MAX_CONNECTIONS = 128        # open connections; past it, idle ones are closed first, then new ones get 503
+WARMUP_TIMEOUT_S = 600.0     # the warm-up inference must finish within this long, else serve-local exits 2
 
 # (lowest value, what the message says is expected) per limit; `whole` limits must be integers.
 _RULES = {
@@ -20,6 +22,7 @@ _RULES = {
     "max_concurrency": (1, "a whole number >= 1"), "top_k": (1, "a whole number >= 1"),
     "header_timeout": (1e-3, "a positive number of seconds"), "body_timeout": (1e-3, "a positive number of seconds"),
     "keep_alive": (1e-3, "a positive number of seconds"), "max_connections": (1, "a whole number >= 1"),
+    "write_timeout": (1e-3, "a positive number of seconds"),
 }
 _WHOLE = ("max_batch", "max_pixels", "max_concurrency", "top_k", "max_connections")
 
@@ -38,6 +41,7 @@ class Limits:
     body_timeout: float = BODY_TIMEOUT_S      # seconds for the whole body, counted from the end of the head
     keep_alive: float = KEEP_ALIVE_S          # seconds an idle keep-alive connection stays open
     max_connections: int = MAX_CONNECTIONS    # connections open at once (slow ones included)
+    write_timeout: float = WRITE_TIMEOUT_S    # seconds a client may leave over 64 KB of answers unread
 
     def problems(self) -> list[str]:
         """One line per limit that is not a number in range (the option name as typed on the CLI)."""
@@ -75,6 +79,7 @@ class ServeOptions(Limits):
     engine: str = "onnxruntime"         # onnxruntime or openvino (THROUGHPUT hint, a batch worker per request)
     precision: str | None = None        # fp32 or bf16 (bf16: openvino only); None: fp32
     exports_dir: str = "exports"        # where model=None looks for the newest export
+    warmup_timeout: float = WARMUP_TIMEOUT_S  # seconds for the warm-up inference (TensorRT builds engines in it)
 
     @property
     def limits(self) -> Limits:
@@ -85,6 +90,9 @@ class ServeOptions(Limits):
         port = self.port
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             problems.append(f"port: {port!r}; expected a whole number 0..65535 (0 picks a free port)")
+        warmup = self.warmup_timeout
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 < warmup < math.inf:
+            problems.append(f"warmup-timeout: {warmup!r}; expected a positive number of seconds")
         try:
             parse_precision(self.precision, self.engine)
         except UserError as exc:

@@ -8,8 +8,9 @@ import threading
 import time
 import warnings
 
-from toolkit.errors import UserError
+from toolkit.errors import AbandonedWorkError, UserError
 from toolkit.runtime.serve.options import GRACEFUL_TIMEOUT_S, Limits, ServeOptions
+from toolkit.runtime.engines import EngineOptions
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 _ANY_HOST = ("0.0.0.0", "::", "[::]")
@@ -78,7 +79,6 @@ def _model_file(options: ServeOptions) -> str:
 def _build_app(options: ServeOptions, model: str, host: str):
     from toolkit.preprocess import SERVE_FORMATS
     from toolkit.runtime.predictor import Predictor
-    from toolkit.runtime.engines import EngineOptions
     from toolkit.runtime.serve.app import create_app
 
     engine_options = EngineOptions(device=options.device, threads=options.threads, precision=options.precision,
@@ -99,7 +99,8 @@ def _print_banner(options: ServeOptions, model: str, host: str, port: int, predi
     print(f"serve-local: micro-batching up to {options.max_batch} images, waiting at most {options.max_wait_ms:g} ms; "
           f"limits: body {options.max_body_mb:g} MB, {int(options.max_pixels) / 1e6:g} MP, "
           f"{options.max_concurrency} predictions in flight, {options.max_connections} connections; timeouts: "
-          f"head {options.header_timeout:g} s, body {options.body_timeout:g} s, idle {options.keep_alive:g} s",
+          f"head {options.header_timeout:g} s, body {options.body_timeout:g} s, idle {options.keep_alive:g} s, "
+          f"unread answers {options.write_timeout:g} s",
           flush=True)
     warning = host_warning(host)
     if warning:
@@ -109,12 +110,19 @@ def _print_banner(options: ServeOptions, model: str, host: str, port: int, predi
           "stops)", flush=True)
 
 
-def _announce_ready(batcher, server, t0: float) -> None:
-    """Print the ready line once the warm-up is done (nothing if it failed or the server stopped first)."""
+def _announce_ready(batcher, server, t0: float, timeout: float, late: list) -> None:
+    """Print the ready line once the warm-up is done (nothing if it failed or the server stopped first).
+    A warm-up still running after `timeout` seconds stops the server (and appends to `late`): a graph
+    that never ends would otherwise leave it unready for ever."""
+    deadline = time.monotonic() + timeout
     while not batcher.ready.wait(0.2):
         if batcher.warmup_error or not batcher.thread.is_alive() and batcher.thread.ident is not None:
             return
         if server.should_exit:
+            return
+        if time.monotonic() > deadline:
+            late.append(timeout)
+            server.should_exit = True
             return
     print(f"serve-local: ready {time.perf_counter() - t0:.2f}s after start (model load + warm-up; the warm-up "
           f"inference took {batcher.warmup_s:.3f}s)", flush=True)
@@ -181,6 +189,11 @@ def serve(options: ServeOptions | str | None = None, **fields) -> None:
     _print_banner(options, model, host, sock.getsockname()[1], predictor)
     server = uvicorn.Server(uvicorn_config(app, options.limits))
     batcher = app.state.batcher
-    threading.Thread(target=_announce_ready, args=(batcher, server, t0), name="toolkit-ready", daemon=True).start()
+    late: list = []
+    threading.Thread(target=_announce_ready, args=(batcher, server, t0, float(options.warmup_timeout), late),
+                     name="toolkit-ready", daemon=True).start()
     _run_until_stopped(server, sock)
+    if late:
+        raise AbandonedWorkError(f"{model}: the warm-up inference did not finish within {late[0]:g} s (--warmup-timeout); "
+                        "the model is too slow for this machine, or its graph does not end; stopped serving")
     print(f"serve-local: stopped after {batcher.images} predictions in {batcher.batches} batches", flush=True)

@@ -16,18 +16,18 @@ BatchNorm layers in eval mode, so their weights and running statistics stay bit-
 
 Modules: backbones (Classifier, build_model, build_from_recipe), families (each arch's units and blocks),
 groups (layer groups, freezing, learning rates, optimizer parameter groups, the group table), weights
-(load_weights: imagenet, .pth, checkpoint).
+(load_weights: imagenet, .pth, checkpoint; model_from_checkpoint: a trained model back from its checkpoint).
 """
 from toolkit.recipe import ARCHS, GROUPS, HEADS
 from toolkit.train.model.backbones import Classifier, build_from_recipe, build_model
 from toolkit.train.model.groups import (apply_frozen_bn_eval, group_learning_rates, group_of,
                                         group_params, lr_scale, optimizer_param_groups, param_group_table,
                                         set_trainable, trainable_from, trainable_groups)
-from toolkit.train.model.weights import CHECKPOINT_FORMAT, load_weights
+from toolkit.train.model.weights import CHECKPOINT_FORMAT, load_weights, model_from_checkpoint
 
 __all__ = [
     "ARCHS", "GROUPS", "HEADS", "Classifier", "build_from_recipe", "build_model", "apply_frozen_bn_eval",
     "group_learning_rates", "group_of", "group_params", "lr_scale", "optimizer_param_groups",
     "param_group_table", "set_trainable", "trainable_from", "trainable_groups", "CHECKPOINT_FORMAT",
-    "load_weights",
+    "load_weights", "model_from_checkpoint",
 ]

@@ -14,9 +14,9 @@ from torch import nn
 from toolkit.errors import UserError
 from toolkit.recipe import ARCHS, HEADS
 from toolkit.recipe.archs import CLASSIC_HIDDEN, FAMILY_NAMES, arch_info
-from toolkit.train.model.families import Backbone, build_backbone, vgg_features
+from toolkit.train.model.families import Backbone, build_backbone
 
-_vgg_features = vgg_features  # the name tests and older callers import
+BATCH_NORM = nn.modules.batchnorm._BatchNorm  # BatchNorm1d/2d and SyncBatchNorm
 
 
 class Classifier(nn.Module):
@@ -47,10 +47,18 @@ class Classifier(nn.Module):
     def train(self, mode: bool = True) -> "Classifier":
         super().train(mode)
         if mode:
-            from toolkit.train.model.groups import apply_frozen_bn_eval  # groups imports this module
-
-            apply_frozen_bn_eval(self)
+            self.frozen_bn_eval()
         return self
+
+    def frozen_bn_eval(self, frozen=None) -> None:
+        """Put the BatchNorm layers of the frozen groups (default: self.frozen) in eval mode."""
+        frozen = set(self.frozen if frozen is None else frozen)
+        parts = [(f"block{self.block_of[i]}", unit) for i, unit in enumerate(self.features)] + [("head", self.head)]
+        for group, part in parts:
+            if group in frozen:
+                for module in part.modules():
+                    if isinstance(module, BATCH_NORM):
+                        module.eval()
 
 
 def _check_args(arch: str, num_classes: int, head: str, input_size: int) -> None:
@@ -110,7 +118,7 @@ def build_from_recipe(recipe: Any, num_classes: int) -> Classifier:
                        hidden=m.hidden, dropout=m.dropout)
 
 
-def _unwrap(model: nn.Module) -> Classifier:
+def unwrap(model: nn.Module) -> Classifier:
     """The Classifier inside DistributedDataParallel (.module) or torch.compile (._orig_mod)."""
     while not isinstance(model, Classifier):
         inner = getattr(model, "module", None)

@@ -14,9 +14,7 @@ from torch import nn
 
 from toolkit.errors import UserError
 from toolkit.recipe import GROUPS
-from toolkit.train.model.backbones import _unwrap
-
-_BN = nn.modules.batchnorm._BatchNorm  # BatchNorm1d/2d and SyncBatchNorm
+from toolkit.train.model.backbones import BATCH_NORM, unwrap
 
 
 def group_of(model: nn.Module, name: str) -> str:
@@ -29,13 +27,13 @@ def group_of(model: nn.Module, name: str) -> str:
     if parts and parts[0] == "head":
         return "head"
     if len(parts) >= 2 and parts[0] == "features" and parts[1].isdigit():
-        return f"block{_unwrap(model).block_of[int(parts[1])]}"
+        return f"block{unwrap(model).block_of[int(parts[1])]}"
     raise ValueError(f"{name!r} is not in a layer group (expected features.N.* or head.*)")
 
 
 def group_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """{group: [parameters]} in GROUPS order; every parameter is in exactly one group."""
-    model = _unwrap(model)
+    model = unwrap(model)
     groups: dict[str, list[nn.Parameter]] = {g: [] for g in GROUPS}
     for name, p in model.named_parameters():
         groups[group_of(model, name)].append(p)
@@ -115,7 +113,7 @@ def set_trainable(model: nn.Module, groups: Iterable[str]) -> None:
     Frozen groups' BatchNorm layers go to eval mode now and on every later `model.train()`, so
     their running statistics don't move either.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     groups = set(groups)
     bad = groups - set(GROUPS)
     if bad:
@@ -135,11 +133,7 @@ def apply_frozen_bn_eval(model: nn.Module, frozen: Optional[Iterable[str]] = Non
 
     Classifier.train() calls this itself; call it directly only for a model you froze by hand.
     """
-    model = _unwrap(model)
-    frozen = set(model.frozen if frozen is None else frozen)
-    for name, module in model.named_modules():
-        if isinstance(module, _BN) and group_of(model, name) in frozen:
-            module.eval()
+    unwrap(model).frozen_bn_eval(frozen)
 
 
 def optimizer_param_groups(model: nn.Module, lrs: Mapping[str, float], weight_decay: float,
@@ -189,7 +183,7 @@ def _describe_modules(modules: list[nn.Module]) -> str:
     for m in _leaves_and_blocks(modules):
         if isinstance(m, nn.Conv2d):
             parts.append(f"conv {m.in_channels}->{m.out_channels}")
-        elif isinstance(m, _BN) and parts:
+        elif isinstance(m, BATCH_NORM) and parts:
             parts[-1] += " +bn"
         elif isinstance(m, nn.Linear):
             parts.append(f"linear {m.in_features}->{m.out_features}")
@@ -215,7 +209,7 @@ def param_group_table(model: nn.Module, lrs: Mapping[str, float],
     `trainable` is a set of group names (yes/no), or `trainable_from(train_cfg)` to show when each
     group starts training ('from epoch 3', epochs counted from 1).
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     if isinstance(trainable, Mapping):
         when = {g: "no" if s is None else "yes" if s == 0 else f"from epoch {s + 1}"
                 for g, s in ((g, trainable.get(g)) for g in GROUPS)}

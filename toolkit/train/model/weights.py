@@ -16,10 +16,11 @@ import torch
 import torchvision
 from torch import nn
 
+from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError, first_line
 from toolkit.recipe.archs import LITE_EXTRA, arch_info
-from toolkit.train.checkpoint import FORMAT as CHECKPOINT_FORMAT, check_structure
-from toolkit.train.model.backbones import Classifier, _unwrap
+from toolkit.train.checkpoint import FORMAT as CHECKPOINT_FORMAT, check_structure, load_checkpoint
+from toolkit.train.model.backbones import Classifier, build_from_recipe, unwrap
 
 # Number of 3x3 convs in each VGG config: used to tell the user which VGG a state dict looks like.
 _ARCH_BY_CONVS = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}
@@ -244,7 +245,7 @@ def load_weights(model: nn.Module, weights: str, arch: str, labels: Optional[lis
     ignored), or a toolkit checkpoint (source-to-target transfer: features always, the head too when it has
     the same shapes and the same `labels` as the target). Every problem is a UserError.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     if model.arch != arch:
         raise ValueError(f"model is {model.arch}, weights requested for {arch}")
     weights = str(weights)
@@ -261,3 +262,21 @@ def load_weights(model: nn.Module, weights: str, arch: str, labels: Optional[lis
     state = obj["state_dict"] if isinstance(obj.get("state_dict"), Mapping) else obj  # {"state_dict": ...} wrapper
     _load_features(model, state, weights)
     return f"{weights}: {arch} features loaded (any classifier in the file ignored), new head"
+
+
+def model_from_checkpoint(source, map_location: str = "cpu"):
+    """(model in eval mode, checkpoint dict) from a checkpoint path or an already loaded dict: the model its
+    recipe describes, with the checkpoint's weights (what export, evaluate and benchmark --torch load)."""
+    if isinstance(source, (str, os.PathLike)):
+        ckpt = load_checkpoint(source, map_location)
+    else:
+        ckpt = source
+        check_structure(ckpt, "checkpoint")
+    recipe = recipe_mod.from_dict(ckpt["recipe"], source=f"{source} (recipe inside the checkpoint)", check_paths=False)
+    model = build_from_recipe(recipe, num_classes=len(ckpt["labels"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UserError(f"{source}: weights do not fit {recipe.model.arch} with a {recipe.model.head} head "
+                        f"({str(exc).splitlines()[0][:160]})") from None
+    return model.eval(), ckpt
