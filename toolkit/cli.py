@@ -106,7 +106,12 @@ def benchmark(model: str | None = None, *more: str, train: str | None = None, ba
     elif pareto_batch is not None and not more:
         raise UserError("benchmark: --pareto-batch goes with several models (toolkit benchmark A.onnx B.onnx ...)")
     else:
-        compare_models([model, *more], asked, pareto_batch=pareto_batch) if more else run_benchmark(model, asked)
+        loader = None  # the PyTorch backends come from the torch side, handed over: the runtime never imports it
+        if asked.torch or asked.compile:
+            from toolkit.train.torch_backend import load_torch_backends as loader
+        compare_models([model, *more], asked, pareto_batch=pareto_batch, torch_backends=loader) if more else \
+            run_benchmark(model, asked, torch_backends=loader)
+
 
 def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False, out_dir: str | None = None,
          imagenet: bool = False, steps: int | None = None):

@@ -1,7 +1,8 @@
-"""`python -m toolkit.runtime.benchmark --probe SPEC`: the ONNX Runtime cold-start probe (probe.py)."""
+"""`python -m toolkit.runtime.benchmark --probe SPEC`: the ONNX backends' cold-start probe (backends.probe_onnx)."""
 import sys
 
+from toolkit.runtime.benchmark.backends import probe_onnx
 from toolkit.runtime.benchmark.probe import main
 
 if __name__ == "__main__":  # importing this module (pkgutil.walk_packages does) runs nothing
-    main(sys.argv[1:])
+    main(sys.argv[1:], probe_onnx)

@@ -1,9 +1,8 @@
 """Cold start and peak RSS, measured in a fresh Python process per backend.
 
-`python -m toolkit.runtime.benchmark --probe SPEC` runs the ONNX-file probe (this module: ONNX Runtime or
-OpenVINO, spec["kind"], with spec["cache_dir"] as OpenVINO's model cache);
-`python -m toolkit.train.torch_backend --probe SPEC` the PyTorch one, which reuses `first_runs`.
-Each prints one JSON line; `run_probe` starts the right one and reads it back.
+run_probe starts `python -m <spec["module"]> --probe SPEC` (default this package: backends.probe_onnx, ONNX
+Runtime or OpenVINO; the PyTorch one: toolkit.train.torch_backend). The probe builds its backend,
+calls first_runs and prints one JSON line (main); run_probe reads it back.
 """
 from __future__ import annotations
 
@@ -16,78 +15,36 @@ import tempfile
 import time
 from typing import Callable
 
-import numpy as np
-
-from toolkit.runtime.benchmark.machine import _gpu_mem_of_pid, _maxrss_mb
-from toolkit.runtime.engines import EngineOptions, OpenVinoOptions
-
-# spec["kind"] -> the module whose `--probe` entry point measures it; every engine's (its name) is this package's
-PROBE_MODULES = {"torch": "toolkit.train.torch_backend"}
-ENGINE_PROBE_MODULE = "toolkit.runtime.benchmark"
+from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, maxrss_mb
 
 
 def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
     """After the session is made: the first inference per batch size (ascending) and the memory after it."""
-    out["rss_session_mb"] = _maxrss_mb()
-    out["first_inference_s"], out["peak_rss_mb"] = {}, {}
+    out.update(rss_session_mb=maxrss_mb(), first_inference_s={}, peak_rss_mb={})
     for b in sorted(spec["batch_sizes"]):
         x = make(b)
         t = time.perf_counter()
         call(x)
         out["first_inference_s"][str(b)] = time.perf_counter() - t
         call(x)
-        out["peak_rss_mb"][str(b)] = _maxrss_mb()
+        out["peak_rss_mb"][str(b)] = maxrss_mb()
     if spec["device"] != "cpu":
-        out["gpu_mem_mb"] = _gpu_mem_of_pid(os.getpid())
+        out["gpu_mem_mb"] = gpu_mem_of_pid(os.getpid())
     return out
-
-
-def probe_ort(spec: dict) -> dict:
-    """Runs in a fresh interpreter: open the model on spec["kind"]'s engine (ORT's session, OpenVINO's compile,
-    with spec["cache_dir"] as its model cache), first inference per batch size, memory."""
-    t0 = time.perf_counter()
-    out: dict = {"rss_start_mb": _maxrss_mb()}
-    from toolkit.runtime.predictor import Predictor
-    out["import_s"] = time.perf_counter() - t0
-    out["rss_base_mb"] = _maxrss_mb()
-    t = time.perf_counter()
-    options = EngineOptions(device=spec["device"], threads=spec["threads"], precision=spec.get("inference_precision"),
-                            openvino=OpenVinoOptions(cache_dir=spec.get("cache_dir")))
-    pred = Predictor(spec["path"], batch_size=max(spec["batch_sizes"]), engine=spec.get("kind"), options=options)
-    out["session_s"] = time.perf_counter() - t
-    out["provider"] = pred.provider
-    out["compile_s"] = pred.engine_info.load_s   # the engine's own load (OpenVINO: read + compile)
-    sess = pred.session
-    inp = sess.inputs[0]
-    dtype = np.dtype(inp.dtype)
-    c = pred.preprocess.crop
-    names = ["logits"] if "logits" in [o.name for o in sess.outputs] else None
-
-    def make(b):
-        rng = np.random.default_rng(0)
-        if pred.raw:
-            return rng.integers(0, 256, (b, c, c, 3), dtype=np.uint8)
-        return rng.standard_normal((b, 3, c, c)).astype(dtype)
-
-    def call(x):
-        sess.run({inp.name: x}, names)
-    return first_runs(spec, out, make, call)
 
 
 def run_probe(spec: dict, timeout: float = 3600) -> dict:
     """The probe's result for one backend spec, or {"error": why}."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     cache = None
     if spec.get("compile"):  # a cold start compiles from nothing: inductor's on-disk cache starts empty
-        cache = tempfile.mkdtemp(prefix="toolkit-inductor-")
-        env["TORCHINDUCTOR_CACHE_DIR"] = cache
+        cache = env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="toolkit-inductor-")
+    module = spec.get("module", "toolkit.runtime.benchmark")
     t = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", PROBE_MODULES.get(spec["kind"], ENGINE_PROBE_MODULE), "--probe",
-                               json.dumps(spec)],
-                              capture_output=True, text=True, env=env, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", module, "--probe", json.dumps(spec)], capture_output=True,
+                              text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"cold-start probe timed out after {timeout:.0f}s"}
     finally:
@@ -97,16 +54,20 @@ def run_probe(spec: dict, timeout: float = 3600) -> dict:
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"cold-start probe failed: {tail[:300]}"}
-    out = json.loads(lines[-1])
-    out["process_wall_s"] = round(time.perf_counter() - t, 3)
-    out["isolated"] = True
-    return out
+    return {**json.loads(lines[-1]), "process_wall_s": round(time.perf_counter() - t, 3), "isolated": True}
 
 
-def main(argv: list, probe: Callable[[dict], dict] = probe_ort) -> None:
+def _rounded(value):
+    """Seconds and MB to 4 decimals, in nested dicts too."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def main(argv: list, probe: Callable[[dict], dict]) -> None:
     """The `--probe SPEC` entry point of a fresh process."""
     if len(argv) >= 2 and argv[0] == "--probe":
-        print(json.dumps(probe(json.loads(argv[1]))))
+        print(json.dumps(_rounded(probe(json.loads(argv[1])))))
         return
     print("usage: toolkit benchmark [MODEL] (this module's own entry point is for its cold-start probes)",
           file=sys.stderr)
