@@ -286,7 +286,7 @@ def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: 
         peak_precision=own and own.precision, precision_peak_engine=own and own.engine,
         fraction_of_gemm_in_rounds=_sig(gflops / gemm.median_gflops) if gflops and gemm and gemm.median_gflops
         else None, cold_start_s=None, peak_rss_mb=None, gpu_mem_mb=None, file_bytes=rec.file_bytes, top1=None,
-        baseline=None, speedup=None)
+        baseline=None, speedup=None, decode_share=None if mode == "model" else b.decode_share(mode))
 
 
 def _measure_accuracy(s: Subject, bench: Bench) -> None:
