@@ -8,7 +8,6 @@ pareto.png (report.py) sit in <out>/.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import os
 from typing import Optional, Sequence
 
@@ -49,7 +48,7 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
     if batch not in sizes:
         raise UserError(f"pareto_batch: {pareto_batch!r} is not one of the batch sizes timed "
                         f"({', '.join(map(str, sizes))}); expected one of them")
-    out_dir = bench.opts.out_dir or os.path.join("benchmarks", f"compare-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    out_dir = bench.opts.out_dir or report.default_out_dir("compare")
     subjects = []
     for model in models:
         s = open_subject(os.fspath(model), bench, lambda name: name)
@@ -64,10 +63,7 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
     for rec in records:
         report.write_outputs(rec, bench.opts.plot, bench.say)
     record = _compare_record(subjects, records, bench, batch, out_dir)
-    report.write_outputs(record, bench.opts.plot, bench.say)
-    if not bench.opts.quiet:
-        print(report.format_compare_table(record))
-        bench.say(f"benchmark: wrote {', '.join(v for v in record['files'].values() if v)} and one folder per model")
+    report.publish(record, bench.opts.plot, bench.opts.quiet, bench.say, also=" and one folder per model")
     return record
 
 
@@ -81,10 +77,8 @@ def _check_labels(subjects: list) -> None:
     ref, want = subjects[0], set(_labels_of(subjects[0]))
     for s in subjects[1:]:
         have = set(_labels_of(s))
-        extra, lacking = sorted(have - want), sorted(want - have)
-        parts = ([f"has {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''} that {ref.base} has not"]
-                 if extra else []) + ([f"lacks {', '.join(lacking[:8])}{' ...' if len(lacking) > 8 else ''}"]
-                                      if lacking else [])
+        extra, lacking = (", ".join(sorted(x)[:8]) + (" ..." if len(x) > 8 else "") for x in (have - want, want - have))
+        parts = [f"has {extra} that {ref.base} has not"] * bool(extra) + [f"lacks {lacking}"] * bool(lacking)
         if parts:
             raise UserError(f"{s.base}: its labels differ from {ref.base}'s: it {'; it '.join(parts)}; expected the "
                             f"same class names in every model to compare top-1 on one recipe split (--data)")

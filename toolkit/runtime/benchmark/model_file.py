@@ -79,17 +79,8 @@ def count_flops(model: Any, image_size: Optional[int] = None) -> dict:
     return {"flops": int(flops), "macs": int(flops // 2), "by_op": by_op, "uncounted": uncounted}
 
 
-def _file_bytes(path: str, proto) -> int:
-    """The file's size, its external data files included."""
-    folder = os.path.dirname(os.path.abspath(path))
-    external = {kv.value for init in proto.graph.initializer if init.data_location == 1
-                for kv in init.external_data if kv.key == "location"}
-    return os.path.getsize(path) + sum(os.path.getsize(os.path.join(folder, loc)) for loc in external
-                                       if os.path.isfile(os.path.join(folder, loc)))
-
-
 def inspect_model(path: str) -> dict:
-    """Metadata (JSON decoded), graph input dims, file size (external data included) and FLOPs of one file."""
+    """Metadata (JSON decoded), graph input dims, file size and FLOPs of one file."""
     import onnx
 
     try:
@@ -103,7 +94,8 @@ def inspect_model(path: str) -> dict:
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
             for d in (inputs[0].type.tensor_type.shape.dim if inputs else [])]
     crop = meta["preprocess"].get("crop") if isinstance(meta.get("preprocess"), dict) else None
-    return {"path": path, "metadata": meta, "input_dims": dims, "file_bytes": _file_bytes(path, proto),
+    # a toolkit export carries no external data (contract.check_model_file rejects it): the file is the model
+    return {"path": path, "metadata": meta, "input_dims": dims, "file_bytes": os.path.getsize(path),
             "flops": count_flops(proto, image_size=crop)}
 
 
