@@ -67,16 +67,11 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
     return record
 
 
-def _labels_of(s) -> list:
-    labels = s.meta.get("labels")
-    return [str(x) for x in labels] if isinstance(labels, list) else []
-
-
 def _check_labels(subjects: list) -> None:
     """Top-1 on one recipe split compares models only when they name the same classes."""
-    ref, want = subjects[0], set(_labels_of(subjects[0]))
+    ref, want = subjects[0], set(subjects[0].labels)
     for s in subjects[1:]:
-        have = set(_labels_of(s))
+        have = set(s.labels)
         extra, lacking = (", ".join(sorted(x)[:8]) + (" ..." if len(x) > 8 else "") for x in (have - want, want - have))
         parts = [f"has {extra} that {ref.base} has not"] * bool(extra) + [f"lacks {lacking}"] * bool(lacking)
         if parts:
@@ -115,7 +110,7 @@ def _compare_record(subjects: list, records: list, bench, batch: int, out_dir: s
                       any(d != "cpu" for d in plan.devices)),
         settings=CompareSettings(**assemble.common_settings(bench, plan.precisions), pareto_batch=batch,
                                  pareto_mode=PARETO_MODE, interleaved=True),
-        models=[CompareModel(name=name, path=s.base, arch=s.meta.get("arch"), classes=len(_labels_of(s)) or None,
+        models=[CompareModel(name=name, path=s.base, arch=s.meta.get("arch"), classes=len(s.labels),
                              preprocess=rec["model"]["preprocess"], flops_per_image=rec["model"]["flops_per_image"],
                              record=rec["files"]["json"]) for name, s, rec in zip(names, subjects, records)],
         rows=_compare_rows(records, names), schedule=bench.schedule)

@@ -64,6 +64,10 @@ class Combo:
         return f"{self.engine}/{self.device}/{self.precision}"
 
     @property
+    def file_precision(self) -> str:
+        return file_precision(self.precision)
+
+    @property
     def inference_precision(self) -> str:
         """What floating-point layers compute in: fp32, or bf16 (OpenVINO's hint) for bf16."""
         return "bf16" if self.precision == "bf16" else "fp32"

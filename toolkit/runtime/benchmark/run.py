@@ -56,6 +56,10 @@ class Subject:
     def meta(self) -> dict:
         return self.info["metadata"]
 
+    @property
+    def labels(self) -> list:
+        return self.info["contract"].labels
+
 
 @dataclass
 class Bench:
