@@ -6,7 +6,7 @@ call this module, so a model sees the same pixels wherever it runs. No torch her
 Hostile input is bounded here, for every caller: the pixel cap is checked before decoding, a JPEG's
 scans are counted and sized from its markers before decoding (toolkit.jpeg_scans), any error Pillow
 raises while decoding becomes an ImageError, a broken EXIF block leaves the image unrotated, and the
-resize only computes the crop it returns (so a 1000000x1 image costs what a normal one does, in every fit mode).
+resize only computes the square it returns (a 1000000x1 image costs about what its pixels do, in every fit).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from toolkit import contract
-from toolkit.contract import DECODE_MODES, FIT_MODES, INTERPOLATION_NAMES, PreprocessSpec  # noqa: F401 (public here too)
+from toolkit.contract import (DECODE_MODES, FIT_MODES, INTERPOLATION_NAMES,  # noqa: F401 (public here too)
+                              PreprocessSpec)
 from toolkit.errors import UserError
 from toolkit.jpeg_scans import JpegStructureError, check_jpeg
 from toolkit.limits import DEFAULT_MAX_PIXELS, MAX_JPEG_SCANS, MAX_PREPROCESS_SIDE
