@@ -111,6 +111,8 @@ NAN, INF = float("nan"), float("inf")
     ({**_GOOD, "crop": 40}, r"preprocess\.crop: 40 with resize 36; expected crop <= resize"),
     ({**_GOOD, "interpolation": ["bilinear"]}, r"preprocess\.interpolation"),
     ({**_GOOD, "decode": "fast"}, r"preprocess\.decode: 'fast'; expected one of draft, full"),
+    ({**_GOOD, "fit": "pad"}, r"preprocess\.fit: 'pad'; expected one of crop, letterbox, squash"),
+    ({**_GOOD, "fit": ["letterbox"]}, r"preprocess\.fit"),
 ])
 def test_out_of_range_preprocessing_is_refused_at_load(tmp_path, preprocess, message):
     path = write_tiny_model(tmp_path / "bad.onnx", meta={"preprocess": preprocess})
@@ -174,6 +176,20 @@ def test_files_without_a_decode_key_keep_the_full_decode(tmp_path):
     old = {k: v for k, v in _GOOD.items() if k != "decode"}  # written before draft decoding existed
     assert Preprocess.from_model(write_tiny_model(tmp_path / "old.onnx", meta={"preprocess": old})).decode == "full"
     assert Preprocess.from_model(write_tiny_model(tmp_path / "new.onnx")).decode == "draft"
+
+
+@pytest.mark.parametrize("fit", ["crop", "letterbox", "squash"])
+def test_the_fit_mode_round_trips_through_the_file(tmp_path, fit):
+    spec = Preprocess(resize=36, crop=32, fit=fit)
+    path = write_tiny_model(tmp_path / f"{fit}.onnx", meta={"preprocess": spec.to_dict()})
+    model = contract.read_file(path)
+    assert model.preprocess.fit == fit and model.meta["preprocess"]["fit"] == fit
+    assert Preprocess.from_model(path) == spec
+
+
+def test_files_without_a_fit_key_centre_crop_as_before(tmp_path):
+    old = {k: v for k, v in _GOOD.items() if k != "fit"}  # written before fit modes existed
+    assert Preprocess.from_model(write_tiny_model(tmp_path / "old.onnx", meta={"preprocess": old})).fit == "crop"
 
 
 def test_predictor_refuses_a_tampered_file_at_load(tmp_path):

@@ -9,7 +9,8 @@ benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_p
     names               JSON object {"0": label, ...} (the same labels keyed by index, for other tools)
     preprocess          required: JSON object, PreprocessSpec.to_dict() (read back as a PreprocessSpec):
                         resize, crop, interpolation, mean, std (+ channel_order RGB, layout NCHW, value_range [0, 1]);
-                        decode (draft | full; absent in files written before draft decoding: full).
+                        decode (draft | full; absent in files written before draft decoding: full);
+                        fit (crop | letterbox | squash; absent in files written before fit modes: crop).
                         Checked: 1 <= crop <= resize <= 8192, mean finite, std finite and positive
     input               JSON object: name, dtype (float32 | uint8), layout (NCHW | NHWC), shape, raw (bool;
                         true = uint8 NHWC pixels in, normalisation inside the graph)
@@ -56,7 +57,7 @@ from toolkit.limits import (MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX
 
 __all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "PreprocessSpec", "encode", "write", "decode",
            "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file", "PREPROCESS_KEYS",
-           "INTERPOLATION_NAMES", "DECODE_MODES", "VALUE_LIMITS"]
+           "INTERPOLATION_NAMES", "DECODE_MODES", "FIT_MODES", "VALUE_LIMITS"]
 
 FORMAT_VERSION = "1"
 
@@ -66,6 +67,10 @@ PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std")
 # toolkit.preprocess: draft lets libjpeg scale while decoding; full decodes every pixel).
 INTERPOLATION_NAMES = ("nearest", "bilinear", "bicubic", "lanczos")
 DECODE_MODES = ("draft", "full")
+# How the image becomes the square input (toolkit.preprocess.Preprocess.resize_crop): crop resizes the short
+# side to `resize` and centre-crops; letterbox fits the long side to `crop` and pads the rest with the mean
+# colour; squash resizes both sides to `crop`. Files without the key predate fit modes and keep crop.
+FIT_MODES = ("crop", "letterbox", "squash")
 _EXPECT_FILE = "expected an .onnx file written by toolkit export"
 # Keys whose presence says "this file is a toolkit export" (so the export rules apply to it).
 _CLAIM_KEYS = ("toolkit_format", "labels", "preprocess")
@@ -114,8 +119,8 @@ class PreprocessSpec:
 
     toolkit.preprocess.Preprocess is this spec plus the pixel work (it subclasses it, with the recipe's
     defaults), built from it with `Preprocess.from_spec`. Every value is checked on construction:
-    1 <= crop <= resize <= MAX_PREPROCESS_SIDE, mean finite, std finite and positive, a known filter and
-    decode mode; a bad one is a UserError naming preprocess.<key>.
+    1 <= crop <= resize <= MAX_PREPROCESS_SIDE, mean finite, std finite and positive, a known filter,
+    decode mode and fit mode; a bad one is a UserError naming preprocess.<key>.
     """
 
     resize: int  # shorter side after the resize, pixels
@@ -124,6 +129,7 @@ class PreprocessSpec:
     mean: tuple  # per channel (R, G, B), of pixels scaled to [0, 1]
     std: tuple  # per channel (R, G, B)
     decode: str = "full"  # how JPEGs decode, one of DECODE_MODES (files without the key predate draft)
+    fit: str = "crop"  # how the image becomes the square input, one of FIT_MODES (files without it: crop)
     channel_order: str = field(default="RGB", init=False)
     layout: str = field(default="NCHW", init=False)
     value_range: tuple = field(default=(0.0, 1.0), init=False)
@@ -137,6 +143,8 @@ class PreprocessSpec:
         if not isinstance(self.decode, str) or self.decode not in DECODE_MODES:
             raise UserError(f"preprocess.decode: {str(self.decode)[:40]!r}; expected one of "
                             f"{', '.join(DECODE_MODES)}")
+        if not isinstance(self.fit, str) or self.fit not in FIT_MODES:
+            raise UserError(f"preprocess.fit: {str(self.fit)[:40]!r}; expected one of {', '.join(FIT_MODES)}")
         _side(self.resize, "resize")
         _side(self.crop, "crop")
         if self.crop > self.resize:
@@ -151,12 +159,13 @@ class PreprocessSpec:
     @classmethod
     def from_dict(cls, d: dict):
         """Rebuild from to_dict()'s form, every value type-checked (it comes from a model file). A dict
-        without `decode` was written before draft decoding existed, so it decodes in full."""
+        without `decode` was written before draft decoding existed, so it decodes in full; one without
+        `fit` before fit modes existed, so it centre-crops."""
         if d.get("channel_order", "RGB") != "RGB" or d.get("layout", "NCHW") != "NCHW":
             raise UserError(f"preprocess: unsupported channel order/layout {str(d.get('channel_order'))[:20]}/"
                             f"{str(d.get('layout'))[:20]}; expected RGB/NCHW")
         return cls(resize=d["resize"], crop=d["crop"], interpolation=d["interpolation"],
-                   mean=d["mean"], std=d["std"], decode=d.get("decode", "full"))
+                   mean=d["mean"], std=d["std"], decode=d.get("decode", "full"), fit=d.get("fit", "crop"))
 
 
 @dataclass
