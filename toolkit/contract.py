@@ -4,7 +4,8 @@ An exported model is self-describing: a Predictor, `toolkit evaluate MODEL.onnx`
 benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_props` hold:
 
     key                 value (strings are stored as-is, everything else as JSON)
-    toolkit_format      "1" (FORMAT_VERSION); required. A newer number means "upgrade toolkit"
+    toolkit_format      "1", or "2" when preprocess.fit is not crop (format_for); required. A newer number
+                        than FORMAT_VERSION means "upgrade toolkit"
     labels              required: JSON list of class names, one per logit, in output order (non-empty, str)
     names               JSON object {"0": label, ...} (the same labels keyed by index, for other tools)
     preprocess          required: JSON object, PreprocessSpec.to_dict() (read back as a PreprocessSpec):
@@ -23,8 +24,11 @@ benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_p
     arch, head          the backbone and head names
     quantization        JSON object, INT8 twins only: how it was calibrated
 
-Versioning: FORMAT_VERSION changes only when an existing key changes meaning; new optional keys don't
-change it. A reader accepts its own version and refuses a newer one with "upgrade toolkit".
+Versioning: the format changes only when an existing key changes meaning; new optional keys don't
+change it. `preprocess.fit` did: a reader from before fit modes would centre-crop a letterbox file and
+answer wrongly without a word, so a file that does not crop is written as format "2" and such a reader
+refuses it with "upgrade toolkit"; a cropping file stays "1" and runs everywhere. A reader accepts
+every version up to FORMAT_VERSION and refuses a newer one.
 
 Reading is in two steps: `decode` (every value JSON-decoded where it looks like JSON: what
 Predictor.metadata holds) and `from_props` (validation into a ModelContract). A missing or malformed
@@ -55,11 +59,12 @@ from toolkit.errors import UserError
 from toolkit.limits import (MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH,
                             MAX_PREPROCESS_SIDE)
 
-__all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "PreprocessSpec", "encode", "write", "decode",
+__all__ = ["FORMAT_VERSION", "format_for", "ContractError", "ModelContract", "PreprocessSpec", "encode", "write", "decode",
            "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file", "PREPROCESS_KEYS",
            "INTERPOLATION_NAMES", "DECODE_MODES", "FIT_MODES", "VALUE_LIMITS"]
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # the newest this toolkit reads; it writes format_for(preprocess)
+_FORMATS = ("1", "2")
 
 # What PreprocessSpec.from_dict needs (the other keys of to_dict have defaults).
 PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std")
@@ -259,12 +264,18 @@ def decode(props: dict[str, str], where: str = "model") -> dict:
     return {k: _decode_value(k, v, where) for k, v in props.items()}
 
 
+def format_for(preprocess: dict) -> str:
+    """The toolkit_format a file with this preprocessing is written as: "1" while it centre-crops (every
+    toolkit reads it the same way), "2" when its fit mode is one older readers would silently ignore."""
+    return "1" if preprocess.get("fit", "crop") == "crop" else "2"
+
+
 def _check_format(props: dict, where: str) -> None:
     fmt = props.get("toolkit_format")
     if fmt is None:
         raise ContractError(f"{where}: not a toolkit export: no 'toolkit_format' metadata; expected "
                             f"toolkit_format {FORMAT_VERSION!r}, written by toolkit export")
-    if fmt == FORMAT_VERSION:
+    if fmt in _FORMATS:
         return
     if fmt.isdigit() and int(fmt) > int(FORMAT_VERSION):
         raise ContractError(f"{where}: toolkit_format {fmt!r} is not supported by this toolkit; expected "

@@ -187,6 +187,7 @@ def test_a_letterbox_export_passes_parity_and_every_runtime_letterboxes(tmp_path
     raw_path = report["files"]["raw"]["path"]
     for path in (report["model"], raw_path):
         assert json.loads(_meta(path)["preprocess"])["fit"] == "letterbox"
+        assert _meta(path)["toolkit_format"] == "2"  # a reader from before fit modes refuses it
     assert report["parity_data"]["real_images"] == 12
     assert all(report["parity"][kind]["top1_agreement"] == 1.0 for kind in ("fp32", "raw"))
     pre = Preprocess(resize=40, crop=32, fit="letterbox")
