@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, browser_or_skip
 from conftest import make_image_folder, tiny_recipe, write_recipe, write_tiny_model
 from toolkit.cli import main
 from toolkit.errors import UserError
@@ -177,3 +178,31 @@ def test_grad_cam_points_at_the_evidence():
     assert cams.shape == (2, 16, 16) and cams.max() == pytest.approx(1.0)
     assert cams[0, :4, :4].mean() > 0.5 > cams[0, 8:, 8:].mean()
     assert cams[1, 10:, 12:].mean() > 0.5 > cams[1, :6, :6].mean()
+
+
+@pytest.mark.slow
+def test_page_in_headless_browser(run, tmp_path):
+    """The page renders in chromium, every picture decodes, no console error, nothing fetched from outside."""
+    browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    data = build_report(run["dir"], ReportOptions(out_dir=str(tmp_path), top=24))
+    errors, outside = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else outside.append(r.url))
+            page.goto("file://" + data["files"]["html"])
+            widths = page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+            headings = page.locator("h2").all_text_contents()
+            labels = page.locator("td").all_text_contents()
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(widths) >= 2 * len(data["top_losses"]) + 2 and min(widths) > 0, widths
+    assert {"Per class", "Confusion matrix", "Top losses", "Data health"} <= set(headings), headings
+    assert "<script>" in labels  # the label shows as text
+    assert not errors and not outside, (errors, outside)
