@@ -87,7 +87,7 @@ def gallery_pictures(out: Outputs, losses: list[dict]) -> tuple[dict, str]:
         try:
             cams = grad_cam(out.model, checkpoint_model_inputs(out, indices), predicted)
             maps = dict(zip(indices, cams))
-            method = "Grad-CAM of the predicted class, last convolution with a spatial grid"
+            method = "Grad-CAM of the predicted class, at the last convolution with a grid of 7 x 7 or more"
         except (ValueError, RuntimeError) as exc:
             method = f"skipped: Grad-CAM failed on this model ({str(exc).splitlines()[0][:120]})"
     for index, crop in crops.items():

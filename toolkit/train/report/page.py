@@ -55,10 +55,10 @@ def header(data: dict) -> str:
 
 
 def table(columns: list, rows: list, numeric=()) -> str:
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in columns)
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in columns) if any(columns) else ""
     body = "".join("<tr>" + "".join(f"<td class=n>{cell(v)}</td>" if i in numeric else f"<td>{v}</td>"
                                     for i, v in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
 
 
 def per_class(data: dict) -> str:

@@ -1,7 +1,8 @@
 """Grad-CAM (Selvaraju et al. 2017) on a checkpoint's model: where in the image the predicted class's score
-comes from. The layer is the last convolution whose output still has a spatial grid (more than 1x1), found
-by running the batch, so it works for every family of toolkit.train.model without a per-family table.
-Why Grad-CAM over a plain input-gradient map: docs/report.md (measured on the digits run)."""
+comes from. The layer is the last convolution whose grid is at least 7 on its short side (a 2x2 grid, VGG's
+last at 32 px, smears the map over the whole crop), found by running the batch, so it works for every family
+of toolkit.train.model without a per-family table. Why Grad-CAM over the plain input gradient (also here,
+for that measurement: tests/bench_saliency.py): docs/report.md."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-def grad_cam(model: torch.nn.Module, images: torch.Tensor, classes: list[int]) -> np.ndarray:
-    """float32 N x H x W maps in [0, 1] (H x W of `images`), one per image for its class in `classes`."""
+def grad_cam(model: torch.nn.Module, images: torch.Tensor, classes: list[int], min_grid: int = 7) -> np.ndarray:
+    """float32 N x H x W maps in [0, 1] (H x W of `images`), one per image for its class in `classes`.
+    The layer: the last convolution whose grid is at least `min_grid` on its short side (else the finest)."""
     if len(images) == 0:
         return np.zeros((0,) + tuple(images.shape[2:]), np.float32)
     grids: list[torch.Tensor] = []
@@ -29,7 +31,8 @@ def grad_cam(model: torch.nn.Module, images: torch.Tensor, classes: list[int]) -
             if not grids:
                 raise ValueError("the model has no convolution with a spatial output")
             # The grid as the forward pass left it: an in-place activation after the conv is taken in.
-            activations = grids[-1]
+            fine = [g for g in grids if min(g.shape[2:]) >= min_grid]
+            activations = fine[-1] if fine else max(grids, key=lambda g: g.shape[2] * g.shape[3])
             score = logits.gather(1, torch.as_tensor(classes, device=logits.device)[:, None]).sum()
             (gradients,) = torch.autograd.grad(score, activations)
     finally:
@@ -45,7 +48,7 @@ def grad_cam(model: torch.nn.Module, images: torch.Tensor, classes: list[int]) -
 
 def input_gradient(model: torch.nn.Module, images: torch.Tensor, classes: list[int]) -> np.ndarray:
     """The plain saliency map (Simonyan et al. 2013): |d score / d pixel|, max over channels, in [0, 1].
-    Kept beside Grad-CAM for the measurement in docs/report.md."""
+    Measured against Grad-CAM by tests/bench_saliency.py (docs/report.md)."""
     model.eval()
     with torch.enable_grad():
         x = images.detach().clone().requires_grad_(True)
