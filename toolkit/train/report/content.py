@@ -66,9 +66,9 @@ def top_losses(out: Outputs, probs: np.ndarray, top: int) -> list[dict]:
     loss = -np.log(np.clip(probs[rows, out.targets], 1e-12, None))
     order = np.argsort(-loss, kind="stable")[:max(0, top)]
     predicted = probs.argmax(axis=1)
-    return [{"index": int(i), "path": images.name_of(out.sources[i]), "true": out.labels[out.targets[i]],
-             "predicted": out.labels[predicted[i]], "score": float(probs[i, predicted[i]]),
-             "true_score": float(probs[i, out.targets[i]]), "loss": float(loss[i])} for i in order]
+    return [{"index": int(i), "path": images.name_of(out.sources[i], f"{out.split} #{i}"),
+             "true": out.labels[out.targets[i]], "predicted": out.labels[predicted[i]],
+             "score": float(probs[i, predicted[i]]), "true_score": float(probs[i, out.targets[i]]), "loss": float(loss[i])} for i in order]
 
 
 def gallery_pictures(out: Outputs, losses: list[dict]) -> tuple[dict, str]:

@@ -12,9 +12,9 @@ from toolkit.preprocess import IMAGE_EXTENSIONS as EXTENSIONS, ImageError, open_
 THUMB = 128  # the longest side of a thumbnail, pixels
 
 
-def name_of(source) -> str:
-    """A source's name in the report: its path, or what an in-memory image is."""
-    return source if isinstance(source, str) else f"(in-memory image {getattr(source, 'shape', '')})"
+def name_of(source, where: str) -> str:
+    """A source's name in the report: its path, or for an in-memory image (digits) where it is."""
+    return source if isinstance(source, str) else f"(in-memory image: {where})"
 
 
 def data_uri(pixels: np.ndarray, size: int = THUMB) -> str:

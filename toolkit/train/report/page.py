@@ -92,9 +92,10 @@ def gallery(data: dict, pictures: dict) -> str:
     for row in rows:
         thumb, cam = pictures["gallery"].get(row["index"], (None, None))
         imgs = "".join(f"<img alt='{alt}' src='{src}'>" for alt, src in (("image", thumb), ("Grad-CAM", cam)) if src)
+        wrong = " class=bad" if row["predicted"] != row["true"] else ""
         cards.append(f"<div class=card>{imgs or '<p class=bad>unreadable</p>'}<div>{escape(row['path'])}</div>"
                      f"<div>true <b>{escape(row['true'])}</b> ({row['true_score']:.2f}) &middot; predicted "
-                     f"<b{' class=bad' if row['predicted'] != row['true'] else ''}>{escape(row['predicted'])}</b> ({row['score']:.2f}) &middot; loss "
+                     f"<b{wrong}>{escape(row['predicted'])}</b> ({row['score']:.2f}) &middot; loss "
                      f"{row['loss']:.2f}</div></div>")
     return (f"<h2>Top losses</h2>{notes([data['saliency']])}<p>left: the image as the model sees it; right: "
             "Grad-CAM of the predicted class (red: where its score comes from)</p>"
