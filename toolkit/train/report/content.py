@@ -68,7 +68,8 @@ def top_losses(out: Outputs, probs: np.ndarray, top: int) -> list[dict]:
     predicted = probs.argmax(axis=1)
     return [{"index": int(i), "path": images.name_of(out.sources[i], f"{out.split} #{i}"),
              "true": out.labels[out.targets[i]], "predicted": out.labels[predicted[i]],
-             "score": float(probs[i, predicted[i]]), "true_score": float(probs[i, out.targets[i]]), "loss": float(loss[i])} for i in order]
+             "score": float(probs[i, predicted[i]]), "true_score": float(probs[i, out.targets[i]]),
+             "loss": float(loss[i])} for i in order]
 
 
 def gallery_pictures(out: Outputs, losses: list[dict]) -> tuple[dict, str]:
