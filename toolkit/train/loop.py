@@ -108,7 +108,7 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
     summary = write_summary(recipe, run.dataset if opts.evaluate_test else None, device, run.state, started,
                             opts.quiet, world=ctx.world)
     if opts.report:
-        write_after_training(recipe.run_dir, run.say)
+        write_after_training(recipe.run_dir, run.say, run.dataset)
     return summary
 
 

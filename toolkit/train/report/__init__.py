@@ -29,7 +29,7 @@ def report_command(target: str | None = None, **given) -> dict:
     return data
 
 
-def gather(target: str, opts: ReportOptions) -> Outputs:
+def gather(target: str, opts: ReportOptions, dataset=None) -> Outputs:
     if isinstance(opts.top, bool) or not isinstance(opts.top, int) or opts.top < 0:
         raise UserError(f"--top {opts.top!r}: expected a whole number of images, 0 or more")
     if target.endswith(".onnx"):
@@ -37,12 +37,13 @@ def gather(target: str, opts: ReportOptions) -> Outputs:
     if opts.recipe is None and os.path.isdir(target) and not os.path.isdir(os.path.join(target, "checkpoints")):
         raise UserError(f"{target}: not a run folder (no checkpoints/ in it); expected runs/<name>/ from toolkit "
                         "train, a checkpoint .pt or an exported .onnx file")
-    return from_checkpoint(target, opts.recipe, opts.split, opts.batch_size, opts.device)
+    return from_checkpoint(target, opts.recipe, opts.split, opts.batch_size, opts.device, dataset)
 
 
-def build_report(target: str, opts: ReportOptions) -> dict:
-    """Score, gather the sections, write report.json and report.html; returns report.json's content."""
-    out = gather(target, opts)
+def build_report(target: str, opts: ReportOptions, dataset=None) -> dict:
+    """Score, gather the sections, write report.json and report.html; returns report.json's content.
+    `dataset`: the data set listing when the caller has it (the end of training: no second scan)."""
+    out = gather(target, opts, dataset)
     out_dir = opts.out_dir or out.run_dir or os.path.splitext(target)[0] + "_report"
     data = {"run": out.run_dir, "model": out.source, "split": out.split, "labels": out.labels,
             "notes": list(out.notes), "calibration": content.calibration(out.run_dir),
@@ -97,10 +98,10 @@ def thumbnails(data: dict, max_pixels: int) -> dict:
     return {path: uri for path, uri in uris.items() if uri}
 
 
-def write_after_training(run_dir: str, say=print) -> None:
+def write_after_training(run_dir: str, say=print, dataset=None) -> None:
     """The report at the end of `toolkit train`: never fails training; a failure is one warning line."""
     try:
-        data = build_report(run_dir, ReportOptions(top=8))
+        data = build_report(run_dir, ReportOptions(top=8), dataset)
         say(f"  report      {data['files']['html']}")
     except Exception as exc:  # noqa: BLE001 - the run is saved; the report is a convenience on top
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -46,14 +46,16 @@ def split_order(split: str) -> list[str]:
     return [split, "test"] if split == "val" else [split]
 
 
-def from_checkpoint(target: str, recipe_path: str | None, split: str, batch_size: int, device: str) -> Outputs:
+def from_checkpoint(target: str, recipe_path: str | None, split: str, batch_size: int, device: str,
+                    dataset=None) -> Outputs:
+    """`dataset`: the listing of the checkpoint's data when the caller has it (training), else scanned here."""
     checkpoint = artifacts.run_checkpoint(target)
     run_dir = os.path.dirname(os.path.dirname(checkpoint)) if os.path.basename(
         os.path.dirname(checkpoint)) == "checkpoints" else None
     model, ckpt = model_from_checkpoint(checkpoint)
     recipe = recipe_mod.load(recipe_path) if recipe_path else recipe_mod.from_dict(
         ckpt["recipe"], source=f"{checkpoint} (recipe)", check_paths=False)
-    dataset = load_dataset(recipe)
+    dataset = dataset if dataset is not None else load_dataset(recipe)
     if list(dataset.labels) != list(ckpt["labels"]):
         raise UserError(f"{checkpoint}: trained on {len(ckpt['labels'])} classes, the data has "
                         f"{len(dataset.labels)} (or in another order); expected the same classes")
