@@ -113,6 +113,14 @@ def benchmark(model: str | None = None, *more: str, train: str | None = None, ba
             run_benchmark(model, asked, torch_backends=loader)
 
 
+@options("toolkit.train.report.options:ReportOptions")
+def report(run=None, **given):
+    """Report of a run (default: the newest), a checkpoint or an .onnx file: report.html and report.json."""
+    from toolkit.train.report import report_command
+
+    report_command(run, **given)
+
+
 def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False, out_dir: str | None = None,
          imagenet: bool = False, steps: int | None = None):
     """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch (seeds 0,1,2; labels per
@@ -136,7 +144,8 @@ def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False
 
 
 COMMANDS = {"train": train, "evaluate": evaluate, "export": export, "predict": predict,
-            "serve-local": serve_local, "benchmark": benchmark, "demo": demo}
+            "serve-local": serve_local, "benchmark": benchmark, "report": report,
+            "demo": demo}
 
 
 def _exit_now(code: int) -> None:

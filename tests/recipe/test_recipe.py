@@ -77,6 +77,19 @@ def test_value_checks_name_key_and_expectation():
     assert "train.group_lrs.blok1: unknown group; did you mean 'block1'?" in text
 
 
+def test_the_fit_mode_is_a_recipe_key_with_one_clear_error_for_a_bad_value(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {source: digits}\npreprocess: {resize: 32, crop: 32, fit: letterbox}\n"
+                    "model: {weights: none}\ntrain: {strategy: scratch}\n")
+    assert recipe_mod.load(str(path)).preprocess.fit == "letterbox"
+    assert recipe_mod.load(str(path), ["preprocess.fit=squash"]).preprocess.fit == "squash"
+    assert recipe_mod.from_dict({"data": {"source": "digits"}, "model": {"weights": "none"},
+                                 "train": {"strategy": "scratch"}}).preprocess.fit == "crop"  # the default
+    problems = _problems({"data": {"source": "digits"}, "preprocess": {"fit": "letterbx"},
+                          "model": {"weights": "none"}, "train": {"strategy": "scratch"}})
+    assert problems == ["preprocess.fit: 'letterbx' is not one of crop, letterbox, squash (did you mean 'letterbox'?)"]
+
+
 def test_unknown_top_level_and_section_type():
     text = "\n".join(_problems({"trian": {}, "model": "vgg16"}))
     assert "trian: unknown key; did you mean 'train'?" in text

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from toolkit.preprocess import DECODE_MODES, DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+from toolkit.preprocess import DECODE_MODES, DEFAULT_MAX_PIXELS, FIT_MODES, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 from toolkit.recipe.archs import ARCH_TABLE
 
 ARCHS = tuple(ARCH_TABLE)  # VGG (torchvision), MobileNetV3, EfficientNet-B0, ResNet, ConvNeXt, EfficientNet-Lite0
@@ -50,6 +50,7 @@ class PreprocessConfig:
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))  # per channel (R, G, B), pixels scaled to 0-1
     std: list = field(default_factory=lambda: list(IMAGENET_STD))  # per channel (R, G, B)
     decode: str = "draft"  # JPEGs: draft (libjpeg scales by 1/2-1/8 while decoding, short side >= resize) | full
+    fit: str = "crop"  # crop (short side to resize, centre crop) | letterbox (whole image, mean-colour pad) | squash
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Recipe:
 # The string-valued keys and their allowed values (checked by toolkit.recipe.check).
 CHOICES = {
     "data.source": SOURCES, "preprocess.interpolation": tuple(INTERPOLATIONS), "preprocess.decode": DECODE_MODES,
+    "preprocess.fit": FIT_MODES,
     "model.arch": ARCHS,
     "model.head": HEADS, "train.strategy": STRATEGIES, "train.optimizer": OPTIMIZERS,
     "train.schedule": SCHEDULES, "train.lr_scaling": LR_SCALINGS, "train.amp": AMP_MODES, "train.device": DEVICES,

@@ -191,20 +191,31 @@ def _label_map(data_labels: list, model_labels: list, model_path: str) -> np.nda
     return np.asarray([index[str(c)] for c in data_labels], np.int64)
 
 
-def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str = "val",
-                  batch_size: int = 32, limit: Optional[int] = None, threads: Optional[int] = None,
-                  device: str = "cpu", quiet: bool = True, engine: Optional[str] = None,
-                  precision: Optional[str] = None) -> dict:
-    """Top-1 / top-5 (in %), per-class accuracy, confusion matrix and n of an ONNX export on a split.
+class EmptySplit(UserError):
+    """The split asked for has no images."""
 
-    recipe_path_or_recipe: a recipe file, a Recipe, a recipe dict, or None for the recipe stored in the
-    model's metadata (the data it was trained on). Labels and preprocessing always come from the model.
-    The dataset is not pre-scanned; unreadable images are skipped and listed under "skipped".
-    limit: evaluate only the first N images of the split. quiet=False prints the formatted report.
-    engine: onnxruntime or openvino; precision: fp32 or bf16 (openvino only; None: fp32). On an engine other
-    than the reference the report gains "vs_onnxruntime" (toolkit.runtime.engine_eval), and a failed bf16 /
-    int8 gate is a UserError.
-    """
+
+@dataclasses.dataclass
+class OnnxOutputs:
+    """Per-image results of an ONNX file on a split: what evaluate_onnx scores and `toolkit report` shows."""
+    logits: np.ndarray  # float32 N x classes
+    targets: np.ndarray  # int64 N, the model's label indices
+    sources: list  # the N images read (paths, or arrays for in-memory data sets), in order
+    labels: list  # the model's labels
+    skipped: list  # [(path, reason)] images that could not be read
+    pixels: np.ndarray  # uint8 N x crop x crop x 3, what the model saw
+    preprocess: Preprocess
+    raw: bool  # the graph takes uint8 NHWC
+    recipe: Any
+    session: Any  # the engine adapter
+    model: Any  # toolkit.contract's reading of the file
+    started: float  # perf_counter before the images were read
+
+
+def onnx_outputs(model_path: str, recipe_path_or_recipe: Any = None, split: str = "val", batch_size: int = 32,
+                 limit: Optional[int] = None, threads: Optional[int] = None, device: str = "cpu",
+                 engine: Optional[str] = None, precision: Optional[str] = None) -> OnnxOutputs:
+    """The logits of every readable image of a split (see evaluate_onnx for the arguments)."""
     if split not in SPLITS:
         raise UserError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
     if not os.path.isfile(str(model_path)):
@@ -225,7 +236,7 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     dataset = load_dataset(recipe, scan=False)
     items = list(getattr(dataset, split))
     if not items:
-        raise UserError(f"split {split}: no images in {recipe.data.source} data"
+        raise EmptySplit(f"split {split}: no images in {recipe.data.source} data"
                         f"{' at ' + recipe.data.root if recipe.data.source == 'folder' else ''}; "
                         "expected a non-empty split (choose another with --split)")
     to_model = _label_map(dataset.labels, labels, str(model_path))
@@ -235,7 +246,33 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     if len(pixels) == 0:
         raise UserError(f"split {split}: none of its {len(items)} images could be read "
                         f"(first: {skipped[0][1] if skipped else 'none'})")
-    out = report(logits, to_model[targets], labels)
+    unread = {path for path, _ in skipped}
+    sources = [src for src, _ in (items[:limit] if limit else items)
+               if not (isinstance(src, str) and src in unread)]
+    return OnnxOutputs(logits, to_model[targets], sources, labels, skipped, pixels, preprocess, raw, recipe, session,
+                       model, start)
+
+
+def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str = "val",
+                  batch_size: int = 32, limit: Optional[int] = None, threads: Optional[int] = None,
+                  device: str = "cpu", quiet: bool = True, engine: Optional[str] = None,
+                  precision: Optional[str] = None) -> dict:
+    """Top-1 / top-5 (in %), per-class accuracy, confusion matrix and n of an ONNX export on a split.
+
+    recipe_path_or_recipe: a recipe file, a Recipe, a recipe dict, or None for the recipe stored in the
+    model's metadata (the data it was trained on). Labels and preprocessing always come from the model.
+    The dataset is not pre-scanned; unreadable images are skipped and listed under "skipped".
+    limit: evaluate only the first N images of the split. quiet=False prints the formatted report.
+    engine: onnxruntime or openvino; precision: fp32 or bf16 (openvino only; None: fp32). On an engine other
+    than the reference the report gains "vs_onnxruntime" (toolkit.runtime.engine_eval), and a failed bf16 /
+    int8 gate is a UserError.
+    """
+    got = onnx_outputs(model_path, recipe_path_or_recipe, split, batch_size, limit, threads, device, engine,
+                       precision)
+    session, model, pixels, preprocess, raw = got.session, got.model, got.pixels, got.preprocess, got.raw
+    logits, targets, labels, skipped = got.logits, got.targets, got.labels, got.skipped
+    start = got.started
+    out = report(logits, targets, labels)
     info = session.describe()
     out.update({"model": str(model_path), "split": split, "precision": model.precision,
                 "seconds": round(time.perf_counter() - start, 3), "skipped": skipped,
@@ -244,7 +281,7 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
         from toolkit.runtime.engine_eval import versus_onnxruntime
 
         out["vs_onnxruntime"] = versus_onnxruntime(
-            str(model_path), model.precision, out["inference_precision"], logits, to_model[targets],
+            str(model_path), model.precision, out["inference_precision"], logits, targets,
             lambda path: run_logits(engine_session(path, threads, "cpu", reference_engine()), pixels, preprocess,
                                     raw, batch_size))
     if not quiet:

@@ -5,9 +5,7 @@ its reports are the runtime benchmark's (toolkit.runtime.benchmark). The CLI imp
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import os
-import sys
 import time
 from typing import Optional, Sequence
 
@@ -16,11 +14,12 @@ import torch
 
 from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
-from toolkit.runtime.benchmark import format_train_table, interleaved_rounds, physical_cores
+from toolkit.runtime.benchmark import BenchmarkOptions, interleaved_rounds
 from toolkit.runtime.benchmark.machine import record_head
+from toolkit.runtime.benchmark.options import parse
 from toolkit.runtime.benchmark.records import Limiter, Loader, LoaderIps, Phase, TrainRecipe, TrainRecord, TrainSettings
-from toolkit.runtime.benchmark.report import write_outputs
-from toolkit.runtime.benchmark.timing import DEFAULT_DURATION_S, Progress, calls_per_block, stats, warm_up
+from toolkit.runtime.benchmark.report import default_out_dir, publish
+from toolkit.runtime.benchmark.timing import Progress, calls_per_block, stats, warm_up
 from toolkit.train import data as data_mod
 from toolkit.train import model as model_mod
 from toolkit.train.device import amp_dtype, pick_device
@@ -41,7 +40,8 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     Writes benchmark.json and benchmark.md into out_dir (default benchmarks/<recipe name>-train-<stamp>/).
     """
     recipe = recipe_mod.load(os.fspath(recipe_path), list(overrides))
-    settings = _settings(recipe, batch_size, device, duration, iterations, warmup, rounds, threads, loader_batches)
+    timing = dict(duration=duration, iterations=iterations, warmup=warmup, rounds=rounds, threads=threads)
+    settings = _settings(recipe, batch_size, device, timing, loader_batches)
     dev = pick_device(recipe.train.device)
     settings.device, progress = str(dev), Progress(not quiet)
     progress.live("loading the data")
@@ -59,34 +59,27 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     finally:
         torch.set_num_threads(caller_threads)
         progress.close()
-    out_dir = out_dir or os.path.join("benchmarks", f"{recipe.name}-train-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    out_dir = out_dir or default_out_dir(f"{recipe.name}-train")
     command = f"toolkit benchmark --train {recipe_path}" + (" " + " ".join(overrides) if overrides else "")
     record = _record(recipe, recipe_path, command, dataset, dev, settings, phases, loader, out_dir)
-    write_outputs(record, False, lambda *a: None if quiet else print(*a, file=sys.stderr))
-    if not quiet:
-        print(format_train_table(record))
-        print(f"benchmark: wrote {record['files']['json']}, {record['files']['markdown']}", file=sys.stderr)
+    publish(record, plot=False, quiet=quiet)
     return record
 
 
-def _settings(recipe, batch_size, device, duration, iterations, warmup, rounds, threads,
-              loader_batches) -> TrainSettings:
-    """The timing options, checked; --batch-size and --device applied to the recipe."""
-    if duration is not None and iterations is not None:
-        raise UserError("benchmark: pass --duration or --iterations, not both")
+def _settings(recipe, batch_size, device, timing: dict, loader_batches) -> TrainSettings:
+    """The timing options, checked as the inference benchmark checks them (options.parse); --batch-size and
+    --device applied to the recipe."""
+    plan = parse(BenchmarkOptions(**timing))
     if batch_size is not None:
         if int(batch_size) < 1:
             raise UserError(f"batch_size: {batch_size!r}; expected a positive whole number")
         recipe.train.batch_size = int(batch_size)
     if device is not None:
         recipe.train.device = str(device)
-    if int(rounds) < 1:
-        raise UserError(f"rounds: {rounds!r}; expected at least 1")
-    return TrainSettings(device=str(recipe.train.device), threads=int(threads) if threads else physical_cores(),
-                         threads_source="given" if threads else "physical cores",
-                         warmup=int(warmup) if warmup is not None else "auto", rounds=int(rounds),
-                         iterations=int(iterations) if iterations is not None else None,
-                         duration_s=DEFAULT_DURATION_S if duration is None and iterations is None else duration,
+    iterations, warmup = timing["iterations"], timing["warmup"]
+    return TrainSettings(device=str(recipe.train.device), threads=plan.threads, threads_source=plan.threads_source,
+                         warmup=int(warmup) if warmup is not None else "auto", rounds=plan.rounds,
+                         iterations=int(iterations) if iterations is not None else None, duration_s=plan.duration,
                          loader_batches=int(loader_batches or 0))  # 0: one pass, set when the loader is timed
 
 

@@ -20,8 +20,7 @@ from toolkit.errors import UserError, first_line
 from toolkit.preprocess import SERVE_FORMATS
 from toolkit.runtime.benchmark import BackendRecord, ExtraBackends
 from toolkit.runtime.benchmark.machine import maxrss_mb
-from toolkit.runtime.benchmark.probe import first_runs, main, run_probe
-from toolkit.runtime.benchmark.backends import DecodeSplit
+from toolkit.runtime.benchmark.backends import DecodeSplit, first_runs, main, run_probe
 from toolkit.runtime.benchmark.records import E2E_TOP_K
 
 

@@ -17,28 +17,23 @@ number means in `timed`):
 
 The modules, in the order a run uses them: options (BenchmarkOptions, the Plan, which engine x device x
 precision runs: asked of the engine adapters, toolkit.runtime.engines), model_file (the export, its twins,
-FLOPs), backends (the Backend protocol, ONNX backends on the adapters, the reference GEMM), peak, probe
-(cold start in a fresh process), timing (rounds, statistics), run (run_benchmark: the one loop), assemble
-(a model's record), compare (compare_models, Pareto), records (the record dataclasses, their JSON Schema,
+FLOPs), backends (the Backend protocol, ONNX backends on the adapters, the reference GEMM, the fresh-process
+cold-start probe), peak, timing (rounds, statistics), run (run_benchmark: the one loop), assemble (a model's
+record), compare (compare_models, Pareto), records (the record dataclasses, their JSON Schema,
 validate_record), report (tables, Markdown, plots). The PyTorch backends live on the torch side
 (toolkit.train.torch_backend) and reach run_benchmark through its `torch_backends` argument. No torch at
 import time here.
 """
-from toolkit.runtime.benchmark.backends import Backend, BackendLoader, ExtraBackends, synthetic_jpegs
+from toolkit.artifacts import twin_path
+from toolkit.runtime.benchmark.backends import Backend, BackendLoader, ExtraBackends
 from toolkit.runtime.benchmark.compare import compare_models, pareto_flags
 from toolkit.runtime.benchmark.model_file import count_flops
-from toolkit.runtime.benchmark.machine import machine_info, physical_cores, versions
-from toolkit.artifacts import twin_path
-from toolkit.runtime.benchmark.model_file import inspect_model
 from toolkit.runtime.benchmark.options import BenchmarkOptions
-from toolkit.runtime.benchmark.peak import measure_peak
-from toolkit.runtime.benchmark.records import SCHEMA_VERSION, SCHEMAS, TIMED, BackendRecord, validate_record
-from toolkit.runtime.benchmark.report import format_markdown, format_table, format_train_table, write_outputs
+from toolkit.runtime.benchmark.records import SCHEMA_VERSION, SCHEMAS, BackendRecord, validate_record
+from toolkit.runtime.benchmark.report import format_table
 from toolkit.runtime.benchmark.run import run_benchmark
-from toolkit.runtime.benchmark.timing import DEFAULT_DURATION_S, DEFAULT_ROUNDS, interleaved_rounds
+from toolkit.runtime.benchmark.timing import interleaved_rounds
 
-__all__ = ["Backend", "BackendLoader", "BackendRecord", "BenchmarkOptions", "DEFAULT_DURATION_S", "DEFAULT_ROUNDS", "ExtraBackends",
-           "SCHEMAS", "SCHEMA_VERSION", "TIMED", "compare_models", "count_flops", "format_markdown",
-           "format_table", "format_train_table", "inspect_model", "interleaved_rounds", "machine_info",
-           "measure_peak", "pareto_flags", "physical_cores", "run_benchmark", "synthetic_jpegs", "twin_path",
-           "validate_record", "versions", "write_outputs"]
+__all__ = ["Backend", "BackendLoader", "BackendRecord", "BenchmarkOptions", "ExtraBackends", "SCHEMAS",
+           "SCHEMA_VERSION", "compare_models", "count_flops", "format_table", "interleaved_rounds", "pareto_flags",
+           "run_benchmark", "twin_path", "validate_record"]

@@ -26,10 +26,8 @@ def inference_record(s, bench) -> dict:
                       ("benchmark.json", "benchmark.md", "benchmark.png" if opts.plot else None),
                       any(d != "cpu" for d in plan.devices)),
         model=ModelInfo(path=s.base, name=os.path.basename(s.base)[:-len(".onnx")], arch=meta.get("arch"),
-                        head=meta.get("head"),
-                        classes=len(meta["labels"]) if isinstance(meta.get("labels"), list) else None,
-                        input=meta["input"] if isinstance(meta.get("input"), dict) else {"shape": s.info["input_dims"]},
-                        preprocess=meta["preprocess"] if isinstance(meta.get("preprocess"), dict) else None,
+                        head=meta.get("head"), classes=len(s.labels), preprocess=meta["preprocess"],
+                        input=s.info["contract"].input or {"shape": s.info["input_dims"]},
                         source_run=meta.get("source_run"), checkpoint=s.checkpoint or meta.get("checkpoint"),
                         flops_per_image=s.info["flops"]["flops"]),
         settings=InferenceSettings(

@@ -3,11 +3,21 @@ an engine adapter of toolkit.runtime.engines), the reference GEMM, and the synth
 
 The PyTorch backends (--torch, --compile) satisfy the same protocol on the torch side
 (toolkit.train.torch_backend); the CLI hands their loader to run_benchmark (`torch_backends`).
+
+Cold start and peak RSS are measured in a fresh Python process per backend: run_probe starts
+`python -m <spec["module"]> --probe SPEC` (default this package: probe_onnx; the PyTorch one:
+toolkit.train.torch_backend), which builds its backend, calls first_runs and prints one JSON line (main).
 """
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol
@@ -15,10 +25,9 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from toolkit.errors import UserError
-from toolkit.runtime.benchmark.machine import maxrss_mb
+from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, maxrss_mb
 from toolkit.runtime.benchmark.options import Combo
 from toolkit.runtime.benchmark.peak import ort_matmul_session
-from toolkit.runtime.benchmark.probe import first_runs, run_probe
 from toolkit.runtime.benchmark.records import E2E_IMAGES, E2E_JPEG_QUALITY, E2E_TOP_K, BackendRecord, Skipped
 from toolkit.runtime.decode_pool import shared_pool
 from toolkit.runtime.engines import EngineOptions, OpenVinoOptions, adapter_for
@@ -168,6 +177,62 @@ def probe_onnx(spec: dict) -> dict:
     def make(n):
         b.prepare(n, np.random.default_rng(0).integers(0, 256, (n, crop, crop, 3), dtype=np.uint8), {})
     return first_runs(spec, out, make, lambda _: b.run("model"))
+
+
+def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
+    """After the session is made: the first inference per batch size (ascending) and the memory after it."""
+    out.update(rss_session_mb=maxrss_mb(), first_inference_s={}, peak_rss_mb={})
+    for b in sorted(spec["batch_sizes"]):
+        x = make(b)
+        t = time.perf_counter()
+        call(x)
+        out["first_inference_s"][str(b)] = time.perf_counter() - t
+        call(x)
+        out["peak_rss_mb"][str(b)] = maxrss_mb()
+    if spec["device"] != "cpu":
+        out["gpu_mem_mb"] = gpu_mem_of_pid(os.getpid())
+    return out
+
+
+def run_probe(spec: dict, timeout: float = 3600) -> dict:
+    """The probe's result for one backend spec, or {"error": why}."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    cache = None
+    if spec.get("compile"):  # a cold start compiles from nothing: inductor's on-disk cache starts empty
+        cache = env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="toolkit-inductor-")
+    module = spec.get("module", "toolkit.runtime.benchmark")
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", module, "--probe", json.dumps(spec)], capture_output=True,
+                              text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"cold-start probe timed out after {timeout:.0f}s"}
+    finally:
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"cold-start probe failed: {tail[:300]}"}
+    return {**json.loads(lines[-1]), "process_wall_s": round(time.perf_counter() - t, 3), "isolated": True}
+
+
+def _rounded(value):
+    """Seconds and MB to 4 decimals, in nested dicts too."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def main(argv: list, probe: Callable[[dict], dict]) -> None:
+    """The `--probe SPEC` entry point of a fresh process."""
+    if len(argv) >= 2 and argv[0] == "--probe":
+        print(json.dumps(_rounded(probe(json.loads(argv[1])))))
+        return
+    print("usage: toolkit benchmark [MODEL] (this module's own entry point is for its cold-start probes)",
+          file=sys.stderr)
+    sys.exit(2)
 
 
 class GemmReference:

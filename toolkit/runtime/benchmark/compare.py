@@ -8,7 +8,6 @@ pareto.png (report.py) sit in <out>/.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import os
 from typing import Optional, Sequence
 
@@ -49,7 +48,7 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
     if batch not in sizes:
         raise UserError(f"pareto_batch: {pareto_batch!r} is not one of the batch sizes timed "
                         f"({', '.join(map(str, sizes))}); expected one of them")
-    out_dir = bench.opts.out_dir or os.path.join("benchmarks", f"compare-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+    out_dir = bench.opts.out_dir or report.default_out_dir("compare")
     subjects = []
     for model in models:
         s = open_subject(os.fspath(model), bench, lambda name: name)
@@ -64,27 +63,17 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
     for rec in records:
         report.write_outputs(rec, bench.opts.plot, bench.say)
     record = _compare_record(subjects, records, bench, batch, out_dir)
-    report.write_outputs(record, bench.opts.plot, bench.say)
-    if not bench.opts.quiet:
-        print(report.format_compare_table(record))
-        bench.say(f"benchmark: wrote {', '.join(v for v in record['files'].values() if v)} and one folder per model")
+    report.publish(record, bench.opts.plot, bench.opts.quiet, bench.say, also=" and one folder per model")
     return record
-
-
-def _labels_of(s) -> list:
-    labels = s.meta.get("labels")
-    return [str(x) for x in labels] if isinstance(labels, list) else []
 
 
 def _check_labels(subjects: list) -> None:
     """Top-1 on one recipe split compares models only when they name the same classes."""
-    ref, want = subjects[0], set(_labels_of(subjects[0]))
+    ref, want = subjects[0], set(subjects[0].labels)
     for s in subjects[1:]:
-        have = set(_labels_of(s))
-        extra, lacking = sorted(have - want), sorted(want - have)
-        parts = ([f"has {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''} that {ref.base} has not"]
-                 if extra else []) + ([f"lacks {', '.join(lacking[:8])}{' ...' if len(lacking) > 8 else ''}"]
-                                      if lacking else [])
+        have = set(s.labels)
+        extra, lacking = (", ".join(sorted(x)[:8]) + (" ..." if len(x) > 8 else "") for x in (have - want, want - have))
+        parts = [f"has {extra} that {ref.base} has not"] * bool(extra) + [f"lacks {lacking}"] * bool(lacking)
         if parts:
             raise UserError(f"{s.base}: its labels differ from {ref.base}'s: it {'; it '.join(parts)}; expected the "
                             f"same class names in every model to compare top-1 on one recipe split (--data)")
@@ -121,7 +110,7 @@ def _compare_record(subjects: list, records: list, bench, batch: int, out_dir: s
                       any(d != "cpu" for d in plan.devices)),
         settings=CompareSettings(**assemble.common_settings(bench, plan.precisions), pareto_batch=batch,
                                  pareto_mode=PARETO_MODE, interleaved=True),
-        models=[CompareModel(name=name, path=s.base, arch=s.meta.get("arch"), classes=len(_labels_of(s)) or None,
+        models=[CompareModel(name=name, path=s.base, arch=s.meta.get("arch"), classes=len(s.labels),
                              preprocess=rec["model"]["preprocess"], flops_per_image=rec["model"]["flops_per_image"],
                              record=rec["files"]["json"]) for name, s, rec in zip(names, subjects, records)],
         rows=_compare_rows(records, names), schedule=bench.schedule)

@@ -79,17 +79,9 @@ def count_flops(model: Any, image_size: Optional[int] = None) -> dict:
     return {"flops": int(flops), "macs": int(flops // 2), "by_op": by_op, "uncounted": uncounted}
 
 
-def _file_bytes(path: str, proto) -> int:
-    """The file's size, its external data files included."""
-    folder = os.path.dirname(os.path.abspath(path))
-    external = {kv.value for init in proto.graph.initializer if init.data_location == 1
-                for kv in init.external_data if kv.key == "location"}
-    return os.path.getsize(path) + sum(os.path.getsize(os.path.join(folder, loc)) for loc in external
-                                       if os.path.isfile(os.path.join(folder, loc)))
-
-
 def inspect_model(path: str) -> dict:
-    """Metadata (JSON decoded), graph input dims, file size (external data included) and FLOPs of one file."""
+    """The contract (toolkit.contract.ModelContract; `metadata`: its JSON-decoded keys), graph input dims,
+    file size and FLOPs of one file."""
     import onnx
 
     try:
@@ -97,14 +89,14 @@ def inspect_model(path: str) -> dict:
     except Exception as exc:  # noqa: BLE001 - protobuf raises its own types
         raise UserError(f"{path}: not a readable ONNX model ({first_line(exc, 300)}); expected a .onnx file "
                         "written by toolkit export") from None
-    meta = contract.decode(contract.props_of(proto))
+    model = contract.from_props(contract.props_of(proto), path)  # checked now, not after minutes of timing
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
     dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
             for d in (inputs[0].type.tensor_type.shape.dim if inputs else [])]
-    crop = meta["preprocess"].get("crop") if isinstance(meta.get("preprocess"), dict) else None
-    return {"path": path, "metadata": meta, "input_dims": dims, "file_bytes": _file_bytes(path, proto),
-            "flops": count_flops(proto, image_size=crop)}
+    # a toolkit export carries no external data (contract.check_model_file rejects it): the file is the model
+    return {"path": path, "metadata": model.meta, "contract": model, "input_dims": dims,
+            "file_bytes": os.path.getsize(path), "flops": count_flops(proto, image_size=model.preprocess.crop)}
 
 
 def resolve_model(model: Optional[str], exports_dir: str, say: Callable) -> str:

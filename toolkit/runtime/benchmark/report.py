@@ -2,8 +2,10 @@
 (inference, train, compare), and write_outputs. Standard library only (matplotlib for the plots alone)."""
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
+import sys
 from typing import Any, Callable, Optional
 
 from toolkit.artifacts import atomic_path, atomic_write
@@ -147,6 +149,21 @@ def write_outputs(record: dict, plot: bool, say: Callable) -> None:
     markdown = {"inference": format_markdown, "train": format_train_markdown, "compare": format_compare_markdown}
     atomic_write(files["markdown"], markdown[kind](record))
     atomic_write(files["json"], json.dumps(record, indent=2, default=str) + "\n")
+
+
+def default_out_dir(name: str) -> str:
+    """benchmarks/<name>-<YYYYmmdd-HHMMSS>: where a run writes when no out_dir is given."""
+    return os.path.join("benchmarks", f"{name}-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+
+
+def publish(record: dict, plot: bool, quiet: bool, say: Optional[Callable] = None, also: str = "") -> None:
+    """write_outputs, then (unless quiet) the record's table on stdout and what was written on stderr."""
+    say = say or (lambda *a: None if quiet else print(*a, file=sys.stderr))
+    write_outputs(record, plot, say)
+    if not quiet:
+        table = {"inference": format_table, "train": format_train_table, "compare": format_compare_table}
+        print(table[record["kind"]](record))
+        say(f"benchmark: wrote {', '.join(v for v in record['files'].values() if v)}{also}")
 
 
 def format_train_table(record: dict) -> str:

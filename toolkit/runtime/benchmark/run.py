@@ -7,7 +7,6 @@ model gets its own record (records.InferenceRecord); a comparison adds compare.p
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -57,6 +56,10 @@ class Subject:
     def meta(self) -> dict:
         return self.info["metadata"]
 
+    @property
+    def labels(self) -> list:
+        return self.info["contract"].labels
+
 
 @dataclass
 class Bench:
@@ -89,15 +92,10 @@ def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOption
     toolkit.train.torch_backend.load_torch_backends). Writes benchmark.json, .md and .png into out_dir
     (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
     bench = start(options, fields)
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    subject = open_subject(model, bench, lambda name: bench.opts.out_dir or os.path.join("benchmarks",
-                                                                                          f"{name}-{stamp}"))
+    subject = open_subject(model, bench, lambda name: bench.opts.out_dir or report.default_out_dir(name))
     measure([subject], bench, torch_backends)
     record = assemble.inference_record(subject, bench)
-    report.write_outputs(record, bench.opts.plot, bench.say)
-    if not bench.opts.quiet:
-        print(report.format_table(record))
-        bench.say(f"benchmark: wrote {', '.join(v for v in record['files'].values() if v)}")
+    report.publish(record, bench.opts.plot, bench.opts.quiet, bench.say)
     return record
 
 
@@ -265,6 +263,10 @@ def own_peak_precision(precision: str, device: str) -> str:
     return "fp16" if precision.startswith("fp16") else ("int8" if precision == "int8" else "fp32")
 
 
+_FROM_BACKEND = ("key", "backend", "engine", "engine_device", "inference_precision", "device", "precision", "provider",
+                 "file_bytes")  # the fields a Row copies from its BackendRecord
+
+
 def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: list, k: int) -> Row:
     """One backend x mode x batch size: the timing statistics and GFLOP/s against the peaks and the GEMM."""
     rec = b.record
@@ -276,17 +278,15 @@ def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: 
     gflops = _sig(rec.flops_per_image * throughput.median / 1e9) if rec.flops_per_image else None
     size = E2E_IMAGES.get(mode)
     return Row(
-        key=rec.key, backend=rec.backend, engine=rec.engine, engine_device=rec.engine_device,
-        inference_precision=rec.inference_precision, device=rec.device, precision=rec.precision,
-        provider=rec.provider, mode=mode, e2e_image=f"{size[0]}x{size[1]}" if size else None, batch=batch,
-        iterations=len(lat), rounds=bench.plan.rounds, throughput_ips=throughput, latency_ms=latency,
+        **{f: getattr(rec, f) for f in _FROM_BACKEND}, mode=mode, e2e_image=f"{size[0]}x{size[1]}" if size else None,
+        batch=batch, iterations=len(lat), rounds=bench.plan.rounds, throughput_ips=throughput, latency_ms=latency,
         latency_per_image_ms=per_image, first_run_s=round(s.first_runs[(rec.key, mode, batch)], 4), gflops=gflops,
         fraction_of_peak=_sig(gflops / fp32.gflops) if gflops and fp32 else None,
         fraction_of_precision_peak=_sig(gflops / own.gflops) if gflops and own else None,
         peak_precision=own and own.precision, precision_peak_engine=own and own.engine,
         fraction_of_gemm_in_rounds=_sig(gflops / gemm.median_gflops) if gflops and gemm and gemm.median_gflops
-        else None, cold_start_s=None, peak_rss_mb=None, gpu_mem_mb=None, file_bytes=rec.file_bytes, top1=None,
-        baseline=None, speedup=None, decode_share=None if mode == "model" else b.decode_share(mode))
+        else None, cold_start_s=None, peak_rss_mb=None, gpu_mem_mb=None, top1=None, baseline=None, speedup=None,
+        decode_share=None if mode == "model" else b.decode_share(mode))
 
 
 def _measure_accuracy(s: Subject, bench: Bench) -> None:
