@@ -80,6 +80,7 @@ class ServeOptions(Limits):
     precision: str | None = None        # fp32 or bf16 (bf16: openvino only); None: fp32
     exports_dir: str = "exports"        # where model=None looks for the newest export
     warmup_timeout: float = WARMUP_TIMEOUT_S  # seconds for the warm-up inference (TensorRT builds engines in it)
+    static: str | None = None           # serve this folder instead (export --format web's), with COOP/COEP headers
 
     @property
     def limits(self) -> Limits:
