@@ -49,8 +49,8 @@ _PIXELS_JS = """async (images) => {
   const out = [];
   for (const b64 of images) {
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    const { rgba, w, h } = await toolkitWeb.decode(new Blob([bytes]));
-    const px = toolkitWeb.pixels(rgba, w, h, meta.preprocess);
+    const { rgba, w, h, jpeg } = await toolkitWeb.decode(new Blob([bytes]));
+    const px = toolkitWeb.pixels(rgba, w, h, meta.preprocess, jpeg);
     const x = toolkitWeb.normalize(px, meta.preprocess);
     let s = ""; for (let i = 0; i < px.length; i += 8192) s += String.fromCharCode(...px.subarray(i, i + 8192));
     const xb = new Uint8Array(x.buffer); let t = "";

@@ -4,7 +4,7 @@
 //   pixels(rgba, w, h, pre)    toolkit.preprocess.Preprocess.resize_crop in integer arithmetic: Pillow's resampling
 //                              (its coefficients and 22-bit fixed point), fit crop | letterbox | squash
 //   normalize(px, pre)         Preprocess.normalize: float32 NCHW, (x / 255 - mean) / std
-//   decode(blob)               the browser's decoder, EXIF-rotated, no colour management, alpha onto white
+//   decode(blob)               the browser's decoder, EXIF-rotated, no colour management (alpha onto white in pixels)
 //   scores(logits, meta, k)    softmax(logits / T), top-k, and the "unknown" answer when the file has one
 
 // ---- ONNX ModelProto: only field 14, metadata_props (StringStringEntryProto: key = 1, value = 2) ----
@@ -231,13 +231,40 @@ function squash(img, pre) {
   return resize(img, pre.crop, pre.crop, pre.interpolation);
 }
 
-// RGBA (a canvas's ImageData) -> Preprocess.resize_crop's uint8 crop x crop x 3 (HWC).
-export function pixels(rgba, w, h, pre) {
-  const img = image(w, h);
+// decode "draft": Pillow has libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (the smallest that keeps both sides
+// >= resize); a browser decodes every pixel, so the page averages scale x scale blocks instead: close to
+// libjpeg's scaled IDCT, not equal (the export's browser check measures the difference on real images).
+export function draftScale(w, h, pre) {
+  const s = Math.min(Math.floor(w / pre.resize), Math.floor(h / pre.resize));
+  return s >= 8 ? 8 : s >= 4 ? 4 : s >= 2 ? 2 : 1;
+}
+
+function blockMean(img, s) {
+  const w = Math.ceil(img.w / s), h = Math.ceil(img.h / s), out = image(w, h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const y1 = Math.min(img.h, (y + 1) * s), x1 = Math.min(img.w, (x + 1) * s);
+      const n = (y1 - y * s) * (x1 - x * s);
+      for (let c = 0; c < 3; c++) {
+        let sum = 0;
+        for (let yy = y * s; yy < y1; yy++) for (let xx = x * s; xx < x1; xx++) sum += img.data[(yy * img.w + xx) * 3 + c];
+        out.data[(y * w + x) * 3 + c] = Math.floor((sum + n / 2) / n);
+      }
+    }
+  }
+  return out;
+}
+
+// RGBA (a canvas's ImageData) -> Preprocess.resize_crop's uint8 crop x crop x 3 (HWC). jpeg: the bytes were a
+// JPEG (decode "draft" applies to JPEGs only).
+export function pixels(rgba, w, h, pre, jpeg = false) {
+  let img = image(w, h);
   for (let i = 0; i < w * h; i++) {
     const a = rgba[i * 4 + 3];
     for (let c = 0; c < 3; c++) img.data[i * 3 + c] = a === 255 ? rgba[i * 4 + c] : onWhite(rgba[i * 4 + c], a);
   }
+  const scale = jpeg && pre.decode === "draft" ? draftScale(w, h, pre) : 1;
+  if (scale > 1) img = blockMean(img, scale);
   const fit = { crop: centreCrop, letterbox, squash }[pre.fit];
   if (!fit) throw new Error(`preprocess.fit ${pre.fit}: this page knows crop, letterbox and squash`);
   return fit(img, pre).data;
@@ -263,6 +290,8 @@ export function normalize(px, pre) {
 }
 
 export async function decode(blob) {
+  const head = new Uint8Array(await blob.slice(0, 3).arrayBuffer());
+  const jpeg = head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff;
   const bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none",
                                                  imageOrientation: "from-image" });
   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
@@ -270,7 +299,7 @@ export async function decode(blob) {
   ctx.drawImage(bitmap, 0, 0);
   const data = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
   bitmap.close();
-  return { rgba: data, w: canvas.width, h: canvas.height };
+  return { rgba: data, w: canvas.width, h: canvas.height, jpeg };
 }
 
 export function scores(logits, meta, k = 5) {
@@ -291,9 +320,9 @@ export function scores(logits, meta, k = 5) {
 
 // Everything the page does for one image: decode, preprocess, infer, score.
 export async function classify(session, meta, blob, k = 5) {
-  const { rgba, w, h } = await decode(blob);
+  const { rgba, w, h, jpeg } = await decode(blob);
   const pre = meta.preprocess;
-  const x = normalize(pixels(rgba, w, h, pre), pre);
+  const x = normalize(pixels(rgba, w, h, pre, jpeg), pre);
   const feed = { input: new session.ort.Tensor("float32", x, [1, 3, pre.crop, pre.crop]) };
   const out = await session.run(feed);
   return scores(out.logits.data, meta, k);
