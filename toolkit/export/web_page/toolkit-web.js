@@ -135,46 +135,51 @@ function nearest(img, w, h, box) {
   return out;
 }
 
-// Image.resize(size, filter, box): the horizontal pass over the rows the vertical pass needs, then the vertical.
-export function resize(img, w, h, filter, box = [0, 0, img.w, img.h]) {
-  box = box.map(Math.fround);  // Pillow holds the box as C floats
-  if (w === img.w && h === img.h && box[0] === 0 && box[1] === 0 && box[2] === img.w && box[3] === img.h) return img;
-  if (filter === "nearest") return nearest(img, w, h, box);
-  const horiz = coefficients(img.w, box[0], box[2], w, filter);
-  const vert = coefficients(img.h, box[1], box[3], h, filter);
-  const needH = w !== img.w || box[0] !== 0 || box[2] !== w;
-  const needV = h !== img.h || box[1] !== 0 || box[3] !== h;
-  let src = img;
-  if (needH) {
-    const first = vert.bounds[0], last = vert.bounds[h * 2 - 2] + vert.bounds[h * 2 - 1];
-    for (let i = 0; i < h; i++) vert.bounds[i * 2] -= first;
-    const tmp = image(w, last - first);
-    for (let y = 0; y < tmp.h; y++) {
-      const row = (y + first) * img.w * 3;
-      for (let x = 0; x < w; x++) {
-        const xmin = horiz.bounds[x * 2], xmax = horiz.bounds[x * 2 + 1], k = x * horiz.ksize;
-        for (let c = 0; c < 3; c++) {
-          let ss = 2 ** (PRECISION_BITS - 1);
-          for (let i = 0; i < xmax; i++) ss += img.data[row + (i + xmin) * 3 + c] * horiz.kk[k + i];
-          tmp.data[(y * w + x) * 3 + c] = clip8(ss);
-        }
-      }
-    }
-    src = tmp;
-  }
-  if (!needV) return src;
-  const out = image(w, h);
-  for (let y = 0; y < h; y++) {
-    const ymin = vert.bounds[y * 2], ymax = vert.bounds[y * 2 + 1], k = y * vert.ksize;
-    for (let x = 0; x < w; x++) {
-      for (let c = 0; c < 3; c++) {
+// One pass of Pillow's separable resampling: along x (horizontal) or y, over the rows (columns) first..first+n.
+function pass(src, c, horizontal, first, n) {
+  const out = horizontal ? image(c.bounds.length / 2, n) : image(n, c.bounds.length / 2);
+  for (let y = 0; y < out.h; y++) {
+    for (let x = 0; x < out.w; x++) {
+      const j = horizontal ? x : y, min = c.bounds[j * 2], len = c.bounds[j * 2 + 1], k = j * c.ksize;
+      for (let ch = 0; ch < 3; ch++) {
         let ss = 2 ** (PRECISION_BITS - 1);
-        for (let i = 0; i < ymax; i++) ss += src.data[((i + ymin) * src.w + x) * 3 + c] * vert.kk[k + i];
-        out.data[(y * w + x) * 3 + c] = clip8(ss);
+        for (let i = 0; i < len; i++) {
+          const at = horizontal ? (y + first) * src.w + i + min : (i + min) * src.w + x + first;
+          ss += src.data[at * 3 + ch] * c.kk[k + i];
+        }
+        out.data[(y * out.w + x) * 3 + ch] = clip8(ss);
       }
     }
   }
   return out;
+}
+
+// The source rows (columns) the other pass reads, and its bounds shifted to start there.
+function span(c) {
+  const n = c.bounds.length / 2, first = c.bounds[0], last = c.bounds[n * 2 - 2] + c.bounds[n * 2 - 1];
+  for (let i = 0; i < n; i++) c.bounds[i * 2] -= first;
+  return [first, last - first];
+}
+
+// Image.resize(size, filter, box). Pillow 13 runs the vertical pass first when the width does not shrink and
+// the height does (else horizontal first); where it picks otherwise (some images shrinking both ways) the
+// page's pixels differ by a few levels: the export's browser check measures that on real images.
+export function resize(img, w, h, filter, box = [0, 0, img.w, img.h]) {
+  box = box.map(Math.fround);  // Pillow holds the box as C floats
+  if (w === img.w && h === img.h && box[0] === 0 && box[1] === 0 && box[2] === img.w && box[3] === img.h) return img;
+  if (filter === "nearest") return nearest(img, w, h, box);
+  const needH = w !== img.w || box[0] !== 0 || box[2] !== w;
+  const needV = h !== img.h || box[1] !== 0 || box[3] !== h;
+  const horiz = coefficients(img.w, box[0], box[2], w, filter);
+  const vert = coefficients(img.h, box[1], box[3], h, filter);
+  const horizontalFirst = !(w >= Math.fround(box[2] - box[0]) && h < Math.fround(box[3] - box[1]));
+  let src = img;
+  if (horizontalFirst) {
+    if (needH) src = needV ? pass(src, horiz, true, ...span(vert)) : pass(src, horiz, true, 0, src.h);
+    return needV ? pass(src, vert, false, 0, src.w) : src;
+  }
+  if (needV) src = needH ? pass(src, vert, false, ...span(horiz)) : pass(src, vert, false, 0, src.w);
+  return needH ? pass(src, horiz, true, 0, src.h) : src;
 }
 
 // Python's round(): halves to even.
