@@ -10,7 +10,6 @@
 Stages: the usual export (plan, graph, parity gate, twins), then the browser stage (toolkit/export/web_check.py:
 WASM logits against PyTorch, the INT8 twin against ONNX Runtime CPU, the page's own preprocessing against
 Preprocess), all before anything is published; the folder is built beside its final place and renamed in.
-Light module: no torch at import.
 """
 from __future__ import annotations
 
@@ -26,6 +25,10 @@ from typing import Optional
 
 from toolkit.artifacts import atomic_write
 from toolkit.errors import UserError
+from toolkit.export.options import ExportOptions
+from toolkit.export.pipeline import export_run
+from toolkit.export.plan import check_writable
+from toolkit.export.web_check import browser_stage, unverified_stage
 
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_page")
 PAGE_FILES = ("index.html", "toolkit-web.js")
@@ -142,11 +145,6 @@ def export_web(run=None, web: Optional[WebOptions] = None, **fields) -> dict:
 
     Keyword arguments are ExportOptions or WebOptions fields (`out` is the folder). Returns the export report;
     its "web" section holds the browser's numbers, or verified: false and why."""
-    from toolkit.export.options import ExportOptions
-    from toolkit.export.pipeline import export_run
-    from toolkit.export.plan import check_writable
-    from toolkit.export.web_check import browser_stage, unverified_stage
-
     names = {f.name for f in dataclasses.fields(WebOptions)}
     fields = {("folder" if k == "out" else k): v for k, v in fields.items()}
     web = dataclasses.replace(web or WebOptions(), **{k: v for k, v in fields.items() if k in names})
