@@ -35,15 +35,17 @@ for (const img of job.images) {
   const rgba = Uint8Array.from(Buffer.from(img.rgba, "base64"));
   out.pixels.push(Buffer.from(web.pixels(rgba, img.w, img.h, img.pre)).toString("base64"));
 }
+out.scores = (job.scores || []).map(([logits, meta]) => web.scores(logits, meta, 2));
 writeFileSync("out.json", JSON.stringify(out));
 """
 
 
-def run_page_module(tmp_path, model: str, images: list) -> dict:
-    """toolkit-web.js's readMetadata, contractOf and pixels, run in node on `model` and RGBA `images`."""
+def run_page_module(tmp_path, model: str, images: list, scores: list = ()) -> dict:
+    """toolkit-web.js's readMetadata, contractOf, pixels and scores, run in node on `model`, RGBA `images` and
+    [logits, metadata] `scores`."""
     shutil.copyfile(os.path.join(web_mod.PAGE_DIR, "toolkit-web.js"), tmp_path / "toolkit-web.mjs")
     (tmp_path / "run.mjs").write_text(NODE_SCRIPT)
-    (tmp_path / "job.json").write_text(json.dumps({"model": model, "images": images}))
+    (tmp_path / "job.json").write_text(json.dumps({"model": model, "images": images, "scores": list(scores)}))
     subprocess.run([NODE, "run.mjs"], cwd=tmp_path, check=True, timeout=300)
     return json.loads((tmp_path / "out.json").read_text())
 
@@ -66,6 +68,26 @@ def test_metadata_reader_reads_what_onnx_wrote(tmp_path):
     assert got["meta"] == want
     assert got["contract"]["labels"] == ["cat", "dög", "a\nb"] and got["contract"]["temperature"] == 1.5
     assert got["contract"]["preprocess"]["crop"] == 32 and got["contract"]["ood"] is None
+
+
+@needs_node
+def test_page_scores_apply_the_files_calibration(tmp_path):
+    """softmax(logits / T), top-k, and the "unknown" answer (energy or max_prob against the threshold)."""
+    model = write_tiny_model(tmp_path / "m.onnx")
+    logits, labels = [2.0, 0.5, 3.0], ["a", "b", "c"]
+    x = np.asarray(logits) / 2.0
+    probs = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+    energy = float(x.max() + np.log(np.exp(x - x.max()).sum()))
+    metas = [{"labels": labels, "temperature": 2.0, "ood": {"score": "energy", "threshold": energy + 0.01}},
+             {"labels": labels, "temperature": 2.0, "ood": {"score": "max_prob", "threshold": probs.max() - 0.01}},
+             {"labels": labels, "temperature": None, "ood": None}]
+    got = run_page_module(tmp_path, model, [], [[logits, m] for m in metas])["scores"]
+    assert [t["label"] for t in got[0]["top"]] == ["c", "a"]
+    assert np.allclose([t["score"] for t in got[0]["top"]], sorted(probs)[::-1][:2])
+    assert got[0]["accepted"] is False and abs(got[0]["ood_score"] - energy) < 1e-9
+    assert got[1]["accepted"] is True and abs(got[1]["ood_score"] - probs.max()) < 1e-9
+    plain = np.exp(np.asarray(logits) - 3.0) / np.exp(np.asarray(logits) - 3.0).sum()
+    assert got[2]["accepted"] is True and abs(got[2]["top"][0]["score"] - plain.max()) < 1e-9
 
 
 @needs_node
@@ -107,9 +129,14 @@ def test_page_preprocessing_equals_preprocess(tmp_path):
     ({"dynamic_hw": True}, "--dynamic-hw: the page always feeds crop x crop"),
     ({"check_images": 0}, "--check-images 0: expected a whole number, at least 1"),
     ({"out": "site.onnx"}, "with --format web, expected a folder for the site"),
+    ({"out": "<a folder of other files>"}, "a folder that is not an earlier web export"),
 ])
 def test_what_the_page_cannot_run_fails_before_any_work(tmp_path, monkeypatch, fields, message):
     monkeypatch.setattr(web_mod, "vendor_ort", lambda version: pytest.fail("work started before the checks"))
+    if fields.get("out") == "<a folder of other files>":
+        (tmp_path / "photos").mkdir()
+        (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+        fields = {"out": str(tmp_path / "photos")}
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         web_mod.export_web(run=str(tmp_path / "no-run"), exports_dir=str(tmp_path / "e"), **fields)
     assert not (tmp_path / "e").exists()

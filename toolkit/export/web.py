@@ -66,6 +66,10 @@ def check_web(web: WebOptions, export_fields: dict) -> None:
     folder = web.folder
     if folder is not None and (str(folder).endswith(".onnx") or os.path.isfile(str(folder))):
         problems.append(f"--out {folder}: with --format web, expected a folder for the site")
+    elif folder is not None and os.path.isdir(str(folder)) and os.listdir(str(folder)) \
+            and not os.path.isfile(os.path.join(str(folder), "index.html")):
+        problems.append(f"--out {folder}: a folder that is not an earlier web export; expected a new or empty "
+                        "folder (an earlier web export there is replaced)")
     if problems:
         raise UserError("\n".join(problems))
 
