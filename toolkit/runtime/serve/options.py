@@ -81,6 +81,7 @@ class ServeOptions(Limits):
     streams: int | None = None          # OpenVINO streams; None or 1: one, batches grow; N>1: THROUGHPUT, N workers
     exports_dir: str = "exports"        # where model=None looks for the newest export
     warmup_timeout: float = WARMUP_TIMEOUT_S  # seconds for the warm-up inference (TensorRT builds engines in it)
+    static: str | None = None           # serve this folder instead (export --format web's), with COOP/COEP headers
 
     @property
     def limits(self) -> Limits:

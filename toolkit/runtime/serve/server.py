@@ -11,6 +11,7 @@ import warnings
 from toolkit.errors import AbandonedWorkError, UserError
 from toolkit.runtime.serve.options import GRACEFUL_TIMEOUT_S, Limits, ServeOptions
 from toolkit.runtime.engines import EngineOptions, OpenVinoOptions, adapter_for
+from toolkit.runtime.serve.static_site import serve_static
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 _ANY_HOST = ("0.0.0.0", "::", "[::]")
@@ -174,6 +175,8 @@ def serve(options: ServeOptions | str | None = None, **fields) -> None:
     problems = options.problems()
     if problems:
         raise UserError("\n".join(problems))
+    if options.static is not None:   # a static folder: no model, no inference here
+        return serve_static(str(options.static), host, int(options.port))
     from toolkit.runtime.serve.app import _require_stack
     _require_stack()
     import uvicorn
