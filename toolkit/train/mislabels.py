@@ -1,10 +1,13 @@
 """Likely mislabelled training images: out-of-fold confidence in the given label (the cleanlab approach).
 
-The run's backbone (its checkpoint, frozen) turns each training image into a feature vector (the last
-feature map, averaged over space); a logistic-regression probe is fitted on k-1 folds and scores the
+The run's backbone (its checkpoint, frozen) turns each training image into a feature vector: each
+block's output averaged over space, joined (early blocks keep shape cues that a briefly trained last
+block may not; on the bench this finds 16 of 17 flipped labels in the top 10%, the last block alone 12).
+A probe (standardise, PCA to PROBE_DIMS, logistic regression) is fitted on k-1 folds and scores the
 held-out fold, so no image is scored by a probe that saw its label. An image whose out-of-fold probability
-for its own label is low is likely mislabelled; the probe's top class is the suggested label. A few
-hundred images take seconds on a CPU.
+for its own label is low is likely mislabelled; the probe's top class is the suggested label. The PCA keeps
+the probe to seconds on a few hundred images (the logistic regression on ~1,500 raw dimensions took
+minutes on a loaded 2-core CPU, with the same ranking quality).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from toolkit.train import data as data_mod
 from toolkit.train.model import model_from_checkpoint
 
 FOLDS = 5
+PROBE_DIMS = 64  # the features' principal components the probe sees
 
 
 def _checkpoint_of(run_dir_or_recipe) -> str:
@@ -36,17 +40,27 @@ def _checkpoint_of(run_dir_or_recipe) -> str:
 
 @torch.no_grad()
 def backbone_features(model, items: list, preprocess, max_pixels: int, batch_size: int = 64) -> np.ndarray:
-    """N x C: the frozen backbone's last feature map of each image, averaged over space."""
+    """N x C: each block's output of the frozen backbone, averaged over space, joined."""
     model.eval()
     loader = torch.utils.data.DataLoader(data_mod.ImageDataset(items, preprocess, max_pixels=max_pixels),
                                          batch_size=batch_size, num_workers=0)
-    feats = [model.features(images).float().mean(dim=(2, 3)) for images, _ in loader]
-    return torch.cat(feats).numpy()
+    units = list(model.features)
+    ends = {i for i in range(len(units)) if model.block_of.get(i + 1) != model.block_of[i]}  # each block's last unit
+    batches = []
+    for images, _ in loader:
+        h, pooled = images, []
+        for i, unit in enumerate(units):
+            h = unit(h)
+            if i in ends:
+                pooled.append(h.float().mean(dim=(2, 3)))
+        batches.append(torch.cat(pooled, dim=1))
+    return torch.cat(batches).numpy()
 
 
 def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int = FOLDS,
                       seed: int = 0) -> np.ndarray:
     """N x num_classes: each image's class probabilities from a probe fitted without its fold."""
+    from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
@@ -58,7 +72,8 @@ def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, num_classes: int
         raise UserError("mislabels: every class needs at least 2 training images for the out-of-fold probe")
     probs = np.zeros((len(labels), num_classes))
     for fit, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(features, labels):
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+        dims = min(PROBE_DIMS, len(fit), features.shape[1])
+        probe = make_pipeline(StandardScaler(), PCA(dims, random_state=seed), LogisticRegression(max_iter=2000, C=0.1))
         probe.fit(features[fit], labels[fit])
         probs[np.ix_(held, probe.classes_)] = probe.predict_proba(features[held])
     return probs
