@@ -202,13 +202,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("all", "health", "mislabels", "balance"), default="all")
     parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0, help="which images are flipped and copied")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--sampler", action="store_true", help="balance: also train.sampler balanced")
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "digits")
-        truth = make_set(root, n=args.images)
+        truth = make_set(root, n=args.images, seed=args.seed)
         results = {}
         if args.part in ("all", "health"):
             results["health"] = bench_health(root, truth)
