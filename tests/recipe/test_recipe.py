@@ -134,3 +134,18 @@ def test_cli_reports_recipe_errors_in_one_block_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "model.arhc: unknown key; did you mean 'model.arch'?" in proc.stderr
     assert "train.epocs: unknown key; did you mean 'train.epochs'?" in proc.stderr
+
+
+def test_class_balance_and_dedupe_fields():
+    text = "\n".join(_problems({"data": {"source": "digits", "dedupe": "yes please"},
+                                "train": {"strategy": "scratch", "class_weights": "balance", "sampler": "weighted"}}))
+    assert "train.class_weights: 'balance' is not one of none, balanced (did you mean 'balanced'?)" in text
+    assert "train.sampler: 'weighted' is not one of uniform, balanced" in text
+    assert "data.dedupe:" in text
+    recipe = recipe_mod.from_dict({"data": {"source": "digits", "dedupe": True}, "model": {"weights": "none"},
+                                   "train": {"strategy": "scratch", "class_weights": "balanced",
+                                             "sampler": "balanced"}})
+    assert recipe.data.dedupe is True
+    assert (recipe.train.class_weights, recipe.train.sampler) == ("balanced", "balanced")
+    assert recipe_mod.from_dict({"data": {"source": "digits"}, "model": {"weights": "none"},
+                                 "train": {"strategy": "scratch"}}).train.sampler == "uniform"

@@ -18,6 +18,8 @@ HEADS = ("classic", "gap")
 STRATEGIES = ("linear-probe", "finetune", "scratch")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
+CLASS_WEIGHTS = ("none", "balanced")
+SAMPLERS = ("uniform", "balanced")
 LR_SCALINGS = ("none", "linear", "sqrt")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -39,6 +41,7 @@ class DataConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above this are refused before decoding
     workers: int = 2  # data-loader worker processes
     split_seed: int = 0  # seed of the train/val/test split and the label subsampling
+    dedupe: bool = False  # drop exact and near duplicate images (all but one of each group) before the split
 
 
 @dataclass
@@ -82,6 +85,8 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle | cosine (with warmup_epochs) | constant
     warmup_epochs: float = 1.0  # cosine: linear warm-up length
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0 <= x < 1
+    class_weights: str = "none"  # none | balanced: loss weight of class c = images / (classes x images of c)
+    sampler: str = "uniform"  # uniform (each image once per epoch) | balanced (drawn with replacement, classes equally)
     grad_clip: Optional[float] = None  # max gradient norm
     amp: str = "auto"  # CUDA only: auto (bf16 where supported) | bf16 | fp16 | off
     channels_last: bool = True  # CUDA only
@@ -119,4 +124,5 @@ CHOICES = {
     "model.arch": ARCHS,
     "model.head": HEADS, "train.strategy": STRATEGIES, "train.optimizer": OPTIMIZERS,
     "train.schedule": SCHEDULES, "train.lr_scaling": LR_SCALINGS, "train.amp": AMP_MODES, "train.device": DEVICES,
+    "train.class_weights": CLASS_WEIGHTS, "train.sampler": SAMPLERS,
 }

@@ -26,6 +26,7 @@ from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.recipe import Recipe
 from toolkit.train import data as data_mod
+from toolkit.train import balance
 from toolkit.train import model as model_mod
 from toolkit.train import resume as resume_mod
 from toolkit.train.checkpoint import load_model_state, load_optimizer_state, save_checkpoint
@@ -96,7 +97,7 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
     run.build_model()
     run.restore()
     if ctx.is_main:
-        write_run_files(recipe, run.model, run.state.epoch, run.say)
+        write_run_files(recipe, run.model, run.state.epoch, run.say, run.dataset.health)
     run.build_loaders()
     with StopRequest(announce=ctx.is_main) as stop:
         run.epochs(stop)
@@ -177,7 +178,8 @@ class _Session:
         # Every group that trains at some point is in the optimizer from the start; frozen ones have no grad.
         ever_trained = set().union(*(model_mod.trainable_groups(t, e) for e in range(t.epochs)))
         self.model = model
-        self.step = TrainStep(model, build_optimizer(model, t, ever_trained), t, device, amp_dtype(t.amp, device))
+        self.step = TrainStep(model, build_optimizer(model, t, ever_trained), t, device, amp_dtype(t.amp, device),
+                              balance.loss_weights(t, self.dataset.train, len(self.labels)))
         self.val_criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
 
     def restore(self) -> None:
@@ -207,6 +209,8 @@ class _Session:
         # Each rank validates its share of the images; the report is gathered, so every rank sees the same one.
         self.val_loader = run_loader(val_set, recipe.data.workers, self.device, sampler=ctx.share(len(val_set)),
                                       batch_size=max(1, t.batch_size // ctx.world))
+        self.sample_weights = balance.sample_weights(t, dataset.train, len(self.labels))
+        self.say(balance.describe(t, dataset.train, self.labels))
         self.steps_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
         if self.main:
             self.tb = TensorBoardLog(recipe.run_dir, self.labels, first_epoch=self.state.epoch, say=self.say)
@@ -260,7 +264,7 @@ class _Session:
         self.step.net = self.ctx.wrap(self.model, self.device, trainable)
         self.step.net.train()  # keeps frozen groups' BatchNorm in eval mode
         batches = EpochBatches(len(self.train_set), self.recipe.seed, state.epoch, t.batch_size, self.ctx,
-                               skip=state.step_in_epoch)
+                               skip=state.step_in_epoch, weights=self.sample_weights)
         global_sizes = batches.global_sizes()
         loader = run_loader(self.train_set, self.recipe.data.workers, self.device, batch_sampler=batches)
         totals, stopping, tick = [0, 0.0, 0], False, time.time()
