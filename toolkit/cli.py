@@ -32,24 +32,19 @@ def evaluate(target: str | None = None, recipe: str | None = None, split: str = 
                      engine=engine, precision=precision)
 
 
-@options("toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions", skip=("repo",))
+@options("toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
+         "toolkit.export.tflite:TfliteOptions", skip=("repo",))
 def export(run, *, format: str = "onnx", **given):
-    """Export a run (default: the newest) to one verified, self-describing ONNX file, or with --format triton
-    to a Triton Inference Server model repository (--out: its folder, default exports/triton).
+    """Export a run (default: the newest) to one verified, self-describing ONNX file; with --format triton
+    to a Triton Inference Server model repository (--out: its folder, default exports/triton); with
+    --format tflite to one verified .tflite file for LiteRT and MediaPipe (pip install 'toolkit[tflite]').
 
     Args:
-        format: onnx (one file and its twins) or triton (a Triton model repository)
+        format: onnx (one file and its twins), triton (a Triton model repository) or tflite
     """
-    from toolkit.export import TritonOptions, export_run, export_triton
+    from toolkit.export.formats import export_as
 
-    triton_only = sorted(set(given) & set(TritonOptions.__dataclass_fields__))
-    if format not in ("onnx", "triton") or format == "onnx" and triton_only:
-        raise UserError(f"--{triton_only[0].replace('_', '-')} goes with --format triton" if format == "onnx" else
-                        f"--format {format!r}: expected onnx (one file) or triton (a Triton model repository)")
-    if format == "triton":
-        export_triton(run, **{("repo" if k == "out" else k): v for k, v in given.items()})
-    else:
-        export_run(run, **given)
+    export_as(format, run, given)
 
 
 def predict(*paths: str, top_k: int = 5, format: str = "table", device: str = "auto",
