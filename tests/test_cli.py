@@ -89,7 +89,8 @@ def test_short_flag_with_one_match_passes():
 
 # command -> (its options dataclasses, the fields it spells otherwise: export's --out is Triton's repo,
 # benchmark's --model-only is end_to_end off)
-OPTIONS = {"export": (["toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions"], {"repo"}),
+OPTIONS = {"export": (["toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
+                       "toolkit.export.tflite:TfliteOptions"], {"repo"}),
            "serve-local": (["toolkit.runtime.serve.options:ServeOptions"], set()),
            "benchmark": (["toolkit.runtime.benchmark.options:BenchmarkOptions"], {"end_to_end"})}
 
