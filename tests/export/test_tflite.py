@@ -65,7 +65,7 @@ def tiny_run(tmp_path_factory):
     from test_export import make_images, make_run
 
     root = tmp_path_factory.mktemp("tflite")
-    return root, make_run(root / "runs", make_images(root / "data"), name="tiny", arch="mobilenet_v3_small")
+    return root, make_run(root / "runs", make_images(root / "data"), name="tiny")
 
 
 @pytest.mark.slow
