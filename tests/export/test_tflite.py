@@ -11,7 +11,7 @@ import pytest
 
 from toolkit import cli
 from toolkit.errors import UserError
-from toolkit.export import formats, tflite
+from toolkit.export import formats, tflite, tflite_pipeline
 from toolkit.export.tflite import TfliteOptions, check_tflite_options
 
 HAVE_EXTRA = all(importlib.util.find_spec(m) for m in ("litert_torch", "ai_edge_litert", "torch"))
@@ -76,7 +76,7 @@ def test_export_is_nhwc_with_labels_and_passes_both_kernels(tiny_run):
     from toolkit.export.tflite_metadata import read_labels
 
     root, run = tiny_run
-    report = tflite.export_tflite(run, out=str(root / "out") + os.sep, mediapipe="skip", quiet=True)
+    report = tflite_pipeline.export_tflite(run, out=str(root / "out") + os.sep, mediapipe="skip", quiet=True)
     path = str(root / "out" / "tiny.tflite")
     assert report["model"] == path and read_labels(path) == LABELS
     interpreter = Interpreter(model_path=path)
@@ -98,7 +98,7 @@ def test_failed_verification_writes_nothing_and_lists_every_check(tiny_run, monk
     monkeypatch.setattr(tflite_checks, "read_labels", lambda path: ["cat", "dog"])
     out = root / "failed"
     with pytest.raises(UserError) as exc:
-        tflite.export_tflite(run, out=str(out) + os.sep, mediapipe="skip", quiet=True)
+        tflite_pipeline.export_tflite(run, out=str(out) + os.sep, mediapipe="skip", quiet=True)
     message = str(exc.value)
     for name in ("litert_xnnpack: parity gate failed", "litert_reference: parity gate failed",
                  "labels: labels.txt differs", "mediapipe: not verified", "nothing was written"):

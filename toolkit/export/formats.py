@@ -12,7 +12,7 @@ FORMATS = {
     "onnx": ("toolkit.export.pipeline:export_run", None, "one file and its twins"),
     "triton": ("toolkit.export.pipeline:export_triton", "toolkit.export.triton:TritonOptions",
                "a Triton model repository"),
-    "tflite": ("toolkit.export.tflite:export_tflite", "toolkit.export.tflite:TfliteOptions",
+    "tflite": ("toolkit.export.tflite_pipeline:export_tflite", "toolkit.export.tflite:TfliteOptions",
                "one .tflite file for LiteRT and MediaPipe"),
 }
 RENAMED = {"triton": {"out": "repo"}}  # a shared flag that means the format's own option

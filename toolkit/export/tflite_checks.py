@@ -1,4 +1,4 @@
-"""The checks a .tflite export passes before it is published (see toolkit/export/tflite.py). Each returns
+"""The checks a .tflite export passes before it is published (see toolkit/export/tflite_pipeline.py). Each returns
 {"ok": True | False | None (not run), "line": what to print, ...its numbers}; none raises, so a failed
 export lists every check."""
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 
 from toolkit.errors import UserError
 from toolkit.export.parity import FP32_ATOL, FP32_RTOL, Gate, judge, parity_cases, parity_line
-from toolkit.export.parity import real_images  # noqa: F401 (the tflite pipeline takes it from here)
 from toolkit.export.tflite_metadata import read_labels
+from toolkit.export.torch_graph import torch_logits
 from toolkit.runtime.onnx_eval import load_pixels
 
 # ai_edge_litert's op resolvers: XNNPACK (what apps run on CPU) and TFLite's reference kernels.
@@ -76,8 +76,6 @@ def mediapipe_check(job, path: str, data, tflite) -> dict:
     pixels, _, _ = load_pixels(getattr(data, split), job.preprocess, job.recipe.data.max_pixels,
                                limit=int(tflite.agreement_images))
     names = _mediapipe_top1(path, pixels)
-    from toolkit.export.torch_graph import torch_logits
-
     want = [str(job.labels[i]) for i in torch_logits(job.model, job.preprocess.normalize(pixels)).argmax(1)]
     agree = float(np.mean([a == b for a, b in zip(names, want)])) if want else 1.0
     ok = agree >= MIN_MEDIAPIPE_AGREEMENT
