@@ -96,11 +96,17 @@ def test_failed_verification_writes_nothing_and_lists_every_check(tiny_run, monk
     monkeypatch.setattr(tflite_checks, "FP32_RTOL", 0.0)
     monkeypatch.setattr(tflite_checks, "FP32_ATOL", 0.0)
     monkeypatch.setattr(tflite_checks, "read_labels", lambda path: ["cat", "dog"])
+    # MediaPipe "installed" and naming a class the model lacks: its check runs, and fails
+    real = importlib.util.find_spec
+    monkeypatch.setattr(tflite_checks.importlib.util, "find_spec",
+                        lambda name, *a: True if name == "mediapipe" else real(name, *a))
+    monkeypatch.setattr(tflite_checks, "_mediapipe_top1", lambda path, pixels: ["wolf"] * len(pixels))
     out = root / "failed"
     with pytest.raises(UserError) as exc:
-        tflite_pipeline.export_tflite(run, out=str(out) + os.sep, mediapipe="skip", quiet=True)
+        tflite_pipeline.export_tflite(run, out=str(out) + os.sep, agreement_images=6, quiet=True)
     message = str(exc.value)
     for name in ("litert_xnnpack: parity gate failed", "litert_reference: parity gate failed",
-                 "labels: labels.txt differs", "mediapipe: not verified", "nothing was written"):
+                 "labels: labels.txt differs", "mediapipe: ImageClassifier top-1 equals PyTorch's on",
+                 "on 0.0% of 6 val images (expected 100%)", "nothing was written"):
         assert name in message
     assert [p.name for p in out.iterdir()] == []
