@@ -21,11 +21,14 @@ import os
 import tempfile
 import time
 
+import torch
+
 import toolkit
 from toolkit.artifacts import atomic_write
 from toolkit.errors import UserError
 from toolkit.export.options import ExportOptions, check_options
 from toolkit.export.plan import load_data, load_model, plan_export
+from toolkit.export.staging import remove_stale_temps
 from toolkit.export.tflite import TfliteOptions, check_tflite_options, require_extra, tflite_path
 from toolkit.export.parity import real_images
 from toolkit.export.tflite_checks import labels_check, litert_check, mediapipe_check
@@ -48,7 +51,8 @@ def export_tflite(run=None, tflite=None, **fields) -> dict:
     load_model(job)
     path = tflite_path(job.path)
     data, why = load_data(job.recipe)
-    with tempfile.TemporaryDirectory(prefix=".tmp-tflite-", dir=job.folder) as work:
+    remove_stale_temps(job.folder, say)  # what an export killed with -9 left
+    with tempfile.TemporaryDirectory(prefix=f".tmp-tflite-pid{os.getpid()}-", dir=job.folder) as work:
         staged = os.path.join(work, os.path.basename(path))
         job.timings["convert_s"] = _convert(job, staged)
         checks, data_info = _verify(job, staged, data, why, tflite)
@@ -60,35 +64,27 @@ def export_tflite(run=None, tflite=None, **fields) -> dict:
     return report
 
 
-class ChannelLast:
+class ChannelLast(torch.nn.Module):
     """The checkpoint's model behind NHWC input in [0, 1], its per-channel normalisation in the graph."""
 
-    @staticmethod
-    def wrap(model, mean, std):
-        import torch
+    def __init__(self, model, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
-        class Wrapper(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
-                self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-                self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-
-            def forward(self, image):
-                return self.model((image.permute(0, 3, 1, 2) - self.mean) / self.std)
-
-        return Wrapper().eval()
+    def forward(self, image):
+        return self.model((image.permute(0, 3, 1, 2) - self.mean) / self.std)
 
 
 def _convert(job, staged: str) -> float:
     """litert-torch conversion plus metadata, written to `staged`; returns the seconds it took."""
     import litert_torch
-    import torch
 
     t = time.perf_counter()
     p = job.preprocess
     job.say(f"tflite: converting {job.recipe.model.arch} with litert-torch (1 x {p.crop} x {p.crop} x 3) ...")
-    wrapper = ChannelLast.wrap(job.model, p.mean, p.std)
+    wrapper = ChannelLast(job.model, p.mean, p.std).eval()
     with torch.no_grad():
         edge = litert_torch.convert(wrapper, (torch.zeros(1, p.crop, p.crop, 3),))
     raw = os.path.join(os.path.dirname(staged), "converted.tflite")
@@ -119,7 +115,6 @@ def _verify(job, staged: str, data, why, tflite: TfliteOptions) -> tuple[dict, d
 def _report(job, path: str, checks: dict, data_info: dict, total_s: float) -> dict:
     import ai_edge_litert
     import litert_torch
-    import torch
     from ai_edge_litert.interpreter import Interpreter
 
     p, tensor = job.preprocess, Interpreter(model_path=path).get_input_details()[0]
