@@ -33,14 +33,14 @@ def evaluate(target: str | None = None, recipe: str | None = None, split: str = 
 
 
 @options("toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
-         "toolkit.export.tflite:TfliteOptions", skip=("repo",))
+         "toolkit.export.web:WebOptions", "toolkit.export.tflite:TfliteOptions", skip=("repo", "folder"))
 def export(run, *, format: str = "onnx", **given):
-    """Export a run (default: the newest) to one verified, self-describing ONNX file; with --format triton
-    to a Triton Inference Server model repository (--out: its folder, default exports/triton); with
-    --format tflite to one verified .tflite file for LiteRT and MediaPipe (pip install 'toolkit[tflite]').
+    """Export a run (default: the newest) to one verified, self-describing ONNX file; with --format: a Triton
+    model repository, a static web folder checked in headless chromium, or a verified .tflite file for LiteRT
+    and MediaPipe (--out: the folder for triton and web, default exports/triton or exports/<name>-web).
 
     Args:
-        format: onnx (one file and its twins), triton (a Triton model repository) or tflite
+        format: onnx (one file and its twins), triton (a Triton model repository), web (a static folder), tflite
     """
     from toolkit.export.formats import export_as
 
@@ -108,6 +108,14 @@ def benchmark(model: str | None = None, *more: str, train: str | None = None, ba
             run_benchmark(model, asked, torch_backends=loader)
 
 
+@options("toolkit.train.report.options:ReportOptions")
+def report(run=None, **given):
+    """Report of a run (default: the newest), a checkpoint or an .onnx file: report.html and report.json."""
+    from toolkit.train.report import report_command
+
+    report_command(run, **given)
+
+
 def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False, out_dir: str | None = None,
          imagenet: bool = False, steps: int | None = None):
     """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch (seeds 0,1,2; labels per
@@ -131,7 +139,8 @@ def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False
 
 
 COMMANDS = {"train": train, "evaluate": evaluate, "export": export, "predict": predict,
-            "serve-local": serve_local, "benchmark": benchmark, "demo": demo}
+            "serve-local": serve_local, "benchmark": benchmark, "report": report,
+            "demo": demo}
 
 
 def _exit_now(code: int) -> None:

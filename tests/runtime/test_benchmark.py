@@ -98,6 +98,14 @@ def test_every_backend_mode_and_batch_is_measured(record):
         assert r["cold_start_s"] > 0 and r["peak_rss_mb"] > 0  # from the fresh-process probe
         assert r["baseline"] == "onnxruntime/cpu/fp32"
         assert r["fraction_of_gemm_in_rounds"] > 0
+        # end-to-end rows split their time: decoding (on every core) vs the model; the tiny model is
+        # next to free, so a 12 MP JPEG's decode is most of the call
+        if r["mode"] == "model":
+            assert r["decode_share"] is None
+        else:
+            assert 0 < r["decode_share"] < 1
+        if r["mode"] == "end_to_end_12mp":
+            assert r["decode_share"] > 0.5
     assert {b["status"] for b in record["backends"]} == {"ok"}
     for b in record["backends"]:
         assert b["cold_start"]["isolated"] is True
@@ -372,6 +380,7 @@ def test_torch_baseline_on_a_tiny_checkpoint(tmp_path):
     assert {r["mode"] for r in rec["results"] if r["backend"] == "torch-eager"} == {"model", "end_to_end"}
     torch_row = next(r for r in rec["results"] if r["backend"] == "torch-eager" and r["mode"] == "end_to_end")
     assert torch_row["gflops"] > 0  # the FP32 graph's FLOPs
+    assert 0 < torch_row["decode_share"] < 1   # PyTorch rows decode on the same pool, timed the same way
     assert rec["versions"]["torch"]
     # Interleaving across engines: ORT and PyTorch alternate within each round.
     rounds = {}

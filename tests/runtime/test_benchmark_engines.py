@@ -120,7 +120,7 @@ def test_isa_summary_names_what_is_there():
 
 def test_engines_are_interleaved_and_rows_say_what_runs(record):
     assert bench.validate_record(record) == []
-    assert record["schema_version"] == bench.SCHEMA_VERSION == 3
+    assert record["schema_version"] == bench.SCHEMA_VERSION == 4
     assert record["settings"]["engines"] == ["onnxruntime", "openvino"]
     want = ["onnxruntime/cpu/fp32", "onnxruntime/cpu/int8", "openvino/cpu/fp32", "openvino/cpu/int8"]
     if _cpu_has_bf16():

@@ -1,40 +1,53 @@
-"""The formats of `toolkit export --format`: each one an export function and the options dataclass whose
-flags belong to it alone. A new format is one more row here (and its dataclass in the CLI's @options)."""
+"""The export formats `toolkit export --format` knows: each one options dataclass and one function.
+
+A new format is one more row here (and its dataclass on the export command's @options line in toolkit/cli.py).
+Standard library only: the CLI imports it when `toolkit export` runs, and the format's code only once named.
+"""
 from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import NamedTuple, Optional
 
 from toolkit.errors import UserError
 
-# format -> (export function, its own options dataclass or None, what it writes)
+
+class Format(NamedTuple):
+    what: str  # what it writes, for the error that lists the formats
+    run: str  # "module:function", called as function(run, **flags)
+    options: Optional[str] = None  # "module:Class" of its own options, or None
+    out: Optional[str] = None  # the field of its options that --out fills (a folder), or None: ExportOptions.out
+
+
 FORMATS = {
-    "onnx": ("toolkit.export.pipeline:export_run", None, "one file and its twins"),
-    "triton": ("toolkit.export.pipeline:export_triton", "toolkit.export.triton:TritonOptions",
-               "a Triton model repository"),
-    "tflite": ("toolkit.export.tflite_pipeline:export_tflite", "toolkit.export.tflite:TfliteOptions",
-               "one .tflite file for LiteRT and MediaPipe"),
+    "onnx": Format("one file and its twins", "toolkit.export.pipeline:export_run"),
+    "triton": Format("a Triton model repository", "toolkit.export.pipeline:export_triton",
+                     "toolkit.export.triton:TritonOptions", out="repo"),
+    "web": Format("a static web folder, checked in headless chromium", "toolkit.export.web:export_web",
+                  "toolkit.export.web:WebOptions", out="folder"),
+    "tflite": Format("one .tflite file for LiteRT and MediaPipe", "toolkit.export.tflite_pipeline:export_tflite",
+                     "toolkit.export.tflite:TfliteOptions"),
 }
-RENAMED = {"triton": {"out": "repo"}}  # a shared flag that means the format's own option
 
 
-def _load(source: str):
-    module, _, name = source.partition(":")
+def _load(spec: str):
+    module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-def _own_fields(fmt: str) -> set:
-    source = FORMATS[fmt][1]
-    return {f.name for f in dataclasses.fields(_load(source))} if source else set()
+def _fields(fmt: Format) -> set:
+    return {f.name for f in dataclasses.fields(_load(fmt.options))} - {fmt.out} if fmt.options else set()
 
 
-def export_as(fmt: str, run, given: dict) -> dict:
-    """Check that every flag belongs to `fmt` (or to every format), then export."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt!r}: expected " + ", ".join(f"{k} ({v[2]})" for k, v in FORMATS.items()))
-    for other in FORMATS:
-        stray = sorted((set(given) & _own_fields(other)) - _own_fields(fmt))
-        if stray:
-            raise UserError(f"--{stray[0].replace('_', '-')} goes with --format {other}")
-    renamed = RENAMED.get(fmt, {})
-    return _load(FORMATS[fmt][0])(run, **{renamed.get(k, k): v for k, v in given.items()})
+def export_as(format: str, run, given: dict):
+    """Run `format`'s export with the flags given; one error for an unknown format or another format's flag."""
+    if format not in FORMATS:
+        known = ", ".join(f"{name} ({fmt.what})" for name, fmt in FORMATS.items())
+        raise UserError(f"--format {format!r}: expected {known}")
+    fmt = FORMATS[format]
+    for name, other in FORMATS.items():
+        stray = sorted(set(given) & (_fields(other) - _fields(fmt)))
+        if name != format and stray:
+            raise UserError(f"--{stray[0].replace('_', '-')} goes with --format {name}")
+    flags = {(fmt.out if k == "out" and fmt.out else k): v for k, v in given.items()}
+    return _load(fmt.run)(run, **flags)

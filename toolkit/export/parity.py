@@ -28,9 +28,9 @@ class Gate:
         self.ref_cache: dict = {}  # (case index, raw-normalised input?) -> torch logits
 
     def measure(self, path: str, raw: bool, rtol: float, atol_fn, session=None) -> dict:
-        """Run every case through ORT (a CPU session on `path`; or `session`, anything with ORT's
-        run(outputs, feed)) and PyTorch; the results, not yet judged."""
-        return _parity(session or cpu_session(path), self, raw, rtol, atol_fn)  # the session closes on return
+        """Run every case through ORT (a CPU session on `path`, or `session`: anything with ORT's
+        run(outputs, feed), e.g. the browser's) and PyTorch; the results, not yet judged."""
+        return _parity(session or cpu_session(path), self, raw, rtol, atol_fn)  # a CPU session closes on return
 
 
 def gate_fp32(job: ExportJob, staging: Staging, data, why) -> tuple[Gate, dict, dict]:

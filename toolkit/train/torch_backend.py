@@ -20,7 +20,7 @@ from toolkit.errors import UserError, first_line
 from toolkit.preprocess import SERVE_FORMATS
 from toolkit.runtime.benchmark import BackendRecord, ExtraBackends
 from toolkit.runtime.benchmark.machine import maxrss_mb
-from toolkit.runtime.benchmark.backends import first_runs, main, run_probe
+from toolkit.runtime.benchmark.backends import DecodeSplit, first_runs, main, run_probe
 from toolkit.runtime.benchmark.records import E2E_TOP_K
 
 
@@ -49,6 +49,7 @@ class TorchBackend:
         model = model.to(self.dev).eval()
         self.model = torch.compile(model) if compiled else model
         self.session_s = time.perf_counter() - t
+        self.split = DecodeSplit()
         self.crop = int(ckpt["recipe"]["preprocess"]["crop"])
         self.record = BackendRecord(
             key=f"{backend}/{device}/{precision}", backend=backend, engine="torch", engine_device=_provider(compiled),
@@ -69,19 +70,25 @@ class TorchBackend:
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
         self.x = self.torch.from_numpy(self.preprocess.normalize(pixels)).to(self.dev)
         self.jpegs = jpegs["end_to_end"]
+        self.split.reset()
 
     def run(self, mode: str) -> None:
         torch = self.torch
-        if mode == "end_to_end":
-            pixels = np.stack([self.preprocess.pixels(j, formats=SERVE_FORMATS) for j in self.jpegs])
-            logits = self._forward(torch.from_numpy(self.preprocess.normalize(pixels)).to(self.dev))
+        if mode == "end_to_end":   # the ONNX rows' steps: the decode pool, then the model
+            pixels, start = self.split.decode(lambda j: self.preprocess.pixels(j, formats=SERVE_FORMATS), self.jpegs)
+            decoded = time.perf_counter()
+            logits = self._forward(torch.from_numpy(self.preprocess.normalize(np.stack(pixels))).to(self.dev))
             with torch.inference_mode():
                 top = torch.softmax(logits.float(), dim=1).topk(min(E2E_TOP_K, logits.shape[1]), dim=1)
                 top.values.cpu(), top.indices.cpu()
+            self.split.add(mode, start, decoded)
         else:
             self._forward(self.x)
             if self.dev.type == "cuda":
                 torch.cuda.synchronize()
+
+    def decode_share(self, mode: str) -> Optional[float]:
+        return self.split.share(mode)
 
     def cold_start(self, threads: int, sizes: tuple) -> dict:
         """probe_torch in a fresh process (torch.compile's starts with an empty inductor cache)."""

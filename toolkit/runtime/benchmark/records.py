@@ -1,7 +1,8 @@
 """The benchmark records as dataclasses: benchmark.json / compare.json are `dataclasses.asdict` of them,
 their JSON Schema is derived from these classes, and validate_record checks a record with jsonschema.
 
-SCHEMA_VERSION 3 (3: one peak per precision, measured once; schedule[].model); docs/benchmark.md documents
+SCHEMA_VERSION 4 (3: one peak per precision, measured once; schedule[].model; 4: results[].decode_share);
+docs/benchmark.md documents
 every field. Standard library only at import.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import typing
 from dataclasses import make_dataclass
 from typing import Literal, Optional, Union
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 E2E_IMAGES = {"end_to_end": (500, 375), "end_to_end_12mp": (4032, 3024)}  # end-to-end mode -> JPEG width x height
 E2E_JPEG_QUALITY = 90
 E2E_TOP_K = 5
@@ -25,9 +26,10 @@ TIMED = {
              "memory on CPU. On CUDA the input sits on the device (ORT IO binding, torch tensor on cuda), the "
              "output stays there, and each call is synchronised before the clock stops.",
     "end_to_end": "end to end: Predictor.predict on `batch` in-memory JPEG files (500x375, quality 90): decode "
-                  "(Pillow) + resize/crop/normalise (toolkit.preprocess) + inference + softmax + top-5, "
-                  "sequentially in one thread. PyTorch rows do the same decode and preprocessing, then "
-                  "torch.from_numpy, model, softmax and topk.",
+                  "(Pillow) + resize/crop (toolkit.preprocess) on the decode pool (toolkit.runtime.decode_pool: "
+                  "one thread per core), then normalise + inference + softmax + top-5. PyTorch rows do the same "
+                  "decode and preprocessing, then torch.from_numpy, model, softmax and topk. decode_share: the "
+                  "median share of a call's wall time spent until every image was decoded (the rest: the model).",
     "end_to_end_12mp": "the same as end_to_end on 4032x3024 JPEGs (12 MP phone photos), ONNX engines only",
     "cold_start": "session (or PyTorch model) creation + the first model-only inference at that batch size, in a "
                   "fresh Python process (import time excluded, listed separately); batch sizes run in ascending "
@@ -98,7 +100,7 @@ Row = record(
     throughput_ips=Throughput, latency_ms=Latency, latency_per_image_ms=PerImage, first_run_s=float, gflops=_NUM,
     fraction_of_peak=_NUM, fraction_of_precision_peak=_NUM, peak_precision=_STR, precision_peak_engine=_STR,
     fraction_of_gemm_in_rounds=_NUM, cold_start_s=_NUM, peak_rss_mb=_NUM, gpu_mem_mb=_NUM, file_bytes=_INT,
-    top1=_NUM, baseline=_STR, speedup=_NUM)
+    top1=_NUM, baseline=_STR, speedup=_NUM, decode_share=_NUM)
 Block = record("Block", "One timed block of the interleaved rounds (model None: the reference GEMM).",
                round=int, batch=int, model=_STR, key=str, mode=str, iterations=int)
 Skipped = record("Skipped", "A combination an engine can't run.", engine=str, device=str, precision=str, reason=str)

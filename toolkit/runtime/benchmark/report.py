@@ -13,10 +13,12 @@ from toolkit.errors import first_line
 from toolkit.runtime.engines import DEFAULT_ENGINE
 
 _COLUMNS = ("backend", "precision", "device", "mode", "batch", "img/s (min-max)", "p50 ms", "p90 ms", "p95 ms",
-            "p99 ms", "ms/img", "GFLOP/s", "% peak", "% own", "% gemm", "x base", "cold s", "RSS MB", "file MB", "top-1")
+            "p99 ms", "ms/img", "% decode", "GFLOP/s", "% peak", "% own", "% gemm", "x base", "cold s", "RSS MB",
+            "file MB", "top-1")
 _MODE_LABEL = {"model": "model", "end_to_end": "e2e", "end_to_end_12mp": "e2e 12MP"}
 _LEGEND = ("model = inference only; e2e = JPEG decode + preprocess + inference + top-5 (500x375; 12MP: 4032x3024). "
-           "img/s: median over rounds (min-max). % peak: of the measured FP32 GEMM peak; % own: of the row's own "
+           "img/s: median over rounds (min-max). % decode: of an e2e call's time, decoding on every core "
+           "(the rest: the model). % peak: of the measured FP32 GEMM peak; % own: of the row's own "
            "precision's GEMM peak; % gemm: of the same FP32 GEMM timed in the rounds. x base: vs PyTorch eager FP32 "
            "(else ORT FP32) at the same batch and mode.")
 
@@ -52,7 +54,8 @@ def _row_cells(r: dict) -> list:
     return [r["backend"], r["precision"], f"{r['device']} ({provider})", _MODE_LABEL[r["mode"]], str(r["batch"]),
             f"{_ips(t['median'])} ({_ips(t['min'])}-{_ips(t['max'])})", *(_ms(lat[p]) for p in ("p50", "p90", "p95",
                                                                                                  "p99")),
-            _ms(r["latency_per_image_ms"]["p50"]), _fmt(r["gflops"]), _fmt(r["fraction_of_peak"], ".0f", 100),
+            _ms(r["latency_per_image_ms"]["p50"]), _fmt(r["decode_share"], ".0f", 100), _fmt(r["gflops"]),
+            _fmt(r["fraction_of_peak"], ".0f", 100),
             _fmt(r["fraction_of_precision_peak"], ".0f", 100), _fmt(r["fraction_of_gemm_in_rounds"], ".0f", 100),
             _fmt(r["speedup"], ".2f"), _fmt(r["cold_start_s"], ".2f"), _fmt(r["peak_rss_mb"], ".0f"),
             _fmt(r["file_bytes"], ".1f", 1e-6), _fmt(r["top1"], ".2f")]

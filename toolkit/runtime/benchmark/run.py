@@ -285,7 +285,8 @@ def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: 
         fraction_of_precision_peak=_sig(gflops / own.gflops) if gflops and own else None,
         peak_precision=own and own.precision, precision_peak_engine=own and own.engine,
         fraction_of_gemm_in_rounds=_sig(gflops / gemm.median_gflops) if gflops and gemm and gemm.median_gflops
-        else None, cold_start_s=None, peak_rss_mb=None, gpu_mem_mb=None, top1=None, baseline=None, speedup=None)
+        else None, cold_start_s=None, peak_rss_mb=None, gpu_mem_mb=None, top1=None, baseline=None, speedup=None,
+        decode_share=None if mode == "model" else b.decode_share(mode))
 
 
 def _measure_accuracy(s: Subject, bench: Bench) -> None:

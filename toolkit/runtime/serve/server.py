@@ -10,7 +10,8 @@ import warnings
 
 from toolkit.errors import AbandonedWorkError, UserError
 from toolkit.runtime.serve.options import GRACEFUL_TIMEOUT_S, Limits, ServeOptions
-from toolkit.runtime.engines import EngineOptions
+from toolkit.runtime.engines import EngineOptions, OpenVinoOptions, adapter_for
+from toolkit.runtime.serve.static_site import serve_static
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 _ANY_HOST = ("0.0.0.0", "::", "[::]")
@@ -81,8 +82,9 @@ def _build_app(options: ServeOptions, model: str, host: str):
     from toolkit.runtime.predictor import Predictor
     from toolkit.runtime.serve.app import create_app
 
-    engine_options = EngineOptions(device=options.device, threads=options.threads, precision=options.precision,
-                                   allow_fallback=options.allow_fallback).for_serving()
+    asked = EngineOptions(device=options.device, threads=options.threads, precision=options.precision,
+                          allow_fallback=options.allow_fallback, openvino=OpenVinoOptions(streams=options.streams))
+    engine_options = adapter_for(options.engine).serving_options(asked)
     predictor = Predictor(model, batch_size=max(32, int(options.max_batch)), max_pixels=int(options.max_pixels),
                           formats=SERVE_FORMATS, engine=options.engine, options=engine_options)
     return predictor, create_app(predictor, options.limits, allowed_hosts=_allowed_hosts(host))
@@ -95,7 +97,8 @@ def _print_banner(options: ServeOptions, model: str, host: str, port: int, predi
         shown_host = f"[{host.strip('[]')}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
     print(f"serve-local: {os.path.basename(model)} (sha256 {predictor.sha256[:12]}, {len(predictor.labels)} labels, "
-          f"{predictor.precision}) on {predictor.runs_on}", flush=True)
+          f"{predictor.precision}) on {predictor.runs_on}; read back: {predictor.engine_info.settings_line()}, "
+          f"{predictor.session.optimal_requests} batch worker(s)", flush=True)
     print(f"serve-local: micro-batching up to {options.max_batch} images, waiting at most {options.max_wait_ms:g} ms; "
           f"limits: body {options.max_body_mb:g} MB, {int(options.max_pixels) / 1e6:g} MP, "
           f"{options.max_concurrency} predictions in flight, {options.max_connections} connections; timeouts: "
@@ -172,6 +175,8 @@ def serve(options: ServeOptions | str | None = None, **fields) -> None:
     problems = options.problems()
     if problems:
         raise UserError("\n".join(problems))
+    if options.static is not None:   # a static folder: no model, no inference here
+        return serve_static(str(options.static), host, int(options.port))
     from toolkit.runtime.serve.app import _require_stack
     _require_stack()
     import uvicorn
