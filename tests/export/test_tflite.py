@@ -31,12 +31,14 @@ def test_missing_extra_is_one_line_naming_it_before_any_work(monkeypatch, capsys
 
 def test_onnx_only_flags_and_bad_values_are_each_one_line():
     with pytest.raises(UserError) as exc:
-        check_tflite_options(TfliteOptions(mediapipe="maybe", agreement_images=0), {"fp16": True, "int8": True})
+        check_tflite_options(TfliteOptions(mediapipe="maybe", agreement_images=0), {"fp16": True, "keep_fp32": "head"})
     assert str(exc.value).splitlines() == [
-        "--fp16 goes with --format onnx or triton, not tflite", "--int8 goes with --format onnx or triton, not tflite",
+        "--fp16 goes with --format onnx or triton, not tflite",
+        "--keep-fp32 goes with --format onnx or triton, not tflite",
         "--mediapipe 'maybe': expected one of auto, require, skip",
         "--agreement-images 0: expected a whole number, at least 1"]
-    check_tflite_options(TfliteOptions(mediapipe="skip"), {"parity_images": 4, "out": "x"})  # shared flags pass
+    check_tflite_options(TfliteOptions(mediapipe="skip"), {"parity_images": 4, "out": "x", "int8": True,
+                                                           "int8_budget": 2.0})  # shared flags pass
 
 
 def test_require_mediapipe_where_it_is_missing(monkeypatch):
@@ -76,8 +78,12 @@ def test_export_is_nhwc_with_labels_and_passes_both_kernels(tiny_run):
     from toolkit.export.tflite_metadata import read_labels
 
     root, run = tiny_run
-    report = tflite_pipeline.export_tflite(run, out=str(root / "out") + os.sep, mediapipe="skip", quiet=True)
+    report = tflite_pipeline.export_tflite(run, out=str(root / "out") + os.sep, mediapipe="skip", int8=True,
+                                           int8_budget=100.0, calib_images=4, quiet=True)
     path = str(root / "out" / "tiny.tflite")
+    assert read_labels(str(root / "out" / "tiny.int8.tflite")) == LABELS
+    assert report["files"]["int8"]["bytes"] < report["files"]["fp32"]["bytes"] / 2
+    assert report["checks"]["int8_budget"]["ok"] and report["checks"]["int8_budget"]["calib_images"] == 4
     assert report["model"] == path and read_labels(path) == LABELS
     interpreter = Interpreter(model_path=path)
     assert list(interpreter.get_input_details()[0]["shape"]) == [1, 32, 32, 3]
@@ -103,10 +109,12 @@ def test_failed_verification_writes_nothing_and_lists_every_check(tiny_run, monk
     monkeypatch.setattr(tflite_checks, "_mediapipe_top1", lambda path, pixels: ["wolf"] * len(pixels))
     out = root / "failed"
     with pytest.raises(UserError) as exc:
-        tflite_pipeline.export_tflite(run, out=str(out) + os.sep, agreement_images=6, quiet=True)
+        tflite_pipeline.export_tflite(run, out=str(out) + os.sep, agreement_images=6, int8=True, int8_budget=-1,
+                                      calib_images=4, quiet=True)
     message = str(exc.value)
     for name in ("litert_xnnpack: parity gate failed", "litert_reference: parity gate failed",
                  "labels: labels.txt differs", "mediapipe: ImageClassifier top-1 equals PyTorch's on",
-                 "on 0.0% of 6 val images (expected 100%)", "nothing was written"):
+                 "on 0.0% of 6 val images (expected 100%)", "int8_budget: top-1", "budget -1: over budget",
+                 "nothing was written"):
         assert name in message
     assert [p.name for p in out.iterdir()] == []

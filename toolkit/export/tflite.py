@@ -10,8 +10,8 @@ from toolkit.errors import UserError
 EXTRA = "pip install 'toolkit[tflite]'"
 MEDIAPIPE_MODES = ("auto", "require", "skip")
 # ExportOptions fields a .tflite export has no use for: one line each before any work.
-NOT_FOR_TFLITE = ("fp16", "int8", "raw_input", "probabilities", "dynamic_hw", "bf16_check", "ir_version",
-                  "keep_fp32", "per_channel", "calib_method", "int8_search", "calib_images", "int8_budget")
+NOT_FOR_TFLITE = ("fp16", "raw_input", "probabilities", "dynamic_hw", "bf16_check", "ir_version",
+                  "keep_fp32", "per_channel", "calib_method", "int8_search")
 
 
 @dataclass

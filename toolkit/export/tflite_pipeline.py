@@ -11,7 +11,8 @@ Stages, in order; a failure at any one is a UserError and nothing appears under 
      reference kernels against PyTorch (the FP32 parity gate of toolkit/export/parity.py, on the same real
      and random pixel inputs); the zipped labels equal the checkpoint's; MediaPipe's ImageClassifier, when
      mediapipe is installed, gives the same top-1 as PyTorch on validation images
-  5. the file renamed into place, the report <stem>.tflite.json beside it
+     with --int8, the INT8 file (toolkit/export/tflite_int8.py) held to --int8-budget on the validation split
+  5. the files renamed into place, the report <stem>.tflite.json beside them
 """
 from __future__ import annotations
 
@@ -26,12 +27,14 @@ import torch
 import toolkit
 from toolkit.artifacts import atomic_write
 from toolkit.errors import UserError
+from toolkit.export.int8 import check_int8_data
 from toolkit.export.options import ExportOptions, check_options
 from toolkit.export.plan import load_data, load_model, plan_export
 from toolkit.export.staging import remove_stale_temps
 from toolkit.export.tflite import TfliteOptions, check_tflite_options, require_extra, tflite_path
 from toolkit.export.parity import real_images
 from toolkit.export.tflite_checks import labels_check, litert_check, mediapipe_check
+from toolkit.export.tflite_int8 import convert_int8, int8_budget_check
 from toolkit.export.tflite_metadata import attach, metadata_bytes
 
 
@@ -50,17 +53,24 @@ def export_tflite(run=None, tflite=None, **fields) -> dict:
     job = plan_export(options, say)
     load_model(job)
     path = tflite_path(job.path)
+    paths = {"fp32": path, **({"int8": path[:-len(".tflite")] + ".int8.tflite"} if options.int8 else {})}
     data, why = load_data(job.recipe)
+    if options.int8:
+        check_int8_data(data, why)  # cheap, before the conversion
     remove_stale_temps(job.folder, say)  # what an export killed with -9 left
+    wrapper = ChannelLast(job.model, job.preprocess.mean, job.preprocess.std).eval()
     with tempfile.TemporaryDirectory(prefix=f".tmp-tflite-pid{os.getpid()}-", dir=job.folder) as work:
-        staged = os.path.join(work, os.path.basename(path))
-        job.timings["convert_s"] = _convert(job, staged)
-        checks, data_info = _verify(job, staged, data, why, tflite)
-        os.replace(staged, path)
-    report = _report(job, path, checks, data_info, time.perf_counter() - t_start)
+        staged = {kind: os.path.join(work, f"{kind}.tflite") for kind in paths}
+        job.timings["convert_s"] = _convert(job, wrapper, staged["fp32"])
+        n_calib = _convert_int8(job, wrapper, data, staged["int8"]) if options.int8 else 0
+        checks, data_info = _verify(job, staged, data, why, tflite, n_calib)
+        for kind, tmp in staged.items():
+            os.replace(tmp, paths[kind])
+    report = _report(job, paths, checks, data_info, time.perf_counter() - t_start)
     atomic_write(path + ".json", _json(report))
-    say(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB) in {report['timings']['total_s']:.1f} s")
-    say(f"report: {path}.json")
+    for kind, final in paths.items():
+        say(f"wrote {final} ({os.path.getsize(final) / 1e6:.1f} MB)")
+    say(f"in {report['timings']['total_s']:.1f} s; report: {path}.json")
     return report
 
 
@@ -77,33 +87,47 @@ class ChannelLast(torch.nn.Module):
         return self.model((image.permute(0, 3, 1, 2) - self.mean) / self.std)
 
 
-def _convert(job, staged: str) -> float:
+def _convert(job, wrapper, staged: str) -> float:
     """litert-torch conversion plus metadata, written to `staged`; returns the seconds it took."""
     import litert_torch
 
     t = time.perf_counter()
-    p = job.preprocess
-    job.say(f"tflite: converting {job.recipe.model.arch} with litert-torch (1 x {p.crop} x {p.crop} x 3) ...")
-    wrapper = ChannelLast(job.model, p.mean, p.std).eval()
+    crop = job.preprocess.crop
+    job.say(f"tflite: converting {job.recipe.model.arch} with litert-torch (1 x {crop} x {crop} x 3) ...")
     with torch.no_grad():
-        edge = litert_torch.convert(wrapper, (torch.zeros(1, p.crop, p.crop, 3),))
-    raw = os.path.join(os.path.dirname(staged), "converted.tflite")
-    edge.export(raw)
-    with open(raw, "rb") as fh:
-        model = fh.read()
-    meta = metadata_bytes(job.recipe.name, f"{job.recipe.model.arch} image classifier exported by toolkit",
-                          [0.0], [255.0], p.crop, len(job.labels))
-    atomic_write(staged, attach(model, meta, [str(label) for label in job.labels]))
+        litert_torch.convert(wrapper, (torch.zeros(1, crop, crop, 3),)).export(staged + ".raw")
+    _with_metadata(job, staged + ".raw", staged)
     return time.perf_counter() - t
 
 
-def _verify(job, staged: str, data, why, tflite: TfliteOptions) -> tuple[dict, dict]:
+def _convert_int8(job, wrapper, data, staged: str) -> int:
+    t = time.perf_counter()
+    n_calib = convert_int8(job, wrapper, data, staged + ".raw")
+    _with_metadata(job, staged + ".raw", staged)
+    job.timings["int8_convert_s"] = time.perf_counter() - t
+    return n_calib
+
+
+def _with_metadata(job, raw: str, staged: str) -> None:
+    """The converted file `raw` with the metadata MediaPipe reads, written to `staged`."""
+    with open(raw, "rb") as fh:
+        model = fh.read()
+    crop = job.preprocess.crop
+    meta = metadata_bytes(job.recipe.name, f"{job.recipe.model.arch} image classifier exported by toolkit",
+                          [0.0], [255.0], crop, len(job.labels))
+    atomic_write(staged, attach(model, meta, [str(label) for label in job.labels]))
+
+
+def _verify(job, staged: dict, data, why, tflite: TfliteOptions, n_calib: int) -> tuple[dict, dict]:
     """Every check's numbers; one UserError listing all of them when any fails."""
     real, data_info = real_images(job, data, why)
-    checks = {"litert_xnnpack": litert_check(job, staged, real, "xnnpack"),
-              "litert_reference": litert_check(job, staged, real, "reference"),
-              "labels": labels_check(job, staged),
-              "mediapipe": mediapipe_check(job, staged, data, tflite)}
+    fp32 = staged["fp32"]
+    checks = {"litert_xnnpack": litert_check(job, fp32, real, "xnnpack"),
+              "litert_reference": litert_check(job, fp32, real, "reference"),
+              "labels": labels_check(job, fp32),
+              "mediapipe": mediapipe_check(job, fp32, data, tflite)}
+    if "int8" in staged:
+        checks["int8_budget"] = int8_budget_check(job, fp32, staged["int8"], data, n_calib)
     for name, check in checks.items():
         job.say(f"tflite {name}: {check['line']}")
     if any(check["ok"] is False for check in checks.values()):
@@ -112,14 +136,15 @@ def _verify(job, staged: str, data, why, tflite: TfliteOptions) -> tuple[dict, d
     return checks, data_info
 
 
-def _report(job, path: str, checks: dict, data_info: dict, total_s: float) -> dict:
+def _report(job, paths: dict, checks: dict, data_info: dict, total_s: float) -> dict:
     import ai_edge_litert
     import litert_torch
     from ai_edge_litert.interpreter import Interpreter
 
-    p, tensor = job.preprocess, Interpreter(model_path=path).get_input_details()[0]
-    return {"name": job.recipe.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": path,
-            "bytes": os.path.getsize(path), "source_run": job.run_dir, "checkpoint": job.ckpt_path,
+    p, tensor = job.preprocess, Interpreter(model_path=paths["fp32"]).get_input_details()[0]
+    return {"name": job.recipe.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": paths["fp32"],
+            "files": {kind: {"path": f, "bytes": os.path.getsize(f)} for kind, f in paths.items()},
+            "bytes": os.path.getsize(paths["fp32"]), "source_run": job.run_dir, "checkpoint": job.ckpt_path,
             "checkpoint_sha256": job.sha, "arch": job.recipe.model.arch, "labels": job.labels,
             "input": {"name": tensor["name"], "layout": "NHWC", "shape": [int(d) for d in tensor["shape"]],
                       "dtype": str(tensor["dtype"].__name__),
