@@ -131,8 +131,10 @@ def _verify(job, staged: dict, data, why, tflite: TfliteOptions, n_calib: int) -
     for name, check in checks.items():
         job.say(f"tflite {name}: {check['line']}")
     if any(check["ok"] is False for check in checks.values()):
+        only_int8 = [name for name, check in checks.items() if check["ok"] is False] == ["int8_budget"]
         raise UserError(f"tflite verification failed for {tflite_path(job.path)}: " + "; ".join(
-            f"{name}: {check['line']}" for name, check in checks.items()) + "; nothing was written")
+            f"{name}: {check['line']}" for name, check in checks.items()) + "; nothing was written" +
+            (" (the FP32 file passed its checks: rerun without --int8 to keep it)" if only_int8 else ""))
     return checks, data_info
 
 
