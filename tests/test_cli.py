@@ -90,7 +90,7 @@ def test_short_flag_with_one_match_passes():
 # command -> (its options dataclasses, the fields it spells otherwise: export's --out is Triton's repo and the
 # web folder, benchmark's --model-only is end_to_end off)
 OPTIONS = {"export": (["toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
-                       "toolkit.export.web:WebOptions"], {"repo", "folder"}),
+                       "toolkit.export.web:WebOptions", "toolkit.export.tflite:TfliteOptions"], {"repo", "folder"}),
            "serve-local": (["toolkit.runtime.serve.options:ServeOptions"], set()),
            "benchmark": (["toolkit.runtime.benchmark.options:BenchmarkOptions"], {"end_to_end"})}
 

@@ -33,14 +33,14 @@ def evaluate(target: str | None = None, recipe: str | None = None, split: str = 
 
 
 @options("toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
-         "toolkit.export.web:WebOptions", skip=("repo", "folder"))
+         "toolkit.export.web:WebOptions", "toolkit.export.tflite:TfliteOptions", skip=("repo", "folder"))
 def export(run, *, format: str = "onnx", **given):
-    """Export a run (default: the newest) to one verified, self-describing ONNX file; with --format triton to a
-    Triton Inference Server model repository, with --format web to a static web folder checked in headless
-    chromium (--out: the folder, default exports/triton or exports/<name>-web).
+    """Export a run (default: the newest) to one verified, self-describing ONNX file; with --format: a Triton
+    model repository, a static web folder checked in headless chromium, or a verified .tflite file for LiteRT
+    and MediaPipe (--out: the folder for triton and web, default exports/triton or exports/<name>-web).
 
     Args:
-        format: onnx (one file and its twins), triton (a Triton model repository) or web (a static web folder)
+        format: onnx (one file and its twins), triton (a Triton model repository), web (a static folder), tflite
     """
     from toolkit.export.formats import export_as
 

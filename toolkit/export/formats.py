@@ -25,6 +25,8 @@ FORMATS = {
                      "toolkit.export.triton:TritonOptions", out="repo"),
     "web": Format("a static web folder, checked in headless chromium", "toolkit.export.web:export_web",
                   "toolkit.export.web:WebOptions", out="folder"),
+    "tflite": Format("one .tflite file for LiteRT and MediaPipe", "toolkit.export.tflite_pipeline:export_tflite",
+                     "toolkit.export.tflite:TfliteOptions"),
 }
 
 

@@ -36,7 +36,7 @@ class Gate:
 def gate_fp32(job: ExportJob, staging: Staging, data, why) -> tuple[Gate, dict, dict]:
     """(the gate, its data notes, kind -> results) after judging the FP32 file and the raw-input one."""
     t = time.perf_counter()
-    real, data_info = _real_images(job, data, why)
+    real, data_info = real_images(job, data, why)
     gate = Gate(job.model, parity_cases(real, job.preprocess, job.options.dynamic_hw), job.options.probabilities)
     parity: dict = {}
     for kind in [k for k in ("fp32", "raw") if k in staging.files]:
@@ -48,7 +48,7 @@ def gate_fp32(job: ExportJob, staging: Staging, data, why) -> tuple[Gate, dict, 
     return gate, data_info, parity
 
 
-def _real_images(job: ExportJob, data, why) -> tuple[np.ndarray, dict]:
+def real_images(job: ExportJob, data, why) -> tuple[np.ndarray, dict]:
     """Up to parity_images images of the run's val split (else test, else train), and notes on them."""
     crop = job.preprocess.crop
     real = np.zeros((0, crop, crop, 3), np.uint8)
@@ -167,7 +167,7 @@ def parity_line(p: dict) -> str:
             f"inputs, top-1 agreement {p['top1_agreement'] * 100:.1f}%")
 
 
-def judge(p: dict, what: str, path: str, min_agreement: float = 1.0) -> None:
+def judge(p: dict, what: str, path: str, min_agreement: float = 1.0, runtime: str = "ONNX Runtime CPU") -> None:
     problems = []
     if not p["close"]:
         worst = max(p["batch_sizes"].items(), key=lambda kv: kv[1]["max_abs_diff"])
@@ -181,6 +181,6 @@ def judge(p: dict, what: str, path: str, min_agreement: float = 1.0) -> None:
     if p.get("probabilities_match") is False:
         problems.append("the probabilities output is not softmax(logits)")
     if len(problems) > 1 or p["top1_agreement"] < min_agreement:
-        raise UserError(f"parity gate failed for {path} ({what}, ONNX Runtime CPU vs PyTorch on "
+        raise UserError(f"parity gate failed for {path} ({what}, {runtime} vs PyTorch on "
                         f"{p['real_inputs']} real + {p['random_inputs']} random inputs): {'; '.join(problems)}; "
                         "nothing was written")
