@@ -10,11 +10,13 @@ import os
 from contextlib import asynccontextmanager
 from typing import Any
 
+from toolkit import __version__
 from toolkit.errors import UserError
+from toolkit.preprocess import SERVE_FORMATS, ImageError
 from toolkit.runtime.decode_pool import ClientGone, DecodePool
 from toolkit.runtime.serve.batcher import Batcher
 from toolkit.runtime.serve.errors import ApiError, add_error_handlers, image_error
-from toolkit.runtime.serve.guard import PREDICT_PATH, _Counter, _Guard
+from toolkit.runtime.serve.guard import PREDICT_PATH, Counter, Guard
 from toolkit.runtime.serve.options import Limits
 
 # Content types whose body is taken as the raw image bytes (sniffed, never trusted). curl's
@@ -42,7 +44,7 @@ _PREDICT_RESPONSES = {400: {"description": "empty, truncated or unreadable image
                       503: {"description": "too many requests in flight (see Retry-After)"}}
 
 
-def _require_stack():
+def require_stack():
     try:
         import fastapi
         try:  # python-multipart (for the multipart `file` upload); its import name changed in 0.0.13
@@ -71,15 +73,8 @@ def _run_name(source_run: Any) -> str | None:
     return os.path.basename(source_run.replace("\\", "/").rstrip("/")) or None
 
 
-def _version() -> str:
-    from toolkit import __version__
-    return __version__
-
-
 def _describe(predictor, limits: Limits, default_k: int, batch_workers: int, decode_threads: int) -> dict:
     """What GET /v1/model answers: the model's contract, where it came from, and the serving limits."""
-    from toolkit.preprocess import SERVE_FORMATS
-
     description = predictor.describe()
     description.update({
         # The run's name, not the training machine's path to it (the API shows no file-system paths).
@@ -121,7 +116,7 @@ async def _client_left(receive) -> None:
         await asyncio.sleep(0.05)   # a server that answers again with an empty body: don't spin
 
 
-def _add_status_routes(app, predictor, batcher: Batcher, counter: _Counter, description: dict) -> None:
+def _add_status_routes(app, predictor, batcher: Batcher, counter: Counter, description: dict) -> None:
     from fastapi.responses import JSONResponse
 
     labels, sha = len(predictor.labels), predictor.sha256
@@ -167,8 +162,6 @@ async def _image_bytes(request) -> bytes:
 
 def _decoder(predictor, max_pixels: int):
     """The function the decode pool runs: decode (capped, JPEG/PNG/WebP only) and preprocess."""
-    from toolkit.preprocess import SERVE_FORMATS, ImageError
-
     def decode_and_prepare(body: bytes):
         from PIL import Image
         try:  # decode (draft or full, as the model file says), resize and crop: the Predictor's own steps
@@ -235,7 +228,7 @@ def create_app(predictor, limits: Limits | None = None, allowed_hosts: tuple | N
     threads, i.e. images decoded at once (default: the CPU count, 1..8) — decoding is CPU-bound, and this
     bounds the memory that many large images in flight can take (decode_slots x max_pixels).
     """
-    fastapi = _require_stack()
+    fastapi = require_stack()
     if limits is not None and limit_fields:
         raise TypeError("create_app: pass limits or its fields as keywords, not both")
     limits = limits or Limits(**limit_fields)
@@ -243,12 +236,12 @@ def create_app(predictor, limits: Limits | None = None, allowed_hosts: tuple | N
     if problems:
         raise UserError("\n".join(problems))
     default_k = min(int(limits.top_k), len(predictor.labels))
-    counter = _Counter()
+    counter = Counter()
     batcher = Batcher(predictor, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms)
     pool = DecodePool(decode_slots)
     description = _describe(predictor, limits, default_k, batcher.workers, pool.workers)
     app = fastapi.FastAPI(
-        title="toolkit serve-local", version=_version(), lifespan=_lifespan(batcher, pool),
+        title="toolkit serve-local", version=__version__, lifespan=_lifespan(batcher, pool),
         description=f"Image classifier `{description.get('path')}` ({len(predictor.labels)} labels, "
                     f"sha256 {predictor.sha256[:12]}). POST an image to /v1/predict.",
         redoc_url=None,
@@ -256,7 +249,7 @@ def create_app(predictor, limits: Limits | None = None, allowed_hosts: tuple | N
     app.state.batcher = batcher
     app.state.decode_pool = pool
     app.state.counter = counter
-    app.add_middleware(_Guard, counter=counter, max_concurrency=int(limits.max_concurrency),
+    app.add_middleware(Guard, counter=counter, max_concurrency=int(limits.max_concurrency),
                        max_body=limits.max_body_bytes, allowed_hosts=allowed_hosts,
                        body_timeout_s=float(limits.body_timeout))
     add_error_handlers(app)

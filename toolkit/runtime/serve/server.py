@@ -8,9 +8,13 @@ import threading
 import time
 import warnings
 
+from toolkit import artifacts
 from toolkit.errors import AbandonedWorkError, UserError
-from toolkit.runtime.serve.options import GRACEFUL_TIMEOUT_S, Limits, ServeOptions
+from toolkit.preprocess import SERVE_FORMATS
 from toolkit.runtime.engines import EngineOptions, OpenVinoOptions, adapter_for
+from toolkit.runtime.predictor import Predictor
+from toolkit.runtime.serve.app import create_app, require_stack
+from toolkit.runtime.serve.options import GRACEFUL_TIMEOUT_S, Limits, ServeOptions
 from toolkit.runtime.serve.static_site import serve_static
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -68,8 +72,6 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _model_file(options: ServeOptions) -> str:
     """The .onnx to serve: the one given, or the newest export in the folder given (or in exports_dir)."""
-    from toolkit import artifacts
-
     model = options.model
     if model is None or os.path.isdir(str(model)):
         model = artifacts.newest_export(options.exports_dir if model is None else str(model))
@@ -78,10 +80,6 @@ def _model_file(options: ServeOptions) -> str:
 
 
 def _build_app(options: ServeOptions, model: str, host: str):
-    from toolkit.preprocess import SERVE_FORMATS
-    from toolkit.runtime.predictor import Predictor
-    from toolkit.runtime.serve.app import create_app
-
     asked = EngineOptions(device=options.device, threads=options.threads, precision=options.precision,
                           allow_fallback=options.allow_fallback, openvino=OpenVinoOptions(streams=options.streams))
     engine_options = adapter_for(options.engine).serving_options(asked)
@@ -177,8 +175,7 @@ def serve(options: ServeOptions | str | None = None, **fields) -> None:
         raise UserError("\n".join(problems))
     if options.static is not None:   # a static folder: no model, no inference here
         return serve_static(str(options.static), host, int(options.port))
-    from toolkit.runtime.serve.app import _require_stack
-    _require_stack()
+    require_stack()
     import uvicorn
 
     model = _model_file(options)
