@@ -3,10 +3,9 @@ benchmark take their flags, defaults and help from the options dataclasses they 
 imported only when the command is named; the other commands pass their few flags on."""
 from __future__ import annotations
 
-import os
 import sys
 
-from toolkit.errors import AbandonedWorkError, RankZeroError, UserError
+from toolkit.errors import AbandonedWorkError, RankZeroError, UserError, exit_now, missing_extra
 from toolkit.flags import check, options, spell_out
 from toolkit.parsing import parse_list
 
@@ -121,33 +120,15 @@ def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False
     """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch (seeds 0,1,2; labels per
     class 1,3,10). --imagenet: real ImageNet EfficientNet-Lite0 against the same net from scratch, on Fashion-MNIST
     (labels per class 1,5,20; --steps: optimizer steps per run). KEY=VALUE overrides apply to all its recipes."""
-    given = {k: v for k, v in dict(seeds=seeds, labels_per_class=labels_per_class, steps=steps, out_dir=out_dir).items()
-             if v is not None}  # unset: the demo's own defaults
-    given.update({k: parse_list(given[k], int, "--" + k.replace("_", "-")) for k in ("seeds", "labels_per_class")
-                  if k in given},
-                 quick=quick, overrides=[str(o) for o in overrides])
-    if "steps" in given and not imagenet:
-        raise UserError("demo: --steps goes with --imagenet (the digits demo trains by epochs)")
-    if imagenet:
-        from toolkit.train.demo_imagenet import ImagenetDemoOptions, run_imagenet_demo
+    from toolkit.train.demo import demo_command
 
-        run_imagenet_demo(ImagenetDemoOptions(**given))
-    else:
-        from toolkit.train.demo import run_demo
-
-        run_demo(**given)
+    demo_command([str(o) for o in overrides], seeds=seeds, labels_per_class=labels_per_class, quick=quick,
+                 out_dir=out_dir, imagenet=imagenet, steps=steps)
 
 
 COMMANDS = {"train": train, "evaluate": evaluate, "export": export, "predict": predict,
             "serve-local": serve_local, "benchmark": benchmark, "report": report,
             "demo": demo}
-
-
-def _exit_now(code: int) -> None:
-    """Leave without interpreter shutdown (see AbandonedWorkError), output flushed first."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,10 +140,12 @@ def main(argv: list[str] | None = None) -> None:
         fire.Fire(COMMANDS, command=spell_out(COMMANDS, argv), name="toolkit")
     except RankZeroError:
         sys.exit(2)  # torchrun: rank 0 has printed this error already
-    except UserError as exc:
+    except (UserError, ModuleNotFoundError) as exc:
+        if not isinstance(exc, UserError) and (exc := missing_extra(exc)) is None:
+            raise  # not a package an extra brings: a bug, shown as one
         print(f"error: {exc}", file=sys.stderr)
         if isinstance(exc, AbandonedWorkError):
-            _exit_now(2)
+            exit_now(2)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,6 +1,9 @@
 """The one exception type that the CLI turns into a single clear line and a non-zero exit."""
 from __future__ import annotations
 
+import os
+import sys
+
 
 
 class UserError(Exception):
@@ -45,3 +48,10 @@ def missing_extra(exc: ModuleNotFoundError) -> UserError | None:
         return None
     return UserError(f"this command needs {top}, which is not installed; expected the [{extra}] extra: "
                      f"pip install 'toolkit[{extra}]'")
+
+
+def exit_now(code: int) -> None:
+    """Leave without interpreter shutdown (see AbandonedWorkError), output flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
