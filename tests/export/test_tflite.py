@@ -20,12 +20,12 @@ HAVE_EXTRA = all(importlib.util.find_spec(m) for m in ("litert_torch", "ai_edge_
 def test_missing_extra_is_one_line_naming_it_before_any_work(monkeypatch, capsys, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(tflite.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "litert_torch" else real(name, *a))
+                        lambda name, *a: None if name in ("litert_torch", "ai_edge_litert") else real(name, *a))
     with pytest.raises(SystemExit) as exit_info:  # the run does not exist: the extra is named first
         cli.main(["export", str(tmp_path / "no-such-run"), "--format", "tflite"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: --format tflite needs litert-torch: pip install 'toolkit[tflite]'"
+    assert err == "error: --format tflite needs litert-torch and ai-edge-litert: pip install 'toolkit[tflite]'"
     assert list(tmp_path.iterdir()) == []
 
 

@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from toolkit.artifacts import twin_path
 from toolkit.errors import UserError
 from toolkit.export.parity import FP32_ATOL, FP32_RTOL, Gate, parity_line
 from toolkit.runtime.onnx_eval import cpu_session
@@ -117,7 +118,7 @@ def browser_stage(site: str, web):
     """The export stage that checks `site` in the browser; returns the report's "web" section."""
     def stage(job, staging, gate: Gate, data, why) -> dict:
         t = time.perf_counter()
-        for kind, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+        for kind, name in ((kind, os.path.basename(twin_path("model.onnx", kind))) for kind in ("fp32", "int8")):
             if kind in staging.files:  # a copy: publishing renames the staged file over it
                 shutil.copyfile(staging.files[kind], os.path.join(site, name))
         checks: dict = {}
@@ -156,7 +157,7 @@ def _int8_check(page, gate: Gate, int8_path: str) -> dict:
     ref = Gate(None, gate.cases, gate.probabilities)
     ref.ref_cache = {(i, False): np.asarray(session.run(["logits"], {"input": c["x"]})[0], np.float32)
                      for i, c in enumerate(gate.cases)}
-    return ref.measure(int8_path, False, FP32_RTOL, lambda s: FP32_ATOL, BrowserSession(page, "model.int8.onnx"))
+    return ref.measure(int8_path, False, FP32_RTOL, lambda s: FP32_ATOL, BrowserSession(page, twin_path("model.onnx", "int8")))
 
 
 def _image_bytes(source) -> bytes:
