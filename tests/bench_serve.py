@@ -1,15 +1,21 @@
-"""serve-local vs a direct Predictor, side by side in one run on this machine (not a test).
+"""serve-local vs a direct Predictor, side by side in one run on this machine, for each engine (not a test).
 
-    python tests/bench_serve.py exports/flowers.onnx [--requests 64] [--latency-n 15] [--threads N] [--engine openvino]
+    python tests/bench_serve.py exports/flowers.onnx [--engine onnxruntime,openvino] [--requests 64]
+        [--latency-n 15] [--threads N] [--streams N] [--e2e-images 16] [--json PATH]
 
-Prints (and writes as JSON with --json PATH):
+For each engine in turn (the same export), prints (and writes as JSON with --json PATH):
 - cold start: `toolkit serve-local` process start -> /ready 200 (import + session + warm-up), and
   the Predictor's own cold start in a fresh interpreter (import + session + first prediction);
 - throughput: the Predictor on a list of images (decode + preprocess + batched inference, batch
   16 and 32) vs serve-local under 16 concurrent HTTP clients (same work, plus HTTP), in alternating
   rounds; the ratio is served / the better of the two Predictor batch sizes;
 - single-client latency p50: Predictor.predict(bytes) vs POST /v1/predict of the same bytes,
-  interleaved so that drift on a shared machine hits both alike.
+  interleaved so that drift on a shared machine hits both alike;
+- end to end on 12 MP JPEGs (4000x3000, the model's own decode: draft where its file says so), the
+  `toolkit predict` pipeline (toolkit.runtime.predict.predict_stream: the decode pool on every core while
+  the engine runs the previous batch) against its two bounds measured alone: decode-bound (the pool over
+  every core, no model) and model-bound (the engine on prepared batches); with the seconds that went to
+  decoding (summed over the pool's threads) and to the model.
 Everything runs on CPU with the same thread settings; the server is idle while the Predictor runs.
 """
 import argparse
@@ -64,6 +70,179 @@ def start_server(model, extra, log_path):
         time.sleep(0.02)
 
 
+def photo_12mp(seed, folder):
+    """A 4000x3000 photo-like JPEG (smooth colours plus grain), written to `folder`; its path."""
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((4000, 3000),
+                                                                                  Image.Resampling.BICUBIC)
+    grain = rng.normal(0, 6, (3000, 4000, 3)).astype(np.float32)
+    img = Image.fromarray(np.clip(np.asarray(img, np.float32) + grain, 0, 255).astype(np.uint8))
+    path = os.path.join(folder, f"photo_{seed}.jpg")
+    img.save(path, "JPEG", quality=92)
+    return path
+
+
+def throughput(pred, url, work, args, out):
+    """The Predictor on a list (server idle) vs the server under N clients, in alternating rounds."""
+    import httpx
+
+    direct, served, statuses = {16: [], 32: []}, [], []
+
+    def client(counter, lock, go):
+        with httpx.Client(base_url=url, timeout=600) as c:
+            c.get("/health")
+            go.wait()
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                r = c.post("/v1/predict", content=work[i], headers={"Content-Type": "image/jpeg"})
+                statuses.append(r.status_code)
+
+    def server_round():
+        counter, lock, go = iter(range(len(work))), threading.Lock(), threading.Barrier(args.clients + 1)
+        threads = [threading.Thread(target=client, args=(counter, lock, go)) for _ in range(args.clients)]
+        for th in threads:
+            th.start()
+        go.wait()
+        t = time.perf_counter()
+        for th in threads:
+            th.join()
+        return len(work) / (time.perf_counter() - t)
+
+    for _ in range(args.rounds):
+        for bs in (16, 32):
+            pred.batch_size = bs
+            t = time.perf_counter()
+            pred.predict(work, top_k=5)
+            direct[bs].append(len(work) / (time.perf_counter() - t))
+        served.append(server_round())
+    pred.batch_size = 32
+    stats = httpx.get(url + "/ready").json()
+    for bs in (16, 32):
+        out[f"predictor_img_s_batch{bs}"] = [round(x, 3) for x in direct[bs]]
+    out["server_img_s"] = [round(x, 3) for x in served]
+    out["server_statuses"] = {str(s): statuses.count(s) for s in sorted(set(statuses))}
+    out["server_batches"] = {k: stats[k] for k in ("batches", "images", "mean_batch", "largest_batch", "workers")}
+    best_direct = [max(a, b) for a, b in zip(direct[16], direct[32])]
+    out["throughput_ratio_per_round"] = [round(s_ / d, 3) for s_, d in zip(served, best_direct)]
+    out["throughput_ratio"] = round(sum(served) / sum(best_direct), 3)
+    # on a shared machine a round's load swings both sides: the median round and best vs best say it too
+    out["throughput_ratio_median_round"] = round(statistics.median(s_ / d for s_, d in zip(served, best_direct)), 3)
+    out["throughput_ratio_best"] = round(max(served) / max(best_direct), 3)
+
+
+def latency(pred, url, images, n, out):
+    """Single-client p50, the Predictor and the server interleaved."""
+    import httpx
+
+    direct, served = [], []
+    with httpx.Client(base_url=url, timeout=600) as c:
+        c.post("/v1/predict", content=images[0], headers={"Content-Type": "image/jpeg"})
+        for i in range(n):
+            img = images[i % len(images)]
+            t = time.perf_counter()
+            pred.predict(img, top_k=5)
+            direct.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            r = c.post("/v1/predict", content=img, headers={"Content-Type": "image/jpeg"})
+            served.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text
+    p50_direct, p50_served = statistics.median(direct), statistics.median(served)
+    out["latency_p50_direct_ms"] = round(1000 * p50_direct, 1)
+    out["latency_p50_server_ms"] = round(1000 * p50_served, 1)
+    out["latency_overhead"] = round(p50_served / p50_direct - 1, 4)
+
+
+def end_to_end(pred, paths, batch_size, rounds):
+    """img/s of predict_stream on `paths`, against decode-bound and model-bound rates measured alone."""
+    from toolkit.runtime.decode_pool import DecodePool
+    from toolkit.runtime.predict import predict_stream
+
+    n = len(paths)
+    best = {"decode_bound": 0.0, "model_bound": 0.0, "end_to_end": 0.0}
+    split = {}
+    with DecodePool() as pool:
+        arrays = [value for _, value, _ in pool.ordered(pred.prepare_one, paths, ahead=batch_size)]
+        batch = np.stack(arrays)
+        pred.logits(batch[:batch_size])   # warm the batch shape
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _, _, error in pool.ordered(pred.prepare_one, paths, ahead=batch_size):
+                assert error is None, error
+            best["decode_bound"] = max(best["decode_bound"], n / (time.perf_counter() - t))
+            t = time.perf_counter()
+            for start in range(0, n, batch_size):
+                pred.predict_batch(batch[start:start + batch_size], 5)
+            best["model_bound"] = max(best["model_bound"], n / (time.perf_counter() - t))
+            timings, decode_before = {}, pool.decode_s
+            t = time.perf_counter()
+            for _, _, error in predict_stream(pred, paths, 5, batch_size, pool, timings):
+                assert error is None, error
+            wall = time.perf_counter() - t
+            if n / wall > best["end_to_end"]:
+                best["end_to_end"] = n / wall
+                split = {"wall_s": round(wall, 3), "model_s": round(timings["model_s"], 3),
+                         "decode_thread_s": round(pool.decode_s - decode_before, 3), "decode_threads": pool.workers}
+    bound = min(best["decode_bound"], best["model_bound"])
+    shared = 1 / (1 / best["decode_bound"] + 1 / best["model_bound"])   # both on the same cores, no idle time
+    return {"images": n, "batch_size": batch_size, **{f"{k}_img_s": round(v, 2) for k, v in best.items()},
+            "ratio_to_min_bound": round(best["end_to_end"] / bound, 3),
+            "shared_cores_bound_img_s": round(shared, 2),
+            "ratio_to_shared_bound": round(best["end_to_end"] / shared, 3),
+            "split": split, "decode": pred.preprocess.decode}
+
+
+def bench_engine(engine, args, images, e2e_paths):
+    """Every measurement for one engine; the server runs for this engine only."""
+    from toolkit.runtime.cold_start import time_cold_start
+    from toolkit.runtime.engines import DEFAULT_ENGINE
+    from toolkit.runtime.predictor import Predictor
+
+    out = {"engine": engine}
+    extra = ["--device", "cpu", "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+             "--engine", engine]
+    if args.threads:
+        extra += ["--threads", str(args.threads)]
+    if args.streams:
+        extra += ["--streams", str(args.streams)]
+    log_path = f"/tmp/bench_serve_server_{engine}.log"
+    proc, url, server_cold = start_server(args.model, extra, log_path)
+    out["server_cold_start_s"] = round(server_cold, 2)
+    try:
+        out["server_engine_line"] = next((line.strip() for line in open(log_path) if "read back:" in line), None)
+        out["server_engine_settings"] = __import__("httpx").get(url + "/v1/model").json().get("engine_settings")
+        if engine == DEFAULT_ENGINE:   # time_cold_start opens the Predictor on the default engine
+            cold = time_cold_start(args.model, device="cpu")
+            out["predictor_cold_start"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in cold.items()}
+        pred = Predictor(args.model, device="cpu", threads=args.threads, engine=engine)
+        out["predictor_engine_settings"] = pred.engine_info.settings()
+        pred.predict(images[0], top_k=5)
+        throughput(pred, url, [images[i % len(images)] for i in range(args.requests)], args, out)
+        latency(pred, url, images, args.latency_n, out)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out["server_exit_code"] = proc.wait(timeout=120)
+    if e2e_paths:
+        out["end_to_end_12mp"] = end_to_end(pred, e2e_paths, args.e2e_batch, args.rounds)
+    return out
+
+
+def summary(results):
+    lines = ["engine       served/Predictor (sum, median round, best)  p50 Predictor -> served    "
+             "12MP e2e img/s (decode-, model-bound)"]
+    for r in results:
+        e2e = r.get("end_to_end_12mp")
+        e2e_text = (f"{e2e['end_to_end_img_s']:.1f} ({e2e['decode_bound_img_s']:.1f}, "
+                    f"{e2e['model_bound_img_s']:.1f}) = {e2e['ratio_to_min_bound']:.2f} of min") if e2e else "-"
+        ratios = ", ".join(f"{r[k]:.2f}" for k in ("throughput_ratio", "throughput_ratio_median_round",
+                                                    "throughput_ratio_best"))
+        lines.append(f"{r['engine']:<12} {ratios:>38}  {r['latency_p50_direct_ms']:>7.1f} -> "
+                     f"{r['latency_p50_server_ms']:.1f} ms ({100 * r['latency_overhead']:+.0f}%)    {e2e_text}")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -71,105 +250,32 @@ def main():
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--latency-n", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (both sides)")
-    ap.add_argument("--engine", default="onnxruntime", help="onnxruntime | openvino (both sides)")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (both sides)")
+    ap.add_argument("--engine", default="onnxruntime", help="comma list: onnxruntime,openvino (both sides each)")
+    ap.add_argument("--streams", type=int, default=None, help="serve-local --streams (OpenVINO)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=5)
+    ap.add_argument("--e2e-images", type=int, default=16, help="12 MP JPEGs for the end-to-end rows (0: skip)")
+    ap.add_argument("--e2e-batch", type=int, default=8, help="batch size of the end-to-end rows")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    import httpx
-    from toolkit.runtime.cold_start import time_cold_start
-    from toolkit.runtime.predictor import Predictor
+    import tempfile
 
+    from toolkit.runtime.engines import parse_engines
+
+    engines = parse_engines(args.engine)
     images = [photo_jpeg(i) for i in range(8)]
     out = {"model": os.path.basename(args.model), "clients": args.clients, "requests": args.requests,
-           "image": "640x480 JPEG", "cpu_count": os.cpu_count()}
-    extra = ["--device", "cpu", "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
-    if args.threads:
-        extra += ["--threads", str(args.threads)]
-    extra += ["--engine", args.engine]
-
-    # 1. cold starts ---------------------------------------------------------------------------
-    proc, url, server_cold = start_server(args.model, extra, "/tmp/bench_serve_server.log")
-    out["server_cold_start_s"] = round(server_cold, 2)
-    try:
-        cold = time_cold_start(args.model, device="cpu")
-        out["predictor_cold_start"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in cold.items()}
-
-        # 2+3. throughput, in alternating rounds so that load from others on a shared machine hits
-        # both sides alike: the Predictor on a list (server idle), then the server under N clients.
-        pred = Predictor(args.model, device="cpu", threads=args.threads, engine=args.engine)
-        pred.predict(images[0], top_k=5)
-        work = [images[i % len(images)] for i in range(args.requests)]
-        direct = {16: [], 32: []}
-        served, statuses = [], []
-
-        def server_round():
-            lock = threading.Lock()
-            counter = iter(range(args.requests))
-            go = threading.Barrier(args.clients + 1)
-
-            def client():
-                with httpx.Client(base_url=url, timeout=600) as c:
-                    c.get("/health")
-                    go.wait()
-                    while True:
-                        with lock:
-                            i = next(counter, None)
-                        if i is None:
-                            return
-                        r = c.post("/v1/predict", content=work[i], headers={"Content-Type": "image/jpeg"})
-                        statuses.append(r.status_code)
-
-            threads = [threading.Thread(target=client) for _ in range(args.clients)]
-            for th in threads:
-                th.start()
-            go.wait()
-            t = time.perf_counter()
-            for th in threads:
-                th.join()
-            return args.requests / (time.perf_counter() - t)
-
-        for _ in range(args.rounds):
-            for bs in (16, 32):
-                pred.batch_size = bs
-                t = time.perf_counter()
-                pred.predict(work, top_k=5)
-                direct[bs].append(args.requests / (time.perf_counter() - t))
-            served.append(server_round())
-        pred.batch_size = 32
-        stats = httpx.get(url + "/ready").json()
-        for bs in (16, 32):
-            out[f"predictor_img_s_batch{bs}"] = [round(x, 3) for x in direct[bs]]
-        out["server_img_s"] = [round(x, 3) for x in served]
-        out["server_statuses"] = {str(s): statuses.count(s) for s in sorted(set(statuses))}
-        out["server_batches"] = {k: stats[k] for k in ("batches", "images", "mean_batch", "largest_batch")}
-        best_direct = [max(a, b) for a, b in zip(direct[16], direct[32])]
-        out["throughput_ratio_per_round"] = [round(s_ / d, 3) for s_, d in zip(served, best_direct)]
-        out["throughput_ratio"] = round(sum(served) / sum(best_direct), 3)
-
-        # 4. single-client latency, interleaved ------------------------------------------------------
-        direct, served = [], []
-        with httpx.Client(base_url=url, timeout=600) as c:
-            c.post("/v1/predict", content=images[0], headers={"Content-Type": "image/jpeg"})
-            for i in range(args.latency_n):
-                img = images[i % len(images)]
-                t = time.perf_counter()
-                pred.predict(img, top_k=5)
-                direct.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                r = c.post("/v1/predict", content=img, headers={"Content-Type": "image/jpeg"})
-                served.append(time.perf_counter() - t)
-                assert r.status_code == 200, r.text
-        p50_direct, p50_served = statistics.median(direct), statistics.median(served)
-        out["latency_p50_direct_ms"] = round(1000 * p50_direct, 1)
-        out["latency_p50_server_ms"] = round(1000 * p50_served, 1)
-        out["latency_overhead"] = round(p50_served / p50_direct - 1, 4)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out["server_exit_code"] = proc.wait(timeout=120)
+           "image": "640x480 JPEG", "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as folder:
+        e2e_paths = [photo_12mp(i, folder) for i in range(args.e2e_images)]
+        if e2e_paths:
+            out["e2e_image"] = f"4000x3000 JPEG q92, {os.path.getsize(e2e_paths[0]) / 1e6:.1f} MB"
+        out["engines"] = [bench_engine(engine, args, images, e2e_paths) for engine in engines]
+    out["load_average_after"] = os.getloadavg()
     print(json.dumps(out, indent=2))
+    print(summary(out["engines"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -87,9 +87,10 @@ def test_short_flag_with_one_match_passes():
         _check(["serve-local", f"-{shared}", "2"])
 
 
-# command -> (its options dataclasses, the fields it spells otherwise: export's --out is Triton's repo,
-# benchmark's --model-only is end_to_end off)
-OPTIONS = {"export": (["toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions"], {"repo"}),
+# command -> (its options dataclasses, the fields it spells otherwise: export's --out is Triton's repo and the
+# web folder, benchmark's --model-only is end_to_end off)
+OPTIONS = {"export": (["toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
+                       "toolkit.export.web:WebOptions", "toolkit.export.tflite:TfliteOptions"], {"repo", "folder"}),
            "serve-local": (["toolkit.runtime.serve.options:ServeOptions"], set()),
            "benchmark": (["toolkit.runtime.benchmark.options:BenchmarkOptions"], {"end_to_end"})}
 
@@ -170,3 +171,21 @@ def test_start_up_imports_nothing_heavy_and_help_comes_from_the_options():
     assert "--max_concurrency=MAX_CONCURRENCY" in shown and "predictions in flight before 503 busy" in shown
     assert "Default: 16" in shown and "images per session call" in shown  # max_batch, from Limits
     assert "GROUPS" not in shown  # nothing but the flags
+
+
+def test_a_torch_side_command_without_torch_names_the_extra(tmp_path):
+    """On the edge install (no torch), `toolkit report` / `train` fail on their first heavy import: one line
+    naming the extra to install, exit 2, no traceback. torch is hidden from a fresh interpreter here."""
+    code = ("import sys\n"
+            "class Hide:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch':\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Hide())\n"
+            "from toolkit import cli\n"
+            "cli.main(sys.argv[1:])\n")
+    res = subprocess.run([sys.executable, "-c", code, "report", str(tmp_path / "model.onnx")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == ("error: this command needs torch, which is not installed; expected the [train] "
+                                  "extra: pip install 'toolkit[train]'"), res.stderr

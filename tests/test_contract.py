@@ -15,7 +15,7 @@ def test_write_then_read_round_trips(tmp_path):
     path = write_tiny_model(tmp_path / "m.onnx", labels=["a", "b"], precision="int8",
                             meta={"quantization": {"method": "static"}})
     props = contract.raw_props(path)
-    assert props["toolkit_format"] == contract.FORMAT_VERSION == "1"
+    assert props["toolkit_format"] == contract.format_for(contract.decode(props)["preprocess"]) == "1"
     assert props["labels"] == json.dumps(["a", "b"]) and props["precision"] == "int8"  # strings stay raw
     model = contract.read_file(path)
     assert model.labels == ["a", "b"] and model.precision == "int8" and model.outputs == ["logits"]
@@ -44,8 +44,8 @@ def _props(**changes):
 @pytest.mark.parametrize("changes, message", [
     ({"labels": None}, "m.onnx: not a toolkit export: no 'labels' metadata"),
     ({"toolkit_format": None}, "m.onnx: not a toolkit export: no 'toolkit_format' metadata"),
-    ({"toolkit_format": "2"}, r"m.onnx: toolkit_format '2' is not supported.*upgrade toolkit"),
-    ({"toolkit_format": "one"}, r"m.onnx: 'toolkit_format' metadata is 'one'; expected '1'"),
+    ({"toolkit_format": "3"}, r"m.onnx: toolkit_format '3' is not supported.*upgrade toolkit"),
+    ({"toolkit_format": "one"}, r"m.onnx: 'toolkit_format' metadata is 'one'; expected '2'"),
     ({"labels": []}, r"m.onnx: 'labels' metadata is '\[\]'; expected a JSON list of class names"),
     ({"labels": "daisy"}, "m.onnx: 'labels' metadata is 'daisy'"),
     ({"labels": [1, 2]}, "m.onnx: 'labels' metadata"),
@@ -111,6 +111,8 @@ NAN, INF = float("nan"), float("inf")
     ({**_GOOD, "crop": 40}, r"preprocess\.crop: 40 with resize 36; expected crop <= resize"),
     ({**_GOOD, "interpolation": ["bilinear"]}, r"preprocess\.interpolation"),
     ({**_GOOD, "decode": "fast"}, r"preprocess\.decode: 'fast'; expected one of draft, full"),
+    ({**_GOOD, "fit": "pad"}, r"preprocess\.fit: 'pad'; expected one of crop, letterbox, squash"),
+    ({**_GOOD, "fit": ["letterbox"]}, r"preprocess\.fit"),
 ])
 def test_out_of_range_preprocessing_is_refused_at_load(tmp_path, preprocess, message):
     path = write_tiny_model(tmp_path / "bad.onnx", meta={"preprocess": preprocess})
@@ -176,6 +178,20 @@ def test_files_without_a_decode_key_keep_the_full_decode(tmp_path):
     assert Preprocess.from_model(write_tiny_model(tmp_path / "new.onnx")).decode == "draft"
 
 
+@pytest.mark.parametrize("fit", ["crop", "letterbox", "squash"])
+def test_the_fit_mode_round_trips_through_the_file(tmp_path, fit):
+    spec = Preprocess(resize=36, crop=32, fit=fit)
+    path = write_tiny_model(tmp_path / f"{fit}.onnx", meta={"preprocess": spec.to_dict()})
+    model = contract.read_file(path)
+    assert model.preprocess.fit == fit and model.meta["preprocess"]["fit"] == fit
+    assert Preprocess.from_model(path) == spec
+
+
+def test_files_without_a_fit_key_centre_crop_as_before(tmp_path):
+    old = {k: v for k, v in _GOOD.items() if k != "fit"}  # written before fit modes existed
+    assert Preprocess.from_model(write_tiny_model(tmp_path / "old.onnx", meta={"preprocess": old})).fit == "crop"
+
+
 def test_predictor_refuses_a_tampered_file_at_load(tmp_path):
     pytest.importorskip("onnxruntime")
     from toolkit.inference import Predictor
@@ -186,3 +202,15 @@ def test_predictor_refuses_a_tampered_file_at_load(tmp_path):
     path = write_tiny_model(tmp_path / "deep.onnx", meta={"labels": "[" * 100_000 + "]" * 100_000})
     with pytest.raises(contract.ContractError, match="deep.onnx: 'labels' metadata nests deeper"):
         Predictor(path, device="cpu")
+
+
+def test_a_file_that_does_not_crop_is_format_2(tmp_path):
+    """A reader from before fit modes would centre-crop a letterbox file without a word: such a file is
+    format "2", which that reader refuses ("upgrade toolkit"); a cropping file stays "1"; both load here."""
+    assert contract.format_for({"crop": 32}) == contract.format_for({"fit": "crop"}) == "1"
+    assert contract.format_for({"fit": "letterbox"}) == contract.format_for({"fit": "squash"}) == "2"
+    for fit, fmt in (("crop", "1"), ("letterbox", "2")):
+        path = write_tiny_model(tmp_path / f"{fit}.onnx", labels=["a", "b"],
+                                meta={"toolkit_format": fmt,
+                                      "preprocess": dict(Preprocess(resize=36, crop=32).to_dict(), fit=fit)})
+        assert contract.read_file(path).preprocess.fit == fit

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from toolkit.errors import UserError
-from toolkit.preprocess import (DECODE_MODES, INTERPOLATIONS, SERVE_FORMATS, WHOLE_RESIZE_ASPECT, ImageError, Preprocess,
-                                open_image)
+from toolkit.preprocess import (DECODE_MODES, FIT_MODES, INTERPOLATIONS, SERVE_FORMATS, WHOLE_RESIZE_ASPECT, ImageError,
+                                Preprocess, open_image)
 
 
 def _photo(width, height, seed=0) -> Image.Image:
@@ -66,6 +66,92 @@ def test_the_crop_box_path_matches_the_whole_resize_up_to_a_sub_pixel_shift():
     pre = Preprocess(resize=64, crop=48)
     diff = np.abs(pre.resize_crop(img).astype(int) - _resize_whole_then_crop(pre, img).astype(int))
     assert diff.mean() < 0.5 and diff.max() <= 8
+
+
+# ------------------------------------------------------------------------------------------------
+# Fit modes: crop (above), letterbox and squash keep the whole image
+
+def _framed(width, height) -> Image.Image:
+    """A mid-grey picture with a 4-pixel red frame on its edges: where the edges land shows the geometry."""
+    arr = np.full((height, width, 3), 128, np.uint8)
+    for edge in (np.s_[:4, :], np.s_[-4:, :], np.s_[:, :4], np.s_[:, -4:]):
+        arr[edge] = (255, 0, 0)
+    return Image.fromarray(arr)
+
+
+def _red(pixels: np.ndarray) -> np.ndarray:
+    return (pixels[..., 0] > 200) & (pixels[..., 1] < 60)
+
+
+def test_crop_cuts_the_edges_that_letterbox_and_squash_keep():
+    img = _framed(64, 32)  # 2:1
+    crop = Preprocess(resize=40, crop=32).pixels(img)
+    assert not _red(crop[8:24, 0]).any() and not _red(crop[8:24, -1]).any()  # the left and right edges are cut
+    for fit in ("letterbox", "squash"):
+        out = Preprocess(resize=40, crop=32, fit=fit).pixels(img)
+        assert _red(out[12:20, 0]).all() and _red(out[12:20, -1]).all(), fit  # both side edges are in the picture
+
+
+def test_letterbox_keeps_the_aspect_and_pads_with_the_mean_colour():
+    pre = Preprocess(resize=40, crop=32, fit="letterbox")
+    assert pre.pad_colour == (124, 116, 104)  # round(ImageNet mean x 255)
+    out = pre.pixels(_framed(64, 32))  # 32x16 picture, 8 rows of padding above and below
+    assert out.shape == (32, 32, 3)
+    assert (out[:8] == (124, 116, 104)).all() and (out[-8:] == (124, 116, 104)).all()
+    assert _red(out[8]).all() and _red(out[23]).all()  # the top and bottom edges, right by the pad
+    tall = pre.pixels(_framed(22, 64))  # 11x32: 10 columns of pad left, 11 right
+    assert (tall[:, :10] == (124, 116, 104)).all() and (tall[:, 21:] == (124, 116, 104)).all()
+    assert _red(tall[:, 10]).all() and _red(tall[:, 20]).all()
+    grey = Preprocess(resize=40, crop=32, fit="letterbox", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert grey.pad_colour == (128, 128, 128) and (grey.pixels(_framed(64, 16))[0] == 128).all()
+    assert np.abs(pre(_framed(64, 32))[:, :8]).max() < 0.01  # the pad normalises to about 0
+
+
+def test_squash_fills_the_square_and_a_square_image_is_the_same_in_letterbox_and_squash():
+    pre = Preprocess(resize=40, crop=32, fit="squash")
+    out = pre.pixels(_framed(64, 32))
+    assert out.shape == (32, 32, 3) and _red(out[0]).all() and _red(out[-1]).all()
+    assert _red(out[:, 0]).all() and _red(out[:, -1]).all()  # 2:1 stretched to 1:1: every edge on the border
+    img = _photo(300, 300)
+    assert np.array_equal(pre.pixels(img), Preprocess(resize=40, crop=32, fit="letterbox").pixels(img))
+    assert np.array_equal(pre.pixels(img), np.asarray(img.resize((32, 32), Image.Resampling.BILINEAR)))
+
+
+@pytest.mark.parametrize("fit", ["letterbox", "squash"])
+@pytest.mark.parametrize("size", [(1_000_000, 1), (1, 1_000_000), (300_000, 3), (3, 300_000)])
+def test_thin_images_stay_cheap_in_every_fit(fit, size, monkeypatch):
+    """squash would resample a 1x1000000 image into 224x1000000 pixels first (Pillow's horizontal pass):
+    it is resized vertically first instead; letterbox's passes never outgrow the input."""
+    resize, passes = Image.Image.resize, []
+
+    def recorded(img, new_size, *args, **kwargs):
+        passes.append(new_size[0] * img.height)  # what Pillow's horizontal pass holds
+        return resize(img, new_size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recorded)
+    width, height = size
+    ramp = np.linspace(0, 255, width * height).astype(np.uint8).reshape(height, width)
+    x = Preprocess(fit=fit)(np.stack([ramp] * 3, axis=-1))
+    assert x.shape == (3, 224, 224) and np.isfinite(x).all()
+    assert passes and max(passes) <= max(width * height, WHOLE_RESIZE_ASPECT * 224 * 224)
+
+
+def test_the_tall_squash_path_matches_the_one_call_resize_to_rounding():
+    img = _photo(20, 3000, seed=4)  # taller than WHOLE_RESIZE_ASPECT x crop, narrower than crop
+    pre = Preprocess(resize=40, crop=32, fit="squash")
+    assert img.height > WHOLE_RESIZE_ASPECT * pre.crop
+    one_call = np.asarray(img.resize((32, 32), Image.Resampling.BILINEAR)).astype(int)
+    assert np.abs(pre.pixels(img).astype(int) - one_call).max() <= 1
+
+
+def test_the_fit_round_trips_old_dicts_crop_and_a_bad_fit_is_one_clear_error():
+    for fit in FIT_MODES:
+        pre = Preprocess(resize=40, crop=32, fit=fit)
+        assert Preprocess.from_dict(pre.to_dict()) == pre and pre.to_dict()["fit"] == fit
+    old = {k: v for k, v in Preprocess(resize=40, crop=32).to_dict().items() if k != "fit"}
+    assert Preprocess.from_dict(old).fit == "crop"
+    with pytest.raises(UserError, match="preprocess.fit: 'pad'; expected one of crop, letterbox, squash"):
+        Preprocess(fit="pad")
 
 
 # ------------------------------------------------------------------------------------------------

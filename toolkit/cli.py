@@ -1,12 +1,11 @@
 """`toolkit` command line (fire): each command is a few lines over a library function. evaluate, export, predict,
-serve-local and benchmark take their flags, defaults and help from the options dataclasses they fill (`@options`,
-toolkit/flags.py), imported only when the command is named; train and demo pass their few flags on."""
+serve-local, benchmark and report take their flags, defaults and help from the options dataclasses they fill
+(`@options`, toolkit/flags.py), imported only when the command is named; train and demo pass their few flags on."""
 from __future__ import annotations
 
-import os
 import sys
 
-from toolkit.errors import AbandonedWorkError, RankZeroError, UserError
+from toolkit.errors import AbandonedWorkError, RankZeroError, UserError, exit_now, missing_extra
 from toolkit.flags import check, options, spell_out
 from toolkit.parsing import parse_list
 
@@ -31,24 +30,19 @@ def evaluate(target: str | None = None, **given):
     evaluate_command(target, **{("as_json" if k == "json" else k): v for k, v in given.items()})
 
 
-@options("toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions", skip=("repo",))
+@options("toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
+         "toolkit.export.web:WebOptions", "toolkit.export.tflite:TfliteOptions", skip=("repo", "folder"))
 def export(run, *, format: str = "onnx", **given):
-    """Export a run (default: the newest) to one verified, self-describing ONNX file, or with --format triton
-    to a Triton Inference Server model repository (--out: its folder, default exports/triton).
+    """Export a run (default: the newest) to one verified, self-describing ONNX file; with --format: a Triton
+    model repository, a static web folder checked in headless chromium, or a verified .tflite file for LiteRT
+    and MediaPipe (--out: the folder for triton and web, default exports/triton or exports/<name>-web).
 
     Args:
-        format: onnx (one file and its twins) or triton (a Triton model repository)
+        format: onnx (one file and its twins), triton (a Triton model repository), web (a static folder), tflite
     """
-    from toolkit.export import TritonOptions, export_run, export_triton
+    from toolkit.export.formats import export_as
 
-    triton_only = sorted(set(given) & set(TritonOptions.__dataclass_fields__))
-    if format not in ("onnx", "triton") or format == "onnx" and triton_only:
-        raise UserError(f"--{triton_only[0].replace('_', '-')} goes with --format triton" if format == "onnx" else
-                        f"--format {format!r}: expected onnx (one file) or triton (a Triton model repository)")
-    if format == "triton":
-        export_triton(run, **{("repo" if k == "out" else k): v for k, v in given.items()})
-    else:
-        export_run(run, **given)
+    export_as(format, run, given)
 
 
 @options("toolkit.runtime.predict:PredictOptions")
@@ -98,38 +92,35 @@ def benchmark(model: str | None = None, *more: str, train: str | None = None, ba
     elif pareto_batch is not None and not more:
         raise UserError("benchmark: --pareto-batch goes with several models (toolkit benchmark A.onnx B.onnx ...)")
     else:
-        compare_models([model, *more], asked, pareto_batch=pareto_batch) if more else run_benchmark(model, asked)
+        loader = None  # the PyTorch backends come from the torch side, handed over: the runtime never imports it
+        if asked.torch or asked.compile:
+            from toolkit.train.torch_backend import load_torch_backends as loader
+        compare_models([model, *more], asked, pareto_batch=pareto_batch, torch_backends=loader) if more else \
+            run_benchmark(model, asked, torch_backends=loader)
+
+
+@options("toolkit.train.report.options:ReportOptions")
+def report(run=None, **given):
+    """Report of a run (default: the newest), a checkpoint or an .onnx file: report.html and report.json."""
+    from toolkit.train.report import report_command
+
+    report_command(run, **given)
+
 
 def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False, out_dir: str | None = None,
          imagenet: bool = False, steps: int | None = None):
     """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch (seeds 0,1,2; labels per
     class 1,3,10). --imagenet: real ImageNet EfficientNet-Lite0 against the same net from scratch, on Fashion-MNIST
     (labels per class 1,5,20; --steps: optimizer steps per run). KEY=VALUE overrides apply to all its recipes."""
-    given = {k: v for k, v in dict(seeds=seeds, labels_per_class=labels_per_class, steps=steps, out_dir=out_dir).items()
-             if v is not None}  # unset: the demo's own defaults
-    given.update({k: parse_list(given[k], int, "--" + k.replace("_", "-")) for k in ("seeds", "labels_per_class")
-                  if k in given}, quick=quick, overrides=[str(o) for o in overrides])
-    if "steps" in given and not imagenet:
-        raise UserError("demo: --steps goes with --imagenet (the digits demo trains by epochs)")
-    if imagenet:
-        from toolkit.train.demo_imagenet import ImagenetDemoOptions, run_imagenet_demo
+    from toolkit.train.demo import demo_command
 
-        run_imagenet_demo(ImagenetDemoOptions(**given))
-    else:
-        from toolkit.train.demo import run_demo
-
-        run_demo(**given)
+    demo_command([str(o) for o in overrides], seeds=seeds, labels_per_class=labels_per_class, quick=quick,
+                 out_dir=out_dir, imagenet=imagenet, steps=steps)
 
 
 COMMANDS = {"train": train, "evaluate": evaluate, "export": export, "predict": predict,
-            "serve-local": serve_local, "benchmark": benchmark, "demo": demo}
-
-
-def _exit_now(code: int) -> None:
-    """Leave without interpreter shutdown (see AbandonedWorkError), output flushed first."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    os._exit(code)
+            "serve-local": serve_local, "benchmark": benchmark, "report": report,
+            "demo": demo}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,9 +132,11 @@ def main(argv: list[str] | None = None) -> None:
         fire.Fire(COMMANDS, command=spell_out(COMMANDS, argv), name="toolkit")
     except RankZeroError:
         sys.exit(2)  # torchrun: rank 0 has printed this error already
-    except UserError as exc:
+    except (UserError, ModuleNotFoundError) as exc:
+        if not isinstance(exc, UserError) and (exc := missing_extra(exc)) is None:
+            raise  # not a package an extra brings: a bug, shown as one
         print(f"error: {exc}", file=sys.stderr)
-        (_exit_now if isinstance(exc, AbandonedWorkError) else sys.exit)(2)
+        (exit_now if isinstance(exc, AbandonedWorkError) else sys.exit)(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -4,12 +4,14 @@ An exported model is self-describing: a Predictor, `toolkit evaluate MODEL.onnx`
 benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_props` hold:
 
     key                 value (strings are stored as-is, everything else as JSON)
-    toolkit_format      "1" (FORMAT_VERSION); required. A newer number means "upgrade toolkit"
+    toolkit_format      "1", or "2" when preprocess.fit is not crop (format_for); required. A newer number
+                        than FORMAT_VERSION means "upgrade toolkit"
     labels              required: JSON list of class names, one per logit, in output order (non-empty, str)
     names               JSON object {"0": label, ...} (the same labels keyed by index, for other tools)
     preprocess          required: JSON object, PreprocessSpec.to_dict() (read back as a PreprocessSpec):
                         resize, crop, interpolation, mean, std (+ channel_order RGB, layout NCHW, value_range [0, 1]);
-                        decode (draft | full; absent in files written before draft decoding: full).
+                        decode (draft | full; absent in files written before draft decoding: full);
+                        fit (crop | letterbox | squash; absent in files written before fit modes: crop).
                         Checked: 1 <= crop <= resize <= 8192, mean finite, std finite and positive
     input               JSON object: name, dtype (float32 | uint8), layout (NCHW | NHWC), shape, raw (bool;
                         true = uint8 NHWC pixels in, normalisation inside the graph)
@@ -28,8 +30,11 @@ benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_p
                         of validation images it accepts), and bf16 ({temperature, threshold}, optional): the
                         values refitted for the file read in BF16 by OpenVINO. Absent: every image is accepted
 
-Versioning: FORMAT_VERSION changes only when an existing key changes meaning; new optional keys don't
-change it. A reader accepts its own version and refuses a newer one with "upgrade toolkit".
+Versioning: the format changes only when an existing key changes meaning; new optional keys don't
+change it. `preprocess.fit` did: a reader from before fit modes would centre-crop a letterbox file and
+answer wrongly without a word, so a file that does not crop is written as format "2" and such a reader
+refuses it with "upgrade toolkit"; a cropping file stays "1" and runs everywhere. A reader accepts
+every version up to FORMAT_VERSION and refuses a newer one.
 
 Reading is in two steps: `decode` (every value JSON-decoded where it looks like JSON: what
 Predictor.metadata holds) and `from_props` (validation into a ModelContract). A missing or malformed
@@ -60,11 +65,12 @@ from toolkit.errors import UserError
 from toolkit.limits import (MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH,
                             MAX_PREPROCESS_SIDE)
 
-__all__ = ["FORMAT_VERSION", "ContractError", "ModelContract", "PreprocessSpec", "encode", "write", "decode",
-           "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file", "PREPROCESS_KEYS",
-           "INTERPOLATION_NAMES", "DECODE_MODES", "VALUE_LIMITS", "OOD_SCORES"]
+__all__ = ["FORMAT_VERSION", "format_for", "ContractError", "ModelContract", "PreprocessSpec", "encode", "write",
+           "decode", "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file",
+           "PREPROCESS_KEYS", "INTERPOLATION_NAMES", "DECODE_MODES", "FIT_MODES", "VALUE_LIMITS", "OOD_SCORES"]
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # the newest this toolkit reads; it writes format_for(preprocess)
+_FORMATS = ("1", "2")
 
 # What PreprocessSpec.from_dict needs (the other keys of to_dict have defaults).
 PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std")
@@ -72,6 +78,10 @@ PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std")
 # toolkit.preprocess: draft lets libjpeg scale while decoding; full decodes every pixel).
 INTERPOLATION_NAMES = ("nearest", "bilinear", "bicubic", "lanczos")
 DECODE_MODES = ("draft", "full")
+# How the image becomes the square input (toolkit.preprocess.Preprocess.resize_crop): crop resizes the short
+# side to `resize` and centre-crops; letterbox fits the long side to `crop` and pads the rest with the mean
+# colour; squash resizes both sides to `crop`. Files without the key predate fit modes and keep crop.
+FIT_MODES = ("crop", "letterbox", "squash")
 # The "unknown" answer's scores (toolkit.calibration computes them; higher = more like the training classes).
 OOD_SCORES = ("max_prob", "energy")
 _EXPECT_FILE = "expected an .onnx file written by toolkit export"
@@ -122,8 +132,8 @@ class PreprocessSpec:
 
     toolkit.preprocess.Preprocess is this spec plus the pixel work (it subclasses it, with the recipe's
     defaults), built from it with `Preprocess.from_spec`. Every value is checked on construction:
-    1 <= crop <= resize <= MAX_PREPROCESS_SIDE, mean finite, std finite and positive, a known filter and
-    decode mode; a bad one is a UserError naming preprocess.<key>.
+    1 <= crop <= resize <= MAX_PREPROCESS_SIDE, mean finite, std finite and positive, a known filter,
+    decode mode and fit mode; a bad one is a UserError naming preprocess.<key>.
     """
 
     resize: int  # shorter side after the resize, pixels
@@ -132,6 +142,7 @@ class PreprocessSpec:
     mean: tuple  # per channel (R, G, B), of pixels scaled to [0, 1]
     std: tuple  # per channel (R, G, B)
     decode: str = "full"  # how JPEGs decode, one of DECODE_MODES (files without the key predate draft)
+    fit: str = "crop"  # how the image becomes the square input, one of FIT_MODES (files without it: crop)
     channel_order: str = field(default="RGB", init=False)
     layout: str = field(default="NCHW", init=False)
     value_range: tuple = field(default=(0.0, 1.0), init=False)
@@ -145,6 +156,8 @@ class PreprocessSpec:
         if not isinstance(self.decode, str) or self.decode not in DECODE_MODES:
             raise UserError(f"preprocess.decode: {str(self.decode)[:40]!r}; expected one of "
                             f"{', '.join(DECODE_MODES)}")
+        if not isinstance(self.fit, str) or self.fit not in FIT_MODES:
+            raise UserError(f"preprocess.fit: {str(self.fit)[:40]!r}; expected one of {', '.join(FIT_MODES)}")
         _side(self.resize, "resize")
         _side(self.crop, "crop")
         if self.crop > self.resize:
@@ -159,12 +172,13 @@ class PreprocessSpec:
     @classmethod
     def from_dict(cls, d: dict):
         """Rebuild from to_dict()'s form, every value type-checked (it comes from a model file). A dict
-        without `decode` was written before draft decoding existed, so it decodes in full."""
+        without `decode` was written before draft decoding existed, so it decodes in full; one without
+        `fit` before fit modes existed, so it centre-crops."""
         if d.get("channel_order", "RGB") != "RGB" or d.get("layout", "NCHW") != "NCHW":
             raise UserError(f"preprocess: unsupported channel order/layout {str(d.get('channel_order'))[:20]}/"
                             f"{str(d.get('layout'))[:20]}; expected RGB/NCHW")
         return cls(resize=d["resize"], crop=d["crop"], interpolation=d["interpolation"],
-                   mean=d["mean"], std=d["std"], decode=d.get("decode", "full"))
+                   mean=d["mean"], std=d["std"], decode=d.get("decode", "full"), fit=d.get("fit", "crop"))
 
 
 @dataclass
@@ -260,12 +274,18 @@ def decode(props: dict[str, str], where: str = "model") -> dict:
     return {k: _decode_value(k, v, where) for k, v in props.items()}
 
 
+def format_for(preprocess: dict) -> str:
+    """The toolkit_format a file with this preprocessing is written as: "1" while it centre-crops (every
+    toolkit reads it the same way), "2" when its fit mode is one older readers would silently ignore."""
+    return "1" if preprocess.get("fit", "crop") == "crop" else "2"
+
+
 def _check_format(props: dict, where: str) -> None:
     fmt = props.get("toolkit_format")
     if fmt is None:
         raise ContractError(f"{where}: not a toolkit export: no 'toolkit_format' metadata; expected "
                             f"toolkit_format {FORMAT_VERSION!r}, written by toolkit export")
-    if fmt == FORMAT_VERSION:
+    if fmt in _FORMATS:
         return
     if fmt.isdigit() and int(fmt) > int(FORMAT_VERSION):
         raise ContractError(f"{where}: toolkit_format {fmt!r} is not supported by this toolkit; expected "

@@ -1,4 +1,9 @@
 """The one exception type that the CLI turns into a single clear line and a non-zero exit."""
+from __future__ import annotations
+
+import os
+import sys
+
 
 
 class UserError(Exception):
@@ -26,3 +31,27 @@ class AbandonedWorkError(UserError):
     serve-local warm-up past its deadline). The CLI ends the process with os._exit once it has printed
     the message: a normal interpreter shutdown would tear the engine down under that thread, and
     onnxruntime then aborts (SIGABRT) instead of exiting 2."""
+
+
+# A torch-side command run on the edge install (no extras) fails on its first heavy import: these name the
+# extra that brings the missing package, so the user gets one line to act on instead of a traceback.
+EXTRA_OF_MODULE = {"torch": "train", "torchvision": "train", "albumentations": "train", "sklearn": "train",
+                   "matplotlib": "train", "onnxscript": "train", "fastapi": "serve", "uvicorn": "serve",
+                   "multipart": "serve", "timm": "lite", "openvino": "openvino", "tensorboard": "tb"}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> UserError | None:
+    """The UserError for a missing package that one of toolkit's extras installs, else None."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    return UserError(f"this command needs {top}, which is not installed; expected the [{extra}] extra: "
+                     f"pip install 'toolkit[{extra}]'")
+
+
+def exit_now(code: int) -> None:
+    """Leave without interpreter shutdown (see AbandonedWorkError), output flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

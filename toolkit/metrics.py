@@ -34,6 +34,30 @@ def classification_report(logits: np.ndarray, targets: np.ndarray, labels: list[
     }
 
 
+def precision_recall_f1(confusion, labels: list) -> list[dict]:
+    """Per class (rows of `confusion` are true classes, columns predicted): precision, recall and F1 in %
+    (None where undefined: nothing predicted as, or no image of, that class) and support (true images)."""
+    matrix = np.asarray(confusion, dtype=np.int64)
+    hits, true, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    rows = []
+    for i, label in enumerate(labels):
+        precision = float(hits[i] / predicted[i] * 100) if predicted[i] else None
+        recall = float(hits[i] / true[i] * 100) if true[i] else None
+        f1 = (2 * precision * recall / (precision + recall) if precision + recall else 0.0) \
+            if precision is not None and recall is not None else None
+        rows.append({"label": label, "precision": precision, "recall": recall, "f1": f1, "support": int(true[i])})
+    return rows
+
+
+def most_confused(confusion, labels: list, top: int = 10) -> list[dict]:
+    """The off-diagonal cells with the most images, largest first: {true, predicted, count}."""
+    matrix = np.asarray(confusion, dtype=np.int64).copy()
+    np.fill_diagonal(matrix, 0)
+    cells = [(int(matrix[i, j]), i, j) for i, j in zip(*np.nonzero(matrix))]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [{"true": labels[i], "predicted": labels[j], "count": n} for n, i, j in cells[:top]]
+
+
 def format_report(report: dict, title: str = "") -> str:
     """Human-readable summary: headline numbers, per-class accuracy, confusion matrix."""
     labels = report["labels"]

@@ -6,7 +6,7 @@ call this module, so a model sees the same pixels wherever it runs. No torch her
 Hostile input is bounded here, for every caller: the pixel cap is checked before decoding, a JPEG's
 scans are counted and sized from its markers before decoding (toolkit.jpeg_scans), any error Pillow
 raises while decoding becomes an ImageError, a broken EXIF block leaves the image unrotated, and the
-resize only computes the crop it returns (so a 1000000x1 image costs what a normal one does).
+resize only computes the square it returns (a 1000000x1 image costs about what its pixels do, in every fit).
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from toolkit import contract
-from toolkit.contract import DECODE_MODES, INTERPOLATION_NAMES, PreprocessSpec  # noqa: F401 (public here too)
+from toolkit.contract import (DECODE_MODES, FIT_MODES, INTERPOLATION_NAMES,  # noqa: F401 (public here too)
+                              PreprocessSpec)
 from toolkit.errors import UserError
 from toolkit.jpeg_scans import JpegStructureError, check_jpeg
 from toolkit.limits import DEFAULT_MAX_PIXELS, MAX_JPEG_SCANS, MAX_PREPROCESS_SIDE
@@ -41,7 +42,7 @@ INTERPOLATIONS = {name: Image.Resampling[name.upper()] for name in INTERPOLATION
 # 1/4 or 1/8 while decoding (the smallest scale whose short side still covers `resize`); "full" decodes
 # every pixel. Model files without the key predate draft decoding and keep "full".
 # Up to this aspect ratio (long side / short side) the eval resize resamples the whole image; beyond it,
-# only the crop (see Preprocess.resize_crop).
+# only the crop (see Preprocess.resize_crop). squash resizes in one call up to this many times crop rows.
 WHOLE_RESIZE_ASPECT = 8
 
 # EXIF orientation -> the transpose that makes the picture upright.
@@ -290,7 +291,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 @dataclass(frozen=True)
 class Preprocess(PreprocessSpec):
-    """Eval preprocessing: resize the shorter side, center-crop a square, scale to [0, 1], normalise.
+    """Eval preprocessing: fit the image into a crop x crop square, scale to [0, 1], normalise.
+
+    The fit (contract.FIT_MODES): crop resizes the shorter side to `resize` and centre-crops (the default,
+    and what files without the key get); letterbox resizes the longer side to `crop`, keeping the aspect
+    ratio, and pads the rest evenly with the mean colour (`pad_colour`, which normalises to about 0);
+    squash resizes both sides to `crop`, whatever the aspect ratio. letterbox and squash keep the whole
+    image and ignore `resize` (except that draft JPEG decoding still keeps the short side >= resize).
 
     The fields, their checks and `to_dict()` / `from_dict()` (what export writes into the ONNX metadata and
     reads back) are toolkit.contract.PreprocessSpec's; this class adds the defaults and the pixel work.
@@ -303,12 +310,19 @@ class Preprocess(PreprocessSpec):
     mean: tuple = IMAGENET_MEAN  # per channel (R, G, B), of pixels scaled to [0, 1]
     std: tuple = IMAGENET_STD  # per channel (R, G, B)
     decode: str = "draft"  # how JPEGs decode: draft (DCT-scaled, short side >= resize) | full
+    fit: str = "crop"  # how the image becomes the square: crop | letterbox | squash (FIT_MODES)
 
     @classmethod
     def from_spec(cls, spec: PreprocessSpec) -> "Preprocess":
         """The transform a checked spec states (e.g. toolkit.contract.read_file(path).preprocess)."""
         return cls(resize=spec.resize, crop=spec.crop, interpolation=spec.interpolation, mean=spec.mean,
-                   std=spec.std, decode=spec.decode)
+                   std=spec.std, decode=spec.decode, fit=spec.fit)
+
+    @property
+    def pad_colour(self) -> tuple:
+        """letterbox's padding, uint8 (R, G, B): the mean colour, round(mean x 255), so a padded pixel
+        normalises to about 0 (ImageNet's mean gives (124, 116, 104))."""
+        return tuple(int(min(255, max(0, round(m * 255)))) for m in self.mean)
 
     @classmethod
     def from_model(cls, path: str) -> "Preprocess":
@@ -323,14 +337,23 @@ class Preprocess(PreprocessSpec):
         return open_image(source, max_pixels, formats, min_side=self.resize if self.decode == "draft" else 0)
 
     def resize_crop(self, img: Image.Image) -> np.ndarray:
-        """RGB image -> uint8 HxWx3 array of crop x crop pixels (what a raw-input model takes): the short
-        side resized to `resize`, then the centre crop.
+        """RGB image -> uint8 HxWx3 array of crop x crop pixels (what a raw-input model takes), as `fit`
+        says: crop, letterbox or squash. The work is bounded by the input and the output, whatever the
+        aspect ratio (a 1000000x1 image costs about what its pixels do)."""
+        if self.fit == "letterbox":
+            return self._letterbox(img)
+        if self.fit == "squash":
+            return self._squash(img)
+        return self._centre_crop(img)
 
-        The work is bounded by the output, whatever the aspect ratio: up to WHOLE_RESIZE_ASPECT the whole
-        image is resized, then cropped (at most that many times resize x resize pixels); a thinner image
-        resamples only the crop's box in source coordinates (Image.resize's `box`), since resized whole a
-        1000000x1 image would be 256000000x256. The box path matches the whole path up to Pillow's float32
-        box coordinates (a sub-pixel shift), so it is kept for the images that need it."""
+    def _centre_crop(self, img: Image.Image) -> np.ndarray:
+        """fit crop: the short side resized to `resize`, then the centre crop.
+
+        Up to WHOLE_RESIZE_ASPECT the whole image is resized, then cropped (at most that many times
+        resize x resize pixels); a thinner image resamples only the crop's box in source coordinates
+        (Image.resize's `box`), since resized whole a 1000000x1 image would be 256000000x256. The box path
+        matches the whole path up to Pillow's float32 box coordinates (a sub-pixel shift), so it is kept
+        for the images that need it."""
         width, height = img.size
         short, long = (width, height) if width <= height else (height, width)
         new_long = max(self.resize, int(self.resize * long / short))
@@ -346,6 +369,36 @@ class Preprocess(PreprocessSpec):
             sx, sy = width / new_w, height / new_h
             box = (crop[0] * sx, crop[1] * sy, min(width, crop[2] * sx), min(height, crop[3] * sy))
             img = img.resize((self.crop, self.crop), INTERPOLATIONS[self.interpolation], box=box)
+        return np.asarray(img, dtype=np.uint8)
+
+    def _letterbox(self, img: Image.Image) -> np.ndarray:
+        """fit letterbox: the long side resized to `crop` (aspect kept, the short side at least 1 pixel),
+        pasted in the middle of a crop x crop square of `pad_colour` (an odd margin puts the extra pixel
+        right / below). Both resized sides are <= crop and, unless the image is smaller than the square,
+        <= the source's, so Pillow's passes never hold more than the input or the output."""
+        width, height = img.size
+        scale = self.crop / max(width, height)
+        new_w = min(self.crop, max(1, round(width * scale)))
+        new_h = min(self.crop, max(1, round(height * scale)))
+        if (new_w, new_h) != (width, height):
+            img = img.resize((new_w, new_h), INTERPOLATIONS[self.interpolation])
+        square = Image.new("RGB", (self.crop, self.crop), self.pad_colour)
+        square.paste(img, ((self.crop - new_w) // 2, (self.crop - new_h) // 2))
+        return np.asarray(square, dtype=np.uint8)
+
+    def _squash(self, img: Image.Image) -> np.ndarray:
+        """fit squash: both sides resized to `crop`, the aspect ratio not kept.
+
+        Pillow resamples horizontally first, into crop x height pixels: for a tall thin image (height over
+        WHOLE_RESIZE_ASPECT x crop, width under crop) that would be 224 x 1000000 for a 1x1000000 image, so
+        such an image is resized vertically first (two calls; the same filter, rounded to uint8 between
+        the passes)."""
+        width, height = img.size
+        size, method = (self.crop, self.crop), INTERPOLATIONS[self.interpolation]
+        if height > WHOLE_RESIZE_ASPECT * self.crop and width < self.crop:
+            img = img.resize((width, self.crop), method)
+        if img.size != size:
+            img = img.resize(size, method)
         return np.asarray(img, dtype=np.uint8)
 
     def pixels(self, source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -174,6 +174,37 @@ def test_raw_input_twin(full_export, data_root):
     assert full_export["report"]["parity"]["raw"]["top1_agreement"] == 1.0
 
 
+def test_a_letterbox_export_passes_parity_and_every_runtime_letterboxes(tmp_path, data_root):
+    """fit: letterbox travels in the metadata of the file and its raw twin; the parity gate, evaluate and
+    the Predictor (float and raw input) all see letterboxed pixels (the raw twin takes the pixels after
+    the fit, so it needs nothing in its graph)."""
+    from toolkit.inference import Predictor
+
+    run_dir = make_run(tmp_path / "runs", data_root, name="lb",
+                       recipe_patch=lambda r: r["preprocess"].update(fit="letterbox"))
+    report = export_mod.export_run(run_dir, exports_dir=str(tmp_path / "exports"), runs_dir=str(tmp_path / "runs"),
+                                   raw_input=True, quiet=True)
+    raw_path = report["files"]["raw"]["path"]
+    for path in (report["model"], raw_path):
+        assert json.loads(_meta(path)["preprocess"])["fit"] == "letterbox"
+        assert _meta(path)["toolkit_format"] == "2"  # a reader from before fit modes refuses it
+    assert report["parity_data"]["real_images"] == 12
+    assert all(report["parity"][kind]["top1_agreement"] == 1.0 for kind in ("fp32", "raw"))
+    pre = Preprocess(resize=40, crop=32, fit="letterbox")
+    images = [os.path.join(data_root, "val", c, f"{i}.png") for c in LABELS for i in range(4)]
+    pixels = np.stack([pre.pixels(p) for p in images])
+    assert (pixels[:, :2] == pre.pad_colour).all()  # 48x40 -> 32x27: two rows of pad on top
+    float_model, raw_model = Predictor(report["model"], device="cpu"), Predictor(raw_path, device="cpu")
+    assert float_model.preprocess == raw_model.preprocess == pre
+    assert np.array_equal(raw_model.prepare(images), pixels)
+    np.testing.assert_allclose(raw_model.logits(raw_model.prepare(images)),
+                               float_model.logits(float_model.prepare(images)), rtol=1e-4, atol=1e-5)
+    targets = np.repeat(np.arange(len(LABELS)), 4)
+    logits = cpu_session(report["model"]).run(["logits"], {"input": pre.normalize(pixels)})[0]
+    result = evaluate_onnx(report["model"])
+    assert result["n"] == 12 and result["top1"] == pytest.approx(100 * np.mean(logits.argmax(1) == targets))
+
+
 def test_fp16_twin_loads_and_runs_on_cpu_with_float32_io(full_export):
     path = full_export["report"]["files"]["fp16"]["path"]
     model = onnx.load(path)

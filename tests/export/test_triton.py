@@ -132,9 +132,9 @@ def test_bad_options_fail_before_any_work(runs, tmp_path):
     assert not (tmp_path / "r").exists()
     file_out = subprocess.run(cli + ["--out", str(tmp_path / "m.onnx")], capture_output=True, text=True)
     assert file_out.returncode == 2 and "expected a folder for the model repository" in file_out.stderr
-    fmt = subprocess.run([sys.executable, "-m", "toolkit", "export", run, "--format", "tflite"],
+    fmt = subprocess.run([sys.executable, "-m", "toolkit", "export", run, "--format", "coreml"],
                          capture_output=True, text=True)
-    assert fmt.returncode == 2 and "--format 'tflite': expected onnx" in fmt.stderr
+    assert fmt.returncode == 2 and "--format 'coreml': expected onnx" in fmt.stderr
 
 
 # ------------------------------------------------------------------------------------------------

@@ -77,6 +77,19 @@ def test_value_checks_name_key_and_expectation():
     assert "train.group_lrs.blok1: unknown group; did you mean 'block1'?" in text
 
 
+def test_the_fit_mode_is_a_recipe_key_with_one_clear_error_for_a_bad_value(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {source: digits}\npreprocess: {resize: 32, crop: 32, fit: letterbox}\n"
+                    "model: {weights: none}\ntrain: {strategy: scratch}\n")
+    assert recipe_mod.load(str(path)).preprocess.fit == "letterbox"
+    assert recipe_mod.load(str(path), ["preprocess.fit=squash"]).preprocess.fit == "squash"
+    assert recipe_mod.from_dict({"data": {"source": "digits"}, "model": {"weights": "none"},
+                                 "train": {"strategy": "scratch"}}).preprocess.fit == "crop"  # the default
+    problems = _problems({"data": {"source": "digits"}, "preprocess": {"fit": "letterbx"},
+                          "model": {"weights": "none"}, "train": {"strategy": "scratch"}})
+    assert problems == ["preprocess.fit: 'letterbx' is not one of crop, letterbox, squash (did you mean 'letterbox'?)"]
+
+
 def test_unknown_top_level_and_section_type():
     text = "\n".join(_problems({"trian": {}, "model": "vgg16"}))
     assert "trian: unknown key; did you mean 'train'?" in text
@@ -121,3 +134,18 @@ def test_cli_reports_recipe_errors_in_one_block_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "model.arhc: unknown key; did you mean 'model.arch'?" in proc.stderr
     assert "train.epocs: unknown key; did you mean 'train.epochs'?" in proc.stderr
+
+
+def test_class_balance_and_dedupe_fields():
+    text = "\n".join(_problems({"data": {"source": "digits", "dedupe": "yes please"},
+                                "train": {"strategy": "scratch", "class_weights": "balance", "sampler": "weighted"}}))
+    assert "train.class_weights: 'balance' is not one of none, balanced (did you mean 'balanced'?)" in text
+    assert "train.sampler: 'weighted' is not one of uniform, balanced" in text
+    assert "data.dedupe:" in text
+    recipe = recipe_mod.from_dict({"data": {"source": "digits", "dedupe": True}, "model": {"weights": "none"},
+                                   "train": {"strategy": "scratch", "class_weights": "balanced",
+                                             "sampler": "balanced"}})
+    assert recipe.data.dedupe is True
+    assert (recipe.train.class_weights, recipe.train.sampler) == ("balanced", "balanced")
+    assert recipe_mod.from_dict({"data": {"source": "digits"}, "model": {"weights": "none"},
+                                 "train": {"strategy": "scratch"}}).train.sampler == "uniform"

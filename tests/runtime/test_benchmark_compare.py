@@ -115,7 +115,7 @@ def test_outputs_are_written(compared):
     assert bench.validate_record(on_disk) == [] and on_disk["rows"] == compared["rows"]
     md = open(files["markdown"]).read()
     assert all(name in md for name in CROPS) and "img/s b2" in md
-    from toolkit.runtime.benchmark.compare_report import format_compare_table
+    from toolkit.runtime.benchmark.report import format_compare_table
 
     table = format_compare_table(compared)
     assert len([line for line in table.splitlines() if "onnxruntime/cpu/" in line]) == 6
@@ -167,6 +167,20 @@ def test_mismatched_labels_are_one_clear_error_before_timing(models, tmp_path):
     # Without --data the labels don't matter: speed alone compares.
     rec = bench.compare_models([models[0], other], out_dir=str(out), plot=False, **{**FAST, "batch_sizes": (1,)})
     assert {r["model"] for r in rec["rows"]} == {"small", "dogs"}
+
+
+def test_every_peak_is_measured_once_for_all_models(models, tmp_path, monkeypatch):
+    measured = []
+    real = peak_mod.measure_peak
+    monkeypatch.setattr(peak_mod, "measure_peak", lambda *a, **k: measured.append(a[:3]) or real(*a, **k))
+    rec = bench.compare_models(models[:2], precision="fp32,int8", out_dir=str(tmp_path / "o"), plot=False,
+                               **{**FAST, "batch_sizes": (1,)})
+    assert sorted(measured) == [("cpu", 1, "fp32"), ("cpu", 1, "int8")]
+    peaks = []
+    for m in rec["models"]:
+        with open(m["record"]) as fh:
+            peaks.append(json.load(fh)["peaks"])
+    assert peaks[0] == peaks[1] and [p["precision"] for p in peaks[0]] == ["fp32", "int8"]  # the same, in both
 
 
 def test_bad_requests_are_user_errors(models, tmp_path):

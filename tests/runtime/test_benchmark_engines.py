@@ -8,10 +8,11 @@ import pytest
 
 from toolkit.errors import UserError
 from toolkit.runtime import benchmark as bench
-from toolkit.runtime.benchmark import combos
 from toolkit.runtime.benchmark import peak as peak_mod
+from toolkit.runtime.benchmark.options import why_not
 from toolkit.runtime.benchmark.machine import isa_of
-from toolkit.runtime.benchmark.record import own_peak_precision
+from toolkit.runtime.benchmark.options import plan_combos
+from toolkit.runtime.benchmark.run import own_peak_precision
 from conftest import write_tiny_model
 
 CROP = 32
@@ -56,21 +57,21 @@ def record(tmp_path_factory):
 # The plan: which combinations run (no openvino needed)
 
 def test_plan_skips_what_an_engine_cannot_run():
-    run, skipped = combos.plan(("onnxruntime", "openvino"), ("cpu", "cuda"), ("fp32", "bf16", "int8"))
+    run, skipped = plan_combos(("onnxruntime", "openvino"), ("cpu", "cuda"), ("fp32", "bf16", "int8"))
     assert [c.key for c in run] == ["onnxruntime/cpu/fp32", "onnxruntime/cpu/int8", "openvino/cpu/fp32",
                                     "openvino/cpu/bf16", "openvino/cpu/int8", "onnxruntime/cuda/fp32",
                                     "onnxruntime/cuda/int8"]
     bf16 = next(c for c in run if c.precision == "bf16")
     assert (bf16.file_precision, bf16.inference_precision) == ("fp32", "bf16")  # the FP32 file at bf16
-    assert {(s["engine"], s["device"], s["precision"]) for s in skipped} == {
+    assert {(s.engine, s.device, s.precision) for s in skipped} == {
         ("onnxruntime", "cpu", "bf16"), ("onnxruntime", "cuda", "bf16"),
         ("openvino", "cuda", "fp32"), ("openvino", "cuda", "bf16"), ("openvino", "cuda", "int8")}
-    assert all(s["reason"] for s in skipped)
+    assert all(s.reason for s in skipped)
 
 
 def test_only_an_impossible_combination_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="nothing to run: onnxruntime bf16 on cpu: onnxruntime has no bf16"):
-        combos.plan(("onnxruntime",), ("cpu",), ("bf16",))
+        plan_combos(("onnxruntime",), ("cpu",), ("bf16",))
     base = make_export(str(tmp_path / "exports"))
     with pytest.raises(UserError, match="--engine openvino"):
         bench.run_benchmark(base, precision="bf16", out_dir=str(tmp_path / "o"), **FAST)
@@ -95,7 +96,7 @@ def test_bf16_on_ort_alone_is_skipped_with_a_note(tmp_path):
     assert bench.validate_record(rec) == []
     assert [b["key"] for b in rec["backends"]] == ["onnxruntime/cpu/fp32"]
     assert rec["settings"]["skipped"] == [{"engine": "onnxruntime", "device": "cpu", "precision": "bf16",
-                                           "reason": combos.why_not("onnxruntime", "cpu", "bf16")}]
+                                           "reason": why_not("onnxruntime", "cpu", "bf16")}]
     assert any(n.startswith("skipped onnxruntime/cpu/bf16: onnxruntime has no bf16") for n in rec["notes"])
     assert imported_before or "openvino" not in sys.modules  # not asked for, not imported
 
@@ -119,7 +120,7 @@ def test_isa_summary_names_what_is_there():
 
 def test_engines_are_interleaved_and_rows_say_what_runs(record):
     assert bench.validate_record(record) == []
-    assert record["schema_version"] == bench.SCHEMA_VERSION == 2
+    assert record["schema_version"] == bench.SCHEMA_VERSION == 4
     assert record["settings"]["engines"] == ["onnxruntime", "openvino"]
     want = ["onnxruntime/cpu/fp32", "onnxruntime/cpu/int8", "openvino/cpu/fp32", "openvino/cpu/int8"]
     if _cpu_has_bf16():

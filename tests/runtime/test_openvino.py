@@ -221,7 +221,23 @@ def test_one_options_object_for_every_engine(tiny_model):
     np.testing.assert_allclose(ov_p.logits(batch()), ort_p.logits(batch()), rtol=1e-4, atol=1e-4)
     with pytest.raises(UserError, match="hint: 'FAST'; expected one of LATENCY, THROUGHPUT"):
         OpenVinoOptions(hint="FAST")
-    assert EngineOptions().for_serving().openvino.hint == "THROUGHPUT"
+
+
+def test_serving_takes_one_stream_with_every_core_unless_streams_are_asked_for(tiny_model):
+    """serve-local's options come from the adapter: OpenVINO's LATENCY hint (one stream, one request, so one
+    batch worker whose batches grow under load); streams > 1 gives THROUGHPUT with that many streams,
+    read back; ONNX Runtime's options pass through unchanged."""
+    from toolkit.runtime.engines import adapter_for
+
+    asked = EngineOptions(threads=2)
+    assert adapter_for("onnxruntime").serving_options(asked) is asked
+    one = open_engine(tiny_model, "openvino", adapter_for("openvino").serving_options(asked)).describe()
+    assert (one.hint, one.streams, one.threads, one.requests) == ("LATENCY", 1, 2, 1)
+    assert one.settings() == {"hint": "LATENCY", "streams": 1, "threads": 2, "requests": 1}
+    assert one.settings_line() == "LATENCY hint, 1 stream, 2 threads, 1 request at once"
+    two = adapter_for("openvino").serving_options(EngineOptions(openvino=OpenVinoOptions(streams=2)))
+    info = open_engine(tiny_model, "openvino", two).describe()
+    assert (info.hint, info.streams) == ("THROUGHPUT", 2) and info.requests >= 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -339,9 +355,13 @@ def test_serve_local_on_openvino_answers_like_the_predictor(tmp_path):
     predictor = Predictor(model, engine="openvino")
     srv = Server(model, tmp_path, "--engine", "openvino")
     try:
-        assert "on OpenVINO:CPU fp32" in srv.output()
+        assert "on OpenVINO:CPU fp32; read back: LATENCY hint, 1 stream, " in srv.output()
+        assert "1 request at once, 1 batch worker(s)" in srv.output()
         info = srv.client.get("/v1/model").json()
         assert info["engine"] == "openvino" and info["inference_precision"] == "fp32"
+        settings = info["engine_settings"]
+        assert (settings["hint"], settings["streams"], settings["requests"]) == ("LATENCY", 1, 1)
+        assert settings["threads"] >= 1 and info["serving"]["batch_workers"] == 1
         for seed in range(3):
             data = encode(photo(seed), "PNG")
             got = srv.client.post("/v1/predict?top_k=3", content=data, headers={"content-type": "image/png"}).json()

@@ -274,6 +274,30 @@ def test_batcher_waits_for_requests_being_decoded():
     assert calls == [1, 1] and first[0]["score"] == 3.0 and second[0]["score"] == 6.0
 
 
+def test_a_lone_request_runs_without_the_batch_wait_and_streams_are_checked():
+    """Nothing else queued or being decoded: the batch runs at once, not after max_wait_ms (here 30 s).
+    serve-local's --streams is a whole number >= 1."""
+    import asyncio
+
+    from toolkit.runtime.serve import Batcher, ServeOptions
+
+    async def scenario():
+        fake = _FakePredictor(warmup_s=0.001)
+        batcher = Batcher(fake, max_batch=8, max_wait_ms=30_000)
+        batcher.start()
+        while not batcher.ready.is_set():
+            await asyncio.sleep(0.01)
+        batcher.preparing()
+        answer = await asyncio.wait_for(batcher.submit(np.full(3, 1.0), 1), 10)
+        await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+        return answer, fake.calls
+
+    answer, calls = asyncio.run(scenario())
+    assert answer[0]["score"] == 3.0 and calls == [1]
+    assert ServeOptions(streams=2).problems() == []
+    assert ServeOptions(streams=0).problems() == ["streams: 0; expected a whole number >= 1 (or leave it unset)"]
+
+
 def test_endpoints(server, model_path):
     c = server.client
     assert c.get("/health").json() == {"status": "ok"}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from toolkit import recipe as R
 from toolkit.train import data as D
@@ -88,6 +89,48 @@ def test_datasets_train_and_eval_outputs(tmp_path):
         assert np.array_equal(x.numpy(), pre(source))  # eval is exactly the numpy + Pillow function
         t, _ = D.ImageDataset([(source, 3)], pre, D.build_augment(recipe))[0]
         assert t.dtype == torch.float32 and t.shape == (3, 32, 32)
+
+
+def _fit_recipe(fit):
+    recipe = make_recipe(crop=32, resize=36)
+    recipe.preprocess.fit = fit
+    return recipe
+
+
+@pytest.mark.parametrize("fit", ["crop", "letterbox", "squash"])
+def test_the_training_eval_transform_is_preprocess_for_each_fit(tmp_path, fit):
+    recipe = _fit_recipe(fit)
+    pre = D.eval_preprocess(recipe)
+    assert pre == Preprocess(resize=36, crop=32, fit=fit)
+    val = [(write_image(tmp_path / f"{i}.jpg", size=size, seed=i, fmt="JPEG"), i) for i, size in
+           enumerate([(57, 41), (41, 90), (300, 20)])]
+    batch, labels = next(iter(D.make_loader(val, recipe, train=False)))
+    assert labels.tolist() == [0, 1, 2]
+    assert np.array_equal(batch.numpy(), np.stack([pre(path) for path, _ in val]))
+
+
+def test_the_default_augment_keeps_the_whole_photo_for_letterbox_and_squash():
+    """crop trains on random crops; letterbox and squash first fit the whole photo into the square as
+    Preprocess does (albumentations' resize differs from Pillow's by a little), then jitter it a little,
+    letterbox filling with Preprocess' pad colour."""
+    img = np.asarray(Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 10, 3), np.uint8))
+                     .resize((80, 40), Image.Resampling.BICUBIC))  # 2:1, smooth
+    names = {fit: [type(t).__name__ for t in D.build_augment(_fit_recipe(fit)).transforms]
+             for fit in ("crop", "letterbox", "squash")}
+    assert names["crop"][0] == "RandomResizedCrop"
+    assert names["letterbox"] == ["LongestMaxSize", "PadIfNeeded", "HorizontalFlip", "Affine", "ColorJitter"]
+    assert names["squash"] == ["Resize", "HorizontalFlip", "Affine", "ColorJitter"]
+    for fit, stages in (("letterbox", 2), ("squash", 1)):
+        pipeline = D.build_augment(_fit_recipe(fit))
+        fitted = A.Compose(pipeline.transforms[:stages])(image=img)["image"].astype(int)
+        expected = Preprocess(resize=36, crop=32, fit=fit).pixels(img).astype(int)
+        assert fitted.shape == expected.shape == (32, 32, 3)
+        assert np.abs(fitted - expected).mean() < 3, fit
+        for seed in range(4):
+            pipeline.set_random_seed(seed)
+            assert pipeline(image=img)["image"].shape == (32, 32, 3)
+    letterbox = D.build_augment(_fit_recipe("letterbox")).transforms
+    assert tuple(letterbox[1].fill) == tuple(letterbox[3].fill) == (124, 116, 104)  # round(ImageNet mean x 255)
 
 
 def test_big_jpegs_decode_shrunk_for_training(tmp_path):

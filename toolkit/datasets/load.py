@@ -10,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 
+from toolkit.datasets.health import data_health, duplicate_drops, fingerprint, name_of, summary_lines
 from toolkit.datasets.sources import LOADERS
 from toolkit.datasets.splits import Dataset, keep_per_class
 from toolkit.errors import UserError
@@ -21,14 +22,17 @@ MAX_LISTED = 20  # problems listed in one error before "and N more"
 # ----------------------------------------------------------------------------------------------
 # The pre-flight scan
 
-def _check_file(path: str, max_pixels: int, preprocess: Optional[Preprocess] = None) -> Optional[str]:
+def _check_file(path: str, max_pixels: int, preprocess: Optional[Preprocess] = None,
+                prints: Optional[dict] = None) -> Optional[str]:
     """None when the file decodes completely (and, with `preprocess`, goes through the eval transform's
-    decode, resize and crop: what evaluation will do with it), else the reason it can't be used."""
+    decode, resize and crop: what evaluation will do with it), else the reason it can't be used. With
+    `prints`, the decoded image's data-health fingerprint is stored there under its path."""
     try:
-        if preprocess is None:
-            open_image(path, max_pixels=max_pixels)
-        else:
-            preprocess.pixels(path, max_pixels=max_pixels)
+        img = open_image(path, max_pixels=max_pixels) if preprocess is None else preprocess.open(path, max_pixels)
+        if prints is not None:
+            prints[path] = fingerprint(img)  # one dict key per thread and path: safe without a lock
+        if preprocess is not None:
+            preprocess.resize_crop(img)
     except ImageError as exc:
         msg = str(exc)
         return msg[len(path) + 2:] if msg.startswith(path + ": ") else msg
@@ -38,8 +42,9 @@ def _check_file(path: str, max_pixels: int, preprocess: Optional[Preprocess] = N
 
 
 def scan_items(items: list, max_pixels: int = DEFAULT_MAX_PIXELS, threads: Optional[int] = None,
-               progress: bool = True, preprocess: Optional[Preprocess] = None) -> list:
-    """Decode every file item (arrays are skipped); -> [(path, reason)] for each unusable one.
+               progress: bool = True, preprocess: Optional[Preprocess] = None, prints: Optional[dict] = None) -> list:
+    """Decode every file item (arrays are skipped); -> [(path, reason)] for each unusable one. With `prints`
+    (a dict), each usable file's data-health fingerprint (toolkit.datasets.health) is added to it.
 
     With `preprocess` (load_dataset passes the recipe's), each file runs through that transform's own
     decode (draft or full), resize and crop, so a file the scan passes also passes evaluation, and the
@@ -53,7 +58,7 @@ def scan_items(items: list, max_pixels: int = DEFAULT_MAX_PIXELS, threads: Optio
     show = progress and len(paths) >= 2000
     bad, start = [], time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        reasons = pool.map(lambda p: _check_file(p, max_pixels, preprocess), paths)
+        reasons = pool.map(lambda p: _check_file(p, max_pixels, preprocess, prints), paths)
         for n, (path, reason) in enumerate(zip(paths, reasons)):
             if reason is not None:
                 bad.append((path, reason))
@@ -84,24 +89,54 @@ def _empty_classes(labels: list, splits: dict, locate) -> list:
     return problems
 
 
+def _drop(splits: dict, names: set) -> dict:
+    """The splits without the items named (a path, or split[index] for an in-memory image)."""
+    return {s: [it for i, it in enumerate(items) if name_of(it[0], s, i) not in names] for s, items in splits.items()}
+
+
+def _dedupe(recipe, problems: list, splits: dict, drops: set) -> dict:
+    """data.dedupe: the splits without `drops`. A folder is listed again without them, so a split carved
+    out of train is drawn from the deduplicated images (before the split)."""
+    print(f"data: data.dedupe dropped {len(drops)} duplicate image{'s' * (len(drops) > 1)}")
+    if recipe.data.source == "folder":
+        return LOADERS["folder"](recipe.data, problems, exclude=frozenset(drops))[1]
+    return _drop(splits, drops)
+
+
+def _check_health(recipe, labels: list, problems: list, splits: dict, prints: dict, skipped: list):
+    """(splits, health): data health from the scan's fingerprints, duplicates dropped with data.dedupe,
+    its summary printed (each leak across splits named)."""
+    crop = recipe.preprocess.crop
+    health = data_health(labels, splits, crop, prints, skipped)
+    drops = duplicate_drops(health) if recipe.data.dedupe else set()
+    if drops:
+        splits = _drop(_dedupe(recipe, problems, splits, drops), {p for p, _ in skipped})
+        health = data_health(labels, splits, crop, prints, skipped)
+        health["deduped"] = sorted(drops)  # what data.dedupe dropped; the rest describes what is left
+    print("\n".join(summary_lines(health)))
+    return splits, health
+
+
 def load_dataset(recipe, scan: bool = True) -> Dataset:
     """The recipe's data as a Dataset. With `scan`, every image file is decoded first and all problems
     (bad files, empty classes, class mismatches) are raised as one UserError; `data.skip_corrupt` drops
-    bad files instead (empty classes and mismatches stay fatal)."""
+    bad files instead (empty classes and mismatches stay fatal). The scan also measures the data's health
+    (Dataset.health, toolkit.datasets.health), and `data.dedupe` drops duplicates."""
     d = recipe.data
     if d.source == "folder" and not os.path.isdir(d.root):
         raise UserError(f"data.root: {d.root!r} is not a folder; expected a folder of class sub-folders")
     problems: list = []
     labels, splits, locate = LOADERS[d.source](d, problems)
     preprocess = Preprocess(**dataclasses.asdict(recipe.preprocess))
+    prints: dict = {}
     bad = scan_items(splits["train"] + splits["val"] + splits["test"], d.max_pixels,
-                     preprocess=preprocess) if scan else []
+                     preprocess=preprocess, prints=prints) if scan else []
     skipped = []
     if bad and d.skip_corrupt:
-        drop = {p for p, _ in bad}
-        splits = {s: [it for it in items if not (isinstance(it[0], str) and it[0] in drop)]
-                  for s, items in splits.items()}
-        skipped, bad = bad, []
+        splits, skipped, bad = _drop(splits, {p for p, _ in bad}), bad, []
+    health = None
+    if scan and labels and not bad and not problems:
+        splits, health = _check_health(recipe, labels, problems, splits, prints, skipped)
     if labels:
         problems += _empty_classes(labels, splits, locate)
     lines = problems + [f"{path}: {reason}" for path, reason in bad]
@@ -114,4 +149,5 @@ def load_dataset(recipe, scan: bool = True) -> Dataset:
         print(f"data: skipped {len(skipped)} unusable image{'s' if len(skipped) > 1 else ''} "
               f"(data.skip_corrupt):\n{_listing([f'{p}: {r}' for p, r in skipped])}")
     train = keep_per_class(splits["train"], labels, d.labels_per_class, d.split_seed)
-    return Dataset(labels=labels, train=train, val=splits["val"], test=splits["test"], skipped=skipped)
+    return Dataset(labels=labels, train=train, val=splits["val"], test=splits["test"], skipped=skipped,
+                   health=health)

@@ -38,8 +38,9 @@ def _list_images(folder: str) -> list:
     return found
 
 
-def _load_folder(d, problems: list):
-    """-> (labels, {split: [(path, label)]}, locate); structural problems appended to `problems`."""
+def _load_folder(d, problems: list, exclude: frozenset = frozenset()):
+    """-> (labels, {split: [(path, label)]}, locate); structural problems appended to `problems`. The
+    paths in `exclude` (data.dedupe's drops) are left out before a split is carved."""
     root = d.root
     dirs = _visible_dirs(root)
     split_dirs = {SPLIT_NAMES[x]: x for x in dirs if x in SPLIT_NAMES}
@@ -62,7 +63,8 @@ def _load_folder(d, problems: list):
         names = _visible_dirs(folder)
         if wanted is not None:
             names = [n for n in names if n in wanted]
-        per_split[split] = {n: _list_images(os.path.join(folder, n)) for n in names}
+        per_split[split] = {n: [p for p in _list_images(os.path.join(folder, n)) if p not in exclude]
+                            for n in names}
 
     train_classes = sorted(per_split["train"])
     where = lambda split: os.path.relpath(layout[split], root) + "/" if split_dirs else ""  # noqa: E731

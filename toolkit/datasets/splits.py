@@ -23,6 +23,7 @@ class Dataset:
     val: list = field(default_factory=list)
     test: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # [(path, reason)] dropped by skip_corrupt
+    health: Optional[dict] = None  # the scan's data health (toolkit.datasets.health.data_health); None unscanned
 
 
 def class_rng(seed: int, name: str, stream: int) -> np.random.Generator:

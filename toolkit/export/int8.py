@@ -56,8 +56,8 @@ def int8_twin(job: ExportJob, staging: Staging, data, why) -> dict:
     """Stage the INT8 twin of the first setting that meets the budget; returns what the report says of it."""
     t = time.perf_counter()
     o = job.options
-    scoring = _scoring(job, staging, data, _check_int8_data(data, why))
-    calib = _calibration_images(job, data)
+    scoring = _scoring(job, staging, data, check_int8_data(data, why))
+    calib = calibration_images(job, data)
     with writing(twin_path(job.path, "int8")):  # ORT's quantizer writes its own files: a full disk there too
         prepared = prepare(staging.files["fp32"], staging.work_dir(".tmp-quant-"), o.keep_fp32, job.block_of)
     order = search_order(o, prepared)
@@ -83,7 +83,7 @@ def int8_twin(job: ExportJob, staging: Staging, data, why) -> dict:
     return info
 
 
-def _check_int8_data(data, why) -> str:
+def check_int8_data(data, why) -> str:
     """The split that holds the accuracy budget; a UserError when the run's data can't serve INT8."""
     if data is None:
         raise UserError(f"--int8: could not load the run's data ({why}); INT8 needs its training images "
@@ -95,7 +95,7 @@ def _check_int8_data(data, why) -> str:
     return eval_split
 
 
-def _calibration_images(job: ExportJob, data) -> np.ndarray:
+def calibration_images(job: ExportJob, data) -> np.ndarray:
     """A seeded sample of calib_images training images, as uint8 pixels."""
     order = np.random.default_rng(0).permutation(len(data.train))[:int(job.options.calib_images)]
     calib, _, _ = load_pixels([data.train[i] for i in order], job.preprocess, job.recipe.data.max_pixels)

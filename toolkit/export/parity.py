@@ -27,15 +27,16 @@ class Gate:
         self.probabilities = probabilities  # the files have a probabilities output to check too
         self.ref_cache: dict = {}  # (case index, raw-normalised input?) -> torch logits
 
-    def measure(self, path: str, raw: bool, rtol: float, atol_fn) -> dict:
-        """Run every case through ORT (a CPU session on `path`) and PyTorch; the results, not yet judged."""
-        return _parity(cpu_session(path), self, raw, rtol, atol_fn)  # the session closes on return
+    def measure(self, path: str, raw: bool, rtol: float, atol_fn, session=None) -> dict:
+        """Run every case through ORT (a CPU session on `path`, or `session`: anything with ORT's
+        run(outputs, feed), e.g. the browser's) and PyTorch; the results, not yet judged."""
+        return _parity(session or cpu_session(path), self, raw, rtol, atol_fn)  # a CPU session closes on return
 
 
 def gate_fp32(job: ExportJob, staging: Staging, data, why) -> tuple[Gate, dict, dict]:
     """(the gate, its data notes, kind -> results) after judging the FP32 file and the raw-input one."""
     t = time.perf_counter()
-    real, data_info = _real_images(job, data, why)
+    real, data_info = real_images(job, data, why)
     gate = Gate(job.model, parity_cases(real, job.preprocess, job.options.dynamic_hw), job.options.probabilities)
     parity: dict = {}
     for kind in [k for k in ("fp32", "raw") if k in staging.files]:
@@ -47,7 +48,7 @@ def gate_fp32(job: ExportJob, staging: Staging, data, why) -> tuple[Gate, dict, 
     return gate, data_info, parity
 
 
-def _real_images(job: ExportJob, data, why) -> tuple[np.ndarray, dict]:
+def real_images(job: ExportJob, data, why) -> tuple[np.ndarray, dict]:
     """Up to parity_images images of the run's val split (else test, else train), and notes on them."""
     crop = job.preprocess.crop
     real = np.zeros((0, crop, crop, 3), np.uint8)
@@ -166,7 +167,7 @@ def parity_line(p: dict) -> str:
             f"inputs, top-1 agreement {p['top1_agreement'] * 100:.1f}%")
 
 
-def judge(p: dict, what: str, path: str, min_agreement: float = 1.0) -> None:
+def judge(p: dict, what: str, path: str, min_agreement: float = 1.0, runtime: str = "ONNX Runtime CPU") -> None:
     problems = []
     if not p["close"]:
         worst = max(p["batch_sizes"].items(), key=lambda kv: kv[1]["max_abs_diff"])
@@ -180,6 +181,6 @@ def judge(p: dict, what: str, path: str, min_agreement: float = 1.0) -> None:
     if p.get("probabilities_match") is False:
         problems.append("the probabilities output is not softmax(logits)")
     if len(problems) > 1 or p["top1_agreement"] < min_agreement:
-        raise UserError(f"parity gate failed for {path} ({what}, ONNX Runtime CPU vs PyTorch on "
+        raise UserError(f"parity gate failed for {path} ({what}, {runtime} vs PyTorch on "
                         f"{p['real_inputs']} real + {p['random_inputs']} random inputs): {'; '.join(problems)}; "
                         "nothing was written")

@@ -60,11 +60,14 @@ def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB"
 
 
-def export_run(run=None, **fields) -> dict:
+def export_run(run=None, stages: tuple = (), **fields) -> dict:
     """Export a run's checkpoint to a verified, self-describing ONNX file; returns the report dict.
 
     run: an ExportOptions, or the run (a run folder, a checkpoint file, a run name under runs_dir; None =
     the newest run). Keyword arguments are ExportOptions fields (they override a given ExportOptions).
+    stages: a format's own stages ((name, stage) pairs), run after the twins and calibration and before anything
+    is published, each as stage(job, staging, gate, data, why) -> its report section (a UserError publishes
+    nothing).
     Twins sit beside the file: <stem>.fp16.onnx, <stem>.int8.onnx, <stem>.raw.onnx, and the report
     <stem>.report.json.
     """
@@ -86,15 +89,16 @@ def export_run(run=None, **fields) -> dict:
         if options.fp16:
             parity["fp16"] = fp16_twin(job, staging, gate)
         int8_info = int8_twin(job, staging, data, why) if options.int8 else None
-        calibrated = calibrate_files(job, staging, data, out_pixels)
+        calibrated = calibrate_files(job, staging, data, out_pixels)  # before the stages: they copy the files
+        extra = {name: stage(job, staging, gate, data, why) for name, stage in stages}
         ir_version = staging.ir_written["fp32"]
         files = staging.publish()
     removed = remove_stale_twins(job.path, files, job.sha, say)
     if int8_info:
         int8_info["size_ratio"] = files["int8"]["bytes"] / files["fp32"]["bytes"]
     job.timings["total_s"] = time.perf_counter() - t_start
-    report = _report(job, files, removed, exporter, ir_version, data_info, parity, int8_info)
-    report["calibration"] = calibrated
+    report = {**_report(job, files, removed, exporter, ir_version, data_info, parity, int8_info),
+              "calibration": calibrated, **extra}
     write_json(report_path(job.path), report)
     if options.list_files:
         _list_files(job, files)

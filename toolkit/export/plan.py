@@ -86,11 +86,12 @@ def load_model(job: ExportJob) -> None:
 
 def base_metadata(job: ExportJob) -> dict:
     """The metadata of the FP32 file (toolkit.contract); twins change input, precision, quantization."""
+    preprocess = job.preprocess.to_dict()
     return {
-        "toolkit_format": contract.FORMAT_VERSION,
+        "toolkit_format": contract.format_for(preprocess),
         "labels": job.labels,
         "names": {str(i): name for i, name in enumerate(job.labels)},
-        "preprocess": job.preprocess.to_dict(),
+        "preprocess": preprocess,
         "input": input_spec(job, raw=False),
         "outputs": job.outputs,
         "precision": "fp32",

@@ -206,7 +206,7 @@ def remove_stale_twins(path: str, files: dict, sha: str, say) -> list:
             props = contract.raw_props(twin)
         except Exception:
             continue  # not ours to judge
-        if props.get("toolkit_format") == contract.FORMAT_VERSION and props.get("checkpoint_sha256") != sha:
+        if props.get("toolkit_format") in ("1", contract.FORMAT_VERSION) and props.get("checkpoint_sha256") != sha:
             os.unlink(twin)
             removed.append(twin)
             say(f"removed {twin}: it came from another checkpoint")

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from toolkit.preprocess import DECODE_MODES, DEFAULT_MAX_PIXELS, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+from toolkit.preprocess import DECODE_MODES, DEFAULT_MAX_PIXELS, FIT_MODES, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 from toolkit.recipe.archs import ARCH_TABLE
 
 ARCHS = tuple(ARCH_TABLE)  # VGG (torchvision), MobileNetV3, EfficientNet-B0, ResNet, ConvNeXt, EfficientNet-Lite0
@@ -18,6 +18,8 @@ HEADS = ("classic", "gap")
 STRATEGIES = ("linear-probe", "finetune", "scratch")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
+CLASS_WEIGHTS = ("none", "balanced")
+SAMPLERS = ("uniform", "balanced")
 LR_SCALINGS = ("none", "linear", "sqrt")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -39,6 +41,7 @@ class DataConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images above this are refused before decoding
     workers: int = 2  # data-loader worker processes
     split_seed: int = 0  # seed of the train/val/test split and the label subsampling
+    dedupe: bool = False  # drop exact and near duplicate images (all but one of each group) before the split
 
 
 @dataclass
@@ -50,6 +53,7 @@ class PreprocessConfig:
     mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))  # per channel (R, G, B), pixels scaled to 0-1
     std: list = field(default_factory=lambda: list(IMAGENET_STD))  # per channel (R, G, B)
     decode: str = "draft"  # JPEGs: draft (libjpeg scales by 1/2-1/8 while decoding, short side >= resize) | full
+    fit: str = "crop"  # crop (short side to resize, centre crop) | letterbox (whole image, mean-colour pad) | squash
 
 
 @dataclass
@@ -81,6 +85,8 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle | cosine (with warmup_epochs) | constant
     warmup_epochs: float = 1.0  # cosine: linear warm-up length
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0 <= x < 1
+    class_weights: str = "none"  # none | balanced: loss weight of class c = images / (classes x images of c)
+    sampler: str = "uniform"  # uniform (each image once per epoch) | balanced (drawn with replacement, classes equally)
     grad_clip: Optional[float] = None  # max gradient norm
     amp: str = "auto"  # CUDA only: auto (bf16 where supported) | bf16 | fp16 | off
     channels_last: bool = True  # CUDA only
@@ -114,7 +120,9 @@ class Recipe:
 # The string-valued keys and their allowed values (checked by toolkit.recipe.check).
 CHOICES = {
     "data.source": SOURCES, "preprocess.interpolation": tuple(INTERPOLATIONS), "preprocess.decode": DECODE_MODES,
+    "preprocess.fit": FIT_MODES,
     "model.arch": ARCHS,
     "model.head": HEADS, "train.strategy": STRATEGIES, "train.optimizer": OPTIMIZERS,
     "train.schedule": SCHEDULES, "train.lr_scaling": LR_SCALINGS, "train.amp": AMP_MODES, "train.device": DEVICES,
+    "train.class_weights": CLASS_WEIGHTS, "train.sampler": SAMPLERS,
 }

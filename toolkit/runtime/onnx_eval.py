@@ -1,7 +1,7 @@
 """Accuracy of an exported ONNX model on a recipe's split, through ONNX Runtime (CPU) or OpenVINO.
 
 `evaluate_onnx("exports/flowers.onnx")` reads the recipe, labels and preprocessing from the file's own
-metadata, loads the split with toolkit.train.data (imported lazily: the data side needs torch), runs every
+metadata, lists the split with toolkit.datasets (no pre-scan; images are decoded here), runs every
 image through the same `Preprocess` the Predictor uses and reports top-1, top-5, per-class accuracy and
 the confusion matrix. The export's INT8 accuracy budget uses the same functions, so the gate and
 `toolkit evaluate MODEL.onnx` can't disagree. On any engine other than the reference one (ONNX Runtime, where
@@ -19,12 +19,15 @@ from typing import Any, Optional
 import numpy as np
 
 from toolkit import contract
-from toolkit.datasets import SPLITS
+from toolkit import recipe as recipe_mod
+from toolkit.datasets import SPLITS, load_dataset
 from toolkit.errors import UserError
+from toolkit.metrics import classification_report, format_report
 from toolkit.preprocess import ImageError, Preprocess
+from toolkit.runtime.decode_pool import DecodePool
+from toolkit.runtime.engine_eval import versus_line, versus_onnxruntime
 from toolkit.runtime.engines import EngineOptions, open_engine, reference_engine
 from toolkit.runtime.ood_eval import calibration_fields, calibration_lines, ood_pixels
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,22 +85,59 @@ def read_metadata(session_or_path: Any) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Images -> arrays -> logits -> metrics
 
+def _pixel_outcomes(items: list, preprocess: Preprocess, max_pixels: Optional[int], limit: Optional[int],
+                    pool: DecodePool, ahead: int):
+    """(source, label, uint8 pixels or None, the skip reason or None) per item, in order, decoded on `pool`."""
+    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+    for (source, label), pixels, error in pool.ordered(lambda item: preprocess.pixels(item[0], **kwargs),
+                                                       items[:limit] if limit else items, ahead):
+        if error is not None and not isinstance(error, ImageError):
+            raise error
+        yield source, label, pixels, None if error is None else str(error)
+
+
+def _stacked(pixels: list, crop: int) -> np.ndarray:
+    return np.stack(pixels) if pixels else np.zeros((0, crop, crop, 3), np.uint8)
+
+
 def load_pixels(items: list, preprocess: Preprocess, max_pixels: Optional[int] = None,
                 limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, list]:
-    """(uint8 NxHxWx3 resized+cropped pixels, int64 targets, [(path, reason)] skipped) for `items`.
+    """(uint8 NxHxWx3 resized+cropped pixels, int64 targets, [(path, reason)] skipped) for `items`,
+    decoded on every core (toolkit.runtime.decode_pool), in order.
 
     Pixels stay uint8 (a quarter of the float size); `Preprocess.normalize` runs per batch."""
-    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
     pixels, targets, skipped = [], [], []
-    for source, label in (items[:limit] if limit else items):
-        try:
-            pixels.append(preprocess.pixels(source, **kwargs))
+    with DecodePool() as pool:
+        for source, label, image, reason in _pixel_outcomes(items, preprocess, max_pixels, limit, pool, 32):
+            if reason is None:
+                pixels.append(image)
+                targets.append(int(label))
+            else:
+                skipped.append((source if isinstance(source, str) else "array", reason))
+    return _stacked(pixels, preprocess.crop), np.asarray(targets, np.int64), skipped
+
+
+def decode_and_run(engine, items: list, preprocess: Preprocess, raw: bool, max_pixels: Optional[int] = None,
+                   limit: Optional[int] = None, batch_size: int = 32) -> tuple:
+    """load_pixels and run_logits at once: the engine runs each batch while the pool decodes the next.
+    -> (pixels, targets, skipped, logits), the same arrays (bit for bit) as the two calls one after the other."""
+    batch_size = max(1, int(batch_size))
+    pixels, targets, skipped, logits, waiting = [], [], [], [], []
+    with DecodePool() as pool:
+        for source, label, image, reason in _pixel_outcomes(items, preprocess, max_pixels, limit, pool,
+                                                            batch_size):
+            if reason is not None:
+                skipped.append((source if isinstance(source, str) else "array", reason))
+                continue
+            pixels.append(image)
             targets.append(int(label))
-        except ImageError as exc:
-            skipped.append((source if isinstance(source, str) else "array", str(exc)))
-    crop = preprocess.crop
-    arr = np.stack(pixels) if pixels else np.zeros((0, crop, crop, 3), np.uint8)
-    return arr, np.asarray(targets, np.int64), skipped
+            waiting.append(image)
+            if len(waiting) == batch_size:   # the same batches run_logits cuts from the whole array
+                logits.append(run_logits(engine, np.stack(waiting), preprocess, raw, batch_size))
+                waiting = []
+    if waiting or not logits:
+        logits.append(run_logits(engine, _stacked(waiting, preprocess.crop), preprocess, raw, batch_size))
+    return (_stacked(pixels, preprocess.crop), np.asarray(targets, np.int64), skipped, np.concatenate(logits))
 
 
 def model_input(pixels: np.ndarray, preprocess: Preprocess, raw: bool) -> np.ndarray:
@@ -119,8 +159,6 @@ def run_logits(engine, pixels: np.ndarray, preprocess: Preprocess, raw: bool,
 
 
 def report(logits: np.ndarray, targets: np.ndarray, labels: list) -> dict:
-    from toolkit.metrics import classification_report
-
     return classification_report(logits, targets, labels)
 
 
@@ -140,8 +178,6 @@ def _calibration(session, model, logits, targets, ood: Optional[str], preprocess
 
 
 def _resolve_recipe(recipe: Any, meta: dict, model_path: str):
-    from toolkit import recipe as recipe_mod
-
     if recipe is None:
         if not isinstance(meta.get("recipe"), dict):
             raise UserError(f"{model_path}: no recipe in its metadata; pass the recipe of the data to "
@@ -166,6 +202,66 @@ def _label_map(data_labels: list, model_labels: list, model_path: str) -> np.nda
     return np.asarray([index[str(c)] for c in data_labels], np.int64)
 
 
+class EmptySplit(UserError):
+    """The split asked for has no images."""
+
+
+@dataclasses.dataclass
+class OnnxOutputs:
+    """Per-image results of an ONNX file on a split: what evaluate_onnx scores and `toolkit report` shows."""
+    logits: np.ndarray  # float32 N x classes
+    targets: np.ndarray  # int64 N, the model's label indices
+    sources: list  # the N images read (paths, or arrays for in-memory data sets), in order
+    labels: list  # the model's labels
+    skipped: list  # [(path, reason)] images that could not be read
+    pixels: np.ndarray  # uint8 N x crop x crop x 3, what the model saw
+    preprocess: Preprocess
+    raw: bool  # the graph takes uint8 NHWC
+    recipe: Any
+    session: Any  # the engine adapter
+    model: Any  # toolkit.contract's reading of the file
+    started: float  # perf_counter before the images were read
+
+
+def onnx_outputs(model_path: str, recipe_path_or_recipe: Any = None, split: str = "val", batch_size: int = 32,
+                 limit: Optional[int] = None, threads: Optional[int] = None, device: str = "cpu",
+                 engine: Optional[str] = None, precision: Optional[str] = None) -> OnnxOutputs:
+    """The logits of every readable image of a split (see evaluate_onnx for the arguments)."""
+    if split not in SPLITS:
+        raise UserError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
+    if not os.path.isfile(str(model_path)):
+        raise UserError(f"{model_path}: no such model file; expected an .onnx file from toolkit export")
+    contract.check_model_file(model_path)  # before an engine loads it (toolkit.contract_graph)
+    session = engine_session(str(model_path), threads, device, engine, precision)
+    model = contract.from_props(session.metadata(), str(model_path))
+    meta = model.meta
+    recipe = _resolve_recipe(recipe_path_or_recipe, meta, str(model_path))
+    preprocess = Preprocess.from_spec(model.preprocess)
+    raw = bool((model.input or {}).get("raw"))
+    labels = [str(x) for x in model.labels]
+
+    if recipe.data.source == "flowers102" and recipe.data.download:
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, download=False))
+    dataset = load_dataset(recipe, scan=False)
+    items = list(getattr(dataset, split))
+    if not items:
+        raise EmptySplit(f"split {split}: no images in {recipe.data.source} data"
+                        f"{' at ' + recipe.data.root if recipe.data.source == 'folder' else ''}; "
+                        "expected a non-empty split (choose another with --split)")
+    to_model = _label_map(dataset.labels, labels, str(model_path))
+    start = time.perf_counter()
+    pixels, targets, skipped, logits = decode_and_run(session, items, preprocess, raw, recipe.data.max_pixels,
+                                                      limit, batch_size)
+    if len(pixels) == 0:
+        raise UserError(f"split {split}: none of its {len(items)} images could be read "
+                        f"(first: {skipped[0][1] if skipped else 'none'})")
+    unread = {path for path, _ in skipped}
+    sources = [src for src, _ in (items[:limit] if limit else items)
+               if not (isinstance(src, str) and src in unread)]
+    return OnnxOutputs(logits, to_model[targets], sources, labels, skipped, pixels, preprocess, raw, recipe, session,
+                       model, start)
+
+
 def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str = "val",
                   batch_size: int = 32, limit: Optional[int] = None, threads: Optional[int] = None,
                   device: str = "cpu", quiet: bool = True, engine: Optional[str] = None,
@@ -182,58 +278,27 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     accept rate at its OOD threshold; ood: a folder of photos that are none of the classes, adding AUROC,
     FPR at 95% TPR and the share of them rejected (toolkit.runtime.ood_eval).
     """
-    if split not in SPLITS:
-        raise UserError(f"split: {split!r}; expected one of {', '.join(SPLITS)}")
-    if not os.path.isfile(str(model_path)):
-        raise UserError(f"{model_path}: no such model file; expected an .onnx file from toolkit export")
-    contract.check_model_file(model_path)  # before an engine loads it (toolkit.contract_graph)
-    session = engine_session(str(model_path), threads, device, engine, precision)
-    model = contract.from_props(session.metadata(), str(model_path))
-    meta = model.meta
-    recipe = _resolve_recipe(recipe_path_or_recipe, meta, str(model_path))
-    preprocess = Preprocess.from_spec(model.preprocess)
-    raw = bool((model.input or {}).get("raw"))
-    labels = [str(x) for x in model.labels]
-
-    from toolkit.datasets import load_dataset
-
-    if recipe.data.source == "flowers102" and recipe.data.download:
-        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, download=False))
-    dataset = load_dataset(recipe, scan=False)
-    items = list(getattr(dataset, split))
-    if not items:
-        raise UserError(f"split {split}: no images in {recipe.data.source} data"
-                        f"{' at ' + recipe.data.root if recipe.data.source == 'folder' else ''}; "
-                        "expected a non-empty split (choose another with --split)")
-    to_model = _label_map(dataset.labels, labels, str(model_path))
-    start = time.perf_counter()
-    pixels, targets, skipped = load_pixels(items, preprocess, recipe.data.max_pixels, limit)
-    if len(pixels) == 0:
-        raise UserError(f"split {split}: none of its {len(items)} images could be read "
-                        f"(first: {skipped[0][1] if skipped else 'none'})")
-    logits = run_logits(session, pixels, preprocess, raw, batch_size)
-    out = report(logits, to_model[targets], labels)
-    out["calibration"] = _calibration(session, model, logits, to_model[targets], ood, preprocess, raw, batch_size,
-                                      recipe.data.max_pixels)
+    got = onnx_outputs(model_path, recipe_path_or_recipe, split, batch_size, limit, threads, device, engine,
+                       precision)
+    session, model, pixels, preprocess, raw = got.session, got.model, got.pixels, got.preprocess, got.raw
+    logits, targets, labels, skipped = got.logits, got.targets, got.labels, got.skipped
+    start = got.started
+    out = report(logits, targets, labels)
+    out["calibration"] = _calibration(session, model, logits, targets, ood, preprocess, raw, batch_size,
+                                      got.recipe.data.max_pixels)
     info = session.describe()
     out.update({"model": str(model_path), "split": split, "precision": model.precision,
                 "seconds": round(time.perf_counter() - start, 3), "skipped": skipped,
                 "engine": info.engine, "provider": info.provider, "inference_precision": info.precision})
     if not session.reference:
-        from toolkit.runtime.engine_eval import versus_onnxruntime
-
         out["vs_onnxruntime"] = versus_onnxruntime(
-            str(model_path), model.precision, out["inference_precision"], logits, to_model[targets],
+            str(model_path), model.precision, out["inference_precision"], logits, targets,
             lambda path: run_logits(engine_session(path, threads, "cpu", reference_engine()), pixels, preprocess,
                                     raw, batch_size))
     if not quiet:
-        from toolkit.metrics import format_report
-
         runs_on = "" if session.reference else f", {info.runs_on}"
         print(format_report(out, title=f"{model_path} on {split} ({model.precision}{runs_on})"))
         print("\n".join(calibration_lines(out["calibration"])))
         if not session.reference:
-            from toolkit.runtime.engine_eval import versus_line
-
             print(versus_line(out))
     return out

@@ -12,9 +12,8 @@ import os
 import sys
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -22,10 +21,12 @@ from toolkit import artifacts
 from toolkit.errors import UserError
 from toolkit.parsing import parse_bool
 from toolkit.preprocess import IMAGE_EXTENSIONS, ImageError
+from toolkit.runtime.decode_pool import DecodePool
 from toolkit.runtime.engines import parse_engine, parse_precision
 from toolkit.runtime.predictor import Predictor
 
-__all__ = ["PredictOptions", "predict_command", "model_and_images", "collect_images", "IMAGE_EXTENSIONS", "FORMATS"]
+__all__ = ["PredictOptions", "predict_command", "predict_stream", "model_and_images", "collect_images",
+           "IMAGE_EXTENSIONS", "FORMATS"]
 
 FORMATS = ("table", "csv", "json")
 
@@ -245,30 +246,55 @@ def _load_predictor(model: str, o: PredictOptions) -> Predictor:
     return predictor
 
 
+def _chunks(outcomes, size: int):
+    """Lists of `size` consecutive (item, value, error) outcomes (the last may be shorter)."""
+    chunk = []
+    for outcome in outcomes:
+        chunk.append(outcome)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_stream(predictor: Predictor, sources: Iterable, top_k: int, batch_size: int, pool: DecodePool,
+                   timings: dict | None = None, threshold: float | None = None,
+                   reject: bool = True) -> Iterator[tuple]:
+    """(source, Prediction, None) or (source, None, its error message) per source, in input order: each
+    batch of `batch_size` sources (less the unreadable ones) runs on the engine while `pool` decodes the
+    next. `timings["model_s"]` gains the seconds spent in the engine (the pool's decode_s has the rest).
+    threshold, reject: the "unknown" answer, as in Predictor.predict_batch."""
+    timings = {} if timings is None else timings
+    timings.setdefault("model_s", 0.0)
+    for chunk in _chunks(pool.ordered(lambda s: _decode(predictor, s), sources, ahead=batch_size), batch_size):
+        arrays = [arr for _, (arr, err), _ in chunk if err is None]
+        start = time.perf_counter()
+        preds = iter(predictor.predict_batch(np.stack(arrays), top_k, threshold, reject) if arrays else ())
+        timings["model_s"] += time.perf_counter() - start
+        for source, (_, err), _ in chunk:
+            yield (source, None, err) if err is not None else (source, next(preds), None)
+
+
 def _predict_paths(predictor: Predictor, paths: list[str], o: PredictOptions, results: _Results) -> tuple[int, int]:
-    """Decode (threads: Pillow works without the GIL), run and write every batch -> (predicted, failed)."""
+    """Decode on every core while the engine runs, write every result -> (predicted, failed)."""
     progress = _Progress(len(paths), enabled=len(paths) > 50)
     predicted = failed = 0
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for start in range(0, len(paths), o.batch_size):
-            chunk = paths[start:start + o.batch_size]
-            ok_paths, arrays = [], []
-            for path, (arr, err) in zip(chunk, pool.map(lambda p: _decode(predictor, p), chunk)):
-                if err is None:
-                    ok_paths.append(path)
-                    arrays.append(arr)
-                    continue
+    with DecodePool() as pool:
+        stream = predict_stream(predictor, paths, results.k, o.batch_size, pool, threshold=o.threshold,
+                                reject=parse_bool(o.reject, "--reject"))
+        for done, (path, preds, err) in enumerate(stream, 1):
+            if err is None:
+                predicted += 1
+                results.add(path, preds)
+            else:
                 failed += 1
                 if progress.tty:
                     sys.stderr.write("\r\x1b[K")
                 print(f"skipped {err}", file=sys.stderr, flush=True)
-            if arrays:
-                for path, preds in zip(ok_paths, predictor.predict_batch(np.stack(arrays), results.k, o.threshold,
-                                                                             parse_bool(o.reject, "--reject"))):
-                    predicted += 1
-                    results.add(path, preds)
+            if done % o.batch_size == 0 or done == len(paths):
                 results.out.flush()
-            progress.update(start + len(chunk))
+                progress.update(done)
     progress.close()
     return predicted, failed
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from contextlib import closing
 from typing import Any, Iterable
 
 import numpy as np
@@ -28,6 +29,7 @@ import numpy as np
 from toolkit import calibration, contract
 from toolkit.errors import UserError
 from toolkit.preprocess import DEFAULT_MAX_PIXELS, FOLDER_FORMATS, ImageError, Preprocess
+from toolkit.runtime.decode_pool import shared_pool
 from toolkit.runtime.engines import EngineOptions, open_engine, parse_engine
 from toolkit.runtime.session import DEVICES
 
@@ -334,11 +336,30 @@ class Predictor:
         self._check_top_k(top_k)
         single = is_single(images)
         items = [images] if single else list(images)
+        if len(items) > 1 and all(isinstance(i, (str, os.PathLike, bytes, bytearray, memoryview)) for i in items):
+            return self._predict_pooled(items, top_k, threshold, reject)
         results: list[Prediction] = []
         for start in range(0, len(items), self.batch_size):
             results.extend(self.predict_batch(self.prepare(items[start:start + self.batch_size]), top_k,
                                               threshold, reject))
         return results[0] if single else results
+
+    def _predict_pooled(self, items: list, top_k: int, threshold: float | None, reject: bool) -> list:
+        """Files and encoded bytes: decoded on the shared decode pool (every core) while the engine runs the
+        previous batch; the same batches, arrays, results and first error as prepare() one by one."""
+        results: list[Prediction] = []
+        batch: list[np.ndarray] = []
+        with closing(shared_pool().ordered(self.prepare_one, items, ahead=self.batch_size)) as outcomes:
+            for i, (item, value, error) in enumerate(outcomes):
+                if isinstance(error, ImageError) and not isinstance(item, (str, os.PathLike)):
+                    raise ImageError(f"images[{i}]: {error}", error.kind) from None
+                if error is not None:
+                    raise error
+                batch.append(value)
+                if len(batch) == self.batch_size or i == len(items) - 1:
+                    results.extend(self.predict_batch(np.stack(batch), top_k, threshold, reject))
+                    batch = []
+        return results
 
     def warmup(self, batch_size: int = 1) -> float:
         """Run one dummy batch (first-run allocations, CUDA kernel selection); returns the seconds taken."""

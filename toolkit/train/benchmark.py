@@ -1,34 +1,29 @@
 """`toolkit benchmark --train RECIPE`: training-step and data-loader images/s (the torch side of the benchmark).
 
-The step timed is toolkit.train.step.TrainStep, the one `toolkit train` takes. The runtime benchmark
-(toolkit.runtime.benchmark) imports this only when --train is asked for."""
+The step timed is toolkit.train.step.TrainStep, the one `toolkit train` takes; the timing, the record and
+its reports are the runtime benchmark's (toolkit.runtime.benchmark). The CLI imports this only for --train."""
 from __future__ import annotations
 
-import datetime as _dt
-import math
+import dataclasses
 import os
-import sys
 import time
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 
+from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
-from toolkit.runtime.benchmark import (DEFAULT_DURATION_S, SCHEMA_VERSION, _now_iso, _Progress, _stats,
-                                       _write_outputs, format_train_table, interleaved_rounds, machine_info,
-                                       physical_cores, versions)
-from toolkit.runtime.benchmark.rounds import _warm_up
-
-
-@dataclass
-class _Timing:
-    """How long to time, from the command's options."""
-    duration: Optional[float]  # timed seconds for the step (and the loader); None with `iterations`
-    iterations: Optional[int]  # timed steps, spread over the rounds
-    warmup: Optional[int]  # warm-up steps; None: until warm (see toolkit.runtime.benchmark.rounds)
-    rounds: int  # the step is timed in this many blocks
-    loader_batches: Optional[int]  # loader batches to time; None: one pass over the train split (at least 3)
+from toolkit.runtime.benchmark import BenchmarkOptions, interleaved_rounds
+from toolkit.runtime.benchmark.machine import record_head
+from toolkit.runtime.benchmark.options import parse
+from toolkit.runtime.benchmark.records import Limiter, Loader, LoaderIps, Phase, TrainRecipe, TrainRecord, TrainSettings
+from toolkit.runtime.benchmark.report import default_out_dir, publish
+from toolkit.runtime.benchmark.timing import Progress, calls_per_block, stats, warm_up
+from toolkit.train import data as data_mod
+from toolkit.train import model as model_mod
+from toolkit.train.device import amp_dtype, pick_device
+from toolkit.train.step import TrainStep, build_optimizer
 
 
 def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_size: Optional[int] = None,
@@ -44,71 +39,52 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     (loader: `loader_batches`, default one pass over the train split, at least 3 batches).
     Writes benchmark.json and benchmark.md into out_dir (default benchmarks/<recipe name>-train-<stamp>/).
     """
-    say = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, file=sys.stderr, **k))
-    recipe, timing = _settings(recipe_path, overrides, batch_size, device, duration, iterations, warmup, rounds,
-                               loader_batches)
-    import torch
-
-    from toolkit.train import data as data_mod
-    from toolkit.train.device import pick_device
-
-    n_threads, threads_source = (int(threads), "given") if threads else (physical_cores(), "physical cores")
+    recipe = recipe_mod.load(os.fspath(recipe_path), list(overrides))
+    timing = dict(duration=duration, iterations=iterations, warmup=warmup, rounds=rounds, threads=threads)
+    settings = _settings(recipe, batch_size, device, timing, loader_batches)
     dev = pick_device(recipe.train.device)
-    progress = _Progress(not quiet)
+    settings.device, progress = str(dev), Progress(not quiet)
     progress.live("loading the data")
     dataset = data_mod.load_dataset(recipe, scan=False)
     if not dataset.train:
         raise UserError("data: the training split is empty; nothing to load")
     caller_threads = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
+    torch.set_num_threads(settings.threads)
     try:  # a library call must not leave the caller's process on the benchmark's thread count
-        phase_records = [_time_step(recipe, name, groups, len(dataset.labels), dev, timing, progress)
-                         for name, groups in _phases(recipe.train)]
-        progress.line(f"training step: {phase_records[-1]['throughput_ips']['median']:.1f} img/s "
-                      f"(batch {recipe.train.batch_size}, {phase_records[-1]['phase']} phase)")
-        loader_rec, n_batches = _time_loader(recipe, dataset.train, timing, progress)
+        phases = [_time_step(recipe, name, groups, len(dataset.labels), dev, settings, progress)
+                  for name, groups in _phases(recipe.train)]
+        progress.line(f"training step: {phases[-1].throughput_ips.median:.1f} img/s "
+                      f"(batch {recipe.train.batch_size}, {phases[-1].phase} phase)")
+        loader = _time_loader(recipe, dataset.train, settings, progress)
     finally:
         torch.set_num_threads(caller_threads)
         progress.close()
-    settings = {"device": str(dev), "threads": n_threads, "threads_source": threads_source,
-                "warmup": int(warmup) if warmup is not None else "auto", "rounds": int(rounds),
-                "iterations": int(iterations) if iterations is not None else None,
-                "duration_s": float(timing.duration) if timing.duration is not None else None,
-                "loader_batches": n_batches}
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = out_dir or os.path.join("benchmarks", f"{recipe.name}-train-{stamp}")
+    out_dir = out_dir or default_out_dir(f"{recipe.name}-train")
     command = f"toolkit benchmark --train {recipe_path}" + (" " + " ".join(overrides) if overrides else "")
-    record = _record(recipe, recipe_path, command, dataset, dev, settings, phase_records, loader_rec, out_dir)
-    _write_outputs(record, out_dir, False, say)
-    if not quiet:
-        print(format_train_table(record))
-        say(f"benchmark: wrote {record['files']['json']}, {record['files']['markdown']}")
+    record = _record(recipe, recipe_path, command, dataset, dev, settings, phases, loader, out_dir)
+    publish(record, plot=False, quiet=quiet)
     return record
 
 
-def _settings(recipe_path, overrides, batch_size, device, duration, iterations, warmup, rounds, loader_batches):
-    """(the recipe with --batch-size / --device applied, the timing options), checked."""
-    from toolkit import recipe as recipe_mod
-
-    recipe = recipe_mod.load(os.fspath(recipe_path), list(overrides))
-    if duration is not None and iterations is not None:
-        raise UserError("benchmark: pass --duration or --iterations, not both")
+def _settings(recipe, batch_size, device, timing: dict, loader_batches) -> TrainSettings:
+    """The timing options, checked as the inference benchmark checks them (options.parse); --batch-size and
+    --device applied to the recipe."""
+    plan = parse(BenchmarkOptions(**timing))
     if batch_size is not None:
         if int(batch_size) < 1:
             raise UserError(f"batch_size: {batch_size!r}; expected a positive whole number")
         recipe.train.batch_size = int(batch_size)
     if device is not None:
         recipe.train.device = str(device)
-    if int(rounds) < 1:
-        raise UserError(f"rounds: {rounds!r}; expected at least 1")
-    duration = DEFAULT_DURATION_S if duration is None and iterations is None else duration
-    return recipe, _Timing(duration, iterations, warmup, int(rounds), loader_batches)
+    iterations, warmup = timing["iterations"], timing["warmup"]
+    return TrainSettings(device=str(recipe.train.device), threads=plan.threads, threads_source=plan.threads_source,
+                         warmup=int(warmup) if warmup is not None else "auto", rounds=plan.rounds,
+                         iterations=int(iterations) if iterations is not None else None, duration_s=plan.duration,
+                         loader_batches=int(loader_batches or 0))  # 0: one pass, set when the loader is timed
 
 
 def _phases(t) -> list[tuple[str, set]]:
     """[(name, trainable groups)]: the main phase, after a frozen one when a fine-tune starts frozen."""
-    from toolkit.train import model as model_mod
-
     first_groups = model_mod.trainable_groups(t, 0)
     last_groups = model_mod.trainable_groups(t, max(0, t.epochs - 1))
     phases = [("main", last_groups)]
@@ -117,14 +93,9 @@ def _phases(t) -> list[tuple[str, set]]:
     return phases
 
 
-def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timing: _Timing, progress) -> dict:
+def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timing: TrainSettings,
+               progress) -> Phase:
     """The training step's record for one phase: model and optimizer built as toolkit train builds them."""
-    import torch
-
-    from toolkit.train import model as model_mod
-    from toolkit.train.device import amp_dtype
-    from toolkit.train.step import TrainStep, build_optimizer
-
     t, bs, crop = recipe.train, int(recipe.train.batch_size), int(recipe.preprocess.crop)
     progress.live(f"building the model ({phase_name})")
     model = model_mod.build_from_recipe(recipe, num_classes)
@@ -145,31 +116,27 @@ def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timi
             torch.cuda.synchronize()
 
     progress.live(f"warming up the training step ({phase_name})")
-    first, last = _warm_up(one_step, timing.warmup)
+    first, last = warm_up(one_step, None if timing.warmup == "auto" else timing.warmup)
     rounds = timing.rounds
-    k = max(1, math.ceil(int(timing.iterations) / rounds)) if timing.iterations is not None else \
-        max(1, int(round(float(timing.duration) / rounds / max(last, 1e-6))))
+    k = calls_per_block(timing.iterations, timing.duration_s, rounds, last)
 
     def on_block(r, entry, kk, total):
         progress.live(f"training step ({phase_name}) round {r + 1}/{rounds}: {kk * bs / total:.1f} img/s")
     lat, blocks, _ = interleaved_rounds([("step", one_step)], rounds, {"step": k}, on_block)
-    stats = _stats(lat["step"], blocks["step"], k, bs)
+    latency, _, throughput = stats(lat["step"], blocks["step"], k, bs)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"phase": phase_name, "groups": sorted(groups), "trainable_params": int(trainable),
-            "iterations": len(lat["step"]), "first_step_s": round(first, 4),
-            "throughput_ips": stats["throughput_ips"], "latency_ms": stats["latency_ms"]}
+    return Phase(phase=phase_name, groups=sorted(groups), trainable_params=int(trainable),
+                 iterations=len(lat["step"]), first_step_s=round(first, 4), throughput_ips=throughput,
+                 latency_ms=latency)
 
 
-def _time_loader(recipe, items: list, timing: _Timing, progress) -> tuple[dict, int]:
-    """(the data loader's record: seconds to each next batch after the first (startup_s), batches wanted)."""
-    import torch
-
-    from toolkit.train import data as data_mod
-
+def _time_loader(recipe, items: list, timing: TrainSettings, progress) -> Loader:
+    """The data loader's record: seconds to each next batch after the first (startup_s); sets the batches
+    wanted in timing.loader_batches."""
     progress.live("starting the data loader")
     loader = data_mod.make_loader(items, recipe, train=True, generator=torch.Generator().manual_seed(0))
-    n_batches = int(timing.loader_batches) if timing.loader_batches else max(3, len(loader))
-    duration = timing.duration
+    n_batches = timing.loader_batches = timing.loader_batches or max(3, len(loader))
+    duration = timing.duration_s
     tt = time.perf_counter()
     it = iter(loader)
     next(it)
@@ -188,16 +155,14 @@ def _time_loader(recipe, items: list, timing: _Timing, progress) -> tuple[dict, 
         progress.live(f"data loader: {len(times)} batches, {sum(sizes_seen) / sum(times):.1f} img/s")
     ips_per_batch = np.asarray(sizes_seen) / np.maximum(np.asarray(times), 1e-9)
     loader_ips = float(sum(sizes_seen) / sum(times)) if times else 0.0
-    record = {"workers": int(recipe.data.workers), "batch_size": int(recipe.train.batch_size),
-              "startup_s": round(startup, 4), "batches": len(times), "images": int(sum(sizes_seen)),
-              "augment": "recipe" if recipe.augment else "default", "throughput_ips": {
-                  "overall": round(loader_ips, 3), "median_batch": round(float(np.median(ips_per_batch)), 3),
-                  "min_batch": round(float(ips_per_batch.min()), 3),
-                  "max_batch": round(float(ips_per_batch.max()), 3)}}
-    return record, n_batches
+    ips = LoaderIps(round(loader_ips, 3), round(float(np.median(ips_per_batch)), 3),
+                    round(float(ips_per_batch.min()), 3), round(float(ips_per_batch.max()), 3))
+    return Loader(workers=int(recipe.data.workers), batch_size=int(recipe.train.batch_size),
+                  startup_s=round(startup, 4), batches=len(times), images=int(sum(sizes_seen)),
+                  augment="recipe" if recipe.augment else "default", throughput_ips=ips)
 
 
-def _limiter(step_ips: float, loader_ips: float, on_cpu: bool) -> tuple[dict, list]:
+def _limiter(step_ips: float, loader_ips: float, on_cpu: bool) -> tuple[Limiter, list]:
     """(which of step and loader limits an epoch, with advice; the notes)."""
     bound = "data loader" if loader_ips < step_ips else "training step"
     shared = 1.0 / (1.0 / step_ips + 1.0 / loader_ips) if on_cpu and step_ips and loader_ips else None
@@ -205,9 +170,9 @@ def _limiter(step_ips: float, loader_ips: float, on_cpu: bool) -> tuple[dict, li
               if bound == "data loader" else
               "the training step is the limit: a GPU (with AMP and channels_last), a smaller crop or more frozen "
               "blocks speed it up; more loader workers won't")
-    limiter = {"bound_by": bound, "step_ips": step_ips, "loader_ips": round(loader_ips, 3),
-               "ratio": round(loader_ips / step_ips, 3) if step_ips else None,
-               "estimate_shared_cpu_ips": round(shared, 3) if shared else None, "advice": advice}
+    limiter = Limiter(bound_by=bound, step_ips=step_ips, loader_ips=round(loader_ips, 3),
+                      ratio=round(loader_ips / step_ips, 3) if step_ips else None,
+                      estimate_shared_cpu_ips=round(shared, 3) if shared else None, advice=advice)
     notes = []
     if shared:
         notes.append("on CPU the loader's worker processes and the training step share the same cores; when both "
@@ -216,30 +181,23 @@ def _limiter(step_ips: float, loader_ips: float, on_cpu: bool) -> tuple[dict, li
     return limiter, notes
 
 
-def _record(recipe, recipe_path, command: str, dataset, dev, settings: dict, phases: list, loader: dict,
-            out_dir: str) -> dict:
-    """benchmark.json's record of kind "train" (schema: toolkit.runtime.benchmark.schema)."""
-    from toolkit.train.device import amp_dtype
-
+def _record(recipe, recipe_path, command: str, dataset, dev, settings: TrainSettings, phases: list,
+            loader: Loader, out_dir: str) -> dict:
+    """benchmark.json's record of kind "train" (toolkit.runtime.benchmark.records.TrainRecord)."""
     t = recipe.train
     autocast = amp_dtype(t.amp, dev)
-    limiter, notes = _limiter(phases[-1]["throughput_ips"]["median"], loader["throughput_ips"]["overall"],
-                              dev.type == "cpu")
-    return {
-        "schema_version": SCHEMA_VERSION, "kind": "train", "created": _now_iso(), "command": command,
-        "recipe": {"path": os.fspath(recipe_path), "name": recipe.name, "arch": recipe.model.arch,
-                   "head": recipe.model.head, "crop": int(recipe.preprocess.crop), "classes": len(dataset.labels),
-                   "strategy": t.strategy, "optimizer": t.optimizer, "batch_size": int(t.batch_size),
-                   "amp": str(autocast).replace("torch.", "") if autocast else None,
-                   "channels_last": bool(t.channels_last and dev.type == "cuda"), "train_images": len(dataset.train)},
-        "machine": machine_info(gpu=dev.type == "cuda"), "versions": versions(), "settings": settings,
-        "timed": {"step": "one optimizer step on a synthetic batch already on the device: zero_grad, forward, "
-                          "loss, backward, (grad clip), optimizer step, (CUDA synchronise); median over rounds",
-                  "loader": "time to receive each next batch from toolkit.train.data.make_loader(train split, "
-                            "train=True) with the recipe's workers and augmentation, after its first batch "
-                            "(startup_s)",
-                  "limiter": "the smaller of step and loader images/s limits an epoch"},
-        "phases": phases, "loader": loader, "limiter": limiter, "notes": notes,
-        "files": {"json": os.path.join(out_dir, "benchmark.json"), "markdown": os.path.join(out_dir, "benchmark.md"),
-                  "png": None},
-    }
+    limiter, notes = _limiter(phases[-1].throughput_ips.median, loader.throughput_ips.overall, dev.type == "cpu")
+    return dataclasses.asdict(TrainRecord(
+        **record_head("train", command, notes, out_dir, ("benchmark.json", "benchmark.md", None), dev.type == "cuda"),
+        recipe=TrainRecipe(path=os.fspath(recipe_path), name=recipe.name, arch=recipe.model.arch,
+                           head=recipe.model.head, crop=int(recipe.preprocess.crop), classes=len(dataset.labels),
+                           strategy=t.strategy, optimizer=t.optimizer, batch_size=int(t.batch_size),
+                           amp=str(autocast).replace("torch.", "") if autocast else None,
+                           channels_last=bool(t.channels_last and dev.type == "cuda"),
+                           train_images=len(dataset.train)),
+        settings=settings, phases=phases, loader=loader, limiter=limiter,
+        timed={"step": "one optimizer step on a synthetic batch already on the device: zero_grad, forward, "
+                       "loss, backward, (grad clip), optimizer step, (CUDA synchronise); median over rounds",
+               "loader": "time to receive each next batch from toolkit.train.data.make_loader(train split, "
+                         "train=True) with the recipe's workers and augmentation, after its first batch (startup_s)",
+               "limiter": "the smaller of step and loader images/s limits an epoch"}))

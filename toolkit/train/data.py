@@ -44,16 +44,40 @@ def eval_preprocess(recipe) -> Preprocess:
 
 def default_augment(recipe) -> dict:
     """The default train-time pipeline for photos, in albumentations' own serialised form (plain JSON
-    types, so it writes into the resolved recipe as YAML). Digits recipes bring their own: no flips."""
-    crop = recipe.preprocess.crop
-    pipeline = A.Compose([
-        # Bilinear: big JPEGs arrive pre-shrunk (see _pixels), so the scale change here is small.
-        A.RandomResizedCrop(size=(crop, crop), scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)),
-        A.HorizontalFlip(p=0.5),
-        A.Affine(rotate=(-10, 10), scale=(0.95, 1.05), border_mode=cv2.BORDER_REFLECT_101, p=0.3),
-        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
-    ])
-    return json.loads(json.dumps(A.to_dict(pipeline)))
+    types, so it writes into the resolved recipe as YAML). Digits recipes bring their own: no flips.
+
+    It follows preprocess.fit, so training sees what evaluation sees: crop trains on random crops of
+    35-100% of the photo; letterbox and squash keep the photo's whole content (letterbox: the long side
+    to crop, padded with the mean colour as Preprocess pads; squash: both sides to crop), and jitter
+    scale, shift and angle by a little instead of cropping."""
+    crop, fit = recipe.preprocess.crop, recipe.preprocess.fit
+    colour = A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5)
+    if fit == "crop":
+        pipeline = A.Compose([
+            # Bilinear: big JPEGs arrive pre-shrunk (see _pixels), so the scale change here is small.
+            A.RandomResizedCrop(size=(crop, crop), scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)),
+            A.HorizontalFlip(p=0.5),
+            A.Affine(rotate=(-10, 10), scale=(0.95, 1.05), border_mode=cv2.BORDER_REFLECT_101, p=0.3),
+            colour,
+        ])
+    else:
+        pad = [float(c) for c in eval_preprocess(recipe).pad_colour]
+        border = {"border_mode": cv2.BORDER_CONSTANT, "fill": pad} if fit == "letterbox" else \
+            {"border_mode": cv2.BORDER_REFLECT_101}
+        fit_square = [A.LongestMaxSize(max_size=crop), A.PadIfNeeded(min_height=crop, min_width=crop,
+                                                                      position="center", **border)] \
+            if fit == "letterbox" else [A.Resize(height=crop, width=crop)]
+        pipeline = A.Compose([
+            *fit_square,
+            A.HorizontalFlip(p=0.5),
+            A.Affine(rotate=(-10, 10), scale=(0.9, 1.05), translate_percent=(-0.05, 0.05), p=0.5, **border),
+            colour,
+        ])
+    spec = json.loads(json.dumps(A.to_dict(pipeline)))
+    for t in spec["transform"]["transforms"]:
+        if t["__class_fullname__"] == "PadIfNeeded":
+            t.pop("padding", None)  # albumentations 2.0.8 writes it but from_dict refuses it (warns "not valid")
+    return spec
 
 
 def _dummy_image(recipe) -> np.ndarray:

@@ -16,6 +16,8 @@ import time
 
 from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
+from toolkit.parsing import parse_list
+from toolkit.train.demo_imagenet import ImagenetDemoOptions, run_imagenet_demo
 from toolkit.train.demo_shared import (final_test_top1, print_next_steps, recipe_path, summarise, table_lines,
                                        train_quietly, write_report)
 
@@ -75,3 +77,19 @@ def run_demo(seeds=(0, 1, 2), labels_per_class=(1, 3, 10), quick: bool = False, 
     target = recipe_mod.load(recipe_path("digits-scratch.yaml"), [f"out_dir={out_dir}"])  # the same target data
     print_next_steps(target, showcase, out_dir)
     return record
+
+
+def demo_command(overrides: list, seeds=None, labels_per_class=None, quick: bool = False, out_dir=None,
+                 imagenet: bool = False, steps=None) -> None:
+    """`toolkit demo [--imagenet]`: only the flags given are passed on, so each demo keeps its own defaults."""
+    given = {k: v for k, v in dict(seeds=seeds, labels_per_class=labels_per_class, steps=steps, out_dir=out_dir).items()
+             if v is not None}
+    given.update({k: parse_list(given[k], int, "--" + k.replace("_", "-")) for k in ("seeds", "labels_per_class")
+                  if k in given},
+                 quick=quick, overrides=overrides)
+    if "steps" in given and not imagenet:
+        raise UserError("demo: --steps goes with --imagenet (the digits demo trains by epochs)")
+    if imagenet:
+        run_imagenet_demo(ImagenetDemoOptions(**given))
+    else:
+        run_demo(**given)

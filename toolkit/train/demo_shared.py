@@ -31,7 +31,7 @@ def recipe_path(name: str) -> str:
 def train_quietly(recipe, evaluate_test: bool = True) -> float:
     """Train `recipe` (replacing an earlier run of the same name) without log lines; -> seconds."""
     started = time.time()
-    train(recipe, overwrite=True, quiet=True, evaluate_test=evaluate_test)
+    train(recipe, overwrite=True, quiet=True, evaluate_test=evaluate_test, report=False)
     return time.time() - started
 
 

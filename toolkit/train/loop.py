@@ -26,6 +26,7 @@ from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.recipe import Recipe
 from toolkit.train import data as data_mod
+from toolkit.train import balance
 from toolkit.train import model as model_mod
 from toolkit.train import resume as resume_mod
 from toolkit.train.checkpoint import load_model_state, load_optimizer_state, save_checkpoint
@@ -33,12 +34,14 @@ from toolkit.train.device import amp_dtype, pick_device
 from toolkit.train.distributed import IGNORE, Dist, is_collective_failure, launch
 from toolkit.train.evaluate import collect_logits
 from toolkit.train.plots import save_plots
+from toolkit.train.report import write_after_training
 from toolkit.train.run_dir import append_metrics, checkpoint_paths, prepare_run_dir, write_run_files, write_summary
 from toolkit.train.sampling import EpochBatches, SeededAugmentation, run_loader
 from toolkit.train.schedule import LrSchedule
 from toolkit.train.state import RunState, rng_state, seed_everything, set_rng_state
 from toolkit.train.step import TrainStep, build_optimizer
 from toolkit.train.stop import StopRequest
+from toolkit.train.tensorboard import TensorBoardLog
 
 
 class NonFiniteLoss(UserError):
@@ -53,16 +56,17 @@ class TrainOptions:
     stop_after_epochs: int | None = None  # end this session after that many epochs, as if interrupted (tests)
     quiet: bool = False  # no log lines, no progress bar
     evaluate_test: bool = True  # score best.pt on the test split for summary.json (the demo scores last.pt itself)
+    report: bool = True  # write report.html / report.json at the end (toolkit.train.report)
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_after_epochs: int | None = None,
-          quiet: bool = False, evaluate_test: bool = True) -> dict:
+          quiet: bool = False, evaluate_test: bool = True, report: bool = True) -> dict:
     """Train a recipe end to end; returns the summary. `stop_after_epochs` ends this session early, as if
     interrupted after that many epochs (used by tests). `evaluate_test=False` leaves the test split to the
-    caller (the demo scores last.pt itself).
+    caller (the demo scores last.pt itself). `report=False`: no report.html at the end.
 
     Under torchrun every process calls this; see the module docstring."""
-    opts = TrainOptions(resume, overwrite, stop_after_epochs, quiet, evaluate_test)
+    opts = TrainOptions(resume, overwrite, stop_after_epochs, quiet, evaluate_test, report)
     ctx = Dist.from_env()
     device = ctx.place(pick_device(recipe.train.device))
     ctx.join(device, recipe.train.dist_timeout)
@@ -93,15 +97,20 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
     run.build_model()
     run.restore()
     if ctx.is_main:
-        write_run_files(recipe, run.model, run.state.epoch, run.say)
+        write_run_files(recipe, run.model, run.state.epoch, run.say, run.dataset.health)
     run.build_loaders()
     with StopRequest(announce=ctx.is_main) as stop:
         run.epochs(stop)
+    if run.tb is not None:
+        run.tb.close()
     if not ctx.is_main:
         return {"run": recipe.run_dir, "rank": ctx.rank}
     run.plots()
-    return write_summary(recipe, run.dataset if opts.evaluate_test else None, device, run.state, started,
-                         opts.quiet, world=ctx.world)
+    summary = write_summary(recipe, run.dataset if opts.evaluate_test else None, device, run.state, started,
+                            opts.quiet, world=ctx.world)
+    if opts.report:
+        write_after_training(recipe.run_dir, run.say, run.dataset)
+    return summary
 
 
 def _open_run(recipe: Recipe, opts: TrainOptions) -> dict | None:
@@ -135,6 +144,8 @@ class _Session:
         self.state = RunState()
         self.last_metrics = resumed["metrics"] if resumed else {}
         self.nonfinite = 0  # non-finite losses so far
+        self.tb: TensorBoardLog | None = None  # rank 0's TensorBoard log (build_loaders opens it)
+        self.confusion = None  # this epoch's validation confusion matrix, for TensorBoard
 
     # -- stages ---------------------------------------------------------------------------------
     def load_data(self) -> None:
@@ -167,7 +178,8 @@ class _Session:
         # Every group that trains at some point is in the optimizer from the start; frozen ones have no grad.
         ever_trained = set().union(*(model_mod.trainable_groups(t, e) for e in range(t.epochs)))
         self.model = model
-        self.step = TrainStep(model, build_optimizer(model, t, ever_trained), t, device, amp_dtype(t.amp, device))
+        self.step = TrainStep(model, build_optimizer(model, t, ever_trained), t, device, amp_dtype(t.amp, device),
+                              balance.loss_weights(t, self.dataset.train, len(self.labels)))
         self.val_criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
 
     def restore(self) -> None:
@@ -197,7 +209,11 @@ class _Session:
         # Each rank validates its share of the images; the report is gathered, so every rank sees the same one.
         self.val_loader = run_loader(val_set, recipe.data.workers, self.device, sampler=ctx.share(len(val_set)),
                                       batch_size=max(1, t.batch_size // ctx.world))
+        self.sample_weights = balance.sample_weights(t, dataset.train, len(self.labels))
+        self.say(balance.describe(t, dataset.train, self.labels))
         self.steps_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
+        if self.main:
+            self.tb = TensorBoardLog(recipe.run_dir, self.labels, first_epoch=self.state.epoch, say=self.say)
         self.schedule = LrSchedule(t, self.steps_per_epoch)
         autocast = self.step.autocast
         self.say(f"data: {len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test images, "
@@ -248,7 +264,7 @@ class _Session:
         self.step.net = self.ctx.wrap(self.model, self.device, trainable)
         self.step.net.train()  # keeps frozen groups' BatchNorm in eval mode
         batches = EpochBatches(len(self.train_set), self.recipe.seed, state.epoch, t.batch_size, self.ctx,
-                               skip=state.step_in_epoch)
+                               skip=state.step_in_epoch, weights=self.sample_weights)
         global_sizes = batches.global_sizes()
         loader = run_loader(self.train_set, self.recipe.data.workers, self.device, batch_sampler=batches)
         totals, stopping, tick = [0, 0.0, 0], False, time.time()
@@ -312,13 +328,14 @@ class _Session:
             "lr": {g.get("group", g["name"]): g["lr"] for g in self.step.optimizer.param_groups},
             "images_per_s": seen / max(seconds, 1e-9), "epoch_time_s": seconds,
         }
-        improved = False
+        improved, self.confusion = False, None
         if state.epoch % t.eval_every == 0 or state.epoch == t.epochs:
             improved = self.validate(record)
         state.history.append(record)
         if self.main:
             # The log line goes first: after a crash between the two, resume trims it back to the checkpoint.
             append_metrics(self.recipe.run_dir, record)
+            self.tb.log_epoch(record, self.confusion)
         return record, improved
 
     def validate(self, record: dict) -> bool:
@@ -330,6 +347,7 @@ class _Session:
         record.update(val_loss=report["loss"], val_top1=report["top1"], val_top5=report["top5"],
                       val_mean_per_class=report["mean_per_class"])
         improved = report["top1"] > state.best_top1
+        self.confusion = report["confusion"]
         if improved:
             state.best_top1, state.best_epoch, state.stale_evals = report["top1"], state.epoch, 0
             state.best_confusion = report["confusion"]

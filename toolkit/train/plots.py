@@ -20,7 +20,7 @@ def save_plots(run_dir: str, history: list, confusion: list | None, labels: list
         _save_fig(fig, os.path.join(run_dir, "curves.png"))
         plt.close(fig)
     if confusion is not None:
-        fig = _confusion(plt, np.asarray(confusion), labels, top1)
+        fig = confusion_figure(plt, confusion, labels, f"validation confusion (top-1 {top1:.1f}%)")
         _save_fig(fig, os.path.join(run_dir, "confusion.png"))
         plt.close(fig)
 
@@ -42,7 +42,9 @@ def _curves(plt, history: list):
     return fig
 
 
-def _confusion(plt, matrix: np.ndarray, labels: list, top1: float):
+def confusion_figure(plt, confusion, labels: list, title: str):
+    """The confusion matrix (rows: true, columns: predicted) as a matplotlib figure, counts in the cells."""
+    matrix = np.asarray(confusion)
     size = min(20, 3 + 0.35 * len(labels))
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
@@ -53,7 +55,7 @@ def _confusion(plt, matrix: np.ndarray, labels: list, top1: float):
             if v:
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
                         color="white" if v > matrix.max() / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=f"validation confusion (top-1 {top1:.1f}%)")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     return fig
 

@@ -43,10 +43,16 @@ def prepare_run_dir(run_dir: str, resume: bool, overwrite: bool) -> dict | None:
     return None
 
 
-def write_run_files(recipe, model, epochs_done: int, say) -> None:
-    """recipe.yaml and param_groups.txt; metrics.jsonl trimmed back to the checkpoint's epochs."""
+DATA_HEALTH = "data_health.json"  # the pre-flight scan's data health (toolkit.datasets.health), in the run folder
+
+
+def write_run_files(recipe, model, epochs_done: int, say, health: dict | None = None) -> None:
+    """recipe.yaml, param_groups.txt and data_health.json (with the scan's `health`); metrics.jsonl trimmed
+    back to the checkpoint's epochs."""
     run_dir, t = recipe.run_dir, recipe.train
     atomic_write(os.path.join(run_dir, "recipe.yaml"), recipe_mod.dump(recipe))
+    if health is not None:
+        atomic_write(os.path.join(run_dir, DATA_HEALTH), json.dumps(health, indent=1) + "\n")
     table = model_mod.param_group_table(model, model_mod.group_learning_rates(t), model_mod.trainable_from(t))
     atomic_write(os.path.join(run_dir, "param_groups.txt"), table + "\n")
     say(table)

@@ -15,9 +15,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from toolkit.train.distributed import IGNORE, Dist
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled order of one epoch's n samples, from (seed, epoch) alone."""
+def epoch_order(n: int, seed: int, epoch: int, weights: torch.Tensor | None = None) -> list[int]:
+    """The shuffled order of one epoch's n samples, from (seed, epoch) alone. With `weights` (one per
+    sample: train.sampler balanced), n samples drawn with replacement in proportion to them instead."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if weights is not None:
+        return torch.multinomial(weights, n, replacement=True, generator=g).tolist()
     return torch.randperm(n, generator=g).tolist()
 
 
@@ -27,19 +30,22 @@ class EpochBatches(Sampler):
     The global batches are the epoch's shuffled order cut into `batch_size` pieces, the same for any
     number of processes; `dist.shard` gives each rank its part. Each index is encoded as epoch * n + i,
     so the dataset (even in a persistent worker) knows the epoch; a padding entry (see Dist.shard) as
-    -(code + 1). `skip` global batches are left out, to resume mid-epoch.
+    -(code + 1). `skip` global batches are left out, to resume mid-epoch. `weights` (train.sampler
+    balanced, toolkit.train.balance) draws the epoch's order with replacement: the same draw on every rank,
+    sharded like the uniform one.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int, batch_size: int, dist: Dist, skip: int = 0):
+    def __init__(self, n: int, seed: int, epoch: int, batch_size: int, dist: Dist, skip: int = 0,
+                 weights: torch.Tensor | None = None):
         self.n, self.seed, self.epoch = n, seed, epoch
-        self.batch_size, self.dist, self.skip = batch_size, dist, skip
+        self.batch_size, self.dist, self.skip, self.weights = batch_size, dist, skip, weights
 
     def global_sizes(self) -> list[int]:
         n, b = self.n, self.batch_size
         return [min(b, n - start) for start in range(0, n, b)][self.skip:]
 
     def __iter__(self):
-        codes = [self.epoch * self.n + i for i in epoch_order(self.n, self.seed, self.epoch)]
+        codes = [self.epoch * self.n + i for i in epoch_order(self.n, self.seed, self.epoch, self.weights)]
         for start in range(self.skip * self.batch_size, len(codes), self.batch_size):
             part, padding = self.dist.shard(codes[start:start + self.batch_size])
             yield [-(c + 1) for c in part] if padding else part

@@ -25,15 +25,18 @@ class TrainStep:
 
     The loss is summed, then scaled by `scale` (1 / images in the global batch, times the number of
     processes): DistributedDataParallel's average over ranks is then the mean over the global batch,
-    however it was split. Padding targets (IGNORE) add nothing."""
+    however it was split. Padding targets (IGNORE) add nothing. `class_weights` (train.class_weights
+    balanced) weight each image's loss by its class; they average 1 over the training images."""
 
-    def __init__(self, model: nn.Module, optimizer, t, device: torch.device, autocast):
+    def __init__(self, model: nn.Module, optimizer, t, device: torch.device, autocast,
+                 class_weights: torch.Tensor | None = None):
         self.model, self.optimizer, self.device, self.autocast = model, optimizer, device, autocast
         self.net = model  # what runs the forward pass: the model, or its DDP wrapper (see Dist.wrap)
         self.grad_clip = t.grad_clip
         self.channels_last = bool(t.channels_last and device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=autocast is torch.float16)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing, reduction="sum",
+        weight = None if class_weights is None else class_weights.to(device)  # train.class_weights
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing, reduction="sum",
                                              ignore_index=IGNORE)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor):

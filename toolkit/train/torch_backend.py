@@ -2,9 +2,9 @@
 
 The run's PyTorch model (eager FP32; on CUDA also autocast FP16; torch.compile) timed beside the
 ONNX Runtime sessions, and its cold-start probe (`python -m toolkit.train.torch_backend --probe SPEC`).
-The runtime benchmark (toolkit.runtime.benchmark.run) imports this module only when --torch or
---compile is asked for. torch itself is imported inside the functions, so that the probe's import_s
-and rss_base_mb include it, as they did before the benchmark was split.
+The CLI hands load_torch_backends to toolkit.runtime.benchmark.run_benchmark (`torch_backends`): the
+runtime never imports this module. torch itself is imported inside the functions, so that the probe's
+import_s and rss_base_mb include it.
 """
 from __future__ import annotations
 
@@ -17,46 +17,47 @@ import numpy as np
 
 from toolkit import artifacts
 from toolkit.errors import UserError, first_line
-from toolkit.runtime.benchmark.backends import _Backend
-from toolkit.runtime.benchmark.machine import _maxrss_mb
-from toolkit.runtime.benchmark.probe import first_runs, main
-from toolkit.runtime.benchmark.schema import E2E_TOP_K
+from toolkit.preprocess import SERVE_FORMATS
+from toolkit.runtime.benchmark import BackendRecord, ExtraBackends
+from toolkit.runtime.benchmark.machine import maxrss_mb
+from toolkit.runtime.benchmark.backends import DecodeSplit, first_runs, main, run_probe
+from toolkit.runtime.benchmark.records import E2E_TOP_K
 
 
-class _TorchBackend(_Backend):
-    """The run's PyTorch model from its checkpoint, eager or compiled, FP32 or autocast FP16."""
+def _provider(compiled: bool) -> str:
+    return "torch.compile (inductor)" if compiled else "PyTorch eager"
 
-    def __init__(self, checkpoint: str, device: str, threads: int, compiled: bool, amp: bool, preprocess):
+
+class TorchBackend:
+    """The run's PyTorch model from its checkpoint, eager or compiled, FP32 or autocast FP16
+    (toolkit.runtime.benchmark.Backend)."""
+
+    modes = ("model", "end_to_end")
+
+    def __init__(self, checkpoint: str, device: str, threads: int, compiled: bool, amp: bool, preprocess,
+                 flops: int):
         import torch
 
         from toolkit.train.model import model_from_checkpoint
 
-        self.torch = torch
-        self.backend = "torch-compile" if compiled else "torch-eager"
-        self.device = device  # cpu, cuda or cuda:N
-        self.precision = "fp16-amp" if amp else "fp32"
-        self.key = f"{self.backend}/{self.device}/{self.precision}"
-        self.provider = "torch.compile (inductor)" if compiled else "PyTorch eager"
-        self.file = checkpoint
-        self.file_bytes = os.path.getsize(checkpoint)
-        self.amp = amp
-        self.preprocess = preprocess
-        self.compile_error: Optional[str] = None
+        self.torch, self.amp, self.preprocess, self.may_fail = torch, amp, preprocess, compiled
+        backend, precision = ("torch-compile" if compiled else "torch-eager"), ("fp16-amp" if amp else "fp32")
         torch.set_num_threads(int(threads))
         t = time.perf_counter()
-        model, _ = model_from_checkpoint(checkpoint)
-        self.dev = torch.device(self.device)
+        model, ckpt = model_from_checkpoint(checkpoint)
+        self.dev = torch.device(device)  # cpu, cuda or cuda:N
         model = model.to(self.dev).eval()
-        self.params_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         self.model = torch.compile(model) if compiled else model
         self.session_s = time.perf_counter() - t
-        self.session_options = {"torch_threads": torch.get_num_threads(), "inference_mode": True,
-                                "autocast": "float16" if amp else None, "compile": compiled}
-        self.providers = [self.provider]
-
-    def _sync(self):
-        if self.dev.type == "cuda":
-            self.torch.cuda.synchronize()
+        self.split = DecodeSplit()
+        self.crop = int(ckpt["recipe"]["preprocess"]["crop"])
+        self.record = BackendRecord(
+            key=f"{backend}/{device}/{precision}", backend=backend, engine="torch", engine_device=_provider(compiled),
+            inference_precision=precision, device=device, precision=precision, provider=_provider(compiled),
+            providers=[_provider(compiled)], file=checkpoint, file_bytes=os.path.getsize(checkpoint),
+            flops_per_image=flops, flops_by_op={}, provider_options={},
+            session_options={"torch_threads": torch.get_num_threads(), "inference_mode": True,
+                             "autocast": "float16" if amp else None, "compile": compiled})
 
     def _forward(self, x):
         torch = self.torch
@@ -66,32 +67,33 @@ class _TorchBackend(_Backend):
                     return self.model(x)
             return self.model(x)
 
-    def prepare(self, batch: int, pixels: np.ndarray, jpegs: list) -> None:
-        self._x = self.torch.from_numpy(self.preprocess.normalize(pixels)).to(self.dev)
-        self._jpegs = jpegs
+    def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
+        self.x = self.torch.from_numpy(self.preprocess.normalize(pixels)).to(self.dev)
+        self.jpegs = jpegs["end_to_end"]
+        self.split.reset()
 
     def run(self, mode: str) -> None:
         torch = self.torch
-        if mode == "end_to_end":
-            from toolkit.preprocess import SERVE_FORMATS
-
-            pixels = np.stack([self.preprocess.pixels(j, formats=SERVE_FORMATS)
-                               for j in self._jpegs])
-            x = torch.from_numpy(self.preprocess.normalize(pixels)).to(self.dev)
-            logits = self._forward(x)
+        if mode == "end_to_end":   # the ONNX rows' steps: the decode pool, then the model
+            pixels, start = self.split.decode(lambda j: self.preprocess.pixels(j, formats=SERVE_FORMATS), self.jpegs)
+            decoded = time.perf_counter()
+            logits = self._forward(torch.from_numpy(self.preprocess.normalize(np.stack(pixels))).to(self.dev))
             with torch.inference_mode():
                 top = torch.softmax(logits.float(), dim=1).topk(min(E2E_TOP_K, logits.shape[1]), dim=1)
                 top.values.cpu(), top.indices.cpu()
+            self.split.add(mode, start, decoded)
         else:
-            self._forward(self._x)
-            self._sync()
+            self._forward(self.x)
+            if self.dev.type == "cuda":
+                torch.cuda.synchronize()
 
+    def decode_share(self, mode: str) -> Optional[float]:
+        return self.split.share(mode)
 
-    def probe_spec(self, threads: int, sizes: tuple) -> dict:
-        """What the fresh-process cold-start probe needs to rebuild this backend."""
-        return {"kind": "torch", "checkpoint": self.file, "device": self.device, "threads": threads,
-                "batch_sizes": list(sizes), "compile": self.backend == "torch-compile",
-                "amp": self.precision == "fp16-amp"}
+    def cold_start(self, threads: int, sizes: tuple) -> dict:
+        """probe_torch in a fresh process (torch.compile's starts with an empty inductor cache)."""
+        return run_probe({"module": __name__, "checkpoint": self.record.file, "device": self.record.device,
+                          "threads": threads, "batch_sizes": list(sizes), "compile": self.may_fail, "amp": self.amp})
 
 
 def find_checkpoint(meta: dict, model_path: str, checkpoint: Optional[str]) -> str:
@@ -129,29 +131,36 @@ def _variants(device: str, eager: bool, compiled: bool) -> list:
     return out
 
 
-def load_torch_backends(checkpoint: str, devices: tuple, threads: int, preprocess, eager: bool, compiled: bool,
-                        live: Callable[[str], None]) -> tuple[list, list]:
-    """(backends, failures) of the PyTorch model on each device (TensorRT's card for tensorrt); a
-    torch.compile that fails to build is a failure, not an error."""
+def load_torch_backends(info: dict, preprocess, devices: tuple, threads: int, options,
+                        live: Callable[[str], None]) -> ExtraBackends:
+    """The PyTorch model of the export's checkpoint on each device (TensorRT's card for tensorrt), eager
+    (options.torch) and compiled (options.compile): toolkit.runtime.benchmark.BackendLoader. A
+    torch.compile that fails to build is a failed backend, not an error."""
     import torch
 
+    meta, flops = info["metadata"], info["flops"]["flops"]  # PyTorch runs the FP32 graph's FLOPs
+    checkpoint = find_checkpoint(meta, info["path"], options.checkpoint)
     backends, failed = [], []
     for device in dict.fromkeys(d.replace("tensorrt", "cuda") for d in devices):
-        for use_compile, amp in _variants(device, eager, compiled):
+        for use_compile, amp in _variants(device, options.torch, options.compile):
             live(f"loading PyTorch {'compile' if use_compile else 'eager'} on {device}")
             if device != "cpu" and not torch.cuda.is_available():
                 raise UserError("device cuda: torch sees no CUDA device for the --torch baseline; "
                                 "install a CUDA build of torch or drop --torch")
             try:
-                backends.append(_TorchBackend(checkpoint, device, threads, use_compile, amp, preprocess))
+                backends.append(TorchBackend(checkpoint, device, threads, use_compile, amp, preprocess, flops))
             except UserError:
                 raise
             except Exception as exc:  # noqa: BLE001 - torch.compile may not work here; say why
                 if not use_compile:
                     raise
-                failed.append({"key": f"torch-compile/{device}/fp32", "backend": "torch-compile", "device": device,
-                               "precision": "fp32", "error": first_line(exc, 300)})
-    return backends, failed
+                failed.append(BackendRecord(
+                    key=f"torch-compile/{device}/fp32", backend="torch-compile", engine="torch", engine_device=None,
+                    inference_precision=None, device=device, precision="fp32", provider=None, providers=[],
+                    file=checkpoint, file_bytes=None, flops_per_image=flops, flops_by_op={}, session_options={},
+                    provider_options={}, status="failed", error=first_line(exc, 300)))
+    note = checkpoint_note(checkpoint, meta)
+    return ExtraBackends(backends, failed, checkpoint, [note] if note else [])
 
 
 def checkpoint_note(checkpoint: str, meta: dict) -> Optional[str]:
@@ -167,37 +176,21 @@ def checkpoint_note(checkpoint: str, meta: dict) -> Optional[str]:
 def probe_torch(spec: dict) -> dict:
     """Runs in a fresh interpreter: build the PyTorch model, first inference per batch size, memory."""
     t0 = time.perf_counter()
-    out: dict = {"rss_start_mb": _maxrss_mb()}
     import torch
 
-    from toolkit.train.model import model_from_checkpoint
-    out["import_s"] = time.perf_counter() - t0
-    out["rss_base_mb"] = _maxrss_mb()
-    torch.set_num_threads(int(spec["threads"]))
-    t = time.perf_counter()
-    model, ckpt = model_from_checkpoint(spec["checkpoint"])
-    dev = torch.device(spec["device"].replace("tensorrt", "cuda"))
-    model = model.to(dev).eval()
-    if spec.get("compile"):
-        model = torch.compile(model)
-    out["session_s"] = time.perf_counter() - t
-    out["provider"] = "torch.compile (inductor)" if spec.get("compile") else "PyTorch eager"
-    c = int(ckpt["recipe"]["preprocess"]["crop"])
+    from toolkit.train import model  # noqa: F401 - its import counts in import_s, as torch's does
+    out = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
+    b = TorchBackend(spec["checkpoint"], spec["device"], spec["threads"], spec["compile"], spec["amp"], None, 0)
+    out["session_s"], out["provider"] = b.session_s, b.record.provider
 
-    def make(b):
-        return torch.randn(b, 3, c, c, generator=torch.Generator().manual_seed(0)).to(dev)
+    def make(n):
+        return torch.randn(n, 3, b.crop, b.crop, generator=torch.Generator().manual_seed(0)).to(b.dev)
 
     def call(x):
-        with torch.inference_mode():
-            if spec.get("amp"):
-                with torch.autocast("cuda", dtype=torch.float16):
-                    model(x)
-            else:
-                model(x)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        b.x = x
+        b.run("model")
     first_runs(spec, out, make, call)
-    if spec["device"] != "cpu":
+    if b.dev.type == "cuda":
         out["torch_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
 

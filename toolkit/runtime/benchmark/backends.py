@@ -1,25 +1,60 @@
-"""What the rounds time: a Predictor on an engine adapter (toolkit.runtime.engines: ONNX Runtime or OpenVINO)
-per engine x precision x device, the reference GEMM, and the synthetic JPEGs.
+"""What the rounds time: the `Backend` protocol, a Predictor per engine x precision x device (OnnxBackend, on
+an engine adapter of toolkit.runtime.engines), the reference GEMM, and the synthetic JPEGs.
 
-The PyTorch backends (--torch, --compile) live on the torch side, in toolkit.train.torch_backend.
+The PyTorch backends (--torch, --compile) satisfy the same protocol on the torch side
+(toolkit.train.torch_backend); the CLI hands their loader to run_benchmark (`torch_backends`).
+
+Cold start and peak RSS are measured in a fresh Python process per backend: run_probe starts
+`python -m <spec["module"]> --probe SPEC` (default this package: probe_onnx; the PyTorch one:
+toolkit.train.torch_backend), which builds its backend, calls first_runs and prints one JSON line (main).
 """
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
 from toolkit.errors import UserError
-from toolkit.runtime.benchmark import peak as peak_mod
-from toolkit.runtime.engines import EngineOptions, adapter_for
-from toolkit.runtime.benchmark.combos import Combo
-from toolkit.runtime.benchmark.schema import E2E_IMAGE, E2E_JPEG_QUALITY, E2E_TOP_K
+from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, maxrss_mb
+from toolkit.runtime.benchmark.options import Combo
+from toolkit.runtime.benchmark.peak import ort_matmul_session
+from toolkit.runtime.benchmark.records import E2E_IMAGES, E2E_JPEG_QUALITY, E2E_TOP_K, BackendRecord, Skipped
+from toolkit.runtime.decode_pool import shared_pool
+from toolkit.runtime.engines import EngineOptions, OpenVinoOptions, adapter_for
 
 
-def synthetic_jpegs(count: int, size: tuple = E2E_IMAGE, seed: int = 0) -> list:
+class Backend(Protocol):
+    """One loaded model the rounds time."""
+
+    record: BackendRecord  # what it is, read back (key, engine, provider, options...); filled in as measured
+    modes: tuple  # the modes it runs: "model", "end_to_end" (500x375 JPEGs), "end_to_end_12mp" (12 MP JPEGs)
+    session_s: float  # seconds to load it in this process
+    may_fail: bool  # a failure on its first call is recorded, not raised (torch.compile)
+
+    def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
+        """Before a batch size: `pixels` (decoded, preprocessed uint8 NHWC), `jpegs` {mode: [bytes] * batch}."""
+
+    def run(self, mode: str) -> None:
+        """One timed call of `mode` on what prepare got."""
+
+    def decode_share(self, mode: str) -> Optional[float]:
+        """End-to-end modes: the median share of a call spent decoding (DecodeSplit); None where not split."""
+
+    def cold_start(self, threads: int, sizes: tuple) -> dict:
+        """Its cold start and peak RSS, measured in a fresh process (probe.run_probe) at each batch size."""
+
+
+def synthetic_jpegs(count: int, size: tuple = E2E_IMAGES["end_to_end"], seed: int = 0) -> list:
     """Photo-like JPEG files in memory: smooth colour fields plus noise, so they compress like pictures."""
     from PIL import Image
 
@@ -36,128 +71,217 @@ def synthetic_jpegs(count: int, size: tuple = E2E_IMAGE, seed: int = 0) -> list:
     return out
 
 
-class _Backend:
-    """One loaded model: a Predictor for an engine x precision x device, or a PyTorch model."""
+class DecodeSplit:
+    """The end-to-end calls' decode and total seconds per mode: decode on the decode pool (every core), then
+    the model; `share(mode)` is the median share of a call's wall time that went to decoding."""
 
-    key: str = ""
-    backend: str = ""
-    engine: str = ""  # onnxruntime | openvino | torch (the PyTorch backends leave it to `backend`)
-    engine_device: Optional[str] = None  # the device that runs, read back (ORT provider / OpenVINO device)
-    inference_precision: Optional[str] = None  # what floating-point layers compute in, read back
-    photo_modes: tuple = ()  # extra end-to-end modes (the 12 MP case) this backend takes: prepare_photos
-    device: str = "cpu"
-    precision: str = "fp32"
-    provider: str = ""
-    providers: list = []
-    file: Optional[str] = None
-    file_bytes: Optional[int] = None
-    flops: Optional[int] = None
-    flops_by_op: dict = {}
-    session_options: dict = {}
-    provider_options: dict = {}
-    session_s: Optional[float] = None
+    def __init__(self):
+        self.calls: dict = {}   # mode -> [(decode_s, total_s)] since the last reset (the first call left out)
 
-    def prepare(self, batch: int, pixels: np.ndarray, jpegs: list) -> None:
-        raise NotImplementedError
+    def reset(self) -> None:
+        self.calls = {}
 
-    def probe_spec(self, threads: int, sizes: tuple) -> dict:
-        raise NotImplementedError
+    def decode(self, fn: Callable, jpegs: list) -> tuple[list, float]:
+        """[fn(jpeg)] decoded on the shared pool, in order (the first error raised), and the start time."""
+        start = time.perf_counter()
+        out = []
+        for _, value, error in shared_pool().ordered(fn, jpegs, ahead=len(jpegs)):
+            if error is not None:
+                raise error
+            out.append(value)
+        return out, start
 
-    def run(self, mode: str) -> None:
-        raise NotImplementedError
+    def add(self, mode: str, start: float, decoded: float) -> None:
+        self.calls.setdefault(mode, []).append((decoded - start, time.perf_counter() - start))
 
-    def cold_starts(self, spec: dict, run_probe) -> tuple:
-        """(the fresh-process cold start, extra variants such as a model cache, or None)."""
-        return run_probe(spec), None
+    def share(self, mode: str) -> Optional[float]:
+        calls = self.calls.get(mode, [])[1:]   # the first call at a batch size pays one-off costs
+        shares = [d / t for d, t in calls if t > 0]
+        return round(float(np.median(shares)), 4) if shares else None
 
 
-class _EngineBackend(_Backend):
-    """A Predictor on one engine adapter (toolkit.runtime.engines.open_engine, through the Predictor)."""
+class OnnxBackend:
+    """A Predictor on one engine x precision x device (the engine's adapter: IO binding on a GPU, read-back)."""
 
-    photo_modes = ("end_to_end_12mp",)
+    modes = ("model", "end_to_end", "end_to_end_12mp")
+    may_fail = False
 
-    def __init__(self, info: dict, combo: Combo, threads: int, max_batch: int):
+    def __init__(self, info: dict, combo: Combo, threads: int, max_batch: int, cache_dir: Optional[str] = None):
         from toolkit.runtime.predictor import Predictor
 
-        self.combo, self.backend = combo, combo.engine
-        self.precision, self.device, self.file = combo.precision, combo.device, info["path"]
-        self.key = combo.key
-        self.file_bytes = info["file_bytes"]
-        self.flops, self.flops_by_op = info["flops"]["flops"], info["flops"]["by_op"]
-        self.threads = threads
+        self.combo = combo
+        options = EngineOptions(device=combo.device, threads=threads, precision=combo.inference_precision,
+                                openvino=OpenVinoOptions(cache_dir=cache_dir))
         t = time.perf_counter()
-        # The Predictor owns provider truth: asking for CUDA where it can't load is a UserError there.
-        try:
-            options = EngineOptions(device=combo.device, threads=threads, precision=combo.inference_precision)
-            self.predictor = Predictor(self.file, batch_size=max_batch, engine=combo.engine, options=options)
+        try:  # the Predictor owns provider truth: asking for CUDA where it can't load is a UserError there
+            self.predictor = p = Predictor(info["path"], batch_size=max_batch, engine=combo.engine, options=options)
         except UserError as exc:
             if combo.device == "cpu":
                 raise
             msg = re.sub(r",? or pass allow_fallback=True / --allow-fallback to run on \w+$", "", str(exc))
             raise UserError(f"--device {combo.device}: {msg}; or leave {combo.device} out of --device") from None
         self.session_s = time.perf_counter() - t
-        self.session = self.predictor.session
-        self.provider = self.predictor.provider
-        self.providers = list(self.predictor.providers)
-        self.engine = self.predictor.engine
-        self.engine_device = self.predictor.engine_device
-        self.inference_precision = self.predictor.inference_precision
-        info = self.predictor.engine_info
-        self.session_options, self.provider_options = dict(info.session_options), dict(info.provider_options)
-        inp = self.session.inputs[0]
-        self.in_name = inp.name
-        self.in_dtype = np.dtype(inp.dtype)
-        outs = [o.name for o in self.session.outputs]
+        e = p.engine_info
+        self.record = BackendRecord(
+            key=combo.key, backend=combo.engine, engine=p.engine, engine_device=p.engine_device,
+            inference_precision=p.inference_precision, device=combo.device, precision=combo.precision,
+            provider=p.provider, providers=list(p.providers), file=info["path"], file_bytes=info["file_bytes"],
+            flops_per_image=info["flops"]["flops"], flops_by_op=info["flops"]["by_op"],
+            session_options=dict(e.session_options), provider_options=dict(e.provider_options))
+        inp, outs = p.session.inputs[0], [o.name for o in p.session.outputs]
+        self.in_name, self.in_dtype = inp.name, np.dtype(inp.dtype)
         self.out_names = ["logits"] if "logits" in outs else outs[:1]
-        self._call = None
+        self.split = DecodeSplit()
 
-    def cold_starts(self, spec: dict, run_probe) -> tuple:
-        return adapter_for(self.engine).cold_starts(spec, run_probe)
+    def cold_start(self, threads: int, sizes: tuple) -> dict:
+        spec = {"path": self.record.file, "engine": self.combo.engine, "device": self.combo.device, "threads": threads,
+                "batch_sizes": list(sizes), "precision": self.combo.precision}
+        probe, cache = adapter_for(self.combo.engine).cold_starts(spec, run_probe)  # OpenVINO: its model cache too
+        return {**probe, "model_cache": cache} if cache is not None and "error" not in probe else probe
 
-    def probe_spec(self, threads: int, sizes: tuple) -> dict:
-        """What the fresh-process cold-start probe needs to rebuild this backend."""
-        return {"kind": self.engine, "path": self.file, "device": self.device, "threads": threads,
-                "batch_sizes": list(sizes), "inference_precision": self.combo.inference_precision}
-
-    def prepare_photos(self, photos: list) -> None:
-        """The 12 MP JPEGs of mode end_to_end_12mp (after prepare)."""
-        self._photos = photos
-
-    def prepare(self, batch: int, pixels: np.ndarray, jpegs: list) -> None:
-        pre = self.predictor.preprocess
-        x = pixels if self.predictor.raw else pre.normalize(pixels)
-        self._x = np.ascontiguousarray(x.astype(self.in_dtype, copy=False))
-        self._jpegs = jpegs
-        self._call = self.session.prepared({self.in_name: self._x}, self.out_names)   # on a GPU: IO binding
+    def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
+        x = pixels if self.predictor.raw else self.predictor.preprocess.normalize(pixels)
+        self.x = np.ascontiguousarray(x.astype(self.in_dtype, copy=False))
+        self.jpegs = jpegs
+        self.call = self.predictor.session.prepared({self.in_name: self.x}, self.out_names)  # on a GPU: IO binding
+        self.split.reset()
 
     def run(self, mode: str) -> None:
-        if mode == "end_to_end":
-            self.predictor.predict(self._jpegs, top_k=E2E_TOP_K)
-        elif mode == "end_to_end_12mp":
-            self.predictor.predict(self._photos, top_k=E2E_TOP_K)
-        else:
-            self._call()
+        if mode == "model":
+            self.call()
+            return
+        # Predictor.predict's own steps for one batch, timed in two parts: the pool decodes, then the model
+        p = self.predictor
+        arrays, start = self.split.decode(p.prepare_one, self.jpegs[mode])
+        decoded = time.perf_counter()
+        p.predict_batch(np.stack(arrays), E2E_TOP_K)
+        self.split.add(mode, start, decoded)
+
+    def decode_share(self, mode: str) -> Optional[float]:
+        return self.split.share(mode)
 
 
-class _GemmReference:
-    """The FP32 GEMM of the peak measurement as one more entry of the rounds: the same engine (ORT
-    MatMul), threads and noise as the models, so a model's GFLOP/s can be read against it."""
+def probe_onnx(spec: dict) -> dict:
+    """The cold-start probe in a fresh interpreter (`python -m toolkit.runtime.benchmark --probe SPEC`): one
+    OnnxBackend (ORT's session, OpenVINO's read + compile: compile_s), then the first inference per batch
+    size and the memory (probe.first_runs)."""
+    t0 = time.perf_counter()
+    from toolkit.runtime.predictor import Predictor  # noqa: F401 - its import counts in import_s
+    out: dict = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
+    info = {"path": spec["path"], "file_bytes": None, "flops": {"flops": 0, "by_op": {}}}
+    b = OnnxBackend(info, Combo(spec["engine"], spec["device"], spec["precision"]), spec["threads"],
+                    max(spec["batch_sizes"]), spec.get("cache_dir"))
+    out.update(session_s=b.session_s, provider=b.record.provider, compile_s=b.predictor.engine_info.load_s)
+    crop = b.predictor.preprocess.crop
+
+    def make(n):
+        b.prepare(n, np.random.default_rng(0).integers(0, 256, (n, crop, crop, 3), dtype=np.uint8), {})
+    return first_runs(spec, out, make, lambda _: b.run("model"))
+
+
+def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
+    """After the session is made: the first inference per batch size (ascending) and the memory after it."""
+    out.update(rss_session_mb=maxrss_mb(), first_inference_s={}, peak_rss_mb={})
+    for b in sorted(spec["batch_sizes"]):
+        x = make(b)
+        t = time.perf_counter()
+        call(x)
+        out["first_inference_s"][str(b)] = time.perf_counter() - t
+        call(x)
+        out["peak_rss_mb"][str(b)] = maxrss_mb()
+    if spec["device"] != "cpu":
+        out["gpu_mem_mb"] = gpu_mem_of_pid(os.getpid())
+    return out
+
+
+def run_probe(spec: dict, timeout: float = 3600) -> dict:
+    """The probe's result for one backend spec, or {"error": why}."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    cache = None
+    if spec.get("compile"):  # a cold start compiles from nothing: inductor's on-disk cache starts empty
+        cache = env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="toolkit-inductor-")
+    module = spec.get("module", "toolkit.runtime.benchmark")
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", module, "--probe", json.dumps(spec)], capture_output=True,
+                              text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"cold-start probe timed out after {timeout:.0f}s"}
+    finally:
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"cold-start probe failed: {tail[:300]}"}
+    return {**json.loads(lines[-1]), "process_wall_s": round(time.perf_counter() - t, 3), "isolated": True}
+
+
+def _rounded(value):
+    """Seconds and MB to 4 decimals, in nested dicts too."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def main(argv: list, probe: Callable[[dict], dict]) -> None:
+    """The `--probe SPEC` entry point of a fresh process."""
+    if len(argv) >= 2 and argv[0] == "--probe":
+        print(json.dumps(_rounded(probe(json.loads(argv[1])))))
+        return
+    print("usage: toolkit benchmark [MODEL] (this module's own entry point is for its cold-start probes)",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+class GemmReference:
+    """The FP32 GEMM of the peak as one more entry of the rounds: the same engine (ORT MatMul), threads and
+    noise as the models, so a model's GFLOP/s can be read against it."""
 
     key, mode = "gemm/cpu/fp32", "reference"
 
-    def __init__(self, threads: int, n: Optional[int] = None):
-        import onnxruntime as ort
-
-        n = int(n or peak_mod.PEAK_MATRIX["cpu"])  # read at call time: tests shrink it
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads)
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(peak_mod._matmul_model(n, "fp32").SerializeToString(), so,
-                                            providers=["CPUExecutionProvider"])
+    def __init__(self, threads: int, n: int):
+        self.session = ort_matmul_session(n, "fp32", "cpu", threads)
         rng = np.random.default_rng(0)
-        self.feed = {"a": rng.standard_normal((n, n)).astype(np.float32),
-                     "b": rng.standard_normal((n, n)).astype(np.float32)}
-        self.n, self.flops = n, 2.0 * n ** 3
+        self.feed = {name: rng.standard_normal((n, n)).astype(np.float32) for name in ("a", "b")}
+        self.flops = 2.0 * n ** 3
 
     def run(self) -> None:
         self.session.run(None, self.feed)
+
+
+def load_onnx_backends(infos: dict, combos: list, skipped: list, threads: int, max_batch: int,
+                       live: Callable[[str], None]) -> list:
+    """Every combination, loaded once: device problems surface here, before anything is timed. A bf16
+    combination the machine can't run joins `skipped` (an error only when it is all there is)."""
+    loaded = []
+    for combo in combos:
+        live(f"loading {combo.key}")
+        try:
+            loaded.append(OnnxBackend(infos[combo.precision], combo, threads, max_batch))
+        except UserError as exc:
+            if combo.precision != "bf16" or len(combos) == 1:
+                raise
+            skipped.append(Skipped(combo.engine, combo.device, combo.precision, str(exc)))
+    return loaded
+
+
+@dataclass
+class ExtraBackends:
+    """What a backend loader from another layer (the torch side: --torch, --compile) hands back."""
+
+    backends: list  # [Backend]
+    failed: list  # [BackendRecord]: those that failed to load (torch.compile), status "failed"
+    checkpoint: Optional[str]  # the file they load (the record's model.checkpoint)
+    notes: list  # what the record should say about them
+
+
+class BackendLoader(Protocol):
+    """Loads the PyTorch backends of an export (toolkit.train.torch_backend.load_torch_backends; the CLI
+    passes it to run_benchmark as `torch_backends`, so the runtime never imports the torch side)."""
+
+    def __call__(self, info: dict, preprocess, devices: tuple, threads: int, options,
+                 live: Callable[[str], None]) -> ExtraBackends:
+        """info: model_file.inspect_model of the FP32 export (path, metadata, FLOPs); preprocess: its
+        Preprocess; options: the BenchmarkOptions (torch, compile, checkpoint)."""

@@ -1,15 +1,25 @@
-"""What `toolkit benchmark` is asked to do (BenchmarkOptions), checked and parsed into Settings."""
+"""What `toolkit benchmark` is asked to do (BenchmarkOptions), checked and parsed into a Plan: the batch
+sizes, modes and threads, and the engine x device x precision combinations (Combo) it runs.
+
+A precision names a file and an inference precision: fp32, fp16 and int8 are the export and its twins
+(<name>.fp16.onnx, <name>.int8.onnx), computed as they were exported; bf16 is the FP32 file at
+OpenVINO's bf16 inference precision. A combination an engine can't run is skipped with its reason in
+the record; only when nothing is left is it an error.
+"""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
-from toolkit.runtime.engines import parse_engines
+from toolkit.parsing import parse_list
+from toolkit.runtime.onnx_eval import SPLITS
+from toolkit.runtime.engines import INFERENCE_PRECISIONS, adapter_for, engines_with, parse_engines
 from toolkit.runtime.benchmark.machine import physical_cores
-from toolkit.runtime.benchmark.rounds import DEFAULT_DURATION_S, DEFAULT_ROUNDS
-from toolkit.runtime.benchmark.schema import DEVICES, MODES, PRECISIONS
+from toolkit.runtime.benchmark.records import DEVICES, MODES, PRECISIONS, Skipped
+from toolkit.runtime.benchmark.timing import DEFAULT_DURATION_S, DEFAULT_ROUNDS
 
 
 @dataclass
@@ -41,8 +51,57 @@ class BenchmarkOptions:
     reference: bool = True  # time the FP32 GEMM as one more entry of every round (CPU): fraction_of_gemm_in_rounds
 
 
+@dataclass(frozen=True)
+class Combo:
+    """One engine x device x precision the rounds time."""
+
+    engine: str  # onnxruntime | openvino
+    device: str  # the benchmark's device word: cpu, cuda[:N], tensorrt
+    precision: str  # fp32 | fp16 | bf16 | int8: the row's label
+
+    @property
+    def key(self) -> str:
+        return f"{self.engine}/{self.device}/{self.precision}"
+
+    @property
+    def file_precision(self) -> str:
+        return file_precision(self.precision)
+
+    @property
+    def inference_precision(self) -> str:
+        """What floating-point layers compute in: fp32, or bf16 (OpenVINO's hint) for bf16."""
+        return "bf16" if self.precision == "bf16" else "fp32"
+
+
+def file_precision(precision: str) -> str:
+    """Which file a precision reads: fp32 (the export), fp16 or int8 (its twins); bf16 reads the FP32 file."""
+    return "fp32" if precision == "bf16" else precision
+
+
+def why_not(engine: str, device: str, precision: str) -> Optional[str]:
+    """Why `engine` can't run this device x precision here, or None when it can (its adapter says)."""
+    adapter = adapter_for(engine)
+    if precision in INFERENCE_PRECISIONS and precision not in adapter.inference_precisions:
+        return (f"{engine} has no {precision} inference precision (it runs a file as exported); {precision} runs "
+                f"on --engine {' or '.join(engines_with(precision))}")
+    if not adapter.supports_device(device):
+        able = [e for e in engines_with("fp32") if adapter_for(e).supports_device(device)]
+        return f"{engine} has no {device} device; {device} runs on --engine {' or '.join(able) or 'none here'}"
+    return None
+
+
+def plan_combos(engines: tuple, devices: tuple, precisions: tuple) -> tuple[list, list]:
+    """([Combo] to run, [Skipped]), devices outermost, then engines, then precisions, in the order given."""
+    every = [(e, d, p, why_not(e, d, p)) for d in devices for e in engines for p in precisions]
+    run, skipped = [Combo(e, d, p) for e, d, p, why in every if not why], [Skipped(*x) for x in every if x[3]]
+    if not run:
+        raise UserError("benchmark: nothing to run: " + "; ".join(
+            f"{s.engine} {s.precision} on {s.device}: {s.reason}" for s in skipped))
+    return run, skipped
+
+
 @dataclass
-class Settings:
+class Plan:
     """BenchmarkOptions checked and parsed: what the run really does."""
 
     sizes: tuple  # batch sizes, ascending, unique
@@ -56,85 +115,48 @@ class Settings:
     threads_source: str  # "given" or "physical cores"
 
 
-def _as_tuple(value: Any, cast: Callable = str, name: str = "value") -> tuple:
-    """'1,8,32' / (1, 8, 32) / 8 -> tuple; what fire and Python callers hand over."""
-    if value is None:
-        return ()
-    items = list(value) if isinstance(value, (list, tuple, set)) else str(value).split(",")
-    out = []
-    for item in items:
-        text = str(item).strip()
-        if not text:
-            continue
-        try:
-            out.append(cast(text))
-        except (TypeError, ValueError):
-            raise UserError(f"{name}: {item!r} is not a valid entry; expected a comma-separated list") from None
-    return tuple(out)
-
-
-
-def _check_choices(values: tuple, allowed: tuple, name: str) -> None:
-    bad = [v for v in values if v not in allowed]
-    if bad:
-        raise UserError(f"{name}: {', '.join(map(str, bad))} not known; expected one or more of {', '.join(allowed)}")
-
-
-def _parse_devices(device: Any) -> tuple:
-    out = []
-    for d in _as_tuple(device or ("cpu",), str, "device"):
-        d = d.lower()
-        d = "cuda" if d == "gpu" else d
-        if d.split(":")[0] not in DEVICES:
-            raise UserError(f"device: {d!r} not known; expected one or more of {', '.join(DEVICES)} (or cuda:N)")
-        if d not in out:
-            out.append(d)
-    return tuple(out)
-
-
-
 def _check_counts(o: BenchmarkOptions) -> None:
     if o.duration is not None and o.iterations is not None:
         raise UserError("benchmark: pass --duration or --iterations, not both")
     if o.duration is not None and not float(o.duration) > 0:
         raise UserError(f"duration: {o.duration!r}; expected a positive number of seconds")
-    if o.iterations is not None and (int(o.iterations) != o.iterations or int(o.iterations) < 1):
-        raise UserError(f"iterations: {o.iterations!r}; expected a positive whole number")
+    for name in ("iterations", "threads"):
+        value = getattr(o, name)
+        if value is not None and (int(value) != value or int(value) < 1):
+            raise UserError(f"{name}: {value!r}; expected a positive whole number")
     if int(o.rounds) < 1:
         raise UserError(f"rounds: {o.rounds!r}; expected at least 1")
     if o.warmup is not None and int(o.warmup) < 1:
         raise UserError(f"warmup: {o.warmup!r}; expected at least 1 (warm-up always runs before timing)")
-    if o.threads is not None and (int(o.threads) != o.threads or int(o.threads) < 1):
-        raise UserError(f"threads: {o.threads!r}; expected a positive whole number")
 
 
 def _check_data(o: BenchmarkOptions) -> None:
     """A bad recipe fails now, not after minutes of timing."""
     if not o.data:
         return
-    from toolkit import recipe as recipe_mod
-    from toolkit.runtime.onnx_eval import SPLITS
-
     recipe_mod.load(os.fspath(o.data))
     if o.split not in SPLITS:
         raise UserError(f"split: {o.split!r}; expected one of {', '.join(SPLITS)}")
 
 
-def parse(o: BenchmarkOptions) -> Settings:
+def parse(o: BenchmarkOptions) -> Plan:
     """Check every option (one UserError naming the first bad one) and parse the lists."""
-    sizes = tuple(sorted(set(_as_tuple(o.batch_sizes, int, "batch_sizes"))))
+    sizes = tuple(sorted(set(parse_list(o.batch_sizes, int, "batch_sizes"))))
     if not sizes or min(sizes) < 1:
         raise UserError(f"batch_sizes: {o.batch_sizes!r}; expected positive whole numbers, e.g. 1,8,32")
-    precisions = tuple(dict.fromkeys(p.lower() for p in _as_tuple(o.precision or ("fp32",), str, "precision")))
-    _check_choices(precisions, PRECISIONS, "precision")
-    devices = _parse_devices(o.device)
+    precisions = tuple(dict.fromkeys(p.lower() for p in parse_list(o.precision or "fp32", str, "precision")))
+    devices = tuple(dict.fromkeys("cuda" if d.lower() == "gpu" else d.lower()
+                                  for d in parse_list(o.device or "cpu", str, "device")))
+    for name, values, allowed in (("precision", precisions, PRECISIONS),
+                                  ("device", [d.split(":")[0] for d in devices], DEVICES)):
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise UserError(f"{name}: {', '.join(map(repr, bad))} not known; expected one or more of "
+                            f"{', '.join(allowed)}" + (" (or cuda:N)" if name == "device" else ""))
     _check_counts(o)
-    duration = DEFAULT_DURATION_S if o.duration is None and o.iterations is None else o.duration
-    threads, source = (int(o.threads), "given") if o.threads else (physical_cores(), "physical cores")
-    engines = tuple(parse_engines(list(_as_tuple(o.engine or ("onnxruntime",), str, "engine"))))
-    modes = (MODES if o.photos else MODES[:2]) if o.end_to_end else ("model",)
-    settings = Settings(sizes=sizes, precisions=precisions, engines=engines, devices=devices, modes=modes,
-                        rounds=int(o.rounds), duration=duration,
-                        threads=threads, threads_source=source)
     _check_data(o)
-    return settings
+    return Plan(sizes=sizes, precisions=precisions, engines=tuple(parse_engines(parse_list(o.engine or "onnxruntime"))),
+                devices=devices, modes=(MODES if o.photos else MODES[:2]) if o.end_to_end else ("model",),
+                rounds=int(o.rounds), duration=DEFAULT_DURATION_S if o.duration is None and o.iterations is None
+                else o.duration, threads=int(o.threads) if o.threads else physical_cores(),
+                threads_source="given" if o.threads else "physical cores")

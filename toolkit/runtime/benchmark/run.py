@@ -1,11 +1,12 @@
-"""run_benchmark: the steps of one inference benchmark, from the export to the written record.
+"""run_benchmark and compare_models: one loop benchmarks N models (run_benchmark is N = 1).
 
-The rules the measurements follow are in the package docstring (toolkit/runtime/benchmark/__init__.py).
+Each model is opened (its twins, preprocessing) and its backends loaded; the GEMM peaks are measured
+once for all; then, per batch size, every model's warmed-up blocks (and the reference GEMM) go into ONE
+list of entries timed in the same interleaved rounds, so machine noise hits every model alike. Each
+model gets its own record (records.InferenceRecord); a comparison adds compare.py's record on top.
 """
 from __future__ import annotations
 
-import datetime as _dt
-import math
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -13,316 +14,291 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from toolkit.artifacts import base_of, twin_path
 from toolkit.errors import UserError, first_line
-from toolkit.runtime.benchmark import combos as combos_mod
-from toolkit.runtime.benchmark.backends import _Backend, _EngineBackend, _GemmReference, synthetic_jpegs
-from toolkit.runtime.benchmark.model_file import _base_of, _export_hint, _resolve_model, inspect_model, twin_path
-from toolkit.runtime.benchmark.options import BenchmarkOptions, Settings, _as_tuple, parse
-from toolkit.runtime.benchmark.peak import _merge_peak, measure_peak
-from toolkit.runtime.benchmark.probe import run_probe
-from toolkit.runtime.benchmark.record import build_record
-from toolkit.runtime.benchmark.report import _write_outputs, format_table
-from toolkit.runtime.benchmark.rounds import _Progress, _stats, _warm_up, interleaved_rounds
-from toolkit.runtime.benchmark.schema import E2E_IMAGES
+from toolkit.parsing import parse_list
+from toolkit.preprocess import SERVE_FORMATS
+from toolkit.runtime.benchmark import assemble, report
+from toolkit.runtime.benchmark import peak as peak_mod
+from toolkit.runtime.benchmark.backends import BackendLoader, GemmReference, load_onnx_backends, synthetic_jpegs
+from toolkit.runtime.benchmark.model_file import export_hint, inspect_model, resolve_model
+from toolkit.runtime.benchmark.options import BenchmarkOptions, Plan, file_precision, parse, plan_combos
+from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, GemmRound, Row
+from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up
+from toolkit.runtime.engines import DEFAULT_ENGINE
+from toolkit.runtime.onnx_eval import evaluate_onnx
 
 
 @dataclass
-class _Run:
-    """What one benchmark run gathers, step by step (record.build_record reads it)."""
+class Subject:
+    """One model under test and what was measured on it."""
 
-    opts: BenchmarkOptions
-    s: Settings
-    say: Callable
-    progress: _Progress
-    base: str = ""  # the FP32 export; its twins sit beside it
-    info_base: dict = field(default_factory=dict)  # inspect_model of the base
-    infos: dict = field(default_factory=dict)  # precision -> inspect_model of its file
-    out_dir: str = ""
-    backends: list = field(default_factory=list)  # every loaded _Backend
-    failed: list = field(default_factory=list)  # {"key", "backend", "device", "precision", "error"}
-    skipped: list = field(default_factory=list)  # {"engine", "device", "precision", "reason"}: combos not run
-    ckpt_path: Optional[str] = None  # the PyTorch checkpoint (--torch / --compile)
-    ckpt_note: Optional[str] = None  # why that checkpoint may not be the export's
-    peaks: list = field(default_factory=list)  # measure_peak records
-    cold: dict = field(default_factory=dict)  # backend key -> probe result
-    gemm: Optional[_GemmReference] = None
-    gemm_in_rounds: dict = field(default_factory=dict)  # batch -> the reference GEMM's GFLOP/s in the rounds
-    jpegs: list = field(default_factory=list)  # the synthetic end-to-end inputs
-    photos: list = field(default_factory=list)  # the synthetic 12 MP JPEGs (mode end_to_end_12mp)
-    results: list = field(default_factory=list)  # one row per backend x mode x batch
-    schedule: list = field(default_factory=list)  # the execution order of the blocks
+    name: str  # the file's stem (its folder in a comparison)
+    base: str  # the FP32 export; its twins sit beside it
+    infos: dict  # precision -> inspect_model of the file it reads ("fp32": the base)
+    precisions: tuple
+    out_dir: str
+    skipped: list  # [Skipped]
+    backends: list = field(default_factory=list)  # [Backend], loaded
+    failed: list = field(default_factory=list)  # [BackendRecord] of backends that never loaded
+    checkpoint: Optional[str] = None  # the PyTorch checkpoint (--torch / --compile)
+    notes: list = field(default_factory=list)
+    pixels: list = field(default_factory=list)  # the end-to-end JPEGs decoded with this model's preprocessing
+    rows: list = field(default_factory=list)  # [Row]
+    schedule: list = field(default_factory=list)  # [Block] of its backends and the reference GEMM
     first_runs: dict = field(default_factory=dict)  # (key, mode, batch) -> seconds of the first call
-    accuracy: dict = field(default_factory=dict)  # precision -> accuracy on the recipe's split
-    decoded: list = field(default_factory=list)  # run.jpegs decoded and preprocessed for this model
-    live: list = field(default_factory=list)  # the backends still timed (torch.compile may drop out)
+
+    @property
+    def info(self) -> dict:
+        return self.infos["fp32"]
 
     @property
     def meta(self) -> dict:
-        return self.info_base["metadata"]
+        return self.info["metadata"]
+
+    @property
+    def labels(self) -> list:
+        return self.info["contract"].labels
 
 
-def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOptions] = None, **fields) -> dict:
-    """Benchmark an export (default: the newest in `exports_dir`) and return the JSON record.
+@dataclass
+class Bench:
+    """What every model of one run shares."""
 
-    options: a BenchmarkOptions; keyword arguments set (or override) its fields, so
-    run_benchmark(path, precision="fp32,int8", torch=True) works as before. Writes benchmark.json,
-    benchmark.md and benchmark.png into out_dir (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/).
-    """
+    opts: BenchmarkOptions
+    plan: Plan
+    say: Callable
+    progress: Progress
+    peaks: list = field(default_factory=list)  # [Peak], each measured once
+    gemm: Optional[GemmReference] = None
+    gemm_rounds: dict = field(default_factory=dict)  # batch -> GemmRound
+    jpegs: dict = field(default_factory=dict)  # end-to-end mode -> synthetic JPEG files
+    schedule: list = field(default_factory=list)  # [Block] of every model, in execution order
+
+
+def start(options: Optional[BenchmarkOptions], fields: dict) -> Bench:
+    """The options (keyword arguments override the fields of `options`), checked."""
     opts = replace(options, **fields) if options is not None else BenchmarkOptions(**fields)
     say = (lambda *a, **k: None) if opts.quiet else (lambda *a, **k: print(*a, file=sys.stderr, **k))
-    run = _Run(opts=opts, s=parse(opts), say=say, progress=_Progress(False))
-    _open_model(run, model)
-    run.progress = _Progress(not opts.quiet)
-    _load_backends(run)
-    _measure_peaks(run)
-    if opts.isolate:
-        _cold_starts(run)
-    _time_batches(run)
-    _measure_accuracy(run)
-    _measure_peaks_again(run)
-    run.progress.close()
-    record = build_record(run)
-    _write_outputs(record, run.out_dir, opts.plot, say)
-    if not opts.quiet:
-        print(format_table(record))
-        say(f"benchmark: wrote {', '.join(v for v in record['files'].values() if v)}")
+    return Bench(opts=opts, plan=parse(opts), say=say, progress=Progress(not opts.quiet))
+
+
+def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOptions] = None,
+                  torch_backends: Optional[BackendLoader] = None, **fields) -> dict:
+    """Benchmark an export (default: the newest in `exports_dir`) and return the JSON record.
+
+    options: a BenchmarkOptions; keyword arguments set (or override) its fields. torch_backends: the
+    loader of the PyTorch backends, needed for torch / compile (the CLI passes
+    toolkit.train.torch_backend.load_torch_backends). Writes benchmark.json, .md and .png into out_dir
+    (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
+    bench = start(options, fields)
+    subject = open_subject(model, bench, lambda name: bench.opts.out_dir or report.default_out_dir(name))
+    measure([subject], bench, torch_backends)
+    record = assemble.inference_record(subject, bench)
+    report.publish(record, bench.opts.plot, bench.opts.quiet, bench.say)
     return record
 
 
-def _open_model(run: _Run, model: Optional[str]) -> None:
+def open_subject(model: Optional[str], bench: Bench, out_dir_of: Callable[[str], str]) -> Subject:
     """The export and its precision twins: every file there and readable, the batch axis dynamic."""
-    path = _resolve_model(model, run.opts.exports_dir, run.say)
-    base, twin_precision = _base_of(path)
+    path = resolve_model(model, bench.opts.exports_dir, bench.say)
+    base, twin_precision = base_of(path)
+    precisions = bench.plan.precisions
     if twin_precision:
         if not os.path.isfile(base):
             base = path
-        elif tuple(_as_tuple(run.opts.precision, str)) == ("fp32",):
-            run.s.precisions = (twin_precision,)
-        run.say(f"benchmark: {path} is the {twin_precision} twin of {base}")
-    run.base, run.info_base = base, inspect_model(base)
-    precisions, sizes = run.s.precisions, run.s.sizes
-    files = list(dict.fromkeys(combos_mod.file_precision(p) for p in precisions))
+        elif parse_list(bench.opts.precision) == ["fp32"]:
+            precisions = (twin_precision,)
+        bench.say(f"benchmark: {path} is the {twin_precision} twin of {base}")
+    infos = {"fp32": inspect_model(base)}
+    files = dict.fromkeys(file_precision(p) for p in precisions)
     missing = [p for p in files if p != "fp32" and not os.path.isfile(twin_path(base, p))]
     if missing:
         raise UserError("\n".join(f"{twin_path(base, p)}: no {p} twin of {base}; make it with: "
-                                  f"{_export_hint(run.meta, p)}" for p in missing))
-    dims = run.info_base["input_dims"]
+                                  f"{export_hint(infos['fp32']['metadata'], p)}" for p in missing))
+    dims, sizes = infos["fp32"]["input_dims"], bench.plan.sizes
     if dims and isinstance(dims[0], int) and any(b != dims[0] for b in sizes):
         raise UserError(f"{base}: the batch axis is fixed at {dims[0]}; expected a dynamic batch axis to run batch "
                         f"sizes {', '.join(map(str, sizes))} (re-export it with toolkit export)")
-    run.infos = {p: (run.info_base if combos_mod.file_precision(p) == "fp32" else inspect_model(twin_path(base, p)))
-                 for p in precisions}
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run.out_dir = run.opts.out_dir or os.path.join("benchmarks", f"{os.path.basename(base)[:-len('.onnx')]}-{stamp}")
+    infos.update({p: inspect_model(twin_path(base, p)) for p in files if p != "fp32"})
+    infos.update({p: infos[file_precision(p)] for p in precisions})
+    name = os.path.basename(base)[:-len(".onnx")]
+    return Subject(name=name, base=base, infos=infos, precisions=precisions, out_dir=out_dir_of(name), skipped=[])
 
 
-def _load_backends(run: _Run) -> None:
-    """Every backend, loaded once: device problems surface here, before anything is timed. A bf16
-    combination the machine can't run is skipped with its reason (an error only when it is all)."""
-    combos, run.skipped = combos_mod.plan(run.s.engines, run.s.devices, run.s.precisions)
-    for combo in combos:
-        run.progress.live(f"loading {combo.key}")
-        try:
-            run.backends.append(_EngineBackend(run.infos[combo.precision], combo, run.s.threads, max(run.s.sizes)))
-        except UserError as exc:
-            if combo.precision != "bf16" or len(combos) == 1:
-                raise
-            run.skipped.append({"engine": combo.engine, "device": combo.device, "precision": combo.precision,
-                                "reason": str(exc)})
-    if not run.backends:
-        raise UserError("benchmark: nothing to run: " + "; ".join(combos_mod.skip_note(x) for x in run.skipped))
-    if run.opts.torch or run.opts.compile:
-        from toolkit.train.torch_backend import checkpoint_note, find_checkpoint, load_torch_backends
-
-        run.ckpt_path = find_checkpoint(run.meta, run.base, run.opts.checkpoint)
-        loaded, failed = load_torch_backends(
-            run.ckpt_path, run.s.devices, run.s.threads, run.backends[0].predictor.preprocess,
-            eager=run.opts.torch, compiled=run.opts.compile, live=run.progress.live)
-        run.backends += loaded
-        run.failed += failed
-        run.ckpt_note = checkpoint_note(run.ckpt_path, run.meta)
+def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader]) -> None:
+    """Load, peaks, cold starts, the interleaved rounds per batch size, accuracy: every model together."""
+    plan, opts = bench.plan, bench.opts
+    for s in subjects:
+        _load(s, bench, torch_backends)
+    ran = {("cpu" if b.record.device == "cpu" else "cuda", b.record.precision) for s in subjects for b in s.backends}
+    bench.peaks = peak_mod.measure_peaks(plan.devices, ran, plan.threads, plan.engines, bench.progress)
+    if opts.isolate:
+        for s in subjects:
+            _cold_starts(s, bench)
+    _prepare_inputs(subjects, bench)
+    for batch in plan.sizes:
+        _time_batch(subjects, bench, batch)
+    for s in subjects:
+        _measure_accuracy(s, bench)
+    bench.progress.close()
 
 
-def _measure_peaks(run: _Run, backends: Optional[list] = None) -> None:
-    """The FP32 GEMM peak per device kind, plus BF16 and INT8 (CPU) or FP16 (CUDA) when those precisions
-    run (on `backends`, default run.backends), each with the fastest engine available."""
-    ran = {(b.device if b.device == "cpu" else "cuda", b.precision) for b in (backends or run.backends)}
-    for dev in dict.fromkeys("cpu" if d == "cpu" else "cuda" for d in run.s.devices):
-        run.progress.live(f"measuring the {dev} GEMM peak")
-        run.peaks.append(measure_peak(dev, run.s.threads, "fp32", engines=run.s.engines))
-        for extra in {"cpu": ("bf16", "int8"), "cuda": ("fp16",)}[dev]:
-            if (dev, extra) in ran:
-                run.peaks.append(measure_peak(dev, run.s.threads, extra, engines=run.s.engines))
-    for pk in run.peaks:
-        if pk["gflops"]:
-            run.progress.line(f"peak {pk['precision']} GEMM on {pk['device']}: {pk['gflops']:.0f} GFLOP/s "
-                              f"({pk['engine']}, {pk['matrix']}x{pk['matrix']}"
-                              + (f", {pk['threads']} threads)" if pk["threads"] else ")"))
+def _load(s: Subject, bench: Bench, torch_backends: Optional[BackendLoader]) -> None:
+    """The ONNX backends of every combination, then the PyTorch ones (--torch / --compile)."""
+    plan, opts = bench.plan, bench.opts
+    combos, s.skipped = plan_combos(plan.engines, plan.devices, s.precisions)
+    s.backends = load_onnx_backends(s.infos, combos, s.skipped, plan.threads, max(plan.sizes), bench.progress.live)
+    if not (opts.torch or opts.compile):
+        return
+    if torch_backends is None:
+        raise UserError("benchmark: torch / compile need the PyTorch side; from Python pass torch_backends="
+                        "toolkit.train.torch_backend.load_torch_backends (the toolkit command does)")
+    extra = torch_backends(s.info, s.backends[0].predictor.preprocess, plan.devices, plan.threads, opts,
+                           bench.progress.live)
+    s.backends += extra.backends
+    s.failed += extra.failed
+    s.checkpoint, s.notes = extra.checkpoint, s.notes + extra.notes
 
 
-def _cold_starts(run: _Run) -> None:
-    """Cold start and peak RSS of each backend in a fresh process; with a model cache where its engine has one."""
-    for b in run.backends:
-        run.progress.live(f"cold start of {b.key} in a fresh process")
-        spec = b.probe_spec(run.s.threads, run.s.sizes)
-        run.cold[b.key], cache = b.cold_starts(spec, run_probe)   # OpenVINO's adapter adds its model cache
-        if cache is not None and "error" not in run.cold[b.key]:
-            run.cold[b.key]["model_cache"] = cache
+def _cold_starts(s: Subject, bench: Bench) -> None:
+    """Cold start and peak RSS of each backend in a fresh process (OpenVINO's: with its model cache too)."""
+    for b in s.backends:
+        bench.progress.live(f"cold start of {b.record.key} in a fresh process")
+        b.record.cold_start = b.cold_start(bench.plan.threads, bench.plan.sizes)
 
 
-def _time_batches(run: _Run) -> None:
-    """Per batch size: warm up every backend, then time them all in interleaved rounds."""
-    _prepare_inputs(run)
-    for batch in run.s.sizes:
-        entries, iters, owners = _batch_entries(run, batch)
-        if run.gemm is not None:
-            _add_gemm_entry(run, entries, iters, owners)
-        _time_one_batch(run, batch, entries, iters, owners)
+def _prepare_inputs(subjects: list, bench: Bench) -> None:
+    """The synthetic JPEGs of each end-to-end mode, each model's decoded pixels, the reference GEMM."""
+    plan = bench.plan
+    if bench.opts.reference and "cpu" in plan.devices:
+        bench.gemm = GemmReference(plan.threads, peak_mod.PEAK_MATRIX["cpu"])
+    # up to 8 distinct 500x375 JPEGs and 4 distinct 12 MP ones: decoding costs the same whatever repeats
+    bench.jpegs = {"end_to_end": synthetic_jpegs(min(max(plan.sizes), 8))}
+    if "end_to_end_12mp" in plan.modes:
+        bench.jpegs["end_to_end_12mp"] = synthetic_jpegs(min(max(plan.sizes), 4), size=E2E_IMAGES["end_to_end_12mp"])
+    for s in subjects:
+        preprocess = s.backends[0].predictor.preprocess
+        s.pixels = [preprocess.pixels(j, formats=SERVE_FORMATS) for j in bench.jpegs["end_to_end"]]
 
 
-def _prepare_inputs(run: _Run) -> None:
-    """The synthetic JPEGs, their decoded pixels (this model's preprocessing) and the reference GEMM."""
-    from toolkit.preprocess import SERVE_FORMATS
-
-    if run.opts.reference and "cpu" in run.s.devices:
-        run.gemm = _GemmReference(run.s.threads)
-    run.jpegs = synthetic_jpegs(min(max(run.s.sizes), 8))
-    if "end_to_end_12mp" in run.s.modes:  # 4 distinct photos: decoding costs the same whatever repeats
-        run.photos = synthetic_jpegs(min(max(run.s.sizes), 4), size=E2E_IMAGES["end_to_end_12mp"])
-    preprocess = run.backends[0].predictor.preprocess
-    run.decoded = [preprocess.pixels(j, formats=SERVE_FORMATS) for j in run.jpegs]
-    run.live = list(run.backends)
-
-
-def _batch_entries(run: _Run, batch: int) -> tuple[list, dict, dict]:
-    """([(entry, fn)], {entry: calls per block}, {entry: (backend, mode)}) of every live backend, warmed
-    up at this batch size; a backend that fails its warm-up (torch.compile) leaves run.live."""
-    pixels = np.stack([run.decoded[i % len(run.decoded)] for i in range(batch)])
-    jpegs = [run.jpegs[i % len(run.jpegs)] for i in range(batch)]
-    photos = [run.photos[i % len(run.photos)] for i in range(batch)] if run.photos else []
-    entries, iters, owners = [], {}, {}
-    for b in list(run.live):
-        warmed = _warm_backend(run, b, batch, pixels, jpegs, photos)
-        if warmed is None:
-            run.live.remove(b)
-            continue
-        for entry, fn, mode, k in warmed:
+def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
+    """Every model's warmed-up entries (and the reference GEMM) timed in the same rounds, then their rows."""
+    entries, iters, owners = [], {}, {}  # owners: entry -> (subject, backend, mode)
+    for s in subjects:
+        for b, mode, fn, k in _warm(s, bench, batch):
+            entry = f"{s.name}|{b.record.key}|{mode}"
             entries.append((entry, fn))
-            iters[entry], owners[entry] = k, (b, mode)
-    return entries, iters, owners
+            iters[entry], owners[entry] = k, (s, b, mode)
+    gemm = bench.gemm
+    if gemm is not None:
+        _, last = warm_up(gemm.run, 1)
+        entries.append((gemm.key, gemm.run))
+        iters[gemm.key] = calls_per_block(None, min(float(bench.plan.duration or 1.0), 2.0), bench.plan.rounds, last)
+    rounds, several = bench.plan.rounds, len(subjects) > 1
+
+    def on_block(r, entry, k, total):
+        if entry in owners:
+            s, b, mode = owners[entry]
+            bench.progress.live(f"batch {batch} round {r + 1}/{rounds}: {s.name + ' ' if several else ''}"
+                                f"{b.record.key} {mode} {k * batch / total if total else 0:.1f} img/s")
+    lat, blocks, order = interleaved_rounds(entries, rounds, iters, on_block)
+    for r, entry, k in order:
+        s, b, mode = owners.get(entry, (None, gemm, gemm and gemm.mode))
+        block = Block(r, batch, s and s.name, b.key if b is gemm else b.record.key, mode, k)
+        bench.schedule.append(block)
+        for mine in ([s] if s else subjects):
+            mine.schedule.append(block)
+    if gemm is not None:
+        g = np.asarray([iters[gemm.key] * gemm.flops / t / 1e9 for t in blocks[gemm.key]])
+        bench.gemm_rounds[batch] = GemmRound(batch, round(float(np.median(g)), 1), round(float(g.min()), 1),
+                                             round(float(g.max()), 1), len(lat[gemm.key]))
+    for entry, (s, b, mode) in owners.items():
+        s.rows.append(_row(s, bench, b, mode, batch, lat[entry], blocks[entry], iters[entry]))
+    best = max(((s, r) for s in subjects for r in s.rows if r.batch == batch),
+               key=lambda sr: sr[1].throughput_ips.median, default=None)
+    if best:
+        bench.progress.line(f"batch {batch} done; fastest {best[0].name + ' ' if several else ''}{best[1].key} "
+                            f"{best[1].mode} {best[1].throughput_ips.median:.1f} img/s")
 
 
-def _add_gemm_entry(run: _Run, entries: list, iters: dict, owners: dict) -> None:
-    """The reference GEMM as one more entry of the rounds (same noise as the models)."""
-    _, last = _warm_up(run.gemm.run, 1)
-    entry = f"{run.gemm.key}|{run.gemm.mode}"
-    entries.append((entry, run.gemm.run))
-    iters[entry] = max(1, int(round(min(float(run.s.duration or 1.0), 2.0) / run.s.rounds / max(last, 1e-6))))
-    owners[entry] = (run.gemm, run.gemm.mode)
-
-
-def _warm_backend(run: _Run, b: _Backend, batch: int, pixels: np.ndarray, jpegs: list,
-                  photos: list) -> Optional[list]:
-    """[(entry, fn, mode, calls per block)] of one warmed-up backend; None when torch.compile failed
-    on its first call (recorded in run.failed). The 12 MP mode runs on the backends that take it."""
-    warmed = []
-    try:
-        b.prepare(batch, pixels, jpegs)
-        if photos and b.photo_modes:
-            b.prepare_photos(photos)
-        for mode in (m for m in run.s.modes if m in ("model", "end_to_end") or m in b.photo_modes):
-            fn = (lambda b=b, mode=mode: b.run(mode))
-            run.progress.live(f"batch {batch}: warming up {b.key} {mode}")
-            first, last = _warm_up(fn, run.opts.warmup)
-            warmed.append((f"{b.key}|{mode}", fn, mode, first, last))
-    except Exception as exc:  # noqa: BLE001 - torch.compile may fail on its first call; say why
-        if b.backend != "torch-compile":
-            raise
-        run.failed.append({"key": b.key, "backend": b.backend, "device": b.device, "precision": b.precision,
-                           "error": first_line(exc, 300)})
-        return None
+def _warm(s: Subject, bench: Bench, batch: int) -> list:
+    """[(backend, mode, fn, calls per block)] of every live backend warmed up at this batch size. A backend
+    that may fail (torch.compile) and fails here is marked failed and timed no more."""
+    pixels = np.stack([s.pixels[i % len(s.pixels)] for i in range(batch)])
+    jpegs = {m: [js[i % len(js)] for i in range(batch)] for m, js in bench.jpegs.items()}
     out = []
-    for entry, fn, mode, first, last in warmed:
-        run.first_runs[(b.key, mode, batch)] = first
-        if run.opts.iterations is not None:
-            k = max(1, math.ceil(int(run.opts.iterations) / run.s.rounds))
-        else:
-            k = max(1, int(round(float(run.s.duration) / run.s.rounds / max(last, 1e-6))))
-        out.append((entry, fn, mode, k))
+    for b in s.backends:
+        if b.record.status != "ok":
+            continue
+        warmed = []
+        try:
+            b.prepare(batch, pixels, jpegs)
+            for mode in (m for m in bench.plan.modes if m in b.modes):
+                fn = (lambda b=b, mode=mode: b.run(mode))
+                bench.progress.live(f"batch {batch}: warming up {b.record.key} {mode}")
+                warmed.append((b, mode, fn, *warm_up(fn, bench.opts.warmup)))
+        except Exception as exc:  # noqa: BLE001 - torch.compile may fail on its first call; say why
+            if not b.may_fail:
+                raise
+            b.record.status, b.record.error = "failed", first_line(exc, 300)
+            continue
+        for b, mode, fn, first, last in warmed:
+            s.first_runs[(b.record.key, mode, batch)] = first
+            out.append((b, mode, fn, calls_per_block(bench.opts.iterations, bench.plan.duration, bench.plan.rounds,
+                                                     last)))
     return out
 
 
-def _time_one_batch(run: _Run, batch: int, entries: list, iters: dict, owners: dict) -> None:
-    """The interleaved rounds of one batch size, and a result row per backend x mode."""
-    rounds = run.s.rounds
-
-    def on_block(r, entry, k, total):
-        b, mode = owners[entry]
-        if b is not run.gemm:
-            run.progress.live(f"batch {batch} round {r + 1}/{rounds}: {b.key} {mode} "
-                              f"{k * batch / total if total else 0:.1f} img/s")
-    lat, blocks, order = interleaved_rounds(entries, rounds, iters, on_block)
-    run.schedule.extend({"round": r, "batch": batch, "key": owners[e][0].key, "mode": owners[e][1],
-                         "iterations": k} for r, e, k in order)
-    _add_rows(run, batch, lat, blocks, iters, owners)
-    _say_fastest(run, batch)
+def _sig(x: float) -> float:
+    """Four significant digits: a tiny model's 12 MP rows stay above zero."""
+    return float(f"{x:.4g}")
 
 
-def _add_rows(run: _Run, batch: int, lat: dict, blocks: dict, iters: dict, owners: dict) -> None:
-    """One result row per backend x mode of `owners` (entry -> (backend, mode)); the GEMM's GFLOP/s."""
-    rounds, gemm = run.s.rounds, run.gemm
-    for entry, (b, mode) in owners.items():
-        if b is gemm:
-            g = np.asarray([iters[entry] * gemm.flops / t / 1e9 for t in blocks[entry]])
-            run.gemm_in_rounds[batch] = {"batch": batch, "median_gflops": round(float(np.median(g)), 1),
-                                         "min_gflops": round(float(g.min()), 1),
-                                         "max_gflops": round(float(g.max()), 1), "calls": len(lat[entry])}
-            continue
-        size = E2E_IMAGES.get(mode)
-        row = {"key": b.key, "backend": b.backend, "engine": b.engine or "torch",
-               "engine_device": b.engine_device or b.provider, "inference_precision": b.inference_precision
-               or b.precision, "device": b.device, "precision": b.precision, "provider": b.provider, "mode": mode,
-               "e2e_image": f"{size[0]}x{size[1]}" if size else None, "batch": batch,
-               "iterations": len(lat[entry]), "rounds": rounds}
-        row.update(_stats(lat[entry], blocks[entry], iters[entry], batch))
-        row["first_run_s"] = round(run.first_runs[(b.key, mode, batch)], 4)
-        run.results.append(row)
+def own_peak_precision(precision: str, device: str) -> str:
+    """Which precision's GEMM peak a row is read against: its own where one is measured (bf16, int8 on
+    CPU; fp16 on CUDA), else fp32 (FP16 on a CPU computes in FP32)."""
+    if device == "cpu":
+        return precision if precision in ("bf16", "int8") else "fp32"
+    return "fp16" if precision.startswith("fp16") else ("int8" if precision == "int8" else "fp32")
 
 
-def _say_fastest(run: _Run, batch: int, label: str = "") -> None:
-    best = max((r for r in run.results if r["batch"] == batch), key=lambda r: r["throughput_ips"]["median"],
-               default=None)
-    if best:
-        run.progress.line(f"batch {batch} done; fastest {label}{best['key']} {best['mode']} "
-                          f"{best['throughput_ips']['median']:.1f} img/s")
+_FROM_BACKEND = ("key", "backend", "engine", "engine_device", "inference_precision", "device", "precision", "provider",
+                 "file_bytes")  # the fields a Row copies from its BackendRecord
 
 
-def _measure_accuracy(run: _Run) -> None:
-    """Each precision's accuracy on the recipe's split (--data), on CPU."""
-    if not run.opts.data:
+def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: list, k: int) -> Row:
+    """One backend x mode x batch size: the timing statistics and GFLOP/s against the peaks and the GEMM."""
+    rec = b.record
+    latency, per_image, throughput = stats(lat, blocks, k, batch)
+    kind = "cpu" if rec.device == "cpu" else "cuda"
+    peak_of = {(pk.device, pk.precision): pk for pk in bench.peaks if pk.gflops}
+    fp32, own = peak_of.get((kind, "fp32")), peak_of.get((kind, own_peak_precision(rec.precision, kind)))
+    gemm = bench.gemm_rounds.get(batch) if kind == "cpu" else None
+    gflops = _sig(rec.flops_per_image * throughput.median / 1e9) if rec.flops_per_image else None
+    size = E2E_IMAGES.get(mode)
+    return Row(
+        **{f: getattr(rec, f) for f in _FROM_BACKEND}, mode=mode, e2e_image=f"{size[0]}x{size[1]}" if size else None,
+        batch=batch, iterations=len(lat), rounds=bench.plan.rounds, throughput_ips=throughput, latency_ms=latency,
+        latency_per_image_ms=per_image, first_run_s=round(s.first_runs[(rec.key, mode, batch)], 4), gflops=gflops,
+        fraction_of_peak=_sig(gflops / fp32.gflops) if gflops and fp32 else None,
+        fraction_of_precision_peak=_sig(gflops / own.gflops) if gflops and own else None,
+        peak_precision=own and own.precision, precision_peak_engine=own and own.engine,
+        fraction_of_gemm_in_rounds=_sig(gflops / gemm.median_gflops) if gflops and gemm and gemm.median_gflops
+        else None, cold_start_s=None, peak_rss_mb=None, gpu_mem_mb=None, top1=None, baseline=None, speedup=None,
+        decode_share=None if mode == "model" else b.decode_share(mode))
+
+
+def _measure_accuracy(s: Subject, bench: Bench) -> None:
+    """Each precision's accuracy on the recipe's split (--data), on CPU with ONNX Runtime."""
+    opts = bench.opts
+    if not opts.data:
         return
-    from toolkit.runtime.onnx_eval import evaluate_onnx
-
-    for p in run.s.precisions:
-        run.progress.live(f"accuracy of {p} on the {run.opts.split} split of {run.opts.data}")
-        res = evaluate_onnx(run.infos[p]["path"], run.opts.data, split=run.opts.split, threads=run.s.threads,
-                            quiet=True)
-        run.accuracy[p] = {"split": run.opts.split, "top1": res.get("top1"), "top5": res.get("top5"),
-                           "n": res.get("n"), "provider": "CPUExecutionProvider"}
-
-
-def _measure_peaks_again(run: _Run) -> None:
-    """The peak once more, now that the timing is done: the best of both samples counts, and the
-    reference GEMM's best round too."""
-    for pk in run.peaks:
-        run.progress.live(f"measuring the {pk['device']} {pk['precision']} GEMM peak again")
-        _merge_peak(pk, measure_peak(pk["device"], run.s.threads, pk["precision"], engines=run.s.engines))
-    for pk in run.peaks:
-        if pk["device"] == "cpu" and pk["precision"] == "fp32":
-            pk["in_rounds"] = [run.gemm_in_rounds[b] for b in run.s.sizes if b in run.gemm_in_rounds]
-            best_round = max((x["max_gflops"] for x in pk["in_rounds"]), default=None)
-            mine = next((c for c in pk["candidates"] if c["engine"] == "onnxruntime MatMul"), None)
-            if best_round and mine is not None and best_round > (mine.get("gflops") or 0):
-                mine["gflops"], mine["from"] = best_round, "its best round in the timing"
-                if best_round > (pk["gflops"] or 0):
-                    pk["gflops"], pk["engine"] = best_round, mine["engine"]
+    for p in s.precisions:
+        bench.progress.live(f"accuracy of {p} on the {opts.split} split of {opts.data}")
+        res = evaluate_onnx(s.infos[p]["path"], opts.data, split=opts.split, threads=bench.plan.threads, quiet=True)
+        accuracy = {"split": opts.split, "top1": res.get("top1"), "top5": res.get("top5"), "n": res.get("n"),
+                    "provider": "CPUExecutionProvider"}
+        for b in s.backends:
+            if b.record.backend == DEFAULT_ENGINE and b.record.precision == p:  # evaluate_onnx's engine
+                b.record.accuracy = accuracy

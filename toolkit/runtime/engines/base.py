@@ -58,6 +58,20 @@ class EngineInfo:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def settings(self) -> dict:
+        """How it runs, read back: hint, streams, threads and requests (the ones this engine has)."""
+        got = {"hint": self.hint, "streams": self.streams, "threads": self.threads, "requests": self.requests}
+        return {key: value for key, value in got.items() if value is not None}
+
+    def settings_line(self) -> str:
+        """The read-back settings for a log line: "LATENCY hint, 1 stream, 2 threads, 1 request"."""
+        words = [f"{self.hint} hint"] if self.hint else []
+        if self.streams is not None:
+            words.append(f"{self.streams} stream{'s' * (self.streams != 1)}")
+        words.append(f"{self.threads} threads" if self.threads else "the engine's default threads")
+        words.append(f"{self.requests} request{'s' * (self.requests != 1)} at once")
+        return ", ".join(words)
+
 
 def parse_hint(value: str | None) -> str:
     """OpenVINO's performance hint: None -> LATENCY."""
@@ -98,10 +112,6 @@ class EngineOptions:
     def __post_init__(self):
         _check_count("threads", self.threads)
 
-    def for_serving(self) -> "EngineOptions":
-        """The same options tuned for a server: OpenVINO's THROUGHPUT hint (a request per batch worker)."""
-        return dataclasses.replace(self, openvino=dataclasses.replace(self.openvino, hint="THROUGHPUT"))
-
 
 @runtime_checkable
 class Engine(Protocol):
@@ -141,6 +151,11 @@ class Adapter:
         """A call that runs these inputs again and again (for timing): inputs already where the engine
         wants them. The default just calls run."""
         return lambda: self.run(inputs, outputs)
+
+    @classmethod
+    def serving_options(cls, options: EngineOptions) -> EngineOptions:
+        """The options serve-local opens this engine with, from the ones it was given (default: as given)."""
+        return options
 
     @property
     def optimal_requests(self) -> int:

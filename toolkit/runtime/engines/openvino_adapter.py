@@ -8,6 +8,7 @@ Every compile goes through the process-wide Core (openvino_core.shared_core).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 from typing import Any, Mapping, Optional, Sequence
@@ -125,11 +126,23 @@ class OpenVinoEngine(Adapter):
             raise UserError(f"{path}: OpenVINO cannot compile it ({first[:300]}); expected an ONNX file written "
                             "by toolkit export") from None
         engine = cls(compiled, path, options, precision, seconds)
-        check_read_back(engine.info, path, device, precision, options.openvino.hint)
+        check_read_back(engine.info, path, device, precision, options.openvino.hint, options.openvino.streams)
         return engine
 
     def describe(self) -> EngineInfo:
         return self.info
+
+    @classmethod
+    def serving_options(cls, options: EngineOptions) -> EngineOptions:
+        """serve-local: one stream with every core (LATENCY hint) unless more streams are asked for.
+
+        Measured (docs/serve.md): under THROUGHPUT a 2-core machine runs two 1-core streams, so a lone
+        request runs on half the machine; with one stream the micro-batcher grows its batches under
+        load instead, and a batched stream with every core keeps up with the streams. streams > 1: the
+        THROUGHPUT hint with that many streams, and serve-local runs a batch worker per infer request."""
+        ov = options.openvino
+        hint = "THROUGHPUT" if ov.streams and ov.streams > 1 else "LATENCY"
+        return dataclasses.replace(options, openvino=dataclasses.replace(ov, hint=hint))
 
     def run(self, inputs: Mapping[str, Any], outputs: Optional[Sequence[str]] = None) -> list:
         """The named outputs (all when None), as numpy arrays of their own."""
@@ -168,7 +181,8 @@ class OpenVinoEngine(Adapter):
                f"requests={i.requests})"
 
 
-def check_read_back(info: EngineInfo, path: str, device: str, precision: str, hint: str) -> None:
+def check_read_back(info: EngineInfo, path: str, device: str, precision: str, hint: str,
+                    streams: Optional[int] = None) -> None:
     """What the compiled model says it runs must be what was asked for: no silent fallback."""
     wrong = []
     if info.device.split(".")[0] != device.split(".")[0]:
@@ -177,6 +191,8 @@ def check_read_back(info: EngineInfo, path: str, device: str, precision: str, hi
         wrong.append(f"inference precision {info.precision} (asked for {precision})")
     if info.hint != hint:
         wrong.append(f"performance hint {info.hint} (asked for {hint})")
+    if streams and info.streams != streams:
+        wrong.append(f"{info.streams} streams (asked for {streams})")
     if wrong:
         raise UserError(f"{path}: OpenVINO compiled it with {'; '.join(wrong)}; refusing to run it on "
                         "something other than what was asked for")

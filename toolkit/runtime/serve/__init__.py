@@ -11,7 +11,7 @@ The modules, in the order a request meets them:
     server.py   serve(ServeOptions): bind, host warning, load the model, uvicorn, signals
     protocol.py the HTTP/1.1 protocol: total head and body deadlines, idle timeout, connection cap, JSON errors
     guard.py    ASGI guard: Host check, HEAD, the whole body read before a prediction slot is taken
-    app.py      create_app(): the FastAPI routes, decode + preprocess in the request threadpool
+    app.py      create_app(): the FastAPI routes, decode + preprocess on the decode pool (runtime/decode_pool.py)
     batcher.py  Batcher: worker threads (one per OpenVINO infer request), micro-batches, one session call per batch
     errors.py   ApiError and the JSON error bodies {"error", "detail"} (no tracebacks, no paths)
     options.py  Limits, ServeOptions and their checks

@@ -2,17 +2,21 @@
 
 How a prediction flows: the body is read with a size cap (see `guard`), decoded with
 `toolkit.preprocess.open_image` (pixel cap checked after `Image.open`, before decoding; JPEG/PNG/WebP
-only) and preprocessed in the request threadpool, in parallel, then handed to the `Batcher`.
+only) and preprocessed on the shared decode pool (toolkit.runtime.decode_pool: every core, in parallel
+with the model), then handed to the `Batcher`. A client that leaves while its decode is queued cancels it.
 """
 import asyncio
 import os
 from contextlib import asynccontextmanager
 from typing import Any
 
+from toolkit import __version__
 from toolkit.errors import UserError
+from toolkit.preprocess import SERVE_FORMATS, ImageError
+from toolkit.runtime.decode_pool import ClientGone, DecodePool
 from toolkit.runtime.serve.batcher import Batcher
 from toolkit.runtime.serve.errors import ApiError, add_error_handlers, image_error
-from toolkit.runtime.serve.guard import PREDICT_PATH, _Counter, _Guard
+from toolkit.runtime.serve.guard import PREDICT_PATH, Counter, Guard
 from toolkit.runtime.serve.options import Limits
 
 # Content types whose body is taken as the raw image bytes (sniffed, never trusted). curl's
@@ -40,7 +44,7 @@ _PREDICT_RESPONSES = {400: {"description": "empty, truncated or unreadable image
                       503: {"description": "too many requests in flight (see Retry-After)"}}
 
 
-def _require_stack():
+def require_stack():
     try:
         import fastapi
         try:  # python-multipart (for the multipart `file` upload); its import name changed in 0.0.13
@@ -69,11 +73,6 @@ def _run_name(source_run: Any) -> str | None:
     return os.path.basename(source_run.replace("\\", "/").rstrip("/")) or None
 
 
-def _version() -> str:
-    from toolkit import __version__
-    return __version__
-
-
 def _answer(predictions: list) -> dict:
     """The "unknown" answer beside the top-k (a Prediction's); a plain list is an accepted answer."""
     if not hasattr(predictions, "text"):
@@ -82,19 +81,20 @@ def _answer(predictions: list) -> dict:
     return {"answer": predictions.text(), "accepted": predictions.accepted, "ood_score": predictions.ood_score}
 
 
-def _describe(predictor, limits: Limits, default_k: int) -> dict:
+def _describe(predictor, limits: Limits, default_k: int, batch_workers: int, decode_threads: int) -> dict:
     """What GET /v1/model answers: the model's contract, where it came from, and the serving limits."""
-    from toolkit.preprocess import SERVE_FORMATS
-
     description = predictor.describe()
     description.update({
         # The run's name, not the training machine's path to it (the API shows no file-system paths).
         "source_run": _run_name(predictor.metadata.get("source_run")),
         "checkpoint_sha256": predictor.metadata.get("checkpoint_sha256"),
         "metrics": predictor.metadata.get("metrics"),
+        # read back from the engine after compiling (hint, streams, threads, requests): never assumed
+        "engine_settings": predictor.engine_info.settings(),
         "serving": {"max_batch": int(limits.max_batch), "max_wait_ms": float(limits.max_wait_ms),
                     "max_body_bytes": limits.max_body_bytes, "max_pixels": int(limits.max_pixels),
                     "max_concurrency": int(limits.max_concurrency), "default_top_k": default_k,
+                    "batch_workers": batch_workers, "decode_threads": decode_threads,
                     "formats": list(SERVE_FORMATS), "max_connections": int(limits.max_connections),
                     "header_timeout_s": float(limits.header_timeout), "body_timeout_s": float(limits.body_timeout),
                     "keep_alive_s": float(limits.keep_alive), "write_timeout_s": float(limits.write_timeout)},
@@ -102,22 +102,29 @@ def _describe(predictor, limits: Limits, default_k: int) -> dict:
     return description
 
 
-def _lifespan(batcher: Batcher, limiter: dict, slots: int):
-    """Start the batching worker (it runs the warm-up inference) with the app; drain it at shutdown."""
+def _lifespan(batcher: Batcher, pool: DecodePool):
+    """Start the batching worker (it runs the warm-up inference) with the app; drain it and the decode
+    pool at shutdown."""
     @asynccontextmanager
     async def lifespan(app):
-        import anyio
-        limiter["decode"] = anyio.CapacityLimiter(slots)   # needs the running event loop
         batcher.start()
         try:
             yield
         finally:
             # uvicorn calls this after the requests in flight have finished; drain the worker anyway.
-            await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, batcher.stop)
+            await loop.run_in_executor(None, pool.close)
     return lifespan
 
 
-def _add_status_routes(app, predictor, batcher: Batcher, counter: _Counter, description: dict) -> None:
+async def _client_left(receive) -> None:
+    """Returns once the client has gone (the body is read: http.disconnect is all that is left to come)."""
+    while (await receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)   # a server that answers again with an empty body: don't spin
+
+
+def _add_status_routes(app, predictor, batcher: Batcher, counter: Counter, description: dict) -> None:
     from fastapi.responses import JSONResponse
 
     labels, sha = len(predictor.labels), predictor.sha256
@@ -162,9 +169,7 @@ async def _image_bytes(request) -> bytes:
 
 
 def _decoder(predictor, max_pixels: int):
-    """The function the request threadpool runs: decode (capped, JPEG/PNG/WebP only) and preprocess."""
-    from toolkit.preprocess import SERVE_FORMATS, ImageError
-
+    """The function the decode pool runs: decode (capped, JPEG/PNG/WebP only) and preprocess."""
     def decode_and_prepare(body: bytes):
         from PIL import Image
         try:  # decode (draft or full, as the model file says), resize and crop: the Predictor's own steps
@@ -175,10 +180,9 @@ def _decoder(predictor, max_pixels: int):
     return decode_and_prepare
 
 
-def _add_predict_route(app, predictor, batcher: Batcher, limiter: dict, default_k: int, decode) -> None:
+def _add_predict_route(app, predictor, batcher: Batcher, pool: DecodePool, default_k: int, decode) -> None:
     from fastapi import Query, Request
     from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
 
     labels, sha = len(predictor.labels), predictor.sha256
 
@@ -198,11 +202,10 @@ def _add_predict_route(app, predictor, batcher: Batcher, limiter: dict, default_
         body = await _image_bytes(request)
         batcher.preparing()
         try:
-            if "decode" in limiter:
-                import anyio
-                array = await anyio.to_thread.run_sync(decode, body, limiter=limiter["decode"])
-            else:   # app used without its lifespan
-                array = await run_in_threadpool(decode, body)
+            array = await pool.run(decode, body, gone=_client_left(request.receive))
+        except ClientGone:
+            batcher.abandon()
+            return None   # nobody to answer
         except BaseException:
             batcher.abandon()
             raise
@@ -232,11 +235,11 @@ def create_app(predictor, limits: Limits | None = None, allowed_hosts: tuple | N
 
     `limits`: a `Limits`, or its fields as keywords (max_batch=..., body_timeout=...). The batching worker
     starts (and runs the warm-up inference) in the app's lifespan, and is drained when the app shuts
-    down. `allowed_hosts`: Host header names accepted (None: any). `decode_slots`: images decoded at
-    once (default: the CPU count, 2..8) — decoding is CPU-bound, and this bounds the memory that many
-    large images in flight can take.
+    down. `allowed_hosts`: Host header names accepted (None: any). `decode_slots`: the decode pool's
+    threads, i.e. images decoded at once (default: the CPU count, 1..8) — decoding is CPU-bound, and this
+    bounds the memory that many large images in flight can take (decode_slots x max_pixels).
     """
-    fastapi = _require_stack()
+    fastapi = require_stack()
     if limits is not None and limit_fields:
         raise TypeError("create_app: pass limits or its fields as keywords, not both")
     limits = limits or Limits(**limit_fields)
@@ -244,24 +247,24 @@ def create_app(predictor, limits: Limits | None = None, allowed_hosts: tuple | N
     if problems:
         raise UserError("\n".join(problems))
     default_k = min(int(limits.top_k), len(predictor.labels))
-    counter = _Counter()
+    counter = Counter()
     batcher = Batcher(predictor, max_batch=limits.max_batch, max_wait_ms=limits.max_wait_ms)
-    description = _describe(predictor, limits, default_k)
-    limiter: dict = {}
-    slots = int(decode_slots or max(2, min(8, os.cpu_count() or 2)))
+    pool = DecodePool(decode_slots)
+    description = _describe(predictor, limits, default_k, batcher.workers, pool.workers)
     app = fastapi.FastAPI(
-        title="toolkit serve-local", version=_version(), lifespan=_lifespan(batcher, limiter, slots),
+        title="toolkit serve-local", version=__version__, lifespan=_lifespan(batcher, pool),
         description=f"Image classifier `{description.get('path')}` ({len(predictor.labels)} labels, "
                     f"sha256 {predictor.sha256[:12]}). POST an image to /v1/predict.",
         redoc_url=None,
     )
     app.state.batcher = batcher
+    app.state.decode_pool = pool
     app.state.counter = counter
-    app.add_middleware(_Guard, counter=counter, max_concurrency=int(limits.max_concurrency),
+    app.add_middleware(Guard, counter=counter, max_concurrency=int(limits.max_concurrency),
                        max_body=limits.max_body_bytes, allowed_hosts=allowed_hosts,
                        body_timeout_s=float(limits.body_timeout))
     add_error_handlers(app)
     _add_status_routes(app, predictor, batcher, counter, description)
-    _add_predict_route(app, predictor, batcher, limiter, default_k, _decoder(predictor, int(limits.max_pixels)))
+    _add_predict_route(app, predictor, batcher, pool, default_k, _decoder(predictor, int(limits.max_pixels)))
     _add_page_routes(app)
     return app

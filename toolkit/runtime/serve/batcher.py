@@ -1,5 +1,6 @@
-"""Micro-batching: worker threads run the model on the images that arrive together (one on ONNX Runtime;
-one per OpenVINO infer request under its THROUGHPUT hint, so batches from many clients use every stream)."""
+"""Micro-batching: worker threads run the model on the images that arrive together (one per request the
+engine serves at once: one on ONNX Runtime and on OpenVINO's single stream, where batches grow under load;
+one per infer request when OpenVINO runs several streams, so batches from many clients use every stream)."""
 import asyncio
 import logging
 import queue
@@ -20,10 +21,12 @@ class Batcher:
     A request handler calls `preparing()` before it decodes an image, then `submit(array, top_k)`
     (or `abandon()` if decoding failed); `submit` queues the prepared image (the model's input
     without the batch axis) and awaits its top-k. The worker takes the first waiting item, then
-    keeps collecting until it has `max_batch` items or `max_wait_ms` have passed since the first.
-    When that time is up while other requests are already inside the server being decoded, it waits
-    for those too, for at most a quarter of the last batch's inference time (`grace_s`): on a slow
-    model a full batch is worth a short wait, on a fast one the grace is next to nothing. Then one
+    keeps collecting until it has `max_batch` items or `max_wait_ms` have passed since the first. A
+    request alone in the server (nothing else queued or being decoded) runs at once: there is nobody to
+    wait for, and under load the batches grow by themselves while the model runs. When that time is up
+    while other requests are already inside the server being decoded, it waits for those too, for at
+    most a quarter of the last batch's inference time (`grace_s`): on a slow model a full batch is
+    worth a short wait, on a fast one the grace is next to nothing. Then one
     `predict_batch` call, and every future is resolved. The warm-up inference runs before anything
     else; `ready` is set once it is done. `stop()` lets it finish everything queued, then ends it.
 
@@ -124,7 +127,8 @@ class Batcher:
         """The batch that starts with `first`, and whether the stop marker was seen."""
         batch = [first]
         start = time.monotonic()
-        deadline = start + self.max_wait
+        alone = self.decoding == 0 and self.queue.empty()
+        deadline = start + (0.0 if alone else self.max_wait)
         grace_end = deadline + self.grace_s
         while len(batch) < self.max_batch:
             now = time.monotonic()

@@ -15,7 +15,7 @@ _PORT = re.compile(r"[0-9]{1,5}")
 _HOST_EXAMPLE = "expected Host: NAME[:PORT], e.g. 127.0.0.1:8000"
 
 
-class _Counter:
+class Counter:
     """Predictions in flight now, and how many were turned away busy (shown by /ready)."""
 
     def __init__(self):
@@ -79,7 +79,7 @@ def _replay(body: bytes, receive):
     return replay
 
 
-class _Guard:
+class Guard:
     """Pure ASGI middleware in front of the routes.
 
     - Every request needs one well-formed Host header (400 otherwise); when the server is bound to
@@ -91,7 +91,7 @@ class _Guard:
       when none is free): a slow client never holds a slot. Health, ready and model never wait.
     """
 
-    def __init__(self, app, counter: _Counter, max_concurrency: int, max_body: int,
+    def __init__(self, app, counter: Counter, max_concurrency: int, max_body: int,
                  allowed_hosts: tuple | None, body_timeout_s: float = BODY_TIMEOUT_S):
         self.app, self.counter = app, counter
         self.max_concurrency, self.max_body, self.allowed_hosts = max_concurrency, max_body, allowed_hosts

@@ -76,10 +76,12 @@ class ServeOptions(Limits):
     device: str = "auto"                # the Predictor's device: auto, cpu, cuda, ...
     threads: int | None = None          # ONNX Runtime intra-op threads (None: its default)
     allow_fallback: bool = False        # run on CPU when the asked-for device is unavailable
-    engine: str = "onnxruntime"         # onnxruntime or openvino (THROUGHPUT hint, a batch worker per request)
+    engine: str = "onnxruntime"         # onnxruntime or openvino (one stream with every core; see streams)
     precision: str | None = None        # fp32 or bf16 (bf16: openvino only); None: fp32
+    streams: int | None = None          # OpenVINO streams; None or 1: one, batches grow; N>1: THROUGHPUT, N workers
     exports_dir: str = "exports"        # where model=None looks for the newest export
     warmup_timeout: float = WARMUP_TIMEOUT_S  # seconds for the warm-up inference (TensorRT builds engines in it)
+    static: str | None = None           # serve this folder instead (export --format web's), with COOP/COEP headers
 
     @property
     def limits(self) -> Limits:
@@ -90,6 +92,9 @@ class ServeOptions(Limits):
         port = self.port
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             problems.append(f"port: {port!r}; expected a whole number 0..65535 (0 picks a free port)")
+        streams = self.streams
+        if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
+            problems.append(f"streams: {streams!r}; expected a whole number >= 1 (or leave it unset)")
         warmup = self.warmup_timeout
         if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 < warmup < math.inf:
             problems.append(f"warmup-timeout: {warmup!r}; expected a positive number of seconds")

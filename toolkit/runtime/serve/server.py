@@ -8,9 +8,14 @@ import threading
 import time
 import warnings
 
+from toolkit import artifacts
 from toolkit.errors import AbandonedWorkError, UserError
+from toolkit.preprocess import SERVE_FORMATS
+from toolkit.runtime.engines import EngineOptions, OpenVinoOptions, adapter_for
+from toolkit.runtime.predictor import Predictor
+from toolkit.runtime.serve.app import create_app, require_stack
 from toolkit.runtime.serve.options import GRACEFUL_TIMEOUT_S, Limits, ServeOptions
-from toolkit.runtime.engines import EngineOptions
+from toolkit.runtime.serve.static_site import serve_static
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 _ANY_HOST = ("0.0.0.0", "::", "[::]")
@@ -67,8 +72,6 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _model_file(options: ServeOptions) -> str:
     """The .onnx to serve: the one given, or the newest export in the folder given (or in exports_dir)."""
-    from toolkit import artifacts
-
     model = options.model
     if model is None or os.path.isdir(str(model)):
         model = artifacts.newest_export(options.exports_dir if model is None else str(model))
@@ -77,12 +80,9 @@ def _model_file(options: ServeOptions) -> str:
 
 
 def _build_app(options: ServeOptions, model: str, host: str):
-    from toolkit.preprocess import SERVE_FORMATS
-    from toolkit.runtime.predictor import Predictor
-    from toolkit.runtime.serve.app import create_app
-
-    engine_options = EngineOptions(device=options.device, threads=options.threads, precision=options.precision,
-                                   allow_fallback=options.allow_fallback).for_serving()
+    asked = EngineOptions(device=options.device, threads=options.threads, precision=options.precision,
+                          allow_fallback=options.allow_fallback, openvino=OpenVinoOptions(streams=options.streams))
+    engine_options = adapter_for(options.engine).serving_options(asked)
     predictor = Predictor(model, batch_size=max(32, int(options.max_batch)), max_pixels=int(options.max_pixels),
                           formats=SERVE_FORMATS, engine=options.engine, options=engine_options)
     return predictor, create_app(predictor, options.limits, allowed_hosts=_allowed_hosts(host))
@@ -95,7 +95,8 @@ def _print_banner(options: ServeOptions, model: str, host: str, port: int, predi
         shown_host = f"[{host.strip('[]')}]" if ":" in host else host
     url = f"http://{shown_host}:{port}"
     print(f"serve-local: {os.path.basename(model)} (sha256 {predictor.sha256[:12]}, {len(predictor.labels)} labels, "
-          f"{predictor.precision}) on {predictor.runs_on}", flush=True)
+          f"{predictor.precision}) on {predictor.runs_on}; read back: {predictor.engine_info.settings_line()}, "
+          f"{predictor.session.optimal_requests} batch worker(s)", flush=True)
     print(f"serve-local: micro-batching up to {options.max_batch} images, waiting at most {options.max_wait_ms:g} ms; "
           f"limits: body {options.max_body_mb:g} MB, {int(options.max_pixels) / 1e6:g} MP, "
           f"{options.max_concurrency} predictions in flight, {options.max_connections} connections; timeouts: "
@@ -172,8 +173,9 @@ def serve(options: ServeOptions | str | None = None, **fields) -> None:
     problems = options.problems()
     if problems:
         raise UserError("\n".join(problems))
-    from toolkit.runtime.serve.app import _require_stack
-    _require_stack()
+    if options.static is not None:   # a static folder: no model, no inference here
+        return serve_static(str(options.static), host, int(options.port))
+    require_stack()
     import uvicorn
 
     model = _model_file(options)

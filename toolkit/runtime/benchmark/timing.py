@@ -1,21 +1,24 @@
-"""Timing: warm-up, then interleaved rounds, and the statistics over them; the progress line.
+"""Timing: warm-up, interleaved rounds and their statistics, and the progress line.
 
 Shared by the inference benchmark (run.py) and the training one (toolkit.train.benchmark).
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from toolkit.runtime.benchmark.records import Latency, PerImage, Throughput
+
 DEFAULT_DURATION_S = 5.0  # timed seconds per backend x mode x batch size, spread over the rounds
 DEFAULT_ROUNDS = 5
 
 
-class _Progress:
-    """A live line on stderr when it is a terminal; one line per round otherwise."""
+class Progress:
+    """A live line on stderr when it is a terminal; one line per step otherwise; nothing when quiet."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -24,17 +27,13 @@ class _Progress:
 
     def live(self, text: str) -> None:
         if self.tty:
-            elapsed = time.perf_counter() - self.start
-            sys.stderr.write(f"\rbenchmark: {text}  [{elapsed:.0f}s]\x1b[K")
+            sys.stderr.write(f"\rbenchmark: {text}  [{time.perf_counter() - self.start:.0f}s]\x1b[K")
             sys.stderr.flush()
 
     def line(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            sys.stderr.write("\r\x1b[K")
-        elapsed = time.perf_counter() - self.start
-        print(f"benchmark: {text}  [{elapsed:.0f}s]", file=sys.stderr, flush=True)
+        if self.enabled:
+            self.close()
+            print(f"benchmark: {text}  [{time.perf_counter() - self.start:.0f}s]", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.tty:
@@ -70,8 +69,8 @@ def interleaved_rounds(entries: Sequence[tuple[str, Callable[[], None]]], rounds
     return lat, blocks, order
 
 
-def _warm_up(fn: Callable[[], None], warmup: Optional[int]) -> tuple[float, float]:
-    """Run `fn` until warm: `warmup` calls, or by default at least 2 and at least 0.5 s (at most 20).
+def warm_up(fn: Callable[[], None], warmup: Optional[int]) -> tuple[float, float]:
+    """Run `fn` until warm: `warmup` calls, or by default at least 3 and at least 0.5 s (at most 20).
     Returns (seconds of the first call, seconds of the last call)."""
     t = time.perf_counter()
     fn()
@@ -85,15 +84,20 @@ def _warm_up(fn: Callable[[], None], warmup: Optional[int]) -> tuple[float, floa
     return first, last
 
 
-def _stats(lat: list, blocks: list, k: int, batch: int) -> dict:
-    a = np.asarray(lat, dtype=np.float64) * 1e3
-    q25, p50, q75, p90, p95, p99 = (float(v) for v in np.percentile(a, [25, 50, 75, 90, 95, 99]))
-    latency = {"p50": p50, "p90": p90, "p95": p95, "p99": p99, "mean": float(a.mean()), "min": float(a.min()),
-               "max": float(a.max()), "q25": q25, "q75": q75, "iqr": q75 - q25}
-    ips = np.asarray([k * batch / b if b > 0 else float("inf") for b in blocks], dtype=np.float64)
-    throughput = {"median": float(np.median(ips)), "min": float(ips.min()), "max": float(ips.max()),
-                  "q25": float(np.percentile(ips, 25)), "q75": float(np.percentile(ips, 75))}
-    per_image = {key: latency[key] / batch for key in ("p50", "p90", "p95", "p99")}
-    rnd = lambda d: {key: round(v, 4) for key, v in d.items()}  # noqa: E731
-    return {"latency_ms": rnd(latency), "latency_per_image_ms": rnd(per_image), "throughput_ips": rnd(throughput)}
+def calls_per_block(iterations: Optional[int], duration: Optional[float], rounds: int, last_call_s: float) -> int:
+    """Calls per round: `iterations` spread over the rounds, or enough to fill duration / rounds."""
+    if iterations is not None:
+        return max(1, math.ceil(int(iterations) / rounds))
+    return max(1, int(round(float(duration) / rounds / max(last_call_s, 1e-6))))
 
+
+def stats(lat: list, blocks: list, k: int, batch: int) -> tuple[Latency, PerImage, Throughput]:
+    """Latency percentiles over every call (ms), the same per image, images/s over the rounds' blocks."""
+    a = np.asarray(lat, dtype=np.float64) * 1e3
+    q25, p50, q75, p90, p95, p99 = (round(float(v), 4) for v in np.percentile(a, [25, 50, 75, 90, 95, 99]))
+    latency = Latency(p50, p90, p95, p99, round(float(a.mean()), 4), round(float(a.min()), 4),
+                      round(float(a.max()), 4), q25, q75, round(q75 - q25, 4))
+    per_image = PerImage(*(round(v / batch, 4) for v in (p50, p90, p95, p99)))
+    ips = np.asarray([k * batch / b if b > 0 else float("inf") for b in blocks], dtype=np.float64)
+    q = [round(float(v), 4) for v in (np.median(ips), ips.min(), ips.max(), *np.percentile(ips, [25, 75]))]
+    return latency, per_image, Throughput(*q)

@@ -1,0 +1,213 @@
+"""`toolkit report`: report.json's numbers, the page's escaping and sections, the fallbacks (no split to
+score, unreadable images, an .onnx file, no mislabel ranking), the report at the end of training and the
+TensorBoard logs. One tiny run, trained once for the module; a class is named <script> on purpose."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, browser_or_skip
+from conftest import make_image_folder, tiny_recipe, write_recipe, write_tiny_model
+from toolkit.cli import main
+from toolkit.errors import UserError
+from toolkit.recipe import from_dict
+from toolkit.train import tensorboard as tb_mod
+from toolkit.train.loop import train
+from toolkit.train.report import ReportOptions, build_report, content
+from toolkit.train.report.saliency import grad_cam
+
+EVIL = "<script>alert(1)</script>"
+EVIL_FILE = "<img src=x onerror=alert(1)>"  # a file name can't hold the '/' of </script>
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained tiny run whose first class is named <script>, and its data folder."""
+    tmp = tmp_path_factory.mktemp("report")
+    root = make_image_folder(tmp / "images")
+    os.rename(os.path.join(root, "class_0"), os.path.join(root, "<script>"))
+    for name in os.listdir(os.path.join(root, "class_1")):  # each one, so the val split has some
+        os.rename(os.path.join(root, "class_1", name), os.path.join(root, "class_1", f"{EVIL_FILE}{name}"))
+    recipe = from_dict(tiny_recipe(tmp, root, train={"epochs": 1}), check_paths=False)
+    train(recipe, quiet=True)
+    return {"dir": recipe.run_dir, "root": root, "tmp": tmp}
+
+
+def read(path):
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def test_training_wrote_the_report(run):
+    data = json.loads(read(os.path.join(run["dir"], "report.json")))
+    assert len(data["top_losses"]) == min(8, data["scores"]["n"]) > 0
+    assert os.path.isfile(os.path.join(run["dir"], "report.html"))
+
+
+def test_training_wrote_tensorboard_logs(run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(run["dir"], "tb"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    assert {"loss/train", "loss/val", "top1/train", "top1/val"} <= set(tags["scalars"])
+    assert any(t.startswith("lr/") for t in tags["scalars"]), tags
+    assert tags["images"] == ["confusion/val"]
+    assert [e.step for e in events.Scalars("loss/train")] == [1]
+
+
+def test_scores_per_class_and_top_losses(run, tmp_path):
+    data = build_report(run["dir"], ReportOptions(out_dir=str(tmp_path), top=5))
+    s = data["scores"]
+    matrix = np.asarray(s["confusion"])
+    assert s["n"] == matrix.sum() and len(s["per_class"]) == 3
+    for i, row in enumerate(s["per_class"]):
+        assert row["support"] == matrix[i].sum()
+        if row["recall"] is not None:
+            assert row["recall"] == pytest.approx(100 * matrix[i, i] / matrix[i].sum())
+    losses = [r["loss"] for r in data["top_losses"]]
+    assert len(losses) == min(5, s["n"]) and losses == sorted(losses, reverse=True)
+    assert data["saliency"].startswith("Grad-CAM")
+    assert not data["calibration"]["calibrated"] and "plain softmax" in data["calibration"]["note"]
+    assert data["class_counts"]["val"] == matrix.sum(axis=1).tolist()
+
+
+def test_calibration_temperature_changes_the_scores(run, tmp_path):
+    plain = build_report(run["dir"], ReportOptions(out_dir=str(tmp_path / "a")))["top_losses"]
+    shutil.copytree(run["dir"], tmp_path / "run")
+    (tmp_path / "run" / "calibration.json").write_text(json.dumps({"temperature": 3.0}))
+    calibrated = build_report(str(tmp_path / "run"), ReportOptions())
+    assert calibrated["calibration"]["calibrated"] and "3" in calibrated["calibration"]["note"]
+    assert [r["path"] for r in calibrated["top_losses"]] == [r["path"] for r in plain]
+    assert all(c["score"] < p["score"] for c, p in zip(calibrated["top_losses"], plain))  # T > 1 flattens
+
+
+def test_html_escapes_labels_and_file_names_and_embeds_every_picture(run, tmp_path):
+    data = build_report(run["dir"], ReportOptions(out_dir=str(tmp_path), top=24))
+    html = read(data["files"]["html"])
+    assert "&lt;script&gt;" in html and "<script" not in html.lower() and "<img src=x" not in html
+    assert any(EVIL_FILE in r["path"] for r in data["top_losses"])  # the file named <img ...> is in the gallery
+    assert "http://" not in html and "https://" not in html
+    assert html.count("src='data:image/") >= 2 * len(data["top_losses"]) + 1  # thumbnails, Grad-CAMs, confusion
+
+
+def test_data_health_and_mislabels_sections(run, tmp_path, monkeypatch):
+    shutil.copytree(run["dir"], tmp_path / "run")
+    photo, other = (os.path.join(run["root"], "class_2", name) for name in sorted(os.listdir(
+        os.path.join(run["root"], "class_2")))[:2])
+    health = {"exact_duplicates": [[photo, other]],
+              "leaks": [{"train": photo, "val": f"{EVIL}.jpg", "distance": 0}],
+              "class_balance": {EVIL: {"train": 5, "val": 2}}, "small_images": [], "unreadable": []}
+    (tmp_path / "run" / "data_health.json").write_text(json.dumps(health))
+    monkeypatch.setattr(content, "rank_mislabels",
+                        lambda run_dir: [{"path": photo, "label": "class_2", "suggested": EVIL, "score": 0.93}])
+    data = build_report(str(tmp_path / "run"), ReportOptions(mislabels=True))
+    html = read(data["files"]["html"])
+    assert list(data["data_health"]["sections"]) == ["exact_duplicates", "leaks", "class_balance", "small_images",
+                                                     "unreadable"]
+    assert data["mislabels"]["rows"][0]["score"] == 0.93
+    assert "<script" not in html.lower() and "class=thumb" in html and "none found" in html
+    monkeypatch.setattr(content, "rank_mislabels", None)
+    skipped = build_report(str(tmp_path / "run"), ReportOptions(mislabels=True))
+    assert "no mislabel ranking" in skipped["mislabels"]["note"]
+    os.remove(tmp_path / "run" / "data_health.json")
+    assert "skipped" in build_report(str(tmp_path / "run"), ReportOptions())["data_health"]["note"]
+
+
+def test_no_split_to_score_and_unreadable_images(run, tmp_path):
+    root = make_image_folder(tmp_path / "images")
+    os.rename(os.path.join(root, "class_0"), os.path.join(root, "<script>"))
+    (tmp_path / "images" / "class_1" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    raw = tiny_recipe(tmp_path, root, data={"val_fraction": 0.0, "skip_corrupt": True})
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    data = build_report(run["dir"], ReportOptions(recipe=recipe, out_dir=str(tmp_path / "out")))
+    assert "scores" not in data and "no images in the val or test split" in data["notes"][0]
+    assert [os.path.basename(p) for p, _ in data["unreadable"]] == ["broken.jpg"]
+    html = read(data["files"]["html"])
+    assert "Unreadable images" in html and "broken.jpg" in html and "Top losses" not in html
+
+
+def test_onnx_file_with_a_recipe(run, tmp_path):
+    model = write_tiny_model(tmp_path / "m.onnx", labels=["<script>", "class_1", "class_2"])
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, run["root"]))
+    data = build_report(model, ReportOptions(recipe=recipe))
+    assert data["files"]["html"] == str(tmp_path / "m_report" / "report.html")
+    assert data["scores"]["n"] > 0 and data["top_losses"]
+    assert any("Grad-CAM needs the checkpoint" in n for n in data["notes"])
+    assert "<script" not in read(data["files"]["html"]).lower()
+
+
+def test_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: ") and "not a run folder" in err
+    assert "Traceback" not in err and not os.listdir(tmp_path)
+    with pytest.raises(UserError, match="--top"):
+        build_report(str(tmp_path), ReportOptions(top=-1))
+
+
+def test_a_failing_report_never_fails_training(tmp_path, image_folder, monkeypatch, capsys):
+    from toolkit.train import report as report_mod
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(report_mod, "build_report", broken)
+    monkeypatch.setattr(tb_mod, "summary_writer_class", lambda: None)  # as without the tensorboard package
+    recipe = from_dict(tiny_recipe(tmp_path, image_folder, train={"epochs": 1}), check_paths=False)
+    summary = train(recipe)
+    out, err = capsys.readouterr()
+    assert summary["epochs_run"] == 1
+    assert [line for line in err.splitlines() if "report" in line] == [
+        f"warning: the run report was not written (RuntimeError: boom); try: toolkit report {recipe.run_dir}"]
+    assert out.count("tensorboard package is not installed") == 1 and not os.path.exists(
+        os.path.join(recipe.run_dir, "tb"))
+
+
+def test_grad_cam_points_at_the_evidence():
+    """A net whose class-0 score is the red in the image: the map peaks where the red patch is."""
+    conv = torch.nn.Conv2d(3, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = 1.0
+        conv.weight[1, 1] = 1.0
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    images = torch.zeros(2, 3, 16, 16)
+    images[0, 0, :4, :4] = 1.0  # top left
+    images[1, 0, 10:, 12:] = 1.0  # bottom right
+    cams = grad_cam(model, images, [0, 0])
+    assert cams.shape == (2, 16, 16) and cams.max() == pytest.approx(1.0)
+    assert cams[0, :4, :4].mean() > 0.5 > cams[0, 8:, 8:].mean()
+    assert cams[1, 10:, 12:].mean() > 0.5 > cams[1, :6, :6].mean()
+
+
+@pytest.mark.slow
+def test_page_in_headless_browser(run, tmp_path):
+    """The page renders in chromium, every picture decodes, no console error, nothing fetched from outside."""
+    browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    data = build_report(run["dir"], ReportOptions(out_dir=str(tmp_path), top=24))
+    errors, outside = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: None if r.url.startswith(("file:", "data:")) else outside.append(r.url))
+            page.goto("file://" + data["files"]["html"])
+            widths = page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+            headings = page.locator("h2").all_text_contents()
+            labels = page.locator("td").all_text_contents()
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(widths) >= 2 * len(data["top_losses"]) + 2 and min(widths) > 0, widths
+    assert {"Per class", "Confusion matrix", "Top losses", "Data health"} <= set(headings), headings
+    assert "<script>" in labels  # the label shows as text
+    assert not errors and not outside, (errors, outside)

@@ -1,0 +1,50 @@
+"""`toolkit export --format tflite`: its options and their checks (light: the CLI imports this to build its
+flags; the export itself is toolkit/export/tflite_pipeline.py)."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from toolkit.errors import UserError
+
+EXTRA = "pip install 'toolkit[tflite]'"
+MEDIAPIPE_MODES = ("auto", "require", "skip")
+# ExportOptions fields a .tflite export has no use for: one line each before any work.
+NOT_FOR_TFLITE = ("fp16", "raw_input", "probabilities", "dynamic_hw", "bf16_check", "ir_version",
+                  "keep_fp32", "per_channel", "calib_method", "int8_search")
+
+
+@dataclass
+class TfliteOptions:
+    """What `toolkit export --format tflite` checks beyond the parity gate."""
+
+    mediapipe: str = "auto"  # MediaPipe ImageClassifier top-1 check: auto (when installed), require or skip
+    agreement_images: int = 64  # validation images MediaPipe's top-1 is compared on (PyTorch's as reference)
+
+
+def require_extra() -> None:
+    """One line naming the extra when litert-torch or ai-edge-litert is missing, before any work."""
+    missing = [name for name, module in (("litert-torch", "litert_torch"), ("ai-edge-litert", "ai_edge_litert"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UserError(f"--format tflite needs {' and '.join(missing)}: {EXTRA}")
+
+
+def check_tflite_options(tflite: TfliteOptions, given: dict) -> None:
+    """One line per bad option or ONNX-only flag, before any work."""
+    problems = [f"--{k.replace('_', '-')} goes with --format onnx or triton, not tflite"
+                for k in NOT_FOR_TFLITE if k in given]
+    if tflite.mediapipe not in MEDIAPIPE_MODES:
+        problems.append(f"--mediapipe {tflite.mediapipe!r}: expected one of {', '.join(MEDIAPIPE_MODES)}")
+    n = tflite.agreement_images
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        problems.append(f"--agreement-images {n!r}: expected a whole number, at least 1")
+    if problems:
+        raise UserError("\n".join(problems))
+    if tflite.mediapipe == "require" and importlib.util.find_spec("mediapipe") is None:
+        raise UserError("--mediapipe require: mediapipe is not installed (pip install mediapipe==0.10.21; "
+                        "its wheels need numpy<2 and protobuf<5, so use a separate environment)")
+
+
+def tflite_path(onnx_path: str) -> str:
+    return onnx_path[:-len(".onnx")] + ".tflite"

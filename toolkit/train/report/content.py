@@ -1,0 +1,128 @@
+"""What the report holds, as plain JSON (report.json) plus the pictures the page embeds: the scores, the
+per-class table, the confusion matrix, the most confused pairs, the top losses with Grad-CAM, the data
+health (data_health.json, written at train time by toolkit.datasets.health) and the mislabel ranking."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from toolkit.metrics import classification_report, most_confused, precision_recall_f1
+from toolkit.preprocess import ImageError
+from toolkit.train.report import images
+from toolkit.train.report.outputs import Outputs, checkpoint_model_inputs
+from toolkit.train.report.saliency import grad_cam, overlay
+
+try:  # the data-health branch's ranking (toolkit.train.mislabels); the section says so when it is absent
+    from toolkit.train.mislabels import rank_mislabels
+except ImportError:
+    rank_mislabels = None
+
+HEALTH_KEYS = ("exact_duplicates", "near_duplicates", "leaks", "class_balance", "small_images", "unreadable")
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def read_json(run_dir: str | None, name: str):
+    """A run file's JSON, or (None, why not)."""
+    path = os.path.join(run_dir, name) if run_dir else None
+    if not path or not os.path.isfile(path):
+        return None, f"no {name} in the run folder"
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh), ""
+    except (OSError, ValueError) as exc:
+        return None, f"{path}: unreadable ({exc})"
+
+
+def calibration(run_dir: str | None) -> dict:
+    """The temperature from calibration.json (toolkit's trust side), else 1 (plain softmax), and which."""
+    found, why = read_json(run_dir, "calibration.json")
+    temperature = found.get("temperature") if isinstance(found, dict) else None
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0:
+        return {"temperature": float(temperature), "calibrated": True,
+                "note": f"scores calibrated with temperature {float(temperature):.3g} (calibration.json)"}
+    return {"temperature": 1.0, "calibrated": False,
+            "note": f"scores are plain softmax, not calibrated ({why or 'calibration.json has no temperature'})"}
+
+
+def scores(out: Outputs) -> dict:
+    """top-1/top-5, per class precision/recall/F1/support, the confusion matrix and the most confused pairs."""
+    got = classification_report(out.logits, out.targets, out.labels)
+    return {"n": got["n"], "top1": got["top1"], "top5": got["top5"], "mean_per_class": got["mean_per_class"],
+            "per_class": precision_recall_f1(got["confusion"], out.labels), "confusion": got["confusion"],
+            "most_confused": most_confused(got["confusion"], out.labels)}
+
+
+def top_losses(out: Outputs, probs: np.ndarray, top: int) -> list[dict]:
+    """The `top` images with the highest loss (-log of the true class's score), worst first."""
+    rows = np.arange(len(out.targets))
+    loss = -np.log(np.clip(probs[rows, out.targets], 1e-12, None))
+    order = np.argsort(-loss, kind="stable")[:max(0, top)]
+    predicted = probs.argmax(axis=1)
+    return [{"index": int(i), "path": images.name_of(out.sources[i], f"{out.split} #{i}"),
+             "true": out.labels[out.targets[i]], "predicted": out.labels[predicted[i]],
+             "score": float(probs[i, predicted[i]]), "true_score": float(probs[i, out.targets[i]]),
+             "loss": float(loss[i])} for i in order]
+
+
+def gallery_pictures(out: Outputs, losses: list[dict]) -> tuple[dict, str]:
+    """{index: (thumbnail, Grad-CAM overlay or None)} of the top losses, and what the saliency column is."""
+    pictures, crops = {}, {}
+    for row in losses:
+        try:
+            crops[row["index"]] = out.preprocess.pixels(out.sources[row["index"]], out.recipe.data.max_pixels)
+        except ImageError:
+            continue
+    maps = {}
+    method = "skipped: Grad-CAM needs the checkpoint (not an .onnx file)"
+    if out.model is not None and crops:
+        indices = list(crops)
+        predicted = [int(out.logits[i].argmax()) for i in indices]
+        try:
+            cams = grad_cam(out.model, checkpoint_model_inputs(out, indices), predicted)
+            maps = dict(zip(indices, cams))
+            method = "Grad-CAM of the predicted class, at the last convolution with a grid of 7 x 7 or more"
+        except (ValueError, RuntimeError) as exc:
+            method = f"skipped: Grad-CAM failed on this model ({str(exc).splitlines()[0][:120]})"
+    for index, crop in crops.items():
+        cam = maps.get(index)
+        pictures[index] = (images.data_uri(crop), images.data_uri(overlay(crop, cam)) if cam is not None else None)
+    return pictures, method
+
+
+def class_counts(out: Outputs) -> dict | None:
+    """{split: [images per class]} of the data set listing (the report's own class balance)."""
+    if out.dataset is None:
+        return None
+    counts = {}
+    for split in ("train", "val", "test"):
+        labels = [label for _, label in getattr(out.dataset, split)]
+        counts[split] = np.bincount(np.asarray(labels, np.int64), minlength=len(out.labels)).tolist()
+    return counts
+
+
+def data_health(run_dir: str | None) -> dict:
+    """data_health.json's sections (those the page knows first), or a note saying why there are none."""
+    found, why = read_json(run_dir, "data_health.json")
+    if not isinstance(found, dict):
+        return {"note": f"data health skipped: {why or 'data_health.json is not a JSON object'} (it is written "
+                        "by toolkit train's pre-flight scan)"}
+    ordered = [k for k in HEALTH_KEYS if k in found] + sorted(k for k in found if k not in HEALTH_KEYS)
+    return {"sections": {k: found[k] for k in ordered}}
+
+
+def mislabels(out: Outputs, asked: bool, top: int) -> dict:
+    if not asked:
+        return {"note": "not asked for (toolkit report --mislabels ranks likely mislabelled training images)"}
+    if rank_mislabels is None:
+        return {"note": "skipped: this install has no mislabel ranking (toolkit.train.mislabels)"}
+    if out.run_dir is None:
+        return {"note": "skipped: the ranking needs the run folder (a checkpoint's run)"}
+    return {"rows": list(rank_mislabels(out.run_dir))[:max(top, 20)]}
