@@ -54,18 +54,10 @@ LAZY_ALLOWED = {
         "uvicorn's h11 classes, which the [serve] extra brings: loaded when serving, so the edge install's "
         "toolkit.runtime.serve imports (and says which extra is missing) without them",
 }
-# TEMPORARY (issue 17): offenders in files other branches are rewriting right now (bench: runtime/benchmark/,
-# train/benchmark.py, train/torch_backend.py; engine: runtime/{predictor,onnx_eval,engine_eval,...}.py,
-# export/bf16.py; hard-serve: runtime/serve/). (file, imported module) for an in-function import without a
-# reason, (file, module._name) for a private name used across modules. The integrator empties this after
-# merging; test_pending_offenders_are_still_there fails on an entry that is gone.
-EXPECTED_PENDING = {
-    # engine and others editing runtime/predictor.py, runtime/onnx_eval.py, export/bf16.py
-    ("toolkit/runtime/onnx_eval.py", "toolkit.datasets"),
-    ("toolkit/runtime/onnx_eval.py", "toolkit.metrics"),
-    ("toolkit/runtime/onnx_eval.py", "toolkit.recipe"),
-    ("toolkit/runtime/onnx_eval.py", "toolkit.runtime.engine_eval"),
-}
+# Known offenders allowed for a while, as (file, imported module) for an in-function import without a reason
+# or (file, module._name) for a private name used across modules. Empty: there are none;
+# test_pending_offenders_are_still_there fails on an entry whose offence is gone.
+EXPECTED_PENDING: set = set()
 
 
 def layer_of(rel: str) -> str:

@@ -1,6 +1,6 @@
-"""`toolkit` command line (fire): each command is a few lines over a library function. export, serve-local and
-benchmark take their flags, defaults and help from the options dataclasses they fill (`@options`, toolkit/flags.py),
-imported only when the command is named; the other commands pass their few flags on."""
+"""`toolkit` command line (fire): each command is a few lines over a library function. evaluate, export, predict,
+serve-local, benchmark and report take their flags, defaults and help from the options dataclasses they fill
+(`@options`, toolkit/flags.py), imported only when the command is named; train and demo pass their few flags on."""
 from __future__ import annotations
 
 import sys
@@ -21,14 +21,13 @@ def train(recipe: str, *overrides: str, set: str | None = None, resume: bool = F
         sys.exit(code)
 
 
-def evaluate(target: str | None = None, recipe: str | None = None, split: str = "val", batch_size: int = 32,
-             device: str = "auto", json: bool = False, engine: str = "onnxruntime", precision: str | None = None):
-    """Top-1, top-5, per-class accuracy and confusion matrix of a checkpoint, run or .onnx file on a split.
-    --engine openvino [--precision bf16]: an .onnx file on OpenVINO, against ONNX Runtime FP32."""
+@options("toolkit.runtime.ood_eval:EvaluateOptions")
+def evaluate(target: str | None = None, **given):
+    """Top-1, top-5, per-class accuracy, confusion matrix, ECE, NLL and accept rate of a checkpoint, run or .onnx
+    file on a split. --engine openvino [--precision bf16]: an .onnx file on OpenVINO, against ONNX Runtime FP32."""
     from toolkit.train.evaluate import evaluate_command
 
-    evaluate_command(target, recipe=recipe, split=split, batch_size=batch_size, device=device, as_json=json,
-                     engine=engine, precision=precision)
+    evaluate_command(target, **{("as_json" if k == "json" else k): v for k, v in given.items()})
 
 
 @options("toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
@@ -46,19 +45,12 @@ def export(run, *, format: str = "onnx", **given):
     export_as(format, run, given)
 
 
-def predict(*paths: str, top_k: int = 5, format: str = "table", device: str = "auto",
-            threads: int | None = None, allow_fallback: bool = False, batch_size: int = 32, recursive: bool = True,
-            engine: str = "onnxruntime", precision: str | None = None):
+@options("toolkit.runtime.predict:PredictOptions")
+def predict(*paths: str, **given):
     """Predict images: toolkit predict [MODEL.onnx] IMAGES... (files, folders, globs)."""
-    from toolkit.runtime.predict import predict_command
+    from toolkit.runtime.predict import model_and_images, predict_command
 
-    paths = [str(p) for p in paths]
-    model = paths.pop(0) if paths and paths[0].endswith(".onnx") else None  # else: the newest export
-    if not paths:
-        raise UserError("predict: no images given; expected toolkit predict [MODEL.onnx] IMAGE_OR_FOLDER...")
-    if code := predict_command(model, paths, top_k=top_k, format=format, device=device, threads=threads,
-                               allow_fallback=allow_fallback, batch_size=batch_size, recursive=recursive,
-                               engine=engine, precision=precision):
+    if code := predict_command(*model_and_images(paths), **given):
         sys.exit(code)
 
 
@@ -144,9 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(exc, UserError) and (exc := missing_extra(exc)) is None:
             raise  # not a package an extra brings: a bug, shown as one
         print(f"error: {exc}", file=sys.stderr)
-        if isinstance(exc, AbandonedWorkError):
-            exit_now(2)
-        sys.exit(2)
+        (exit_now if isinstance(exc, AbandonedWorkError) else sys.exit)(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -23,6 +23,12 @@ benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_p
     metrics             JSON object: the checkpoint's validation metrics
     arch, head          the backbone and head names
     quantization        JSON object, INT8 twins only: how it was calibrated
+    temperature         optional: a JSON number T, finite and > 0, fitted on validation for THIS file's logits
+                        (each twin its own); the Predictor's scores are softmax(logits / T). Absent: T = 1
+    ood                 optional: JSON object, the "unknown" answer: score (max_prob | energy, toolkit.calibration),
+                        threshold (a number, not NaN; accept when score >= it), accept_rate (in (0, 1]: the share
+                        of validation images it accepts), and bf16 ({temperature, threshold}, optional): the
+                        values refitted for the file read in BF16 by OpenVINO. Absent: every image is accepted
 
 Versioning: the format changes only when an existing key changes meaning; new optional keys don't
 change it. `preprocess.fit` did: a reader from before fit modes would centre-crop a letterbox file and
@@ -59,9 +65,9 @@ from toolkit.errors import UserError
 from toolkit.limits import (MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH,
                             MAX_PREPROCESS_SIDE)
 
-__all__ = ["FORMAT_VERSION", "format_for", "ContractError", "ModelContract", "PreprocessSpec", "encode", "write", "decode",
-           "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file", "PREPROCESS_KEYS",
-           "INTERPOLATION_NAMES", "DECODE_MODES", "FIT_MODES", "VALUE_LIMITS"]
+__all__ = ["FORMAT_VERSION", "format_for", "ContractError", "ModelContract", "PreprocessSpec", "encode", "write",
+           "decode", "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file",
+           "PREPROCESS_KEYS", "INTERPOLATION_NAMES", "DECODE_MODES", "FIT_MODES", "VALUE_LIMITS", "OOD_SCORES"]
 
 FORMAT_VERSION = "2"  # the newest this toolkit reads; it writes format_for(preprocess)
 _FORMATS = ("1", "2")
@@ -76,6 +82,8 @@ DECODE_MODES = ("draft", "full")
 # side to `resize` and centre-crops; letterbox fits the long side to `crop` and pads the rest with the mean
 # colour; squash resizes both sides to `crop`. Files without the key predate fit modes and keep crop.
 FIT_MODES = ("crop", "letterbox", "squash")
+# The "unknown" answer's scores (toolkit.calibration computes them; higher = more like the training classes).
+OOD_SCORES = ("max_prob", "energy")
 _EXPECT_FILE = "expected an .onnx file written by toolkit export"
 # Keys whose presence says "this file is a toolkit export" (so the export rules apply to it).
 _CLAIM_KEYS = ("toolkit_format", "labels", "preprocess")
@@ -90,7 +98,7 @@ VALUE_LIMITS = {
     "preprocess": 4 * _KB, "input": 4 * _KB, "outputs": 4 * _KB,
     "source_run": 4 * _KB, "checkpoint": 4 * _KB,  # paths (PATH_MAX is 4096)
     "toolkit_format": 16, "precision": 16, "toolkit_version": 64, "checkpoint_sha256": 128,
-    "arch": 256, "head": 256,
+    "arch": 256, "head": 256, "temperature": 64, "ood": 4 * _KB,
 }
 OTHER_VALUE_LIMIT = 64 * _KB  # a key the contract doesn't define (another tool's note)
 TOTAL_METADATA_LIMIT = 40 * _MB  # every key and value together
@@ -183,6 +191,8 @@ class ModelContract:
     outputs: list | None  # output names; None in files that lack it
     precision: str  # fp32, fp16 or int8
     meta: dict = field(default_factory=dict)  # every key, JSON-decoded (what Predictor.metadata is)
+    temperature: float | None = None  # the calibration T of this file; None: not calibrated (T = 1)
+    ood: dict | None = None  # {score, threshold, accept_rate[, bf16]}; None: no "unknown" answer
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.meta.get(key, default)
@@ -336,8 +346,65 @@ def from_props(props: dict[str, str], where: str) -> ModelContract:
     spec = _optional(meta, "input", dict, "a JSON object (name, dtype, layout, shape, raw)", where)
     outputs = _optional(meta, "outputs", list, 'a JSON list of output names (["logits", ...])', where)
     precision = _optional(meta, "precision", str, "fp32, fp16 or int8", where) or "fp32"
+    temperature = _check_temperature(meta.get("temperature"), "temperature", where)
+    if temperature is not None:
+        meta["temperature"] = temperature
     return ModelContract(labels=labels, preprocess=preprocess, input=spec, outputs=outputs, precision=precision,
-                         meta=meta)
+                         meta=meta, temperature=temperature, ood=_check_ood(meta.get("ood"), where))
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number (stored as text, or decoded) as a float; None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value) if isinstance(value, (int, float, str)) else None
+    except ValueError:
+        return None
+
+
+def _check_temperature(value: Any, key: str, where: str) -> float | None:
+    if value is None:
+        return None
+    t = _number(value)
+    if t is None or not math.isfinite(t) or t <= 0:
+        raise ContractError(f"{where}: {key!r} metadata is {str(value)[:40]!r}; expected a finite positive "
+                            "number (the calibration temperature)")
+    return t
+
+
+def _check_threshold(value: Any, key: str, where: str) -> float:
+    t = _number(value)
+    if t is None or math.isnan(t):
+        raise ContractError(f"{where}: {key!r} metadata is {str(value)[:40]!r}; expected a number (the OOD "
+                            "score threshold), not NaN")
+    return t
+
+
+def _check_ood(ood: Any, where: str) -> dict | None:
+    """The `ood` metadata checked: score kind, threshold, accept rate, and the optional bf16 values."""
+    if ood is None:
+        return None
+    if not isinstance(ood, dict) or ood.get("score") not in OOD_SCORES:
+        raise ContractError(f"{where}: 'ood' metadata is {str(ood)[:80]!r}; expected a JSON object with score "
+                            f"({' or '.join(OOD_SCORES)}), threshold and accept_rate")
+    rate = _number(ood.get("accept_rate"))
+    if rate is None or not 0 < rate <= 1:
+        raise ContractError(f"{where}: 'ood.accept_rate' metadata is {str(ood.get('accept_rate'))[:40]!r}; "
+                            "expected a number above 0 and at most 1")
+    checked = {"score": ood["score"], "threshold": _check_threshold(ood.get("threshold"), "ood.threshold", where),
+               "accept_rate": rate}
+    bf16 = ood.get("bf16")
+    if bf16 is not None:
+        if not isinstance(bf16, dict):
+            raise ContractError(f"{where}: 'ood.bf16' metadata is {str(bf16)[:80]!r}; expected a JSON object "
+                                "with temperature and threshold")
+        checked["bf16"] = {"temperature": _check_temperature(bf16.get("temperature"), "ood.bf16.temperature", where),
+                           "threshold": _check_threshold(bf16.get("threshold"), "ood.bf16.threshold", where)}
+        if checked["bf16"]["temperature"] is None:
+            raise ContractError(f"{where}: 'ood.bf16' metadata has no temperature; expected temperature and "
+                                "threshold")
+    return checked
 
 
 def _load_proto(path: str):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Iterable, Optional
 
+from toolkit.calibration import check_accept_rate
 from toolkit.errors import UserError
 from toolkit.parsing import parse_bool, parse_list
 
@@ -35,6 +36,8 @@ class ExportOptions:
     int8_budget: float = 1.0  # the largest allowed top-1 drop FP32 -> INT8, in points, on the validation split
     parity_images: int = 16  # validation images the parity gate runs (beside random tensors)
     bf16_check: bool = False  # also judge the FP32 file on OpenVINO bf16 against PyTorch (toolkit/export/bf16.py)
+    accept_rate: float = 0.95  # share of validation images the "unknown" threshold accepts, in (0, 1]
+    ood: Optional[str] = None  # a folder of photos that are none of the classes: report how many are rejected
     ir_version: Optional[int] = None  # write this ONNX IR version (older runtimes); None = the exporter's
     exports_dir: str = "exports"  # where exports go when `out` is not given
     runs_dir: str = "runs"  # where run names and the newest run are looked up
@@ -67,6 +70,6 @@ def check_options(options: ExportOptions) -> ExportOptions:
     if keep and not options.int8:
         raise UserError("--keep-fp32 only applies with --int8; add --int8 or drop --keep-fp32")
     per_channel = None if options.per_channel is None else parse_bool(options.per_channel, "--per-channel")
-    return dataclasses.replace(options, int8_budget=budget, keep_fp32=keep, per_channel=per_channel,
+    return dataclasses.replace(options, int8_budget=budget, accept_rate=check_accept_rate(options.accept_rate), keep_fp32=keep, per_channel=per_channel,
                                int8_search=parse_bool(options.int8_search, "--int8-search"))
 

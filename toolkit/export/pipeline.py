@@ -15,7 +15,9 @@ Stages, in order; a failure at any one is a UserError and nothing appears under 
   4. optional twins: FP16 weights with float32 IO (own tolerance)                 toolkit/export/twins.py
      INT8 static QDQ quantization under an accuracy budget measured on the validation split, trying
      other settings when the first misses it                                       toolkit/export/int8.py
-  5. all files renamed into place together, then the JSON report beside them       toolkit/export/staging.py
+  5. calibration: each file's own temperature and OOD threshold on the validation split, and the same
+     accept/reject decision on every engine and twin (>= 99%)                     toolkit/export/calibrate.py
+  6. all files renamed into place together, then the JSON report beside them       toolkit/export/staging.py
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from toolkit.errors import UserError
 from toolkit.export import triton as triton_mod
 from toolkit.export.opset import check_ir_version, check_opset, ort_max_opset  # noqa: F401 (public here too)
 from toolkit.export.bf16 import bf16_check, require_bf16
+from toolkit.export.calibrate import calibrate_files
 from toolkit.export.options import ExportOptions, check_options
 from toolkit.export.parity import gate_fp32
 from toolkit.export.plan import ExportJob, base_metadata, check_writable, load_data, load_model, plan_export
@@ -39,6 +42,7 @@ from toolkit.export.staging import (Staging, remove_stale_temps, remove_stale_tw
 from toolkit.export.torch_graph import export_graphs, resolve_layers  # noqa: F401 (public here too)
 from toolkit.export.int8 import int8_twin
 from toolkit.export.twins import FP16_MIN_AGREEMENT, fp16_twin  # noqa: F401 (public here too)
+from toolkit.runtime.ood_eval import ood_pixels
 
 __all__ = ["ExportOptions", "export_run", "export_triton", "ort_max_opset", "check_opset", "check_ir_version",
            "resolve_layers", "FP16_MIN_AGREEMENT"]
@@ -61,8 +65,9 @@ def export_run(run=None, stages: tuple = (), **fields) -> dict:
 
     run: an ExportOptions, or the run (a run folder, a checkpoint file, a run name under runs_dir; None =
     the newest run). Keyword arguments are ExportOptions fields (they override a given ExportOptions).
-    stages: a format's own stages ((name, stage) pairs), run after the twins and before anything is published,
-    each as stage(job, staging, gate, data, why) -> its report section (a UserError publishes nothing).
+    stages: a format's own stages ((name, stage) pairs), run after the twins and calibration and before anything
+    is published, each as stage(job, staging, gate, data, why) -> its report section (a UserError publishes
+    nothing).
     Twins sit beside the file: <stem>.fp16.onnx, <stem>.int8.onnx, <stem>.raw.onnx, and the report
     <stem>.report.json.
     """
@@ -72,6 +77,7 @@ def export_run(run=None, stages: tuple = (), **fields) -> dict:
         require_bf16()   # openvino and a BF16 CPU, before any slow work
     say = _noop if options.quiet else _say
     job = plan_export(options, say)
+    out_pixels = ood_pixels(options.ood, job.preprocess, job.recipe.data.max_pixels) if options.ood else None
     load_model(job)
     remove_stale_temps(os.path.dirname(os.path.abspath(job.path)), say)
     with writing(job.path), Staging(job.path, job.ir_version) as staging:
@@ -83,6 +89,7 @@ def export_run(run=None, stages: tuple = (), **fields) -> dict:
         if options.fp16:
             parity["fp16"] = fp16_twin(job, staging, gate)
         int8_info = int8_twin(job, staging, data, why) if options.int8 else None
+        calibrated = calibrate_files(job, staging, data, out_pixels)  # before the stages: they copy the files
         extra = {name: stage(job, staging, gate, data, why) for name, stage in stages}
         ir_version = staging.ir_written["fp32"]
         files = staging.publish()
@@ -90,7 +97,8 @@ def export_run(run=None, stages: tuple = (), **fields) -> dict:
     if int8_info:
         int8_info["size_ratio"] = files["int8"]["bytes"] / files["fp32"]["bytes"]
     job.timings["total_s"] = time.perf_counter() - t_start
-    report = {**_report(job, files, removed, exporter, ir_version, data_info, parity, int8_info), **extra}
+    report = {**_report(job, files, removed, exporter, ir_version, data_info, parity, int8_info),
+              "calibration": calibrated, **extra}
     write_json(report_path(job.path), report)
     if options.list_files:
         _list_files(job, files)

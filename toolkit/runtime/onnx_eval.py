@@ -1,7 +1,7 @@
 """Accuracy of an exported ONNX model on a recipe's split, through ONNX Runtime (CPU) or OpenVINO.
 
 `evaluate_onnx("exports/flowers.onnx")` reads the recipe, labels and preprocessing from the file's own
-metadata, loads the split with toolkit.train.data (imported lazily: the data side needs torch), runs every
+metadata, lists the split with toolkit.datasets (no pre-scan; images are decoded here), runs every
 image through the same `Preprocess` the Predictor uses and reports top-1, top-5, per-class accuracy and
 the confusion matrix. The export's INT8 accuracy budget uses the same functions, so the gate and
 `toolkit evaluate MODEL.onnx` can't disagree. On any engine other than the reference one (ONNX Runtime, where
@@ -19,12 +19,15 @@ from typing import Any, Optional
 import numpy as np
 
 from toolkit import contract
-from toolkit.datasets import SPLITS
+from toolkit import recipe as recipe_mod
+from toolkit.datasets import SPLITS, load_dataset
 from toolkit.errors import UserError
+from toolkit.metrics import classification_report, format_report
 from toolkit.preprocess import ImageError, Preprocess
 from toolkit.runtime.decode_pool import DecodePool
+from toolkit.runtime.engine_eval import versus_line, versus_onnxruntime
 from toolkit.runtime.engines import EngineOptions, open_engine, reference_engine
-
+from toolkit.runtime.ood_eval import calibration_fields, calibration_lines, ood_pixels
 
 
 # ------------------------------------------------------------------------------------------------
@@ -156,17 +159,25 @@ def run_logits(engine, pixels: np.ndarray, preprocess: Preprocess, raw: bool,
 
 
 def report(logits: np.ndarray, targets: np.ndarray, labels: list) -> dict:
-    from toolkit.metrics import classification_report
-
     return classification_report(logits, targets, labels)
 
 
 # ------------------------------------------------------------------------------------------------
 # The public entry point
 
-def _resolve_recipe(recipe: Any, meta: dict, model_path: str):
-    from toolkit import recipe as recipe_mod
+def _calibration(session, model, logits, targets, ood: Optional[str], preprocess, raw: bool, batch_size: int,
+                 max_pixels) -> dict:
+    """ECE / NLL / accept rate with the file's calibration (its BF16 values on an engine computing in bf16)."""
+    temperature, spec = model.temperature, dict(model.ood) if model.ood else None
+    if spec and spec.get("bf16") and session.describe().precision == "bf16":
+        temperature, spec["threshold"] = spec["bf16"]["temperature"], spec["bf16"]["threshold"]
+    out_logits = None
+    if ood:
+        out_logits = run_logits(session, ood_pixels(ood, preprocess, max_pixels), preprocess, raw, batch_size)
+    return calibration_fields(logits, targets, temperature, spec, out_logits)
 
+
+def _resolve_recipe(recipe: Any, meta: dict, model_path: str):
     if recipe is None:
         if not isinstance(meta.get("recipe"), dict):
             raise UserError(f"{model_path}: no recipe in its metadata; pass the recipe of the data to "
@@ -229,8 +240,6 @@ def onnx_outputs(model_path: str, recipe_path_or_recipe: Any = None, split: str 
     raw = bool((model.input or {}).get("raw"))
     labels = [str(x) for x in model.labels]
 
-    from toolkit.datasets import load_dataset
-
     if recipe.data.source == "flowers102" and recipe.data.download:
         recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, download=False))
     dataset = load_dataset(recipe, scan=False)
@@ -256,7 +265,7 @@ def onnx_outputs(model_path: str, recipe_path_or_recipe: Any = None, split: str 
 def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str = "val",
                   batch_size: int = 32, limit: Optional[int] = None, threads: Optional[int] = None,
                   device: str = "cpu", quiet: bool = True, engine: Optional[str] = None,
-                  precision: Optional[str] = None) -> dict:
+                  precision: Optional[str] = None, ood: Optional[str] = None) -> dict:
     """Top-1 / top-5 (in %), per-class accuracy, confusion matrix and n of an ONNX export on a split.
 
     recipe_path_or_recipe: a recipe file, a Recipe, a recipe dict, or None for the recipe stored in the
@@ -265,7 +274,9 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     limit: evaluate only the first N images of the split. quiet=False prints the formatted report.
     engine: onnxruntime or openvino; precision: fp32 or bf16 (openvino only; None: fp32). On an engine other
     than the reference the report gains "vs_onnxruntime" (toolkit.runtime.engine_eval), and a failed bf16 /
-    int8 gate is a UserError.
+    int8 gate is a UserError. The report's "calibration" holds ECE, NLL (at the file's temperature) and the
+    accept rate at its OOD threshold; ood: a folder of photos that are none of the classes, adding AUROC,
+    FPR at 95% TPR and the share of them rejected (toolkit.runtime.ood_eval).
     """
     got = onnx_outputs(model_path, recipe_path_or_recipe, split, batch_size, limit, threads, device, engine,
                        precision)
@@ -273,24 +284,21 @@ def evaluate_onnx(model_path: str, recipe_path_or_recipe: Any = None, split: str
     logits, targets, labels, skipped = got.logits, got.targets, got.labels, got.skipped
     start = got.started
     out = report(logits, targets, labels)
+    out["calibration"] = _calibration(session, model, logits, targets, ood, preprocess, raw, batch_size,
+                                      got.recipe.data.max_pixels)
     info = session.describe()
     out.update({"model": str(model_path), "split": split, "precision": model.precision,
                 "seconds": round(time.perf_counter() - start, 3), "skipped": skipped,
                 "engine": info.engine, "provider": info.provider, "inference_precision": info.precision})
     if not session.reference:
-        from toolkit.runtime.engine_eval import versus_onnxruntime
-
         out["vs_onnxruntime"] = versus_onnxruntime(
             str(model_path), model.precision, out["inference_precision"], logits, targets,
             lambda path: run_logits(engine_session(path, threads, "cpu", reference_engine()), pixels, preprocess,
                                     raw, batch_size))
     if not quiet:
-        from toolkit.metrics import format_report
-
         runs_on = "" if session.reference else f", {info.runs_on}"
         print(format_report(out, title=f"{model_path} on {split} ({model.precision}{runs_on})"))
+        print("\n".join(calibration_lines(out["calibration"])))
         if not session.reference:
-            from toolkit.runtime.engine_eval import versus_line
-
             print(versus_line(out))
     return out

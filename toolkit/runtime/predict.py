@@ -19,12 +19,14 @@ import numpy as np
 
 from toolkit import artifacts
 from toolkit.errors import UserError
+from toolkit.parsing import parse_bool
 from toolkit.preprocess import IMAGE_EXTENSIONS, ImageError
 from toolkit.runtime.decode_pool import DecodePool
 from toolkit.runtime.engines import parse_engine, parse_precision
 from toolkit.runtime.predictor import Predictor
 
-__all__ = ["PredictOptions", "predict_command", "predict_stream", "collect_images", "IMAGE_EXTENSIONS", "FORMATS"]
+__all__ = ["PredictOptions", "predict_command", "predict_stream", "model_and_images", "collect_images",
+           "IMAGE_EXTENSIONS", "FORMATS"]
 
 FORMATS = ("table", "csv", "json")
 
@@ -111,6 +113,8 @@ class PredictOptions:
     recursive: bool = True  # look into sub-folders of folder arguments
     engine: str = "onnxruntime"  # onnxruntime or openvino (toolkit.runtime.engines)
     precision: str | None = None  # fp32 or bf16 (bf16: openvino only); None: fp32
+    threshold: float | None = None  # the OOD score threshold instead of the model's own (docs/inference.md)
+    reject: bool = True  # answer "unknown" below the threshold; --reject false: always the best label
 
     def __post_init__(self):
         fmt = str(self.format).lower()
@@ -173,14 +177,16 @@ class _Results:
             for rank, p in enumerate(preds, 1):
                 self.csv.writerow([path, rank, p["label"], f"{p['score']:.6f}", p["index"]])
         elif self.fmt == "json":
-            self.rows.append({"path": path, "predictions": [
+            self.rows.append({"path": path, "answer": preds.text(), "accepted": preds.accepted,
+                              "ood_score": preds.ood_score, "predictions": [
                 {"rank": r, "label": p["label"], "score": round(p["score"], 6), "index": p["index"]}
                 for r, p in enumerate(preds, 1)]})
         else:
             w = self.label_w
             cells = "".join(f"  {p['label'][:w]:<{w}} {p['score']:>6.1%}" for p in preds)
             shown = path if len(path) <= self.path_w else "..." + path[-(self.path_w - 3):]
-            print(f"{shown:<{self.path_w}}{cells}", file=self.out)
+            answer = "" if preds.accepted else f"  {preds.text()}"  # "unknown (best guess: rose 0.41)"
+            print(f"{shown:<{self.path_w}}{cells}{answer}", file=self.out)
 
     def finish(self) -> None:
         if self.fmt == "json":
@@ -253,16 +259,18 @@ def _chunks(outcomes, size: int):
 
 
 def predict_stream(predictor: Predictor, sources: Iterable, top_k: int, batch_size: int, pool: DecodePool,
-                   timings: dict | None = None) -> Iterator[tuple]:
-    """(source, predictions, None) or (source, None, its error message) per source, in input order: each
+                   timings: dict | None = None, threshold: float | None = None,
+                   reject: bool = True) -> Iterator[tuple]:
+    """(source, Prediction, None) or (source, None, its error message) per source, in input order: each
     batch of `batch_size` sources (less the unreadable ones) runs on the engine while `pool` decodes the
-    next. `timings["model_s"]` gains the seconds spent in the engine (the pool's decode_s has the rest)."""
+    next. `timings["model_s"]` gains the seconds spent in the engine (the pool's decode_s has the rest).
+    threshold, reject: the "unknown" answer, as in Predictor.predict_batch."""
     timings = {} if timings is None else timings
     timings.setdefault("model_s", 0.0)
     for chunk in _chunks(pool.ordered(lambda s: _decode(predictor, s), sources, ahead=batch_size), batch_size):
         arrays = [arr for _, (arr, err), _ in chunk if err is None]
         start = time.perf_counter()
-        preds = iter(predictor.predict_batch(np.stack(arrays), top_k) if arrays else ())
+        preds = iter(predictor.predict_batch(np.stack(arrays), top_k, threshold, reject) if arrays else ())
         timings["model_s"] += time.perf_counter() - start
         for source, (_, err), _ in chunk:
             yield (source, None, err) if err is not None else (source, next(preds), None)
@@ -273,7 +281,9 @@ def _predict_paths(predictor: Predictor, paths: list[str], o: PredictOptions, re
     progress = _Progress(len(paths), enabled=len(paths) > 50)
     predicted = failed = 0
     with DecodePool() as pool:
-        for done, (path, preds, err) in enumerate(predict_stream(predictor, paths, results.k, o.batch_size, pool), 1):
+        stream = predict_stream(predictor, paths, results.k, o.batch_size, pool, threshold=o.threshold,
+                                reject=parse_bool(o.reject, "--reject"))
+        for done, (path, preds, err) in enumerate(stream, 1):
             if err is None:
                 predicted += 1
                 results.add(path, preds)
@@ -289,16 +299,21 @@ def _predict_paths(predictor: Predictor, paths: list[str], o: PredictOptions, re
     return predicted, failed
 
 
-def predict_command(model: str | None = None, images: Sequence[str] | str = (), top_k: int = 5,
-                    format: str = "table", device: str = "auto", threads: int | None = None,
-                    allow_fallback: bool = False, batch_size: int = 32, recursive: bool = True,
-                    engine: str = "onnxruntime", precision: str | None = None) -> int:
+def model_and_images(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """`toolkit predict [MODEL.onnx] IMAGES...`'s arguments -> (the model or None for the newest, the images)."""
+    paths = [str(p) for p in args]
+    model = paths.pop(0) if paths and paths[0].endswith(".onnx") else None
+    if not paths:
+        raise UserError("predict: no images given; expected toolkit predict [MODEL.onnx] IMAGE_OR_FOLDER...")
+    return model, paths
+
+
+def predict_command(model: str | None = None, images: Sequence[str] | str = (), **options) -> int:
     """`toolkit predict [MODEL] IMAGES...`: classify files, folders and globs; results on stdout as a
     table, CSV (path,rank,label,score,index) or JSON; messages and progress on stderr.
-    Unreadable images are reported and skipped. Returns 0 if at least one image was predicted, else 1."""
-    o = PredictOptions(top_k=top_k, format=format, device=device, threads=threads,
-                       allow_fallback=allow_fallback, batch_size=batch_size, recursive=recursive,
-                       engine=engine, precision=precision)
+    Unreadable images are reported and skipped. Returns 0 if at least one image was predicted, else 1.
+    options: PredictOptions fields."""
+    o = PredictOptions(**options)
     model = _resolve_model(model)
     paths, problems = _image_paths(images, o.recursive)
     predictor = _load_predictor(model, o)

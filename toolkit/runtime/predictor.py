@@ -4,6 +4,8 @@
     p = Predictor("exports/flowers.onnx")            # device="auto": CUDA if it really loads, else CPU
     p.predict("rose.jpg", top_k=3)                   # -> [{"label": "rose", "score": 0.97, "index": 2}, ...]
     p.predict(["a.jpg", b"...jpeg bytes...", pil_image, numpy_array])   # -> one list per image
+    r = p.predict("cat.jpg"); r.accepted, r.ood_score  # the "unknown" answer, beside the top-k (Prediction)
+    p.predict("cat.jpg", threshold=-2.0)  /  p.predict("cat.jpg", reject=False)   # per-call override / off
 
 The model file carries its labels and its exact eval preprocessing (the ONNX file contract,
 toolkit.contract); the Predictor rebuilds that preprocessing with `toolkit.preprocess`, the same code
@@ -24,14 +26,14 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from toolkit import contract
+from toolkit import calibration, contract
 from toolkit.errors import UserError
 from toolkit.preprocess import DEFAULT_MAX_PIXELS, FOLDER_FORMATS, ImageError, Preprocess
 from toolkit.runtime.decode_pool import shared_pool
 from toolkit.runtime.engines import EngineOptions, open_engine, parse_engine
 from toolkit.runtime.session import DEVICES
 
-__all__ = ["Predictor", "DEVICES", "ImageError"]
+__all__ = ["Predictor", "Prediction", "DEVICES", "ImageError"]
 
 # the input dtypes a toolkit export has (numpy names, as engines.Port gives them)
 _INPUT_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "float64": np.float64}
@@ -56,6 +58,36 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=-1, keepdims=True)
     e = np.exp(x)
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class Prediction(list):
+    """One image's answer: the top-k list of {"label", "score", "index"} (best first; a plain list, as before
+    calibration existed) plus the "unknown" answer beside it. The top-k is never dropped.
+
+    accepted: False when the model's OOD score is below its threshold (the image looks like none of the
+    classes; show "unknown (best guess: ...)"); True for a file without the `ood` metadata or with
+    rejection off. ood_score: that score (None without `ood`), score_kind: max_prob | energy, threshold:
+    the one applied (None when none was)."""
+
+    def __init__(self, top: list, accepted: bool = True, ood_score: float | None = None,
+                 score_kind: str | None = None, threshold: float | None = None):
+        super().__init__(top)
+        self.accepted, self.ood_score, self.score_kind, self.threshold = accepted, ood_score, score_kind, threshold
+
+    def first(self, k: int) -> "Prediction":
+        """The best k only, in plain Python types (a batch was run at the largest k asked)."""
+        top = [{"label": str(p["label"]), "score": float(p["score"]), "index": int(p["index"])} for p in self[:k]]
+        return Prediction(top, self.accepted, self.ood_score, self.score_kind, self.threshold)
+
+    def to_dict(self) -> dict:
+        """Plain JSON: {"predictions": [...], "accepted", "ood_score", "score_kind", "threshold"}."""
+        return {"predictions": list(self), "accepted": self.accepted, "ood_score": self.ood_score,
+                "score_kind": self.score_kind, "threshold": self.threshold}
+
+    def text(self) -> str:
+        """The answer in words: "rose 0.97", or "unknown (best guess: rose 0.41)"."""
+        best = f"{self[0]['label']} {self[0]['score']:.2f}" if self else "-"
+        return best if self.accepted else f"unknown (best guess: {best})"
 
 
 def is_single(images: Any) -> bool:
@@ -122,8 +154,17 @@ class Predictor:
         self.labels: list[str] = model.labels
         self.preprocess = Preprocess.from_spec(model.preprocess)
         self.precision = model.precision
+        self._read_calibration(model)
         self._read_input(model.input)
         self._read_outputs()
+
+    def _read_calibration(self, model: contract.ModelContract) -> None:
+        """`temperature` (None: T = 1, scores as the graph gives them) and `ood` ({score, threshold, ...} or
+        None) of this file; on an engine that computes in BF16, the values refitted for that read."""
+        self.temperature, self.ood = model.temperature, dict(model.ood) if model.ood else None
+        if self.ood and self.ood.get("bf16") and self.inference_precision == "bf16":
+            self.temperature = self.ood["bf16"]["temperature"]
+            self.ood["threshold"] = self.ood["bf16"]["threshold"]
 
     def _read_input(self, spec: dict | None) -> None:
         where = self.path
@@ -183,6 +224,7 @@ class Predictor:
                 "engine": self.engine, "engine_device": self.engine_device,
                 "inference_precision": self.inference_precision,
                 "arch": self.metadata.get("arch"), "head": self.metadata.get("head"),
+                "temperature": self.temperature, "ood": self.ood,
                 "toolkit_version": self.metadata.get("toolkit_version")}
 
     def __repr__(self) -> str:
@@ -240,10 +282,31 @@ class Predictor:
         return self._run(batch)[0]
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Prepared batch -> class probabilities (N, classes): the model's `probabilities` output when it
-        has one, else the softmax of its logits."""
-        logits, probs = self._run(batch)
+        """Prepared batch -> class probabilities (N, classes): softmax(logits / T) for a calibrated file
+        (its `temperature`), else the model's `probabilities` output when it has one, else softmax(logits)."""
+        return self._scores(*self._run(batch))
+
+    def _scores(self, logits: np.ndarray, probs: np.ndarray | None) -> np.ndarray:
+        if self.temperature is not None:
+            return calibration.softmax(logits, self.temperature).astype(np.float32)
         return probs if probs is not None else _softmax(logits)
+
+    def accept(self, logits: np.ndarray, threshold: float | None = None,
+               reject: bool = True) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+        """(accepted per row, OOD score per row or None, the threshold applied or None) for logits (N, classes).
+        threshold: overrides the file's for this call; reject=False accepts everything (scores still computed)."""
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or np.isnan(threshold)):
+            raise UserError(f"threshold: {threshold!r}; expected a number (an OOD score, see docs/inference.md)")
+        if not self.ood:
+            if threshold is not None:
+                raise UserError(f"threshold: {self.path} has no 'ood' metadata (exported before calibration, or "
+                                "without a validation split); expected a calibrated export")
+            return np.ones(len(logits), bool), None, None
+        scores = calibration.ood_score(logits, self.temperature or 1.0, self.ood["score"])
+        applied = float(self.ood["threshold"] if threshold is None else threshold)
+        accepted = scores >= applied if reject else np.ones(len(scores), bool)
+        return accepted, scores, (applied if reject else None)
 
     def top_k(self, probs: np.ndarray, top_k: int = 5) -> list[list[dict]]:
         """Probabilities (N, classes) -> per row, the top-k as dicts (label, score, index), best first."""
@@ -254,29 +317,37 @@ class Predictor:
             out.append([{"label": self.labels[i], "score": float(row[i]), "index": int(i)} for i in idx])
         return out
 
-    def predict_batch(self, batch: np.ndarray, top_k: int = 5) -> list[list[dict]]:
-        """Prepared batch -> one top-k list per row."""
+    def predict_batch(self, batch: np.ndarray, top_k: int = 5, threshold: float | None = None,
+                      reject: bool = True) -> list[Prediction]:
+        """Prepared batch -> one Prediction (top-k list + accepted, ood_score) per row."""
         self._check_top_k(top_k)
-        return self.top_k(self.probabilities(batch), top_k)
+        logits, probs = self._run(batch)
+        accepted, scores, applied = self.accept(logits, threshold, reject)
+        kind = self.ood["score"] if self.ood else None
+        return [Prediction(top, bool(accepted[i]), None if scores is None else float(scores[i]), kind, applied)
+                for i, top in enumerate(self.top_k(self._scores(logits, probs), top_k))]
 
-    def predict(self, images: Any, top_k: int = 5) -> list:
+    def predict(self, images: Any, top_k: int = 5, threshold: float | None = None, reject: bool = True) -> list:
         """images: a path / str / PathLike, bytes, a file object, a PIL image, a numpy image array, or a
-        list of any of these (a 4-D numpy array counts as a list). A single image -> its list of
-        predictions; a list -> a list of lists. A prediction is {"label", "score", "index"}."""
+        list of any of these (a 4-D numpy array counts as a list). A single image -> its Prediction; a list
+        -> a list of them. A Prediction is the list of top-k {"label", "score", "index"} it always was, with
+        `accepted` and `ood_score` beside it. threshold: this call's OOD threshold instead of the file's;
+        reject=False: accept every image."""
         self._check_top_k(top_k)
         single = is_single(images)
         items = [images] if single else list(images)
         if len(items) > 1 and all(isinstance(i, (str, os.PathLike, bytes, bytearray, memoryview)) for i in items):
-            return self._predict_pooled(items, top_k)
-        results: list[list[dict]] = []
+            return self._predict_pooled(items, top_k, threshold, reject)
+        results: list[Prediction] = []
         for start in range(0, len(items), self.batch_size):
-            results.extend(self.predict_batch(self.prepare(items[start:start + self.batch_size]), top_k))
+            results.extend(self.predict_batch(self.prepare(items[start:start + self.batch_size]), top_k,
+                                              threshold, reject))
         return results[0] if single else results
 
-    def _predict_pooled(self, items: list, top_k: int) -> list:
+    def _predict_pooled(self, items: list, top_k: int, threshold: float | None, reject: bool) -> list:
         """Files and encoded bytes: decoded on the shared decode pool (every core) while the engine runs the
         previous batch; the same batches, arrays, results and first error as prepare() one by one."""
-        results: list[list[dict]] = []
+        results: list[Prediction] = []
         batch: list[np.ndarray] = []
         with closing(shared_pool().ordered(self.prepare_one, items, ahead=self.batch_size)) as outcomes:
             for i, (item, value, error) in enumerate(outcomes):
@@ -286,7 +357,7 @@ class Predictor:
                     raise error
                 batch.append(value)
                 if len(batch) == self.batch_size or i == len(items) - 1:
-                    results.extend(self.predict_batch(np.stack(batch), top_k))
+                    results.extend(self.predict_batch(np.stack(batch), top_k, threshold, reject))
                     batch = []
         return results
 

@@ -27,6 +27,7 @@ from toolkit.datasets.fashion import CLASSES
 from toolkit.errors import UserError
 from toolkit.train.demo_shared import (final_test_top1, print_next_steps, recipe_path, summarise, table_lines,
                                        train_quietly, write_report)
+from toolkit.train.demo_trust import trust_table
 
 RECIPES = {"transfer": "fashion-transfer.yaml", "scratch": "fashion-scratch.yaml"}
 ORDER = ("scratch", "transfer")  # transfer last: the newest run (what `toolkit export` picks) is a transfer run
@@ -181,15 +182,16 @@ def run_imagenet_demo(opts: ImagenetDemoOptions) -> dict:
              f"transfer: {arch} from ImageNet weights; scratch: the same net from random weights; both {px} px, "
              f"{probe.train.optimizer}, ~{_steps(opts)} steps a run, rate picked on validation (transfer "
              f"{chosen['transfer']:g}, scratch {chosen['scratch']:g}); demo wall time {wall / 60:.1f} min"]
-    report = "\n".join(lines)
+    showcase = [r["run"] for r in results if r["arm"] == "transfer"][-1]  # the last one trained, unless reused
+    trust, trusted = trust_table(showcase)  # calibration and the "unknown" answer vs scikit-learn's digits
+    report = "\n".join([*lines, "", *trust])
     print(report)
     record = {"arch": arch, "input_px": px, "steps": _steps(opts), "test_images": test_images,
               "select": {"labels_per_class": opts.select_labels, "seed": opts.seeds[0], "chosen": chosen,
                          "grids": {arm: _grid(opts, arm) for arm in ORDER}, "runs": sweep},
-              "rows": rows, "runs": results, "wall_time_s": round(wall, 1), "quick": opts.quick}
+              "rows": rows, "runs": results, "wall_time_s": round(wall, 1), "quick": opts.quick, "trust": trusted}
     markdown = "\n".join([report, "", *_sweep_lines(sweep, chosen, opts.select_labels, opts.seeds[0])])
     paths = write_report(opts.out_dir, markdown, record, f"Fashion-MNIST: {arch} ImageNet transfer vs scratch")
     print(f"written: {', '.join(paths)}; every run's curves and checkpoints are in {opts.out_dir}/")
-    showcase = [r["run"] for r in results if r["arm"] == "transfer"][-1]  # the last one trained, unless reused
     print_next_steps(probe, showcase, opts.out_dir)
     return record

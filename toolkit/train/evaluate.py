@@ -17,6 +17,7 @@ from toolkit.metrics import classification_report, format_report
 from toolkit.runtime.engines import DEFAULT_ENGINE
 from toolkit.runtime.engine_eval import versus_line
 from toolkit.runtime.onnx_eval import evaluate_onnx
+from toolkit.runtime.ood_eval import calibration_fields, calibration_lines
 
 
 def collect_logits(model, loader, device, autocast=None, criterion=None):
@@ -43,9 +44,6 @@ def collect_logits(model, loader, device, autocast=None, criterion=None):
 def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str = "val", batch_size: int = 32,
                         device: str = "auto", quiet: bool = False) -> dict:
     """Evaluate a toolkit checkpoint on a split of its own data set (or of `recipe`'s)."""
-    import torch
-    from torch.utils.data import DataLoader
-
     from toolkit.train import data as data_mod
     from toolkit.train.device import pick_device
     from toolkit.train.model import model_from_checkpoint
@@ -60,20 +58,30 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
     if list(dataset.labels) != list(ckpt["labels"]):
         raise UserError(f"{checkpoint}: trained on classes {_short(ckpt['labels'])} but the data has "
                         f"{_short(dataset.labels)}; expected the same classes in the same order")
-    items = getattr(dataset, split)
-    if not items:
+    if not getattr(dataset, split):
         raise UserError(f"data: the {split} split is empty; pick another with --split")
-    dev = pick_device(device)
-    preprocess = data_mod.eval_preprocess(recipe)
-    loader = DataLoader(data_mod.ImageDataset(items, preprocess, max_pixels=recipe.data.max_pixels),
-                        batch_size=batch_size, num_workers=recipe.data.workers)
-    logits, targets, loss = collect_logits(model.to(dev), loader, dev, None,
-                                           torch.nn.CrossEntropyLoss())
+    logits, targets, loss = split_logits(model, recipe, getattr(dataset, split), batch_size, pick_device(device))
     report = classification_report(logits, targets, dataset.labels)
-    report.update(loss=loss, split=split, model=str(checkpoint))
+    report.update(loss=loss, split=split, model=str(checkpoint),
+                  calibration=calibration_fields(logits, targets, None, None))  # a checkpoint: T = 1
     if not quiet:
         print(format_report(report, f"{checkpoint} on {split}:"))
+        print("\n".join(calibration_lines(report["calibration"])))
     return report
+
+
+def split_logits(model, recipe, items: list, batch_size: int, dev):
+    """(logits, targets, mean loss) of a model on `items` ((image, label) pairs: a split of a data set),
+    with the recipe's eval transform."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from toolkit.train import data as data_mod
+
+    loader = DataLoader(data_mod.ImageDataset(items, data_mod.eval_preprocess(recipe),
+                                              max_pixels=recipe.data.max_pixels),
+                        batch_size=batch_size, num_workers=recipe.data.workers)
+    return collect_logits(model.to(dev), loader, dev, None, torch.nn.CrossEntropyLoss())
 
 
 def _short(labels) -> str:
@@ -83,7 +91,7 @@ def _short(labels) -> str:
 
 def evaluate_command(target: str | None, recipe: str | None = None, split: str = "val", batch_size: int = 32,
                      device: str = "auto", as_json: bool = False, engine: str = "onnxruntime",
-                     precision: str | None = None) -> dict:
+                     precision: str | None = None, ood: str | None = None) -> dict:
     """Dispatch: .onnx files go through ONNX Runtime (or OpenVINO: engine, precision), runs and checkpoints
     through PyTorch."""
     if target is None:
@@ -92,14 +100,18 @@ def evaluate_command(target: str | None, recipe: str | None = None, split: str =
     loaded_recipe = recipe_mod.load(recipe) if recipe else None
     if str(target).endswith(".onnx"):
         report = evaluate_onnx(target, loaded_recipe, split=split, batch_size=batch_size, device=device,
-                               engine=engine, precision=precision)
+                               engine=engine, precision=precision, ood=ood)
         if not as_json:
             print(format_report(report, f"{target} on {split}:"))
+            print("\n".join(calibration_lines(report["calibration"])))
             if versus_line(report):
                 print(versus_line(report))
     else:
         if not os.path.exists(target):
             raise UserError(f"{target}: no such run, checkpoint or .onnx file")
+        if ood:
+            raise UserError(f"--ood: for an exported .onnx file (its calibration); {target} is a run or checkpoint: "
+                            "pass its exports/<name>.onnx instead")
         if engine not in (None, DEFAULT_ENGINE) or precision is not None:   # an engine was chosen
             raise UserError(f"--engine / --precision: for an exported .onnx file; {target} is a run or checkpoint "
                             "(evaluated with PyTorch): pass its exports/<name>.onnx instead")

@@ -12,6 +12,8 @@ from toolkit.artifacts import atomic_write, write_failure
 from toolkit.errors import UserError
 from toolkit.train import model as model_mod
 from toolkit.train.checkpoint import load_checkpoint
+from toolkit.train.calibrate_run import calibrate_run
+from toolkit.train.device import pick_device
 from toolkit.train.evaluate import evaluate_checkpoint
 
 
@@ -109,6 +111,10 @@ def write_summary(recipe, dataset, device, state, started: float, quiet: bool, w
     if dataset is not None and dataset.test:
         test = evaluate_checkpoint(best_path, dataset=dataset, split="test", device=str(device), quiet=True)
         summary.update(test_top1=test["top1"], test_top5=test["top5"], test_mean_per_class=test["mean_per_class"])
+    if dataset is not None:
+        best, _ = model_mod.model_from_checkpoint(best_path)
+        calibrate_run(best, recipe, dataset, pick_device(str(device)), recipe.run_dir,
+                      say=(lambda *a: None) if quiet else print)
     summary["wall_time_s"] = round(time.time() - started, 1)
     atomic_write(os.path.join(recipe.run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n",
                  then=RESUME_HINT)

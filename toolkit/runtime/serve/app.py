@@ -73,6 +73,14 @@ def _run_name(source_run: Any) -> str | None:
     return os.path.basename(source_run.replace("\\", "/").rstrip("/")) or None
 
 
+def _answer(predictions: list) -> dict:
+    """The "unknown" answer beside the top-k (a Prediction's); a plain list is an accepted answer."""
+    if not hasattr(predictions, "text"):
+        best = f"{predictions[0]['label']} {predictions[0]['score']:.2f}" if predictions else ""
+        return {"answer": best, "accepted": True, "ood_score": None}
+    return {"answer": predictions.text(), "accepted": predictions.accepted, "ood_score": predictions.ood_score}
+
+
 def _describe(predictor, limits: Limits, default_k: int, batch_workers: int, decode_threads: int) -> dict:
     """What GET /v1/model answers: the model's contract, where it came from, and the serving limits."""
     description = predictor.describe()
@@ -181,7 +189,9 @@ def _add_predict_route(app, predictor, batcher: Batcher, pool: DecodePool, defau
     @app.post(PREDICT_PATH, tags=["predict"], summary="Classify one image",
               description="Body: the image bytes (JPEG, PNG or WebP; Content-Type image/* or "
                           "application/octet-stream) or multipart/form-data with a `file` part. "
-                          "Answers {predictions: [{label, score, index}], model, provider}.",
+                          "Answers {predictions: [{label, score, index}], answer, accepted, ood_score, "
+                          "model, provider}: accepted false and answer \"unknown (best guess: rose 0.41)\" "
+                          "when the image looks like none of the classes (the model's OOD threshold).",
               openapi_extra=_PREDICT_BODY_DOC, responses=_PREDICT_RESPONSES)
     async def predict(request: Request,
                       top_k: int | None = Query(None, description=f"how many labels (1..{labels}); "
@@ -200,7 +210,8 @@ def _add_predict_route(app, predictor, batcher: Batcher, pool: DecodePool, defau
             batcher.abandon()
             raise
         predictions = await batcher.submit(array, k)
-        return JSONResponse({"predictions": predictions, "model": sha[:12], "provider": predictor.provider})
+        return JSONResponse({"predictions": list(predictions), **_answer(predictions), "model": sha[:12],
+                             "provider": predictor.provider})
 
 
 def _add_page_routes(app) -> None:

@@ -196,8 +196,11 @@ class Batcher:
             self.images += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
         for (_, k, future, loop), preds in zip(batch, results):
-            clean = [{"label": str(p["label"]), "score": float(p["score"]), "index": int(p["index"])}
-                     for p in preds[:k]]
+            if hasattr(preds, "first"):   # a Prediction: the top-k and the "unknown" answer beside it
+                clean = preds.first(k)
+            else:   # a plain top-k list (a predictor-like object of an app's own)
+                clean = [{"label": str(p["label"]), "score": float(p["score"]), "index": int(p["index"])}
+                         for p in preds[:k]]
             self._resolve(loop, future, clean, None)
 
     @staticmethod

@@ -1,0 +1,150 @@
+"""Calibration at export: each file's own temperature and "unknown" threshold, and the same decision everywhere.
+
+After every file is staged and gated (before anything is published):
+  1. the run's validation images (at most MAX_IMAGES) run through each staged file on ONNX Runtime CPU
+     (fp32, raw, fp16, int8), and through the FP32 file on OpenVINO FP32 and BF16 where installed;
+  2. each file gets its own T (toolkit.calibration.fit_temperature on its own logits) and threshold
+     (accepting --accept-rate of the validation images); the BF16 read gets its own under ood.bf16;
+  3. every twin and the FP32 file on OpenVINO must take the FP32 file's accept/reject decision on at least
+     MIN_AGREEMENT of the images, else a UserError with the numbers and nothing is written (like the INT8
+     budget); the BF16 read too with --bf16-check (else its agreement is reported, with a note below 99%);
+  4. `temperature` and `ood` go into each staged file's metadata (toolkit.contract).
+With --ood DIR the OOD score (max_prob or energy) is the one that separates that folder better, and
+the share of it each file rejects is reported. Fewer than 20 validation images: skipped with one line.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from toolkit import calibration, contract
+from toolkit.errors import UserError
+from toolkit.export.plan import ExportJob
+from toolkit.export.staging import Staging
+from toolkit.runtime.engines import ENGINES, EngineOptions, adapter_for, engines_with, open_engine, reference_engine
+from toolkit.runtime.onnx_eval import load_pixels, run_logits
+
+__all__ = ["calibrate_files", "MIN_AGREEMENT", "MAX_IMAGES"]
+
+MIN_AGREEMENT = 0.99  # accept/reject agreement with the FP32 file on ORT CPU, every engine and twin
+MAX_IMAGES = 2000  # validation images used (enough for a 1% agreement gate and a stable T)
+
+
+def calibrate_files(job: ExportJob, staging: Staging, data, out_pixels: np.ndarray | None) -> dict:
+    """Fit, check and write each staged file's calibration; returns the report's `calibration` section.
+    out_pixels: the --ood folder's images (toolkit.runtime.ood_eval.ood_pixels), or None."""
+    t0 = time.perf_counter()
+    o = job.options
+    items = list(getattr(data, "val", None) or []) if data is not None else []
+    pixels, targets, _ = load_pixels(items, job.preprocess, job.recipe.data.max_pixels, limit=MAX_IMAGES)
+    skipped = calibration.too_few(len(pixels))
+    if skipped:
+        job.say(skipped)
+        return {"skipped": skipped}
+    logits = {kind: _logits(path, reference_engine(), "fp32", pixels, job, kind == "raw")
+              for kind, path in staging.files.items()}
+    score = _pick_score(staging.files["fp32"], logits["fp32"], targets, out_pixels, job)
+    fits = {kind: calibration.fit(x, targets, o.accept_rate, score) for kind, x in logits.items()}
+    reads = _other_engines(staging.files["fp32"], pixels, job)
+    fits.update({name: (fits["fp32"] if name.endswith("fp32") else calibration.fit(x, targets, o.accept_rate, score))
+                 for name, x in reads.items()})
+    logits.update(reads)
+    agreement = _agreement(logits, fits)
+    _judge(agreement, job)
+    bf16 = next((fits[n] for n in reads if n.endswith("bf16")), None)
+    for kind in staging.files:
+        _write(staging, kind, fits[kind], bf16 if kind == "fp32" else None)
+    result = {"score": score, "accept_rate": o.accept_rate, "n": int(len(pixels)), "agreement": agreement,
+              "files": {k: {**calibration.split_summary(logits[k], targets, f["temperature"], f), **f}
+                        for k, f in fits.items()}}
+    if out_pixels is not None:
+        result["ood"] = _ood_report(staging, fits, logits, out_pixels, job)
+    job.timings["calibration_s"] = time.perf_counter() - t0
+    f = result["files"]["fp32"]
+    job.say(f"calibration: T {f['temperature']:.3f}, ECE on val {f['ece_before'] * 100:.2f}% -> "
+            f"{f['ece_after'] * 100:.2f}%, {score} score accepts {f['accept_rate'] * 100:.1f}%; decisions agree "
+            + ", ".join(f"{k} {v * 100:.1f}%" for k, v in agreement.items()))
+    return result
+
+
+def _logits(path: str, engine: str, precision: str, pixels: np.ndarray, job: ExportJob, raw: bool) -> np.ndarray:
+    session = open_engine(path, engine, EngineOptions(device="cpu", precision=precision))
+    return run_logits(session, pixels, job.preprocess, raw)
+
+
+def _other_engines(path: str, pixels: np.ndarray, job: ExportJob) -> dict:
+    """'<engine> fp32' / '<engine> bf16' -> logits of the FP32 file on each non-reference engine installed
+    here (and in bf16 where this CPU computes it); an engine that can't load is left out."""
+    out = {}
+    for engine in [e for e in ENGINES if not adapter_for(e).reference]:
+        for precision in ["fp32"] + (["bf16"] if engine in engines_with("bf16") else []):
+            try:
+                adapter_for(engine).require(precision, "cpu", where=engine)
+                out[f"{engine} {precision}"] = _logits(path, engine, precision, pixels, job, False)
+            except (UserError, ImportError):
+                continue  # not installed, or no bf16 on this CPU: nothing to check there
+    return out
+
+
+def _pick_score(path: str, logits: np.ndarray, targets: np.ndarray, out_pixels, job: ExportJob) -> str:
+    """The OOD score: with an OOD folder, the one with the higher AUROC on it; else DEFAULT_SCORE."""
+    if out_pixels is None:
+        return calibration.DEFAULT_SCORE
+    out = _logits(path, reference_engine(), "fp32", out_pixels, job, False)
+    t = calibration.fit_temperature(logits, targets)
+    aurocs = {k: calibration.auroc(calibration.ood_score(logits, t, k), calibration.ood_score(out, t, k))
+              for k in contract.OOD_SCORES}
+    return max(aurocs, key=lambda k: (aurocs[k], k == calibration.DEFAULT_SCORE))
+
+
+def _decisions(logits: np.ndarray, fit: dict) -> np.ndarray:
+    return calibration.ood_score(logits, fit["temperature"], fit["score"]) >= fit["threshold"]
+
+
+def _agreement(logits: dict, fits: dict) -> dict:
+    """name -> the share of images on which it takes the FP32 file's (ORT CPU) accept/reject decision."""
+    ref = _decisions(logits["fp32"], fits["fp32"])
+    return {k: float(np.mean(_decisions(x, fits[k]) == ref)) for k, x in logits.items() if k != "fp32"}
+
+
+def _judge(agreement: dict, job: ExportJob) -> None:
+    """Refuse a twin or an FP32 engine below MIN_AGREEMENT. The BF16 read is not a file: like its logits
+    (--bf16-check), it is refused only when asked for with --bf16-check, else reported with a note."""
+    low = {k: v for k, v in agreement.items() if v < MIN_AGREEMENT}
+    bad = {k: v for k, v in low.items() if job.options.bf16_check or not k.endswith("bf16")}
+    for name in set(low) - set(bad):
+        job.say(f"note: {name} takes the FP32 file's accept/reject decision on {low[name] * 100:.1f}% of the "
+                f"validation images (below {MIN_AGREEMENT * 100:g}%; --bf16-check refuses that)")
+    if bad:
+        raise UserError(f"accept/reject agreement with the FP32 file below {MIN_AGREEMENT * 100:g}%: "
+                        + ", ".join(f"{k} {v * 100:.1f}%" for k, v in bad.items())
+                        + f" ({job.path}, on the validation images); nothing was written")
+
+
+def _write(staging: Staging, kind: str, fit: dict, bf16: dict | None) -> None:
+    """The staged file of `kind` with `temperature` and `ood` added to its metadata."""
+    import onnx
+
+    proto = onnx.load(staging.files[kind], load_external_data=False)
+    meta = contract.props_of(proto)
+    ood = {"score": fit["score"], "threshold": fit["threshold"], "accept_rate": fit["accept_rate"]}
+    if bf16:
+        ood["bf16"] = {"temperature": bf16["temperature"], "threshold": bf16["threshold"]}
+    meta.update(contract.encode({"temperature": fit["temperature"], "ood": ood}))
+    contract.write(proto, meta)
+    staging.save(proto, kind)
+
+
+def _ood_report(staging: Staging, fits: dict, logits: dict, out_pixels: np.ndarray, job: ExportJob) -> dict:
+    """Per staged file: how many of the OOD folder's photos it rejects, and AUROC against validation."""
+    report = {"folder": str(job.options.ood), "n": int(len(out_pixels))}
+    for kind, path in staging.files.items():
+        out = _logits(path, reference_engine(), "fp32", out_pixels, job, kind == "raw")
+        s = calibration.ood_summary(logits[kind], out, fits[kind]["temperature"], fits[kind])
+        report[kind] = {k: s[k] for k in ("auroc", "fpr_at_95_tpr", "rejection_rate", "auroc_by_score")}
+        report[kind]["rejected"] = int(round(s["rejection_rate"] * len(out_pixels)))
+    f = report["fp32"]
+    job.say(f"OOD folder {job.options.ood}: {f['rejected']} of {len(out_pixels)} photos rejected, AUROC "
+            f"{f['auroc']:.3f}, FPR at 95% TPR {f['fpr_at_95_tpr'] * 100:.1f}%")
+    return report
