@@ -228,10 +228,9 @@ class _Session:
             trainable, totals, seconds, stopping = self.train_epoch(stop)
             if stopping and state.step_in_epoch < self.steps_per_epoch:
                 self.save_last()
-                resume = f"toolkit train {os.path.join(self.recipe.run_dir, 'recipe.yaml')} --resume" + (
-                    f" --nproc {self.ctx.world}" if self.ctx.active else "")
                 self.stop_now(stop, f"stopped: saved {self.last_path} at epoch {state.epoch + 1}, batch "
-                                    f"{state.step_in_epoch}/{self.steps_per_epoch}; continue with: {resume}")
+                                    f"{state.step_in_epoch}/{self.steps_per_epoch}; continue with: "
+                                    f"{self.resume_command()}")
             record, improved = self.end_epoch(trainable, totals, seconds)
             (stopping,) = self.ctx.any([stopping or stop.requested])  # a signal during validation
             early = bool(t.early_stopping and state.stale_evals >= t.early_stopping)
@@ -247,11 +246,16 @@ class _Session:
                 self.say(f"early stopping: no better val top-1 in {state.stale_evals} evaluations")
                 break
             if stopping:
-                self.stop_now(stop, f"stopped after epoch {state.epoch}: saved {self.last_path}; continue with "
-                                    f"--resume")
+                self.stop_now(stop, f"stopped after epoch {state.epoch}: saved {self.last_path}; continue with: "
+                                    f"{self.resume_command()}")
             if self.opts.stop_after_epochs is not None and state.epoch - first_epoch >= self.opts.stop_after_epochs:
                 self.save_last()
                 break
+
+    def resume_command(self) -> str:
+        """What a stopped run prints to continue it (the same number of processes under DDP)."""
+        return f"toolkit train {os.path.join(self.recipe.run_dir, 'recipe.yaml')} --resume" + (
+            f" --nproc {self.ctx.world}" if self.ctx.active else "")
 
     def train_epoch(self, stop: StopRequest) -> tuple[set, list, float, bool]:
         """This epoch's batches from state.step_in_epoch on. Returns (the groups trained, [images, summed
