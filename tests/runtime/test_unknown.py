@@ -73,6 +73,7 @@ def test_predict_command_shows_unknown(models, capsys):
 
 
 def test_serve_json_says_unknown(models):
+    pytest.importorskip("fastapi")  # the [serve] extra: the edge tier runs without it
     from starlette.testclient import TestClient
 
     from toolkit.runtime.serve import create_app

@@ -11,7 +11,7 @@ import numpy as np
 from toolkit import calibration
 from toolkit.errors import UserError
 from toolkit.preprocess import ImageError, Preprocess
-from toolkit.runtime.predict import collect_images
+from toolkit.runtime.image_files import collect_images
 
 __all__ = ["EvaluateOptions", "ood_pixels", "calibration_fields", "calibration_lines"]
 

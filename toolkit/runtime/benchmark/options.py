@@ -15,7 +15,7 @@ from typing import Any, Optional
 from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.parsing import parse_list
-from toolkit.runtime.onnx_eval import SPLITS
+from toolkit.datasets import SPLITS
 from toolkit.runtime.engines import INFERENCE_PRECISIONS, adapter_for, engines_with, parse_engines
 from toolkit.runtime.benchmark.machine import physical_cores
 from toolkit.runtime.benchmark.records import DEVICES, MODES, PRECISIONS, Skipped
