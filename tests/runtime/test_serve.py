@@ -28,14 +28,12 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, browser_or_skip  # noqa: E402
 from conftest import ROOT, write_tiny_model  # noqa: E402
 
 from toolkit.errors import UserError  # noqa: E402
 
 LABELS = ("daisy", "dandelion", "rose", "sunflower", "tulip")
-CHROMIUM = os.environ.get("TOOLKIT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -530,23 +528,9 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(model_path, tmp_pat
     assert "Traceback" not in srv.output(), srv.output()
 
 
-def _browser_or_skip():
-    reason = None
-    try:
-        from playwright.sync_api import sync_playwright  # noqa: F401
-    except ImportError:
-        reason = "playwright is not installed (pip install playwright)"
-    if reason is None and not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        reason = f"{CHROMIUM} not found (apt-get install -y chromium)"
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run in CI: {reason}")
-        pytest.skip(reason)
-
-
 @pytest.mark.slow
 def test_page_in_headless_browser(server, predictor, tmp_path):
-    _browser_or_skip()
+    browser_or_skip()
     from playwright.sync_api import expect, sync_playwright
 
     first = encode(photo(21, (80, 60)), "JPEG", quality=90)

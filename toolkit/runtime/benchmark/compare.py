@@ -12,7 +12,8 @@ import os
 from typing import Optional, Sequence
 
 from toolkit.errors import UserError
-from toolkit.runtime.benchmark import assemble, report
+import toolkit.runtime.benchmark.assemble as assemble
+import toolkit.runtime.benchmark.report as report
 from toolkit.runtime.benchmark.backends import BackendLoader
 from toolkit.runtime.benchmark.machine import record_head
 from toolkit.runtime.benchmark.options import BenchmarkOptions

@@ -18,8 +18,9 @@ from toolkit.artifacts import base_of, twin_path
 from toolkit.errors import UserError, first_line
 from toolkit.parsing import parse_list
 from toolkit.preprocess import SERVE_FORMATS
-from toolkit.runtime.benchmark import assemble, report
-from toolkit.runtime.benchmark import peak as peak_mod
+import toolkit.runtime.benchmark.assemble as assemble
+import toolkit.runtime.benchmark.peak as peak_mod
+import toolkit.runtime.benchmark.report as report
 from toolkit.runtime.benchmark.backends import BackendLoader, GemmReference, load_onnx_backends, synthetic_jpegs
 from toolkit.runtime.benchmark.model_file import export_hint, inspect_model, resolve_model
 from toolkit.runtime.benchmark.options import BenchmarkOptions, Plan, file_precision, parse, plan_combos

@@ -10,7 +10,9 @@ import time
 from toolkit import artifacts
 from toolkit.errors import UserError
 from toolkit.train.plots import confusion_figure
-from toolkit.train.report import content, images, page
+import toolkit.train.report.content as content
+import toolkit.train.report.images as images
+import toolkit.train.report.page as page
 from toolkit.train.report.options import ReportOptions
 from toolkit.train.report.outputs import Outputs, from_checkpoint, from_onnx
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from toolkit.metrics import classification_report, most_confused, precision_recall_f1
 from toolkit.preprocess import ImageError
-from toolkit.train.report import images
+import toolkit.train.report.images as images
 from toolkit.train.report.outputs import Outputs, checkpoint_model_inputs
 from toolkit.train.report.saliency import grad_cam, overlay
 

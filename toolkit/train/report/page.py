@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from html import escape
 
-from toolkit.train.report import images
+import toolkit.train.report.images as images
 
 ROWS = 200  # rows shown per data health table; the rest are counted
 THUMBS = 80  # thumbnails in the data health and mislabel sections, in all
