@@ -1,5 +1,5 @@
 """`toolkit report`: report.json's numbers, the page's escaping and sections, the fallbacks (no split to
-score, unreadable images, an .onnx file, no mislabel ranking), the report at the end of training and the
+score, unreadable images, an .onnx file), the report at the end of training and the
 TensorBoard logs. One tiny run, trained once for the module; a class is named <script> on purpose."""
 import json
 import os
@@ -103,16 +103,13 @@ def test_data_health_and_mislabels_sections(run, tmp_path, monkeypatch):
               "class_balance": {EVIL: {"train": 5, "val": 2}}, "small_images": [], "unreadable": []}
     (tmp_path / "run" / "data_health.json").write_text(json.dumps(health))
     monkeypatch.setattr(content, "rank_mislabels",
-                        lambda run_dir: [{"path": photo, "label": "class_2", "suggested": EVIL, "score": 0.93}])
+                        lambda run_dir, dataset=None: [{"path": photo, "label": "class_2", "suggested": EVIL, "score": 0.93}])
     data = build_report(str(tmp_path / "run"), ReportOptions(mislabels=True))
     html = read(data["files"]["html"])
     assert list(data["data_health"]["sections"]) == ["exact_duplicates", "leaks", "class_balance", "small_images",
                                                      "unreadable"]
     assert data["mislabels"]["rows"][0]["score"] == 0.93
     assert "<script" not in html.lower() and "class=thumb" in html and "none found" in html
-    monkeypatch.setattr(content, "rank_mislabels", None)
-    skipped = build_report(str(tmp_path / "run"), ReportOptions(mislabels=True))
-    assert "no mislabel ranking" in skipped["mislabels"]["note"]
     os.remove(tmp_path / "run" / "data_health.json")
     assert "skipped" in build_report(str(tmp_path / "run"), ReportOptions())["data_health"]["note"]
 

@@ -80,14 +80,15 @@ def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, num_classes: int
 
 
 def rank_mislabels(run_dir_or_recipe, folds: int = FOLDS, split: str = "train", batch_size: int = 64,
-                   seed: int = 0) -> list[dict]:
+                   seed: int = 0, dataset=None) -> list[dict]:
     """Training images (or `split`'s) ranked by out-of-fold confidence in their given label, lowest first:
     [{path, label, suggested, score}], score = that confidence (0-1), suggested = the probe's top class.
-    `run_dir_or_recipe` is a run folder, its recipe.yaml, or a Recipe whose run has been trained."""
+    `run_dir_or_recipe` is a run folder, its recipe.yaml, or a Recipe whose run has been trained. `dataset`:
+    the run's data set listing when the caller has scanned it already (the report), else scanned here."""
     checkpoint = _checkpoint_of(run_dir_or_recipe)
     model, ckpt = model_from_checkpoint(checkpoint)
     recipe = recipe_mod.from_dict(ckpt["recipe"], source=f"{checkpoint} (recipe)", check_paths=False)
-    dataset = data_mod.load_dataset(recipe)
+    dataset = dataset if dataset is not None else data_mod.load_dataset(recipe)
     names, items = list(ckpt["labels"]), getattr(dataset, split)
     if list(dataset.labels) != names:
         raise UserError(f"{checkpoint}: trained on other classes than the data now holds; expected the same")

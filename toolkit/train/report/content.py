@@ -14,10 +14,7 @@ import toolkit.train.report.images as images
 from toolkit.train.report.outputs import Outputs, checkpoint_model_inputs
 from toolkit.train.report.saliency import grad_cam, overlay
 
-try:  # the data-health branch's ranking (toolkit.train.mislabels); the section says so when it is absent
-    from toolkit.train.mislabels import rank_mislabels
-except ImportError:
-    rank_mislabels = None
+from toolkit.train.mislabels import rank_mislabels
 
 HEALTH_KEYS = ("exact_duplicates", "near_duplicates", "leaks", "class_balance", "small_images", "unreadable")
 
@@ -121,8 +118,6 @@ def data_health(run_dir: str | None) -> dict:
 def mislabels(out: Outputs, asked: bool, top: int) -> dict:
     if not asked:
         return {"note": "not asked for (toolkit report --mislabels ranks likely mislabelled training images)"}
-    if rank_mislabels is None:
-        return {"note": "skipped: this install has no mislabel ranking (toolkit.train.mislabels)"}
     if out.run_dir is None:
         return {"note": "skipped: the ranking needs the run folder (a checkpoint's run)"}
-    return {"rows": list(rank_mislabels(out.run_dir))[:max(top, 20)]}
+    return {"rows": list(rank_mislabels(out.run_dir, dataset=out.dataset))[:max(top, 20)]}  # no second scan
