@@ -15,10 +15,10 @@ import torch
 from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.runtime.benchmark import BenchmarkOptions, interleaved_rounds
-from toolkit.runtime.benchmark.machine import record_head
+from toolkit.runtime.benchmark.machine import default_out_dir, record_head
 from toolkit.runtime.benchmark.options import parse
 from toolkit.runtime.benchmark.records import Limiter, Loader, LoaderIps, Phase, TrainRecipe, TrainRecord, TrainSettings
-from toolkit.runtime.benchmark.report import default_out_dir, publish
+from toolkit.runtime.benchmark.report import publish
 from toolkit.runtime.benchmark.timing import Progress, calls_per_block, stats, warm_up
 from toolkit.train import data as data_mod
 from toolkit.train import model as model_mod
@@ -62,7 +62,7 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     out_dir = out_dir or default_out_dir(f"{recipe.name}-train")
     command = f"toolkit benchmark --train {recipe_path}" + (" " + " ".join(overrides) if overrides else "")
     record = _record(recipe, recipe_path, command, dataset, dev, settings, phases, loader, out_dir)
-    publish(record, plot=False, quiet=quiet)
+    publish(record, quiet=quiet)
     return record
 
 
@@ -188,7 +188,7 @@ def _record(recipe, recipe_path, command: str, dataset, dev, settings: TrainSett
     autocast = amp_dtype(t.amp, dev)
     limiter, notes = _limiter(phases[-1].throughput_ips.median, loader.throughput_ips.overall, dev.type == "cpu")
     return dataclasses.asdict(TrainRecord(
-        **record_head("train", command, notes, out_dir, ("benchmark.json", "benchmark.md", None), dev.type == "cuda"),
+        **record_head("train", command, notes, out_dir, ("benchmark.json", "benchmark.md"), dev.type == "cuda"),
         recipe=TrainRecipe(path=os.fspath(recipe_path), name=recipe.name, arch=recipe.model.arch,
                            head=recipe.model.head, crop=int(recipe.preprocess.crop), classes=len(dataset.labels),
                            strategy=t.strategy, optimizer=t.optimizer, batch_size=int(t.batch_size),

@@ -1,7 +1,7 @@
 """`toolkit benchmark --torch / --compile`: the PyTorch side of the inference benchmark.
 
 The run's PyTorch model (eager FP32; on CUDA also autocast FP16; torch.compile) timed beside the
-ONNX Runtime sessions, and its cold-start probe (`python -m toolkit.train.torch_backend --probe SPEC`).
+ONNX Runtime sessions, and its cold-start probe (probe_torch, in a fresh process).
 The CLI hands load_torch_backends to toolkit.runtime.benchmark.run_benchmark (`torch_backends`): the
 runtime never imports this module. torch itself is imported inside the functions, so that the probe's
 import_s and rss_base_mb include it.
@@ -9,7 +9,6 @@ import_s and rss_base_mb include it.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from typing import Callable, Optional
 
@@ -20,7 +19,7 @@ from toolkit.errors import UserError, first_line
 from toolkit.preprocess import SERVE_FORMATS
 from toolkit.runtime.benchmark import BackendRecord, ExtraBackends
 from toolkit.runtime.benchmark.machine import maxrss_mb
-from toolkit.runtime.benchmark.backends import DecodeSplit, first_runs, main, run_probe
+from toolkit.runtime.benchmark.backends import DecodeSplit, first_runs, run_probe
 from toolkit.runtime.benchmark.records import E2E_TOP_K
 
 
@@ -92,7 +91,7 @@ class TorchBackend:
 
     def cold_start(self, threads: int, sizes: tuple) -> dict:
         """probe_torch in a fresh process (torch.compile's starts with an empty inductor cache)."""
-        return run_probe({"module": __name__, "checkpoint": self.record.file, "device": self.record.device,
+        return run_probe({"probe": f"{__name__}:probe_torch", "checkpoint": self.record.file, "device": self.record.device,
                           "threads": threads, "batch_sizes": list(sizes), "compile": self.may_fail, "amp": self.amp})
 
 
@@ -155,10 +154,9 @@ def load_torch_backends(info: dict, preprocess, devices: tuple, threads: int, op
                 if not use_compile:
                     raise
                 failed.append(BackendRecord(
-                    key=f"torch-compile/{device}/fp32", backend="torch-compile", engine="torch", engine_device=None,
-                    inference_precision=None, device=device, precision="fp32", provider=None, providers=[],
-                    file=checkpoint, file_bytes=None, flops_per_image=flops, flops_by_op={}, session_options={},
-                    provider_options={}, status="failed", error=first_line(exc, 300)))
+                    key=f"torch-compile/{device}/fp32", backend="torch-compile", engine="torch", device=device,
+                    precision="fp32", providers=[], file=checkpoint, flops_per_image=flops, flops_by_op={},
+                    session_options={}, provider_options={}, status="failed", error=first_line(exc, 300)))
     note = checkpoint_note(checkpoint, meta)
     return ExtraBackends(backends, failed, checkpoint, [note] if note else [])
 
@@ -193,7 +191,3 @@ def probe_torch(spec: dict) -> dict:
     if b.dev.type == "cuda":
         out["torch_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:], probe_torch)

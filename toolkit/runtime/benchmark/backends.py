@@ -1,12 +1,10 @@
 """What the rounds time: the `Backend` protocol, a Predictor per engine x precision x device (OnnxBackend, on
-an engine adapter of toolkit.runtime.engines), the reference GEMM, and the synthetic JPEGs.
+an engine adapter of toolkit.runtime.engines) and the synthetic JPEGs. The PyTorch backends (--torch,
+--compile) satisfy the same protocol on the torch side (toolkit.train.torch_backend), whose loader the CLI
+hands to run_benchmark (`torch_backends`).
 
-The PyTorch backends (--torch, --compile) satisfy the same protocol on the torch side
-(toolkit.train.torch_backend); the CLI hands their loader to run_benchmark (`torch_backends`).
-
-Cold start and peak RSS are measured in a fresh Python process per backend: run_probe starts
-`python -m <spec["module"]> --probe SPEC` (default this package: probe_onnx; the PyTorch one:
-toolkit.train.torch_backend), which builds its backend, calls first_runs and prints one JSON line (main).
+Cold start and peak RSS are measured in a fresh Python process per backend: run_probe runs the function
+spec["probe"] names (probe_onnx here, the torch side's probe_torch), which builds its backend and calls first_runs.
 """
 from __future__ import annotations
 
@@ -27,11 +25,9 @@ import numpy as np
 from toolkit.errors import UserError
 from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, maxrss_mb
 from toolkit.runtime.benchmark.options import Combo
-from toolkit.runtime.benchmark.peak import ort_matmul_session
 from toolkit.runtime.benchmark.records import E2E_IMAGES, E2E_JPEG_QUALITY, E2E_TOP_K, BackendRecord, Skipped
 from toolkit.runtime.decode_pool import shared_pool
 from toolkit.runtime.engines import EngineOptions, OpenVinoOptions, adapter_for
-
 
 class Backend(Protocol):
     """One loaded model the rounds time."""
@@ -51,7 +47,7 @@ class Backend(Protocol):
         """End-to-end modes: the median share of a call spent decoding (DecodeSplit); None where not split."""
 
     def cold_start(self, threads: int, sizes: tuple) -> dict:
-        """Its cold start and peak RSS, measured in a fresh process (probe.run_probe) at each batch size."""
+        """Its cold start and peak RSS, measured in a fresh process (run_probe) at each batch size."""
 
 
 def synthetic_jpegs(count: int, size: tuple = E2E_IMAGES["end_to_end"], seed: int = 0) -> list:
@@ -134,7 +130,7 @@ class OnnxBackend:
         self.split = DecodeSplit()
 
     def cold_start(self, threads: int, sizes: tuple) -> dict:
-        spec = {"path": self.record.file, "engine": self.combo.engine, "device": self.combo.device, "threads": threads,
+        spec = {"probe": f"{__name__}:probe_onnx", "path": self.record.file, "engine": self.combo.engine, "device": self.combo.device, "threads": threads,
                 "batch_sizes": list(sizes), "precision": self.combo.precision}
         probe, cache = adapter_for(self.combo.engine).cold_starts(spec, run_probe)  # OpenVINO: its model cache too
         return {**probe, "model_cache": cache} if cache is not None and "error" not in probe else probe
@@ -162,8 +158,7 @@ class OnnxBackend:
 
 
 def probe_onnx(spec: dict) -> dict:
-    """The cold-start probe in a fresh interpreter (`python -m toolkit.runtime.benchmark --probe SPEC`): one
-    OnnxBackend (ORT's session, OpenVINO's read + compile: compile_s), then the first inference per batch
+    """The cold-start probe in a fresh interpreter (run_probe): one OnnxBackend (ORT's session, OpenVINO's read + compile: compile_s), then the first inference per batch
     size and the memory (probe.first_runs)."""
     t0 = time.perf_counter()
     from toolkit.runtime.predictor import Predictor  # noqa: F401 - its import counts in import_s
@@ -194,18 +189,22 @@ def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
     return out
 
 
+_PROBE = ("import importlib, json, sys; spec = json.loads(sys.argv[1]); module, _, name = spec['probe'].partition(':'); "
+          "print(json.dumps(getattr(importlib.import_module(module), name)(spec)))")
+
+
 def run_probe(spec: dict, timeout: float = 3600) -> dict:
-    """The probe's result for one backend spec, or {"error": why}."""
+    """The probe spec["probe"] ("module:function") names, run on `spec` in a fresh interpreter: its result
+    (seconds and MB to 4 decimals), or {"error": why}."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     cache = None
     if spec.get("compile"):  # a cold start compiles from nothing: inductor's on-disk cache starts empty
         cache = env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="toolkit-inductor-")
-    module = spec.get("module", "toolkit.runtime.benchmark")
     t = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", module, "--probe", json.dumps(spec)], capture_output=True,
-                              text=True, env=env, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(spec)], capture_output=True, text=True,
+                              env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"cold-start probe timed out after {timeout:.0f}s"}
     finally:
@@ -215,40 +214,8 @@ def run_probe(spec: dict, timeout: float = 3600) -> dict:
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"cold-start probe failed: {tail[:300]}"}
-    return {**json.loads(lines[-1]), "process_wall_s": round(time.perf_counter() - t, 3), "isolated": True}
-
-
-def _rounded(value):
-    """Seconds and MB to 4 decimals, in nested dicts too."""
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    return round(value, 4) if isinstance(value, float) else value
-
-
-def main(argv: list, probe: Callable[[dict], dict]) -> None:
-    """The `--probe SPEC` entry point of a fresh process."""
-    if len(argv) >= 2 and argv[0] == "--probe":
-        print(json.dumps(_rounded(probe(json.loads(argv[1])))))
-        return
-    print("usage: toolkit benchmark [MODEL] (this module's own entry point is for its cold-start probes)",
-          file=sys.stderr)
-    sys.exit(2)
-
-
-class GemmReference:
-    """The FP32 GEMM of the peak as one more entry of the rounds: the same engine (ORT MatMul), threads and
-    noise as the models, so a model's GFLOP/s can be read against it."""
-
-    key, mode = "gemm/cpu/fp32", "reference"
-
-    def __init__(self, threads: int, n: int):
-        self.session = ort_matmul_session(n, "fp32", "cpu", threads)
-        rng = np.random.default_rng(0)
-        self.feed = {name: rng.standard_normal((n, n)).astype(np.float32) for name in ("a", "b")}
-        self.flops = 2.0 * n ** 3
-
-    def run(self) -> None:
-        self.session.run(None, self.feed)
+    return {**json.loads(lines[-1], parse_float=lambda v: round(float(v), 4)),
+            "process_wall_s": round(time.perf_counter() - t, 3), "isolated": True}
 
 
 def load_onnx_backends(infos: dict, combos: list, skipped: list, threads: int, max_batch: int,

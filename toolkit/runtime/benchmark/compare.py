@@ -1,9 +1,5 @@
 """Which model for my box: several exports benchmarked in one run (run.measure), accuracy against images/s.
-
-    toolkit benchmark a.onnx b.onnx c.onnx --data recipes/flowers.yaml --precision fp32,int8
-
-Each model keeps its own benchmark.json/.md/.png in <out>/<model>/; compare.json, compare.md and
-pareto.png (report.py) sit in <out>/.
+Each model keeps its own benchmark.json/.md in <out>/<model>/; compare.json and compare.md sit in <out>/.
 """
 from __future__ import annotations
 
@@ -12,10 +8,9 @@ import os
 from typing import Optional, Sequence
 
 from toolkit.errors import UserError
-import toolkit.runtime.benchmark.assemble as assemble
 import toolkit.runtime.benchmark.report as report
 from toolkit.runtime.benchmark.backends import BackendLoader
-from toolkit.runtime.benchmark.machine import record_head
+from toolkit.runtime.benchmark.machine import default_out_dir, record_head
 from toolkit.runtime.benchmark.options import BenchmarkOptions
 from toolkit.runtime.benchmark.records import CompareModel, CompareRecord, CompareRow, CompareSettings
 from toolkit.runtime.benchmark.run import measure, open_subject, start
@@ -39,7 +34,7 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
     """Benchmark several exports side by side and return the comparison record (kind "compare").
 
     options / fields / torch_backends: as run_benchmark's, applied to every model alike. pareto_batch: the
-    batch size the Pareto marks and pareto.png use (default: the largest of batch_sizes)."""
+    batch size of the Pareto marks in the table (default: the largest of batch_sizes)."""
     bench = start(options, fields)
     if len(models) < 2:
         raise UserError(f"benchmark: comparing needs at least two models, got {len(models)}; expected "
@@ -49,7 +44,7 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
     if batch not in sizes:
         raise UserError(f"pareto_batch: {pareto_batch!r} is not one of the batch sizes timed "
                         f"({', '.join(map(str, sizes))}); expected one of them")
-    out_dir = bench.opts.out_dir or report.default_out_dir("compare")
+    out_dir = bench.opts.out_dir or default_out_dir("compare")
     subjects = []
     for model in models:
         s = open_subject(os.fspath(model), bench, lambda name: name)
@@ -60,11 +55,11 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
     if bench.opts.data:
         _check_labels(subjects)
     measure(subjects, bench, torch_backends)
-    records = [assemble.inference_record(s, bench) for s in subjects]
+    records = [report.inference_record(s, bench) for s in subjects]
     for rec in records:
-        report.write_outputs(rec, bench.opts.plot, bench.say)
+        report.publish(rec, quiet=True)
     record = _compare_record(subjects, records, bench, batch, out_dir)
-    report.publish(record, bench.opts.plot, bench.opts.quiet, bench.say, also=" and one folder per model")
+    report.publish(record, bench.opts.quiet, bench.say, also=" and one folder per model")
     return record
 
 
@@ -102,14 +97,13 @@ def _compare_record(subjects: list, records: list, bench, batch: int, out_dir: s
              f"images/s and the Pareto marks are mode {PARETO_MODE} (inference only); each model's own record "
              "has every mode"]
     if not opts.data:
-        notes.append("no --data: no accuracy, so no Pareto marks and no pareto.png")
+        notes.append("no --data: no accuracy, so no Pareto marks")
     notes += sorted({n for rec in records for n in rec["notes"]})
     command = records[0]["command"].replace(subjects[0].base, " ".join(s.base for s in subjects), 1)
     record = CompareRecord(
         **record_head("compare", f"{command} --pareto-batch {batch}", notes, out_dir,
-                      ("compare.json", "compare.md", "pareto.png" if opts.plot and opts.data else None),
-                      any(d != "cpu" for d in plan.devices)),
-        settings=CompareSettings(**assemble.common_settings(bench, plan.precisions), pareto_batch=batch,
+                      ("compare.json", "compare.md"), any(d != "cpu" for d in plan.devices)),
+        settings=CompareSettings(**report.common_settings(bench, plan.precisions), pareto_batch=batch,
                                  pareto_mode=PARETO_MODE, interleaved=True),
         models=[CompareModel(name=name, path=s.base, arch=s.meta.get("arch"), classes=len(s.labels),
                              preprocess=rec["model"]["preprocess"], flops_per_image=rec["model"]["flops_per_image"],

@@ -1,4 +1,4 @@
-"""What the benchmark ran on: CPU and its flags, cores, GPU, library versions, peak memory.
+"""What the benchmark ran on: CPU and its flags, cores, GPU, library versions, peak memory; the record's head.
 
 Torch is never imported here: versions are read from package metadata, and torch's CUDA build is
 reported only when the --torch / --train path imported torch already.
@@ -18,10 +18,6 @@ from toolkit.runtime.benchmark.records import ISA_FLAGS, SCHEMA_VERSION, Files, 
 
 _CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
               "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "i8mm", "bf16")
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def maxrss_mb() -> Optional[float]:
@@ -57,12 +53,12 @@ def physical_cores() -> int:
     return max(1, len(seen))
 
 
-def _run_quiet(cmd: list) -> Optional[str]:
+def _run_quiet(cmd: list) -> str:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def _gpu_info() -> dict:
@@ -74,7 +70,7 @@ def _gpu_info() -> dict:
 
 def gpu_mem_of_pid(pid: int) -> Optional[float]:
     """GPU memory (MiB) nvidia-smi reports for process `pid`; None when it reports none."""
-    out = _run_quiet(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]) or ""
+    out = _run_quiet(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
     used = [float(mb) for p, _, mb in (line.partition(",") for line in out.splitlines())
             if p.strip() == str(pid) and mb.strip().replace(".", "").isdigit()]
     return sum(used) if used else None
@@ -145,7 +141,13 @@ def versions() -> Versions:
 
 
 def record_head(kind: str, command: str, notes: list, folder: str, files: tuple, gpu: bool) -> dict:
-    """The fields every record kind starts with (records.Head); files: (json, markdown, png or None) in `folder`."""
-    return {"schema_version": SCHEMA_VERSION, "kind": kind, "created": now_iso(), "command": command,
+    """The fields every record kind starts with (records.Head); files: (json, markdown) names in `folder`."""
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "created": created, "command": command,
             "machine": machine_info(gpu=gpu), "versions": versions(), "notes": notes,
-            "files": Files(*(os.path.join(folder, name) if name else None for name in files))}
+            "files": Files(*(os.path.join(folder, name) for name in files))}
+
+
+def default_out_dir(name: str) -> str:
+    """benchmarks/<name>-<YYYYmmdd-HHMMSS>: where a run writes when no out_dir is given."""
+    return os.path.join("benchmarks", f"{name}-{_dt.datetime.now():%Y%m%d-%H%M%S}")

@@ -1,10 +1,7 @@
-"""What `toolkit benchmark` is asked to do (BenchmarkOptions), checked and parsed into a Plan: the batch
-sizes, modes and threads, and the engine x device x precision combinations (Combo) it runs.
-
-A precision names a file and an inference precision: fp32, fp16 and int8 are the export and its twins
-(<name>.fp16.onnx, <name>.int8.onnx), computed as they were exported; bf16 is the FP32 file at
-OpenVINO's bf16 inference precision. A combination an engine can't run is skipped with its reason in
-the record; only when nothing is left is it an error.
+"""What `toolkit benchmark` is asked to do (BenchmarkOptions), checked and parsed into a Plan, and the
+engine x device x precision combinations (Combo) it runs: fp32, fp16 and int8 name the export and its
+twins, bf16 the FP32 file at OpenVINO's bf16 inference precision. A combination an engine can't run is
+skipped with its reason in the record; only when nothing is left is it an error.
 """
 from __future__ import annotations
 
@@ -47,8 +44,6 @@ class BenchmarkOptions:
     quiet: bool = False  # no progress, no table, no messages
     isolate: bool = True  # cold start and peak RSS in a fresh process per backend
     checkpoint: Optional[str] = None  # the PyTorch checkpoint for --torch (default: the one the export names)
-    plot: bool = True  # write benchmark.png (needs matplotlib)
-    reference: bool = True  # time the FP32 GEMM as one more entry of every round (CPU): fraction_of_gemm_in_rounds
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,17 @@
 """The benchmark records as dataclasses: benchmark.json / compare.json are `dataclasses.asdict` of them,
 their JSON Schema is derived from these classes, and validate_record checks a record with jsonschema.
 
-SCHEMA_VERSION 4 (3: one peak per precision, measured once; schedule[].model; 4: results[].decode_share);
-docs/benchmark.md documents
-every field. Standard library only at import.
+SCHEMA_VERSION 5 (4: results[].decode_share; 5: no plots, no reference GEMM in the rounds: files.png,
+settings.reference, peaks[].in_rounds, results[].fraction_of_gemm_in_rounds gone). docs/benchmark.md
+documents every field. Standard library only at import.
 """
 from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import make_dataclass
 from typing import Literal, Optional, Union
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 E2E_IMAGES = {"end_to_end": (500, 375), "end_to_end_12mp": (4032, 3024)}  # end-to-end mode -> JPEG width x height
 E2E_JPEG_QUALITY = 90
 E2E_TOP_K = 5
@@ -53,8 +52,7 @@ TIMED = {
               "of the same device, measured once before the timing (an INT8 or FP16 row can pass 1.0: it is "
               "FP32-equivalent work); fraction_of_precision_peak divides it by the GEMM peak of the row's own "
               "precision (peak_precision: fp32, bf16, int8 or fp16), each peak the fastest of the engines "
-              "available (peaks[].engine); fraction_of_gemm_in_rounds divides it by the median GFLOP/s of the "
-              "same GEMM timed as one more entry of that batch size's rounds (same noise)",
+              "available (peaks[].engine)",
 }
 
 
@@ -62,7 +60,7 @@ def record(name: str, doc: str, base: Optional[type] = None, /, **fields) -> typ
     """A record dataclass, its fields declared as name=type (or name=(type, default), defaults last):
     one line per few fields keeps every record readable at a glance, like the JSON it becomes."""
     spec = [(k, *v[:1], dataclasses.field(default=v[1])) if isinstance(v, tuple) else (k, v) for k, v in fields.items()]
-    cls = make_dataclass(name, spec, bases=(base,) if base else ())
+    cls = dataclasses.make_dataclass(name, spec, bases=(base,) if base else ())
     cls.__doc__, cls.__module__ = doc, __name__
     return cls
 
@@ -75,34 +73,32 @@ Throughput = record("Throughput", "Images/s over the rounds.", **dict.fromkeys("
 Versions = record("Versions", "Library versions (package metadata).", **dict.fromkeys(
     "toolkit onnxruntime openvino onnx numpy pillow torch torchvision cuda_onnxruntime cuda_torch cudnn_torch".split(),
     _STR))
-GemmRound = record("GemmRound", "The reference GEMM in one batch size's rounds.", batch=int, median_gflops=float,
-                   min_gflops=float, max_gflops=float, calls=int)
 Machine = record("Machine", "What ran it.", cpu=str, cpu_flags=list[str], isa=dict[str, Union[bool, str]],
                  logical_cpus=int, usable_cpus=int, physical_cores=int, os=str, python=str, gpu=_STR, gpu_driver=_STR,
                  gpu_memory_mb=_NUM)
-Files = record("Files", "What a run wrote.", json=str, markdown=str, png=_STR)
+Files = record("Files", "What a run wrote.", json=str, markdown=str)
 Head = record("Head", "What every record kind starts with.", schema_version=Literal[SCHEMA_VERSION], kind=str,
               created=str, command=str, machine=Machine, versions=Versions, notes=list[str], files=Files)
 Peak = record("Peak", "One precision's GEMM peak on one device, measured once: the fastest of its candidates.",
               device=str, precision=str, engine=_STR, gflops=_NUM, matrix=int, threads=_INT,
-              candidates=list[dict], note=str, in_rounds=list[GemmRound])
+              candidates=list[dict], note=str)
 BackendRecord = record(
     "BackendRecord", "One backend, loaded or failed; cold_start and accuracy are filled in when measured.",
-    key=str, backend=Literal["onnxruntime", "openvino", "torch-eager", "torch-compile"], engine=str,
-    engine_device=_STR, inference_precision=_STR, device=str, precision=str, provider=_STR, providers=list[str],
-    file=_STR, file_bytes=_INT, flops_per_image=int, flops_by_op=dict[str, int], session_options=dict,
-    provider_options=dict, status=(Literal["ok", "failed"], "ok"), error=(_STR, None), cold_start=(Optional[dict], None),
-    accuracy=(Optional[dict], None))
+    key=str, backend=Literal["onnxruntime", "openvino", "torch-eager", "torch-compile"], engine=str, device=str,
+    precision=str, providers=list[str], file=_STR, flops_per_image=int, flops_by_op=dict[str, int],
+    session_options=dict, provider_options=dict, engine_device=(_STR, None), inference_precision=(_STR, None),
+    provider=(_STR, None), file_bytes=(_INT, None), status=(Literal["ok", "failed"], "ok"), error=(_STR, None),
+    cold_start=(Optional[dict], None), accuracy=(Optional[dict], None))
 Row = record(
     "Row", "One backend x mode x batch size.",
     key=str, backend=str, engine=str, engine_device=_STR, inference_precision=_STR, device=str, precision=str,
     provider=str, mode=Literal[MODES], e2e_image=_STR, batch=int, iterations=int, rounds=int,
     throughput_ips=Throughput, latency_ms=Latency, latency_per_image_ms=PerImage, first_run_s=float, gflops=_NUM,
     fraction_of_peak=_NUM, fraction_of_precision_peak=_NUM, peak_precision=_STR, precision_peak_engine=_STR,
-    fraction_of_gemm_in_rounds=_NUM, cold_start_s=_NUM, peak_rss_mb=_NUM, gpu_mem_mb=_NUM, file_bytes=_INT,
-    top1=_NUM, baseline=_STR, speedup=_NUM, decode_share=_NUM)
-Block = record("Block", "One timed block of the interleaved rounds (model None: the reference GEMM).",
-               round=int, batch=int, model=_STR, key=str, mode=str, iterations=int)
+    cold_start_s=_NUM, peak_rss_mb=_NUM, gpu_mem_mb=_NUM, file_bytes=_INT, decode_share=_NUM,
+    top1=(_NUM, None), baseline=(_STR, None), speedup=(_NUM, None))
+Block = record("Block", "One timed block of the interleaved rounds.", round=int, batch=int, model=str, key=str,
+               mode=str, iterations=int)
 Skipped = record("Skipped", "A combination an engine can't run.", engine=str, device=str, precision=str, reason=str)
 ModelInfo = record("ModelInfo", "The export under test.", path=str, name=str, arch=_STR, head=_STR, classes=_INT,
                    input=dict, preprocess=Optional[dict], source_run=_STR, checkpoint=_STR, flops_per_image=int)
@@ -113,8 +109,8 @@ Settings = record("Settings", "What a run measured with.", batch_sizes=list[int]
                   data=_STR, split=_STR)
 InferenceSettings = record(
     "InferenceSettings", Settings.__doc__, Settings, skipped=list[Skipped], torch=bool, compile=bool,
-    threads_source=str, warmup=Union[int, str], end_to_end=bool, isolate=bool, reference=bool,
-    e2e_image=E2EImages, e2e_images=list[E2EImages])
+    threads_source=str, warmup=Union[int, str], end_to_end=bool, isolate=bool, e2e_image=E2EImages,
+    e2e_images=list[E2EImages])
 InferenceRecord = record("InferenceRecord", "benchmark.json of one export.", Head, model=ModelInfo,
                          settings=InferenceSettings, timed=dict[str, str], peaks=list[Peak],
                          backends=list[BackendRecord], results=list[Row], schedule=list[Block])
@@ -160,11 +156,9 @@ def json_schema(kind: object) -> dict:
     if origin is Union:
         return {"anyOf": [json_schema(a) for a in args]}
     if origin is Literal:
-        values = [v for a in args for v in (a if isinstance(a, tuple) else (a,))]
-        return {"enum": values}
+        return {"enum": [v for a in args for v in (a if isinstance(a, tuple) else (a,))]}
     if origin in (list, dict):
-        sub = {"items": json_schema(args[0])} if origin is list and args else {}
-        return {"type": _JSON_TYPES[origin], **sub}
+        return {"type": _JSON_TYPES[origin], **({"items": json_schema(args[0])} if origin is list and args else {})}
     return {"type": _JSON_TYPES[kind]}
 
 

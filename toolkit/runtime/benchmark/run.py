@@ -1,9 +1,9 @@
-"""run_benchmark and compare_models: one loop benchmarks N models (run_benchmark is N = 1).
+"""run_benchmark: one loop benchmarks N models (run_benchmark is N = 1; compare.py's compare_models is N > 1).
 
 Each model is opened (its twins, preprocessing) and its backends loaded; the GEMM peaks are measured
-once for all; then, per batch size, every model's warmed-up blocks (and the reference GEMM) go into ONE
-list of entries timed in the same interleaved rounds, so machine noise hits every model alike. Each
-model gets its own record (records.InferenceRecord); a comparison adds compare.py's record on top.
+once for all; then, per batch size, every model's warmed-up blocks go into ONE list of entries timed in
+the same interleaved rounds, so machine noise hits every model alike. Each model gets its own record
+(report.inference_record).
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from toolkit.artifacts import base_of, twin_path
 from toolkit.errors import UserError, first_line
 from toolkit.parsing import parse_list
 from toolkit.preprocess import SERVE_FORMATS
-import toolkit.runtime.benchmark.assemble as assemble
 import toolkit.runtime.benchmark.peak as peak_mod
 import toolkit.runtime.benchmark.report as report
-from toolkit.runtime.benchmark.backends import BackendLoader, GemmReference, load_onnx_backends, synthetic_jpegs
+from toolkit.runtime.benchmark.backends import BackendLoader, load_onnx_backends, synthetic_jpegs
+from toolkit.runtime.benchmark.machine import default_out_dir, gpu_mem_of_pid, maxrss_mb
 from toolkit.runtime.benchmark.model_file import export_hint, inspect_model, resolve_model
 from toolkit.runtime.benchmark.options import BenchmarkOptions, Plan, file_precision, parse, plan_combos
-from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, GemmRound, Row
+from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, Row
 from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up
 from toolkit.runtime.engines import DEFAULT_ENGINE
 from toolkit.runtime.onnx_eval import evaluate_onnx
@@ -39,14 +39,14 @@ class Subject:
     infos: dict  # precision -> inspect_model of the file it reads ("fp32": the base)
     precisions: tuple
     out_dir: str
-    skipped: list  # [Skipped]
+    skipped: list = field(default_factory=list)  # [Skipped]
     backends: list = field(default_factory=list)  # [Backend], loaded
     failed: list = field(default_factory=list)  # [BackendRecord] of backends that never loaded
     checkpoint: Optional[str] = None  # the PyTorch checkpoint (--torch / --compile)
     notes: list = field(default_factory=list)
     pixels: list = field(default_factory=list)  # the end-to-end JPEGs decoded with this model's preprocessing
     rows: list = field(default_factory=list)  # [Row]
-    schedule: list = field(default_factory=list)  # [Block] of its backends and the reference GEMM
+    schedule: list = field(default_factory=list)  # [Block] of its backends
     first_runs: dict = field(default_factory=dict)  # (key, mode, batch) -> seconds of the first call
 
     @property
@@ -71,8 +71,6 @@ class Bench:
     say: Callable
     progress: Progress
     peaks: list = field(default_factory=list)  # [Peak], each measured once
-    gemm: Optional[GemmReference] = None
-    gemm_rounds: dict = field(default_factory=dict)  # batch -> GemmRound
     jpegs: dict = field(default_factory=dict)  # end-to-end mode -> synthetic JPEG files
     schedule: list = field(default_factory=list)  # [Block] of every model, in execution order
 
@@ -90,13 +88,13 @@ def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOption
 
     options: a BenchmarkOptions; keyword arguments set (or override) its fields. torch_backends: the
     loader of the PyTorch backends, needed for torch / compile (the CLI passes
-    toolkit.train.torch_backend.load_torch_backends). Writes benchmark.json, .md and .png into out_dir
+    toolkit.train.torch_backend.load_torch_backends). Writes benchmark.json and .md into out_dir
     (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
     bench = start(options, fields)
-    subject = open_subject(model, bench, lambda name: bench.opts.out_dir or report.default_out_dir(name))
+    subject = open_subject(model, bench, lambda name: bench.opts.out_dir or default_out_dir(name))
     measure([subject], bench, torch_backends)
-    record = assemble.inference_record(subject, bench)
-    report.publish(record, bench.opts.plot, bench.opts.quiet, bench.say)
+    record = report.inference_record(subject, bench)
+    report.publish(record, bench.opts.quiet, bench.say)
     return record
 
 
@@ -124,7 +122,7 @@ def open_subject(model: Optional[str], bench: Bench, out_dir_of: Callable[[str],
     infos.update({p: inspect_model(twin_path(base, p)) for p in files if p != "fp32"})
     infos.update({p: infos[file_precision(p)] for p in precisions})
     name = os.path.basename(base)[:-len(".onnx")]
-    return Subject(name=name, base=base, infos=infos, precisions=precisions, out_dir=out_dir_of(name), skipped=[])
+    return Subject(name=name, base=base, infos=infos, precisions=precisions, out_dir=out_dir_of(name))
 
 
 def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader]) -> None:
@@ -134,13 +132,24 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
         _load(s, bench, torch_backends)
     ran = {("cpu" if b.record.device == "cpu" else "cuda", b.record.precision) for s in subjects for b in s.backends}
     bench.peaks = peak_mod.measure_peaks(plan.devices, ran, plan.threads, plan.engines, bench.progress)
-    if opts.isolate:
-        for s in subjects:
-            _cold_starts(s, bench)
-    _prepare_inputs(subjects, bench)
+    for b in (b for s in subjects for b in s.backends if opts.isolate):
+        bench.progress.live(f"cold start of {b.record.key} in a fresh process")  # OpenVINO's: with its model cache too
+        b.record.cold_start = b.cold_start(plan.threads, plan.sizes)
+    # up to 8 distinct 500x375 JPEGs and 4 distinct 12 MP ones: decoding costs the same whatever repeats
+    bench.jpegs = {"end_to_end": synthetic_jpegs(min(max(plan.sizes), 8))}
+    if "end_to_end_12mp" in plan.modes:
+        bench.jpegs["end_to_end_12mp"] = synthetic_jpegs(min(max(plan.sizes), 4), size=E2E_IMAGES["end_to_end_12mp"])
+    for s in subjects:
+        preprocess = s.backends[0].predictor.preprocess
+        s.pixels = [preprocess.pixels(j, formats=SERVE_FORMATS) for j in bench.jpegs["end_to_end"]]
     for batch in plan.sizes:
         _time_batch(subjects, bench, batch)
     for s in subjects:
+        if not opts.isolate:  # the cold start as this process saw it
+            for b in s.backends:
+                b.record.cold_start = {"isolated": False, "session_s": round(b.session_s, 4), "first_inference_s": {
+                    str(n): round(s.first_runs[k], 4) for n in plan.sizes
+                    if (k := (b.record.key, "model", n)) in s.first_runs}, "peak_rss_mb": {"process": maxrss_mb()}}
         _measure_accuracy(s, bench)
     bench.progress.close()
 
@@ -162,60 +171,30 @@ def _load(s: Subject, bench: Bench, torch_backends: Optional[BackendLoader]) -> 
     s.checkpoint, s.notes = extra.checkpoint, s.notes + extra.notes
 
 
-def _cold_starts(s: Subject, bench: Bench) -> None:
-    """Cold start and peak RSS of each backend in a fresh process (OpenVINO's: with its model cache too)."""
-    for b in s.backends:
-        bench.progress.live(f"cold start of {b.record.key} in a fresh process")
-        b.record.cold_start = b.cold_start(bench.plan.threads, bench.plan.sizes)
-
-
-def _prepare_inputs(subjects: list, bench: Bench) -> None:
-    """The synthetic JPEGs of each end-to-end mode, each model's decoded pixels, the reference GEMM."""
-    plan = bench.plan
-    if bench.opts.reference and "cpu" in plan.devices:
-        bench.gemm = GemmReference(plan.threads, peak_mod.PEAK_MATRIX["cpu"])
-    # up to 8 distinct 500x375 JPEGs and 4 distinct 12 MP ones: decoding costs the same whatever repeats
-    bench.jpegs = {"end_to_end": synthetic_jpegs(min(max(plan.sizes), 8))}
-    if "end_to_end_12mp" in plan.modes:
-        bench.jpegs["end_to_end_12mp"] = synthetic_jpegs(min(max(plan.sizes), 4), size=E2E_IMAGES["end_to_end_12mp"])
-    for s in subjects:
-        preprocess = s.backends[0].predictor.preprocess
-        s.pixels = [preprocess.pixels(j, formats=SERVE_FORMATS) for j in bench.jpegs["end_to_end"]]
-
-
 def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
-    """Every model's warmed-up entries (and the reference GEMM) timed in the same rounds, then their rows."""
+    """Every model's warmed-up entries timed in the same rounds, then their rows."""
     entries, iters, owners = [], {}, {}  # owners: entry -> (subject, backend, mode)
     for s in subjects:
         for b, mode, fn, k in _warm(s, bench, batch):
             entry = f"{s.name}|{b.record.key}|{mode}"
             entries.append((entry, fn))
             iters[entry], owners[entry] = k, (s, b, mode)
-    gemm = bench.gemm
-    if gemm is not None:
-        _, last = warm_up(gemm.run, 1)
-        entries.append((gemm.key, gemm.run))
-        iters[gemm.key] = calls_per_block(None, min(float(bench.plan.duration or 1.0), 2.0), bench.plan.rounds, last)
     rounds, several = bench.plan.rounds, len(subjects) > 1
 
     def on_block(r, entry, k, total):
-        if entry in owners:
-            s, b, mode = owners[entry]
-            bench.progress.live(f"batch {batch} round {r + 1}/{rounds}: {s.name + ' ' if several else ''}"
-                                f"{b.record.key} {mode} {k * batch / total if total else 0:.1f} img/s")
+        s, b, mode = owners[entry]
+        bench.progress.live(f"batch {batch} round {r + 1}/{rounds}: {s.name + ' ' if several else ''}"
+                            f"{b.record.key} {mode} {k * batch / total if total else 0:.1f} img/s")
     lat, blocks, order = interleaved_rounds(entries, rounds, iters, on_block)
     for r, entry, k in order:
-        s, b, mode = owners.get(entry, (None, gemm, gemm and gemm.mode))
-        block = Block(r, batch, s and s.name, b.key if b is gemm else b.record.key, mode, k)
+        s, b, mode = owners[entry]
+        block = Block(r, batch, s.name, b.record.key, mode, k)
         bench.schedule.append(block)
-        for mine in ([s] if s else subjects):
-            mine.schedule.append(block)
-    if gemm is not None:
-        g = np.asarray([iters[gemm.key] * gemm.flops / t / 1e9 for t in blocks[gemm.key]])
-        bench.gemm_rounds[batch] = GemmRound(batch, round(float(np.median(g)), 1), round(float(g.min()), 1),
-                                             round(float(g.max()), 1), len(lat[gemm.key]))
+        s.schedule.append(block)
     for entry, (s, b, mode) in owners.items():
         s.rows.append(_row(s, bench, b, mode, batch, lat[entry], blocks[entry], iters[entry]))
+    for s in subjects:
+        _baselines([r for r in s.rows if r.batch == batch])
     best = max(((s, r) for s in subjects for r in s.rows if r.batch == batch),
                key=lambda sr: sr[1].throughput_ips.median, default=None)
     if best:
@@ -229,9 +208,7 @@ def _warm(s: Subject, bench: Bench, batch: int) -> list:
     pixels = np.stack([s.pixels[i % len(s.pixels)] for i in range(batch)])
     jpegs = {m: [js[i % len(js)] for i in range(batch)] for m, js in bench.jpegs.items()}
     out = []
-    for b in s.backends:
-        if b.record.status != "ok":
-            continue
+    for b in (b for b in s.backends if b.record.status == "ok"):
         warmed = []
         try:
             b.prepare(batch, pixels, jpegs)
@@ -269,15 +246,15 @@ _FROM_BACKEND = ("key", "backend", "engine", "engine_device", "inference_precisi
 
 
 def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: list, k: int) -> Row:
-    """One backend x mode x batch size: the timing statistics and GFLOP/s against the peaks and the GEMM."""
-    rec = b.record
+    """One backend x mode x batch size: the timing statistics, GFLOP/s against the peaks, cold start and memory."""
+    rec, isolate = b.record, bench.opts.isolate
     latency, per_image, throughput = stats(lat, blocks, k, batch)
     kind = "cpu" if rec.device == "cpu" else "cuda"
     peak_of = {(pk.device, pk.precision): pk for pk in bench.peaks if pk.gflops}
     fp32, own = peak_of.get((kind, "fp32")), peak_of.get((kind, own_peak_precision(rec.precision, kind)))
-    gemm = bench.gemm_rounds.get(batch) if kind == "cpu" else None
     gflops = _sig(rec.flops_per_image * throughput.median / 1e9) if rec.flops_per_image else None
-    size = E2E_IMAGES.get(mode)
+    size, cold = E2E_IMAGES.get(mode), rec.cold_start if rec.cold_start and "error" not in rec.cold_start else None
+    first_model = s.first_runs.get((rec.key, "model", batch), 0.0)
     return Row(
         **{f: getattr(rec, f) for f in _FROM_BACKEND}, mode=mode, e2e_image=f"{size[0]}x{size[1]}" if size else None,
         batch=batch, iterations=len(lat), rounds=bench.plan.rounds, throughput_ips=throughput, latency_ms=latency,
@@ -285,17 +262,29 @@ def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: 
         fraction_of_peak=_sig(gflops / fp32.gflops) if gflops and fp32 else None,
         fraction_of_precision_peak=_sig(gflops / own.gflops) if gflops and own else None,
         peak_precision=own and own.precision, precision_peak_engine=own and own.engine,
-        fraction_of_gemm_in_rounds=_sig(gflops / gemm.median_gflops) if gflops and gemm and gemm.median_gflops
-        else None, cold_start_s=None, peak_rss_mb=None, gpu_mem_mb=None, top1=None, baseline=None, speedup=None,
+        cold_start_s=round(cold["session_s"] + cold["first_inference_s"].get(str(batch), 0.0), 4) if cold else
+        None if isolate else round(b.session_s + first_model, 4),
+        peak_rss_mb=cold["peak_rss_mb"].get(str(batch)) if cold else None if isolate else maxrss_mb(),
+        gpu_mem_mb=(cold or {}).get("gpu_mem_mb") if isolate or kind == "cpu" else gpu_mem_of_pid(os.getpid()),
         decode_share=None if mode == "model" else b.decode_share(mode))
+
+
+def _baselines(rows: list) -> None:
+    """Each row's speed-up over PyTorch eager FP32 on its device, else ORT FP32 (PyTorch has no 12 MP rows)."""
+    by = {(r.key, r.mode): r for r in rows}
+    for row in rows:
+        tdev = row.device.replace("tensorrt", "cuda")
+        ref = next((by[k, row.mode] for k in (f"torch-eager/{tdev}/fp32", f"onnxruntime/{row.device}/fp32")
+                    if (k, row.mode) in by), None)
+        row.baseline = ref and ref.key
+        row.speedup = round(row.throughput_ips.median / ref.throughput_ips.median, 3) \
+            if ref and ref.throughput_ips.median else None
 
 
 def _measure_accuracy(s: Subject, bench: Bench) -> None:
     """Each precision's accuracy on the recipe's split (--data), on CPU with ONNX Runtime."""
     opts = bench.opts
-    if not opts.data:
-        return
-    for p in s.precisions:
+    for p in s.precisions if opts.data else ():
         bench.progress.live(f"accuracy of {p} on the {opts.split} split of {opts.data}")
         res = evaluate_onnx(s.infos[p]["path"], opts.data, split=opts.split, threads=bench.plan.threads, quiet=True)
         accuracy = {"split": opts.split, "top1": res.get("top1"), "top5": res.get("top5"), "n": res.get("n"),
@@ -303,3 +292,5 @@ def _measure_accuracy(s: Subject, bench: Bench) -> None:
         for b in s.backends:
             if b.record.backend == DEFAULT_ENGINE and b.record.precision == p:  # evaluate_onnx's engine
                 b.record.accuracy = accuracy
+                for row in (r for r in s.rows if r.key == b.record.key):
+                    row.top1 = accuracy["top1"]

@@ -1,7 +1,5 @@
-"""Timing: warm-up, interleaved rounds and their statistics, and the progress line.
-
-Shared by the inference benchmark (run.py) and the training one (toolkit.train.benchmark).
-"""
+"""Timing, shared by the inference benchmark (run.py), its peaks and the training one (toolkit.train.benchmark):
+warm-up, interleaved rounds and their statistics, the best of a few calls, and the progress line."""
 from __future__ import annotations
 
 import math
@@ -82,6 +80,18 @@ def warm_up(fn: Callable[[], None], warmup: Optional[int]) -> tuple[float, float
         last = time.perf_counter() - t
         calls, spent = calls + 1, spent + last
     return first, last
+
+
+def time_best(fn: Callable[[], None], min_runs: int = 3, budget_s: float = 1.5, max_runs: int = 50) -> float:
+    """The fastest of at least `min_runs` calls (and up to `budget_s` seconds), after one warm-up call."""
+    fn()
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < min_runs or (spent < budget_s and runs < max_runs):
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        best, spent, runs = min(best, dt), spent + dt, runs + 1
+    return best
 
 
 def calls_per_block(iterations: Optional[int], duration: Optional[float], rounds: int, last_call_s: float) -> int:
