@@ -14,7 +14,7 @@ from toolkit.runtime.benchmark import peak as peak_mod
 LABELS = ["ant", "bee", "cat"]
 CROPS = {"small": 16, "mid": 24, "large": 32}  # the same net at three input sizes: three costs
 FAST = dict(batch_sizes=(1, 2), iterations=2, rounds=2, warmup=1, threads=1, quiet=True, isolate=False,
-            end_to_end=False, reference=False)
+            end_to_end=False)
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +75,7 @@ def compared(models, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(peak_mod, "PEAK_MATRIX", {"cpu": 128, "cuda": 1024})
     try:
-        return bench.compare_models(models, precision="fp32,int8", out_dir=out, plot=False, **FAST)
+        return bench.compare_models(models, precision="fp32,int8", out_dir=out, **FAST)
     finally:
         mp.undo()
 
@@ -109,7 +109,6 @@ def test_all_models_share_the_same_rounds(compared):
 
 def test_outputs_are_written(compared):
     files = compared["files"]
-    assert files["png"] is None
     with open(files["json"]) as fh:
         on_disk = json.load(fh)
     assert bench.validate_record(on_disk) == [] and on_disk["rows"] == compared["rows"]
@@ -133,7 +132,7 @@ def test_accuracy_and_pareto_with_data(models, tmp_path):
     pytest.importorskip("toolkit.train.data")
     recipe = _recipe(tmp_path)
     rec = bench.compare_models(models[:2], precision="fp32,int8", data=recipe, pareto_batch=1,
-                               out_dir=str(tmp_path / "o"), plot=True, **FAST)
+                               out_dir=str(tmp_path / "o"), **FAST)
     assert bench.validate_record(rec) == []
     assert rec["settings"]["pareto_batch"] == 1 and rec["settings"]["split"] == "val"
     for r in rec["rows"]:
@@ -148,12 +147,6 @@ def test_accuracy_and_pareto_with_data(models, tmp_path):
         with open(m["record"]) as fh:
             backends = json.load(fh)["backends"]
         assert all(b["accuracy"]["n"] == 6 for b in backends)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        assert rec["files"]["png"] is None
-    else:
-        assert os.path.getsize(rec["files"]["png"]) > 0
 
 
 def test_mismatched_labels_are_one_clear_error_before_timing(models, tmp_path):
@@ -165,7 +158,7 @@ def test_mismatched_labels_are_one_clear_error_before_timing(models, tmp_path):
         bench.compare_models([models[0], other], data=_recipe(tmp_path), out_dir=str(out), **FAST)
     assert not out.exists()  # nothing half-written
     # Without --data the labels don't matter: speed alone compares.
-    rec = bench.compare_models([models[0], other], out_dir=str(out), plot=False, **{**FAST, "batch_sizes": (1,)})
+    rec = bench.compare_models([models[0], other], out_dir=str(out), **{**FAST, "batch_sizes": (1,)})
     assert {r["model"] for r in rec["rows"]} == {"small", "dogs"}
 
 
@@ -173,7 +166,7 @@ def test_every_peak_is_measured_once_for_all_models(models, tmp_path, monkeypatc
     measured = []
     real = peak_mod.measure_peak
     monkeypatch.setattr(peak_mod, "measure_peak", lambda *a, **k: measured.append(a[:3]) or real(*a, **k))
-    rec = bench.compare_models(models[:2], precision="fp32,int8", out_dir=str(tmp_path / "o"), plot=False,
+    rec = bench.compare_models(models[:2], precision="fp32,int8", out_dir=str(tmp_path / "o"),
                                **{**FAST, "batch_sizes": (1,)})
     assert sorted(measured) == [("cpu", 1, "fp32"), ("cpu", 1, "int8")]
     peaks = []

@@ -71,20 +71,21 @@ class TorchBackend:
         self.jpegs = jpegs["end_to_end"]
         self.split.reset()
 
-    def run(self, mode: str) -> None:
+    def _top_k(self, arrays: list) -> None:
+        """The ONNX rows' end-to-end steps after decoding: normalise, the model, softmax and top-k on the host."""
         torch = self.torch
-        if mode == "end_to_end":   # the ONNX rows' steps: the decode pool, then the model
-            pixels, start = self.split.decode(lambda j: self.preprocess.pixels(j, formats=SERVE_FORMATS), self.jpegs)
-            decoded = time.perf_counter()
-            logits = self._forward(torch.from_numpy(self.preprocess.normalize(np.stack(pixels))).to(self.dev))
-            with torch.inference_mode():
-                top = torch.softmax(logits.float(), dim=1).topk(min(E2E_TOP_K, logits.shape[1]), dim=1)
-                top.values.cpu(), top.indices.cpu()
-            self.split.add(mode, start, decoded)
-        else:
-            self._forward(self.x)
-            if self.dev.type == "cuda":
-                torch.cuda.synchronize()
+        logits = self._forward(torch.from_numpy(self.preprocess.normalize(np.stack(arrays))).to(self.dev))
+        with torch.inference_mode():
+            top = torch.softmax(logits.float(), dim=1).topk(min(E2E_TOP_K, logits.shape[1]), dim=1)
+            top.values.cpu(), top.indices.cpu()
+
+    def run(self, mode: str) -> None:
+        if mode == "end_to_end":  # on the same decode pool as the ONNX rows
+            self.split.call(mode, lambda j: self.preprocess.pixels(j, formats=SERVE_FORMATS), self.jpegs, self._top_k)
+            return
+        self._forward(self.x)
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize()
 
     def decode_share(self, mode: str) -> Optional[float]:
         return self.split.share(mode)

@@ -9,12 +9,10 @@ spec["probe"] names (probe_onnx here, the torch side's probe_torch), which build
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,8 +24,10 @@ from toolkit.errors import UserError
 from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, maxrss_mb
 from toolkit.runtime.benchmark.options import Combo
 from toolkit.runtime.benchmark.records import E2E_IMAGES, E2E_JPEG_QUALITY, E2E_TOP_K, BackendRecord, Skipped
+from toolkit.runtime.cold_start import run_fresh
 from toolkit.runtime.decode_pool import shared_pool
-from toolkit.runtime.engines import EngineOptions, OpenVinoOptions, adapter_for
+from toolkit.runtime.engines import EngineOptions
+
 
 class Backend(Protocol):
     """One loaded model the rounds time."""
@@ -68,31 +68,28 @@ def synthetic_jpegs(count: int, size: tuple = E2E_IMAGES["end_to_end"], seed: in
 
 
 class DecodeSplit:
-    """The end-to-end calls' decode and total seconds per mode: decode on the decode pool (every core), then
-    the model; `share(mode)` is the median share of a call's wall time that went to decoding."""
+    """End-to-end calls timed in two parts: decoding on the decode pool (every core), then the model;
+    share(mode) is the median share of a call's wall time that went to decoding."""
 
     def __init__(self):
-        self.calls: dict = {}   # mode -> [(decode_s, total_s)] since the last reset (the first call left out)
+        self.calls: dict = {}  # mode -> [(decode_s, total_s)] since the last reset
 
     def reset(self) -> None:
         self.calls = {}
 
-    def decode(self, fn: Callable, jpegs: list) -> tuple[list, float]:
-        """[fn(jpeg)] decoded on the shared pool, in order (the first error raised), and the start time."""
-        start = time.perf_counter()
-        out = []
-        for _, value, error in shared_pool().ordered(fn, jpegs, ahead=len(jpegs)):
+    def call(self, mode: str, decode: Callable, jpegs: list, model: Callable[[list], object]) -> None:
+        """model([decode(jpeg)]), decoded on the shared pool in order (the first error raised)."""
+        start, arrays = time.perf_counter(), []
+        for _, value, error in shared_pool().ordered(decode, jpegs, ahead=len(jpegs)):
             if error is not None:
                 raise error
-            out.append(value)
-        return out, start
-
-    def add(self, mode: str, start: float, decoded: float) -> None:
+            arrays.append(value)
+        decoded = time.perf_counter()
+        model(arrays)
         self.calls.setdefault(mode, []).append((decoded - start, time.perf_counter() - start))
 
     def share(self, mode: str) -> Optional[float]:
-        calls = self.calls.get(mode, [])[1:]   # the first call at a batch size pays one-off costs
-        shares = [d / t for d, t in calls if t > 0]
+        shares = [d / t for d, t in self.calls.get(mode, [])[1:] if t > 0]  # the first call pays one-off costs
         return round(float(np.median(shares)), 4) if shares else None
 
 
@@ -102,12 +99,11 @@ class OnnxBackend:
     modes = ("model", "end_to_end", "end_to_end_12mp")
     may_fail = False
 
-    def __init__(self, info: dict, combo: Combo, threads: int, max_batch: int, cache_dir: Optional[str] = None):
+    def __init__(self, info: dict, combo: Combo, threads: int, max_batch: int):
         from toolkit.runtime.predictor import Predictor
 
         self.combo = combo
-        options = EngineOptions(device=combo.device, threads=threads, precision=combo.inference_precision,
-                                openvino=OpenVinoOptions(cache_dir=cache_dir))
+        options = EngineOptions(device=combo.device, threads=threads, precision=combo.inference_precision)
         t = time.perf_counter()
         try:  # the Predictor owns provider truth: asking for CUDA where it can't load is a UserError there
             self.predictor = p = Predictor(info["path"], batch_size=max_batch, engine=combo.engine, options=options)
@@ -130,10 +126,9 @@ class OnnxBackend:
         self.split = DecodeSplit()
 
     def cold_start(self, threads: int, sizes: tuple) -> dict:
-        spec = {"probe": f"{__name__}:probe_onnx", "path": self.record.file, "engine": self.combo.engine, "device": self.combo.device, "threads": threads,
-                "batch_sizes": list(sizes), "precision": self.combo.precision}
-        probe, cache = adapter_for(self.combo.engine).cold_starts(spec, run_probe)  # OpenVINO: its model cache too
-        return {**probe, "model_cache": cache} if cache is not None and "error" not in probe else probe
+        return run_probe({"probe": f"{__name__}:probe_onnx", "path": self.record.file, "engine": self.combo.engine,
+                          "device": self.combo.device, "threads": threads, "batch_sizes": list(sizes),
+                          "precision": self.combo.precision})
 
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
         x = pixels if self.predictor.raw else self.predictor.preprocess.normalize(pixels)
@@ -143,29 +138,23 @@ class OnnxBackend:
         self.split.reset()
 
     def run(self, mode: str) -> None:
-        if mode == "model":
-            self.call()
-            return
-        # Predictor.predict's own steps for one batch, timed in two parts: the pool decodes, then the model
-        p = self.predictor
-        arrays, start = self.split.decode(p.prepare_one, self.jpegs[mode])
-        decoded = time.perf_counter()
-        p.predict_batch(np.stack(arrays), E2E_TOP_K)
-        self.split.add(mode, start, decoded)
+        p = self.predictor  # end to end: Predictor.predict's own steps for one batch
+        self.call() if mode == "model" else self.split.call(
+            mode, p.prepare_one, self.jpegs[mode], lambda arrays: p.predict_batch(np.stack(arrays), E2E_TOP_K))
 
     def decode_share(self, mode: str) -> Optional[float]:
         return self.split.share(mode)
 
 
 def probe_onnx(spec: dict) -> dict:
-    """The cold-start probe in a fresh interpreter (run_probe): one OnnxBackend (ORT's session, OpenVINO's read + compile: compile_s), then the first inference per batch
-    size and the memory (probe.first_runs)."""
+    """The cold-start probe in a fresh interpreter (run_probe): one OnnxBackend (ORT's session, OpenVINO's
+    read + compile: compile_s), then the first inference per batch size and the memory (first_runs)."""
     t0 = time.perf_counter()
     from toolkit.runtime.predictor import Predictor  # noqa: F401 - its import counts in import_s
     out: dict = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
     info = {"path": spec["path"], "file_bytes": None, "flops": {"flops": 0, "by_op": {}}}
     b = OnnxBackend(info, Combo(spec["engine"], spec["device"], spec["precision"]), spec["threads"],
-                    max(spec["batch_sizes"]), spec.get("cache_dir"))
+                    max(spec["batch_sizes"]))
     out.update(session_s=b.session_s, provider=b.record.provider, compile_s=b.predictor.engine_info.load_s)
     crop = b.predictor.preprocess.crop
 
@@ -189,33 +178,20 @@ def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
     return out
 
 
-_PROBE = ("import importlib, json, sys; spec = json.loads(sys.argv[1]); module, _, name = spec['probe'].partition(':'); "
-          "print(json.dumps(getattr(importlib.import_module(module), name)(spec)))")
-
-
 def run_probe(spec: dict, timeout: float = 3600) -> dict:
-    """The probe spec["probe"] ("module:function") names, run on `spec` in a fresh interpreter: its result
-    (seconds and MB to 4 decimals), or {"error": why}."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    cache = None
-    if spec.get("compile"):  # a cold start compiles from nothing: inductor's on-disk cache starts empty
-        cache = env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="toolkit-inductor-")
+    """The cold-start probe spec["probe"] names, run on `spec` in a fresh interpreter, or {"error": why}."""
+    cache = tempfile.mkdtemp(prefix="toolkit-inductor-") if spec.get("compile") else None
     t = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(spec)], capture_output=True, text=True,
-                              env=env, timeout=timeout)
+    try:  # a cold start compiles from nothing: inductor's on-disk cache starts empty
+        out = run_fresh(spec, timeout, {"TORCHINDUCTOR_CACHE_DIR": cache} if cache else None)
     except subprocess.TimeoutExpired:
         return {"error": f"cold-start probe timed out after {timeout:.0f}s"}
+    except RuntimeError as exc:
+        return {"error": f"cold-start probe failed: {str(exc)[:300]}"}
     finally:
         if cache:
             shutil.rmtree(cache, ignore_errors=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"cold-start probe failed: {tail[:300]}"}
-    return {**json.loads(lines[-1], parse_float=lambda v: round(float(v), 4)),
-            "process_wall_s": round(time.perf_counter() - t, 3), "isolated": True}
+    return {**out, "process_wall_s": round(time.perf_counter() - t, 3), "isolated": True}
 
 
 def load_onnx_backends(infos: dict, combos: list, skipped: list, threads: int, max_batch: int,

@@ -1,8 +1,9 @@
 """The benchmark records as dataclasses: benchmark.json / compare.json are `dataclasses.asdict` of them,
 their JSON Schema is derived from these classes, and validate_record checks a record with jsonschema.
 
-SCHEMA_VERSION 5 (4: results[].decode_share; 5: no plots, no reference GEMM in the rounds: files.png,
-settings.reference, peaks[].in_rounds, results[].fraction_of_gemm_in_rounds gone). docs/benchmark.md
+SCHEMA_VERSION 5 (4: results[].decode_share; 5: no plots, no reference GEMM in the rounds, no OpenVINO
+model-cache cold starts: files.png, settings.reference, peaks[].in_rounds, results[].fraction_of_gemm_in_rounds,
+backends[].cold_start.model_cache gone). docs/benchmark.md
 documents every field. Standard library only at import.
 """
 from __future__ import annotations
@@ -34,9 +35,8 @@ TIMED = {
                   "fresh Python process (import time excluded, listed separately); batch sizes run in ascending "
                   "order in that process, so a later size's first run follows the earlier ones; torch.compile "
                   "starts there with an empty inductor cache, so its cold start includes compiling; OpenVINO's "
-                  "session time is its compile, without a model cache (model_cache has it without a cache, with "
-                  "an empty one being filled and with the filled one, each in its own fresh process). Without "
-                  "isolation: measured in the benchmark process itself.",
+                  "session time is its compile, without a model cache. Without isolation: measured in the "
+                  "benchmark process itself.",
     "peak_rss": "peak resident set size (Linux VmHWM, else getrusage ru_maxrss) of the fresh process that "
                 "created only this backend and ran batch sizes up to this one: Python + libraries + model + "
                 "buffers. rss_base_mb in the backend's cold_start is the same process before the model was "

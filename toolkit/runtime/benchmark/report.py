@@ -147,13 +147,6 @@ def _header(record: dict) -> list:
              + " per backend x mode x batch size, interleaved"]
     lines += [f"peak {pk['precision']} GEMM on {pk['device']}: {pk['gflops']:.0f} GFLOP/s ({pk['engine']}, "
               f"{pk['matrix']}x{pk['matrix']}, measured before the timing)" for pk in record["peaks"] if pk["gflops"]]
-    for b in record["backends"]:  # OpenVINO's cold start (compile + first inference, smallest batch) by model cache
-        cache = (b["cold_start"] or {}).get("model_cache")
-        if cache:
-            cells = [f"{label} {_fmt(c.get('session_s'), '.2f')} s + "
-                     f"{_fmt(next(iter((c.get('first_inference_s') or {}).values()), None), '.3f')} s"
-                     for label, c in zip(("no cache", "empty cache", "warm cache"), cache.values())]
-            lines.append(f"cold start {b['key']} (compile + first inference): " + ", ".join(cells))
     return lines
 
 

@@ -10,7 +10,7 @@
     names.py               the names table (ENGINES, aliases, parse_engine / parse_precision, adapter_for)
     base.py                Engine (the protocol), Adapter (shared parts, capabilities), EngineInfo, EngineOptions
     onnxruntime_adapter.py ONNX Runtime (provider truth in toolkit.runtime.session)
-    openvino_adapter.py    OpenVINO (openvino_core: the process-wide Core; openvino_bench: its peaks, cold start)
+    openvino_adapter.py    OpenVINO (openvino_core: the process-wide Core; openvino_bench: its GEMM peaks)
 
 Importing this package imports no engine library and no numpy: adapters load on first use.
 """

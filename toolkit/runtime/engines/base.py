@@ -173,11 +173,6 @@ class Adapter:
         return []
 
     @classmethod
-    def cold_starts(cls, spec: dict, run_probe: Callable[[dict], dict]) -> tuple[dict, Optional[dict]]:
-        """(the fresh-process cold start, extra variants or None): ONNX Runtime has no model cache."""
-        return run_probe(spec), None
-
-    @classmethod
     def require(cls, precision: str, device: str = "cpu", where: str = "precision", fix: str = "") -> None:
         """A UserError starting with `where` (ending with `fix`), before any slow work, when this machine
         can't run `precision` on `device`. Nothing to check by default: parse_precision has checked the name."""

@@ -170,11 +170,6 @@ class OpenVinoEngine(Adapter):
 
         return openvino_bench.gemm_peaks(precision)
 
-    @classmethod
-    def cold_starts(cls, spec: dict, run_probe) -> tuple:
-
-        return openvino_bench.cold_starts_with_cache(spec, run_probe)
-
     def __repr__(self) -> str:
         i = self.info
         return f"OpenVinoEngine({self.path!r}, device={i.device}, precision={i.precision}, hint={i.hint}, " \

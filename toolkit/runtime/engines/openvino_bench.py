@@ -1,13 +1,10 @@
-"""OpenVINO's share of the benchmark, asked through its adapter (OpenVinoEngine.gemm_peaks / cold_starts):
-its GEMM peaks (FP32, BF16, INT8) and its cold start with and without a model cache (CACHE_DIR).
+"""OpenVINO's share of the benchmark, asked through its adapter (OpenVinoEngine.gemm_peaks): its GEMM peaks
+(FP32, BF16, INT8).
 
 These run only when `--engine openvino` is asked for; every compile goes through the shared Core.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from typing import Callable
 
 import numpy as np
@@ -67,30 +64,3 @@ def gemm_peaks(precision: str) -> list:
         return []
     return [(f"openvino {_PEAK_LABELS[precision]}",
              lambda n, threads, time_best: ov_gemm_peak(n, precision, threads, time_best))]
-
-
-def _first(probe: dict) -> dict:
-    """The cold-start figures of one probe: compile (session) and the first inference per batch size."""
-    if "error" in probe:
-        return {"error": probe["error"]}
-    return {"session_s": round(probe["session_s"], 4), "compile_s": round(probe.get("compile_s") or 0.0, 4),
-            "first_inference_s": {k: round(v, 4) for k, v in probe["first_inference_s"].items()},
-            "process_wall_s": probe.get("process_wall_s")}
-
-
-def _folder_bytes(path: str) -> int:
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
-
-
-def cold_starts_with_cache(spec: dict, run_probe: Callable[[dict], dict]) -> tuple[dict, dict]:
-    """(the probe without a model cache, {"none", "cold", "warm"}): three fresh processes, one without
-    CACHE_DIR, one with an empty cache it fills, one with that filled cache."""
-    plain = run_probe(spec)
-    cache = tempfile.mkdtemp(prefix="toolkit-ov-cache-")
-    try:
-        cold = run_probe({**spec, "cache_dir": cache})
-        filled = _folder_bytes(cache)
-        warm = run_probe({**spec, "cache_dir": cache})
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    return plain, {"none": _first(plain), "cold": {**_first(cold), "cache_bytes": filled}, "warm": _first(warm)}
