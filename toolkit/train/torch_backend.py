@@ -1,10 +1,7 @@
-"""`toolkit benchmark --torch / --compile`: the PyTorch side of the inference benchmark.
-
-The run's PyTorch model (eager FP32; on CUDA also autocast FP16; torch.compile) timed beside the
-ONNX Runtime sessions, and its cold-start probe (probe_torch, in a fresh process).
-The CLI hands load_torch_backends to toolkit.runtime.benchmark.run_benchmark (`torch_backends`): the
-runtime never imports this module. torch itself is imported inside the functions, so that the probe's
-import_s and rss_base_mb include it.
+"""`toolkit benchmark --torch / --compile`: the run's PyTorch model (eager FP32; on CUDA also autocast FP16;
+torch.compile) timed beside the ONNX sessions, and its cold-start probe (probe_torch, in a fresh process).
+The CLI hands load_torch_backends to toolkit.runtime.benchmark.run_benchmark (`torch_backends`): the runtime
+never imports this module. torch is imported inside the functions, so the probe's import_s includes it.
 """
 from __future__ import annotations
 
@@ -23,10 +20,6 @@ from toolkit.runtime.benchmark.backends import DecodeSplit, first_runs, run_prob
 from toolkit.runtime.benchmark.records import E2E_TOP_K
 
 
-def _provider(compiled: bool) -> str:
-    return "torch.compile (inductor)" if compiled else "PyTorch eager"
-
-
 class TorchBackend:
     """The run's PyTorch model from its checkpoint, eager or compiled, FP32 or autocast FP16
     (toolkit.runtime.benchmark.Backend)."""
@@ -41,29 +34,25 @@ class TorchBackend:
 
         self.torch, self.amp, self.preprocess, self.may_fail = torch, amp, preprocess, compiled
         backend, precision = ("torch-compile" if compiled else "torch-eager"), ("fp16-amp" if amp else "fp32")
+        provider = "torch.compile (inductor)" if compiled else "PyTorch eager"
         torch.set_num_threads(int(threads))
         t = time.perf_counter()
         model, ckpt = model_from_checkpoint(checkpoint)
         self.dev = torch.device(device)  # cpu, cuda or cuda:N
         model = model.to(self.dev).eval()
         self.model = torch.compile(model) if compiled else model
-        self.session_s = time.perf_counter() - t
-        self.split = DecodeSplit()
+        self.session_s, self.split = time.perf_counter() - t, DecodeSplit()
         self.crop = int(ckpt["recipe"]["preprocess"]["crop"])
         self.record = BackendRecord(
-            key=f"{backend}/{device}/{precision}", backend=backend, engine="torch", engine_device=_provider(compiled),
-            inference_precision=precision, device=device, precision=precision, provider=_provider(compiled),
-            providers=[_provider(compiled)], file=checkpoint, file_bytes=os.path.getsize(checkpoint),
-            flops_per_image=flops, flops_by_op={}, provider_options={},
-            session_options={"torch_threads": torch.get_num_threads(), "inference_mode": True,
-                             "autocast": "float16" if amp else None, "compile": compiled})
+            key=f"{backend}/{device}/{precision}", backend=backend, engine="torch", engine_device=provider,
+            inference_precision=precision, device=device, precision=precision, provider=provider, providers=[provider],
+            file=checkpoint, file_bytes=os.path.getsize(checkpoint), flops_per_image=flops, flops_by_op={},
+            provider_options={}, session_options={"torch_threads": torch.get_num_threads(), "inference_mode": True,
+                                                  "autocast": "float16" if amp else None, "compile": compiled})
 
     def _forward(self, x):
         torch = self.torch
-        with torch.inference_mode():
-            if self.amp:
-                with torch.autocast("cuda", dtype=torch.float16):
-                    return self.model(x)
+        with torch.inference_mode(), torch.autocast(self.dev.type, dtype=torch.float16, enabled=self.amp):
             return self.model(x)
 
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
@@ -92,84 +81,64 @@ class TorchBackend:
 
     def cold_start(self, threads: int, sizes: tuple) -> dict:
         """probe_torch in a fresh process (torch.compile's starts with an empty inductor cache)."""
-        return run_probe({"probe": f"{__name__}:probe_torch", "checkpoint": self.record.file, "device": self.record.device,
-                          "threads": threads, "batch_sizes": list(sizes), "compile": self.may_fail, "amp": self.amp})
+        return run_probe({"probe": f"{__name__}:probe_torch", "checkpoint": self.record.file, "threads": threads,
+                          "device": self.record.device, "batch_sizes": list(sizes), "compile": self.may_fail,
+                          "amp": self.amp})
 
 
 def find_checkpoint(meta: dict, model_path: str, checkpoint: Optional[str]) -> str:
     """The checkpoint the export was made from: `checkpoint` when given, else what its metadata names."""
     if checkpoint:
         return artifacts.run_checkpoint(os.fspath(checkpoint))
-    tried = []
-    ckpt = meta.get("checkpoint")
-    if isinstance(ckpt, str) and ckpt:
-        candidates = [ckpt]
-        if not os.path.isabs(ckpt):  # written relative to the project root, which holds exports/
-            candidates.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(model_path))), ckpt))
-        for c in candidates:
-            if os.path.isfile(c):
-                return c
-        tried.append(ckpt)
-    run = meta.get("source_run")
-    if isinstance(run, str) and run:
+    ckpt, run = (meta.get(k) if isinstance(meta.get(k), str) else None for k in ("checkpoint", "source_run"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(model_path)))  # relative paths: the root above exports/
+    for c in [ckpt, os.path.join(root, ckpt)] if ckpt else []:
+        if os.path.isfile(c):
+            return c
+    if run:
         try:
             return artifacts.run_checkpoint(run)
         except UserError:
-            tried.append(run)
+            pass
+    tried = [x for x in (ckpt, run) if x]
     where = f" (looked for {', '.join(tried)})" if tried else " (its metadata names no checkpoint)"
     raise UserError(f"--torch: the PyTorch checkpoint of {model_path} is not here{where}; expected the run that "
                     "exported it, or pass checkpoint=PATH")
 
 
-def _variants(device: str, eager: bool, compiled: bool) -> list:
-    """(compiled, amp) pairs to load on one device: eager FP32, eager autocast FP16 on CUDA, compiled FP32."""
-    out = [(False, False)] if eager else []
-    if device != "cpu" and eager:
-        out.append((False, True))
-    if compiled:
-        out.append((True, False))
-    return out
-
-
 def load_torch_backends(info: dict, preprocess, devices: tuple, threads: int, options,
                         live: Callable[[str], None]) -> ExtraBackends:
-    """The PyTorch model of the export's checkpoint on each device (TensorRT's card for tensorrt), eager
-    (options.torch) and compiled (options.compile): toolkit.runtime.benchmark.BackendLoader. A
+    """The PyTorch model of the export's checkpoint on each device (TensorRT's card for tensorrt): eager FP32
+    (options.torch; on CUDA also autocast FP16) and compiled (options.compile): a BackendLoader. A
     torch.compile that fails to build is a failed backend, not an error."""
     import torch
+
+    from toolkit.train.checkpoint import sha256_file
 
     meta, flops = info["metadata"], info["flops"]["flops"]  # PyTorch runs the FP32 graph's FLOPs
     checkpoint = find_checkpoint(meta, info["path"], options.checkpoint)
     backends, failed = [], []
     for device in dict.fromkeys(d.replace("tensorrt", "cuda") for d in devices):
-        for use_compile, amp in _variants(device, options.torch, options.compile):
+        variants = [(False, False)] * options.torch + [(False, True)] * (options.torch and device != "cpu") \
+            + [(True, False)] * options.compile  # (compiled, amp)
+        for use_compile, amp in variants:
             live(f"loading PyTorch {'compile' if use_compile else 'eager'} on {device}")
             if device != "cpu" and not torch.cuda.is_available():
                 raise UserError("device cuda: torch sees no CUDA device for the --torch baseline; "
                                 "install a CUDA build of torch or drop --torch")
             try:
                 backends.append(TorchBackend(checkpoint, device, threads, use_compile, amp, preprocess, flops))
-            except UserError:
-                raise
             except Exception as exc:  # noqa: BLE001 - torch.compile may not work here; say why
-                if not use_compile:
+                if not use_compile or isinstance(exc, UserError):
                     raise
                 failed.append(BackendRecord(
                     key=f"torch-compile/{device}/fp32", backend="torch-compile", engine="torch", device=device,
                     precision="fp32", providers=[], file=checkpoint, flops_per_image=flops, flops_by_op={},
                     session_options={}, provider_options={}, status="failed", error=first_line(exc, 300)))
-    note = checkpoint_note(checkpoint, meta)
-    return ExtraBackends(backends, failed, checkpoint, [note] if note else [])
-
-
-def checkpoint_note(checkpoint: str, meta: dict) -> Optional[str]:
-    """A note when the checkpoint is not the one the export was made from (its sha256 differs)."""
-    from toolkit.train.checkpoint import sha256_file
-
-    if not meta.get("checkpoint_sha256") or sha256_file(checkpoint) == meta["checkpoint_sha256"]:
-        return None
-    return (f"{checkpoint} is not the checkpoint this model was exported from (sha256 differs); the "
-            "PyTorch rows time another set of weights of the same architecture")
+    other = meta.get("checkpoint_sha256") and sha256_file(checkpoint) != meta["checkpoint_sha256"]
+    notes = [f"{checkpoint} is not the checkpoint this model was exported from (sha256 differs); the PyTorch rows "
+             "time another set of weights of the same architecture"] * bool(other)
+    return ExtraBackends(backends, failed, checkpoint, notes)
 
 
 def probe_torch(spec: dict) -> dict:

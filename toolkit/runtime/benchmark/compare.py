@@ -46,10 +46,9 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
                         f"({', '.join(map(str, sizes))}); expected one of them")
     out_dir = bench.opts.out_dir or default_out_dir("compare")
     subjects = []
-    for model in models:
-        s = open_subject(os.fspath(model), bench, lambda name: name)
-        names = {x.name for x in subjects}
-        s.name = next(n for n in [s.name] + [f"{s.name}-{k}" for k in range(2, len(models) + 2)] if n not in names)
+    for s in (open_subject(os.fspath(model), bench) for model in models):  # each its own folder, named uniquely
+        s.name = next(n for n in [s.name] + [f"{s.name}-{k}" for k in range(2, len(models) + 2)]
+                      if n not in {x.name for x in subjects})
         s.out_dir = os.path.join(out_dir, s.name)
         subjects.append(s)
     if bench.opts.data:

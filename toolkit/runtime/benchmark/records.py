@@ -20,39 +20,27 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEVICES = ("cpu", "cuda", "tensorrt")
 MODES = ("model", "end_to_end", "end_to_end_12mp")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
-TIMED = {
-    "model": "model only: one session.run (ORT) or model(x) under torch.inference_mode (PyTorch) on a batch "
-             "already decoded, preprocessed and in the model's dtype and layout; the logits come back to host "
-             "memory on CPU. On CUDA the input sits on the device (ORT IO binding, torch tensor on cuda), the "
-             "output stays there, and each call is synchronised before the clock stops.",
-    "end_to_end": "end to end: Predictor.predict on `batch` in-memory JPEG files (500x375, quality 90): decode "
-                  "(Pillow) + resize/crop (toolkit.preprocess) on the decode pool (toolkit.runtime.decode_pool: "
-                  "one thread per core), then normalise + inference + softmax + top-5. PyTorch rows do the same "
-                  "decode and preprocessing, then torch.from_numpy, model, softmax and topk. decode_share: the "
-                  "median share of a call's wall time spent until every image was decoded (the rest: the model).",
+TIMED = {  # what each number means; docs/benchmark.md says more
+    "model": "model only: one session.run (ORT) or model(x) under torch.inference_mode on a batch already decoded, "
+             "preprocessed and in the model's dtype; logits back in host memory on CPU; on CUDA input and output "
+             "stay on the device (IO binding) and each call is synchronised",
+    "end_to_end": "Predictor.predict on `batch` in-memory 500x375 JPEGs (quality 90): decode + resize/crop on the "
+                  "decode pool (one thread per core), then normalise + inference + softmax + top-5 (PyTorch rows: "
+                  "the same steps in torch); decode_share: the median share of a call spent until every image "
+                  "was decoded",
     "end_to_end_12mp": "the same as end_to_end on 4032x3024 JPEGs (12 MP phone photos), ONNX engines only",
-    "cold_start": "session (or PyTorch model) creation + the first model-only inference at that batch size, in a "
-                  "fresh Python process (import time excluded, listed separately); batch sizes run in ascending "
-                  "order in that process, so a later size's first run follows the earlier ones; torch.compile "
-                  "starts there with an empty inductor cache, so its cold start includes compiling; OpenVINO's "
-                  "session time is its compile, without a model cache. Without isolation: measured in the "
-                  "benchmark process itself.",
-    "peak_rss": "peak resident set size (Linux VmHWM, else getrusage ru_maxrss) of the fresh process that "
-                "created only this backend and ran batch sizes up to this one: Python + libraries + model + "
-                "buffers. rss_base_mb in the backend's cold_start is the same process before the model was "
-                "loaded. Without isolation it is the benchmark process's peak so far (all backends together).",
-    "gpu_memory": "GPU memory used by that fresh process (nvidia-smi, CUDA context included); PyTorch also "
-                  "reports torch.cuda.max_memory_allocated.",
-    "throughput": "images per second: per round, batch x iterations / time of that round's block; the "
-                  "median over rounds, with min/max and quartiles over rounds",
-    "latency": "milliseconds per call (one batch) over every timed iteration: percentiles p50/p90/p95/p99, "
-               "mean, min, max, IQR; latency_per_image_ms is the same divided by the batch size",
-    "gflops": "FLOPs per image counted from the ONNX graph (2 x multiply-accumulates of Conv/Gemm/MatMul and "
-              "their quantized forms) x median throughput; fraction_of_peak divides it by the FP32 GEMM peak "
-              "of the same device, measured once before the timing (an INT8 or FP16 row can pass 1.0: it is "
-              "FP32-equivalent work); fraction_of_precision_peak divides it by the GEMM peak of the row's own "
-              "precision (peak_precision: fp32, bf16, int8 or fp16), each peak the fastest of the engines "
-              "available (peaks[].engine)",
+    "cold_start": "session (or model) creation + the first model-only inference at that batch size, in a fresh "
+                  "Python process (import time apart), batch sizes ascending; torch.compile with an empty inductor "
+                  "cache; OpenVINO's session time is its compile. Without isolation: in the benchmark process",
+    "peak_rss": "peak resident set size (VmHWM) of that fresh process after this batch size (rss_base_mb: before "
+                "the model); without isolation the benchmark process's peak so far",
+    "gpu_memory": "GPU memory of that fresh process (nvidia-smi, CUDA context included)",
+    "throughput": "images/s per round (batch x calls / the round's block time): median, min/max, quartiles",
+    "latency": "ms per call over every timed call: p50/p90/p95/p99, mean, min, max, IQR; latency_per_image_ms: "
+               "the same / batch",
+    "gflops": "FLOPs per image (2 x the multiply-accumulates of Conv/Gemm/MatMul in the ONNX graph) x median "
+              "images/s; fraction_of_peak: of the FP32 GEMM peak of the device, measured once before the timing "
+              "(INT8/FP16 rows can pass 1.0); fraction_of_precision_peak: of the row's own precision's peak",
 }
 
 

@@ -38,7 +38,7 @@ class Subject:
     base: str  # the FP32 export; its twins sit beside it
     infos: dict  # precision -> inspect_model of the file it reads ("fp32": the base)
     precisions: tuple
-    out_dir: str
+    out_dir: str = ""  # where its record goes
     skipped: list = field(default_factory=list)  # [Skipped]
     backends: list = field(default_factory=list)  # [Backend], loaded
     failed: list = field(default_factory=list)  # [BackendRecord] of backends that never loaded
@@ -49,17 +49,9 @@ class Subject:
     schedule: list = field(default_factory=list)  # [Block] of its backends
     first_runs: dict = field(default_factory=dict)  # (key, mode, batch) -> seconds of the first call
 
-    @property
-    def info(self) -> dict:
-        return self.infos["fp32"]
-
-    @property
-    def meta(self) -> dict:
-        return self.info["metadata"]
-
-    @property
-    def labels(self) -> list:
-        return self.info["contract"].labels
+    def __post_init__(self):
+        self.info = self.infos["fp32"]
+        self.meta, self.labels = self.info["metadata"], self.info["contract"].labels
 
 
 @dataclass
@@ -91,14 +83,15 @@ def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOption
     toolkit.train.torch_backend.load_torch_backends). Writes benchmark.json and .md into out_dir
     (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
     bench = start(options, fields)
-    subject = open_subject(model, bench, lambda name: bench.opts.out_dir or default_out_dir(name))
+    subject = open_subject(model, bench)
+    subject.out_dir = bench.opts.out_dir or default_out_dir(subject.name)
     measure([subject], bench, torch_backends)
     record = report.inference_record(subject, bench)
     report.publish(record, bench.opts.quiet, bench.say)
     return record
 
 
-def open_subject(model: Optional[str], bench: Bench, out_dir_of: Callable[[str], str]) -> Subject:
+def open_subject(model: Optional[str], bench: Bench) -> Subject:
     """The export and its precision twins: every file there and readable, the batch axis dynamic."""
     path = resolve_model(model, bench.opts.exports_dir, bench.say)
     base, twin_precision = base_of(path)
@@ -121,8 +114,7 @@ def open_subject(model: Optional[str], bench: Bench, out_dir_of: Callable[[str],
                         f"sizes {', '.join(map(str, sizes))} (re-export it with toolkit export)")
     infos.update({p: inspect_model(twin_path(base, p)) for p in files if p != "fp32"})
     infos.update({p: infos[file_precision(p)] for p in precisions})
-    name = os.path.basename(base)[:-len(".onnx")]
-    return Subject(name=name, base=base, infos=infos, precisions=precisions, out_dir=out_dir_of(name))
+    return Subject(name=os.path.basename(base)[:-len(".onnx")], base=base, infos=infos, precisions=precisions)
 
 
 def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader]) -> None:
@@ -195,11 +187,9 @@ def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
         s.rows.append(_row(s, bench, b, mode, batch, lat[entry], blocks[entry], iters[entry]))
     for s in subjects:
         _baselines([r for r in s.rows if r.batch == batch])
-    best = max(((s, r) for s in subjects for r in s.rows if r.batch == batch),
-               key=lambda sr: sr[1].throughput_ips.median, default=None)
-    if best:
-        bench.progress.line(f"batch {batch} done; fastest {best[0].name + ' ' if several else ''}{best[1].key} "
-                            f"{best[1].mode} {best[1].throughput_ips.median:.1f} img/s")
+    s, r = max(((s, r) for s in subjects for r in s.rows if r.batch == batch), key=lambda sr: sr[1].throughput_ips.median)
+    bench.progress.line(f"batch {batch} done; fastest {s.name + ' ' if several else ''}{r.key} {r.mode} "
+                        f"{r.throughput_ips.median:.1f} img/s")
 
 
 def _warm(s: Subject, bench: Bench, batch: int) -> list:

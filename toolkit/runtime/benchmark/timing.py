@@ -1,5 +1,5 @@
 """Timing, shared by the inference benchmark (run.py), its peaks and the training one (toolkit.train.benchmark):
-warm-up, interleaved rounds and their statistics, the best of a few calls, and the progress line."""
+calls timed until enough, warm-up, the best of a few calls, interleaved rounds, their statistics, progress."""
 from __future__ import annotations
 
 import math
@@ -19,9 +19,8 @@ class Progress:
     """A live line on stderr when it is a terminal; one line per step otherwise; nothing when quiet."""
 
     def __init__(self, enabled: bool):
-        self.enabled = enabled
+        self.enabled, self.start = enabled, time.perf_counter()
         self.tty = enabled and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-        self.start = time.perf_counter()
 
     def live(self, text: str) -> None:
         if self.tty:
@@ -39,59 +38,49 @@ class Progress:
             sys.stderr.flush()
 
 
+def timed_calls(fn: Callable[[], None], enough: Callable[[int, float], bool]) -> list:
+    """Seconds of each call of `fn`, called until enough(calls, seconds so far) (at least once)."""
+    times: list = []
+    while not times or not enough(len(times), sum(times)):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def warm_up(fn: Callable[[], None], warmup: Optional[int]) -> tuple[float, float]:
+    """Run `fn` until warm: `warmup` calls, or by default at least 3 and at least 0.5 s (at most 20).
+    Returns (seconds of the first call, seconds of the last call)."""
+    times = timed_calls(fn, lambda n, s: n >= int(warmup) if warmup is not None else n >= 3 and (s >= 0.5 or n >= 20))
+    return times[0], times[-1]
+
+
+def time_best(fn: Callable[[], None], min_runs: int = 3, budget_s: float = 1.5, max_runs: int = 50) -> float:
+    """The fastest of at least `min_runs` calls (and up to `budget_s` seconds), after one warm-up call."""
+    fn()
+    return min(timed_calls(fn, lambda n, s: n >= min_runs and (s >= budget_s or n >= max_runs)))
+
+
 def interleaved_rounds(entries: Sequence[tuple[str, Callable[[], None]]], rounds: int,
                        iterations: dict, on_block: Optional[Callable] = None) -> tuple[dict, dict, list]:
     """Time `entries` [(name, fn)] in `rounds` rounds; in round r the order starts at entry r mod n.
 
     iterations: {name: calls per block}. Returns ({name: [seconds per call]}, {name: [seconds per
     block]}, [the execution order as (round, name, calls)])."""
-    n = len(entries)
-    lat: dict[str, list] = {name: [] for name, _ in entries}
-    blocks: dict[str, list] = {name: [] for name, _ in entries}
+    lat: dict = {name: [] for name, _ in entries}
+    blocks: dict = {name: [] for name, _ in entries}
     order: list = []
     for r in range(rounds):
-        shift = r % n if n else 0
+        shift = r % len(entries) if entries else 0
         for name, fn in list(entries[shift:]) + list(entries[:shift]):
             k = int(iterations[name])
+            times = timed_calls(fn, lambda n, _: n >= k)
             order.append((r, name, k))
-            total = 0.0
-            for _ in range(k):
-                t = time.perf_counter()
-                fn()
-                dt = time.perf_counter() - t
-                lat[name].append(dt)
-                total += dt
-            blocks[name].append(total)
+            lat[name] += times
+            blocks[name].append(sum(times))
             if on_block:
-                on_block(r, name, k, total)
+                on_block(r, name, k, blocks[name][-1])
     return lat, blocks, order
-
-
-def warm_up(fn: Callable[[], None], warmup: Optional[int]) -> tuple[float, float]:
-    """Run `fn` until warm: `warmup` calls, or by default at least 3 and at least 0.5 s (at most 20).
-    Returns (seconds of the first call, seconds of the last call)."""
-    t = time.perf_counter()
-    fn()
-    first = last = time.perf_counter() - t
-    calls, spent = 1, 0.0
-    while (calls < int(warmup)) if warmup is not None else (calls < 3 or (spent < 0.5 and calls < 20)):
-        t = time.perf_counter()
-        fn()
-        last = time.perf_counter() - t
-        calls, spent = calls + 1, spent + last
-    return first, last
-
-
-def time_best(fn: Callable[[], None], min_runs: int = 3, budget_s: float = 1.5, max_runs: int = 50) -> float:
-    """The fastest of at least `min_runs` calls (and up to `budget_s` seconds), after one warm-up call."""
-    fn()
-    best, spent, runs = float("inf"), 0.0, 0
-    while runs < min_runs or (spent < budget_s and runs < max_runs):
-        t = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t
-        best, spent, runs = min(best, dt), spent + dt, runs + 1
-    return best
 
 
 def calls_per_block(iterations: Optional[int], duration: Optional[float], rounds: int, last_call_s: float) -> int:
