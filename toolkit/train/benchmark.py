@@ -79,7 +79,7 @@ def _settings(recipe, batch_size, device, timing: dict, loader_batches) -> Train
     iterations, warmup = timing["iterations"], timing["warmup"]
     return TrainSettings(device=str(recipe.train.device), threads=plan.threads, threads_source=plan.threads_source,
                          warmup=int(warmup) if warmup is not None else "auto", rounds=plan.rounds,
-                         iterations=int(iterations) if iterations is not None else None, duration_s=plan.duration,
+                         iterations=int(iterations) if iterations is not None else None, duration_s=plan.duration_s,
                          loader_batches=int(loader_batches or 0))  # 0: one pass, set when the loader is timed
 
 

@@ -15,7 +15,7 @@ from toolkit.parsing import parse_list
 from toolkit.datasets import SPLITS
 from toolkit.runtime.engines import INFERENCE_PRECISIONS, adapter_for, engines_with, parse_engines
 from toolkit.runtime.benchmark.machine import physical_cores
-from toolkit.runtime.benchmark.records import DEVICES, MODES, PRECISIONS, Skipped
+from toolkit.runtime.benchmark.records import DEVICES, MODES, PRECISIONS, Settings, Skipped
 from toolkit.runtime.benchmark.timing import DEFAULT_DURATION_S, DEFAULT_ROUNDS
 
 
@@ -95,21 +95,6 @@ def plan_combos(engines: tuple, devices: tuple, precisions: tuple) -> tuple[list
     return run, skipped
 
 
-@dataclass
-class Plan:
-    """BenchmarkOptions checked and parsed: what the run really does."""
-
-    sizes: tuple  # batch sizes, ascending, unique
-    precisions: tuple  # unique, in the order given
-    engines: tuple  # unique, in the order given (toolkit.runtime.engines names)
-    devices: tuple  # unique, lower case, "gpu" spelled "cuda"
-    modes: tuple  # ("model", "end_to_end", "end_to_end_12mp"), without the 12 MP case, or ("model",)
-    rounds: int
-    duration: Optional[float]  # None when iterations are given
-    threads: int  # intra-op threads
-    threads_source: str  # "given" or "physical cores"
-
-
 def _check_counts(o: BenchmarkOptions) -> None:
     if o.duration is not None and o.iterations is not None:
         raise UserError("benchmark: pass --duration or --iterations, not both")
@@ -125,23 +110,15 @@ def _check_counts(o: BenchmarkOptions) -> None:
         raise UserError(f"warmup: {o.warmup!r}; expected at least 1 (warm-up always runs before timing)")
 
 
-def _check_data(o: BenchmarkOptions) -> None:
-    """A bad recipe fails now, not after minutes of timing."""
-    if not o.data:
-        return
-    recipe_mod.load(os.fspath(o.data))
-    if o.split not in SPLITS:
-        raise UserError(f"split: {o.split!r}; expected one of {', '.join(SPLITS)}")
-
-
-def parse(o: BenchmarkOptions) -> Plan:
-    """Check every option (one UserError naming the first bad one) and parse the lists."""
-    sizes = tuple(sorted(set(parse_list(o.batch_sizes, int, "batch_sizes"))))
+def parse(o: BenchmarkOptions) -> Settings:
+    """Check every option (one UserError naming the first bad one; a bad recipe now, not after minutes of
+    timing) and parse the lists: batch sizes ascending, the rest unique in the order given, "gpu" is "cuda"."""
+    sizes = sorted(set(parse_list(o.batch_sizes, int, "batch_sizes")))
     if not sizes or min(sizes) < 1:
         raise UserError(f"batch_sizes: {o.batch_sizes!r}; expected positive whole numbers, e.g. 1,8,32")
-    precisions = tuple(dict.fromkeys(p.lower() for p in parse_list(o.precision or "fp32", str, "precision")))
-    devices = tuple(dict.fromkeys("cuda" if d.lower() == "gpu" else d.lower()
-                                  for d in parse_list(o.device or "cpu", str, "device")))
+    precisions = list(dict.fromkeys(p.lower() for p in parse_list(o.precision or "fp32", str, "precision")))
+    devices = list(dict.fromkeys("cuda" if d.lower() == "gpu" else d.lower()
+                                 for d in parse_list(o.device or "cpu", str, "device")))
     for name, values, allowed in (("precision", precisions, PRECISIONS),
                                   ("device", [d.split(":")[0] for d in devices], DEVICES)):
         bad = [v for v in values if v not in allowed]
@@ -149,9 +126,15 @@ def parse(o: BenchmarkOptions) -> Plan:
             raise UserError(f"{name}: {', '.join(map(repr, bad))} not known; expected one or more of "
                             f"{', '.join(allowed)}" + (" (or cuda:N)" if name == "device" else ""))
     _check_counts(o)
-    _check_data(o)
-    return Plan(sizes=sizes, precisions=precisions, engines=tuple(parse_engines(parse_list(o.engine or "onnxruntime"))),
-                devices=devices, modes=(MODES if o.photos else MODES[:2]) if o.end_to_end else ("model",),
-                rounds=int(o.rounds), duration=DEFAULT_DURATION_S if o.duration is None and o.iterations is None
-                else o.duration, threads=int(o.threads) if o.threads else physical_cores(),
-                threads_source="given" if o.threads else "physical cores")
+    if o.data:
+        recipe_mod.load(os.fspath(o.data))
+        if o.split not in SPLITS:
+            raise UserError(f"split: {o.split!r}; expected one of {', '.join(SPLITS)}")
+    return Settings(
+        batch_sizes=sizes, precisions=precisions, engines=list(parse_engines(parse_list(o.engine or "onnxruntime"))),
+        devices=devices, modes=list(MODES if o.photos else MODES[:2]) if o.end_to_end else ["model"],
+        threads=int(o.threads) if o.threads else physical_cores(), threads_source="given" if o.threads else
+        "physical cores", rounds=int(o.rounds), iterations=None if o.iterations is None else int(o.iterations),
+        duration_s=None if o.iterations is not None else float(DEFAULT_DURATION_S if o.duration is None else o.duration),
+        warmup="auto" if o.warmup is None else int(o.warmup), data=o.data, split=o.split if o.data else None,
+        torch=bool(o.torch), compile=bool(o.compile), end_to_end=bool(o.end_to_end), isolate=bool(o.isolate))

@@ -92,13 +92,13 @@ ModelInfo = record("ModelInfo", "The export under test.", path=str, name=str, ar
                    input=dict, preprocess=Optional[dict], source_run=_STR, checkpoint=_STR, flops_per_image=int)
 E2EImages = record("E2EImages", "The synthetic JPEGs of one end-to-end mode.", mode=str, format=str, width=int,
                    height=int, quality=int, distinct=int, bytes_mean=int)
-Settings = record("Settings", "What a run measured with.", batch_sizes=list[int], precisions=list[Literal[PRECISIONS]],
-                  engines=list[str], devices=list[str], threads=int, rounds=int, iterations=_INT, duration_s=_NUM,
-                  data=_STR, split=_STR)
-InferenceSettings = record(
-    "InferenceSettings", Settings.__doc__, Settings, skipped=list[Skipped], torch=bool, compile=bool,
-    threads_source=str, warmup=Union[int, str], end_to_end=bool, isolate=bool, e2e_image=E2EImages,
-    e2e_images=list[E2EImages])
+Settings = record("Settings", "What a run measured with: the options checked and parsed (options.parse).",
+                  batch_sizes=list[int], precisions=list[Literal[PRECISIONS]], engines=list[str], devices=list[str],
+                  modes=list[Literal[MODES]], threads=int, threads_source=str, rounds=int, iterations=_INT,
+                  duration_s=_NUM, warmup=Union[int, str], data=_STR, split=_STR, torch=bool, compile=bool,
+                  end_to_end=bool, isolate=bool)
+InferenceSettings = record("InferenceSettings", Settings.__doc__, Settings, skipped=list[Skipped],
+                           e2e_image=E2EImages, e2e_images=list[E2EImages])
 InferenceRecord = record("InferenceRecord", "benchmark.json of one export.", Head, model=ModelInfo,
                          settings=InferenceSettings, timed=dict[str, str], peaks=list[Peak],
                          backends=list[BackendRecord], results=list[Row], schedule=list[Block])

@@ -6,16 +6,18 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from toolkit.artifacts import atomic_write
 from toolkit.runtime.benchmark.machine import record_head
-from toolkit.runtime.benchmark.records import (E2E_IMAGES, E2E_JPEG_QUALITY, TIMED, E2EImages, InferenceRecord,
+from toolkit.runtime.benchmark.records import (E2E_IMAGES, E2E_JPEG_QUALITY, TIMED, CompareModel, CompareRecord,
+                                               CompareRow, CompareSettings, E2EImages, InferenceRecord,
                                                InferenceSettings, ModelInfo)
 from toolkit.runtime.engines import DEFAULT_ENGINE
 
+PARETO_MODE = "model"  # the comparison reads inference-only throughput (the same for every model's input size)
 _COLUMNS = ("backend", "precision", "device", "mode", "batch", "img/s (min-max)", "p50 ms", "p90 ms", "p95 ms",
             "p99 ms", "ms/img", "% decode", "GFLOP/s", "% peak", "% own", "x base", "cold s", "RSS MB", "file MB",
             "top-1")
@@ -28,34 +30,21 @@ _LEGEND = ("model = inference only; e2e = JPEG decode + preprocess + inference +
 
 def inference_record(s, bench) -> dict:
     """The record of subject `s` (run.Subject) of a finished run `bench` (run.Bench), as a JSON-ready dict."""
-    opts, plan, meta = bench.opts, bench.plan, s.meta
+    plan, meta = bench.plan, s.meta
     images = [E2EImages(m, "JPEG", *E2E_IMAGES[m], E2E_JPEG_QUALITY, len(js), int(np.mean([len(j) for j in js])))
               for m, js in bench.jpegs.items()]
     record = InferenceRecord(
         **record_head("inference", _command(s, bench), _notes(s, bench), s.out_dir, ("benchmark.json", "benchmark.md"),
                       any(d != "cpu" for d in plan.devices)),
-        model=ModelInfo(path=s.base, name=s.name, arch=meta.get("arch"), head=meta.get("head"), classes=len(s.labels),
+        model=ModelInfo(path=s.base, name=os.path.basename(s.base)[:-len(".onnx")], arch=meta.get("arch"), head=meta.get("head"), classes=len(s.labels),
                         preprocess=meta["preprocess"], input=s.info["contract"].input or {"shape": s.info["input_dims"]},
                         source_run=meta.get("source_run"), checkpoint=s.checkpoint or meta.get("checkpoint"),
                         flops_per_image=s.info["flops"]["flops"]),
-        settings=InferenceSettings(
-            **common_settings(bench, s.precisions), skipped=s.skipped, torch=bool(opts.torch),
-            compile=bool(opts.compile), threads_source=plan.threads_source,
-            warmup=int(opts.warmup) if opts.warmup is not None else "auto", end_to_end=bool(opts.end_to_end),
-            isolate=bool(opts.isolate), e2e_image=images[0], e2e_images=[x for x in images if x.mode in plan.modes]),
+        settings=InferenceSettings(**{**vars(plan), "precisions": list(s.precisions)}, skipped=s.skipped,
+                                   e2e_image=images[0], e2e_images=[x for x in images if x.mode in plan.modes]),
         timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends] + s.failed, results=s.rows,
         schedule=s.schedule)
     return dataclasses.asdict(record)
-
-
-def common_settings(bench, precisions: tuple) -> dict:
-    """The fields of records.Settings, shared by the inference and compare records."""
-    opts, plan = bench.opts, bench.plan
-    return {"batch_sizes": list(plan.sizes), "precisions": list(precisions), "engines": list(plan.engines),
-            "devices": list(plan.devices), "threads": plan.threads, "rounds": plan.rounds,
-            "iterations": int(opts.iterations) if opts.iterations is not None else None,
-            "duration_s": float(plan.duration) if opts.iterations is None else None, "data": opts.data,
-            "split": opts.split if opts.data else None}
 
 
 def _notes(s, bench) -> list:
@@ -74,11 +63,11 @@ def _notes(s, bench) -> list:
 def _command(s, bench) -> str:
     """The command line that repeats this run."""
     opts, plan = bench.opts, bench.plan
-    cmd = ["toolkit benchmark", s.base, "--batch-sizes", ",".join(map(str, plan.sizes)), "--precision",
+    cmd = ["toolkit benchmark", s.base, "--batch-sizes", ",".join(map(str, plan.batch_sizes)), "--precision",
            ",".join(s.precisions), "--device", ",".join(plan.devices)]
     cmd += ["--engine", ",".join(plan.engines)] if tuple(plan.engines) != (DEFAULT_ENGINE,) else []
     cmd += ["--torch"] * bool(opts.torch) + ["--compile"] * bool(opts.compile)
-    cmd += ["--iterations", str(opts.iterations)] if opts.iterations is not None else ["--duration", str(plan.duration)]
+    cmd += ["--iterations", str(plan.iterations)] if plan.iterations is not None else ["--duration", str(plan.duration_s)]
     cmd += ["--threads", str(opts.threads)] if opts.threads else []
     cmd += ["--data", str(opts.data)] if opts.data else []
     return " ".join(cmd)
@@ -170,7 +159,17 @@ def format_train_table(record: dict, markdown: bool = False) -> str:
     return _document(record, "Training benchmark", lines, None, "", markdown)
 
 
-def _compare_rows(record: dict) -> list:
+def pareto_flags(points: Sequence[tuple]) -> list:
+    """For (images/s, top-1) pairs: True where no other pair is at least as fast and at least as accurate
+    and better in one of them; False where one is; None where either value is unknown."""
+    known = [(i, float(x), float(y)) for i, (x, y) in enumerate(points) if x is not None and y is not None]
+    flags: list = [None] * len(points)
+    for i, x, y in known:
+        flags[i] = not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for j, x2, y2 in known if j != i)
+    return flags
+
+
+def _compare_lines(record: dict) -> list:
     """One line per model x backend: its img/s at every batch size, sorted by img/s at the Pareto batch."""
     sizes, pb = record["settings"]["batch_sizes"], record["settings"]["pareto_batch"]
     by_line: dict = {}
@@ -195,7 +194,54 @@ def format_compare_table(record: dict, markdown: bool = False) -> str:
     header = [f"comparing {len(record['models'])} models on {record['machine']['cpu']}, {s['threads']} threads"]
     header += [f"{m['name']}: {m['path']} ({m['arch'] or '?'}, {m['classes'] or '?'} classes); its full record: "
                f"{m['record']}" for m in record["models"]] if markdown else []
-    return _document(record, "Which model for this box", header, (_compare_rows(record), 2), legend, markdown)
+    return _document(record, "Which model for this box", header, (_compare_lines(record), 2), legend, markdown)
+
+
+def pareto_flags(points: Sequence[tuple]) -> list:
+    """For (images/s, top-1) pairs: True where no other pair is at least as fast and at least as accurate
+    and better in one of them; False where one is; None where either value is unknown."""
+    known = [(i, float(x), float(y)) for i, (x, y) in enumerate(points) if x is not None and y is not None]
+    flags: list = [None] * len(points)
+    for i, x, y in known:
+        flags[i] = not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for j, x2, y2 in known if j != i)
+    return flags
+
+
+def _compare_rows(records: list, names: list) -> list:
+    """One row per model x backend x batch size (mode model), Pareto-marked within each batch size."""
+    rows = [CompareRow(model=name, key=r["key"], engine=r["engine"], device=r["device"], precision=r["precision"],
+                       batch=r["batch"], ips=r["throughput_ips"]["median"], ips_min=r["throughput_ips"]["min"],
+                       ips_max=r["throughput_ips"]["max"], latency_p50_ms=r["latency_ms"]["p50"],
+                       file_bytes=r["file_bytes"], flops_per_image=rec["model"]["flops_per_image"], top1=r["top1"],
+                       pareto=None)
+            for name, rec in zip(names, records) for r in rec["results"] if r["mode"] == PARETO_MODE]
+    for b in sorted({r.batch for r in rows}):
+        group = [r for r in rows if r.batch == b]
+        for r, flag in zip(group, pareto_flags([(r.ips, r.top1) for r in group])):
+            r.pareto = flag
+    return rows
+
+
+def compare_record(subjects: list, records: list, bench, batch: int, out_dir: str) -> dict:
+    """The comparison record (records.CompareRecord) of a finished run."""
+    opts, plan, names = bench.opts, bench.plan, [s.name for s in subjects]
+    notes = ["all models' timed blocks ran interleaved in the same rounds (schedule)",
+             f"images/s and the Pareto marks are mode {PARETO_MODE} (inference only); each model's own record "
+             "has every mode"]
+    if not opts.data:
+        notes.append("no --data: no accuracy, so no Pareto marks")
+    notes += sorted({n for rec in records for n in rec["notes"]})
+    command = records[0]["command"].replace(subjects[0].base, " ".join(s.base for s in subjects), 1)
+    record = CompareRecord(
+        **record_head("compare", f"{command} --pareto-batch {batch}", notes, out_dir,
+                      ("compare.json", "compare.md"), any(d != "cpu" for d in plan.devices)),
+        settings=CompareSettings(**vars(plan), pareto_batch=batch,
+                                 pareto_mode=PARETO_MODE, interleaved=True),
+        models=[CompareModel(name=name, path=s.base, arch=s.meta.get("arch"), classes=len(s.labels),
+                             preprocess=rec["model"]["preprocess"], flops_per_image=rec["model"]["flops_per_image"],
+                             record=rec["files"]["json"]) for name, s, rec in zip(names, subjects, records)],
+        rows=_compare_rows(records, names), schedule=bench.schedule)
+    return dataclasses.asdict(record)
 
 
 _FORMATS = {"inference": format_table, "train": format_train_table, "compare": format_compare_table}

@@ -1,16 +1,16 @@
-"""run_benchmark: one loop benchmarks N models (run_benchmark is N = 1; compare.py's compare_models is N > 1).
+"""run_benchmark and compare_models: one loop benchmarks N models (run_benchmark is N = 1).
 
 Each model is opened (its twins, preprocessing) and its backends loaded; the GEMM peaks are measured
 once for all; then, per batch size, every model's warmed-up blocks go into ONE list of entries timed in
 the same interleaved rounds, so machine noise hits every model alike. Each model gets its own record
-(report.inference_record).
+(report.inference_record); a comparison (which model for my box: top-1 against img/s) adds report.compare_record.
 """
 from __future__ import annotations
 
 import os
 import sys
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -23,8 +23,8 @@ import toolkit.runtime.benchmark.report as report
 from toolkit.runtime.benchmark.backends import BackendLoader, load_onnx_backends, synthetic_jpegs
 from toolkit.runtime.benchmark.machine import default_out_dir, gpu_mem_of_pid, maxrss_mb
 from toolkit.runtime.benchmark.model_file import export_hint, inspect_model, resolve_model
-from toolkit.runtime.benchmark.options import BenchmarkOptions, Plan, file_precision, parse, plan_combos
-from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, Row
+from toolkit.runtime.benchmark.options import BenchmarkOptions, file_precision, parse, plan_combos
+from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, Row, Settings
 from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up
 from toolkit.runtime.engines import DEFAULT_ENGINE
 from toolkit.runtime.onnx_eval import evaluate_onnx
@@ -59,7 +59,7 @@ class Bench:
     """What every model of one run shares."""
 
     opts: BenchmarkOptions
-    plan: Plan
+    plan: Settings
     say: Callable
     progress: Progress
     peaks: list = field(default_factory=list)  # [Peak], each measured once
@@ -91,6 +91,52 @@ def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOption
     return record
 
 
+def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = None,
+                   pareto_batch: Optional[int] = None, torch_backends: Optional[BackendLoader] = None,
+                   **fields) -> dict:
+    """Benchmark several exports side by side and return the comparison record (kind "compare").
+
+    options / fields / torch_backends: as run_benchmark's, applied to every model alike. pareto_batch: the
+    batch size of the Pareto marks in the table (default: the largest of batch_sizes)."""
+    bench = start(options, fields)
+    if len(models) < 2:
+        raise UserError(f"benchmark: comparing needs at least two models, got {len(models)}; expected "
+                        "toolkit benchmark A.onnx B.onnx [...]")
+    sizes = bench.plan.batch_sizes
+    batch = max(sizes) if pareto_batch is None else pareto_batch
+    if batch not in sizes:
+        raise UserError(f"pareto_batch: {pareto_batch!r} is not one of the batch sizes timed "
+                        f"({', '.join(map(str, sizes))}); expected one of them")
+    out_dir = bench.opts.out_dir or default_out_dir("compare")
+    subjects = []
+    for s in (open_subject(os.fspath(model), bench) for model in models):  # each its own folder, named uniquely
+        s.name = next(n for n in [s.name] + [f"{s.name}-{k}" for k in range(2, len(models) + 2)]
+                      if n not in {x.name for x in subjects})
+        s.out_dir = os.path.join(out_dir, s.name)
+        subjects.append(s)
+    if bench.opts.data:
+        _check_labels(subjects)
+    measure(subjects, bench, torch_backends)
+    records = [report.inference_record(s, bench) for s in subjects]
+    for rec in records:
+        report.publish(rec, quiet=True)
+    record = report.compare_record(subjects, records, bench, batch, out_dir)
+    report.publish(record, bench.opts.quiet, bench.say, also=" and one folder per model")
+    return record
+
+
+def _check_labels(subjects: list) -> None:
+    """Top-1 on one recipe split compares models only when they name the same classes."""
+    ref, want = subjects[0], set(subjects[0].labels)
+    for s in subjects[1:]:
+        have = set(s.labels)
+        extra, lacking = (", ".join(sorted(x)[:8]) + (" ..." if len(x) > 8 else "") for x in (have - want, want - have))
+        parts = [f"has {extra} that {ref.base} has not"] * bool(extra) + [f"lacks {lacking}"] * bool(lacking)
+        if parts:
+            raise UserError(f"{s.base}: its labels differ from {ref.base}'s: it {'; it '.join(parts)}; expected the "
+                            f"same class names in every model to compare top-1 on one recipe split (--data)")
+
+
 def open_subject(model: Optional[str], bench: Bench) -> Subject:
     """The export and its precision twins: every file there and readable, the batch axis dynamic."""
     path = resolve_model(model, bench.opts.exports_dir, bench.say)
@@ -108,7 +154,7 @@ def open_subject(model: Optional[str], bench: Bench) -> Subject:
     if missing:
         raise UserError("\n".join(f"{twin_path(base, p)}: no {p} twin of {base}; make it with: "
                                   f"{export_hint(infos['fp32']['metadata'], p)}" for p in missing))
-    dims, sizes = infos["fp32"]["input_dims"], bench.plan.sizes
+    dims, sizes = infos["fp32"]["input_dims"], bench.plan.batch_sizes
     if dims and isinstance(dims[0], int) and any(b != dims[0] for b in sizes):
         raise UserError(f"{base}: the batch axis is fixed at {dims[0]}; expected a dynamic batch axis to run batch "
                         f"sizes {', '.join(map(str, sizes))} (re-export it with toolkit export)")
@@ -126,21 +172,21 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
     bench.peaks = peak_mod.measure_peaks(plan.devices, ran, plan.threads, plan.engines, bench.progress)
     for b in (b for s in subjects for b in s.backends if opts.isolate):
         bench.progress.live(f"cold start of {b.record.key} in a fresh process")  # OpenVINO's: with its model cache too
-        b.record.cold_start = b.cold_start(plan.threads, plan.sizes)
+        b.record.cold_start = b.cold_start(plan.threads, plan.batch_sizes)
     # up to 8 distinct 500x375 JPEGs and 4 distinct 12 MP ones: decoding costs the same whatever repeats
-    bench.jpegs = {"end_to_end": synthetic_jpegs(min(max(plan.sizes), 8))}
+    bench.jpegs = {"end_to_end": synthetic_jpegs(min(max(plan.batch_sizes), 8))}
     if "end_to_end_12mp" in plan.modes:
-        bench.jpegs["end_to_end_12mp"] = synthetic_jpegs(min(max(plan.sizes), 4), size=E2E_IMAGES["end_to_end_12mp"])
+        bench.jpegs["end_to_end_12mp"] = synthetic_jpegs(min(max(plan.batch_sizes), 4), E2E_IMAGES["end_to_end_12mp"])
     for s in subjects:
         preprocess = s.backends[0].predictor.preprocess
         s.pixels = [preprocess.pixels(j, formats=SERVE_FORMATS) for j in bench.jpegs["end_to_end"]]
-    for batch in plan.sizes:
+    for batch in plan.batch_sizes:
         _time_batch(subjects, bench, batch)
     for s in subjects:
         if not opts.isolate:  # the cold start as this process saw it
             for b in s.backends:
                 b.record.cold_start = {"isolated": False, "session_s": round(b.session_s, 4), "first_inference_s": {
-                    str(n): round(s.first_runs[k], 4) for n in plan.sizes
+                    str(n): round(s.first_runs[k], 4) for n in plan.batch_sizes
                     if (k := (b.record.key, "model", n)) in s.first_runs}, "peak_rss_mb": {"process": maxrss_mb()}}
         _measure_accuracy(s, bench)
     bench.progress.close()
@@ -150,7 +196,7 @@ def _load(s: Subject, bench: Bench, torch_backends: Optional[BackendLoader]) -> 
     """The ONNX backends of every combination, then the PyTorch ones (--torch / --compile)."""
     plan, opts = bench.plan, bench.opts
     combos, s.skipped = plan_combos(plan.engines, plan.devices, s.precisions)
-    s.backends = load_onnx_backends(s.infos, combos, s.skipped, plan.threads, max(plan.sizes), bench.progress.live)
+    s.backends = load_onnx_backends(s.infos, combos, s.skipped, plan.threads, max(plan.batch_sizes), bench.progress.live)
     if not (opts.torch or opts.compile):
         return
     if torch_backends is None:
@@ -213,7 +259,7 @@ def _warm(s: Subject, bench: Bench, batch: int) -> list:
             continue
         for b, mode, fn, first, last in warmed:
             s.first_runs[(b.record.key, mode, batch)] = first
-            out.append((b, mode, fn, calls_per_block(bench.opts.iterations, bench.plan.duration, bench.plan.rounds,
+            out.append((b, mode, fn, calls_per_block(bench.plan.iterations, bench.plan.duration_s, bench.plan.rounds,
                                                      last)))
     return out
 
