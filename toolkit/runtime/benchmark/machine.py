@@ -1,7 +1,6 @@
-"""What the benchmark ran on: CPU and its flags, cores, GPU, library versions, peak memory; the record's head.
-
-Torch is never imported here: versions are read from package metadata, and torch's CUDA build is
-reported only when the --torch / --train path imported torch already.
+"""What the benchmark ran on (CPU, its ISA flags, cores, GPU, library versions, peak memory) and the head of
+every record. torch is never imported here: its versions come from package metadata, its CUDA build only
+when the --torch / --train path imported torch already.
 """
 from __future__ import annotations
 
@@ -53,26 +52,20 @@ def physical_cores() -> int:
     return max(1, len(seen))
 
 
-def _run_quiet(cmd: list) -> str:
+def _nvidia_smi(query: str) -> list:
+    """nvidia-smi's CSV rows for `query` (e.g. --query-gpu=name), [] without a GPU or the tool."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(["nvidia-smi", query, "--format=csv,noheader,nounits"], capture_output=True, text=True,
+                              timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return ""
-    return proc.stdout.strip() if proc.returncode == 0 else ""
-
-
-def _gpu_info() -> dict:
-    out = _run_quiet(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"])
-    name, driver, mem = ([p.strip() for p in out.splitlines()[0].split(",")] + ["", "", ""])[:3] if out else ("",) * 3
-    return {"gpu": name or None, "gpu_driver": driver or None,
-            "gpu_memory_mb": float(mem) if mem.replace(".", "").isdigit() else None}
+        return []
+    return [[c.strip() for c in line.split(",")] for line in proc.stdout.splitlines()] if proc.returncode == 0 else []
 
 
 def gpu_mem_of_pid(pid: int) -> Optional[float]:
     """GPU memory (MiB) nvidia-smi reports for process `pid`; None when it reports none."""
-    out = _run_quiet(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"])
-    used = [float(mb) for p, _, mb in (line.partition(",") for line in out.splitlines())
-            if p.strip() == str(pid) and mb.strip().replace(".", "").isdigit()]
+    used = [float(mb) for p, mb, *_ in _nvidia_smi("--query-compute-apps=pid,used_memory")
+            if p == str(pid) and mb.replace(".", "").isdigit()]
     return sum(used) if used else None
 
 
@@ -89,41 +82,40 @@ def isa_of(flags: list) -> dict:
 
 
 def machine_info(gpu: bool = False) -> Machine:
-    """CPU name and the instruction-set flags that decide FP32/INT8 speed; the GPU when asked."""
+    """The CPU's name and the instruction-set flags that decide FP32/INT8 speed (/proc/cpuinfo); the GPU when asked."""
     cpu, flags = platform.processor() or platform.machine(), []
     try:
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = (x.strip() for x in line.partition(":"))
-                if key in ("model name", "Model", "Hardware") and cpu in (platform.machine(), platform.processor()):
-                    cpu = value
-                if key in ("flags", "Features") and not flags:
+            for key, _, value in (line.partition(":") for line in fh):
+                if key.strip() in ("model name", "Model", "Hardware") and cpu in (platform.machine(),
+                                                                                   platform.processor()):
+                    cpu = value.strip()
+                if key.strip() in ("flags", "Features") and not flags:
                     flags = [f for f in _CPU_FLAGS if f in set(value.split())]
     except OSError:
         pass
     if sys.platform == "darwin":
-        cpu = _run_quiet(["sysctl", "-n", "machdep.cpu.brand_string"]) or cpu
+        brand = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True)
+        cpu = brand.stdout.strip() or cpu
+    name, driver, mem = ((_nvidia_smi("--query-gpu=name,driver_version,memory.total") or [[]])[0] + [""] * 3)[:3] \
+        if gpu else ("", "", "")
     return Machine(cpu=cpu, cpu_flags=flags, isa=isa_of(flags), logical_cpus=os.cpu_count() or 1,
                    usable_cpus=len(_usable_cpus()), physical_cores=physical_cores(),
-                   os=f"{platform.system()} {platform.release()}", python=platform.python_version(),
-                   **(_gpu_info() if gpu else {"gpu": None, "gpu_driver": None, "gpu_memory_mb": None}))
-
-
-def _version(*dists: str) -> Optional[str]:
-    for dist in dists:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+                   os=f"{platform.system()} {platform.release()}", python=platform.python_version(), gpu=name or None,
+                   gpu_driver=driver or None, gpu_memory_mb=float(mem) if mem.replace(".", "").isdigit() else None)
 
 
 def versions() -> Versions:
     """Library versions, read from package metadata: torch is not imported for this."""
-    ort = _version("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino", "onnxruntime-directml")
-    out = Versions(toolkit=toolkit.__version__, onnxruntime=ort, openvino=_version("openvino"), onnx=_version("onnx"),
-                   numpy=_version("numpy"), pillow=_version("Pillow", "pillow"), torch=_version("torch"),
-                   torchvision=_version("torchvision"), cuda_onnxruntime=None, cuda_torch=None, cudnn_torch=None)
+    def version(*dists: str) -> Optional[str]:
+        for dist in dists:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+    out = Versions(toolkit.__version__, version("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino", "onnxruntime-directml"),
+                   *map(version, ("openvino", "onnx", "numpy", "pillow", "torch", "torchvision")), None, None, None)
     try:
         import onnxruntime
 
