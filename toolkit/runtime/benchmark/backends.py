@@ -1,10 +1,8 @@
-"""What the rounds time: the `Backend` protocol, a Predictor per engine x precision x device (OnnxBackend, on
-an engine adapter of toolkit.runtime.engines) and the synthetic JPEGs. The PyTorch backends (--torch,
---compile) satisfy the same protocol on the torch side (toolkit.train.torch_backend), whose loader the CLI
-hands to run_benchmark (`torch_backends`).
-
-Cold start and peak RSS are measured in a fresh Python process per backend: run_probe runs the function
-spec["probe"] names (probe_onnx here, the torch side's probe_torch), which builds its backend and calls first_runs.
+"""What the rounds time: the `Backend` protocol, a Predictor per engine x precision x device (OnnxBackend, on an
+engine adapter) and the synthetic JPEGs. The PyTorch backends satisfy the same protocol on the torch side
+(toolkit.train.torch_backend), whose loader the CLI hands to run_benchmark (`torch_backends`). Cold start and
+peak RSS come from a fresh process per backend: run_probe runs spec["probe"] (probe_onnx, the torch side's
+probe_torch), which builds the backend and calls first_runs.
 """
 from __future__ import annotations
 
@@ -34,7 +32,6 @@ class Backend(Protocol):
 
     record: BackendRecord  # what it is, read back (key, engine, provider, options...); filled in as measured
     modes: tuple  # the modes it runs: "model", "end_to_end" (500x375 JPEGs), "end_to_end_12mp" (12 MP JPEGs)
-    session_s: float  # seconds to load it in this process
     may_fail: bool  # a failure on its first call is recorded, not raised (torch.compile)
 
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
@@ -54,9 +51,7 @@ def synthetic_jpegs(count: int, size: tuple = E2E_IMAGES["end_to_end"], seed: in
     """Photo-like JPEG files in memory: smooth colour fields plus noise, so they compress like pictures."""
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
-    w, h = size
-    out = []
+    rng, (w, h), out = np.random.default_rng(seed), size, []
     for _ in range(count):
         small = rng.integers(0, 256, (h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8)
         img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
@@ -112,8 +107,7 @@ class OnnxBackend:
                 raise
             msg = re.sub(r",? or pass allow_fallback=True / --allow-fallback to run on \w+$", "", str(exc))
             raise UserError(f"--device {combo.device}: {msg}; or leave {combo.device} out of --device") from None
-        self.session_s = time.perf_counter() - t
-        e = p.engine_info
+        self.session_s, self.split, e = time.perf_counter() - t, DecodeSplit(), p.engine_info
         self.record = BackendRecord(
             key=combo.key, backend=combo.engine, engine=p.engine, engine_device=p.engine_device,
             inference_precision=p.inference_precision, device=combo.device, precision=combo.precision,
@@ -123,7 +117,6 @@ class OnnxBackend:
         inp, outs = p.session.inputs[0], [o.name for o in p.session.outputs]
         self.in_name, self.in_dtype = inp.name, np.dtype(inp.dtype)
         self.out_names = ["logits"] if "logits" in outs else outs[:1]
-        self.split = DecodeSplit()
 
     def cold_start(self, threads: int, sizes: tuple) -> dict:
         return run_probe({"probe": f"{__name__}:probe_onnx", "path": self.record.file, "engine": self.combo.engine,
@@ -196,10 +189,9 @@ def run_probe(spec: dict, timeout: float = 3600) -> dict:
 
 def load_onnx_backends(infos: dict, combos: list, skipped: list, threads: int, max_batch: int,
                        live: Callable[[str], None]) -> list:
-    """Every combination, loaded once: device problems surface here, before anything is timed. A bf16
-    combination the machine can't run joins `skipped` (an error only when it is all there is)."""
+    """Every combination, loaded once; a bf16 one the machine can't run joins `skipped` (an error only alone)."""
     loaded = []
-    for combo in combos:
+    for combo in combos:  # device problems surface here, before anything is timed
         live(f"loading {combo.key}")
         try:
             loaded.append(OnnxBackend(infos[combo.precision], combo, threads, max_batch))

@@ -68,13 +68,12 @@ def count_flops(model: Any, image_size: Optional[int] = None) -> dict:
 
     by_op: dict[str, int] = {}
     uncounted: list[str] = []
-    for node in proto.graph.node:
-        if node.op_type in _CONV_OPS or node.op_type in _GEMM_OPS or node.op_type in _MATMUL_OPS:
-            macs = _node_macs(node, shape)
-            if macs is None:
-                uncounted.append(node.name or node.op_type)
-            else:
-                by_op[node.op_type] = by_op.get(node.op_type, 0) + 2 * macs
+    for node in (n for n in proto.graph.node if n.op_type in {**_CONV_OPS, **_GEMM_OPS, **_MATMUL_OPS}):
+        macs = _node_macs(node, shape)
+        if macs is None:
+            uncounted.append(node.name or node.op_type)
+        else:
+            by_op[node.op_type] = by_op.get(node.op_type, 0) + 2 * macs
     flops = sum(by_op.values()) / max(1, batch_fixed)
     return {"flops": int(flops), "macs": int(flops // 2), "by_op": by_op, "uncounted": uncounted}
 
@@ -113,8 +112,3 @@ def resolve_model(model: Optional[str], exports_dir: str, say: Callable) -> str:
         raise UserError(f"{model}: not an .onnx file; expected an export written by toolkit export "
                         "(exports/<name>.onnx)")
     return model
-
-
-def export_hint(meta: dict, precision: str) -> str:
-    run = meta.get("source_run")
-    return f"toolkit export{f' {run}' if isinstance(run, str) and run else ''} --{precision}"

@@ -42,7 +42,7 @@ class BenchmarkOptions:
     out_dir: Optional[str] = None  # where the files go (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)
     exports_dir: str = "exports"  # where the newest export is looked up when no model is given
     quiet: bool = False  # no progress, no table, no messages
-    isolate: bool = True  # cold start and peak RSS in a fresh process per backend
+    isolate: bool = True  # cold start and peak RSS in a fresh process per backend (off: not measured)
     checkpoint: Optional[str] = None  # the PyTorch checkpoint for --torch (default: the one the export names)
 
 

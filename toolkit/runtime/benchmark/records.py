@@ -3,7 +3,7 @@ their JSON Schema is derived from these classes, and validate_record checks a re
 
 SCHEMA_VERSION 5 (4: results[].decode_share; 5: no plots, no reference GEMM in the rounds, no OpenVINO
 model-cache cold starts: files.png, settings.reference, peaks[].in_rounds, results[].fraction_of_gemm_in_rounds,
-backends[].cold_start.model_cache gone). docs/benchmark.md
+backends[].cold_start.model_cache gone; no cold start without isolation). docs/benchmark.md
 documents every field. Standard library only at import.
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ TIMED = {  # what each number means; docs/benchmark.md says more
     "end_to_end_12mp": "the same as end_to_end on 4032x3024 JPEGs (12 MP phone photos), ONNX engines only",
     "cold_start": "session (or model) creation + the first model-only inference at that batch size, in a fresh "
                   "Python process (import time apart), batch sizes ascending; torch.compile with an empty inductor "
-                  "cache; OpenVINO's session time is its compile. Without isolation: in the benchmark process",
+                  "cache; OpenVINO's session time is its compile; not measured without isolation",
     "peak_rss": "peak resident set size (VmHWM) of that fresh process after this batch size (rss_base_mb: before "
-                "the model); without isolation the benchmark process's peak so far",
+                "the model)",
     "gpu_memory": "GPU memory of that fresh process (nvidia-smi, CUDA context included)",
     "throughput": "images/s per round (batch x calls / the round's block time): median, min/max, quartiles",
     "latency": "ms per call over every timed call: p50/p90/p95/p99, mean, min, max, IQR; latency_per_image_ms: "

@@ -21,8 +21,8 @@ from toolkit.preprocess import SERVE_FORMATS
 import toolkit.runtime.benchmark.peak as peak_mod
 import toolkit.runtime.benchmark.report as report
 from toolkit.runtime.benchmark.backends import BackendLoader, load_onnx_backends, synthetic_jpegs
-from toolkit.runtime.benchmark.machine import default_out_dir, gpu_mem_of_pid, maxrss_mb
-from toolkit.runtime.benchmark.model_file import export_hint, inspect_model, resolve_model
+from toolkit.runtime.benchmark.machine import default_out_dir
+from toolkit.runtime.benchmark.model_file import inspect_model, resolve_model
 from toolkit.runtime.benchmark.options import BenchmarkOptions, file_precision, parse, plan_combos
 from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, Row, Settings
 from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up
@@ -151,9 +151,10 @@ def open_subject(model: Optional[str], bench: Bench) -> Subject:
     infos = {"fp32": inspect_model(base)}
     files = dict.fromkeys(file_precision(p) for p in precisions)
     missing = [p for p in files if p != "fp32" and not os.path.isfile(twin_path(base, p))]
+    run = infos["fp32"]["metadata"].get("source_run")
     if missing:
-        raise UserError("\n".join(f"{twin_path(base, p)}: no {p} twin of {base}; make it with: "
-                                  f"{export_hint(infos['fp32']['metadata'], p)}" for p in missing))
+        raise UserError("\n".join(f"{twin_path(base, p)}: no {p} twin of {base}; make it with: toolkit export"
+                                  f"{f' {run}' if isinstance(run, str) and run else ''} --{p}" for p in missing))
     dims, sizes = infos["fp32"]["input_dims"], bench.plan.batch_sizes
     if dims and isinstance(dims[0], int) and any(b != dims[0] for b in sizes):
         raise UserError(f"{base}: the batch axis is fixed at {dims[0]}; expected a dynamic batch axis to run batch "
@@ -171,7 +172,7 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
     ran = {("cpu" if b.record.device == "cpu" else "cuda", b.record.precision) for s in subjects for b in s.backends}
     bench.peaks = peak_mod.measure_peaks(plan.devices, ran, plan.threads, plan.engines, bench.progress)
     for b in (b for s in subjects for b in s.backends if opts.isolate):
-        bench.progress.live(f"cold start of {b.record.key} in a fresh process")  # OpenVINO's: with its model cache too
+        bench.progress.live(f"cold start of {b.record.key} in a fresh process")
         b.record.cold_start = b.cold_start(plan.threads, plan.batch_sizes)
     # up to 8 distinct 500x375 JPEGs and 4 distinct 12 MP ones: decoding costs the same whatever repeats
     bench.jpegs = {"end_to_end": synthetic_jpegs(min(max(plan.batch_sizes), 8))}
@@ -183,11 +184,6 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
     for batch in plan.batch_sizes:
         _time_batch(subjects, bench, batch)
     for s in subjects:
-        if not opts.isolate:  # the cold start as this process saw it
-            for b in s.backends:
-                b.record.cold_start = {"isolated": False, "session_s": round(b.session_s, 4), "first_inference_s": {
-                    str(n): round(s.first_runs[k], 4) for n in plan.batch_sizes
-                    if (k := (b.record.key, "model", n)) in s.first_runs}, "peak_rss_mb": {"process": maxrss_mb()}}
         _measure_accuracy(s, bench)
     bench.progress.close()
 
@@ -283,14 +279,13 @@ _FROM_BACKEND = ("key", "backend", "engine", "engine_device", "inference_precisi
 
 def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: list, k: int) -> Row:
     """One backend x mode x batch size: the timing statistics, GFLOP/s against the peaks, cold start and memory."""
-    rec, isolate = b.record, bench.opts.isolate
+    rec = b.record
     latency, per_image, throughput = stats(lat, blocks, k, batch)
     kind = "cpu" if rec.device == "cpu" else "cuda"
     peak_of = {(pk.device, pk.precision): pk for pk in bench.peaks if pk.gflops}
     fp32, own = peak_of.get((kind, "fp32")), peak_of.get((kind, own_peak_precision(rec.precision, kind)))
     gflops = _sig(rec.flops_per_image * throughput.median / 1e9) if rec.flops_per_image else None
-    size, cold = E2E_IMAGES.get(mode), rec.cold_start if rec.cold_start and "error" not in rec.cold_start else None
-    first_model = s.first_runs.get((rec.key, "model", batch), 0.0)
+    size, cold = E2E_IMAGES.get(mode), rec.cold_start if rec.cold_start and "error" not in rec.cold_start else {}
     return Row(
         **{f: getattr(rec, f) for f in _FROM_BACKEND}, mode=mode, e2e_image=f"{size[0]}x{size[1]}" if size else None,
         batch=batch, iterations=len(lat), rounds=bench.plan.rounds, throughput_ips=throughput, latency_ms=latency,
@@ -298,10 +293,8 @@ def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: 
         fraction_of_peak=_sig(gflops / fp32.gflops) if gflops and fp32 else None,
         fraction_of_precision_peak=_sig(gflops / own.gflops) if gflops and own else None,
         peak_precision=own and own.precision, precision_peak_engine=own and own.engine,
-        cold_start_s=round(cold["session_s"] + cold["first_inference_s"].get(str(batch), 0.0), 4) if cold else
-        None if isolate else round(b.session_s + first_model, 4),
-        peak_rss_mb=cold["peak_rss_mb"].get(str(batch)) if cold else None if isolate else maxrss_mb(),
-        gpu_mem_mb=(cold or {}).get("gpu_mem_mb") if isolate or kind == "cpu" else gpu_mem_of_pid(os.getpid()),
+        cold_start_s=round(cold["session_s"] + cold["first_inference_s"].get(str(batch), 0.0), 4) if cold else None,
+        peak_rss_mb=cold["peak_rss_mb"].get(str(batch)) if cold else None, gpu_mem_mb=cold.get("gpu_mem_mb"),
         decode_share=None if mode == "model" else b.decode_share(mode))
 
 
