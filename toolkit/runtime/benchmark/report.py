@@ -62,15 +62,13 @@ def _notes(s, bench) -> list:
 
 def _command(s, bench) -> str:
     """The command line that repeats this run."""
-    opts, plan = bench.opts, bench.plan
+    plan = bench.plan
     cmd = ["toolkit benchmark", s.base, "--batch-sizes", ",".join(map(str, plan.batch_sizes)), "--precision",
            ",".join(s.precisions), "--device", ",".join(plan.devices)]
     cmd += ["--engine", ",".join(plan.engines)] if tuple(plan.engines) != (DEFAULT_ENGINE,) else []
-    cmd += ["--torch"] * bool(opts.torch) + ["--compile"] * bool(opts.compile)
+    cmd += ["--torch"] * plan.torch + ["--compile"] * plan.compile + ["--data", str(plan.data)] * bool(plan.data)
     cmd += ["--iterations", str(plan.iterations)] if plan.iterations is not None else ["--duration", str(plan.duration_s)]
-    cmd += ["--threads", str(opts.threads)] if opts.threads else []
-    cmd += ["--data", str(opts.data)] if opts.data else []
-    return " ".join(cmd)
+    return " ".join(cmd + ["--threads", str(plan.threads)] * (plan.threads_source == "given"))
 
 
 def _fmt(v: Any, spec: str = ".1f", scale: float = 1.0) -> str:
@@ -197,16 +195,6 @@ def format_compare_table(record: dict, markdown: bool = False) -> str:
     return _document(record, "Which model for this box", header, (_compare_lines(record), 2), legend, markdown)
 
 
-def pareto_flags(points: Sequence[tuple]) -> list:
-    """For (images/s, top-1) pairs: True where no other pair is at least as fast and at least as accurate
-    and better in one of them; False where one is; None where either value is unknown."""
-    known = [(i, float(x), float(y)) for i, (x, y) in enumerate(points) if x is not None and y is not None]
-    flags: list = [None] * len(points)
-    for i, x, y in known:
-        flags[i] = not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for j, x2, y2 in known if j != i)
-    return flags
-
-
 def _compare_rows(records: list, names: list) -> list:
     """One row per model x backend x batch size (mode model), Pareto-marked within each batch size."""
     rows = [CompareRow(model=name, key=r["key"], engine=r["engine"], device=r["device"], precision=r["precision"],
@@ -224,19 +212,16 @@ def _compare_rows(records: list, names: list) -> list:
 
 def compare_record(subjects: list, records: list, bench, batch: int, out_dir: str) -> dict:
     """The comparison record (records.CompareRecord) of a finished run."""
-    opts, plan, names = bench.opts, bench.plan, [s.name for s in subjects]
+    plan, names = bench.plan, [s.name for s in subjects]
     notes = ["all models' timed blocks ran interleaved in the same rounds (schedule)",
              f"images/s and the Pareto marks are mode {PARETO_MODE} (inference only); each model's own record "
-             "has every mode"]
-    if not opts.data:
-        notes.append("no --data: no accuracy, so no Pareto marks")
+             "has every mode"] + ["no --data: no accuracy, so no Pareto marks"] * (not plan.data)
     notes += sorted({n for rec in records for n in rec["notes"]})
     command = records[0]["command"].replace(subjects[0].base, " ".join(s.base for s in subjects), 1)
     record = CompareRecord(
         **record_head("compare", f"{command} --pareto-batch {batch}", notes, out_dir,
                       ("compare.json", "compare.md"), any(d != "cpu" for d in plan.devices)),
-        settings=CompareSettings(**vars(plan), pareto_batch=batch,
-                                 pareto_mode=PARETO_MODE, interleaved=True),
+        settings=CompareSettings(**vars(plan), pareto_batch=batch, pareto_mode=PARETO_MODE, interleaved=True),
         models=[CompareModel(name=name, path=s.base, arch=s.meta.get("arch"), classes=len(s.labels),
                              preprocess=rec["model"]["preprocess"], flops_per_image=rec["model"]["flops_per_image"],
                              record=rec["files"]["json"]) for name, s, rec in zip(names, subjects, records)],
