@@ -1,4 +1,4 @@
-"""What `toolkit benchmark` is asked to do (BenchmarkOptions), checked and parsed into a Plan, and the
+"""What `toolkit benchmark` is asked to do (BenchmarkOptions), checked and parsed into Settings, and the
 engine x device x precision combinations (Combo) it runs: fp32, fp16 and int8 name the export and its
 twins, bf16 the FP32 file at OpenVINO's bf16 inference precision. A combination an engine can't run is
 skipped with its reason in the record; only when nothing is left is it an error.
@@ -54,18 +54,9 @@ class Combo:
     device: str  # the benchmark's device word: cpu, cuda[:N], tensorrt
     precision: str  # fp32 | fp16 | bf16 | int8: the row's label
 
-    @property
-    def key(self) -> str:
-        return f"{self.engine}/{self.device}/{self.precision}"
-
-    @property
-    def file_precision(self) -> str:
-        return file_precision(self.precision)
-
-    @property
-    def inference_precision(self) -> str:
-        """What floating-point layers compute in: fp32, or bf16 (OpenVINO's hint) for bf16."""
-        return "bf16" if self.precision == "bf16" else "fp32"
+    key = property(lambda self: f"{self.engine}/{self.device}/{self.precision}")
+    file_precision = property(lambda self: file_precision(self.precision))
+    inference_precision = property(lambda self: "bf16" if self.precision == "bf16" else "fp32")  # OpenVINO's hint
 
 
 def file_precision(precision: str) -> str:
@@ -85,7 +76,7 @@ def why_not(engine: str, device: str, precision: str) -> Optional[str]:
     return None
 
 
-def plan_combos(engines: tuple, devices: tuple, precisions: tuple) -> tuple[list, list]:
+def plan_combos(engines: list, devices: list, precisions: tuple) -> tuple[list, list]:
     """([Combo] to run, [Skipped]), devices outermost, then engines, then precisions, in the order given."""
     every = [(e, d, p, why_not(e, d, p)) for d in devices for e in engines for p in precisions]
     run, skipped = [Combo(e, d, p) for e, d, p, why in every if not why], [Skipped(*x) for x in every if x[3]]
@@ -100,14 +91,10 @@ def _check_counts(o: BenchmarkOptions) -> None:
         raise UserError("benchmark: pass --duration or --iterations, not both")
     if o.duration is not None and not float(o.duration) > 0:
         raise UserError(f"duration: {o.duration!r}; expected a positive number of seconds")
-    for name in ("iterations", "threads"):
+    for name in ("iterations", "threads", "rounds", "warmup"):  # warm-up always runs: at least 1
         value = getattr(o, name)
         if value is not None and (int(value) != value or int(value) < 1):
             raise UserError(f"{name}: {value!r}; expected a positive whole number")
-    if int(o.rounds) < 1:
-        raise UserError(f"rounds: {o.rounds!r}; expected at least 1")
-    if o.warmup is not None and int(o.warmup) < 1:
-        raise UserError(f"warmup: {o.warmup!r}; expected at least 1 (warm-up always runs before timing)")
 
 
 def parse(o: BenchmarkOptions) -> Settings:

@@ -20,27 +20,16 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEVICES = ("cpu", "cuda", "tensorrt")
 MODES = ("model", "end_to_end", "end_to_end_12mp")
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
-TIMED = {  # what each number means; docs/benchmark.md says more
-    "model": "model only: one session.run (ORT) or model(x) under torch.inference_mode on a batch already decoded, "
-             "preprocessed and in the model's dtype; logits back in host memory on CPU; on CUDA input and output "
-             "stay on the device (IO binding) and each call is synchronised",
-    "end_to_end": "Predictor.predict on `batch` in-memory 500x375 JPEGs (quality 90): decode + resize/crop on the "
-                  "decode pool (one thread per core), then normalise + inference + softmax + top-5 (PyTorch rows: "
-                  "the same steps in torch); decode_share: the median share of a call spent until every image "
-                  "was decoded",
+TIMED = {  # what each number means, in one line each (docs/benchmark.md: "What is timed, and how")
+    "model": "one inference call on a batch already decoded and preprocessed (CUDA: on the device, synchronised)",
+    "end_to_end": "Predictor.predict's steps on `batch` 500x375 JPEGs: decode on the decode pool, then the model",
     "end_to_end_12mp": "the same as end_to_end on 4032x3024 JPEGs (12 MP phone photos), ONNX engines only",
-    "cold_start": "session (or model) creation + the first model-only inference at that batch size, in a fresh "
-                  "Python process (import time apart), batch sizes ascending; torch.compile with an empty inductor "
-                  "cache; OpenVINO's session time is its compile; not measured without isolation",
-    "peak_rss": "peak resident set size (VmHWM) of that fresh process after this batch size (rss_base_mb: before "
-                "the model)",
+    "cold_start": "session (or model) creation + the first inference at that batch size, in a fresh process",
+    "peak_rss": "peak resident set size of that fresh process after this batch size",
     "gpu_memory": "GPU memory of that fresh process (nvidia-smi, CUDA context included)",
     "throughput": "images/s per round (batch x calls / the round's block time): median, min/max, quartiles",
-    "latency": "ms per call over every timed call: p50/p90/p95/p99, mean, min, max, IQR; latency_per_image_ms: "
-               "the same / batch",
-    "gflops": "FLOPs per image (2 x the multiply-accumulates of Conv/Gemm/MatMul in the ONNX graph) x median "
-              "images/s; fraction_of_peak: of the FP32 GEMM peak of the device, measured once before the timing "
-              "(INT8/FP16 rows can pass 1.0); fraction_of_precision_peak: of the row's own precision's peak",
+    "latency": "ms per call over every timed call; latency_per_image_ms: the same / batch",
+    "gflops": "FLOPs per image counted in the ONNX graph x median images/s, against each measured GEMM peak",
 }
 
 

@@ -43,7 +43,7 @@ def inference_record(s, bench) -> dict:
         settings=InferenceSettings(**{**vars(plan), "precisions": list(s.precisions)}, skipped=s.skipped,
                                    e2e_image=images[0], e2e_images=[x for x in images if x.mode in plan.modes]),
         timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends] + s.failed, results=s.rows,
-        schedule=s.schedule)
+        schedule=[b for b in bench.schedule if b.model == s.name])
     return dataclasses.asdict(record)
 
 

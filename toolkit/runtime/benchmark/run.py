@@ -17,7 +17,6 @@ import numpy as np
 from toolkit.artifacts import base_of, twin_path
 from toolkit.errors import UserError, first_line
 from toolkit.parsing import parse_list
-from toolkit.preprocess import SERVE_FORMATS
 import toolkit.runtime.benchmark.peak as peak_mod
 import toolkit.runtime.benchmark.report as report
 from toolkit.runtime.benchmark.backends import BackendLoader, load_onnx_backends, synthetic_jpegs
@@ -44,10 +43,7 @@ class Subject:
     failed: list = field(default_factory=list)  # [BackendRecord] of backends that never loaded
     checkpoint: Optional[str] = None  # the PyTorch checkpoint (--torch / --compile)
     notes: list = field(default_factory=list)
-    pixels: list = field(default_factory=list)  # the end-to-end JPEGs decoded with this model's preprocessing
     rows: list = field(default_factory=list)  # [Row]
-    schedule: list = field(default_factory=list)  # [Block] of its backends
-    first_runs: dict = field(default_factory=dict)  # (key, mode, batch) -> seconds of the first call
 
     def __post_init__(self):
         self.info = self.infos["fp32"]
@@ -178,9 +174,6 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
     bench.jpegs = {"end_to_end": synthetic_jpegs(min(max(plan.batch_sizes), 8))}
     if "end_to_end_12mp" in plan.modes:
         bench.jpegs["end_to_end_12mp"] = synthetic_jpegs(min(max(plan.batch_sizes), 4), E2E_IMAGES["end_to_end_12mp"])
-    for s in subjects:
-        preprocess = s.backends[0].predictor.preprocess
-        s.pixels = [preprocess.pixels(j, formats=SERVE_FORMATS) for j in bench.jpegs["end_to_end"]]
     for batch in plan.batch_sizes:
         _time_batch(subjects, bench, batch)
     for s in subjects:
@@ -207,26 +200,24 @@ def _load(s: Subject, bench: Bench, torch_backends: Optional[BackendLoader]) -> 
 
 def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
     """Every model's warmed-up entries timed in the same rounds, then their rows."""
-    entries, iters, owners = [], {}, {}  # owners: entry -> (subject, backend, mode)
+    entries, iters, owners = [], {}, {}  # owners: entry -> (subject, backend, mode, first call's seconds)
     for s in subjects:
-        for b, mode, fn, k in _warm(s, bench, batch):
+        for b, mode, fn, k, first in _warm(s, bench, batch):
             entry = f"{s.name}|{b.record.key}|{mode}"
             entries.append((entry, fn))
-            iters[entry], owners[entry] = k, (s, b, mode)
+            iters[entry], owners[entry] = k, (s, b, mode, first)
     rounds, several = bench.plan.rounds, len(subjects) > 1
 
     def on_block(r, entry, k, total):
-        s, b, mode = owners[entry]
+        s, b, mode, _ = owners[entry]
         bench.progress.live(f"batch {batch} round {r + 1}/{rounds}: {s.name + ' ' if several else ''}"
                             f"{b.record.key} {mode} {k * batch / total if total else 0:.1f} img/s")
     lat, blocks, order = interleaved_rounds(entries, rounds, iters, on_block)
     for r, entry, k in order:
-        s, b, mode = owners[entry]
-        block = Block(r, batch, s.name, b.record.key, mode, k)
-        bench.schedule.append(block)
-        s.schedule.append(block)
-    for entry, (s, b, mode) in owners.items():
-        s.rows.append(_row(s, bench, b, mode, batch, lat[entry], blocks[entry], iters[entry]))
+        s, b, mode, _ = owners[entry]
+        bench.schedule.append(Block(r, batch, s.name, b.record.key, mode, k))
+    for entry, (s, b, mode, first) in owners.items():
+        s.rows.append(_row(bench, b, mode, batch, lat[entry], blocks[entry], iters[entry], first))
     for s in subjects:
         _baselines([r for r in s.rows if r.batch == batch])
     s, r = max(((s, r) for s in subjects for r in s.rows if r.batch == batch), key=lambda sr: sr[1].throughput_ips.median)
@@ -235,9 +226,10 @@ def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
 
 
 def _warm(s: Subject, bench: Bench, batch: int) -> list:
-    """[(backend, mode, fn, calls per block)] of every live backend warmed up at this batch size. A backend
-    that may fail (torch.compile) and fails here is marked failed and timed no more."""
-    pixels = np.stack([s.pixels[i % len(s.pixels)] for i in range(batch)])
+    """[(backend, mode, fn, calls per block, first call's seconds)] of every live backend warmed up at this batch
+    size. A backend that may fail (torch.compile) and fails here is marked failed and timed no more."""
+    crop = s.backends[0].predictor.preprocess.crop  # model-only calls: any pixels of the right shape will do
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8)
     jpegs = {m: [js[i % len(js)] for i in range(batch)] for m, js in bench.jpegs.items()}
     out = []
     for b in (b for b in s.backends if b.record.status == "ok"):
@@ -253,10 +245,8 @@ def _warm(s: Subject, bench: Bench, batch: int) -> list:
                 raise
             b.record.status, b.record.error = "failed", first_line(exc, 300)
             continue
-        for b, mode, fn, first, last in warmed:
-            s.first_runs[(b.record.key, mode, batch)] = first
-            out.append((b, mode, fn, calls_per_block(bench.plan.iterations, bench.plan.duration_s, bench.plan.rounds,
-                                                     last)))
+        out += [(b, mode, fn, calls_per_block(bench.plan.iterations, bench.plan.duration_s, bench.plan.rounds, last),
+                 first) for b, mode, fn, first, last in warmed]
     return out
 
 
@@ -277,7 +267,7 @@ _FROM_BACKEND = ("key", "backend", "engine", "engine_device", "inference_precisi
                  "file_bytes")  # the fields a Row copies from its BackendRecord
 
 
-def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: list, k: int) -> Row:
+def _row(bench: Bench, b, mode: str, batch: int, lat: list, blocks: list, k: int, first: float) -> Row:
     """One backend x mode x batch size: the timing statistics, GFLOP/s against the peaks, cold start and memory."""
     rec = b.record
     latency, per_image, throughput = stats(lat, blocks, k, batch)
@@ -289,7 +279,7 @@ def _row(s: Subject, bench: Bench, b, mode: str, batch: int, lat: list, blocks: 
     return Row(
         **{f: getattr(rec, f) for f in _FROM_BACKEND}, mode=mode, e2e_image=f"{size[0]}x{size[1]}" if size else None,
         batch=batch, iterations=len(lat), rounds=bench.plan.rounds, throughput_ips=throughput, latency_ms=latency,
-        latency_per_image_ms=per_image, first_run_s=round(s.first_runs[(rec.key, mode, batch)], 4), gflops=gflops,
+        latency_per_image_ms=per_image, first_run_s=round(first, 4), gflops=gflops,
         fraction_of_peak=_sig(gflops / fp32.gflops) if gflops and fp32 else None,
         fraction_of_precision_peak=_sig(gflops / own.gflops) if gflops and own else None,
         peak_precision=own and own.precision, precision_peak_engine=own and own.engine,
