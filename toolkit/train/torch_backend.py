@@ -87,20 +87,17 @@ class TorchBackend:
 
 
 def find_checkpoint(meta: dict, model_path: str, checkpoint: Optional[str]) -> str:
-    """The checkpoint the export was made from: `checkpoint` when given, else what its metadata names."""
+    """The checkpoint the export was made from: `checkpoint` when given, else the file or run its metadata names
+    (relative to the working directory or to the project root above exports/)."""
     if checkpoint:
         return artifacts.run_checkpoint(os.fspath(checkpoint))
-    ckpt, run = (meta.get(k) if isinstance(meta.get(k), str) else None for k in ("checkpoint", "source_run"))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(model_path)))  # relative paths: the root above exports/
-    for c in [ckpt, os.path.join(root, ckpt)] if ckpt else []:
-        if os.path.isfile(c):
-            return c
-    if run:
+    tried = [c for c in (meta.get("checkpoint"), meta.get("source_run")) if isinstance(c, str) and c]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(model_path)))
+    for path in (p for c in tried for p in (c, os.path.join(root, c)) if os.path.exists(p)):
         try:
-            return artifacts.run_checkpoint(run)
-        except UserError:
-            pass
-    tried = [x for x in (ckpt, run) if x]
+            return artifacts.run_checkpoint(path)
+        except UserError:  # a run folder without its checkpoints
+            continue
     where = f" (looked for {', '.join(tried)})" if tried else " (its metadata names no checkpoint)"
     raise UserError(f"--torch: the PyTorch checkpoint of {model_path} is not here{where}; expected the run that "
                     "exported it, or pass checkpoint=PATH")

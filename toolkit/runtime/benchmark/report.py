@@ -38,11 +38,11 @@ def inference_record(s, bench) -> dict:
                       any(d != "cpu" for d in plan.devices)),
         model=ModelInfo(path=s.base, name=os.path.basename(s.base)[:-len(".onnx")], arch=meta.get("arch"), head=meta.get("head"), classes=len(s.labels),
                         preprocess=meta["preprocess"], input=s.info["contract"].input or {"shape": s.info["input_dims"]},
-                        source_run=meta.get("source_run"), checkpoint=s.checkpoint or meta.get("checkpoint"),
+                        source_run=meta.get("source_run"), checkpoint=s.extra.checkpoint or meta.get("checkpoint"),
                         flops_per_image=s.info["flops"]["flops"]),
         settings=InferenceSettings(**{**vars(plan), "precisions": list(s.precisions)}, skipped=s.skipped,
                                    e2e_image=images[0], e2e_images=[x for x in images if x.mode in plan.modes]),
-        timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends] + s.failed, results=s.rows,
+        timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends] + s.extra.failed, results=s.rows,
         schedule=[b for b in bench.schedule if b.model == s.name])
     return dataclasses.asdict(record)
 
@@ -50,11 +50,12 @@ def inference_record(s, bench) -> dict:
 def _notes(s, bench) -> list:
     uncounted = s.info["flops"]["uncounted"]
     notes = [f"FLOPs: {len(uncounted)} Conv/Gemm/MatMul nodes had unknown shapes and are not counted"] * bool(uncounted)
-    notes += [f"{r.key} failed: {r.error}" for r in [b.record for b in s.backends] + s.failed if r.status == "failed"]
+    notes += [f"{r.key} failed: {r.error}" for r in [b.record for b in s.backends] + s.extra.failed
+              if r.status == "failed"]
     notes += [f"skipped {x.engine}/{x.device}/{x.precision}: {x.reason}" for x in s.skipped]
     if any(len(pk.candidates) > 1 for pk in bench.peaks):
         notes.append("peaks: the best of every engine's GEMM at the same thread count (peaks[].candidates)")
-    notes += s.notes
+    notes += s.extra.notes
     if "fp16" in s.precisions and "cpu" in bench.plan.devices:
         notes.append("FP16 on CPU runs through ORT's CPU kernels (often slower than FP32); FP16 is for GPUs")
     return notes

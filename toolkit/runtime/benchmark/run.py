@@ -19,7 +19,7 @@ from toolkit.errors import UserError, first_line
 from toolkit.parsing import parse_list
 import toolkit.runtime.benchmark.peak as peak_mod
 import toolkit.runtime.benchmark.report as report
-from toolkit.runtime.benchmark.backends import BackendLoader, load_onnx_backends, synthetic_jpegs
+from toolkit.runtime.benchmark.backends import BackendLoader, ExtraBackends, load_onnx_backends, synthetic_jpegs
 from toolkit.runtime.benchmark.machine import default_out_dir
 from toolkit.runtime.benchmark.model_file import inspect_model, resolve_model
 from toolkit.runtime.benchmark.options import BenchmarkOptions, file_precision, parse, plan_combos
@@ -40,9 +40,7 @@ class Subject:
     out_dir: str = ""  # where its record goes
     skipped: list = field(default_factory=list)  # [Skipped]
     backends: list = field(default_factory=list)  # [Backend], loaded
-    failed: list = field(default_factory=list)  # [BackendRecord] of backends that never loaded
-    checkpoint: Optional[str] = None  # the PyTorch checkpoint (--torch / --compile)
-    notes: list = field(default_factory=list)
+    extra: ExtraBackends = field(default_factory=lambda: ExtraBackends([], [], None, []))  # the PyTorch ones
     rows: list = field(default_factory=list)  # [Row]
 
     def __post_init__(self):
@@ -161,14 +159,23 @@ def open_subject(model: Optional[str], bench: Bench) -> Subject:
 
 
 def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader]) -> None:
-    """Load, peaks, cold starts, the interleaved rounds per batch size, accuracy: every model together."""
-    plan, opts = bench.plan, bench.opts
+    """Load (the ONNX backends of every combination, then the PyTorch ones), peaks, cold starts, the interleaved
+    rounds per batch size, accuracy: every model together."""
+    plan, live = bench.plan, bench.progress.live
+    if (plan.torch or plan.compile) and torch_backends is None:
+        raise UserError("benchmark: torch / compile need the PyTorch side; from Python pass torch_backends="
+                        "toolkit.train.torch_backend.load_torch_backends (the toolkit command does)")
     for s in subjects:
-        _load(s, bench, torch_backends)
+        combos, s.skipped = plan_combos(plan.engines, plan.devices, s.precisions)
+        s.backends = load_onnx_backends(s.infos, combos, s.skipped, plan.threads, max(plan.batch_sizes), live)
+        if plan.torch or plan.compile:
+            s.extra = torch_backends(s.info, s.backends[0].predictor.preprocess, plan.devices, plan.threads,
+                                     bench.opts, live)
+            s.backends += s.extra.backends
     ran = {("cpu" if b.record.device == "cpu" else "cuda", b.record.precision) for s in subjects for b in s.backends}
     bench.peaks = peak_mod.measure_peaks(plan.devices, ran, plan.threads, plan.engines, bench.progress)
-    for b in (b for s in subjects for b in s.backends if opts.isolate):
-        bench.progress.live(f"cold start of {b.record.key} in a fresh process")
+    for b in (b for s in subjects for b in s.backends if plan.isolate):
+        live(f"cold start of {b.record.key} in a fresh process")
         b.record.cold_start = b.cold_start(plan.threads, plan.batch_sizes)
     # up to 8 distinct 500x375 JPEGs and 4 distinct 12 MP ones: decoding costs the same whatever repeats
     bench.jpegs = {"end_to_end": synthetic_jpegs(min(max(plan.batch_sizes), 8))}
@@ -176,26 +183,16 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
         bench.jpegs["end_to_end_12mp"] = synthetic_jpegs(min(max(plan.batch_sizes), 4), E2E_IMAGES["end_to_end_12mp"])
     for batch in plan.batch_sizes:
         _time_batch(subjects, bench, batch)
-    for s in subjects:
-        _measure_accuracy(s, bench)
+    for s, p in ((s, p) for s in subjects for p in s.precisions if plan.data):  # on CPU with ONNX Runtime
+        live(f"accuracy of {p} on the {plan.split} split of {plan.data}")
+        res = evaluate_onnx(s.infos[p]["path"], plan.data, split=plan.split, threads=plan.threads, quiet=True)
+        accuracy = {"split": plan.split, "top1": res.get("top1"), "top5": res.get("top5"), "n": res.get("n"),
+                    "provider": "CPUExecutionProvider"}
+        for b in (b for b in s.backends if b.record.backend == DEFAULT_ENGINE and b.record.precision == p):
+            b.record.accuracy = accuracy
+            for row in (r for r in s.rows if r.key == b.record.key):
+                row.top1 = accuracy["top1"]
     bench.progress.close()
-
-
-def _load(s: Subject, bench: Bench, torch_backends: Optional[BackendLoader]) -> None:
-    """The ONNX backends of every combination, then the PyTorch ones (--torch / --compile)."""
-    plan, opts = bench.plan, bench.opts
-    combos, s.skipped = plan_combos(plan.engines, plan.devices, s.precisions)
-    s.backends = load_onnx_backends(s.infos, combos, s.skipped, plan.threads, max(plan.batch_sizes), bench.progress.live)
-    if not (opts.torch or opts.compile):
-        return
-    if torch_backends is None:
-        raise UserError("benchmark: torch / compile need the PyTorch side; from Python pass torch_backends="
-                        "toolkit.train.torch_backend.load_torch_backends (the toolkit command does)")
-    extra = torch_backends(s.info, s.backends[0].predictor.preprocess, plan.devices, plan.threads, opts,
-                           bench.progress.live)
-    s.backends += extra.backends
-    s.failed += extra.failed
-    s.checkpoint, s.notes = extra.checkpoint, s.notes + extra.notes
 
 
 def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
@@ -298,18 +295,3 @@ def _baselines(rows: list) -> None:
         row.baseline = ref and ref.key
         row.speedup = round(row.throughput_ips.median / ref.throughput_ips.median, 3) \
             if ref and ref.throughput_ips.median else None
-
-
-def _measure_accuracy(s: Subject, bench: Bench) -> None:
-    """Each precision's accuracy on the recipe's split (--data), on CPU with ONNX Runtime."""
-    opts = bench.opts
-    for p in s.precisions if opts.data else ():
-        bench.progress.live(f"accuracy of {p} on the {opts.split} split of {opts.data}")
-        res = evaluate_onnx(s.infos[p]["path"], opts.data, split=opts.split, threads=bench.plan.threads, quiet=True)
-        accuracy = {"split": opts.split, "top1": res.get("top1"), "top5": res.get("top5"), "n": res.get("n"),
-                    "provider": "CPUExecutionProvider"}
-        for b in s.backends:
-            if b.record.backend == DEFAULT_ENGINE and b.record.precision == p:  # evaluate_onnx's engine
-                b.record.accuracy = accuracy
-                for row in (r for r in s.rows if r.key == b.record.key):
-                    row.top1 = accuracy["top1"]
