@@ -76,10 +76,8 @@ def _settings(recipe, batch_size, device, timing: dict, loader_batches) -> Train
         recipe.train.batch_size = int(batch_size)
     if device is not None:
         recipe.train.device = str(device)
-    iterations, warmup = timing["iterations"], timing["warmup"]
     return TrainSettings(device=str(recipe.train.device), threads=plan.threads, threads_source=plan.threads_source,
-                         warmup=int(warmup) if warmup is not None else "auto", rounds=plan.rounds,
-                         iterations=int(iterations) if iterations is not None else None, duration_s=plan.duration_s,
+                         warmup=plan.warmup, rounds=plan.rounds, iterations=plan.iterations, duration_s=plan.duration_s,
                          loader_batches=int(loader_batches or 0))  # 0: one pass, set when the loader is timed
 
 
@@ -136,14 +134,12 @@ def _time_loader(recipe, items: list, timing: TrainSettings, progress) -> Loader
     progress.live("starting the data loader")
     loader = data_mod.make_loader(items, recipe, train=True, generator=torch.Generator().manual_seed(0))
     n_batches = timing.loader_batches = timing.loader_batches or max(3, len(loader))
-    duration = timing.duration_s
     tt = time.perf_counter()
     it = iter(loader)
     next(it)
-    startup = time.perf_counter() - tt
-    times, sizes_seen = [], []
-    deadline = time.perf_counter() + (float(duration) if duration is not None else float("inf"))
-    while len(times) < n_batches and (duration is None or time.perf_counter() < deadline or len(times) < 3):
+    startup, times, sizes_seen = time.perf_counter() - tt, [], []
+    deadline = time.perf_counter() + (timing.duration_s or float("inf"))
+    while len(times) < n_batches and (time.perf_counter() < deadline or len(times) < 3):
         tt = time.perf_counter()
         try:
             xb, _ = next(it)

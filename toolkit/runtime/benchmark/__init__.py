@@ -1,11 +1,6 @@
-"""Honest throughput and latency: ONNX Runtime and OpenVINO vs PyTorch, per batch size, precision and device
-(docs/benchmark.md has the rules the measurements follow; the record says what each number means in `timed`).
-
-In the order a run uses them: options (BenchmarkOptions, parse: the run's Settings), model_file (the export, its twins, FLOPs),
-backends (the Backend protocol, ONNX backends on the engine adapters, the fresh-process cold start), peak,
-timing, run (the one loop: run_benchmark, compare_models), records (the record dataclasses, their JSON Schema,
-validate_record), report (the records, Pareto marks, the tables and files). The PyTorch backends live on
-the torch side (toolkit.train.torch_backend) and reach run_benchmark through `torch_backends`. No torch here.
+"""Honest throughput and latency: ONNX Runtime and OpenVINO vs PyTorch, per batch size, precision and device.
+docs/benchmark.md has the rules the measurements follow, docs/architecture.md the modules. The PyTorch backends
+live on the torch side (toolkit.train.torch_backend) and reach run_benchmark through `torch_backends`.
 """
 from toolkit.artifacts import twin_path
 from toolkit.runtime.benchmark.backends import Backend, BackendLoader, ExtraBackends

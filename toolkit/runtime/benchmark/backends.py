@@ -67,10 +67,10 @@ class DecodeSplit:
     share(mode) is the median share of a call's wall time that went to decoding."""
 
     def __init__(self):
-        self.calls: dict = {}  # mode -> [(decode_s, total_s)] since the last reset
+        self.reset()
 
     def reset(self) -> None:
-        self.calls = {}
+        self.calls: dict = {}  # mode -> [(decode_s, total_s)] since the last reset
 
     def call(self, mode: str, decode: Callable, jpegs: list, model: Callable[[list], object]) -> None:
         """model([decode(jpeg)]), decoded on the shared pool in order (the first error raised)."""
@@ -119,9 +119,9 @@ class OnnxBackend:
         self.out_names = ["logits"] if "logits" in outs else outs[:1]
 
     def cold_start(self, threads: int, sizes: tuple) -> dict:
-        return run_probe({"probe": f"{__name__}:probe_onnx", "path": self.record.file, "engine": self.combo.engine,
-                          "device": self.combo.device, "threads": threads, "batch_sizes": list(sizes),
-                          "precision": self.combo.precision})
+        c = self.combo
+        return run_probe({"probe": f"{__name__}:probe_onnx", "path": self.record.file, "engine": c.engine,
+                          "device": c.device, "threads": threads, "batch_sizes": list(sizes), "precision": c.precision})
 
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
         x = pixels if self.predictor.raw else self.predictor.preprocess.normalize(pixels)
@@ -145,15 +145,12 @@ def probe_onnx(spec: dict) -> dict:
     t0 = time.perf_counter()
     from toolkit.runtime.predictor import Predictor  # noqa: F401 - its import counts in import_s
     out: dict = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
-    info = {"path": spec["path"], "file_bytes": None, "flops": {"flops": 0, "by_op": {}}}
-    b = OnnxBackend(info, Combo(spec["engine"], spec["device"], spec["precision"]), spec["threads"],
-                    max(spec["batch_sizes"]))
+    b = OnnxBackend({"path": spec["path"], "file_bytes": None, "flops": {"flops": 0, "by_op": {}}},
+                    Combo(spec["engine"], spec["device"], spec["precision"]), spec["threads"], max(spec["batch_sizes"]))
     out.update(session_s=b.session_s, provider=b.record.provider, compile_s=b.predictor.engine_info.load_s)
     crop = b.predictor.preprocess.crop
-
-    def make(n):
-        b.prepare(n, np.random.default_rng(0).integers(0, 256, (n, crop, crop, 3), dtype=np.uint8), {})
-    return first_runs(spec, out, make, lambda _: b.run("model"))
+    return first_runs(spec, out, lambda n: b.prepare(n, np.random.default_rng(0).integers(
+        0, 256, (n, crop, crop, 3), dtype=np.uint8), {}), lambda _: b.run("model"))
 
 
 def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:

@@ -1,8 +1,6 @@
-"""Peak: the machine's GEMM limit per precision at the benchmark's threads, measured once before the timing,
-with every engine the run uses, the fastest kept. A row's GFLOP/s is read against the FP32 peak
-(fraction_of_peak) and its own precision's (fraction_of_precision_peak). Candidates: ORT MatMul (fp32;
-MatMulInteger u8 x s8 for int8; CUDA: fp32, fp16 with IO binding) and each engine adapter's gemm_peaks()
-(OpenVINO: MatMul f32 / bf16, QDQ MatMul u8s8).
+"""Peak: the machine's GEMM limit per precision at the benchmark's threads, measured once before the timing with
+ORT's MatMul (MatMulInteger u8 x s8 for int8; CUDA: with IO binding) and each engine adapter's gemm_peaks()
+(OpenVINO's), the fastest kept; a row's GFLOP/s is read against the FP32 peak and its own precision's.
 """
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""The benchmark records as dataclasses: benchmark.json / compare.json are `dataclasses.asdict` of them,
-their JSON Schema is derived from these classes, and validate_record checks a record with jsonschema.
-
-SCHEMA_VERSION 5 (4: results[].decode_share; 5: no plots, no reference GEMM in the rounds, no OpenVINO
-model-cache cold starts: files.png, settings.reference, peaks[].in_rounds, results[].fraction_of_gemm_in_rounds,
-backends[].cold_start.model_cache gone; no cold start without isolation). docs/benchmark.md
-documents every field. Standard library only at import.
+"""The benchmark records as dataclasses: benchmark.json / compare.json are `dataclasses.asdict` of them, their
+JSON Schema is derived from these classes, and validate_record checks a record with jsonschema. Standard
+library only at import. SCHEMA_VERSION 5: no plots, no reference GEMM in the rounds, no OpenVINO model-cache
+cold starts, no cold start without isolation (docs/benchmark.md lists every field).
 """
 from __future__ import annotations
 
@@ -79,15 +76,12 @@ Block = record("Block", "One timed block of the interleaved rounds.", round=int,
 Skipped = record("Skipped", "A combination an engine can't run.", engine=str, device=str, precision=str, reason=str)
 ModelInfo = record("ModelInfo", "The export under test.", path=str, name=str, arch=_STR, head=_STR, classes=_INT,
                    input=dict, preprocess=Optional[dict], source_run=_STR, checkpoint=_STR, flops_per_image=int)
-E2EImages = record("E2EImages", "The synthetic JPEGs of one end-to-end mode.", mode=str, format=str, width=int,
-                   height=int, quality=int, distinct=int, bytes_mean=int)
 Settings = record("Settings", "What a run measured with: the options checked and parsed (options.parse).",
                   batch_sizes=list[int], precisions=list[Literal[PRECISIONS]], engines=list[str], devices=list[str],
                   modes=list[Literal[MODES]], threads=int, threads_source=str, rounds=int, iterations=_INT,
                   duration_s=_NUM, warmup=Union[int, str], data=_STR, split=_STR, torch=bool, compile=bool,
                   end_to_end=bool, isolate=bool)
-InferenceSettings = record("InferenceSettings", Settings.__doc__, Settings, skipped=list[Skipped],
-                           e2e_image=E2EImages, e2e_images=list[E2EImages])
+InferenceSettings = record("InferenceSettings", Settings.__doc__, Settings, skipped=list[Skipped])
 InferenceRecord = record("InferenceRecord", "benchmark.json of one export.", Head, model=ModelInfo,
                          settings=InferenceSettings, timed=dict[str, str], peaks=list[Peak],
                          backends=list[BackendRecord], results=list[Row], schedule=list[Block])

@@ -8,13 +8,10 @@ import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
-
 from toolkit.artifacts import atomic_write
 from toolkit.runtime.benchmark.machine import record_head
-from toolkit.runtime.benchmark.records import (E2E_IMAGES, E2E_JPEG_QUALITY, TIMED, CompareModel, CompareRecord,
-                                               CompareRow, CompareSettings, E2EImages, InferenceRecord,
-                                               InferenceSettings, ModelInfo)
+from toolkit.runtime.benchmark.records import (TIMED, CompareModel, CompareRecord, CompareRow, CompareSettings,
+                                               InferenceRecord, InferenceSettings, ModelInfo)
 from toolkit.runtime.engines import DEFAULT_ENGINE
 
 PARETO_MODE = "model"  # the comparison reads inference-only throughput (the same for every model's input size)
@@ -31,8 +28,6 @@ _LEGEND = ("model = inference only; e2e = JPEG decode + preprocess + inference +
 def inference_record(s, bench) -> dict:
     """The record of subject `s` (run.Subject) of a finished run `bench` (run.Bench), as a JSON-ready dict."""
     plan, meta = bench.plan, s.meta
-    images = [E2EImages(m, "JPEG", *E2E_IMAGES[m], E2E_JPEG_QUALITY, len(js), int(np.mean([len(j) for j in js])))
-              for m, js in bench.jpegs.items()]
     record = InferenceRecord(
         **record_head("inference", _command(s, bench), _notes(s, bench), s.out_dir, ("benchmark.json", "benchmark.md"),
                       any(d != "cpu" for d in plan.devices)),
@@ -40,8 +35,7 @@ def inference_record(s, bench) -> dict:
                         preprocess=meta["preprocess"], input=s.info["contract"].input or {"shape": s.info["input_dims"]},
                         source_run=meta.get("source_run"), checkpoint=s.extra.checkpoint or meta.get("checkpoint"),
                         flops_per_image=s.info["flops"]["flops"]),
-        settings=InferenceSettings(**{**vars(plan), "precisions": list(s.precisions)}, skipped=s.skipped,
-                                   e2e_image=images[0], e2e_images=[x for x in images if x.mode in plan.modes]),
+        settings=InferenceSettings(**{**vars(plan), "precisions": list(s.precisions)}, skipped=s.skipped),
         timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends] + s.extra.failed, results=s.rows,
         schedule=[b for b in bench.schedule if b.model == s.name])
     return dataclasses.asdict(record)

@@ -1,9 +1,7 @@
-"""run_benchmark and compare_models: one loop benchmarks N models (run_benchmark is N = 1).
-
-Each model is opened (its twins, preprocessing) and its backends loaded; the GEMM peaks are measured
-once for all; then, per batch size, every model's warmed-up blocks go into ONE list of entries timed in
-the same interleaved rounds, so machine noise hits every model alike. Each model gets its own record
-(report.inference_record); a comparison (which model for my box: top-1 against img/s) adds report.compare_record.
+"""run_benchmark and compare_models: one loop benchmarks N models (run_benchmark is N = 1). The GEMM peaks
+are measured once for all; per batch size every model's warmed-up blocks are timed in the same interleaved
+rounds, so machine noise hits every model alike. Each model gets its own record (report.inference_record); a
+comparison (which model for my box: top-1 against img/s) adds report.compare_record.
 """
 from __future__ import annotations
 
