@@ -169,12 +169,9 @@ def _limiter(step_ips: float, loader_ips: float, on_cpu: bool) -> tuple[Limiter,
     limiter = Limiter(bound_by=bound, step_ips=step_ips, loader_ips=round(loader_ips, 3),
                       ratio=round(loader_ips / step_ips, 3) if step_ips else None,
                       estimate_shared_cpu_ips=round(shared, 3) if shared else None, advice=advice)
-    notes = []
-    if shared:
-        notes.append("on CPU the loader's worker processes and the training step share the same cores; when both "
-                     "are CPU-bound, an epoch runs at about 1/(1/step + 1/loader) images/s "
-                     f"(~{shared:.1f} img/s here)")
-    return limiter, notes
+    return limiter, [f"on CPU the loader's worker processes and the training step share the same cores; when both "
+                     f"are CPU-bound, an epoch runs at about 1/(1/step + 1/loader) images/s (~{shared:.1f} img/s "
+                     "here)"] if shared else []
 
 
 def _record(recipe, recipe_path, command: str, dataset, dev, settings: TrainSettings, phases: list,

@@ -102,7 +102,7 @@ def resolve_model(model: Optional[str], exports_dir: str, say: Callable) -> str:
     """The export to benchmark: `model`, or the newest one in `exports_dir` (or in `model`, a folder)."""
     if model is None or os.path.isdir(model):
         path = artifacts.newest_export(exports_dir if model is None else os.fspath(model))
-        say(f"benchmark: using the newest export {path}")
+        say(f"using the newest export {path}")
         return path
     model = os.fspath(model)
     if not os.path.isfile(model):

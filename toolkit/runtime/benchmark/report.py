@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from toolkit.artifacts import atomic_write
 from toolkit.runtime.benchmark.machine import record_head
@@ -227,14 +227,13 @@ def compare_record(subjects: list, records: list, bench, batch: int, out_dir: st
 _FORMATS = {"inference": format_table, "train": format_train_table, "compare": format_compare_table}
 
 
-def publish(record: dict, quiet: bool, say: Optional[Callable] = None, also: str = "") -> None:
+def publish(record: dict, quiet: bool, also: str = "") -> None:
     """The record's Markdown and JSON, each written atomically; then (unless quiet) its table on stdout and
     what was written on stderr."""
-    say = say or (lambda *a: None if quiet else print(*a, file=sys.stderr))
     files = record["files"]
     os.makedirs(os.path.dirname(files["json"]) or ".", exist_ok=True)
     atomic_write(files["markdown"], _FORMATS[record["kind"]](record, markdown=True))
     atomic_write(files["json"], json.dumps(record, indent=2, default=str) + "\n")
     if not quiet:
         print(_FORMATS[record["kind"]](record))
-        say(f"benchmark: wrote {files['json']}, {files['markdown']}{also}")
+        print(f"benchmark: wrote {files['json']}, {files['markdown']}{also}", file=sys.stderr)

@@ -6,9 +6,8 @@ comparison (which model for my box: top-1 against img/s) adds report.compare_rec
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -52,8 +51,7 @@ class Bench:
 
     opts: BenchmarkOptions
     plan: Settings
-    say: Callable
-    progress: Progress
+    progress: Progress  # .line: what the user should know now (stderr; nothing when quiet)
     peaks: list = field(default_factory=list)  # [Peak], each measured once
     jpegs: dict = field(default_factory=dict)  # end-to-end mode -> synthetic JPEG files
     schedule: list = field(default_factory=list)  # [Block] of every model, in execution order
@@ -62,8 +60,7 @@ class Bench:
 def start(options: Optional[BenchmarkOptions], fields: dict) -> Bench:
     """The options (keyword arguments override the fields of `options`), checked."""
     opts = replace(options, **fields) if options is not None else BenchmarkOptions(**fields)
-    say = (lambda *a, **k: None) if opts.quiet else (lambda *a, **k: print(*a, file=sys.stderr, **k))
-    return Bench(opts=opts, plan=parse(opts), say=say, progress=Progress(not opts.quiet))
+    return Bench(opts=opts, plan=parse(opts), progress=Progress(not opts.quiet))
 
 
 def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOptions] = None,
@@ -79,7 +76,7 @@ def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOption
     subject.out_dir = bench.opts.out_dir or default_out_dir(subject.name)
     measure([subject], bench, torch_backends)
     record = report.inference_record(subject, bench)
-    report.publish(record, bench.opts.quiet, bench.say)
+    report.publish(record, bench.opts.quiet)
     return record
 
 
@@ -113,7 +110,7 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
     for rec in records:
         report.publish(rec, quiet=True)
     record = report.compare_record(subjects, records, bench, batch, out_dir)
-    report.publish(record, bench.opts.quiet, bench.say, also=" and one folder per model")
+    report.publish(record, bench.opts.quiet, also=" and one folder per model")
     return record
 
 
@@ -121,8 +118,8 @@ def _check_labels(subjects: list) -> None:
     """Top-1 on one recipe split compares models only when they name the same classes."""
     ref, want = subjects[0], set(subjects[0].labels)
     for s in subjects[1:]:
-        have = set(s.labels)
-        extra, lacking = (", ".join(sorted(x)[:8]) + (" ..." if len(x) > 8 else "") for x in (have - want, want - have))
+        extra, lacking = (", ".join(sorted(x)[:8]) + (" ..." if len(x) > 8 else "")
+                          for x in (set(s.labels) - want, want - set(s.labels)))
         parts = [f"has {extra} that {ref.base} has not"] * bool(extra) + [f"lacks {lacking}"] * bool(lacking)
         if parts:
             raise UserError(f"{s.base}: its labels differ from {ref.base}'s: it {'; it '.join(parts)}; expected the "
@@ -131,7 +128,7 @@ def _check_labels(subjects: list) -> None:
 
 def open_subject(model: Optional[str], bench: Bench) -> Subject:
     """The export and its precision twins: every file there and readable, the batch axis dynamic."""
-    path = resolve_model(model, bench.opts.exports_dir, bench.say)
+    path = resolve_model(model, bench.opts.exports_dir, bench.progress.line)
     base, twin_precision = base_of(path)
     precisions = bench.plan.precisions
     if twin_precision:
@@ -139,7 +136,7 @@ def open_subject(model: Optional[str], bench: Bench) -> Subject:
             base = path
         elif parse_list(bench.opts.precision) == ["fp32"]:
             precisions = (twin_precision,)
-        bench.say(f"benchmark: {path} is the {twin_precision} twin of {base}")
+        bench.progress.line(f"{path} is the {twin_precision} twin of {base}")
     infos = {"fp32": inspect_model(base)}
     files = dict.fromkeys(file_precision(p) for p in precisions)
     missing = [p for p in files if p != "fp32" and not os.path.isfile(twin_path(base, p))]
