@@ -47,6 +47,8 @@ LAZY_ALLOWED = {
     ("toolkit/train/evaluate.py", "toolkit.train.device"): "as above",
     ("toolkit/runtime/benchmark/backends.py", "toolkit.runtime.predictor"): "importing the benchmark loads no "
         "onnxruntime (the CLI reads BenchmarkOptions for its flags); the cold-start probe times this import",
+    ("toolkit/runtime/cold_start.py", "toolkit.runtime.predictor"): "time_cold_start's fresh interpreter times "
+        "this import (import_s), so the module it runs from must load without it",
     ("toolkit/train/torch_backend.py", "toolkit.train.model"): "the fresh-process probe times the torch side's "
                                                                "import (import_s): this module loads without torch",
     ("toolkit/train/torch_backend.py", "toolkit.train.checkpoint"): "as above",
