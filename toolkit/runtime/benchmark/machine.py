@@ -114,8 +114,9 @@ def versions() -> Versions:
             except metadata.PackageNotFoundError:
                 continue
         return None
-    out = Versions(toolkit.__version__, version("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino", "onnxruntime-directml"),
-                   *map(version, ("openvino", "onnx", "numpy", "pillow", "torch", "torchvision")), None, None, None)
+    ort = version("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino", "onnxruntime-directml")
+    out = Versions(toolkit.__version__, ort, *map(version, ("openvino", "onnx", "numpy", "pillow", "torch",
+                                                           "torchvision")), None, None, None)
     try:
         import onnxruntime
 

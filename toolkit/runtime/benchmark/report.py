@@ -31,10 +31,11 @@ def inference_record(s, bench) -> dict:
     record = InferenceRecord(
         **record_head("inference", _command(s, bench), _notes(s, bench), s.out_dir, ("benchmark.json", "benchmark.md"),
                       any(d != "cpu" for d in plan.devices)),
-        model=ModelInfo(path=s.base, name=os.path.basename(s.base)[:-len(".onnx")], arch=meta.get("arch"), head=meta.get("head"), classes=len(s.labels),
-                        preprocess=meta["preprocess"], input=s.info["contract"].input or {"shape": s.info["input_dims"]},
-                        source_run=meta.get("source_run"), checkpoint=s.extra.checkpoint or meta.get("checkpoint"),
-                        flops_per_image=s.info["flops"]["flops"]),
+        model=ModelInfo(path=s.base, name=os.path.basename(s.base)[:-len(".onnx")], arch=meta.get("arch"),
+                        head=meta.get("head"), classes=len(s.labels), preprocess=meta["preprocess"],
+                        input=s.info["contract"].input or {"shape": s.info["input_dims"]}, flops_per_image=s.info[
+                            "flops"]["flops"], source_run=meta.get("source_run"),
+                        checkpoint=s.extra.checkpoint or meta.get("checkpoint")),
         settings=InferenceSettings(**{**vars(plan), "precisions": list(s.precisions)}, skipped=s.skipped),
         timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends] + s.extra.failed, results=s.rows,
         schedule=[b for b in bench.schedule if b.model == s.name])
@@ -70,12 +71,8 @@ def _fmt(v: Any, spec: str = ".1f", scale: float = 1.0) -> str:
     return "-" if v is None else format(v * scale, spec)
 
 
-def _ms(v: Optional[float]) -> str:
-    return "-" if v is None else format(v, ".3f" if v < 1 else ".2f" if v < 10 else ".1f")
-
-
-def _ips(v: float) -> str:
-    return format(v, ".2f" if v < 10 else ".1f" if v < 1000 else ".0f")
+def _num(v: Optional[float]) -> str:  # ms and img/s: 3 significant digits or more
+    return "-" if v is None else format(v, ".3f" if v < 1 else ".2f" if v < 10 else ".1f" if v < 1000 else ".0f")
 
 
 def _table(rows: list, left: int, markdown: bool) -> list:
@@ -109,9 +106,9 @@ def _row_cells(r: dict) -> list:
     t, lat, provider = r["throughput_ips"], r["latency_ms"], r["provider"] or "-"
     provider = provider.replace("ExecutionProvider", "").replace("PyTorch ", "").replace(" (inductor)", "")
     return [r["backend"], r["precision"], f"{r['device']} ({provider})", _MODE_LABEL[r["mode"]], str(r["batch"]),
-            f"{_ips(t['median'])} ({_ips(t['min'])}-{_ips(t['max'])})", *(_ms(lat[p]) for p in ("p50", "p90", "p95",
-                                                                                                 "p99")),
-            _ms(r["latency_per_image_ms"]["p50"]), _fmt(r["decode_share"], ".0f", 100), _fmt(r["gflops"]),
+            f"{_num(t['median'])} ({_num(t['min'])}-{_num(t['max'])})", *map(_num, (lat["p50"], lat["p90"], lat["p95"],
+                                                                                    lat["p99"])),
+            _num(r["latency_per_image_ms"]["p50"]), _fmt(r["decode_share"], ".0f", 100), _fmt(r["gflops"]),
             _fmt(r["fraction_of_peak"], ".0f", 100), _fmt(r["fraction_of_precision_peak"], ".0f", 100),
             _fmt(r["speedup"], ".2f"), _fmt(r["cold_start_s"], ".2f"), _fmt(r["peak_rss_mb"], ".0f"),
             _fmt(r["file_bytes"], ".1f", 1e-6), _fmt(r["top1"], ".2f")]
@@ -119,7 +116,7 @@ def _row_cells(r: dict) -> list:
 
 def _header(record: dict) -> list:
     m, s, v, model = record["machine"], record["settings"], record["versions"], record["model"]
-    lines = [f"model {model['path']} ({model['arch'] or '?'}, {_fmt(model['flops_per_image'], '.2f', 1e-9)} GFLOP/image)",
+    lines = [f"model {model['path']} ({model['arch'] or '?'}, {model['flops_per_image'] / 1e9:.2f} GFLOP/image)",
              f"machine {m['cpu']} ({m['physical_cores']} cores" + (f"; GPU {m['gpu']}" if m["gpu"] else "")
              + f"); ISA {m['isa']['summary']}",
              f"threads {s['threads']} ({s['threads_source']}), "  # the default engine always runs (peak, accuracy)
@@ -172,7 +169,7 @@ def _compare_lines(record: dict) -> list:
     for (model, key), cells in sorted(by_line.items(), key=lambda kv: -(kv[1].get(pb) or {}).get("ips", 0.0)):
         one = next(iter(cells.values()))
         out.append([model, key, _fmt(one["file_bytes"], ".3g", 1e-6), _fmt(one["flops_per_image"], ".3g", 1e-9),
-                    _fmt(one["top1"], ".2f")] + [_ips(cells[b]["ips"]) if b in cells else "-" for b in sizes]
+                    _fmt(one["top1"], ".2f")] + [_num(cells[b]["ips"]) if b in cells else "-" for b in sizes]
                    + [{True: "*", False: "", None: "-"}[(cells.get(pb) or {}).get("pareto")]])
     return out
 

@@ -212,7 +212,7 @@ def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
         s.rows.append(_row(bench, b, mode, batch, lat[entry], blocks[entry], iters[entry], first))
     for s in subjects:
         _baselines([r for r in s.rows if r.batch == batch])
-    s, r = max(((s, r) for s in subjects for r in s.rows if r.batch == batch), key=lambda sr: sr[1].throughput_ips.median)
+    s, r = max(((s, r) for s in subjects for r in s.rows if r.batch == batch), key=lambda x: x[1].throughput_ips.median)
     bench.progress.line(f"batch {batch} done; fastest {s.name + ' ' if several else ''}{r.key} {r.mode} "
                         f"{r.throughput_ips.median:.1f} img/s")
 
