@@ -23,12 +23,15 @@ _RUN = ("import importlib, json, sys; spec = json.loads(sys.argv[1]); module, _,
 def run_fresh(spec: dict, timeout: float = 600, env: Optional[dict] = None) -> dict:
     """The function spec["probe"] ("module:function") names, called with `spec` in a fresh interpreter that
     imports this toolkit: the dict it returns (floats to 4 decimals). RuntimeError (stderr's last line) when
-    it fails; subprocess.TimeoutExpired after `timeout` seconds."""
+    it fails or runs past `timeout` seconds."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above toolkit/
     env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    proc = subprocess.run([sys.executable, "-c", _RUN, json.dumps(spec)], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _RUN, json.dumps(spec)], capture_output=True, text=True,
+                              env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {timeout:.0f}s") from None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])

@@ -59,7 +59,8 @@ def _nvidia_smi(query: str) -> list:
                               timeout=10)
     except (OSError, subprocess.SubprocessError):
         return []
-    return [[c.strip() for c in line.split(",")] for line in proc.stdout.splitlines()] if proc.returncode == 0 else []
+    rows = [[c.strip() for c in line.split(",")] for line in proc.stdout.splitlines() if "," in line]
+    return rows if proc.returncode == 0 else []
 
 
 def gpu_mem_of_pid(pid: int) -> Optional[float]:
