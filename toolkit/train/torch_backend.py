@@ -13,7 +13,7 @@ import numpy as np
 
 from toolkit import artifacts
 from toolkit.errors import UserError, first_line
-from toolkit.preprocess import SERVE_FORMATS
+from toolkit.preprocess import SERVE_FORMATS, Preprocess
 from toolkit.runtime.benchmark import BackendRecord, ExtraBackends
 from toolkit.runtime.benchmark.machine import maxrss_mb
 from toolkit.runtime.benchmark.backends import DecodeSplit, first_runs, run_probe
@@ -32,7 +32,7 @@ class TorchBackend:
 
         from toolkit.train.model import model_from_checkpoint
 
-        self.torch, self.amp, self.preprocess, self.may_fail = torch, amp, preprocess, compiled
+        self.torch, self.amp, self.may_fail = torch, amp, compiled
         backend, precision = ("torch-compile" if compiled else "torch-eager"), ("fp16-amp" if amp else "fp32")
         provider = "torch.compile (inductor)" if compiled else "PyTorch eager"
         torch.set_num_threads(int(threads))
@@ -42,7 +42,7 @@ class TorchBackend:
         model = model.to(self.dev).eval()
         self.model = torch.compile(model) if compiled else model
         self.session_s, self.split = time.perf_counter() - t, DecodeSplit()
-        self.crop = int(ckpt["recipe"]["preprocess"]["crop"])
+        self.preprocess = preprocess or Preprocess(**ckpt["recipe"]["preprocess"])  # the probe's: its recipe's
         self.record = BackendRecord(
             key=f"{backend}/{device}/{precision}", backend=backend, engine="torch", engine_device=provider,
             inference_precision=precision, device=device, precision=precision, provider=provider, providers=[provider],
@@ -57,7 +57,7 @@ class TorchBackend:
 
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
         self.x = self.torch.from_numpy(self.preprocess.normalize(pixels)).to(self.dev)
-        self.jpegs = jpegs["end_to_end"]
+        self.jpegs = jpegs.get("end_to_end")
         self.split.reset()
 
     def _top_k(self, arrays: list) -> None:
@@ -146,15 +146,10 @@ def probe_torch(spec: dict) -> dict:
     from toolkit.train import model  # noqa: F401 - its import counts in import_s, as torch's does
     out = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
     b = TorchBackend(spec["checkpoint"], spec["device"], spec["threads"], spec["compile"], spec["amp"], None, 0)
-    out["session_s"], out["provider"] = b.session_s, b.record.provider
-
-    def make(n):
-        return torch.randn(n, 3, b.crop, b.crop, generator=torch.Generator().manual_seed(0)).to(b.dev)
-
-    def call(x):
-        b.x = x
-        b.run("model")
-    first_runs(spec, out, make, call)
+    out["session_s"], out["provider"], crop = b.session_s, b.record.provider, b.preprocess.crop
+    first_runs(spec, out, lambda n: b.prepare(n, np.random.default_rng(0).integers(0, 256, (n, crop, crop, 3),
+                                                                                   dtype=np.uint8), {}),
+               lambda _: b.run("model"))
     if b.dev.type == "cuda":
         out["torch_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
