@@ -4,8 +4,8 @@ live on the torch side (toolkit.train.torch_backend) and reach run_benchmark thr
 """
 from toolkit.artifacts import twin_path
 from toolkit.runtime.benchmark.backends import Backend, BackendLoader, ExtraBackends
-from toolkit.runtime.benchmark.model_file import count_flops
 from toolkit.runtime.benchmark.options import BenchmarkOptions
+from toolkit.runtime.benchmark.peak import count_flops
 from toolkit.runtime.benchmark.records import SCHEMA_VERSION, SCHEMAS, BackendRecord, validate_record
 from toolkit.runtime.benchmark.report import format_table, pareto_flags
 from toolkit.runtime.benchmark.run import compare_models, run_benchmark

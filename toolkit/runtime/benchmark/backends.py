@@ -1,4 +1,5 @@
-"""What the rounds time: the `Backend` protocol, a Predictor per engine x precision x device (OnnxBackend, on an
+"""The export under test (inspect_model: its contract, input, size, FLOPs; resolve_model) and what the rounds
+time: the `Backend` protocol, a Predictor per engine x precision x device (OnnxBackend, on an
 engine adapter) and the synthetic JPEGs. The PyTorch backends satisfy the same protocol on the torch side
 (toolkit.train.torch_backend), whose loader the CLI hands to run_benchmark (`torch_backends`). Cold start and
 peak RSS come from a fresh process per backend: run_probe runs spec["probe"] (probe_onnx, the torch side's
@@ -17,13 +18,51 @@ from typing import Callable, Optional, Protocol
 
 import numpy as np
 
-from toolkit.errors import UserError
+from toolkit import artifacts, contract
+from toolkit.errors import UserError, first_line
 from toolkit.runtime.benchmark.machine import gpu_mem_of_pid, maxrss_mb
 from toolkit.runtime.benchmark.options import Combo
+from toolkit.runtime.benchmark.peak import count_flops
 from toolkit.runtime.benchmark.records import E2E_IMAGES, E2E_JPEG_QUALITY, E2E_TOP_K, BackendRecord, Skipped
 from toolkit.runtime.cold_start import run_fresh
 from toolkit.runtime.decode_pool import shared_pool
 from toolkit.runtime.engines import EngineOptions
+
+
+def inspect_model(path: str) -> dict:
+    """The contract (toolkit.contract.ModelContract; `metadata`: its JSON-decoded keys), graph input dims,
+    file size and FLOPs of one file."""
+    import onnx
+
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own types
+        raise UserError(f"{path}: not a readable ONNX model ({first_line(exc, 300)}); expected a .onnx file "
+                        "written by toolkit export") from None
+    model = contract.from_props(contract.props_of(proto), path)  # checked now, not after minutes of timing
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in (inputs[0].type.tensor_type.shape.dim if inputs else [])]
+    # a toolkit export carries no external data (contract.check_model_file rejects it): the file is the model
+    return {"path": path, "metadata": model.meta, "contract": model, "input_dims": dims,
+            "file_bytes": os.path.getsize(path), "flops": count_flops(proto, image_size=model.preprocess.crop)}
+
+
+def resolve_model(model: Optional[str], exports_dir: str, say: Callable) -> str:
+    """The export to benchmark: `model`, or the newest one in `exports_dir` (or in `model`, a folder)."""
+    if model is None or os.path.isdir(model):
+        path = artifacts.newest_export(exports_dir if model is None else os.fspath(model))
+        say(f"using the newest export {path}")
+        return path
+    model = os.fspath(model)
+    if not os.path.isfile(model):
+        raise UserError(f"{model}: no such model file; expected an ONNX export (exports/<name>.onnx) or leave it "
+                        "out to use the newest export")
+    if not model.endswith(".onnx"):
+        raise UserError(f"{model}: not an .onnx file; expected an export written by toolkit export "
+                        "(exports/<name>.onnx)")
+    return model
 
 
 class Backend(Protocol):
@@ -212,5 +251,5 @@ class BackendLoader(Protocol):
 
     def __call__(self, info: dict, preprocess, devices: tuple, threads: int, options,
                  live: Callable[[str], None]) -> ExtraBackends:
-        """info: model_file.inspect_model of the FP32 export (path, metadata, FLOPs); preprocess: its
+        """info: inspect_model of the FP32 export (path, metadata, FLOPs); preprocess: its
         Preprocess; options: the BenchmarkOptions (torch, compile, checkpoint)."""

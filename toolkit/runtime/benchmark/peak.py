@@ -1,10 +1,13 @@
-"""Peak: the machine's GEMM limit per precision at the benchmark's threads, measured once before the timing with
-ORT's MatMul (MatMulInteger u8 x s8 for int8; CUDA: with IO binding) and each engine adapter's gemm_peaks()
-(OpenVINO's), the fastest kept; a row's GFLOP/s is read against the FP32 peak and its own precision's.
+"""GFLOP/s's two sides: the FLOPs of one forward pass, counted from the ONNX graph (count_flops, shapes from
+ONNX shape inference), and the machine's GEMM limit per precision at the benchmark's threads, measured once
+before the timing with ORT's MatMul (MatMulInteger u8 x s8 for int8; CUDA: with IO binding) and each engine
+adapter's gemm_peaks() (OpenVINO's), the fastest kept. A row is read against the FP32 peak and its own precision's.
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+import os
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -12,6 +15,75 @@ from toolkit.errors import first_line
 from toolkit.runtime.benchmark.records import Peak
 from toolkit.runtime.benchmark.timing import time_best
 from toolkit.runtime.engines import adapter_for
+
+# op -> index of its weight input, per kind of multiply-accumulate
+_CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1, "NhwcConv": 1, "NhwcFusedConv": 1,
+             "ConvTranspose": 1}
+_GEMM_OPS = {"Gemm": 1, "QGemm": 3, "FusedGemm": 1}
+_MATMUL_OPS = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "FusedMatMul": 1, "MatMulIntegerToFloat": 1,
+               "DynamicQuantizeMatMul": 1}
+
+
+def _node_macs(node, shape) -> Optional[int]:
+    """Multiply-accumulates of one Conv / Gemm / MatMul node; None when a shape is unknown."""
+    op, a, y = node.op_type, shape(node.input[0]), shape(node.output[0])
+    if op in _CONV_OPS:
+        w = shape(node.input[_CONV_OPS[op]])
+        out = a if op == "ConvTranspose" else y  # each input (transposed) or output pixel meets the kernel
+        return math.prod(out) * math.prod(w[1:]) if w and out else None
+    if op in _GEMM_OPS:
+        trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+        return math.prod(y) * (a[0] if trans_a else a[1]) if a and y and len(a) == 2 else None
+    return math.prod(y) * a[-1] if a and y else None
+
+
+def count_flops(model: Any, image_size: Optional[int] = None) -> dict:
+    """FLOPs of one forward pass of one image: 2 x the multiply-accumulates of Conv / Gemm / MatMul (and
+    their quantized and fused forms). `model`: a path or an onnx.ModelProto (not modified). The batch axis
+    is set to 1; other symbolic axes (a gap-head export's H and W) to `image_size`.
+    Returns {"flops", "macs", "by_op": {op: flops}, "uncounted": [node names whose shapes were unknown]}."""
+    import onnx
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(onnx.load(os.fspath(model), load_external_data=False) if isinstance(model, (str, os.PathLike))
+                   else model)
+    for init in proto.graph.initializer:  # shape inference needs only the dims of large weights
+        if math.prod(init.dims) > 4096:
+            for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+                      "string_data", "external_data"):
+                init.ClearField(f)
+            init.data_location = 0
+    inits, batch_fixed = {i.name for i in proto.graph.initializer}, 1
+    for inp in (i for i in proto.graph.input if i.name not in inits):
+        for axis, dim in enumerate(inp.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
+                batch_fixed = dim.dim_value if axis == 0 else batch_fixed  # FLOPs are divided by a fixed batch
+            elif axis == 0 or image_size is not None:
+                dim.dim_value = 1 if axis == 0 else int(image_size)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # noqa: BLE001 - fall back to whatever shapes the file carries
+        pass
+    shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+              for vi in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
+              if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
+    shapes.update({init.name: list(init.dims) for init in proto.graph.initializer})
+
+    def shape(name):
+        s = shapes.get(name)
+        return s if s is not None and all(isinstance(d, int) and d > 0 for d in s) else None
+
+    by_op: dict[str, int] = {}
+    uncounted: list[str] = []
+    for node in (n for n in proto.graph.node if n.op_type in {**_CONV_OPS, **_GEMM_OPS, **_MATMUL_OPS}):
+        macs = _node_macs(node, shape)
+        if macs is None:
+            uncounted.append(node.name or node.op_type)
+        else:
+            by_op[node.op_type] = by_op.get(node.op_type, 0) + 2 * macs
+    flops = sum(by_op.values()) / max(1, batch_fixed)
+    return {"flops": int(flops), "macs": int(flops // 2), "by_op": by_op, "uncounted": uncounted}
+
 
 PEAK_MATRIX = {"cpu": 2048, "cuda": 8192}  # square GEMM sizes for the peak measurement
 EXTRA_PEAKS = {"cpu": ("bf16", "int8"), "cuda": ("fp16",)}  # measured when rows of that precision run

@@ -16,9 +16,9 @@ from toolkit.errors import UserError, first_line
 from toolkit.parsing import parse_list
 import toolkit.runtime.benchmark.peak as peak_mod
 import toolkit.runtime.benchmark.report as report
-from toolkit.runtime.benchmark.backends import BackendLoader, ExtraBackends, load_onnx_backends, synthetic_jpegs
+from toolkit.runtime.benchmark.backends import (BackendLoader, ExtraBackends, inspect_model, load_onnx_backends,
+                                                resolve_model, synthetic_jpegs)
 from toolkit.runtime.benchmark.machine import default_out_dir
-from toolkit.runtime.benchmark.model_file import inspect_model, resolve_model
 from toolkit.runtime.benchmark.options import BenchmarkOptions, file_precision, parse, plan_combos
 from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, Row, Settings
 from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up
