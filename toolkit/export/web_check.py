@@ -89,7 +89,7 @@ class BrowserSession:
 
 
 @contextlib.contextmanager
-def _browser(chromium: str):
+def launch_browser(chromium: str):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -100,7 +100,7 @@ def _browser(chromium: str):
             browser.close()
 
 
-def _open(browser, url: str, threads: int):
+def open_page(browser, url: str, threads: int):
     """The folder's index.html with `threads` WASM threads, its model loaded (a load error is a UserError)."""
     page = browser.new_page()
     errors: list = []
@@ -122,14 +122,14 @@ def browser_stage(site: str, web):
             if kind in staging.files:  # a copy: publishing renames the staged file over it
                 shutil.copyfile(staging.files[kind], os.path.join(site, name))
         checks: dict = {}
-        with serving(site) as url, _browser(str(web.chromium)) as browser:
-            page = _open(browser, url, threads=1)
+        with serving(site) as url, launch_browser(str(web.chromium)) as browser:
+            page = open_page(browser, url, threads=1)
             checks["fp32"] = gate.measure(site, False, FP32_RTOL, lambda s: FP32_ATOL, BrowserSession(page, "model.onnx"))
             if "int8" in staging.files:
                 checks["int8"] = _int8_check(page, gate, staging.files["int8"])
             checks["preprocess"] = _preprocess_check(page, job, data, why, int(web.check_images), staging.files["fp32"])
             speed = _speed(browser, page, url, job, staging.files["fp32"], int(web.bench_runs))
-        section = _section(web, checks, speed, time.perf_counter() - t, _ort_version(site))
+        section = _section(web, checks, speed, time.perf_counter() - t, ort_web_version(site))
         _judge(section, job.say)
         return section
     return stage
@@ -139,11 +139,11 @@ def unverified_stage(site: str, why_not: str):
     """The stage where no browser can run: says so, claims nothing."""
     def stage(job, staging, gate, data, why) -> dict:
         job.say(f"note: the web folder is UNVERIFIED in a browser: {why_not}")
-        return {"verified": False, "why_unverified": why_not, "checks": {}, "ort_web": _ort_version(site)}
+        return {"verified": False, "why_unverified": why_not, "checks": {}, "ort_web": ort_web_version(site)}
     return stage
 
 
-def _ort_version(site: str) -> str:
+def ort_web_version(site: str) -> str:
     import json
 
     with open(os.path.join(site, "ort", "package.json")) as f:
@@ -207,7 +207,7 @@ def _speed(browser, page, url: str, job, fp32_path: str, runs: int) -> dict:
     crop = job.preprocess.crop
     wasm = {}
     for threads in sorted({1, max(1, min(4, os.cpu_count() or 1))}):
-        tab = page if threads == 1 else _open(browser, url, threads)
+        tab = page if threads == 1 else open_page(browser, url, threads)
         got = tab.evaluate(_SPEED_JS, [runs, crop])
         wasm[f"wasm_{got['threads']}t"] = {"img_s": 1000.0 / statistics.median(got["ms"]), "threads": got["threads"],
                                            "cross_origin_isolated": got["isolated"]}

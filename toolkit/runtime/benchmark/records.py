@@ -88,11 +88,11 @@ Peak = record("Peak", "One precision's GEMM peak on one device, measured once: t
               candidates=list[dict], note=str, in_rounds=list[GemmRound])
 BackendRecord = record(
     "BackendRecord", "One backend, loaded or failed; cold_start and accuracy are filled in when measured.",
-    key=str, backend=Literal["onnxruntime", "openvino", "torch-eager", "torch-compile"], engine=str,
-    engine_device=_STR, inference_precision=_STR, device=str, precision=str, provider=_STR, providers=list[str],
-    file=_STR, file_bytes=_INT, flops_per_image=int, flops_by_op=dict[str, int], session_options=dict,
-    provider_options=dict, status=(Literal["ok", "failed"], "ok"), error=(_STR, None), cold_start=(Optional[dict], None),
-    accuracy=(Optional[dict], None))
+    key=str, backend=Literal["onnxruntime", "openvino", "torch-eager", "torch-compile", "onnxruntime-web", "litert"],
+    engine=str, engine_device=_STR, inference_precision=_STR, device=str, precision=str, provider=_STR,
+    providers=list[str], file=_STR, file_bytes=_INT, flops_per_image=int, flops_by_op=dict[str, int],
+    session_options=dict, provider_options=dict, status=(Literal["ok", "failed"], "ok"), error=(_STR, None),
+    cold_start=(Optional[dict], None), accuracy=(Optional[dict], None))
 Row = record(
     "Row", "One backend x mode x batch size.",
     key=str, backend=str, engine=str, engine_device=_STR, inference_precision=_STR, device=str, precision=str,

@@ -88,10 +88,10 @@ def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOption
                   torch_backends: Optional[BackendLoader] = None, **fields) -> dict:
     """Benchmark an export (default: the newest in `exports_dir`) and return the JSON record.
 
-    options: a BenchmarkOptions; keyword arguments set (or override) its fields. torch_backends: the
-    loader of the PyTorch backends, needed for torch / compile (the CLI passes
-    toolkit.train.torch_backend.load_torch_backends). Writes benchmark.json, .md and .png into out_dir
-    (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
+    options: a BenchmarkOptions; keyword arguments set (or override) its fields. torch_backends: the loader
+    of other layers' backends, needed for torch / compile (the CLI passes load_torch_backends of
+    toolkit.train.torch_backend, with --web / --tflite toolkit.export.target_bench's too). Writes
+    benchmark.json, .md and .png into out_dir (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
     bench = start(options, fields)
     subject = open_subject(model, bench, lambda name: bench.opts.out_dir or report.default_out_dir(name))
     measure([subject], bench, torch_backends)
@@ -146,15 +146,15 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
 
 
 def _load(s: Subject, bench: Bench, torch_backends: Optional[BackendLoader]) -> None:
-    """The ONNX backends of every combination, then the PyTorch ones (--torch / --compile)."""
+    """The ONNX backends of every combination, then those torch_backends loads (--torch, --web, --tflite)."""
     plan, opts = bench.plan, bench.opts
     combos, s.skipped = plan_combos(plan.engines, plan.devices, s.precisions)
     s.backends = load_onnx_backends(s.infos, combos, s.skipped, plan.threads, max(plan.sizes), bench.progress.live)
-    if not (opts.torch or opts.compile):
+    if torch_backends is None:  # the loader of other layers' backends: PyTorch, the browser, LiteRT (the CLI's)
+        if opts.torch or opts.compile:
+            raise UserError("benchmark: torch / compile need the PyTorch side; from Python pass torch_backends="
+                            "toolkit.train.torch_backend.load_torch_backends (the toolkit command does)")
         return
-    if torch_backends is None:
-        raise UserError("benchmark: torch / compile need the PyTorch side; from Python pass torch_backends="
-                        "toolkit.train.torch_backend.load_torch_backends (the toolkit command does)")
     extra = torch_backends(s.info, s.backends[0].predictor.preprocess, plan.devices, plan.threads, opts,
                            bench.progress.live)
     s.backends += extra.backends
