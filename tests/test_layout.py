@@ -50,9 +50,6 @@ LAZY_ALLOWED = {
     ("toolkit/train/torch_backend.py", "toolkit.train.model"): "the fresh-process probe times the torch side's "
                                                                "import (import_s): this module loads without torch",
     ("toolkit/train/torch_backend.py", "toolkit.train.checkpoint"): "as above",
-    ("toolkit/export/bench_targets.py", "toolkit.export.web_bench"): "benchmark reads TargetOptions for its flags "
-        "on the edge install: the browser and LiteRT backends (torch-side modules) load only with --web / --tflite",
-    ("toolkit/export/bench_targets.py", "toolkit.export.tflite_bench"): "as above",
     ("toolkit/runtime/serve/server.py", "toolkit.runtime.serve.protocol"): "serve-local's HTTP protocol is built on "
         "uvicorn's h11 classes, which the [serve] extra brings: loaded when serving, so the edge install's "
         "toolkit.runtime.serve imports (and says which extra is missing) without them",

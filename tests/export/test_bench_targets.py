@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -16,6 +18,7 @@ from toolkit.export.bench_targets import TargetOptions, check_targets, split_opt
 from toolkit.runtime import benchmark as bench
 from toolkit.runtime.benchmark import peak as peak_mod
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = dict(batch_sizes=(1, 2), iterations=2, rounds=2, warmup=1, threads=1, quiet=True, end_to_end=False,
             isolate=False, plot=False)
 
@@ -50,6 +53,11 @@ def test_missing_runtimes_give_no_row_and_one_note_naming_what_to_install(tmp_pa
     assert f"no onnxruntime-web rows: no browser at {tmp_path / 'no-chromium'} (apt-get install chromium, or " \
            "--chromium PATH)" in rec["notes"]
     assert "no LiteRT rows: ai-edge-litert is not installed (pip install 'toolkit[tflite]')" in rec["notes"]
+    if real("ai_edge_litert"):  # installed, and given a file that is no .tflite: one line, no traceback
+        monkeypatch.undo()
+        with pytest.raises(UserError, match=r"--tflite .*tiny.tflite: LiteRT cannot load it \(.*\); expected a file"):
+            with target_backends(TargetOptions(tflite=tflite)) as loader:
+                bench.run_benchmark(model, out_dir=str(tmp_path / "o2"), torch_backends=loader, **FAST)
 
 
 def test_target_paths_are_checked_before_any_work(tmp_path):
@@ -62,6 +70,15 @@ def test_target_paths_are_checked_before_any_work(tmp_path):
     check_targets(TargetOptions(web=site, tflite=tflite))
     with pytest.raises(UserError, match="--web and --tflite go with one model"):
         cli.benchmark(model, model, web=site, quiet=True)
+
+
+def test_the_targets_load_without_torch():
+    """The CLI reads TargetOptions for benchmark's flags on the edge install: no torch behind them."""
+    code = ("import sys, toolkit.export.bench_targets; print(sorted(m for m in ('torch', 'torchvision', 'playwright', "
+            "'ai_edge_litert') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_without_targets_the_loader_is_the_one_given():

@@ -1,11 +1,11 @@
 """`toolkit benchmark MODEL --web FOLDER --tflite FILE`: the export's other targets, timed in the same rounds as
 ONNX Runtime on MODEL.
 
-TargetOptions are benchmark's flags; this module loads light (the CLI reads them on the edge install).
-target_backends is the BackendLoader the CLI hands to run_benchmark. The backends live beside the code
-that already runs each target, and load only when asked for: web_bench.py (the web folder's page in
-headless chromium) and tflite_bench.py (LiteRT). A runtime missing here gives no row and one note in
-the record (and under the table) naming what to install.
+TargetOptions are benchmark's flags; target_backends is the BackendLoader the CLI hands to run_benchmark.
+The backends live beside the code that already runs each target: web_bench.py (the web folder's page
+in headless chromium, as the export's browser check drives it) and tflite_bench.py (LiteRT). No torch
+here: the CLI reads TargetOptions on the edge install. A runtime missing here gives no row and one
+note in the record (and under the table) naming what to install.
 """
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from toolkit.errors import UserError, missing_extra
+from toolkit.errors import UserError
+from toolkit.export.tflite import EXTRA
+from toolkit.export.tflite_bench import TfliteBackend
+from toolkit.export.web_bench import web_rows
+from toolkit.export.web_browser import DEFAULT_CHROMIUM
 from toolkit.parsing import parse_list
 from toolkit.runtime.benchmark.backends import BackendLoader, ExtraBackends
-
-LITERT_EXTRA = "pip install 'toolkit[tflite]'"
 
 
 @dataclass
@@ -31,7 +33,7 @@ class TargetOptions:
     #                            chromium (onnxruntime-web WASM, 1 thread and --threads threads)
     tflite: Optional[str] = None  # a .tflite file from `toolkit export --format tflite`: also time it on LiteRT
     #                               (XNNPACK, --threads threads)
-    chromium: str = "/usr/bin/chromium"  # with --web: the browser playwright drives headless
+    chromium: str = DEFAULT_CHROMIUM  # with --web: the browser playwright drives headless
 
 
 def split_options(given: dict) -> tuple[TargetOptions, dict]:
@@ -54,21 +56,9 @@ def check_targets(targets: TargetOptions) -> None:
         raise UserError("\n".join(problems))
 
 
-def _web_rows(stack, targets: TargetOptions, precisions: list, threads: int, preprocess, flops: int) -> tuple:
-    try:
-        from toolkit.export.web_bench import web_rows
-    except ModuleNotFoundError as exc:  # the export side (torch) is not installed
-        return [], [f"no onnxruntime-web rows: {missing_extra(exc) or exc}"]
-    return web_rows(stack, str(targets.web), str(targets.chromium), precisions, threads, preprocess, flops)
-
-
 def _tflite_rows(targets: TargetOptions, precisions: list, threads: int, flops: int) -> tuple:
     if importlib.util.find_spec("ai_edge_litert") is None:
-        return [], [f"no LiteRT rows: ai-edge-litert is not installed ({LITERT_EXTRA})"]
-    try:
-        from toolkit.export.tflite_bench import TfliteBackend
-    except ModuleNotFoundError as exc:
-        return [], [f"no LiteRT rows: {missing_extra(exc) or exc}"]
+        return [], [f"no LiteRT rows: ai-edge-litert is not installed ({EXTRA})"]
     files = {"fp32": str(targets.tflite), "int8": str(targets.tflite)[:-len(".tflite")] + ".int8.tflite"}
     there = [p for p in precisions if p in files and os.path.isfile(files[p])]
     notes = [f"no LiteRT {p} row: no {files[p]}" for p in precisions if p in files and p not in there]
@@ -95,7 +85,8 @@ def target_backends(targets: TargetOptions, then: Optional[BackendLoader] = None
             flops, rows = info["flops"]["flops"], []
             if targets.web is not None:
                 live("loading the web folder in headless chromium")
-                rows.append(_web_rows(stack, targets, precisions, threads, preprocess, flops))
+                rows.append(web_rows(stack, str(targets.web), str(targets.chromium), precisions, threads, preprocess,
+                                     flops))
             if targets.tflite is not None:
                 live("loading the .tflite file on LiteRT")
                 rows.append(_tflite_rows(targets, precisions, threads, flops))

@@ -1,6 +1,6 @@
 """`toolkit benchmark --tflite FILE`: a .tflite export on LiteRT (ai-edge-litert, XNNPACK), timed beside ONNX Runtime.
 
-TfliteBackend (toolkit.runtime.benchmark.Backend) runs the file the way tflite_checks' LiteRtSession does:
+TfliteBackend (toolkit.runtime.benchmark.Backend) runs the file on tflite.LiteRtSession, as the export's checks do:
 XNNPACK (the BUILTIN op resolver), `threads` threads, input 1 x H x W x 3 float32 RGB / 255 (the graph
 normalises). The file's batch is 1, so a batch of B is B invokes, each timed call returning the logits.
 """
@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from toolkit.export.tflite_checks import LiteRtSession
+from toolkit.errors import UserError, first_line
+from toolkit.export.tflite import LiteRtSession
 from toolkit.runtime.benchmark.records import BackendRecord
 
 
@@ -37,7 +38,11 @@ class TfliteBackend:
 
     def __init__(self, path: str, threads: int, precision: str, flops: int):
         t = time.perf_counter()
-        self.session = LiteRtSession(path, "xnnpack", threads)
+        try:
+            self.session = LiteRtSession(path, "xnnpack", threads)
+        except (ValueError, RuntimeError) as exc:  # not a TFLite flatbuffer, or an op LiteRT lacks
+            raise UserError(f"--tflite {path}: LiteRT cannot load it ({first_line(exc, 200)}); expected a file "
+                            "written by toolkit export --format tflite") from None
         self.session_s = time.perf_counter() - t
         self.threads = threads
         self.record = BackendRecord(

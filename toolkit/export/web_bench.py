@@ -1,8 +1,8 @@
 """`toolkit benchmark --web FOLDER`: a web export's own page in headless chromium, timed beside ONNX Runtime.
 
 One BrowserBackend (toolkit.runtime.benchmark.Backend) per WASM thread count (1, and the benchmark's threads)
-and file (model.onnx; model.int8.onnx for --precision int8): a tab of one chromium (web_check's launch_browser,
-open_page) on the folder served with COOP/COEP (static_site.serving), so that threads are obtained; each tab
+and file (model.onnx; model.int8.onnx for --precision int8): a tab of one chromium (web_browser.py, as the
+export's browser check drives it) on the folder served with COOP/COEP (static_site.serving), so that threads are obtained; each tab
 reads back what it got (ort.env.wasm.numThreads, crossOriginIsolated) into its record.
 
 How it is timed: the rounds time each call from Python, a round trip through playwright (page.evaluate ->
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit.export.web import browser_missing
-from toolkit.export.web_check import launch_browser, open_page, ort_web_version
+from toolkit.export.web_browser import browser_missing, launch_browser, open_page, ort_web_version
 from toolkit.runtime.benchmark.records import BackendRecord
 from toolkit.runtime.serve.static_site import serving
 
