@@ -13,7 +13,7 @@ import pytest
 from conftest import write_tiny_model
 from toolkit import cli
 from toolkit.errors import UserError
-from toolkit.export import bench_targets
+from toolkit.export import tflite_bench
 from toolkit.export.bench_targets import TargetOptions, check_targets, split_options, target_backends
 from toolkit.runtime import benchmark as bench
 from toolkit.runtime.benchmark import peak as peak_mod
@@ -42,7 +42,7 @@ def _targets(tmp_path) -> tuple[str, str, str]:
 def test_missing_runtimes_give_no_row_and_one_note_naming_what_to_install(tmp_path, monkeypatch):
     model, site, tflite = _targets(tmp_path)
     real = importlib.util.find_spec
-    monkeypatch.setattr(bench_targets.importlib.util, "find_spec",
+    monkeypatch.setattr(tflite_bench.importlib.util, "find_spec",
                         lambda name, *a: None if name == "ai_edge_litert" else real(name, *a))
     targets = TargetOptions(web=site, tflite=tflite, chromium=str(tmp_path / "no-chromium"))
     with target_backends(targets) as loader:

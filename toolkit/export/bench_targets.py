@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 from toolkit.errors import UserError
-from toolkit.export.tflite import EXTRA
-from toolkit.export.tflite_bench import TfliteBackend
+from toolkit.export.tflite_bench import tflite_rows
 from toolkit.export.web_bench import web_rows
 from toolkit.export.web_browser import DEFAULT_CHROMIUM
 from toolkit.parsing import parse_list
@@ -56,15 +54,6 @@ def check_targets(targets: TargetOptions) -> None:
         raise UserError("\n".join(problems))
 
 
-def _tflite_rows(targets: TargetOptions, precisions: list, threads: int, flops: int) -> tuple:
-    if importlib.util.find_spec("ai_edge_litert") is None:
-        return [], [f"no LiteRT rows: ai-edge-litert is not installed ({EXTRA})"]
-    files = {"fp32": str(targets.tflite), "int8": str(targets.tflite)[:-len(".tflite")] + ".int8.tflite"}
-    there = [p for p in precisions if p in files and os.path.isfile(files[p])]
-    notes = [f"no LiteRT {p} row: no {files[p]}" for p in precisions if p in files and p not in there]
-    return [TfliteBackend(files[p], threads, p, flops) for p in there], notes
-
-
 @contextlib.contextmanager
 def target_backends(targets: TargetOptions, then: Optional[BackendLoader] = None):
     """The BackendLoader for run_benchmark: `then`'s backends (PyTorch's, when given), then the browser and
@@ -89,7 +78,7 @@ def target_backends(targets: TargetOptions, then: Optional[BackendLoader] = None
                                      flops))
             if targets.tflite is not None:
                 live("loading the .tflite file on LiteRT")
-                rows.append(_tflite_rows(targets, precisions, threads, flops))
+                rows.append(tflite_rows(str(targets.tflite), precisions, threads, flops))
             for backends, notes in rows:
                 extra.backends += backends
                 extra.notes += notes

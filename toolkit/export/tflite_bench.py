@@ -7,13 +7,14 @@ normalises). The file's batch is 1, so a batch of B is B invokes, each timed cal
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import time
 
 import numpy as np
 
 from toolkit.errors import UserError, first_line
-from toolkit.export.tflite import LiteRtSession
+from toolkit.export.tflite import EXTRA, LiteRtSession
 from toolkit.runtime.benchmark.records import BackendRecord
 
 
@@ -76,3 +77,14 @@ class TfliteBackend:
             _invoke_all(session, inputs)
             out["first_inference_s"][str(n)] = round(time.perf_counter() - t, 4)
         return out
+
+
+def tflite_rows(path: str, precisions: list, threads: int, flops: int) -> tuple[list, list]:
+    """([TfliteBackend] of `path` (fp32) and <stem>.int8.tflite beside it, as `precisions` ask), [notes]).
+    No ai-edge-litert here: no backends, one note naming the extra."""
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        return [], [f"no LiteRT rows: ai-edge-litert is not installed ({EXTRA})"]
+    files = {"fp32": path, "int8": path[:-len(".tflite")] + ".int8.tflite"}
+    there = [p for p in precisions if p in files and os.path.isfile(files[p])]
+    notes = [f"no LiteRT {p} row: no {files[p]}" for p in precisions if p in files and p not in there]
+    return [TfliteBackend(files[p], threads, p, flops) for p in there], notes

@@ -2,8 +2,8 @@
 
 One BrowserBackend (toolkit.runtime.benchmark.Backend) per WASM thread count (1, and the benchmark's threads)
 and file (model.onnx; model.int8.onnx for --precision int8): a tab of one chromium (web_browser.py, as the
-export's browser check drives it) on the folder served with COOP/COEP (static_site.serving), so that threads are obtained; each tab
-reads back what it got (ort.env.wasm.numThreads, crossOriginIsolated) into its record.
+export's browser check drives it) on the folder served with COOP/COEP (static_site.serving), so that threads
+are obtained; each tab reads back what it got (ort.env.wasm.numThreads, crossOriginIsolated) into its record.
 
 How it is timed: the rounds time each call from Python, a round trip through playwright (page.evaluate ->
 session.run on the batch already in the page -> back). The page also times session.run alone with
