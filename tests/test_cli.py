@@ -92,7 +92,8 @@ def test_short_flag_with_one_match_passes():
 OPTIONS = {"export": (["toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
                        "toolkit.export.web:WebOptions", "toolkit.export.tflite:TfliteOptions"], {"repo", "folder"}),
            "serve-local": (["toolkit.runtime.serve.options:ServeOptions"], set()),
-           "benchmark": (["toolkit.runtime.benchmark.options:BenchmarkOptions"], {"end_to_end"})}
+           "benchmark": (["toolkit.runtime.benchmark.options:BenchmarkOptions",
+                          "toolkit.export.bench_targets:TargetOptions"], {"end_to_end"})}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))

@@ -62,7 +62,8 @@ def serve_local(model, **given):
     serve(model, **given)
 
 
-@options("toolkit.runtime.benchmark.options:BenchmarkOptions", skip=("end_to_end",))
+@options("toolkit.runtime.benchmark.options:BenchmarkOptions", "toolkit.export.bench_targets:TargetOptions",
+         skip=("end_to_end",))
 def benchmark(model: str | None = None, *more: str, train: str | None = None, batch_size: int | None = None,
               pareto_batch: int | None = None, model_only: bool = False, **given):
     """Throughput and latency of an export (default: the newest), or of training with --train RECIPE
@@ -75,8 +76,10 @@ def benchmark(model: str | None = None, *more: str, train: str | None = None, ba
         pareto_batch: with several models: the batch size of the Pareto marks (default: the largest)
         model_only: time the model alone, not also JPEG decode + preprocess + inference + top-5
     """
+    from toolkit.export.bench_targets import split_options, target_backends
     from toolkit.runtime.benchmark import BenchmarkOptions, compare_models, run_benchmark
 
+    targets, given = split_options(given)  # --web, --tflite: the same model on its other targets
     asked = BenchmarkOptions(**given, end_to_end=not model_only)
     others = [str(o) for o in more if not str(o).endswith(".onnx")]
     if train:
@@ -91,12 +94,15 @@ def benchmark(model: str | None = None, *more: str, train: str | None = None, ba
                         "or KEY=VALUE overrides with --train")
     elif pareto_batch is not None and not more:
         raise UserError("benchmark: --pareto-batch goes with several models (toolkit benchmark A.onnx B.onnx ...)")
+    elif more and (targets.web or targets.tflite):
+        raise UserError("benchmark: --web and --tflite go with one model (the ONNX file they were exported with)")
     else:
         loader = None  # the PyTorch backends come from the torch side, handed over: the runtime never imports it
         if asked.torch or asked.compile:
             from toolkit.train.torch_backend import load_torch_backends as loader
-        compare_models([model, *more], asked, pareto_batch=pareto_batch, torch_backends=loader) if more else \
-            run_benchmark(model, asked, torch_backends=loader)
+        with target_backends(targets, loader) as loader:  # + the browser's and LiteRT's, where asked for
+            compare_models([model, *more], asked, pareto_batch=pareto_batch, torch_backends=loader) if more else \
+                run_benchmark(model, asked, torch_backends=loader)
 
 
 @options("toolkit.train.report.options:ReportOptions")

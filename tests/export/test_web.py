@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import write_tiny_model
 from toolkit.errors import UserError
 from toolkit.export import web as web_mod
-from toolkit.export import web_check
+from toolkit.export import web_browser, web_check
 from toolkit.export.formats import export_as
 from toolkit.preprocess import Preprocess
 from toolkit.runtime.serve.static_site import ISOLATION_HEADERS, serving, static_server
@@ -222,7 +222,7 @@ def test_web_export_verified_in_chromium(web_run):
     image = image / sorted(os.listdir(image))[0]
     want = Predictor(str(site / "model.onnx"), device="cpu").predict(str(image), top_k=1)[0]["label"]
     with sync_playwright() as pw, serving(str(site)) as url:
-        browser = pw.chromium.launch(executable_path=web_mod.DEFAULT_CHROMIUM, args=web_check.BROWSER_ARGS)
+        browser = pw.chromium.launch(executable_path=web_mod.DEFAULT_CHROMIUM, args=web_browser.BROWSER_ARGS)
         try:
             page = browser.new_page()
             page.goto(url)

@@ -1,14 +1,19 @@
-"""`toolkit export --format tflite`: its options and their checks (light: the CLI imports this to build its
-flags; the export itself is toolkit/export/tflite_pipeline.py)."""
+"""`toolkit export --format tflite`: its options and their checks, and LiteRtSession, the file on LiteRT (light: the
+CLI imports this to build its flags, benchmark --tflite runs the file without torch; the export itself is
+toolkit/export/tflite_pipeline.py)."""
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
 
+import numpy as np
+
 from toolkit.errors import UserError
 
 EXTRA = "pip install 'toolkit[tflite]'"
 MEDIAPIPE_MODES = ("auto", "require", "skip")
+# ai_edge_litert's op resolvers: XNNPACK (what apps run on CPU) and TFLite's reference kernels.
+KERNELS = {"xnnpack": "BUILTIN", "reference": "BUILTIN_REF"}
 # ExportOptions fields a .tflite export has no use for: one line each before any work.
 NOT_FOR_TFLITE = ("fp16", "raw_input", "probabilities", "dynamic_hw", "bf16_check", "ir_version",
                   "keep_fp32", "per_channel", "calib_method", "int8_search")
@@ -48,3 +53,28 @@ def check_tflite_options(tflite: TfliteOptions, given: dict) -> None:
 
 def tflite_path(onnx_path: str) -> str:
     return onnx_path[:-len(".onnx")] + ".tflite"
+
+
+class LiteRtSession:
+    """ORT's run(outputs, feed) over a batch-1 .tflite: uint8 NHWC pixels in, one invoke per image."""
+
+    def __init__(self, path: str, kernels: str, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        resolver = getattr(OpResolverType, KERNELS[kernels])
+        self.interpreter = Interpreter(model_path=path, num_threads=threads,
+                                       experimental_op_resolver_type=resolver)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]["index"]
+        self.output = self.interpreter.get_output_details()[0]["index"]
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        rows = []
+        for image in pixels:
+            self.interpreter.set_tensor(self.input, (image[None].astype(np.float32) / 255.0))
+            self.interpreter.invoke()
+            rows.append(self.interpreter.get_tensor(self.output).copy())
+        return np.concatenate(rows).astype(np.float32)
+
+    def run(self, outputs: list, feed: dict) -> list:
+        return [self.logits(feed["input"])]

@@ -9,38 +9,12 @@ import numpy as np
 
 from toolkit.errors import UserError
 from toolkit.export.parity import FP32_ATOL, FP32_RTOL, Gate, judge, parity_cases, parity_line
+from toolkit.export.tflite import LiteRtSession
 from toolkit.export.tflite_metadata import read_labels
 from toolkit.export.torch_graph import torch_logits
 from toolkit.runtime.onnx_eval import load_pixels
 
-# ai_edge_litert's op resolvers: XNNPACK (what apps run on CPU) and TFLite's reference kernels.
-KERNELS = {"xnnpack": "BUILTIN", "reference": "BUILTIN_REF"}
 MIN_MEDIAPIPE_AGREEMENT = 1.0  # MediaPipe runs the same file: top-1 must match PyTorch's on every image
-
-
-class LiteRtSession:
-    """ORT's run(outputs, feed) over a batch-1 .tflite: uint8 NHWC pixels in, one invoke per image."""
-
-    def __init__(self, path: str, kernels: str, threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        resolver = getattr(OpResolverType, KERNELS[kernels])
-        self.interpreter = Interpreter(model_path=path, num_threads=threads,
-                                       experimental_op_resolver_type=resolver)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]["index"]
-        self.output = self.interpreter.get_output_details()[0]["index"]
-
-    def logits(self, pixels: np.ndarray) -> np.ndarray:
-        rows = []
-        for image in pixels:
-            self.interpreter.set_tensor(self.input, (image[None].astype(np.float32) / 255.0))
-            self.interpreter.invoke()
-            rows.append(self.interpreter.get_tensor(self.output).copy())
-        return np.concatenate(rows).astype(np.float32)
-
-    def run(self, outputs: list, feed: dict) -> list:
-        return [self.logits(feed["input"])]
 
 
 def litert_check(job, path: str, real: np.ndarray, kernels: str) -> dict:

@@ -11,7 +11,7 @@ import torch
 
 from toolkit.errors import UserError
 from toolkit.export.int8 import calibration_images
-from toolkit.export.tflite_checks import LiteRtSession
+from toolkit.export.tflite import LiteRtSession
 from toolkit.runtime.onnx_eval import load_pixels
 from toolkit.runtime.onnx_eval import report as accuracy_report
 

@@ -28,6 +28,7 @@ from toolkit.errors import UserError
 from toolkit.export.options import ExportOptions
 from toolkit.export.pipeline import export_run
 from toolkit.export.plan import check_writable
+from toolkit.export.web_browser import DEFAULT_CHROMIUM, browser_missing
 from toolkit.export.web_check import browser_stage, unverified_stage
 
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_page")
@@ -35,7 +36,6 @@ PAGE_FILES = ("index.html", "toolkit-web.js")
 # The onnxruntime-web files the page loads: the WASM-only ES module build and its threaded SIMD runtime.
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 ORT_WEB_VERSION = "1.31.1"
-DEFAULT_CHROMIUM = "/usr/bin/chromium"
 
 
 @dataclass
@@ -131,17 +131,6 @@ def write_page(site: str, ort_dir: str) -> None:
     os.makedirs(os.path.join(site, "ort"), exist_ok=True)
     for name in (*ORT_FILES, "package.json"):
         shutil.copyfile(os.path.join(ort_dir, name), os.path.join(site, "ort", name))
-
-
-def browser_missing(chromium: str) -> Optional[str]:
-    """Why the folder cannot be checked in a browser here, or None."""
-    if not os.path.isfile(chromium) or not os.access(chromium, os.X_OK):
-        return f"no browser at {chromium} (apt-get install chromium, or --chromium PATH)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install 'toolkit[web]')"
-    return None
 
 
 def export_web(run=None, web: Optional[WebOptions] = None, **fields) -> dict:

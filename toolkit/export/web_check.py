@@ -11,7 +11,6 @@ Timed too, for the report (never judged): batch-1 img/s of WASM with 1 and N thr
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import os
 import shutil
@@ -23,13 +22,11 @@ import numpy as np
 from toolkit.artifacts import twin_path
 from toolkit.errors import UserError
 from toolkit.export.parity import FP32_ATOL, FP32_RTOL, Gate, parity_line
+from toolkit.export.web_browser import launch_browser, open_page, ort_web_version
 from toolkit.runtime.onnx_eval import cpu_session
 from toolkit.runtime.serve.static_site import serving
 
 MIN_PREPROCESS_AGREEMENT = 0.99
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
-LOAD_TIMEOUT_MS = 120_000
 
 _RUN_JS = """async ([file, b64, shape, outputs]) => {
   const { ort, ready } = window.toolkitPage;
@@ -88,32 +85,6 @@ class BrowserSession:
         return [np.frombuffer(base64.b64decode(g), np.float32).reshape(len(x), -1) for g in got]
 
 
-@contextlib.contextmanager
-def _browser(chromium: str):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=BROWSER_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-def _open(browser, url: str, threads: int):
-    """The folder's index.html with `threads` WASM threads, its model loaded (a load error is a UserError)."""
-    page = browser.new_page()
-    errors: list = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{url}index.html?threads={threads}")
-    page.wait_for_function("window.toolkitPage !== undefined", timeout=LOAD_TIMEOUT_MS)
-    problem = page.evaluate("window.toolkitPage.ready.then(() => null, (e) => String(e && e.message || e))")
-    if problem or errors:
-        raise UserError(f"the web page could not load its model in chromium: {problem or errors[0]}; "
-                        "nothing was written")
-    return page
-
-
 def browser_stage(site: str, web):
     """The export stage that checks `site` in the browser; returns the report's "web" section."""
     def stage(job, staging, gate: Gate, data, why) -> dict:
@@ -122,14 +93,14 @@ def browser_stage(site: str, web):
             if kind in staging.files:  # a copy: publishing renames the staged file over it
                 shutil.copyfile(staging.files[kind], os.path.join(site, name))
         checks: dict = {}
-        with serving(site) as url, _browser(str(web.chromium)) as browser:
-            page = _open(browser, url, threads=1)
+        with serving(site) as url, launch_browser(str(web.chromium)) as browser:
+            page = open_page(browser, url, threads=1)
             checks["fp32"] = gate.measure(site, False, FP32_RTOL, lambda s: FP32_ATOL, BrowserSession(page, "model.onnx"))
             if "int8" in staging.files:
                 checks["int8"] = _int8_check(page, gate, staging.files["int8"])
             checks["preprocess"] = _preprocess_check(page, job, data, why, int(web.check_images), staging.files["fp32"])
             speed = _speed(browser, page, url, job, staging.files["fp32"], int(web.bench_runs))
-        section = _section(web, checks, speed, time.perf_counter() - t, _ort_version(site))
+        section = _section(web, checks, speed, time.perf_counter() - t, ort_web_version(site))
         _judge(section, job.say)
         return section
     return stage
@@ -139,15 +110,8 @@ def unverified_stage(site: str, why_not: str):
     """The stage where no browser can run: says so, claims nothing."""
     def stage(job, staging, gate, data, why) -> dict:
         job.say(f"note: the web folder is UNVERIFIED in a browser: {why_not}")
-        return {"verified": False, "why_unverified": why_not, "checks": {}, "ort_web": _ort_version(site)}
+        return {"verified": False, "why_unverified": why_not, "checks": {}, "ort_web": ort_web_version(site)}
     return stage
-
-
-def _ort_version(site: str) -> str:
-    import json
-
-    with open(os.path.join(site, "ort", "package.json")) as f:
-        return json.load(f)["version"]
 
 
 def _int8_check(page, gate: Gate, int8_path: str) -> dict:
@@ -207,7 +171,7 @@ def _speed(browser, page, url: str, job, fp32_path: str, runs: int) -> dict:
     crop = job.preprocess.crop
     wasm = {}
     for threads in sorted({1, max(1, min(4, os.cpu_count() or 1))}):
-        tab = page if threads == 1 else _open(browser, url, threads)
+        tab = page if threads == 1 else open_page(browser, url, threads)
         got = tab.evaluate(_SPEED_JS, [runs, crop])
         wasm[f"wasm_{got['threads']}t"] = {"img_s": 1000.0 / statistics.median(got["ms"]), "threads": got["threads"],
                                            "cross_origin_isolated": got["isolated"]}

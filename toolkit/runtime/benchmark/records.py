@@ -58,7 +58,8 @@ Peak = record("Peak", "One precision's GEMM peak on one device, measured once: t
               candidates=list[dict], note=str)
 BackendRecord = record(
     "BackendRecord", "One backend, loaded or failed; cold_start and accuracy are filled in when measured.",
-    key=str, backend=Literal["onnxruntime", "openvino", "torch-eager", "torch-compile"], engine=str, device=str,
+    key=str, backend=Literal["onnxruntime", "openvino", "torch-eager", "torch-compile", "onnxruntime-web",
+                          "litert"], engine=str, device=str,
     precision=str, providers=list[str], file=_STR, flops_per_image=int, flops_by_op=dict[str, int],
     session_options=dict, provider_options=dict, engine_device=(_STR, None), inference_precision=(_STR, None),
     provider=(_STR, None), file_bytes=(_INT, None), status=(Literal["ok", "failed"], "ok"), error=(_STR, None),

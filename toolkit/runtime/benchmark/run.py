@@ -67,10 +67,10 @@ def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOption
                   torch_backends: Optional[BackendLoader] = None, **fields) -> dict:
     """Benchmark an export (default: the newest in `exports_dir`) and return the JSON record.
 
-    options: a BenchmarkOptions; keyword arguments set (or override) its fields. torch_backends: the
-    loader of the PyTorch backends, needed for torch / compile (the CLI passes
-    toolkit.train.torch_backend.load_torch_backends). Writes benchmark.json and .md into out_dir
-    (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
+    options: a BenchmarkOptions; keyword arguments set (or override) its fields. torch_backends: the loader
+    of other layers' backends, needed for torch / compile (the CLI passes load_torch_backends of
+    toolkit.train.torch_backend, with --web / --tflite toolkit.export.target_bench's too). Writes
+    benchmark.json and .md into out_dir (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
     bench = start(options, fields)
     subject = open_subject(model, bench)
     subject.out_dir = bench.opts.out_dir or default_out_dir(subject.name)
@@ -163,7 +163,7 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
     for s in subjects:
         combos, s.skipped = plan_combos(plan.engines, plan.devices, s.precisions)
         s.backends = load_onnx_backends(s.infos, combos, s.skipped, plan.threads, max(plan.batch_sizes), live)
-        if plan.torch or plan.compile:
+        if torch_backends is not None:  # other layers' backends: PyTorch, the browser, LiteRT (the CLI's)
             s.extra = torch_backends(s.info, s.backends[0].predictor.preprocess, plan.devices, plan.threads,
                                      bench.opts, live)
             s.backends += s.extra.backends
