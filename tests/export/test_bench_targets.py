@@ -20,7 +20,7 @@ from toolkit.runtime.benchmark import peak as peak_mod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = dict(batch_sizes=(1, 2), iterations=2, rounds=2, warmup=1, threads=1, quiet=True, end_to_end=False,
-            isolate=False, plot=False)
+            isolate=False)
 
 
 @pytest.fixture(autouse=True)
