@@ -150,8 +150,9 @@ class Distiller:
     def build_cache(self, items: list, max_pixels: int, batch_size: int, workers: int = 0) -> None:
         """The teacher's logits of every training item, through the teacher's own eval transform."""
         started = time.perf_counter()
+        # A generator of its own: iterating a DataLoader draws a seed, which must not shift the training RNG.
         loader = DataLoader(ImageDataset(items, self.teacher.preprocess, max_pixels=max_pixels),
-                            batch_size=batch_size, num_workers=workers)
+                            batch_size=batch_size, num_workers=workers, generator=torch.Generator().manual_seed(0))
         t = self.teacher
         logits, _, _ = collect_logits(t.model, loader, t.device, t.autocast)
         self.cache = torch.from_numpy(logits)
