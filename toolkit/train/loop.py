@@ -242,7 +242,8 @@ class _Session:
         info = dist.describe()
         self.say(f"distill: teacher {info['teacher']}, alpha {t.distill_alpha:g}, T {t.distill_temperature:g}; "
                  + (f"its logits cached for {len(items)} images in {dist.cache_seconds:.1f}s"
-                    if dist.cache is not None else "its logits computed per batch (the augmentation is random)")
+                    if dist.cache is not None else "its logits computed per batch ("
+                    + ("the augmentation is random)" if t.distill_cache == "auto" else "train.distill_cache: never)"))
                  + (f"; {len(self.unlabeled)} photos without labels" if self.unlabeled else "")
                  + f"; teacher input {info['teacher_input']}")
         if self.main:
