@@ -75,6 +75,21 @@ def test_build_from_recipe():
     assert m.head[1].out_features == 8 and m.head[3].p == 0.1
 
 
+def test_batchnorm_from_random_weights_follows_the_batches_at_torchs_rate():
+    """torchvision's MobileNetV3 keeps BatchNorm statistics at momentum 0.01; from random weights a short run
+    then evaluated at chance (train top-1 70%, validation 10% on the distillation demo)."""
+    from toolkit import recipe as recipe_mod
+
+    def momenta(weights):
+        recipe = recipe_mod.from_dict({"model": {"arch": "mobilenet_v3_small", "weights": weights, "head": "gap"},
+                                       "train": {"strategy": "scratch" if weights == "none" else "finetune"},
+                                       "preprocess": {"resize": 32, "crop": 32}}, check_paths=False)
+        return {m.momentum for m in M.build_from_recipe(recipe, 3).modules() if isinstance(m, nn.BatchNorm2d)}
+    assert momenta("none") == {0.1}
+    assert momenta("imagenet") == {0.01}  # pretrained statistics move slowly, as torchvision trained them
+
+
+
 # ---------------------------------------------------------------------------------- groups
 @pytest.mark.parametrize("arch,head", [("vgg11", "classic"), ("vgg11_bn", "gap"), ("vgg16_bn", "gap")])
 def test_groups_cover_every_parameter_once(arch, head):

@@ -37,6 +37,7 @@ def check(recipe: Recipe, errors: list[str], check_paths: bool = True) -> None:
     _check_group_lrs(recipe, err)
     _check_train_limits(recipe, err)
     _check_distributed(recipe, err)
+    _check_distill(recipe, err, check_paths)
 
 
 def _nearest(value, choices) -> str | None:
@@ -250,3 +251,23 @@ def _check_distributed(recipe: Recipe, err: Err) -> None:
         err("train.sync_batchnorm", f"true, but model.arch {arch} has no BatchNorm layers; expected {like} or false")
     if t.dist_timeout <= 0:
         err("train.dist_timeout", f"{t.dist_timeout}; expected a positive number of seconds")
+
+
+def _check_distill(recipe: Recipe, err: Err, check_paths: bool) -> None:
+    """train.teacher and its knobs; data.unlabeled needs a teacher (only the teacher labels those photos)."""
+    t, unlabeled = recipe.train, recipe.data.unlabeled
+    if not 0 <= t.distill_alpha <= 1:
+        err("train.distill_alpha", f"{t.distill_alpha}; expected 0 <= x <= 1 (the weight of the teacher's term)")
+    if t.distill_temperature <= 0:
+        err("train.distill_temperature", f"{t.distill_temperature}; expected a positive number")
+    if t.teacher is not None and check_paths and not os.path.exists(t.teacher):
+        err("train.teacher", f"{t.teacher!r}: no such run folder or checkpoint; expected runs/<name> or a .pt file")
+    if unlabeled is None:
+        return
+    if t.teacher is None:
+        err("data.unlabeled", f"{unlabeled!r} without train.teacher; only a teacher can label those photos")
+    if t.sampler == "balanced":
+        err("data.unlabeled", "with train.sampler: balanced; photos without labels have no class to balance, "
+                              "so use train.sampler: uniform")
+    if check_paths and not os.path.isdir(unlabeled):
+        err("data.unlabeled", f"{unlabeled!r} is not a folder; expected a folder of photos without labels")

@@ -23,6 +23,7 @@ SAMPLERS = ("uniform", "balanced")
 LR_SCALINGS = ("none", "linear", "sqrt")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DISTILL_CACHE = ("auto", "always", "never")
 GROUPS = ("block1", "block2", "block3", "block4", "block5", "head")
 
 
@@ -42,6 +43,7 @@ class DataConfig:
     workers: int = 2  # data-loader worker processes
     split_seed: int = 0  # seed of the train/val/test split and the label subsampling
     dedupe: bool = False  # drop exact and near duplicate images (all but one of each group) before the split
+    unlabeled: Optional[str] = None  # a folder of photos without labels: only train.teacher labels them
 
 
 @dataclass
@@ -98,6 +100,10 @@ class TrainConfig:
     deterministic: bool = False  # bit-reproducible kernels (slower)
     sync_batchnorm: bool = False  # distributed, _bn archs, CUDA: BatchNorm statistics over the global batch
     dist_timeout: float = 1800  # distributed: seconds a process waits for the others before giving up
+    teacher: Optional[str] = None  # distillation: a run folder (its best.pt, else last.pt) or a checkpoint (.pt)
+    distill_alpha: float = 0.5  # with a teacher: weight of the teacher's KL term; the label loss gets 1 - alpha
+    distill_temperature: float = 4.0  # with a teacher: both nets' logits are softened by this T (KL x T^2)
+    distill_cache: str = "auto"  # auto (cache when augmentation is deterministic) | always | never: teacher logits
 
 
 @dataclass
@@ -124,5 +130,5 @@ CHOICES = {
     "model.arch": ARCHS,
     "model.head": HEADS, "train.strategy": STRATEGIES, "train.optimizer": OPTIMIZERS,
     "train.schedule": SCHEDULES, "train.lr_scaling": LR_SCALINGS, "train.amp": AMP_MODES, "train.device": DEVICES,
-    "train.class_weights": CLASS_WEIGHTS, "train.sampler": SAMPLERS,
+    "train.class_weights": CLASS_WEIGHTS, "train.sampler": SAMPLERS, "train.distill_cache": DISTILL_CACHE,
 }

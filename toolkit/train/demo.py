@@ -17,6 +17,7 @@ import time
 from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
 from toolkit.parsing import parse_list
+from toolkit.train.demo_distill import DistillDemoOptions, run_distill_demo
 from toolkit.train.demo_imagenet import ImagenetDemoOptions, run_imagenet_demo
 from toolkit.train.demo_shared import (final_test_top1, print_next_steps, recipe_path, summarise, table_lines,
                                        train_quietly, write_report)
@@ -80,16 +81,29 @@ def run_demo(seeds=(0, 1, 2), labels_per_class=(1, 3, 10), quick: bool = False, 
 
 
 def demo_command(overrides: list, seeds=None, labels_per_class=None, quick: bool = False, out_dir=None,
-                 imagenet: bool = False, steps=None) -> None:
-    """`toolkit demo [--imagenet]`: only the flags given are passed on, so each demo keeps its own defaults."""
+                 imagenet: bool = False, steps=None, distill: bool = False) -> None:
+    """`toolkit demo [--imagenet | --distill]`: only the flags given are passed on, so each demo keeps its own
+    defaults."""
     given = {k: v for k, v in dict(seeds=seeds, labels_per_class=labels_per_class, steps=steps, out_dir=out_dir).items()
              if v is not None}
     given.update({k: parse_list(given[k], int, "--" + k.replace("_", "-")) for k in ("seeds", "labels_per_class")
                   if k in given},
                  quick=quick, overrides=overrides)
-    if "steps" in given and not imagenet:
-        raise UserError("demo: --steps goes with --imagenet (the digits demo trains by epochs)")
-    if imagenet:
+    if "steps" in given and not (imagenet or distill):
+        raise UserError("demo: --steps goes with --imagenet or --distill (the digits demo trains by epochs)")
+    if imagenet and distill:
+        raise UserError("demo: --imagenet or --distill, not both")
+    if distill:
+        run_distill_demo(_distill_options(given))
+    elif imagenet:
         run_imagenet_demo(ImagenetDemoOptions(**given))
     else:
         run_demo(**given)
+
+
+def _distill_options(given: dict) -> DistillDemoOptions:
+    """demo --distill takes one labels-per-class value (teacher and students share the labelled photos)."""
+    k = given.pop("labels_per_class", None)
+    if k is not None and len(k) != 1:
+        raise UserError(f"demo --distill: --labels-per-class {','.join(map(str, k))}; expected one value")
+    return DistillDemoOptions(**given, **({"labels_per_class": k[0]} if k else {}))

@@ -27,15 +27,18 @@ from toolkit.errors import UserError
 from toolkit.recipe import Recipe
 from toolkit.train import data as data_mod
 from toolkit.train import balance
+from toolkit.train import distill
 from toolkit.train import model as model_mod
 from toolkit.train import resume as resume_mod
 from toolkit.train.checkpoint import load_model_state, load_optimizer_state, save_checkpoint
 from toolkit.train.device import amp_dtype, pick_device
+from toolkit.train.distill_data import unlabeled_items
 from toolkit.train.distributed import IGNORE, Dist, is_collective_failure, launch
 from toolkit.train.evaluate import collect_logits
 from toolkit.train.plots import save_plots
 from toolkit.train.report import write_after_training
-from toolkit.train.run_dir import append_metrics, checkpoint_paths, prepare_run_dir, write_run_files, write_summary
+from toolkit.train.run_dir import (append_metrics, checkpoint_paths, prepare_run_dir, write_distill, write_run_files,
+                                   write_summary)
 from toolkit.train.sampling import EpochBatches, SeededAugmentation, run_loader
 from toolkit.train.schedule import LrSchedule
 from toolkit.train.state import RunState, rng_state, seed_everything, set_rng_state
@@ -157,6 +160,9 @@ class _Session:
         if not self.dataset.val:
             raise UserError("data: the validation split is empty; set data.val_fraction above 0 or add a val/ folder")
         self.ctx.check_training(self.t, self.device)
+        unlabeled = self.recipe.data.unlabeled
+        self.unlabeled = self.ctx.on_main(lambda: unlabeled_items(self.recipe, distill.UNLABELLED)) \
+            if unlabeled else []
 
     def build_model(self) -> None:
         recipe, t, ctx, device = self.recipe, self.t, self.ctx, self.device
@@ -181,6 +187,10 @@ class _Session:
         self.step = TrainStep(model, build_optimizer(model, t, ever_trained), t, device, amp_dtype(t.amp, device),
                               balance.loss_weights(t, self.dataset.train, len(self.labels)))
         self.val_criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+        self.distiller = None
+        if t.teacher:
+            teacher = distill.load_teacher(recipe, self.labels, device, self.step.autocast)
+            self.distiller = self.step.distill = distill.Distiller(teacher, t.distill_alpha, t.distill_temperature)
 
     def restore(self) -> None:
         """A resumed run's optimizer, scaler, run state and this rank's RNG state."""
@@ -201,10 +211,12 @@ class _Session:
 
     def build_loaders(self) -> None:
         recipe, t, ctx, dataset = self.recipe, self.t, self.ctx, self.dataset
-        preprocess = data_mod.eval_preprocess(recipe)
+        preprocess, augment = data_mod.eval_preprocess(recipe), data_mod.build_augment(recipe)
+        items = dataset.train + self.unlabeled  # photos without labels last: only the teacher labels them
         self.train_set = SeededAugmentation(
-            data_mod.ImageDataset(dataset.train, preprocess, augment=data_mod.build_augment(recipe),
-                                  max_pixels=recipe.data.max_pixels), recipe.seed)
+            data_mod.ImageDataset(items, preprocess, augment=augment, max_pixels=recipe.data.max_pixels), recipe.seed)
+        if self.distiller is not None:
+            self.start_distilling(items, augment, preprocess)
         val_set = data_mod.ImageDataset(dataset.val, preprocess, max_pixels=recipe.data.max_pixels)
         # Each rank validates its share of the images; the report is gathered, so every rank sees the same one.
         self.val_loader = run_loader(val_set, recipe.data.workers, self.device, sampler=ctx.share(len(val_set)),
@@ -219,6 +231,24 @@ class _Session:
         self.say(f"data: {len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test images, "
                  f"{len(self.labels)} classes; device {self.device}" + (f", autocast {autocast}" if autocast else "")
                  + (f"; {ctx.world} processes ({ctx.backend}), global batch {t.batch_size}" if ctx.active else ""))
+
+    def start_distilling(self, items: list, augment, preprocess) -> None:
+        """The teacher's logits cached now when train.distill_cache allows, else computed per batch; said
+        and written to distill.json."""
+        t, dist = self.t, self.distiller
+        self.train_set = distill.WithIndex(self.train_set)  # batches carry their indices, for the cache
+        if distill.wants_cache(t.distill_cache, augment, preprocess):
+            dist.build_cache(items, self.recipe.data.max_pixels, max(1, t.batch_size))
+        info = dist.describe()
+        self.say(f"distill: teacher {info['teacher']}, alpha {t.distill_alpha:g}, T {t.distill_temperature:g}; "
+                 + (f"its logits cached for {len(items)} images in {dist.cache_seconds:.1f}s"
+                    if dist.cache is not None else "its logits computed per batch ("
+                    + ("the augmentation is random)" if t.distill_cache == "auto" else "train.distill_cache: never)"))
+                 + (f"; {len(self.unlabeled)} photos without labels" if self.unlabeled else "")
+                 + f"; teacher input {info['teacher_input']}")
+        if self.main:
+            write_distill(self.recipe.run_dir, {**info, "labelled_images": len(self.dataset.train),
+                                                "unlabeled_images": len(self.unlabeled)})
 
     # -- the epochs -------------------------------------------------------------------------------
     def epochs(self, stop: StopRequest) -> None:
@@ -271,14 +301,14 @@ class _Session:
                                skip=state.step_in_epoch, weights=self.sample_weights)
         global_sizes = batches.global_sizes()
         loader = run_loader(self.train_set, self.recipe.data.workers, self.device, batch_sampler=batches)
-        totals, stopping, tick = [0, 0.0, 0], False, time.time()
+        totals, stopping, tick = [0, 0.0, 0, 0], False, time.time()
         bar = tqdm(loader, total=len(loader), desc=f"epoch {state.epoch + 1}/{t.epochs}", unit="batch",
                    leave=False, disable=self.opts.quiet or not self.main, dynamic_ncols=True, file=sys.stderr)
-        for i, (images, targets) in enumerate(bar):
-            stopping, stepped = self.take_step(images, targets, global_sizes[i], stop, totals)
+        for i, batch in enumerate(bar):
+            stopping, stepped = self.take_step(batch, global_sizes[i], stop, totals)
             if stepped:
                 seen = max(totals[0], 1)
-                bar.set_postfix(loss=f"{totals[1] / seen:.3f}", acc=f"{100 * totals[2] / seen:.1f}%",
+                bar.set_postfix(loss=f"{totals[1] / seen:.3f}", acc=f"{100 * totals[2] / max(totals[3], 1):.1f}%",
                                 lr=f"{self.step.optimizer.param_groups[-1]['lr']:.2e}", refresh=False)
                 if stopping:
                     break
@@ -286,11 +316,14 @@ class _Session:
         seconds = time.time() - tick
         return trainable, self.ctx.sum(totals), seconds, stopping  # the global batch's totals
 
-    def take_step(self, images, targets, global_size: int, stop: StopRequest, totals: list) -> tuple[bool, bool]:
-        """One batch; adds to `totals`. Returns (stop after this step, whether the weights were updated)."""
+    def take_step(self, batch, global_size: int, stop: StopRequest, totals: list) -> tuple[bool, bool]:
+        """One batch ((images, targets), with their indices when distilling); adds [images, summed loss,
+        correct, labelled images] to `totals`. Returns (stop after this step, whether the weights were updated)."""
         state = self.state
         self.schedule.apply(self.step.optimizer, state.global_step)
-        logits, loss, targets = self.step.forward(images, targets)
+        images, targets = batch[0], batch[1]
+        teacher = self.distiller.soft_targets(images, batch[2]) if self.distiller is not None else None
+        logits, loss, targets = self.step.forward(images, targets, teacher)
         # Every rank takes the same branch: skip the step if any rank's loss is not finite, and stop
         # after this step if any rank was asked to stop.
         bad, stopping = self.ctx.any([not bool(torch.isfinite(loss)), stop.requested])
@@ -302,10 +335,11 @@ class _Session:
         state.step_in_epoch += 1
         state.global_step += 1
         if not bad:
-            real = targets != IGNORE
-            totals[0] += int(real.sum())
+            labelled = targets >= 0  # not padding (IGNORE), not a photo without a label (distill.UNLABELLED)
+            totals[0] += int((targets != IGNORE).sum())
             totals[1] += float(loss.detach())
-            totals[2] += int(((logits.argmax(1) == targets) & real).sum())
+            totals[2] += int(((logits.argmax(1) == targets) & labelled).sum())
+            totals[3] += int(labelled.sum())
         return stopping, not bad
 
     def count_nonfinite(self) -> None:
@@ -322,12 +356,12 @@ class _Session:
     def end_epoch(self, trainable: set, totals: list, seconds: float) -> tuple[dict, bool]:
         """Count the epoch done, validate when due; returns (its metrics record, whether top-1 improved)."""
         t, state = self.t, self.state
-        seen, loss_sum, correct = totals
+        seen, loss_sum, correct, labelled = totals
         state.epoch += 1
         state.step_in_epoch = 0
         record = {
             "epoch": state.epoch, "trainable": sorted(trainable),
-            "train_loss": loss_sum / max(seen, 1), "train_top1": 100 * correct / max(seen, 1),
+            "train_loss": loss_sum / max(seen, 1), "train_top1": 100 * correct / max(labelled, 1),
             "val_loss": None, "val_top1": None, "val_top5": None, "val_mean_per_class": None,
             "lr": {g.get("group", g["name"]): g["lr"] for g in self.step.optimizer.param_groups},
             "images_per_s": seen / max(seconds, 1e-9), "epoch_time_s": seconds,

@@ -20,7 +20,7 @@ APPLIED = ("train.epochs", "train.device", "train.dist_timeout", "train.save_eve
            "data.download")
 REFUSED_SECTIONS = ("model", "preprocess")
 REFUSED_DATA = ("data.source", "data.root", "data.classes", "data.labels_per_class", "data.val_fraction",
-                "data.test_fraction", "data.split_seed", "data.image_size", "data.dedupe")
+                "data.test_fraction", "data.split_seed", "data.image_size", "data.dedupe", "data.unlabeled")
 _RUN_FOLDER = ("name", "out_dir")
 
 

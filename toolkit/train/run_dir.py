@@ -94,6 +94,11 @@ def truncate_metrics(path: str, epochs_done: int, say=print) -> None:
     atomic_write(path, "".join(kept), then=RESUME_HINT)
 
 
+def write_distill(run_dir: str, info: dict) -> None:
+    """distill.json: the teacher, alpha, T, cached or per-batch logits (and the cache's cost), the images."""
+    atomic_write(os.path.join(run_dir, "distill.json"), json.dumps(info, indent=1) + "\n")
+
+
 def append_metrics(run_dir: str, record: dict) -> None:
     path = os.path.join(run_dir, "metrics.jsonl")
     try:

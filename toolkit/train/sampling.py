@@ -54,6 +54,13 @@ class EpochBatches(Sampler):
         return len(self.global_sizes())
 
 
+def decode_index(encoded: int, n: int) -> tuple[int, int, bool]:
+    """(epoch, index, padding) of a sample code from EpochBatches over `n` samples."""
+    padding = encoded < 0
+    epoch, index = divmod(-encoded - 1 if padding else encoded, n)
+    return epoch, index, padding
+
+
 class SeededAugmentation(Dataset):
     """Wraps a training ImageDataset: each sample's augmentation is seeded by (seed, epoch, index), so it
     does not depend on worker count, worker seeds, or where in the epoch a resumed run starts.
@@ -66,8 +73,7 @@ class SeededAugmentation(Dataset):
         return len(self.inner)
 
     def __getitem__(self, encoded: int):
-        padding = encoded < 0
-        epoch, index = divmod(-encoded - 1 if padding else encoded, len(self.inner))
+        epoch, index, padding = decode_index(encoded, len(self.inner))
         image, target = self.inner.load(
             index, seed=int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
         return image, IGNORE if padding else target

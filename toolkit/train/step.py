@@ -38,16 +38,21 @@ class TrainStep:
         weight = None if class_weights is None else class_weights.to(device)  # train.class_weights
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing, reduction="sum",
                                              ignore_index=IGNORE)
+        self.distill = None  # train.teacher: a toolkit.train.distill.Distiller, whose loss replaces the criterion
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor):
-        """(logits, summed loss, targets on the device)."""
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None = None):
+        """(logits, summed loss, targets on the device). With `teacher_logits` (distillation), the loss is
+        the Distiller's: label loss and the KL to the teacher, mixed."""
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
             logits = self.net(images)
-            loss = self.criterion(logits.float(), targets)
+            if teacher_logits is None:
+                loss = self.criterion(logits.float(), targets)
+            else:
+                loss = self.distill.loss(logits.float(), teacher_logits, targets, self.criterion)
         return logits, loss, targets
 
     def update(self, loss: torch.Tensor, scale: float) -> None:

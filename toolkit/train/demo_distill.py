@@ -1,0 +1,289 @@
+"""`toolkit demo --distill`: distillation, offline, on Fashion-MNIST.
+
+1. Teacher: EfficientNet-Lite0 with ImageNet weights fine-tuned on `labels_per_class` labels per class at
+   64 px (recipes/fashion-distill-teacher.yaml), once (seed 0).
+2. Data: read once, written as PNG folders (write_data): the labelled photos, validation and test
+   splits, and the unlabelled pool of `unlabeled` training photos outside the labelled subset and the
+   validation split (what data.unlabeled reads).
+3. Students, each in three arms with the same labelled photos and the same budget of `steps` optimizer
+   steps: plain (labels only), distilled (train.teacher), distilled + pool (train.teacher and
+   data.unlabeled). MobileNetV3-Small from random weights at 32 px (fashion-distill-mbv3.yaml, other
+   normalisation: the teacher's input is converted) and Lite0 with ImageNet weights at 32 px
+   (fashion-distill-lite0.yaml). Every arm and seed.
+4. Score: test top-1 of the final weights on the fixed 2,000-image subset of t10k; "gap closed" is
+   (distilled - plain) / (teacher - plain). Size: parameters and fp32 MB; img/s: PyTorch inference on this
+   CPU at the model's input size, batch 32.
+5. Teacher logits cached against per batch: the arms cache the teacher's logits once (train.distill_cache
+   always: the teacher sees each photo's eval view); the first student's pool arm runs again with the
+   teacher per batch (never: it sees the student's augmented view), timed per epoch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from toolkit import recipe as recipe_mod
+from toolkit.artifacts import atomic_write
+from toolkit.datasets import load_dataset
+from toolkit.datasets.splits import keep_per_class
+from toolkit.errors import UserError
+from toolkit.train.demo_shared import final_test_top1, recipe_path, train_quietly
+from toolkit.train.model import model_from_checkpoint
+
+TEACHER = "fashion-distill-teacher.yaml"
+STUDENTS = {"mobilenet_v3_small": "fashion-distill-mbv3.yaml", "efficientnet_lite0": "fashion-distill-lite0.yaml"}
+ARMS = ("plain", "distilled", "distilled+pool")
+
+
+@dataclass
+class DistillDemoOptions:
+    """What `toolkit demo --distill` runs."""
+    seeds: list = field(default_factory=lambda: [0, 1, 2])  # every (student, arm) trains once per seed
+    labels_per_class: int = 20  # labelled training photos per class, teacher and students
+    unlabeled: int = 1000  # photos in the unlabelled pool
+    steps: int = 100  # optimizer steps per student run, every arm (epochs follow from the images)
+    teacher_steps: int = 80  # the teacher's optimizer steps
+    quick: bool = False  # a smoke run: one seed, 4 steps, a pool of 64
+    out_dir: str = "runs/demo-distill"  # every run folder, the pool, demo.md and demo.json
+    overrides: list = field(default_factory=list)  # KEY=VALUE for every recipe
+
+    def check(self) -> None:
+        if not self.seeds:
+            raise UserError("demo --distill: expected at least one seed")
+        if self.labels_per_class < 1 or self.unlabeled < 1 or self.steps < 1 or self.teacher_steps < 1:
+            raise UserError("demo --distill: labels per class, the pool, steps and teacher steps must be positive")
+
+    @property
+    def budget(self) -> tuple:
+        """(student steps, teacher steps, pool size, seeds): --quick shrinks them all."""
+        if self.quick:
+            return 4, 4, 64, self.seeds[:1]
+        return self.steps, self.teacher_steps, self.unlabeled, self.seeds
+
+
+def _load(recipe_file: str, name: str, seed: int, steps: int, opts: DistillDemoOptions, extra=()):
+    """A recipe with epochs from the step budget; validated and saved once, at the end (scored on last.pt).
+    `extra` holds data.source=folder and data.root once the folders are written (write_data)."""
+    base = [f"out_dir={opts.out_dir}", f"name={name}", f"seed={seed}",
+            f"data.labels_per_class={opts.labels_per_class}", *extra, *opts.overrides]
+    recipe = recipe_mod.load(recipe_path(recipe_file), base)
+    images = opts.labels_per_class * 10 + (opts.budget[2] if recipe.data.unlabeled else 0)
+    epochs = max(1, round(steps / math.ceil(images / recipe.train.batch_size)))
+    return recipe_mod.load(recipe_path(recipe_file), base + [f"train.epochs={epochs}", f"train.eval_every={epochs}",
+                                                             f"train.save_every={epochs}"])
+
+
+def _epoch_seconds(run_dir: str) -> float:
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    return statistics.mean(r["epoch_time_s"] for r in records)
+
+
+def _run(recipe_file: str, name: str, seed: int, steps: int, opts: DistillDemoOptions, extra=()) -> dict:
+    recipe = _load(recipe_file, name, seed, steps, opts, extra)
+    seconds = train_quietly(recipe, evaluate_test=False)
+    distill_file = os.path.join(recipe.run_dir, "distill.json")
+    distill = json.load(open(distill_file, encoding="utf-8")) if os.path.isfile(distill_file) else None
+    return {"run": recipe.run_dir, "arch": recipe.model.arch, "px": recipe.preprocess.crop, "seed": seed,
+            "epochs": recipe.train.epochs, "test_top1": final_test_top1(recipe.run_dir, batch_size=100),
+            "seconds": round(seconds, 1), "epoch_s": round(_epoch_seconds(recipe.run_dir), 2), "distill": distill}
+
+
+def _folder_name(k: int, label: str) -> str:
+    """'0-T-shirt-top': the class index first (folders sort in label order), then a file-safe name."""
+    return f"{k}-" + "".join(c if c.isalnum() else "-" for c in label)
+
+
+def _write_images(folder: str, items: list, names: list) -> None:
+    from PIL import Image
+
+    for n, (pixels, label) in enumerate(items):
+        path = os.path.join(folder, names[label], f"{n:05d}.png") if names else os.path.join(folder, f"{n:05d}.png")
+        if not os.path.isfile(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(np.asarray(pixels)).save(path)
+
+
+def write_data(recipe, pool_size: int, folder: str) -> dict:
+    """Fashion-MNIST, read once through the fashion_mnist source, as the folders every run reads:
+    <folder>/labelled/{train,val,test}/<class>/ (the recipe's labelled subset, its validation split and the
+    fixed test subset) and <folder>/unlabeled/ (`pool_size` training photos outside train and val).
+    Each run then scans a few thousand small files instead of all 62,000 images."""
+    whole = recipe_mod.from_dict({**recipe_mod.to_dict(recipe), "data": {**recipe_mod.to_dict(recipe)["data"],
+                                                                           "labels_per_class": None}})
+    full = load_dataset(whole, scan=False)
+    train = keep_per_class(full.train, full.labels, recipe.data.labels_per_class, recipe.data.split_seed)
+    kept = {id(item) for item in train}
+    pool = [item for item in full.train if id(item) not in kept]
+    pool = [pool[i] for i in sorted(np.random.default_rng(0).permutation(len(pool))[:pool_size])]
+    names = [_folder_name(k, label) for k, label in enumerate(full.labels)]
+    for split, items in (("train", train), ("val", full.val), ("test", full.test)):
+        _write_images(os.path.join(folder, "labelled", split), items, names)
+    _write_images(os.path.join(folder, "unlabeled"), pool, [])
+    return {"root": os.path.join(folder, "labelled"), "pool": os.path.join(folder, "unlabeled"),
+            "train": len(train), "val": len(full.val), "test": len(full.test), "unlabeled": len(pool)}
+
+
+def model_facts(run_dir: str, px: int, batches: int = 5) -> dict:
+    """Parameters, fp32 MB and PyTorch img/s (batch 32, eval, median of `batches`) of a run's final model."""
+    model, _ = model_from_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"))
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.randn(32, 3, px, px)
+    times = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(batches):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return {"params": params, "mb": round(params * 4 / 1e6, 2), "images_per_s": round(32 / statistics.median(times))}
+
+
+def _summary(runs: list, arch: str, arm: str) -> dict:
+    accs = [r["test_top1"] for r in runs if r["arch"] == arch and r["arm"] == arm]
+    return {"mean": statistics.mean(accs), "std": statistics.pstdev(accs), "runs": accs}
+
+
+def summarise(runs: list, teacher_top1: float) -> list:
+    """Per student: each arm's test top-1 (mean, std, runs) and the share of the plain-teacher gap closed."""
+    rows = []
+    for arch in STUDENTS:
+        row = {"arch": arch, **{arm: _summary(runs, arch, arm) for arm in ARMS}}
+        gap = teacher_top1 - row["plain"]["mean"]
+        row["gap"] = gap
+        row["closed"] = {arm: (100 * (row[arm]["mean"] - row["plain"]["mean"]) / gap if gap > 0 else None)
+                         for arm in ARMS[1:]}
+        rows.append(row)
+    return rows
+
+
+def _cell(s: dict) -> str:
+    return f"{s['mean']:.1f} ± {s['std']:.1f}%"
+
+
+def _closed(value) -> str:
+    return "n/a (no gap)" if value is None else f"{value:.0f}%"
+
+
+def table_lines(teacher: dict, rows: list, facts: dict) -> list:
+    lines = ["| model | input | params | fp32 MB | img/s | plain | distilled | distilled + pool | gap closed "
+             "(distilled / + pool) |", "|---|---|---|---|---|---|---|---|---|"]
+    f = facts["teacher"]
+    lines.append(f"| teacher: efficientnet_lite0 (ImageNet) | {teacher['px']} px | {f['params'] / 1e6:.2f} M | "
+                 f"{f['mb']:.1f} | {f['images_per_s']} | {teacher['test_top1']:.1f}% | | | |")
+    for row in rows:
+        f = facts[row["arch"]]
+        lines.append(f"| student: {row['arch']} | {f['px']} px | {f['params'] / 1e6:.2f} M | {f['mb']:.1f} | "
+                     f"{f['images_per_s']} | {_cell(row['plain'])} | {_cell(row['distilled'])} | "
+                     f"{_cell(row['distilled+pool'])} | {_closed(row['closed']['distilled'])} / "
+                     f"{_closed(row['closed']['distilled+pool'])} |")
+    return lines
+
+
+def _student_runs(opts: DistillDemoOptions, data: list, teacher_dir: str, pool_dir: str) -> list:
+    """Every student, seed and arm; `data` points the recipes at the folders of write_data."""
+    steps, _, _, seeds = opts.budget
+    teacher = [f"train.teacher={teacher_dir}", "train.distill_cache=always"]  # logits once, of the eval view
+    arms = {"plain": data, "distilled": [*data, *teacher],
+            "distilled+pool": [*data, *teacher, f"data.unlabeled={pool_dir}"]}
+    plan = [(arch, arm, seed) for arch in STUDENTS for seed in seeds for arm in ARMS]
+    runs = []
+    for n, (arch, arm, seed) in enumerate(plan, 1):
+        name = f"{arch}-{arm.replace('+', '-')}-s{seed}"
+        runs.append({"arm": arm, **_run(STUDENTS[arch], name, seed, steps, opts, arms[arm])})
+        r = runs[-1]
+        print(f"      {n:2d}/{len(plan)}  {arch:18s} {arm:15s} seed {seed}  test {r['test_top1']:5.1f}%  "
+              f"({r['seconds']:.0f}s, {r['epochs']} epochs, {r['epoch_s']:.1f}s an epoch)", flush=True)
+    return runs
+
+
+def _timing(opts: DistillDemoOptions, data: list, teacher_dir: str, pool_dir: str, runs: list) -> dict:
+    """The first student's pool arm (first seed) again with the teacher run per batch, on the student's
+    augmented view: time per epoch against the arm's cached run."""
+    steps, _, _, seeds = opts.budget
+    arch = next(iter(STUDENTS))
+    cached = next(r for r in runs if r["arch"] == arch and r["arm"] == "distilled+pool" and r["seed"] == seeds[0])
+    per_batch = _run(STUDENTS[arch], f"{arch}-distilled-pool-per-batch-s{seeds[0]}", seeds[0], steps, opts,
+                     [*data, f"train.teacher={teacher_dir}", f"data.unlabeled={pool_dir}", "train.distill_cache=never"])
+    keys = ("epoch_s", "seconds", "test_top1", "epochs")
+    return {"arch": arch, "per_batch": {k: per_batch[k] for k in keys},
+            "cached": {**{k: cached[k] for k in keys}, "cache_s": cached["distill"]["cache_seconds"],
+                       "images": cached["distill"]["cached_images"]}}
+
+
+def _timing_lines(t: dict) -> list:
+    p, c = t["per_batch"], t["cached"]
+    return [f"Teacher logits, {t['arch']} with the pool (seed 0, {p['epochs']} epochs): cached once "
+            f"{c['epoch_s']:.1f}s an epoch + {c['cache_s']:.1f}s for the cache of {c['images']} images (run "
+            f"{c['seconds']:.0f}s, test {c['test_top1']:.1f}%); per batch, on the student's augmented view, "
+            f"{p['epoch_s']:.1f}s an epoch (run {p['seconds']:.0f}s, test {p['test_top1']:.1f}%)"]
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, load average {load:.1f}"
+
+
+def run_distill_demo(opts: DistillDemoOptions) -> dict:
+    """Teacher, pool, students, timing; writes demo.md and demo.json into opts.out_dir."""
+    started = time.time()
+    opts.check()
+    steps, teacher_steps, pool_size, seeds = opts.budget
+    written = write_data(_load(TEACHER, "teacher", 0, teacher_steps, opts), pool_size,
+                         os.path.join(opts.out_dir, "data"))
+    data, pool_dir = ["data.source=folder", f"data.root={written['root']}"], written["pool"]
+    print(f"[1/5] Fashion-MNIST as folders: {written['train']} labelled training photos, {written['val']} validation, "
+          f"{written['test']} test, and a pool of {written['unlabeled']} unlabelled photos ({pool_dir}/)", flush=True)
+    teacher_recipe = _load(TEACHER, "teacher", 0, teacher_steps, opts, data)
+    print(f"[2/5] teacher: {teacher_recipe.model.arch} (ImageNet weights), {opts.labels_per_class} labels per class, "
+          f"{teacher_recipe.preprocess.crop} px, ~{teacher_steps} steps", flush=True)
+    seconds = train_quietly(teacher_recipe, evaluate_test=False)
+    teacher = {"run": teacher_recipe.run_dir, "px": teacher_recipe.preprocess.crop,
+               "test_top1": final_test_top1(teacher_recipe.run_dir, batch_size=100), "seconds": round(seconds, 1)}
+    print(f"      teacher test top-1 {teacher['test_top1']:.1f}%  ({seconds:.0f}s)", flush=True)
+    print(f"[3/5] students: {', '.join(STUDENTS)}; {' / '.join(ARMS)}; seeds {seeds}; ~{steps} steps a run",
+          flush=True)
+    runs = _student_runs(opts, data, teacher_recipe.run_dir, pool_dir)
+    print("[4/5] teacher logits: cached against per batch", flush=True)
+    timing = _timing(opts, data, teacher_recipe.run_dir, pool_dir, runs)
+    print("[5/5] the table", flush=True)
+    rows = summarise(runs, teacher["test_top1"])
+    facts = {"teacher": {**model_facts(teacher["run"], teacher["px"]), "px": teacher["px"]}}
+    for arch in STUDENTS:
+        run = next(r for r in runs if r["arch"] == arch)
+        facts[arch] = {**model_facts(run["run"], run["px"]), "px": run["px"]}
+    wall = time.time() - started
+    machine = _machine()
+    distilled = next(r["distill"] for r in runs if r["distill"])
+    report = "\n".join([
+        f"Fashion-MNIST test top-1 (a fixed 2,000 of t10k), mean ± std over seeds {', '.join(map(str, seeds))}; "
+        f"{opts.labels_per_class} labels per class, a pool of {written['unlabeled']} unlabelled photos, ~{steps} steps a student "
+        "run", "", *table_lines(teacher, rows, facts), "",
+        f"teacher: one run (seed 0), ~{teacher_steps} steps; gap closed = (distilled - plain) / (teacher - plain); "
+        f"alpha {distilled['alpha']:g}, T {distilled['temperature']:g}, teacher logits cached once (the teacher "
+        "sees each photo's eval view); img/s: PyTorch, batch 32, eval", "", *_timing_lines(timing), "",
+        f"machine: {machine}; demo wall time {wall / 60:.1f} min"])
+    print(report)
+    record = {"teacher": teacher, "rows": rows, "runs": runs, "timing": timing, "facts": facts,
+              "labels_per_class": opts.labels_per_class, "data": written, "steps": steps,
+              "teacher_steps": teacher_steps, "seeds": seeds, "machine": machine, "wall_time_s": round(wall, 1),
+              "quick": opts.quick}
+    paths = [os.path.join(opts.out_dir, name) for name in ("demo.json", "demo.md")]
+    atomic_write(paths[0], json.dumps(record, indent=2) + "\n")
+    atomic_write(paths[1], report + "\n")
+    print(f"written: {', '.join(paths)}; every run's curves and checkpoints are in {opts.out_dir}/")
+    return record
