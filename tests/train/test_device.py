@@ -1,0 +1,71 @@
+"""train.amp and train.channels_last on CPU (toolkit.train.device): native BF16 read from the CPU flags,
+the per-arch choice of `auto`, and the warning (not an error) for bf16 without native BF16."""
+import types
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from toolkit.train import device  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def cpu_flags(tmp_path, monkeypatch):
+    """fake(flags): this process's CPU now reports `flags` (a Linux /proc/cpuinfo)."""
+    def fake(flags: str):
+        path = tmp_path / "cpuinfo"
+        path.write_text(f"processor\t: 0\nmodel name\t: Fake CPU\nflags\t\t: fpu sse2 avx2 {flags}\n\n")
+        monkeypatch.setattr(device, "CPUINFO", str(path))
+        monkeypatch.setattr(device.sys, "platform", "linux")
+    return fake
+
+
+@pytest.mark.parametrize("flags, native", [("avx512f avx512_bf16", True), ("amx_tile amx_bf16", True),
+                                           ("avx512f avx512_vnni", False), ("", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(cpu_flags, flags, native):
+    cpu_flags(flags)
+    assert device.cpu_has_native_bf16() is native
+
+
+def test_no_native_bf16_off_linux_or_without_the_file(cpu_flags, monkeypatch, tmp_path):
+    cpu_flags("amx_bf16")
+    monkeypatch.setattr(device.sys, "platform", "darwin")
+    assert device.cpu_has_native_bf16() is False
+    monkeypatch.setattr(device.sys, "platform", "linux")
+    monkeypatch.setattr(device, "CPUINFO", str(tmp_path / "missing"))
+    assert device.cpu_has_native_bf16() is False
+
+
+def test_auto_takes_bf16_only_with_native_bf16_and_where_the_table_says_faster(cpu_flags):
+    faster = [a for a, fam in (("vgg16", "vgg"), ("mobilenet_v3_large", "mobilenet"), ("efficientnet_lite0", "lite"),
+                               ("resnet18", "resnet")) if device.CPU_FAST[fam][0]]
+    slower = [a for a in ("vgg16", "mobilenet_v3_large", "efficientnet_lite0", "resnet18") if a not in faster]
+    assert faster and slower  # the table has both answers, so both branches below are exercised
+    cpu_flags("avx512_bf16")
+    assert all(device.amp_dtype("auto", CPU, a) is torch.bfloat16 for a in faster)
+    assert all(device.amp_dtype("auto", CPU, a) is None for a in slower)
+    assert device.amp_dtype("off", CPU, faster[0]) is None and device.amp_dtype("fp16", CPU, faster[0]) is None
+    cpu_flags("avx2")
+    assert all(device.amp_dtype("auto", CPU, a) is None for a in faster + slower)
+
+
+def test_bf16_without_native_bf16_warns_and_still_trains_in_bf16(cpu_flags):
+    cpu_flags("avx2")
+    with pytest.warns(RuntimeWarning, match="without native BF16.*slower than fp32"):
+        assert device.amp_dtype("bf16", CPU, "vgg16") is torch.bfloat16
+    cpu_flags("amx_bf16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert device.amp_dtype("bf16", CPU, "mobilenet_v3_large") is torch.bfloat16
+
+
+def test_channels_last_on_cpu_follows_the_table_and_the_recipe():
+    t_on, t_off = types.SimpleNamespace(channels_last=True), types.SimpleNamespace(channels_last=False)
+    for arch, fam in (("vgg16", "vgg"), ("mobilenet_v3_small", "mobilenet"), ("efficientnet_lite0", "lite"),
+                      ("resnet18", "resnet"), ("efficientnet_b0", "efficientnet")):
+        assert device.use_channels_last(t_on, CPU, arch) is device.CPU_FAST[fam][1]
+        assert device.use_channels_last(t_off, CPU, arch) is False
+    assert device.use_channels_last(t_on, torch.device("cuda"), "vgg16") is True
+    assert device.use_channels_last(t_on, torch.device("meta"), "resnet18") is False
