@@ -9,16 +9,22 @@ import torch
 from toolkit.errors import UserError
 from toolkit.recipe.archs import arch_info
 
-# On a CPU with native BF16, whether bf16 autocast (amp: auto) and channels_last train faster than fp32 and
-# the default layout, per arch family. Measured with `toolkit benchmark --train` (224 px, batch 16, 2 threads,
-# scratch, all layers training) on an Intel Xeon (Sapphire Rapids, AVX-512 BF16 + AMX); img/s
-# fp32 -> bf16, and the channels_last factor:
-#   (filled in below from the measurement)
-# AMX does the bf16 matrix products here; a CPU with AVX-512 BF16 and no AMX (the AMD EPYC of issue 22:
-# VGG16 2.0x, MobileNetV3-Large 0.8x) gains less, so the table is a this-CPU-family decision.
+# On a CPU with native BF16: whether bf16 autocast (amp: auto) and channels_last train faster than fp32 and
+# the default layout, per arch family: the fastest of the four combinations. Measured on an Intel Xeon
+# (Sapphire Rapids, 2 cores, AVX-512 BF16 + AMX BF16), 224 px, batch 16, scratch (every layer trains),
+# one thread, in images per CPU-second (time.process_time: the machine was shared, load average 24-37):
+#   arch                fp32   fp32+cl  bf16   bf16+cl
+#   vgg16               1.07   1.24     2.55   5.19
+#   resnet18            7.86   9.10     16.30  22.35
+#   mobilenet_v3_large  9.29   15.32    11.89  11.59
+#   mobilenet_v3_small  24.30  39.87    29.85  26.29
+#   efficientnet_lite0  7.07   9.45     8.00   7.18
+# efficientnet (B0) and convnext were not measured: fp32, default layout. AMX does the bf16 matrix products
+# here; on a CPU with AVX-512 BF16 and no AMX (issue 22's AMD EPYC: VGG16 bf16 2.0x, Lite0 channels_last
+# 1.17x, MobileNetV3-Large bf16 0.8x) the gains differ, so this is a decision for this CPU family.
 CPU_FAST = {  # family: (bf16 autocast faster, channels_last faster)
-    "vgg": (True, False), "resnet": (True, False), "mobilenet": (False, False), "efficientnet": (False, False),
-    "lite": (False, False), "convnext": (False, False),
+    "vgg": (True, True), "resnet": (True, True), "mobilenet": (False, True), "lite": (False, True),
+    "efficientnet": (False, False), "convnext": (False, False),
 }
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPUINFO = "/proc/cpuinfo"  # where Linux lists the CPU flags
