@@ -110,6 +110,14 @@ def test_overrides_are_yaml_typed(tmp_path):
         recipe_mod.load(str(path), ["train.epochs"])
 
 
+def test_fp16_autocast_on_a_cpu_is_one_clear_error():
+    raw = {"data": {"source": "digits"}, "model": {"weights": "none"},
+           "train": {"strategy": "scratch", "amp": "fp16", "device": "cpu"}}
+    assert _problems(raw) == ["train.amp: fp16 with train.device: cpu; fp16 autocast is CUDA only: expected auto, "
+                              "bf16 or off"]
+    recipe_mod.from_dict({**raw, "train": {**raw["train"], "amp": "bf16"}})  # bf16 on a CPU is allowed
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(UserError, match="no such recipe file"):
         recipe_mod.load(str(tmp_path / "missing.yaml"))

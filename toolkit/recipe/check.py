@@ -236,6 +236,8 @@ def _check_train_limits(recipe: Recipe, err: Err) -> None:
             err(f"train.{key}", f"{getattr(t, key)}; expected a positive integer")
     if t.nan_patience < 1:
         err("train.nan_patience", f"{t.nan_patience}; expected at least 1")
+    if t.amp == "fp16" and t.device in ("cpu", "mps"):
+        err("train.amp", f"fp16 with train.device: {t.device}; fp16 autocast is CUDA only: expected auto, bf16 or off")
 
 
 def _check_distributed(recipe: Recipe, err: Err) -> None:

@@ -90,8 +90,8 @@ class TrainConfig:
     class_weights: str = "none"  # none | balanced: loss weight of class c = images / (classes x images of c)
     sampler: str = "uniform"  # uniform (each image once per epoch) | balanced (drawn with replacement, classes equally)
     grad_clip: Optional[float] = None  # max gradient norm
-    amp: str = "auto"  # CUDA only: auto (bf16 where supported) | bf16 | fp16 | off
-    channels_last: bool = True  # CUDA only
+    amp: str = "auto"  # auto (CUDA: bf16 where supported, else fp16; CPU: bf16 where faster) | bf16 | fp16 (CUDA) | off
+    channels_last: bool = True  # CUDA; on CPU for the archs it trains faster (toolkit/train/device.py)
     device: str = "auto"  # auto | cpu | cuda | mps
     eval_every: int = 1  # validate every N epochs (and after the last)
     save_every: int = 1  # rewrite last.pt every N epochs: a kill -9 loses at most this many

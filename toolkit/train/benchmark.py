@@ -22,7 +22,7 @@ from toolkit.runtime.benchmark.report import publish
 from toolkit.runtime.benchmark.timing import Progress, calls_per_block, stats, warm_up
 from toolkit.train import data as data_mod
 from toolkit.train import model as model_mod
-from toolkit.train.device import amp_dtype, pick_device
+from toolkit.train.device import amp_dtype, pick_device, precision_name, use_channels_last
 from toolkit.train.step import TrainStep, build_optimizer
 
 
@@ -51,10 +51,11 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     caller_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:  # a library call must not leave the caller's process on the benchmark's thread count
-        phases = [_time_step(recipe, name, groups, len(dataset.labels), dev, settings, progress)
-                  for name, groups in _phases(recipe.train)]
-        progress.line(f"training step: {phases[-1].throughput_ips.median:.1f} img/s "
-                      f"(batch {recipe.train.batch_size}, {phases[-1].phase} phase)")
+        phases = [ph for name, groups in _phases(recipe.train)
+                  for ph in _time_step(recipe, name, groups, len(dataset.labels), dev, settings, progress)]
+        progress.line("training step: " + ", ".join(f"{ph.precision} {ph.throughput_ips.median:.1f} img/s"
+                                                    for ph in phases if ph.phase == phases[-1].phase)
+                      + f" (batch {recipe.train.batch_size}, {phases[-1].phase} phase)")
         loader = _time_loader(recipe, dataset.train, settings, progress)
     finally:
         torch.set_num_threads(caller_threads)
@@ -92,40 +93,47 @@ def _phases(t) -> list[tuple[str, set]]:
 
 
 def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timing: TrainSettings,
-               progress) -> Phase:
-    """The training step's record for one phase: model and optimizer built as toolkit train builds them."""
-    t, bs, crop = recipe.train, int(recipe.train.batch_size), int(recipe.preprocess.crop)
-    progress.live(f"building the model ({phase_name})")
-    model = model_mod.build_from_recipe(recipe, num_classes)
-    channels_last = bool(t.channels_last and dev.type == "cuda")
-    model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    model_mod.set_trainable(model, groups)
-    model.train()
-    step = TrainStep(model, build_optimizer(model, t, groups), t, dev, amp_dtype(t.amp, dev))
+               progress) -> list[Phase]:
+    """The training step's records for one phase, one per precision (fp32, bf16 and the recipe's own),
+    timed in the same interleaved rounds so that their ratio is fair: models and optimizers built as
+    toolkit train builds them."""
+    t, bs, crop, arch = recipe.train, int(recipe.train.batch_size), int(recipe.preprocess.crop), recipe.model.arch
+    channels_last = use_channels_last(t, dev, arch)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(bs, 3, crop, crop, generator=gen).to(dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (bs,), generator=gen).to(dev)
+    steps, trainable = {}, 0  # precision: (step, first call's seconds, calls per block)
+    for dtype in dict.fromkeys([None, torch.bfloat16, amp_dtype(t.amp, dev, arch)] if dev.type != "mps" else [None]):
+        name = precision_name(dtype)
+        progress.live(f"building the model ({phase_name}, {name})")
+        model = model_mod.build_from_recipe(recipe, num_classes)
+        model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        model_mod.set_trainable(model, groups)
+        model.train()
+        step = TrainStep(model, build_optimizer(model, t, groups), t, dev, dtype, channels_last=channels_last)
 
-    def one_step():
-        step(x, y)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        def one_step(step=step):
+            step(x, y)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+        progress.live(f"warming up the training step ({phase_name}, {name})")
+        first, last = warm_up(one_step, None if timing.warmup == "auto" else timing.warmup)
+        steps[name] = one_step, first, calls_per_block(timing.iterations, timing.duration_s, timing.rounds, last)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    progress.live(f"warming up the training step ({phase_name})")
-    first, last = warm_up(one_step, None if timing.warmup == "auto" else timing.warmup)
-    rounds = timing.rounds
-    k = calls_per_block(timing.iterations, timing.duration_s, rounds, last)
-
-    def on_block(r, entry, kk, total):
-        progress.live(f"training step ({phase_name}) round {r + 1}/{rounds}: {kk * bs / total:.1f} img/s")
-    lat, blocks, _ = interleaved_rounds([("step", one_step)], rounds, {"step": k}, on_block)
-    latency, _, throughput = stats(lat["step"], blocks["step"], k, bs)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return Phase(phase=phase_name, groups=sorted(groups), trainable_params=int(trainable),
-                 iterations=len(lat["step"]), first_step_s=round(first, 4), throughput_ips=throughput,
-                 latency_ms=latency)
+    def on_block(r, name, k, total):
+        progress.live(f"training step ({phase_name}, {name}) round {r + 1}/{timing.rounds}: {k * bs / total:.1f} img/s")
+    lat, blocks, _ = interleaved_rounds([(n, s[0]) for n, s in steps.items()], timing.rounds,
+                                        {n: s[2] for n, s in steps.items()}, on_block)
+    phases = []
+    for name, (_, first, k) in steps.items():
+        latency, _, throughput = stats(lat[name], blocks[name], k, bs)
+        phases.append(Phase(phase=phase_name, precision=name, groups=sorted(groups), trainable_params=int(trainable),
+                            iterations=len(lat[name]), first_step_s=round(first, 4), throughput_ips=throughput,
+                            latency_ms=latency))
+    return phases
 
 
 def _time_loader(recipe, items: list, timing: TrainSettings, progress) -> Loader:
@@ -177,16 +185,20 @@ def _limiter(step_ips: float, loader_ips: float, on_cpu: bool) -> tuple[Limiter,
 def _record(recipe, recipe_path, command: str, dataset, dev, settings: TrainSettings, phases: list,
             loader: Loader, out_dir: str) -> dict:
     """benchmark.json's record of kind "train" (toolkit.runtime.benchmark.records.TrainRecord)."""
-    t = recipe.train
-    autocast = amp_dtype(t.amp, dev)
-    limiter, notes = _limiter(phases[-1].throughput_ips.median, loader.throughput_ips.overall, dev.type == "cpu")
+    t, arch = recipe.train, recipe.model.arch
+    autocast = amp_dtype(t.amp, dev, arch)
+    main = {ph.precision: ph.throughput_ips.median for ph in phases if ph.phase == phases[-1].phase}
+    limiter, notes = _limiter(main[precision_name(autocast)], loader.throughput_ips.overall, dev.type == "cpu")
+    if "bf16" in main:  # the side-by-side figure issue 22 asks for; the recipe trains at amp's choice
+        notes.insert(0, f"training step bf16 / fp32: {main['bf16'] / main['fp32']:.2f}x ({phases[-1].phase} phase, "
+                        f"amp: {t.amp} trains in {precision_name(autocast)} here)")
     return dataclasses.asdict(TrainRecord(
         **record_head("train", command, notes, out_dir, ("benchmark.json", "benchmark.md"), dev.type == "cuda"),
         recipe=TrainRecipe(path=os.fspath(recipe_path), name=recipe.name, arch=recipe.model.arch,
                            head=recipe.model.head, crop=int(recipe.preprocess.crop), classes=len(dataset.labels),
                            strategy=t.strategy, optimizer=t.optimizer, batch_size=int(t.batch_size),
                            amp=str(autocast).replace("torch.", "") if autocast else None,
-                           channels_last=bool(t.channels_last and dev.type == "cuda"),
+                           channels_last=use_channels_last(t, dev, arch),
                            train_images=len(dataset.train)),
         settings=settings, phases=phases, loader=loader, limiter=limiter,
         timed={"step": "one optimizer step on a synthetic batch already on the device: zero_grad, forward, "

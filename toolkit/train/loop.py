@@ -31,7 +31,7 @@ from toolkit.train import distill
 from toolkit.train import model as model_mod
 from toolkit.train import resume as resume_mod
 from toolkit.train.checkpoint import load_model_state, load_optimizer_state, save_checkpoint
-from toolkit.train.device import amp_dtype, pick_device
+from toolkit.train.device import amp_dtype, pick_device, use_channels_last
 from toolkit.train.distill_data import unlabeled_items
 from toolkit.train.distributed import IGNORE, Dist, is_collective_failure, launch
 from toolkit.train.evaluate import collect_logits
@@ -175,7 +175,7 @@ class _Session:
             load_model_state(model, self.resumed["model"], self.last_path)
         if t.sync_batchnorm and ctx.active:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        channels_last = t.channels_last and device.type == "cuda"
+        channels_last = use_channels_last(t, device, recipe.model.arch)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         if self.resumed is None:
             ctx.broadcast_module(model)  # rank 0 loaded the weights (on the device: NCCL only moves GPU tensors)
@@ -184,8 +184,9 @@ class _Session:
         # Every group that trains at some point is in the optimizer from the start; frozen ones have no grad.
         ever_trained = set().union(*(model_mod.trainable_groups(t, e) for e in range(t.epochs)))
         self.model = model
-        self.step = TrainStep(model, build_optimizer(model, t, ever_trained), t, device, amp_dtype(t.amp, device),
-                              balance.loss_weights(t, self.dataset.train, len(self.labels)))
+        self.step = TrainStep(model, build_optimizer(model, t, ever_trained), t, device,
+                              amp_dtype(t.amp, device, recipe.model.arch),
+                              balance.loss_weights(t, self.dataset.train, len(self.labels)), channels_last)
         self.val_criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.distiller = None
         if t.teacher:

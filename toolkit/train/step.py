@@ -29,11 +29,11 @@ class TrainStep:
     balanced) weight each image's loss by its class; they average 1 over the training images."""
 
     def __init__(self, model: nn.Module, optimizer, t, device: torch.device, autocast,
-                 class_weights: torch.Tensor | None = None):
+                 class_weights: torch.Tensor | None = None, channels_last: bool = False):
         self.model, self.optimizer, self.device, self.autocast = model, optimizer, device, autocast
         self.net = model  # what runs the forward pass: the model, or its DDP wrapper (see Dist.wrap)
         self.grad_clip = t.grad_clip
-        self.channels_last = bool(t.channels_last and device.type == "cuda")
+        self.channels_last = channels_last  # the batches' layout: the model's (device.use_channels_last)
         self.scaler = torch.amp.GradScaler("cuda", enabled=autocast is torch.float16)
         weight = None if class_weights is None else class_weights.to(device)  # train.class_weights
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing, reduction="sum",

@@ -101,7 +101,8 @@ TrainRecipe = record("TrainRecipe", "The recipe timed.", path=str, name=str, arc
                      train_images=int)
 TrainSettings = record("TrainSettings", "What --train measured with.", device=str, threads=int, threads_source=str,
                        warmup=Union[int, str], rounds=int, iterations=_INT, duration_s=_NUM, loader_batches=int)
-Phase = record("Phase", "The training step of one phase.", phase=str, groups=list[str], trainable_params=int,
+Phase = record("Phase", "The training step of one phase at one precision.", phase=str,
+               precision=Literal["fp32", "bf16", "fp16"], groups=list[str], trainable_params=int,
                iterations=int, first_step_s=float, throughput_ips=Throughput, latency_ms=Latency)
 LoaderIps = record("LoaderIps", "Images/s of the data loader.", overall=float, median_batch=float, min_batch=float,
                    max_batch=float)

@@ -140,7 +140,8 @@ def format_train_table(record: dict, markdown: bool = False) -> str:
     r, s, lo, lim = record["recipe"], record["settings"], record["loader"], record["limiter"]
     lines = [f"training benchmark: {r['name']} ({r['arch']}, {r['head']} head, {r['crop']} px, batch {r['batch_size']},"
              f" {r['optimizer']}) on {s['device']}, {s['threads']} threads"]
-    lines += [f"training step [{ph['phase']}: {', '.join(ph['groups'])}]: {ph['throughput_ips']['median']:.1f} img/s "
+    lines += [f"training step [{ph['phase']}: {', '.join(ph['groups'])}] {ph['precision']}: "
+              f"{ph['throughput_ips']['median']:.1f} img/s "
               f"({ph['throughput_ips']['min']:.1f}-{ph['throughput_ips']['max']:.1f}), "
               f"{ph['latency_ms']['p50']:.0f} ms/step p50" for ph in record["phases"]]
     lines += [f"data loader ({lo['workers']} workers): {lo['throughput_ips']['overall']:.1f} img/s over "
