@@ -116,6 +116,8 @@ def test_fp16_autocast_on_a_cpu_is_one_clear_error():
     assert _problems(raw) == ["train.amp: fp16 with train.device: cpu; fp16 autocast is CUDA only: expected auto, "
                               "bf16 or off"]
     recipe_mod.from_dict({**raw, "train": {**raw["train"], "amp": "bf16"}})  # bf16 on a CPU is allowed
+    # YAML 1.1 reads a bare `off` as false: `train.amp: off` is the string "off", as written
+    assert recipe_mod.from_dict({**raw, "train": {**raw["train"], "amp": False}}).train.amp == "off"
 
 
 def test_bad_files(tmp_path):

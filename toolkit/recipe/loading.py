@@ -61,6 +61,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if base is bool:
         return isinstance(value, bool), value
     if base is str:
+        if value is False:  # YAML 1.1 reads a bare `off` (train.amp: off) as false
+            return True, "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, str(value)
         return isinstance(value, str), value
