@@ -95,3 +95,14 @@ def test_bad_calibration_metadata_is_a_contract_error_at_load(extra, message):
     with pytest.raises(contract.ContractError) as err:
         contract.from_props(_props(**extra), "m.onnx")
     assert message in str(err.value) and str(err.value).startswith("m.onnx: ")
+
+
+def test_binomial_tail_and_clopper_pearson_lower_bound():
+    # values from scipy.stats.binom.sf and beta.ppf (not a dependency of the edge install)
+    assert calibration.binomial_tail(2, 180, 0.01) == pytest.approx(0.53835936, rel=1e-6)
+    assert calibration.binomial_tail(14, 600, 0.01) == pytest.approx(0.0034486198, rel=1e-6)
+    assert calibration.binomial_tail(0, 10, 0.3) == 1.0 and calibration.binomial_tail(11, 10, 0.3) == 0.0
+    assert calibration.rate_lower_bound(1, 1) == pytest.approx(0.05)
+    assert calibration.rate_lower_bound(10, 600) == pytest.approx(0.0090694533, rel=1e-6)
+    assert calibration.rate_lower_bound(30, 2000) == pytest.approx(0.0108170848, rel=1e-6)
+    assert calibration.rate_lower_bound(0, 50) == 0.0

@@ -309,9 +309,9 @@ def test_relative_links_resolve():
 SMALLER = {
     "train": ["model.arch=vgg11", "model.hidden=32", "train.epochs=1", "data.labels_per_class=4",
               "train.device=cpu"],
-    # a 1-epoch, near-chance model: neither the INT8 budget nor its unknown answer (a 1-in-100 flip of the
-    # accept/reject decision on 180 images refuses the twin) is what is tested here (tests/export does both)
-    "export": ["--int8-budget", "100", "--accept-rate", "1"],
+    # a 1-epoch, near-chance model: its INT8 budget is not what is tested here (tests/export does it); its
+    # unknown answer is checked as shipped (the agreement gate refuses only a disagreement above 1% beyond chance)
+    "export": ["--int8-budget", "100"],
     "benchmark": ["--batch-sizes", "1", "--iterations", "2", "--rounds", "1", "--warmup", "1", "--isolate=false"],
 }
 

@@ -8,6 +8,7 @@ numpy only (no torch, no scipy), so training, export, evaluation and the edge ru
     s = ood_score(logits, T, "energy")                      # higher = more like the training classes
     thr = threshold_for(val_scores, accept_rate=0.95)       # accepts 95% of the validation images
     auroc(s_in, s_out), fpr_at_tpr(s_in, s_out)             # against a folder of "none of these" photos
+    rate_lower_bound(differ, n)                             # how low a rate seen differ of n times can be
 
 The OOD scores (both computed from the logits, higher = in distribution):
   max_prob  the largest calibrated probability, max softmax(logits / T)
@@ -25,7 +26,8 @@ from toolkit.errors import UserError
 
 __all__ = ["OOD_SCORES", "DEFAULT_SCORE", "DEFAULT_ACCEPT_RATE", "ECE_BINS", "MIN_CALIBRATION_IMAGES",
            "softmax", "nll", "ece", "fit_temperature", "ood_score", "threshold_for", "auroc", "fpr_at_tpr",
-           "check_accept_rate", "fit", "split_summary", "ood_summary", "too_few"]
+           "check_accept_rate", "fit", "split_summary", "ood_summary", "too_few", "binomial_tail",
+           "rate_lower_bound"]
 
 DEFAULT_SCORE = "energy"
 DEFAULT_ACCEPT_RATE = 0.95
@@ -131,6 +133,32 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95) -> float:
     """The share of OOD images accepted at the threshold that accepts `tpr` of the in-distribution ones."""
     return float(np.mean(np.asarray(out_scores) >= threshold_for(in_scores, tpr)))
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (n in the thousands does not overflow)."""
+    if k <= 0:
+        return 1.0
+    if k > n or p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    i = np.arange(k)  # P(X >= k) = 1 - P(X < k)
+    log_comb = np.concatenate([[0.0], np.cumsum(np.log((n - i[1:] + 1) / i[1:]))])
+    below = np.exp(log_comb + i * math.log(p) + (n - i) * math.log1p(-p)).sum()
+    return float(max(0.0, 1.0 - below))
+
+
+def rate_lower_bound(count: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided Clopper-Pearson lower bound of a rate seen `count` times in `n` trials: the smallest rate
+    under which seeing `count` or more still has a chance of at least 1 - confidence (bisection)."""
+    if count <= 0 or n <= 0:
+        return 0.0
+    lo, hi = 0.0, count / n
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if binomial_tail(count, n, mid) < 1.0 - confidence else (lo, mid)
+    return lo
 
 
 def check_accept_rate(value) -> float:

@@ -118,16 +118,33 @@ def test_empty_or_missing_ood_folder_is_one_error(tmp_path):
     assert _onnx_files(tmp_path / "exports") == []
 
 
-def test_the_bf16_read_is_refused_only_with_bf16_check():
+def _job(bf16_check=False):
     import types
 
     said = []
-    job = types.SimpleNamespace(options=types.SimpleNamespace(bf16_check=False), say=said.append, path="m.onnx")
-    calibrate_mod._judge({"fp16": 1.0, "openvino bf16": 0.977}, job)
-    assert said and "openvino bf16 takes the FP32 file's accept/reject decision on 97.7%" in said[0]
-    job.options.bf16_check = True
-    with pytest.raises(UserError, match=r"openvino bf16 97\.7%"):
-        calibrate_mod._judge({"fp16": 1.0, "openvino bf16": 0.977}, job)
+    return types.SimpleNamespace(options=types.SimpleNamespace(bf16_check=bf16_check), say=said.append,
+                                 path="m.onnx", said=said)
+
+
+def test_the_bf16_read_is_refused_only_with_bf16_check():
+    job = _job()
+    calibrate_mod._judge({"fp16": 1.0, "openvino bf16": 0.977}, 600, job)  # 14 of 600 differ
+    assert job.said and "openvino bf16 takes the FP32 file's accept/reject decision on 97.7%" in job.said[0]
+    with pytest.raises(UserError, match=r"openvino bf16 97\.7% \(14 of 600 differ"):
+        calibrate_mod._judge({"fp16": 1.0, "openvino bf16": 0.977}, 600, _job(bf16_check=True))
     with pytest.raises(UserError, match=r"openvino fp32 98\.0%"):
-        calibrate_mod._judge({"openvino fp32": 0.98}, types.SimpleNamespace(options=types.SimpleNamespace(
-            bf16_check=False), say=said.append, path="m.onnx"))
+        calibrate_mod._judge({"openvino fp32": 0.98}, 600, _job())
+
+
+def test_a_few_flips_on_few_images_are_chance_not_a_refusal():
+    # the tour's near-chance model: 2 of 180 flips is 98.9%, and a true 1% rate shows 2 or more 54% of the time
+    job = _job()
+    bounds = calibrate_mod._judge({"int8": 178 / 180, "fp16": 1.0}, 180, job)
+    assert bounds["fp16"] == 0.0 and 0 < bounds["int8"] < 0.01
+    assert len(job.said) == 1 and "int8" in job.said[0] and "within chance" in job.said[0]
+    # the same share on 2,000 images (22 of 2,000) is still chance; 3x as many flips on 2,000 is not
+    calibrate_mod._judge({"int8": 1 - 22 / 2000}, 2000, _job())
+    with pytest.raises(UserError, match=r"int8 97\.0% \(60 of 2000 differ; disagreement at least 2\.40%"):
+        calibrate_mod._judge({"int8": 1 - 60 / 2000}, 2000, _job())
+    with pytest.raises(UserError, match=r"raw 90\.0% \(3 of 30 differ"):  # few images, many flips
+        calibrate_mod._judge({"raw": 0.9}, 30, _job())
