@@ -24,7 +24,7 @@ class ExportOptions:
     out: Optional[str] = None  # the .onnx path or a folder; None = exports_dir/<recipe name>.onnx
     opset: int = 17  # default-domain ONNX opset (checked against the installed ONNX Runtime)
     fp16: bool = False  # add the <stem>.fp16.onnx twin: fp16 weights, float32 inputs and outputs
-    fp16_keep_fp32: Optional[Iterable[str]] = None  # op types the FP16 twin keeps in float32, e.g. Sigmoid,Softmax; None = chosen by measurement
+    fp16_keep_fp32: Optional[Iterable[str]] = None  # op types the FP16 twin keeps in float32 (Sigmoid,Softmax); None = measured
     int8: bool = False  # add the <stem>.int8.onnx twin: static QDQ quantization under int8_budget
     raw_input: bool = False  # add the <stem>.raw.onnx twin: uint8 NHWC pixels in, normalisation in the graph
     probabilities: bool = False  # add a softmax `probabilities` output beside `logits`
@@ -72,7 +72,8 @@ def check_options(options: ExportOptions) -> ExportOptions:
         raise UserError("--keep-fp32 only applies with --int8; add --int8 or drop --keep-fp32")
     fp16_keep = None if options.fp16_keep_fp32 is None else check_op_types(options.fp16_keep_fp32, options.fp16)
     per_channel = None if options.per_channel is None else parse_bool(options.per_channel, "--per-channel")
-    return dataclasses.replace(options, int8_budget=budget, accept_rate=check_accept_rate(options.accept_rate), keep_fp32=keep, per_channel=per_channel, fp16_keep_fp32=fp16_keep,
+    return dataclasses.replace(options, int8_budget=budget, accept_rate=check_accept_rate(options.accept_rate), keep_fp32=keep, per_channel=per_channel,
+                               fp16_keep_fp32=fp16_keep,
                                int8_search=parse_bool(options.int8_search, "--int8-search"))
 
 

@@ -1,7 +1,8 @@
 """ONNX Runtime static quantization of the staged FP32 file, one setting at a time.
 
 `prepare` runs once per export: ORT's pre-processing, the user's --keep-fp32 layers and the graph's
-first and last layers, resolved to node names, and the shape arithmetic that always stays float (below). `quantize` then builds one INT8 candidate for one
+first and last layers, resolved to node names, and the shape arithmetic that always stays float (below).
+`quantize` then builds one INT8 candidate for one
 Int8Setting; the calibration ranges of each method are computed once and cached in the work folder,
 so a second setting with the same method re-quantises without re-running the calibration images.
 """
