@@ -59,3 +59,31 @@ def test_export_parity_per_arch(tmp_path, image_root, arch):
         want = model.float().eval()(torch.from_numpy(x)).numpy()
     assert np.allclose(got, want, atol=1e-3)
     assert "fp16" in report["files"]
+
+
+@slow
+def test_lite0_int8_keeps_its_tf_same_padding(tmp_path, image_root):
+    """EfficientNet-Lite0's TF-"SAME" pads are computed from the input's shape; quantized, they came back one pixel
+    short and shifted every stride-2 stage (the 32-point INT8 collapse). The INT8 twin must keep FP32's top-1."""
+    import onnx
+
+    from toolkit.export.quantize import Int8Setting, calibration_reader, prepare, quantize
+
+    raw = tiny_recipe(tmp_path, image_root, name="lite0", preprocess={"resize": 72, "crop": 64},
+                      model={"arch": "efficientnet_lite0", "weights": "none", "head": None, "hidden": None},
+                      train={"epochs": 1, "batch_size": 6, "lr_decay": 0.5})
+    train(recipe_mod.from_dict(raw), quiet=True)
+    report = export_mod.export_run(str(tmp_path / "runs" / "lite0"), exports_dir=str(tmp_path / "exports"),
+                                   runs_dir=str(tmp_path / "runs"), quiet=True)
+    pre = Preprocess.from_model(report["model"])
+    pixels = np.stack([pre.pixels(str(p)) for p in sorted(pathlib.Path(image_root).glob("**/*.jpg"))])
+    prepared = prepare(report["model"], str(tmp_path), [], {})
+    assert len(prepared.shape_nodes) > 100  # five stride-2 convs, each with its pad arithmetic
+    out = str(tmp_path / "int8.onnx")
+    quantize(prepared, Int8Setting(True, "minmax", False), calibration_reader(pixels, pre), out)
+    shape_tensors = {o for n in onnx.load(prepared.path).graph.node if n.name in prepared.shape_nodes for o in n.output}
+    assert not [n.name for n in onnx.load(out).graph.node if n.op_type == "QuantizeLinear"
+                and n.input[0] in shape_tensors]
+    fp32, int8 = (cpu_session(p).run(["logits"], {"input": pre.normalize(pixels)})[0] for p in (report["model"], out))
+    centred = [a - a.mean(1, keepdims=True) for a in (fp32, int8)]
+    assert np.corrcoef(centred[0].ravel(), centred[1].ravel())[0, 1] > 0.9

@@ -17,7 +17,7 @@ from toolkit.errors import UserError  # noqa: E402
 from toolkit.export import pipeline as export_mod  # noqa: E402
 from toolkit.export.options import ExportOptions, check_options  # noqa: E402
 from toolkit.export.plan import load_data  # noqa: E402
-from toolkit.export.quantize import Int8Setting, Prepared, edge_nodes  # noqa: E402
+from toolkit.export.quantize import Int8Setting, Prepared, calibration_reader, edge_nodes  # noqa: E402
 from toolkit.export.int8 import search_order  # noqa: E402
 from toolkit.preprocess import Preprocess  # noqa: E402
 from toolkit.runtime.onnx_eval import evaluate_onnx, load_pixels, read_metadata  # noqa: E402
@@ -255,3 +255,42 @@ def test_failure_message_hints_follow_what_was_pinned():
     assert "try leaving out --calib-method (lets" in message(calib_method="entropy")
     off = message(int8_search=False, calib_method="entropy")
     assert "try --int8-search=true (tries the other settings), more" in off and "leaving out" not in off
+
+
+# ------------------------------------------------------------------------------------------------
+# Shape arithmetic stays float (the EfficientNet-Lite collapse)
+
+def _same_pad_graph(path):
+    """A tiny net with timm's TF-"SAME" stride-2 convs: their Pad amounts are computed from the input's shape."""
+    timm_layers = pytest.importorskip("timm.layers")
+    net = torch.nn.Sequential(timm_layers.Conv2dSame(3, 8, 3, stride=2), torch.nn.ReLU6(),
+                              timm_layers.Conv2dSame(8, 8, 3, stride=2, groups=8), torch.nn.ReLU6(),
+                              torch.nn.Conv2d(8, 4, 1)).eval()
+    torch.onnx.export(net, torch.randn(1, 3, 16, 16), path, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    return net
+
+
+def test_shape_arithmetic_is_never_quantized(tmp_path):
+    import onnxruntime as ort
+
+    from toolkit.export.quantize import prepare, quantize
+
+    _same_pad_graph(str(tmp_path / "fp32.onnx"))
+    prepared = prepare(str(tmp_path / "fp32.onnx"), str(tmp_path), [], {})
+    graph = onnx.load(prepared.path).graph
+    kinds = {n.op_type for n in graph.node if n.name in prepared.shape_nodes}
+    assert {"Shape", "Ceil", "Concat"} <= kinds and not kinds & {"Conv", "Pad"}
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    pre = Preprocess(resize=16, crop=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    out = str(tmp_path / "int8.onnx")
+    quantize(prepared, Int8Setting(True, "minmax", False), calibration_reader(pixels, pre), out)
+    q = onnx.load(out).graph
+    shape_tensors = {o for n in graph.node if n.name in prepared.shape_nodes for o in n.output}
+    assert not [n.name for n in q.node if n.op_type == "QuantizeLinear" and n.input[0] in shape_tensors]
+    # Quantized pads would be rounded one short (1.0 -> 0.99999994 -> 0): a shifted, smaller feature map.
+    x = pre.normalize(pixels)
+    run = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+           for p in (str(tmp_path / "fp32.onnx"), out)]
+    assert run[0].shape == run[1].shape
+    assert np.abs(run[1] - run[0]).max() < 0.1 * np.abs(run[0]).max()

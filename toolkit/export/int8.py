@@ -63,7 +63,8 @@ def int8_twin(job: ExportJob, staging: Staging, data, why) -> dict:
     order = search_order(o, prepared)
     job.say(f"int8: calibrating on {len(calib)} train images, {len(scoring.pixels)} {scoring.split} images "
             f"for the budget; {len(order)} setting{'s' if len(order) > 1 else ''} to try"
-            f"{', keeping ' + ', '.join(o.keep_fp32) + ' in fp32' if o.keep_fp32 else ''} ...")
+            f"{', keeping ' + ', '.join(o.keep_fp32) + ' in fp32' if o.keep_fp32 else ''}"
+            f"{f', {len(prepared.shape_nodes)} shape-arithmetic nodes in float' if prepared.shape_nodes else ''} ...")
     tried = []
     for setting in order:
         with writing(twin_path(job.path, "int8")):
@@ -141,6 +142,7 @@ def _stage_choice(job: ExportJob, staging: Staging, prepared: Prepared, tried: l
     setting = Int8Setting(chosen["per_channel"], chosen["calib_method"], chosen["fp32_edges"])
     quant = {"format": "QDQ", "weights": "int8", "activations": "uint8", **setting.as_dict(),
              "calib_images": int(n_calib), "keep_fp32": o.keep_fp32, "excluded_nodes": prepared.excluded(setting),
+             "shape_nodes_float": len(prepared.shape_nodes),
              "split": scoring.split, "n": int(len(scoring.pixels)), "budget": o.int8_budget,
              "fp32_top1": scoring.fp32["top1"], "int8_top1": chosen["int8_top1"], "top1_drop": chosen["top1_drop"],
              "setting": setting.label, "attempt": len(tried), "attempts_planned": planned,

@@ -24,6 +24,7 @@ class ExportOptions:
     out: Optional[str] = None  # the .onnx path or a folder; None = exports_dir/<recipe name>.onnx
     opset: int = 17  # default-domain ONNX opset (checked against the installed ONNX Runtime)
     fp16: bool = False  # add the <stem>.fp16.onnx twin: fp16 weights, float32 inputs and outputs
+    fp16_keep_fp32: Optional[Iterable[str]] = None  # op types the FP16 twin keeps in float32 (Sigmoid,Softmax); None = measured
     int8: bool = False  # add the <stem>.int8.onnx twin: static QDQ quantization under int8_budget
     raw_input: bool = False  # add the <stem>.raw.onnx twin: uint8 NHWC pixels in, normalisation in the graph
     probabilities: bool = False  # add a softmax `probabilities` output beside `logits`
@@ -69,7 +70,24 @@ def check_options(options: ExportOptions) -> ExportOptions:
     keep = parse_list(options.keep_fp32, name="--keep-fp32")
     if keep and not options.int8:
         raise UserError("--keep-fp32 only applies with --int8; add --int8 or drop --keep-fp32")
+    fp16_keep = None if options.fp16_keep_fp32 is None else check_op_types(options.fp16_keep_fp32, options.fp16)
     per_channel = None if options.per_channel is None else parse_bool(options.per_channel, "--per-channel")
     return dataclasses.replace(options, int8_budget=budget, accept_rate=check_accept_rate(options.accept_rate), keep_fp32=keep, per_channel=per_channel,
+                               fp16_keep_fp32=fp16_keep,
                                int8_search=parse_bool(options.int8_search, "--int8-search"))
 
+
+
+def check_op_types(value, fp16: bool) -> list:
+    """--fp16-keep-fp32 as a list of ONNX op types ("none" or empty: keep none); a UserError for a name that is
+    not an ONNX operator, or without --fp16."""
+    import onnx
+
+    if not fp16:
+        raise UserError("--fp16-keep-fp32 only applies with --fp16; add --fp16 or drop --fp16-keep-fp32")
+    ops = [op for op in parse_list(value, name="--fp16-keep-fp32") if op.lower() != "none"]
+    unknown = [op for op in ops if not onnx.defs.has(op)]
+    if unknown:
+        raise UserError(f"--fp16-keep-fp32: {', '.join(unknown)} is not an ONNX operator type; expected op types "
+                        "such as Sigmoid,HardSigmoid,ReduceMean,Softmax (or none)")
+    return ops

@@ -1,7 +1,8 @@
 """ONNX Runtime static quantization of the staged FP32 file, one setting at a time.
 
 `prepare` runs once per export: ORT's pre-processing, the user's --keep-fp32 layers and the graph's
-first and last layers, resolved to node names. `quantize` then builds one INT8 candidate for one
+first and last layers, resolved to node names, and the shape arithmetic that always stays float (below).
+`quantize` then builds one INT8 candidate for one
 Int8Setting; the calibration ranges of each method are computed once and cached in the work folder,
 so a second setting with the same method re-quantises without re-running the calibration images.
 """
@@ -16,6 +17,14 @@ from toolkit.export.surgery import drop_unused_domains, unquantize_outputs, unsh
 from toolkit.export.torch_graph import hush, resolve_layers
 from toolkit.preprocess import Preprocess
 from toolkit.runtime.onnx_eval import model_input
+
+# Ops that read a tensor's shape, not its values: what they compute (and everything computed from it alone)
+# is shape arithmetic, e.g. timm's TF-"SAME" padding of EfficientNet-Lite, which turns H and W into Pad
+# amounts in float (Cast, Div, Ceil, Sub, Mul, Clip, Concat, then a Cast back to int64). ORT's quantizer
+# treats those floats as activations and rounds them through uint8 Q/DQ pairs: a pad of 1.0 comes back as
+# 0.99999994, the Cast to int64 truncates it to 0, and every stride-2 stage pads one pixel short and shifts
+# the image (measured: Lite0 on digits at 64 px, top-1 75.5% -> 38.7%, docs/export.md). They stay float.
+SHAPE_SOURCES = ("Shape", "Size")
 
 # The graph's last layer: the classifier's Gemm/MatMul (a 1x1-conv classifier has neither: its last Conv).
 LAST_LAYER_OPS = ("Gemm", "MatMul")
@@ -48,9 +57,14 @@ class Prepared:
     user_nodes: list  # nodes of --keep-fp32, resolved in the pre-processed graph
     edge_nodes: list  # the first Conv and the last layer (see LAST_LAYER_OPS)
     softmax_nodes: list = field(default_factory=list)  # the probabilities softmax stays float32
+    shape_nodes: list = field(default_factory=list)  # shape arithmetic (SHAPE_SOURCES): always float
+
+    def always_float(self) -> list:
+        """Nodes no setting quantizes: the probabilities softmax and the shape arithmetic."""
+        return self.softmax_nodes + self.shape_nodes
 
     def excluded(self, setting: Int8Setting) -> list:
-        """The nodes a setting leaves in float (the softmax is left out of this list: it always is)."""
+        """The nodes a setting leaves in float (always_float's are left out of this list: they always are)."""
         extra = [n for n in self.edge_nodes if n not in self.user_nodes] if setting.fp32_edges else []
         return self.user_nodes + extra
 
@@ -74,7 +88,23 @@ def prepare(fp32_path: str, work_dir: str, keep_fp32: list, block_of: dict) -> P
     nodes = list(graph.graph.node)  # ONNX keeps nodes in topological order
     softmax = [n.name for n in nodes if n.op_type == "Softmax"]
     return Prepared(path=pre, work_dir=work_dir, user_nodes=user, edge_nodes=edge_nodes(nodes),
-                    softmax_nodes=softmax)
+                    softmax_nodes=softmax, shape_nodes=shape_nodes(graph.graph))
+
+
+def shape_nodes(graph) -> list:
+    """Names of the nodes that compute from tensor shapes alone: a Shape/Size node, or a node whose inputs are
+    all constants or outputs of such nodes, at least one of them the latter (nodes in topological order)."""
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    derived, names = set(), []
+    for node in graph.node:
+        inputs = [i for i in node.input if i]
+        from_shapes = inputs and all(i in constants or i in derived for i in inputs) \
+            and any(i in derived for i in inputs)
+        if node.op_type in SHAPE_SOURCES or from_shapes:
+            derived.update(node.output)
+            names.append(node.name)
+    return names
 
 
 def edge_nodes(nodes: list) -> list:
@@ -101,7 +131,7 @@ def quantize(prepared: Prepared, setting: Int8Setting, reader, out_path: str, ir
         quantize_static(prepared.path, out_path, reader, quant_format=QuantFormat.QDQ,
                         per_channel=setting.per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=method, nodes_to_exclude=prepared.excluded(setting) + prepared.softmax_nodes,
+                        calibrate_method=method, nodes_to_exclude=prepared.excluded(setting) + prepared.always_float(),
                         extra_options={"CalibTensorRangeSymmetric": False}, calibration_cache_path=cache)
     q = onnx.load(out_path)
     unquantize_outputs(q)

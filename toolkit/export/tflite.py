@@ -15,7 +15,7 @@ MEDIAPIPE_MODES = ("auto", "require", "skip")
 # ai_edge_litert's op resolvers: XNNPACK (what apps run on CPU) and TFLite's reference kernels.
 KERNELS = {"xnnpack": "BUILTIN", "reference": "BUILTIN_REF"}
 # ExportOptions fields a .tflite export has no use for: one line each before any work.
-NOT_FOR_TFLITE = ("fp16", "raw_input", "probabilities", "dynamic_hw", "bf16_check", "ir_version",
+NOT_FOR_TFLITE = ("fp16", "fp16_keep_fp32", "raw_input", "probabilities", "dynamic_hw", "bf16_check", "ir_version",
                   "keep_fp32", "per_channel", "calib_method", "int8_search")
 
 
