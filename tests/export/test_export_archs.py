@@ -51,7 +51,8 @@ def test_export_parity_per_arch(tmp_path, image_root, arch):
     from toolkit.train.model import model_from_checkpoint
 
     model, _ = model_from_checkpoint(str(tmp_path / "runs" / arch / "checkpoints" / "best.pt"))
-    images = sorted(pathlib.Path(image_root).glob("**/*.png"))[:2]
+    images = sorted(pathlib.Path(image_root).glob("**/*.jpg"))[:2]
+    assert len(images) == 2  # the comparison runs on real images, never on none
     x = Preprocess.from_model(report["model"]).batch([str(p) for p in images])
     session = cpu_session(report["model"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
