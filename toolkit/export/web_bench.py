@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolkit.artifacts import twin_path
 from toolkit.export.web_browser import browser_missing, launch_browser, open_page, ort_web_version
 from toolkit.runtime.benchmark.records import BackendRecord
 from toolkit.runtime.serve.static_site import serving
@@ -135,7 +136,7 @@ def web_rows(stack: contextlib.ExitStack, site: str, chromium: str, precisions: 
     if why:
         return [], [f"no onnxruntime-web rows: {why}"]
     browser = stack.enter_context(browser_for(site, chromium))
-    files = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    files = {p: twin_path("model.onnx", p) for p in ("fp32", "int8")}
     there = [p for p in precisions if p in files and os.path.isfile(os.path.join(site, files[p]))]
     notes = [f"no onnxruntime-web {p} rows: {site} has no {files[p]}" for p in precisions
              if p in files and p not in there]
