@@ -45,7 +45,8 @@ def test_tiny_demo_writes_table_json_md_and_plot(tmp_path, monkeypatch, capsys):
     assert "weights: imagenet" in transfer and "arch: efficientnet_lite0" in transfer
     assert "weights: none" in (out / "scratch-k1-s0-lr0.003" / "recipe.yaml").read_text()
     assert "| labels per class |" in (out / "demo.md").read_text()
-    assert "Learning rates:" in (out / "demo.md").read_text()
+    assert "Learning rates, per arm and labels per class" in (out / "demo.md").read_text()
+    assert "| 1 | transfer | **0.003** |" in (out / "demo.md").read_text()  # the sweep: one row per (K, arm, rate)
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # It ends with the next commands, and one test image per class to predict (file-safe names).
     assert "\n  toolkit export --int8" in printed and "T-shirt-top.png" in {p.name for p in (out / "samples").iterdir()}

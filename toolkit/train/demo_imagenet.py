@@ -79,7 +79,7 @@ def _steps(opts: ImagenetDemoOptions) -> int:
 
 def budget(cap: int, per_epoch: int, eval_steps: int, probe_steps: int) -> dict:
     """Epochs within a cap of `cap` steps at `per_epoch` steps an epoch: the epochs (never past the cap,
-    at least one), validation every `eval_every` epochs, and the linear probe's epochs (0: none; it
+    but at least one, even where one epoch is longer than the cap), validation every `eval_every` epochs, and the linear probe's epochs (0: none; it
     leaves at least one epoch to fine-tune)."""
     epochs = max(1, cap // per_epoch)
     eval_every = max(1, min(epochs, round(eval_steps / per_epoch)))
