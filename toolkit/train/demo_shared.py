@@ -10,9 +10,12 @@ import os
 import statistics
 import time
 
+import torch
+
 from toolkit.artifacts import atomic_path, atomic_write
 from toolkit.datasets import load_dataset
 from toolkit.errors import UserError
+from toolkit.runtime.benchmark.machine import machine_info
 from toolkit.train.evaluate import evaluate_checkpoint
 from toolkit.train.loop import train
 
@@ -125,10 +128,6 @@ def _cpu_family_model() -> str:
 def machine_line() -> str:
     """What the table ran on, printed under it: CPU, its ISA, cores and torch's threads. The numbers move
     across machines (docs/demo.md says how far and why), so every table names its machine."""
-    import torch
-
-    from toolkit.runtime.benchmark.machine import machine_info
-
     m = machine_info()
     family = _cpu_family_model()
     return (f"machine: {m.cpu}" + (f" ({family})" if family else "") + f", {m.isa['summary']}, "
