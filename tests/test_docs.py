@@ -425,7 +425,9 @@ def demo_then_its_next_commands(work):
     assert record["rows"][0]["labels_per_class"] == 2
     for arm in ("transfer", "scratch"):
         assert 0 <= record["rows"][0][arm]["mean"] <= 100
-    assert "| labels per class | transfer | scratch | transfer gain |" in proc.stdout
+    assert "| labels per class | transfer | scratch | transfer gain | transfer steps | scratch steps |" in proc.stdout
+    assert "\nmachine: " in proc.stdout and record["machine"].startswith("machine: ")  # every table names its CPU
+    assert [r["steps"] for r in record["runs"]] == [1, 1]  # 10 images, batch 16, one epoch: the same for both arms
     # transfer started from the source run's checkpoint; scratch from random weights
     transfer = (out / "transfer-k2-s0" / "recipe.yaml").read_text()
     assert os.path.join("runs", "demo", "digits-source", "checkpoints", "best.pt") in transfer

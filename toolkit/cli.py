@@ -117,9 +117,9 @@ def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False
          imagenet: bool = False, steps: int | None = None, distill: bool = False):
     """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch (seeds 0,1,2; labels per
     class 1,3,10). --imagenet: real ImageNet EfficientNet-Lite0 against the same net from scratch, on Fashion-MNIST
-    (labels per class 1,5,20; --steps: optimizer steps per run). --distill: small students learn from a Lite0
-    teacher on Fashion-MNIST, with and without unlabelled photos (20 labels per class; --steps: per student run).
-    KEY=VALUE overrides apply to all its recipes."""
+    (labels per class 1,5,20; --steps: both arms' step cap; each run stops when validation stops improving).
+    --distill: small students learn from a Lite0 teacher on Fashion-MNIST, with and without unlabelled photos
+    (20 labels per class; --steps: per student run). KEY=VALUE overrides apply to all its recipes."""
     from toolkit.train.demo import demo_command
 
     demo_command([str(o) for o in overrides], seeds=seeds, labels_per_class=labels_per_class, quick=quick,

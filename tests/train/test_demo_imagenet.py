@@ -20,12 +20,13 @@ def test_tiny_demo_writes_table_json_md_and_plot(tmp_path, monkeypatch, capsys):
     write_fashion(tmp_path / "data" / "FashionMNIST" / "raw", train_per_class=12, test_per_class=3)
     out = tmp_path / "demo"
     opts = demo.ImagenetDemoOptions(seeds=[0], labels_per_class=[1], steps=1, transfer_lrs=[3e-3],
-                                    scratch_lrs=[3e-3], select_labels=1, out_dir=str(out),
+                                    scratch_lrs=[3e-3], out_dir=str(out),
                                     overrides=[f"data.root={tmp_path / 'data'}", "data.val_fraction=0.1"])
     record = demo.run_imagenet_demo(opts)
     printed = capsys.readouterr().out
-    assert "| labels per class | transfer | scratch | transfer gain |" in printed
+    assert "| labels per class | transfer | scratch | transfer gain | transfer steps | scratch steps |" in printed
     assert "(a fixed 30 of t10k)" in printed  # 3 per class here; 2,000 with the real files
+    assert "\nmachine: " in printed and " usable cores, torch " in printed  # under the table: CPU, ISA, threads
     saved = json.loads((out / "demo.json").read_text())
     assert saved == json.loads(json.dumps(record))
     assert saved["arch"] == "efficientnet_lite0" and saved["input_px"] == 64 and saved["test_images"] == 30
@@ -33,25 +34,67 @@ def test_tiny_demo_writes_table_json_md_and_plot(tmp_path, monkeypatch, capsys):
     for row in saved["rows"]:
         for arm in ("transfer", "scratch"):
             assert 0 <= row[arm]["mean"] <= 100 and row[arm]["std"] == 0  # one seed
+            assert row[arm]["steps"] == 1  # K=1 is 10 images: one step an epoch, a cap of 1 step
         assert row["gain"] == pytest.approx(row["transfer"]["mean"] - row["scratch"]["mean"])
-    # The sweep ran at K=1, seed 0 (one rate each here); its runs stand in for (K=1, seed 0).
-    assert saved["select"]["chosen"] == {"transfer": 3e-3, "scratch": 3e-3}
+    # The sweep ran per arm at K=1, seed 0 (one rate each here); its runs stand in for (K=1, seed 0).
+    assert saved["select"]["chosen"] == {"transfer@1": 3e-3, "scratch@1": 3e-3}
     assert [(r["arm"], r["labels_per_class"]) for r in saved["runs"]] == [("scratch", 1), ("transfer", 1)]
     assert [r["run"] for r in saved["runs"]] == [r["run"] for r in saved["select"]["runs"]]
-    # Same budget for both arms: K=1 is 10 images, one step an epoch, so 1 step = 1 epoch
-    assert [r["epochs"] for r in saved["runs"]] == [1, 1]
+    assert [(r["steps"], r["cap"]) for r in saved["runs"]] == [(1, 1), (1, 1)]
     transfer = (out / "transfer-k1-s0-lr0.003" / "recipe.yaml").read_text()
     assert "weights: imagenet" in transfer and "arch: efficientnet_lite0" in transfer
     assert "weights: none" in (out / "scratch-k1-s0-lr0.003" / "recipe.yaml").read_text()
     assert "| labels per class |" in (out / "demo.md").read_text()
-    assert "Learning rates:" in (out / "demo.md").read_text()
+    assert "Learning rates, per arm and labels per class" in (out / "demo.md").read_text()
+    assert "| 1 | transfer | **0.003** |" in (out / "demo.md").read_text()  # the sweep: one row per (K, arm, rate)
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # It ends with the next commands, and one test image per class to predict (file-safe names).
     assert "\n  toolkit export --int8" in printed and "T-shirt-top.png" in {p.name for p in (out / "samples").iterdir()}
 
 
-def _runs(val_by_lr):
-    return [{"lr": lr, "val_top1": v} for lr, v in val_by_lr.items()]
+def _runs(val_by_lr, loss_by_lr=None):
+    return [{"lr": lr, "val_top1": v, "val_loss": (loss_by_lr or {}).get(lr, 1.0)} for lr, v in val_by_lr.items()]
+
+
+def test_a_near_tie_goes_to_the_lower_validation_loss():
+    # 48.0 vs 47.5: within a point, so the loss decides, not a one-image difference in top-1
+    runs = _runs({1e-3: 20, 3e-3: 47.5, 1e-2: 48}, {1e-3: 2.0, 3e-3: 1.1, 1e-2: 1.3})
+    assert demo.pick_rate(runs, tie_points=1.0) == 3e-3
+    assert demo.pick_rate(runs, tie_points=0.0) == 1e-2  # no tolerance: top-1 alone
+    runs = _runs({1e-3: 20, 3e-3: 45, 1e-2: 48}, {1e-3: 2.0, 3e-3: 1.1, 1e-2: 1.3})
+    assert demo.pick_rate(runs, tie_points=1.0) == 1e-2  # 3 points apart is not a tie
+    assert demo.pick_rate(_runs({1e-3: 40, 3e-3: 40}), tie_points=1.0) == 1e-3  # same loss too: the lower rate
+    # the grid grows from the picked rate, not the raw top-1's: 3e-3 is interior, so no extension
+    assert demo._next_rate(_runs({1e-3: 20, 3e-3: 47.5, 1e-2: 48}, {3e-3: 0.5}), 0, tie_points=1.0) is None
+
+
+def test_budget_caps_steps_validates_on_a_step_cadence_and_probes_inside_the_cap():
+    # K=1 (one step an epoch): 150 epochs, validate every 15, probe 15 of them
+    assert demo.budget(150, 1, 15, 15) == {"epochs": 150, "eval_every": 15, "probe_epochs": 15}
+    # K=20 (7 steps an epoch): 21 epochs = 147 steps, never past the cap; every 2 epochs = 14 steps
+    assert demo.budget(150, 7, 15, 15) == {"epochs": 21, "eval_every": 2, "probe_epochs": 2}
+    # more labels never get fewer steps: the cap is in steps, the same for every K
+    assert all(demo.budget(150, n, 15, 0)["epochs"] * n > 150 - n for n in range(1, 40))
+    assert demo.budget(150, 7, 15, 0)["probe_epochs"] == 0  # scratch: no probe
+    assert demo.budget(4, 7, 15, 15) == {"epochs": 1, "eval_every": 1, "probe_epochs": 0}  # tiny cap: no probe
+
+
+def test_runs_stop_when_validation_stops_improving_and_report_their_steps(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    tops = [(1, None), (2, 30.0), (4, 45.0), (6, 44.0), (8, 45.0), (10, 40.0)]  # best at epoch 4; stopped at 10
+    metrics.write_text("".join(json.dumps({"epoch": e, "val_top1": v, "val_loss": None if v is None else 100 - v})
+                               + "\n" for e, v in tops))
+    assert demo.best_scores(str(tmp_path)) == {"val_top1": 45.0, "val_loss": 55.0, "best_epoch": 4, "epochs_run": 10}
+
+
+def test_early_stopping_reaches_the_recipe():
+    opts = demo.ImagenetDemoOptions(steps=150, eval_steps=15, patience=3, probe_steps=15,
+                                    overrides=["data.root=nowhere"])
+    recipe = demo._load("transfer", 5, 0, 1e-2, "x", opts)
+    t = recipe.train
+    assert (t.epochs, t.eval_every, t.early_stopping, t.freeze_epochs) == (75, 8, 3, 8)
+    scratch = demo._load("scratch", 5, 0, 1e-2, "x", opts).train
+    assert (scratch.epochs, scratch.early_stopping, scratch.freeze_epochs) == (75, 3, 0)  # the same cap; no probe
 
 
 def test_sweep_grows_the_grid_when_the_best_rate_is_at_an_end():

@@ -11,6 +11,7 @@ arms are scored on the test split with their final weights (last.pt), after the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -19,8 +20,9 @@ from toolkit.errors import UserError
 from toolkit.parsing import parse_list
 from toolkit.train.demo_distill import DistillDemoOptions, run_distill_demo
 from toolkit.train.demo_imagenet import ImagenetDemoOptions, run_imagenet_demo
-from toolkit.train.demo_shared import (final_test_top1, print_next_steps, recipe_path, summarise, table_lines,
-                                       train_quietly, write_report)
+from toolkit.train.demo_shared import (add_steps, final_test_top1, machine_line, print_next_steps, recipe_path,
+                                       scratch_check_line, scratch_drops, summarise, table_lines, train_quietly,
+                                       write_report)
 
 
 def run_demo(seeds=(0, 1, 2), labels_per_class=(1, 3, 10), quick: bool = False, out_dir: str = "runs/demo",
@@ -56,22 +58,24 @@ def run_demo(seeds=(0, 1, 2), labels_per_class=(1, 3, 10), quick: bool = False, 
                 recipe = recipe_mod.load(recipe_path(recipe_file), overrides)
                 seconds = train_quietly(recipe, evaluate_test=False)  # scored on last.pt below
                 top1 = final_test_top1(recipe.run_dir)
+                steps = recipe.train.epochs * math.ceil(k * len(recipe.data.classes) / recipe.train.batch_size)
                 done += 1
                 print(f"      {done:2d}/{total}  {arm:8s} {k:3d} labels/class  seed {seed}  test top-1 "
-                      f"{top1:5.1f}%  ({seconds:.0f}s)", flush=True)
+                      f"{top1:5.1f}%  ({seconds:.0f}s, {steps} steps)", flush=True)
                 results.append({"arm": arm, "labels_per_class": k, "seed": seed, "test_top1": top1,
-                                "seconds": round(seconds, 1)})
+                                "steps": steps, "seconds": round(seconds, 1)})
 
-    rows = summarise(results, labels_per_class)
+    rows = add_steps(summarise(results, labels_per_class), results)
     wall = time.time() - started
     lines = ["[3/3] target test top-1 (digits 5-9), mean ± std over seeds " + ", ".join(map(str, seeds)),
-             "", *table_lines(rows)]
+             "", *table_lines(rows, steps=True)]
     lines += ["", f"source model: {source_ckpt} (test top-1 {source_summary.get('test_top1', float('nan')):.1f}% "
-              f"on digits 0-4); demo wall time {wall / 60:.1f} min"]
+              f"on digits 0-4); both arms the same epochs (steps: each arm's steps a run)", scratch_check_line(rows),
+              machine_line(), f"demo wall time {wall / 60:.1f} min"]
     report = "\n".join(lines)
     print(report)
     record = {"source_test_top1": source_summary.get("test_top1"), "rows": rows, "runs": results,
-              "wall_time_s": round(wall, 1), "quick": quick}
+              "scratch_drops": scratch_drops(rows), "machine": machine_line(), "wall_time_s": round(wall, 1), "quick": quick}
     paths = write_report(out_dir, report, record, "digits 5-9: transfer from digits 0-4 vs scratch")
     print(f"written: {', '.join(paths)}; every run's curves and checkpoints are in {out_dir}/")
     showcase = os.path.join(out_dir, f"transfer-k{labels_per_class[-1]}-s{seeds[-1]}")

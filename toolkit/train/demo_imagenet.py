@@ -2,16 +2,18 @@
 
 The transfer arm is EfficientNet-Lite0 with real ImageNet weights (recipes/fashion-transfer.yaml); the
 scratch arm is the same net from random weights (recipes/fashion-scratch.yaml). Both see the same data,
-augmentation, 64 px input, AdamW and the same budget: about `steps` optimizer steps per run, so the
-epochs follow from labels per class (K): 10K images make ceil(10K / batch) steps an epoch.
+augmentation, input size, AdamW and the same budget rule: train until validation top-1 stops improving
+(`patience` validations, about every `eval_steps` steps), at most `steps` optimizer steps: a cap both
+arms share. The transfer arm starts with `probe_steps` of a linear probe (the head alone) inside that cap.
 
 Protocol, the same for both arms:
-1. Learning rate: each arm trains once per rate of its grid (the same three rates, a factor ~3 apart) at
-   `select_labels` per class with the first seed; the rate with the best validation top-1 (the final
-   weights, on 600 images held out of train) is that arm's rate for every run. When the best is at an
-   end of the grid, the grid grows one step that way (at most MAX_EXTEND times) for that arm.
-2. Runs: every K and seed, both arms, at the chosen rates (the selection run at the chosen rate is reused).
-3. Score: test top-1 of the final weights (last.pt) on the fixed 2,000-image subset of t10k.
+1. Learning rate, per arm and per labels per class (K): with the first seed, each arm trains once per
+   rate of its grid; the best validation top-1 (of best.pt) wins, and rates within `tie_points` of it
+   count as a tie, broken by the lower validation loss (then the lower rate): a near-tie must not flip
+   with a kernel's rounding. When the pick is at an end of the grid, the grid grows one step that way
+   (at most MAX_EXTEND times) for that arm.
+2. Runs: the other seeds at each (arm, K)'s chosen rate (the sweep's run stands in for the first seed).
+3. Score: test top-1 of best.pt (the epoch validation liked best) on the fixed 2,000-image subset of t10k.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ from toolkit import recipe as recipe_mod
 from toolkit.datasets import load_dataset
 from toolkit.datasets.fashion import CLASSES
 from toolkit.errors import UserError
-from toolkit.train.demo_shared import (final_test_top1, print_next_steps, recipe_path, summarise, table_lines,
-                                       train_quietly, write_report)
+from toolkit.train.demo_shared import (add_steps, best_test_top1, machine_line, print_next_steps, recipe_path,
+                                       scratch_check_line, scratch_drops, summarise, table_lines, train_quietly,
+                                       write_report)
 from toolkit.train.demo_trust import trust_table
 
 RECIPES = {"transfer": "fashion-transfer.yaml", "scratch": "fashion-scratch.yaml"}
@@ -39,22 +42,28 @@ class ImagenetDemoOptions:
     """What `toolkit demo --imagenet` runs."""
     seeds: list = field(default_factory=lambda: [0, 1, 2])  # every (K, arm) trains once per seed
     labels_per_class: list = field(default_factory=lambda: [1, 5, 20])  # K: training labels kept per class
-    steps: int = 40  # optimizer steps per run, both arms (epochs = steps / steps per epoch, at least 1)
+    steps: int = 150  # the step cap both arms share; a run stops earlier when validation top-1 stops improving
+    eval_steps: int = 15  # validate about every this many steps (whole epochs: at least one)
+    patience: int = 3  # stop after this many validations without a better top-1
+    probe_steps: int = 15  # transfer: the head alone first (a linear probe), then everything; within the cap
     transfer_lrs: list = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])  # the transfer arm's head-rate grid
     scratch_lrs: list = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])  # the scratch arm's (same breadth)
-    select_labels: int = 5  # the K at which each arm's rate is picked, with seeds[0]
-    quick: bool = False  # a smoke run: 4 steps, no sweep (each grid's middle rate)
+    tie_points: float = 1.0  # validation top-1 this close to the best is a tie: the lower validation loss wins
+    quick: bool = False  # a smoke run: a 4-step cap, no sweep (each grid's middle rate)
     out_dir: str = "runs/demo-imagenet"  # every run folder, demo.md, demo.json and demo.png
     overrides: list = field(default_factory=list)  # KEY=VALUE for both recipes (e.g. model.arch=...)
 
     def check(self) -> None:
         if not self.seeds or not self.labels_per_class:
             raise UserError("demo --imagenet: expected at least one seed and one labels-per-class value")
-        if min(self.labels_per_class) < 1 or self.select_labels < 1:
-            raise UserError(f"demo --imagenet: labels per class {self.labels_per_class} (select at "
-                            f"{self.select_labels}); expected positive integers")
+        if min(self.labels_per_class) < 1:
+            raise UserError(f"demo --imagenet: labels per class {self.labels_per_class}; expected positive integers")
         if self.steps < 1:
             raise UserError(f"demo --imagenet: steps {self.steps}; expected at least 1")
+        if self.eval_steps < 1 or self.patience < 1 or self.probe_steps < 0 or self.tie_points < 0:
+            raise UserError(f"demo --imagenet: eval_steps {self.eval_steps}, patience {self.patience}, probe_steps "
+                            f"{self.probe_steps}, tie_points {self.tie_points}; expected eval_steps and patience "
+                            "at least 1, probe_steps and tie_points at least 0")
         if not self.transfer_lrs or not self.scratch_lrs or min(self.transfer_lrs + self.scratch_lrs) <= 0:
             raise UserError("demo --imagenet: expected a non-empty grid of positive learning rates for each arm")
 
@@ -68,129 +77,182 @@ def _steps(opts: ImagenetDemoOptions) -> int:
     return 4 if opts.quick else opts.steps
 
 
+def budget(cap: int, per_epoch: int, eval_steps: int, probe_steps: int) -> dict:
+    """Epochs within a cap of `cap` steps at `per_epoch` steps an epoch: the epochs (never past the cap,
+    but at least one, even where one epoch is longer than the cap), validation every `eval_every` epochs, and the linear probe's epochs (0: none; it
+    leaves at least one epoch to fine-tune)."""
+    epochs = max(1, cap // per_epoch)
+    eval_every = max(1, min(epochs, round(eval_steps / per_epoch)))
+    probe = min(max(1, round(probe_steps / per_epoch)), epochs - 1) if probe_steps else 0
+    return {"epochs": epochs, "eval_every": eval_every, "probe_epochs": probe}
+
+
 def _load(arm: str, k: int, seed: int, lr: float, name: str, opts: ImagenetDemoOptions, epochs=None):
-    """The arm's recipe for one run; `epochs` None: derived from the step budget."""
+    """The arm's recipe for one run; `epochs` None: the budget's (early stopping within the step cap)."""
     base = [f"out_dir={opts.out_dir}", f"name={name}", f"seed={seed}", f"data.labels_per_class={k}",
             f"train.lr={lr}", *opts.overrides]
     recipe = recipe_mod.load(recipe_path(RECIPES[arm]), base)
-    if epochs is None:
-        classes = len(recipe.data.classes or CLASSES)
-        per_epoch = math.ceil(k * classes / recipe.train.batch_size)
-        epochs = max(1, round(_steps(opts) / per_epoch))
-    # Validate and checkpoint once, at the end: the runs are scored on their final weights.
-    return recipe_mod.load(recipe_path(RECIPES[arm]), base + [f"train.epochs={epochs}", f"train.eval_every={epochs}",
-                                                              f"train.save_every={epochs}"])
+    if epochs is not None:
+        return recipe_mod.load(recipe_path(RECIPES[arm]), base + [f"train.epochs={epochs}"])
+    classes = len(recipe.data.classes or CLASSES)
+    per_epoch = math.ceil(k * classes / recipe.train.batch_size)
+    probe = opts.probe_steps if recipe.train.strategy == "finetune" and not opts.quick else 0
+    b = budget(_steps(opts), per_epoch, opts.eval_steps, probe)
+    # best.pt is written at each better validation; last.pt only at the end (it is not scored).
+    return recipe_mod.load(recipe_path(RECIPES[arm]), base + [
+        f"train.epochs={b['epochs']}", f"train.eval_every={b['eval_every']}", f"train.save_every={b['epochs']}",
+        f"train.early_stopping={opts.patience}", f"train.freeze_epochs={b['probe_epochs']}"])
 
 
-def _final_val_top1(run_dir: str) -> float:
-    """Validation top-1 of the final weights: the last evaluated record of metrics.jsonl."""
+def best_scores(run_dir: str) -> dict:
+    """From a finished run's metrics.jsonl: the best validation's top-1, loss and step, and the steps
+    trained (early stopping may end a run before its cap)."""
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
         records = [json.loads(line) for line in fh if line.strip()]
-    return [r for r in records if r.get("val_top1") is not None][-1]["val_top1"]
+    evaluated = [r for r in records if r.get("val_top1") is not None]
+    best = max(evaluated, key=lambda r: (r["val_top1"], -r["epoch"]))  # the first epoch to reach it: best.pt's
+    return {"val_top1": best["val_top1"], "val_loss": best["val_loss"], "best_epoch": best["epoch"],
+            "epochs_run": records[-1]["epoch"]}
 
 
 def _run(arm: str, k: int, seed: int, lr: float, name: str, opts: ImagenetDemoOptions) -> dict:
+    """One run, scored on validation; the runs that count get their test top-1 from _scored."""
     recipe = _load(arm, k, seed, lr, name, opts)
-    seconds = train_quietly(recipe, evaluate_test=False)  # scored on last.pt below
+    seconds = train_quietly(recipe, evaluate_test=False)  # best.pt is scored on test once its rate is chosen
+    scores = best_scores(recipe.run_dir)
+    per_epoch = math.ceil(k * len(recipe.data.classes or CLASSES) / recipe.train.batch_size)
     return {"arm": arm, "labels_per_class": k, "seed": seed, "lr": lr, "run": recipe.run_dir,
-            "epochs": recipe.train.epochs, "val_top1": _final_val_top1(recipe.run_dir),
-            "test_top1": final_test_top1(recipe.run_dir, batch_size=100), "seconds": round(seconds, 1)}
+            "epochs": scores["epochs_run"], "steps": scores["epochs_run"] * per_epoch,
+            "best_step": scores["best_epoch"] * per_epoch, "cap": _steps(opts),
+            "val_top1": scores["val_top1"], "val_loss": scores["val_loss"], "seconds": round(seconds, 1)}
+
+
+def _scored(run: dict) -> dict:
+    return {**run, "test_top1": best_test_top1(run["run"], batch_size=100)}
 
 
 def _line(r: dict, prefix: str) -> str:
+    test = f"  test {r['test_top1']:5.1f}%" if "test_top1" in r else ""
     return (f"      {prefix}{r['arm']:8s} {r['labels_per_class']:3d} labels/class  seed {r['seed']}  lr {r['lr']:g}  "
-            f"val {r['val_top1']:5.1f}%  test {r['test_top1']:5.1f}%  ({r['seconds']:.0f}s, {r['epochs']} epochs)")
+            f"val {r['val_top1']:5.1f}% (loss {r['val_loss']:.3f}){test}  ({r['seconds']:.0f}s, "
+            f"{r['steps']} of {r['cap']} steps, best at {r['best_step']})")
 
 
-def _next_rate(runs: list, extended: int) -> float | None:
-    """When the best rate sits at an end of the grid, one grid step beyond it (up to MAX_EXTEND times):
+def pick_rate(runs: list, tie_points: float) -> float:
+    """The rate whose best validation top-1 is highest; rates within `tie_points` of it tie, and the
+    lower validation loss breaks the tie (then the lower rate): a one-image difference in top-1, which
+    a different kernel's rounding can flip, does not decide the rate alone."""
+    top = max(r["val_top1"] for r in runs)
+    tied = [r for r in runs if r["val_top1"] >= top - tie_points]
+    return min(tied, key=lambda r: (r["val_loss"], r["lr"]))["lr"]
+
+
+def _next_rate(runs: list, extended: int, tie_points: float = 0.0) -> float | None:
+    """When the picked rate sits at an end of the grid, one grid step beyond it (up to MAX_EXTEND times):
     an optimum at the edge says the grid was too narrow for that arm, not that the arm is worse."""
     rates = sorted(r["lr"] for r in runs)
     if len(rates) < 2 or extended >= MAX_EXTEND:
         return None
-    best = max(runs, key=lambda r: (r["val_top1"], -r["lr"]))["lr"]  # a tie goes to the lower rate
+    best = pick_rate(runs, tie_points)
     ratio = rates[1] / rates[0]
     if best == rates[-1]:
         return float(f"{best * ratio:.3g}")
     return float(f"{best / ratio:.3g}") if best == rates[0] else None
 
 
+def _sweep_arm(opts: ImagenetDemoOptions, arm: str, k: int, seed: int) -> tuple:
+    """One arm's rate at K: its grid (grown at an edge), each rate once; -> (rate, the runs by rate)."""
+    runs, extended, todo = [], 0, _grid(opts, arm)
+    while todo:
+        lr = todo.pop(0)
+        runs.append(_run(arm, k, seed, lr, f"{arm}-k{k}-s{seed}-lr{lr:g}", opts))
+        print(_line(runs[-1], ""), flush=True)
+        if not todo:
+            beyond = _next_rate(runs, extended, opts.tie_points)
+            todo, extended = ([beyond], extended + 1) if beyond is not None else ([], extended)
+    return pick_rate(runs, opts.tie_points), sorted(runs, key=lambda r: r["lr"])
+
+
 def select_lrs(opts: ImagenetDemoOptions) -> tuple:
-    """Each arm's rate, by validation top-1 at select_labels and seeds[0]; -> ({arm: lr}, the sweep's runs)."""
-    k, seed = opts.select_labels, opts.seeds[0]
+    """Each arm's rate at each K, by validation with seeds[0]; -> ({"arm@K": lr}, the sweep's runs)."""
     sweep, chosen = [], {}
-    for arm in ORDER:
-        runs, extended = [], 0
-        todo = _grid(opts, arm)
-        while todo:
-            lr = todo.pop(0)
-            runs.append(_run(arm, k, seed, lr, f"{arm}-k{k}-s{seed}-lr{lr:g}", opts))
-            print(_line(runs[-1], ""), flush=True)
-            if not todo:
-                beyond = _next_rate(runs, extended)
-                todo, extended = ([beyond], extended + 1) if beyond is not None else ([], extended)
-        chosen[arm] = max(runs, key=lambda r: (r["val_top1"], -r["lr"]))["lr"]
-        sweep += sorted(runs, key=lambda r: r["lr"])
+    for k in opts.labels_per_class:
+        for arm in ORDER:
+            chosen[f"{arm}@{k}"], runs = _sweep_arm(opts, arm, k, opts.seeds[0])
+            sweep += runs
     return chosen, sweep
 
 
 def _target_runs(opts: ImagenetDemoOptions, chosen: dict, sweep: list) -> list:
-    """Both arms at every K and seed; the sweep's run at the chosen rate stands in for its (K, seed)."""
-    reused = {(r["arm"], r["labels_per_class"], r["seed"]): r for r in sweep if r["lr"] == chosen[r["arm"]]}
+    """Both arms at every K and seed; the sweep's run at the chosen rate stands in for the first seed.
+    Only these runs are scored on test."""
+    reused = {(r["arm"], r["labels_per_class"], r["seed"]): r for r in sweep
+              if r["lr"] == chosen[f"{r['arm']}@{r['labels_per_class']}"]}
     plan = [(k, seed, arm) for k in opts.labels_per_class for seed in opts.seeds for arm in ORDER]
     todo = [p for p in plan if (p[2], p[0], p[1]) not in reused]
     print(f"[2/3] Fashion-MNIST, {opts.labels_per_class} labels per class, seeds {opts.seeds}: transfer vs scratch "
-          f"({len(todo)} runs, {len(plan) - len(todo)} reused from the sweep)", flush=True)
+          f"({len(todo)} runs, {len(plan) - len(todo)} from the sweep)", flush=True)
     results, done = [], 0
     for k, seed, arm in plan:
         if (arm, k, seed) in reused:
-            results.append(reused[(arm, k, seed)])
+            results.append(_scored(reused[(arm, k, seed)]))
             continue
-        results.append(_run(arm, k, seed, chosen[arm], f"{arm}-k{k}-s{seed}", opts))
+        results.append(_scored(_run(arm, k, seed, chosen[f"{arm}@{k}"], f"{arm}-k{k}-s{seed}", opts)))
         done += 1
         print(_line(results[-1], f"{done:2d}/{len(todo)}  "), flush=True)
     return results
 
 
-def _sweep_lines(sweep: list, chosen: dict, k: int, seed: int) -> list:
-    lines = [f"Learning rates: validation top-1 of the final weights at {k} labels per class, seed {seed} "
-             "(the chosen rate in bold):", "", "| arm | " + " | ".join(["lr", "val top-1", "test top-1"]) + " |",
-             "|---|---|---|---|"]
+def _sweep_lines(sweep: list, chosen: dict, seed: int, tie_points: float) -> list:
+    lines = [f"Learning rates, per arm and labels per class, seed {seed}: best validation top-1 and its loss "
+             f"(the chosen rate in bold; within {tie_points:g} points of the best, the lower loss wins):", "",
+             "| labels per class | arm | lr | val top-1 | val loss | steps (best at) |", "|---|---|---|---|---|---|"]
     for r in sweep:
-        mark = "**" if r["lr"] == chosen[r["arm"]] else ""
-        lines.append(f"| {r['arm']} | {mark}{r['lr']:g}{mark} | {r['val_top1']:.1f}% | {r['test_top1']:.1f}% |")
+        mark = "**" if r["lr"] == chosen[f"{r['arm']}@{r['labels_per_class']}"] else ""
+        lines.append(f"| {r['labels_per_class']} | {r['arm']} | {mark}{r['lr']:g}{mark} | {r['val_top1']:.1f}% | "
+                     f"{r['val_loss']:.3f} | {r['steps']} ({r['best_step']}) |")
     return lines
+
+
+def _table_lines(opts: ImagenetDemoOptions, rows: list, chosen: dict, probe, test_images: int, wall: float) -> list:
+    rates = ", ".join(f"{k}: {chosen[f'transfer@{k}']:g} / {chosen[f'scratch@{k}']:g}" for k in opts.labels_per_class)
+    return [f"[3/3] Fashion-MNIST test top-1 (a fixed {test_images:,} of t10k) of best.pt, mean ± std over seeds "
+            + ", ".join(map(str, opts.seeds)) + "; steps: each arm's steps a run (mean), of a shared cap of "
+            f"{_steps(opts)}", "", *table_lines(rows, steps=True), "",
+            f"transfer: {probe.model.arch} from ImageNet weights" + (
+                f", {opts.probe_steps} steps of linear probe first" if opts.probe_steps and not opts.quick else "")
+            + f"; scratch: the same net from random weights; both {probe.preprocess.crop} px, {probe.train.optimizer}, "
+            f"until validation top-1 stops improving ({opts.patience} validations, about every {opts.eval_steps} "
+            f"steps) or the cap; rates (transfer / scratch) picked on validation per labels per class: {rates}",
+            scratch_check_line(rows), machine_line(), f"demo wall time {wall / 60:.1f} min"]
 
 
 def run_imagenet_demo(opts: ImagenetDemoOptions) -> dict:
     """Sweep, runs, table; writes demo.md, demo.json and demo.png into opts.out_dir."""
     started = time.time()
     opts.check()
-    probe = _load("transfer", opts.select_labels, opts.seeds[0], _grid(opts, "transfer")[0], "probe", opts, epochs=1)
+    probe = _load("transfer", opts.labels_per_class[0], opts.seeds[0], _grid(opts, "transfer")[0], "probe", opts,
+                  epochs=1)
     arch, px = probe.model.arch, probe.preprocess.crop
     test_images = len(load_dataset(probe, scan=False).test)  # also stops here when the files are missing
-    print(f"[1/3] learning rates: each arm's grid at {opts.select_labels} labels per class, seed {opts.seeds[0]}, "
-          f"picked by validation top-1 ({arch}, {px} px, {probe.train.optimizer}, ~{_steps(opts)} steps a run)",
-          flush=True)
+    print(f"[1/3] learning rates: each arm's grid at each labels per class, seed {opts.seeds[0]}, picked on "
+          f"validation ({arch}, {px} px, {probe.train.optimizer}, a cap of {_steps(opts)} steps a run)", flush=True)
     chosen, sweep = select_lrs(opts)
-    print(f"      chosen: transfer lr {chosen['transfer']:g}, scratch lr {chosen['scratch']:g}", flush=True)
     results = _target_runs(opts, chosen, sweep)
-    rows = summarise(results, opts.labels_per_class)
-    wall = time.time() - started
-    lines = [f"[3/3] Fashion-MNIST test top-1 (a fixed {test_images:,} of t10k), mean ± std over seeds "
-             + ", ".join(map(str, opts.seeds)), "", *table_lines(rows), "",
-             f"transfer: {arch} from ImageNet weights; scratch: the same net from random weights; both {px} px, "
-             f"{probe.train.optimizer}, ~{_steps(opts)} steps a run, rate picked on validation (transfer "
-             f"{chosen['transfer']:g}, scratch {chosen['scratch']:g}); demo wall time {wall / 60:.1f} min"]
+    rows = add_steps(summarise(results, opts.labels_per_class), results)
+    lines = _table_lines(opts, rows, chosen, probe, test_images, time.time() - started)
     showcase = [r["run"] for r in results if r["arm"] == "transfer"][-1]  # the last one trained, unless reused
     trust, trusted = trust_table(showcase)  # calibration and the "unknown" answer vs scikit-learn's digits
     report = "\n".join([*lines, "", *trust])
     print(report)
     record = {"arch": arch, "input_px": px, "steps": _steps(opts), "test_images": test_images,
-              "select": {"labels_per_class": opts.select_labels, "seed": opts.seeds[0], "chosen": chosen,
+              "budget": {"cap": _steps(opts), "eval_steps": opts.eval_steps, "patience": opts.patience,
+                         "probe_steps": 0 if opts.quick else opts.probe_steps},
+              "select": {"seed": opts.seeds[0], "chosen": chosen, "tie_points": opts.tie_points,
                          "grids": {arm: _grid(opts, arm) for arm in ORDER}, "runs": sweep},
-              "rows": rows, "runs": results, "wall_time_s": round(wall, 1), "quick": opts.quick, "trust": trusted}
-    markdown = "\n".join([report, "", *_sweep_lines(sweep, chosen, opts.select_labels, opts.seeds[0])])
+              "rows": rows, "runs": results, "scratch_drops": scratch_drops(rows), "machine": machine_line(),
+              "wall_time_s": round(time.time() - started, 1), "quick": opts.quick, "trust": trusted}
+    markdown = "\n".join([report, "", *_sweep_lines(sweep, chosen, opts.seeds[0], opts.tie_points)])
     paths = write_report(opts.out_dir, markdown, record, f"Fashion-MNIST: {arch} ImageNet transfer vs scratch")
     print(f"written: {', '.join(paths)}; every run's curves and checkpoints are in {opts.out_dir}/")
     print_next_steps(probe, showcase, opts.out_dir)

@@ -1,7 +1,8 @@
 """What the two transfer demos share (`toolkit demo` on digits, `toolkit demo --imagenet` on
 Fashion-MNIST): finding a recipe, one quiet training run, scoring its final weights, and the report:
-the table (labels per class | transfer | scratch | gain, each mean ± std over seeds), demo.json,
-demo.md and demo.png (test top-1 against labels per class)."""
+the table (labels per class | transfer | scratch | gain, each mean ± std over seeds; optionally the
+steps each arm used), the machine line printed under every table, the check that scratch does not get
+worse as labels grow, demo.json, demo.md and demo.png (test top-1 against labels per class)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,12 @@ import os
 import statistics
 import time
 
+import torch
+
 from toolkit.artifacts import atomic_path, atomic_write
 from toolkit.datasets import load_dataset
 from toolkit.errors import UserError
+from toolkit.runtime.benchmark.machine import machine_info
 from toolkit.train.evaluate import evaluate_checkpoint
 from toolkit.train.loop import train
 
@@ -41,6 +45,12 @@ def final_test_top1(run_dir: str, batch_size: int = 32) -> float:
     return evaluate_checkpoint(last, split="test", batch_size=batch_size, quiet=True)["top1"]
 
 
+def best_test_top1(run_dir: str, batch_size: int = 32) -> float:
+    """Test top-1 of the weights validation liked best (best.pt): the demos that stop early score these."""
+    best = os.path.join(run_dir, "checkpoints", "best.pt")
+    return evaluate_checkpoint(best, split="test", batch_size=batch_size, quiet=True)["top1"]
+
+
 def summarise(results: list, labels_per_class: list) -> list:
     """Per labels-per-class value: each arm's mean, std (population), min, max and runs, and the gain."""
     rows = []
@@ -55,14 +65,73 @@ def summarise(results: list, labels_per_class: list) -> list:
     return rows
 
 
-def table_lines(rows: list) -> list:
-    """The markdown table both demos print."""
+def add_steps(rows: list, results: list) -> list:
+    """Each arm's optimizer steps per run (mean over seeds, rounded) into `rows` (from summarise), for
+    the table's steps columns; results carry "steps"."""
+    for row in rows:
+        for arm in ARMS:
+            steps = [r["steps"] for r in results if r["arm"] == arm and r["labels_per_class"] == row["labels_per_class"]]
+            row[arm]["steps"] = round(statistics.mean(steps))
+    return rows
+
+
+def table_lines(rows: list, steps: bool = False) -> list:
+    """The markdown table both demos print; `steps`: two more columns, each arm's steps per run (add_steps)."""
     lines = list(TABLE_HEADER)
+    if steps:
+        lines = [lines[0] + " transfer steps | scratch steps |", lines[1] + "---|---|"]
     for row in rows:
         t, s = row["transfer"], row["scratch"]
-        lines.append(f"| {row['labels_per_class']} | {t['mean']:.1f} ± {t['std']:.1f}% | "
-                     f"{s['mean']:.1f} ± {s['std']:.1f}% | {row['gain']:+.1f} points |")
+        line = (f"| {row['labels_per_class']} | {t['mean']:.1f} ± {t['std']:.1f}% | "
+                f"{s['mean']:.1f} ± {s['std']:.1f}% | {row['gain']:+.1f} points |")
+        lines.append(line + (f" {t['steps']} | {s['steps']} |" if steps else ""))
     return lines
+
+
+def scratch_drops(rows: list) -> list:
+    """Where scratch gets worse as labels grow by more than its seeds' spread (the two stds summed): a
+    sign of a starved budget, not of noise. -> [(fewer labels, more labels, points lost)]."""
+    ordered = sorted(rows, key=lambda row: row["labels_per_class"])
+    drops = []
+    for a, b in zip(ordered, ordered[1:]):
+        lost = a["scratch"]["mean"] - b["scratch"]["mean"]
+        if lost > a["scratch"]["std"] + b["scratch"]["std"]:
+            drops.append((a["labels_per_class"], b["labels_per_class"], round(lost, 1)))
+    return drops
+
+
+def scratch_check_line(rows: list) -> str:
+    """One line under the table: whether scratch kept up with the labels (scratch_drops)."""
+    drops = scratch_drops(rows)
+    if not drops:
+        return "check: scratch does not get worse as labels grow (beyond its seeds' spread)"
+    said = "; ".join(f"{a} -> {b} labels: -{lost} points" for a, b, lost in drops)
+    return f"warning: scratch gets worse as labels grow, beyond its seeds' spread ({said}): raise the step cap"
+
+
+def _cpu_family_model() -> str:
+    """x86 "family F model M" from /proc/cpuinfo (a generic model name says little); '' elsewhere."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = (x.strip() for x in line.partition(":"))
+                if key in ("cpu family", "model") and key not in fields:
+                    fields[key] = value
+                if not line.strip() and fields:
+                    break
+    except OSError:
+        return ""
+    return f"family {fields['cpu family']} model {fields['model']}" if len(fields) == 2 else ""
+
+
+def machine_line() -> str:
+    """What the table ran on, printed under it: CPU, its ISA, cores and torch's threads. The numbers move
+    across machines (docs/demo.md says how far and why), so every table names its machine."""
+    m = machine_info()
+    family = _cpu_family_model()
+    return (f"machine: {m.cpu}" + (f" ({family})" if family else "") + f", {m.isa['summary']}, "
+            f"{m.usable_cpus} usable cores, torch {torch.__version__} with {torch.get_num_threads()} threads")
 
 
 def plot_rows(path: str, rows: list, title: str) -> None:
