@@ -81,18 +81,16 @@ def fingerprint_items(entries: list, max_pixels: int = DEFAULT_MAX_PIXELS, threa
     return {name: fp for (name, _), fp in zip(entries, prints) if fp is not None}
 
 
-def near_pairs(hashes: np.ndarray, max_bits: int) -> list:
-    """(i, j, distance) for i < j whose hashes differ in at most max_bits bits; all pairs, in row blocks."""
-    out = []
+def near_pairs(hashes: np.ndarray, max_bits: int) -> np.ndarray:
+    """(i, j, distance) rows, i < j, whose hashes differ in at most max_bits bits; all pairs, in row blocks."""
+    out = [np.empty((0, 3), np.int64)]
     block = max(1, 4_000_000 // max(len(hashes), 1))
     for start in range(0, len(hashes), block):
-        rows = hashes[start:start + block]
-        dist = np.bitwise_count(rows[:, None] ^ hashes[None, :])
-        for r, c in zip(*np.nonzero(dist <= max_bits)):
-            i = start + int(r)
-            if i < int(c):
-                out.append((i, int(c), int(dist[r, c])))
-    return out
+        dist = np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :])
+        r, c = np.nonzero(dist <= max_bits)
+        keep = start + r < c
+        out.append(np.stack([start + r[keep], c[keep], dist[r[keep], c[keep]]], axis=1).astype(np.int64))
+    return np.concatenate(out)
 
 
 def _entry(names: list, meta: dict, i: int) -> dict:
@@ -100,9 +98,10 @@ def _entry(names: list, meta: dict, i: int) -> dict:
     return {"path": names[i], "split": split, "label": label}
 
 
-def _thumb_mad(a: Fingerprint, b: Fingerprint) -> float:
-    return float(np.abs(np.frombuffer(a.thumb, np.uint8).astype(np.int16)
-                        - np.frombuffer(b.thumb, np.uint8).astype(np.int16)).mean())
+def _thumb_mads(thumbs: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """The mean absolute difference of each pair's thumbnails, in chunks (a look-alike data set has millions)."""
+    return np.concatenate([np.zeros(0)] + [np.abs(thumbs[p[:, 0]] - thumbs[p[:, 1]]).mean(axis=1)
+                                           for p in (pairs[k:k + chunk] for k in range(0, len(pairs), chunk))])
 
 
 def _duplicates(names: list, prints: dict, meta: dict, near_bits: int) -> tuple:
@@ -112,13 +111,16 @@ def _duplicates(names: list, prints: dict, meta: dict, near_bits: int) -> tuple:
         groups.setdefault(prints[name].digest, []).append(i)
     exact = [{"items": [_entry(names, meta, i) for i in idx]} for idx in groups.values() if len(idx) > 1]
     near = []
-    if len(names) <= MAX_NEAR_IMAGES:
-        hashes = np.array([prints[n].phash for n in names], dtype=np.uint64)
-        for i, j, d in near_pairs(hashes, near_bits):
-            a, b = prints[names[i]], prints[names[j]]
-            if a.digest != b.digest and _thumb_mad(a, b) <= NEAR_MAD:
-                near.append({"a": _entry(names, meta, i), "b": _entry(names, meta, j), "distance": d,
-                             "thumb_difference": round(_thumb_mad(a, b), 2)})
+    if 1 < len(names) <= MAX_NEAR_IMAGES:
+        group_of = {digest: g for g, digest in enumerate(groups)}
+        group = np.array([group_of[prints[n].digest] for n in names])
+        pairs = near_pairs(np.array([prints[n].phash for n in names], dtype=np.uint64), near_bits)
+        pairs = pairs[group[pairs[:, 0]] != group[pairs[:, 1]]]  # exact pairs are reported as groups
+        thumbs = np.stack([np.frombuffer(prints[n].thumb, np.uint8) for n in names]).astype(np.int16)
+        mads = _thumb_mads(thumbs, pairs)
+        close = mads <= NEAR_MAD
+        near = [{"a": _entry(names, meta, i), "b": _entry(names, meta, j), "distance": d,
+                 "thumb_difference": round(m, 2)} for (i, j, d), m in zip(pairs[close].tolist(), mads[close].tolist())]
     return exact, near
 
 
