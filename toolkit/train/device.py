@@ -8,6 +8,7 @@ import torch
 
 from toolkit.errors import UserError
 from toolkit.recipe.archs import arch_info
+from toolkit.runtime.benchmark.machine import cpu_flags
 
 # On a CPU with native BF16: whether bf16 autocast (amp: auto) and channels_last train faster than fp32 and
 # the default layout, per arch family: the fastest of the four combinations. Measured on an Intel Xeon
@@ -54,12 +55,7 @@ def cpu_has_native_bf16() -> bool:
     Linux (no flags to read: emulated bf16 is slower than fp32, so guessing yes would cost)."""
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
-            flags = next((line.split(":", 1)[-1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return any(flag in flags for flag in BF16_FLAGS)
+    return bool(cpu_flags(CPUINFO) & set(BF16_FLAGS))
 
 
 def _cpu_fast(arch: str | None) -> tuple[bool, bool]:

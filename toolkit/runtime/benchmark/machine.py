@@ -70,6 +70,19 @@ def gpu_mem_of_pid(pid: int) -> Optional[float]:
     return sum(used) if used else None
 
 
+def cpu_flags(path: str = "/proc/cpuinfo") -> set:
+    """The first CPU's feature flags ("flags" on x86, "Features" on ARM); empty when the file is unreadable."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
 def isa_of(flags: list) -> dict:
     """The instruction sets that decide FP32 / BF16 / INT8 speed, each present or not, and one line
     saying what that means (e.g. "AVX-512 BF16 + VNNI, no AMX")."""
@@ -84,15 +97,14 @@ def isa_of(flags: list) -> dict:
 
 def machine_info(gpu: bool = False) -> Machine:
     """The CPU's name and the instruction-set flags that decide FP32/INT8 speed (/proc/cpuinfo); the GPU when asked."""
-    cpu, flags = platform.processor() or platform.machine(), []
+    cpu, have = platform.processor() or platform.machine(), cpu_flags()
+    flags = [f for f in _CPU_FLAGS if f in have]
     try:
         with open("/proc/cpuinfo") as fh:
             for key, _, value in (line.partition(":") for line in fh):
                 if key.strip() in ("model name", "Model", "Hardware") and cpu in (platform.machine(),
                                                                                    platform.processor()):
                     cpu = value.strip()
-                if key.strip() in ("flags", "Features") and not flags:
-                    flags = [f for f in _CPU_FLAGS if f in set(value.split())]
     except OSError:
         pass
     if sys.platform == "darwin":
