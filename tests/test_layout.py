@@ -187,9 +187,11 @@ def import_cycles(found: list) -> list:
     """The strongly connected groups of two or more modules, each as its edges ("file:line -> module")."""
     graph: dict = {}
     for e in found:
-        source = module_of(e.rel)
-        if e.target != source and not source.startswith(e.target + "."):  # a package's own __init__ is no cycle
-            graph.setdefault(source, {}).setdefault(e.target, []).append(e)
+        source, parts = module_of(e.rel), e.target.split(".")
+        # Importing toolkit.a.b runs toolkit.a's __init__ first: an edge to each package on the way, too.
+        for target in (".".join(parts[:n]) for n in range(2, len(parts) + 1)):
+            if target != source and not source.startswith(target + "."):  # a package's own __init__: no cycle
+                graph.setdefault(source, {}).setdefault(target, []).append(e)
     index: dict = {}
     low: dict = {}
     stack: list = []
@@ -261,6 +263,20 @@ def test_no_import_cycle_between_modules():
     edges, file:line)."""
     cycles = import_cycles(edges())
     assert not cycles, "import cycles:\n" + "\n\n".join("\n".join(c) for c in cycles)
+
+
+def test_a_cycle_through_a_package_init_is_seen(tmp_path):
+    """toolkit.a.x imports toolkit.b.y, and toolkit.b's __init__ imports toolkit.a.x: importing toolkit.b.y
+    runs toolkit.b's __init__ first, so that is a cycle though neither module names the other back."""
+    files = {"toolkit/__init__.py": "", "toolkit/a/__init__.py": "", "toolkit/a/x.py": "from toolkit.b import y\n",
+             "toolkit/b/__init__.py": "from toolkit.a import x\n", "toolkit/b/y.py": ""}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    cycle = ["toolkit/a/x.py:1 -> toolkit.b.y", "toolkit/b/__init__.py:1 -> toolkit.a.x"]
+    assert import_cycles(edges(tmp_path)) == [cycle]
+    (tmp_path / "toolkit/b/__init__.py").write_text("")
+    assert import_cycles(edges(tmp_path)) == []
 
 
 def test_in_function_imports_have_a_reason():

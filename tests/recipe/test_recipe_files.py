@@ -49,7 +49,10 @@ def test_deep_nesting_is_bounded_before_recursion(tmp_path):
     # the same depth with mappings, and just under the bound is fine
     assert "levels deep" in _load_error(_write(tmp_path, "augment: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n"))
     ok = "augment: {transform: " + "[" * (MAX_DEPTH - 3) + "]" * (MAX_DEPTH - 3) + "}\n"
-    assert "levels deep" not in _load_error(_write(tmp_path, ok))
+    try:  # it may still fail for another reason (no data/ folder where the test runs), never for its depth
+        recipe_mod.load(_write(tmp_path, ok), [])
+    except UserError as exc:
+        assert "levels deep" not in str(exc)
 
 
 def test_huge_integers_are_one_clear_error(tmp_path):

@@ -156,11 +156,33 @@ def test_vgg_only_keys_are_one_recipe_error(model, key):
         M.build_model("resnet18", 3, head="classic", input_size=64)
 
 
-def test_sync_batchnorm_knows_which_families_have_batchnorm():
-    base = {"data": {"source": "digits"}, "train": {"sync_batchnorm": True}}
+@pytest.mark.parametrize("key", ["sync_batchnorm", "freeze_bn"])
+def test_batchnorm_options_know_which_families_have_batchnorm(key):
+    base = {"data": {"source": "digits"}, "train": {key: True}}
     from_dict({**base, "model": {"arch": "resnet18"}})
-    with pytest.raises(UserError, match="convnext_tiny has no BatchNorm"):
+    with pytest.raises(UserError, match=f"train.{key}: true, but model.arch convnext_tiny has no BatchNorm"):
         from_dict({**base, "model": {"arch": "convnext_tiny"}})
+
+
+def test_freeze_bn_keeps_running_statistics_while_every_group_trains():
+    """train.freeze_bn: BatchNorm statistics stay as loaded (a few images of another domain would move
+    them), while the weights, BatchNorm's own scale and shift included, still train."""
+    def running(m):
+        return {k: v.clone() for k, v in m.state_dict().items() if "running_" in k}
+
+    for freeze_bn in (False, True):
+        torch.manual_seed(0)
+        m = M.build_model("resnet18", 3, input_size=32)
+        m.freeze_bn = freeze_bn
+        M.set_trainable(m, M.trainable_groups(cfg(trainable_blocks=[1, 2, 3, 4, 5]), 0))
+        before, weights = running(m), {k: v.clone() for k, v in m.state_dict().items() if k.endswith("weight")}
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        m.train()
+        nn.functional.cross_entropy(m(torch.randn(4, 3, 32, 32) * 3 + 1), torch.randint(0, 3, (4,))).backward()
+        opt.step()
+        after = running(m)
+        assert all(torch.equal(before[k], after[k]) for k in before) == freeze_bn
+        assert not any(torch.equal(weights[k], m.state_dict()[k]) for k in weights)  # every layer still learns
 
 
 # ---------------------------------------------------------------------------------- weights

@@ -241,16 +241,17 @@ def _check_train_limits(recipe: Recipe, err: Err) -> None:
 
 
 def _check_distributed(recipe: Recipe, err: Err) -> None:
-    """Batch-size scaling of the rates, SyncBatchNorm and the process timeout."""
+    """Batch-size scaling of the rates, SyncBatchNorm (and freeze_bn) and the process timeout."""
     t, arch = recipe.train, recipe.model.arch
     if t.lr_reference_batch is not None and t.lr_reference_batch < 1:
         err("train.lr_reference_batch", f"{t.lr_reference_batch}; expected a positive integer or null")
     elif t.lr_scaling != "none" and t.lr_scaling in LR_SCALINGS and t.lr_reference_batch is None:
         err("train.lr_reference_batch", f"null with train.lr_scaling: {t.lr_scaling}; expected the global batch "
                                         "size your learning rates were chosen for, e.g. 32")
-    if t.sync_batchnorm and arch in ARCH_TABLE and not has_batchnorm(arch):
-        like = f"a _bn arch (e.g. {arch}_bn)" if arch.startswith("vgg") else "an arch with BatchNorm layers"
-        err("train.sync_batchnorm", f"true, but model.arch {arch} has no BatchNorm layers; expected {like} or false")
+    for key in ("sync_batchnorm", "freeze_bn"):
+        if getattr(t, key) and arch in ARCH_TABLE and not has_batchnorm(arch):
+            like = f"a _bn arch (e.g. {arch}_bn)" if arch.startswith("vgg") else "an arch with BatchNorm layers"
+            err(f"train.{key}", f"true, but model.arch {arch} has no BatchNorm layers; expected {like} or false")
     if t.dist_timeout <= 0:
         err("train.dist_timeout", f"{t.dist_timeout}; expected a positive number of seconds")
 

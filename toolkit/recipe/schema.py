@@ -74,6 +74,7 @@ class TrainConfig:
     strategy: str = "finetune"  # linear-probe | finetune | scratch
     trainable_blocks: list = field(default_factory=lambda: [1, 2, 3, 4, 5])  # finetune: conv blocks that train
     freeze_epochs: int = 0  # finetune: head-only epochs before the blocks unfreeze
+    freeze_bn: bool = False  # keep every BatchNorm layer's running statistics as loaded (eval mode) while training
     epochs: int = 10  # passes over the training split
     batch_size: int = 32  # the global batch: under torchrun it is split across the processes
     optimizer: str = "sgd"  # sgd (with momentum) | adamw

@@ -40,6 +40,7 @@ class Classifier(nn.Module):
         self.source_names = [name for name, _ in backbone.units]
         self.head_sources = dict(head_sources or {})
         self.frozen: set[str] = set()
+        self.freeze_bn = False  # train.freeze_bn: every BatchNorm layer in eval mode, not only the frozen groups'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -51,11 +52,12 @@ class Classifier(nn.Module):
         return self
 
     def frozen_bn_eval(self, frozen=None) -> None:
-        """Put the BatchNorm layers of the frozen groups (default: self.frozen) in eval mode."""
+        """Put the BatchNorm layers of the frozen groups (default: self.frozen; every group with
+        self.freeze_bn) in eval mode."""
         frozen = set(self.frozen if frozen is None else frozen)
         parts = [(f"block{self.block_of[i]}", unit) for i, unit in enumerate(self.features)] + [("head", self.head)]
         for group, part in parts:
-            if group in frozen:
+            if self.freeze_bn or group in frozen:
                 for module in part.modules():
                     if isinstance(module, BATCH_NORM):
                         module.eval()
