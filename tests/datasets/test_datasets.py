@@ -50,6 +50,20 @@ def test_folder_fractions_are_stratified_seeded_and_disjoint(tmp_path):
     assert (few.val, few.test) == (ds.val, ds.test)
 
 
+def test_labels_per_class_scans_only_the_images_kept(tmp_path):
+    """Fashion-MNIST at 5 labels per class used to decode all 59,400 training images every run."""
+    root = make_folder(tmp_path, ["a", "b"], n=6, splits=["train", "val"])
+    few = D.load_dataset(make_recipe({"root": root, "labels_per_class": 2}))
+    assert few.health["images"] == len(few.train) + len(few.val) == 4 + 12
+    unused = next(p for p in sorted(os.listdir(os.path.join(root, "train", "a")))
+                  if os.path.join(root, "train", "a", p) not in {q for q, _ in few.train})
+    with open(os.path.join(root, "train", "a", unused), "wb") as fh:
+        fh.write(b"not an image")  # a file the run does not use cannot stop it
+    assert D.load_dataset(make_recipe({"root": root, "labels_per_class": 2})).train == few.train
+    with pytest.raises(UserError, match="not a recognised image"):
+        D.load_dataset(make_recipe({"root": root}))
+
+
 def test_folder_train_only_split_carves_val(tmp_path):
     root = make_folder(tmp_path, ["a", "b"], n=5, splits=["train", "test"])
     ds = D.load_dataset(make_recipe({"root": root, "val_fraction": 0.2}))

@@ -98,7 +98,8 @@ def _dedupe(recipe, problems: list, splits: dict, drops: set) -> dict:
     """data.dedupe: the splits without `drops`. A folder is listed again without them, so a split carved
     out of train is drawn from the deduplicated images (before the split)."""
     print(f"data: data.dedupe dropped {len(drops)} duplicate image{'s' * (len(drops) > 1)}")
-    if recipe.data.source == "folder":
+    # With labels_per_class only the kept images were scanned: drop from them (a class may end one short).
+    if recipe.data.source == "folder" and recipe.data.labels_per_class is None:
         return LOADERS["folder"](recipe.data, problems, exclude=frozenset(drops))[1]
     return _drop(splits, drops)
 
@@ -127,6 +128,9 @@ def load_dataset(recipe, scan: bool = True) -> Dataset:
         raise UserError(f"data.root: {d.root!r} is not a folder; expected a folder of class sub-folders")
     problems: list = []
     labels, splits, locate = LOADERS[d.source](d, problems)
+    # Only the training images the run keeps are scanned: labels_per_class 5 of Fashion-MNIST would otherwise
+    # decode and fingerprint all 59,400 training images, every run.
+    splits["train"] = keep_per_class(splits["train"], labels, d.labels_per_class, d.split_seed)
     preprocess = Preprocess(**dataclasses.asdict(recipe.preprocess))
     prints: dict = {}
     bad = scan_items(splits["train"] + splits["val"] + splits["test"], d.max_pixels,
@@ -148,6 +152,5 @@ def load_dataset(recipe, scan: bool = True) -> Dataset:
     if skipped:
         print(f"data: skipped {len(skipped)} unusable image{'s' if len(skipped) > 1 else ''} "
               f"(data.skip_corrupt):\n{_listing([f'{p}: {r}' for p, r in skipped])}")
-    train = keep_per_class(splits["train"], labels, d.labels_per_class, d.split_seed)
-    return Dataset(labels=labels, train=train, val=splits["val"], test=splits["test"], skipped=skipped,
+    return Dataset(labels=labels, train=splits["train"], val=splits["val"], test=splits["test"], skipped=skipped,
                    health=health)
