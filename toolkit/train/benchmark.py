@@ -84,12 +84,8 @@ def _settings(recipe, batch_size, device, timing: dict, loader_batches) -> Train
 
 def _phases(t) -> list[tuple[str, set]]:
     """[(name, trainable groups)]: the main phase, after a frozen one when a fine-tune starts frozen."""
-    first_groups = model_mod.trainable_groups(t, 0)
-    last_groups = model_mod.trainable_groups(t, max(0, t.epochs - 1))
-    phases = [("main", last_groups)]
-    if first_groups != last_groups:
-        phases.insert(0, ("frozen (first epochs)", first_groups))
-    return phases
+    first, last = (model_mod.trainable_groups(t, epoch) for epoch in (0, max(0, t.epochs - 1)))
+    return [("frozen (first epochs)", first)] * (first != last) + [("main", last)]
 
 
 def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timing: TrainSettings,
@@ -171,8 +167,7 @@ def _limiter(step_ips: float, loader_ips: float, on_cpu: bool) -> tuple[Limiter,
     bound = "data loader" if loader_ips < step_ips else "training step"
     shared = 1.0 / (1.0 / step_ips + 1.0 / loader_ips) if on_cpu and step_ips and loader_ips else None
     advice = ("raise data.workers, lower the decode cost (smaller source images), or cache decoded images"
-              if bound == "data loader" else
-              "the training step is the limit: a GPU (with AMP and channels_last), a smaller crop or more frozen "
+              if bound == "data loader" else "a GPU (with AMP and channels_last), a smaller crop or more frozen "
               "blocks speed it up; more loader workers won't")
     limiter = Limiter(bound_by=bound, step_ips=step_ips, loader_ips=round(loader_ips, 3),
                       ratio=round(loader_ips / step_ips, 3) if step_ips else None,

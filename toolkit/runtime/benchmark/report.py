@@ -37,7 +37,7 @@ def inference_record(s, bench) -> dict:
                             "flops"]["flops"], source_run=meta.get("source_run"),
                         checkpoint=s.extra.checkpoint or meta.get("checkpoint")),
         settings=InferenceSettings(**{**vars(plan), "precisions": list(s.precisions)}, skipped=s.skipped),
-        timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends] + s.extra.failed, results=s.rows,
+        timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends], results=s.rows,
         schedule=[b for b in bench.schedule if b.model == s.name])
     return dataclasses.asdict(record)
 
@@ -45,8 +45,7 @@ def inference_record(s, bench) -> dict:
 def _notes(s, bench) -> list:
     uncounted = s.info["flops"]["uncounted"]
     notes = [f"FLOPs: {len(uncounted)} Conv/Gemm/MatMul nodes had unknown shapes and are not counted"] * bool(uncounted)
-    notes += [f"{r.key} failed: {r.error}" for r in [b.record for b in s.backends] + s.extra.failed
-              if r.status == "failed"]
+    notes += [f"{b.record.key} failed: {b.record.error}" for b in s.backends if b.record.status == "failed"]
     notes += [f"skipped {x.engine}/{x.device}/{x.precision}: {x.reason}" for x in s.skipped]
     if any(len(pk.candidates) > 1 for pk in bench.peaks):
         notes.append("peaks: the best of every engine's GEMM at the same thread count (peaks[].candidates)")

@@ -9,15 +9,13 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
-import numpy as np
-
 from toolkit.artifacts import base_of, twin_path
 from toolkit.errors import UserError, first_line
 from toolkit.parsing import parse_list
 import toolkit.runtime.benchmark.peak as peak_mod
 import toolkit.runtime.benchmark.report as report
 from toolkit.runtime.benchmark.backends import (BackendLoader, ExtraBackends, inspect_model, load_onnx_backends,
-                                                resolve_model, synthetic_jpegs)
+                                                random_pixels, resolve_model, synthetic_jpegs)
 from toolkit.runtime.benchmark.machine import default_out_dir
 from toolkit.runtime.benchmark.options import BenchmarkOptions, file_precision, parse, plan_combos
 from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, Row, Settings
@@ -37,7 +35,7 @@ class Subject:
     out_dir: str = ""  # where its record goes
     skipped: list = field(default_factory=list)  # [Skipped]
     backends: list = field(default_factory=list)  # [Backend], loaded
-    extra: ExtraBackends = field(default_factory=lambda: ExtraBackends([], [], None, []))  # the PyTorch ones
+    extra: ExtraBackends = field(default_factory=ExtraBackends)  # other layers' (PyTorch's)
     rows: list = field(default_factory=list)  # [Row]
 
     def __post_init__(self):
@@ -164,12 +162,11 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
         combos, s.skipped = plan_combos(plan.engines, plan.devices, s.precisions)
         s.backends = load_onnx_backends(s.infos, combos, s.skipped, plan.threads, max(plan.batch_sizes), live)
         if torch_backends is not None:  # other layers' backends: PyTorch, the browser, LiteRT (the CLI's)
-            s.extra = torch_backends(s.info, s.backends[0].predictor.preprocess, plan.devices, plan.threads,
-                                     bench.opts, live)
+            s.extra = torch_backends(s.info, s.backends[0].preprocess, plan.devices, plan.threads, bench.opts, live)
             s.backends += s.extra.backends
     ran = {("cpu" if b.record.device == "cpu" else "cuda", b.record.precision) for s in subjects for b in s.backends}
     bench.peaks = peak_mod.measure_peaks(plan.devices, ran, plan.threads, plan.engines, bench.progress)
-    for b in (b for s in subjects for b in s.backends if plan.isolate):
+    for b in (b for s in subjects for b in s.backends if plan.isolate and b.record.status == "ok"):
         live(f"cold start of {b.record.key} in a fresh process")
         b.record.cold_start = b.cold_start(plan.threads, plan.batch_sizes)
     # up to 8 distinct 500x375 JPEGs and 4 distinct 12 MP ones: decoding costs the same whatever repeats
@@ -220,8 +217,7 @@ def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
 def _warm(s: Subject, bench: Bench, batch: int) -> list:
     """[(backend, mode, fn, calls per block, first call's seconds)] of every live backend warmed up at this batch
     size. A backend that may fail (torch.compile) and fails here is marked failed and timed no more."""
-    crop = s.backends[0].predictor.preprocess.crop  # model-only calls: any pixels of the right shape will do
-    pixels = np.random.default_rng(0).integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8)
+    pixels = random_pixels(batch, s.backends[0].preprocess.crop)
     jpegs = {m: [js[i % len(js)] for i in range(batch)] for m, js in bench.jpegs.items()}
     out = []
     for b in (b for b in s.backends if b.record.status == "ok"):
