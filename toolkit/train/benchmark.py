@@ -1,7 +1,6 @@
 """`toolkit benchmark --train RECIPE`: training-step and data-loader images/s (the torch side of the benchmark).
-
-The step timed is toolkit.train.step.TrainStep, the one `toolkit train` takes; the timing, the record and
-its reports are the runtime benchmark's (toolkit.runtime.benchmark). The CLI imports this only for --train."""
+The step is toolkit.train.step.TrainStep, the one `toolkit train` takes; the timing, the record and its reports
+are the runtime benchmark's. The CLI imports this only for --train."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +18,7 @@ from toolkit.runtime.benchmark.machine import default_out_dir, record_head
 from toolkit.runtime.benchmark.options import parse
 from toolkit.runtime.benchmark.records import Limiter, Loader, LoaderIps, Phase, TrainRecipe, TrainRecord, TrainSettings
 from toolkit.runtime.benchmark.report import publish
-from toolkit.runtime.benchmark.timing import Progress, calls_per_block, stats, warm_up
+from toolkit.runtime.benchmark.timing import Progress, stats, warm_up
 from toolkit.train import data as data_mod
 from toolkit.train import model as model_mod
 from toolkit.train.device import amp_dtype, pick_device, precision_name, use_channels_last
@@ -31,14 +30,10 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
                         iterations: Optional[int] = None, warmup: Optional[int] = None, rounds: int = 3,
                         threads: Optional[int] = None, loader_batches: Optional[int] = None,
                         out_dir: Optional[str] = None, quiet: bool = False) -> dict:
-    """Training step img/s (synthetic tensors through model + loss + backward + optimizer step, built as
-    toolkit train builds them) and data-loader img/s (toolkit.train.data.make_loader over the recipe's train
-    split, workers as in the recipe), measured separately; says which one limits training.
-
-    duration: timed seconds for the step (default 5; loader: the same), or iterations: timed steps
-    (loader: `loader_batches`, default one pass over the train split, at least 3 batches).
-    Writes benchmark.json and benchmark.md into out_dir (default benchmarks/<recipe name>-train-<stamp>/).
-    """
+    """Training-step img/s (synthetic tensors, model and optimizer built as toolkit train builds them) and
+    data-loader img/s (make_loader over the train split), measured separately; says which one limits training.
+    duration: timed seconds for the step (default 5; the loader's cap too), or iterations: timed steps (loader:
+    `loader_batches`, default one pass, at least 3). Writes benchmark.json and .md into out_dir."""
     recipe = recipe_mod.load(os.fspath(recipe_path), list(overrides))
     timing = dict(duration=duration, iterations=iterations, warmup=warmup, rounds=rounds, threads=threads)
     settings = _settings(recipe, batch_size, device, timing, loader_batches)
@@ -115,8 +110,7 @@ def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timi
             if dev.type == "cuda":
                 torch.cuda.synchronize()
         progress.live(f"warming up the training step ({phase_name}, {name})")
-        first, last = warm_up(one_step, None if timing.warmup == "auto" else timing.warmup)
-        steps[name] = one_step, first, calls_per_block(timing.iterations, timing.duration_s, timing.rounds, last)
+        steps[name] = (one_step, *warm_up(one_step, timing))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def on_block(r, name, k, total):

@@ -1,7 +1,6 @@
 """`toolkit benchmark --torch / --compile`: the run's PyTorch model (eager FP32; on CUDA also autocast FP16;
-torch.compile) timed beside the ONNX sessions, and its cold-start probe (probe_torch, in a fresh process).
-The CLI hands load_torch_backends to run_benchmark (`torch_backends`): the runtime never imports this module.
-torch is imported inside the functions, so the probe's import_s includes it.
+torch.compile) timed beside the ONNX sessions, and its cold-start probe. The CLI hands load_torch_backends to
+run_benchmark (`torch_backends`). torch is imported inside the functions, so the probe's import_s includes it.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -243,11 +243,7 @@ class ExtraBackends:
     notes: list = field(default_factory=list)  # what the record should say about them
 
 
-class BackendLoader(Protocol):
-    """Loads the PyTorch backends of an export (toolkit.train.torch_backend.load_torch_backends; the CLI
-    passes it to run_benchmark as `torch_backends`, so the runtime never imports the torch side)."""
-
-    def __call__(self, info: dict, preprocess, devices: tuple, threads: int, options,
-                 live: Callable[[str], None]) -> ExtraBackends:
-        """info: inspect_model of the FP32 export (path, metadata, FLOPs); preprocess: its
-        Preprocess; options: the BenchmarkOptions (torch, compile, checkpoint)."""
+# Loads other layers' backends of an export (toolkit.train.torch_backend.load_torch_backends); the CLI passes it to
+# run_benchmark as `torch_backends`, so the runtime never imports the torch side. Its arguments: info (inspect_model
+# of the FP32 export), preprocess (its Preprocess), devices, threads, options (the BenchmarkOptions), live (progress).
+BackendLoader = Callable[[dict, Any, tuple, int, Any, Callable[[str], None]], ExtraBackends]

@@ -1,6 +1,5 @@
-"""What the benchmark ran on (CPU, its ISA flags, cores, GPU, library versions, peak memory) and the head of
-every record. torch is never imported here: its versions come from package metadata, its CUDA build only
-when the --torch / --train path imported torch already.
+"""What the benchmark ran on (CPU, its ISA flags, cores, GPU, library versions, peak memory) and the head of every
+record. torch is never imported here: its CUDA build is read only when the --torch / --train path imported it.
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The benchmark records as dataclasses: benchmark.json / compare.json are `dataclasses.asdict` of them, their
 JSON Schema is derived from these classes, and validate_record checks a record with jsonschema. Standard
-library only at import. SCHEMA_VERSION 5: no plots, no reference GEMM in the rounds, no OpenVINO model-cache
-cold starts, no cold start without isolation (docs/benchmark.md lists every field).
+library only at import. docs/benchmark.md lists every field and what each schema version changed.
 """
 from __future__ import annotations
 

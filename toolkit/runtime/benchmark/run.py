@@ -1,8 +1,6 @@
-"""run_benchmark and compare_models: one loop benchmarks N models (run_benchmark is N = 1). The GEMM peaks
-are measured once for all; per batch size every model's warmed-up blocks are timed in the same interleaved
-rounds, so machine noise hits every model alike. Each model gets its own record (report.inference_record); a
-comparison (which model for my box: top-1 against img/s) adds report.compare_record.
-"""
+"""run_benchmark and compare_models: one loop benchmarks N models (run_benchmark is N = 1). The GEMM peaks are
+measured once; per batch size every model's warmed-up blocks run in the same interleaved rounds, so machine noise
+hits every model alike. Each model gets its own record; a comparison adds report.compare_record."""
 from __future__ import annotations
 
 import os
@@ -19,7 +17,7 @@ from toolkit.runtime.benchmark.backends import (BackendLoader, ExtraBackends, in
 from toolkit.runtime.benchmark.machine import default_out_dir
 from toolkit.runtime.benchmark.options import BenchmarkOptions, file_precision, parse, plan_combos
 from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, Row, Settings
-from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up
+from toolkit.runtime.benchmark.timing import Progress, interleaved_rounds, stats, warm_up
 from toolkit.runtime.engines import DEFAULT_ENGINE
 from toolkit.runtime.onnx_eval import evaluate_onnx
 
@@ -65,10 +63,9 @@ def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOption
                   torch_backends: Optional[BackendLoader] = None, **fields) -> dict:
     """Benchmark an export (default: the newest in `exports_dir`) and return the JSON record.
 
-    options: a BenchmarkOptions; keyword arguments set (or override) its fields. torch_backends: the loader
-    of other layers' backends, needed for torch / compile (the CLI passes load_torch_backends of
-    toolkit.train.torch_backend, with --web / --tflite toolkit.export.target_bench's too). Writes
-    benchmark.json and .md into out_dir (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
+    options: a BenchmarkOptions; keyword arguments set (or override) its fields. torch_backends: the
+    BackendLoader of other layers' backends, needed for torch / compile (the CLI passes the torch side's, with
+    --web / --tflite wrapped by toolkit.export.bench_targets). Writes benchmark.json and .md into out_dir."""
     bench = start(options, fields)
     subject = open_subject(model, bench)
     subject.out_dir = bench.opts.out_dir or default_out_dir(subject.name)
@@ -191,7 +188,7 @@ def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
     """Every model's warmed-up entries timed in the same rounds, then their rows."""
     entries, iters, owners = [], {}, {}  # owners: entry -> (subject, backend, mode, first call's seconds)
     for s in subjects:
-        for b, mode, fn, k, first in _warm(s, bench, batch):
+        for b, mode, fn, first, k in _warm(s, bench, batch):
             entry = f"{s.name}|{b.record.key}|{mode}"
             entries.append((entry, fn))
             iters[entry], owners[entry] = k, (s, b, mode, first)
@@ -215,7 +212,7 @@ def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
 
 
 def _warm(s: Subject, bench: Bench, batch: int) -> list:
-    """[(backend, mode, fn, calls per block, first call's seconds)] of every live backend warmed up at this batch
+    """[(backend, mode, fn, first call's seconds, calls per block)] of every live backend warmed up at this batch
     size. A backend that may fail (torch.compile) and fails here is marked failed and timed no more."""
     pixels = random_pixels(batch, s.backends[0].preprocess.crop)
     jpegs = {m: [js[i % len(js)] for i in range(batch)] for m, js in bench.jpegs.items()}
@@ -227,14 +224,13 @@ def _warm(s: Subject, bench: Bench, batch: int) -> list:
             for mode in (m for m in bench.plan.modes if m in b.modes):
                 fn = (lambda b=b, mode=mode: b.run(mode))
                 bench.progress.live(f"batch {batch}: warming up {b.record.key} {mode}")
-                warmed.append((b, mode, fn, *warm_up(fn, bench.opts.warmup)))
+                warmed.append((b, mode, fn, *warm_up(fn, bench.plan)))
         except Exception as exc:  # noqa: BLE001 - torch.compile may fail on its first call; say why
             if not b.may_fail:
                 raise
             b.record.status, b.record.error = "failed", first_line(exc, 300)
             continue
-        out += [(b, mode, fn, calls_per_block(bench.plan.iterations, bench.plan.duration_s, bench.plan.rounds, last),
-                 first) for b, mode, fn, first, last in warmed]
+        out += warmed
     return out
 
 
