@@ -115,8 +115,7 @@ def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timi
 
     def on_block(r, name, k, total):
         progress.live(f"training step ({phase_name}, {name}) round {r + 1}/{timing.rounds}: {k * bs / total:.1f} img/s")
-    lat, blocks, _ = interleaved_rounds([(n, s[0]) for n, s in steps.items()], timing.rounds,
-                                        {n: s[2] for n, s in steps.items()}, on_block)
+    lat, blocks, _ = interleaved_rounds({n: (s[0], s[2]) for n, s in steps.items()}, timing.rounds, on_block)
     phases = []
     for name, (_, first, k) in steps.items():
         latency, _, throughput = stats(lat[name], blocks[name], k, bs)

@@ -55,7 +55,6 @@ class Combo:
     precision: str  # fp32 | fp16 | bf16 | int8: the row's label
 
     key = property(lambda self: f"{self.engine}/{self.device}/{self.precision}")
-    file_precision = property(lambda self: file_precision(self.precision))
     inference_precision = property(lambda self: "bf16" if self.precision == "bf16" else "fp32")  # OpenVINO's hint
 
 

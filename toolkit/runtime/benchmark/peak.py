@@ -1,7 +1,6 @@
-"""GFLOP/s's two sides: the FLOPs of one forward pass, counted from the ONNX graph (count_flops, shapes from
-ONNX shape inference), and the machine's GEMM limit per precision at the benchmark's threads, measured once
-before the timing with ORT's MatMul (MatMulInteger u8 x s8 for int8; CUDA: with IO binding) and each engine
-adapter's gemm_peaks() (OpenVINO's), the fastest kept. A row is read against the FP32 peak and its own precision's.
+"""GFLOP/s's two sides: the FLOPs of one forward pass counted in the ONNX graph (count_flops), and the machine's
+GEMM limit per precision at the benchmark's threads, measured once before the timing with ORT's MatMul
+(MatMulInteger u8 x s8 for int8) and each engine adapter's gemm_peaks(), the fastest kept.
 """
 from __future__ import annotations
 
@@ -41,7 +40,7 @@ def count_flops(model: Any, image_size: Optional[int] = None) -> dict:
     """FLOPs of one forward pass of one image: 2 x the multiply-accumulates of Conv / Gemm / MatMul (and
     their quantized and fused forms). `model`: a path or an onnx.ModelProto (not modified). The batch axis
     is set to 1; other symbolic axes (a gap-head export's H and W) to `image_size`.
-    Returns {"flops", "macs", "by_op": {op: flops}, "uncounted": [node names whose shapes were unknown]}."""
+    Returns {"flops", "by_op": {op: flops}, "uncounted": [node names whose shapes were unknown]}."""
     import onnx
 
     proto = onnx.ModelProto()
@@ -64,25 +63,21 @@ def count_flops(model: Any, image_size: Optional[int] = None) -> dict:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception:  # noqa: BLE001 - fall back to whatever shapes the file carries
         pass
-    shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]  # dim_value 0: unknown
               for vi in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
               if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
     shapes.update({init.name: list(init.dims) for init in proto.graph.initializer})
-
-    def shape(name):
-        s = shapes.get(name)
-        return s if s is not None and all(isinstance(d, int) and d > 0 for d in s) else None
-
+    shapes = {name: dims for name, dims in shapes.items() if all(d > 0 for d in dims)}  # only fully known ones
     by_op: dict[str, int] = {}
     uncounted: list[str] = []
     for node in (n for n in proto.graph.node if n.op_type in {**_CONV_OPS, **_GEMM_OPS, **_MATMUL_OPS}):
-        macs = _node_macs(node, shape)
+        macs = _node_macs(node, shapes.get)
         if macs is None:
             uncounted.append(node.name or node.op_type)
         else:
             by_op[node.op_type] = by_op.get(node.op_type, 0) + 2 * macs
     flops = sum(by_op.values()) / max(1, batch_fixed)
-    return {"flops": int(flops), "macs": int(flops // 2), "by_op": by_op, "uncounted": uncounted}
+    return {"flops": int(flops), "by_op": by_op, "uncounted": uncounted}
 
 
 PEAK_MATRIX = {"cpu": 2048, "cuda": 8192}  # square GEMM sizes for the peak measurement

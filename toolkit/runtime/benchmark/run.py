@@ -112,13 +112,12 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
 def _check_labels(subjects: list) -> None:
     """Top-1 on one recipe split compares models only when they name the same classes."""
     ref, want = subjects[0], set(subjects[0].labels)
-    for s in subjects[1:]:
-        extra, lacking = (", ".join(sorted(x)[:8]) + (" ..." if len(x) > 8 else "")
-                          for x in (set(s.labels) - want, want - set(s.labels)))
+    for s in (s for s in subjects[1:] if set(s.labels) != want):
+        extra, lacking = (", ".join(sorted(x)[:8]) + " ..." * (len(x) > 8) for x in (set(s.labels) - want,
+                                                                                     want - set(s.labels)))
         parts = [f"has {extra} that {ref.base} has not"] * bool(extra) + [f"lacks {lacking}"] * bool(lacking)
-        if parts:
-            raise UserError(f"{s.base}: its labels differ from {ref.base}'s: it {'; it '.join(parts)}; expected the "
-                            f"same class names in every model to compare top-1 on one recipe split (--data)")
+        raise UserError(f"{s.base}: its labels differ from {ref.base}'s: it {'; it '.join(parts)}; expected the "
+                        f"same class names in every model to compare top-1 on one recipe split (--data)")
 
 
 def open_subject(model: Optional[str], bench: Bench) -> Subject:
@@ -186,24 +185,23 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
 
 def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
     """Every model's warmed-up entries timed in the same rounds, then their rows."""
-    entries, iters, owners = [], {}, {}  # owners: entry -> (subject, backend, mode, first call's seconds)
+    entries, owners = {}, {}  # entry -> (fn, calls per block); entry -> (subject, backend, mode, first call's s)
     for s in subjects:
         for b, mode, fn, first, k in _warm(s, bench, batch):
             entry = f"{s.name}|{b.record.key}|{mode}"
-            entries.append((entry, fn))
-            iters[entry], owners[entry] = k, (s, b, mode, first)
+            entries[entry], owners[entry] = (fn, k), (s, b, mode, first)
     rounds, several = bench.plan.rounds, len(subjects) > 1
 
     def on_block(r, entry, k, total):
         s, b, mode, _ = owners[entry]
         bench.progress.live(f"batch {batch} round {r + 1}/{rounds}: {s.name + ' ' if several else ''}"
                             f"{b.record.key} {mode} {k * batch / total if total else 0:.1f} img/s")
-    lat, blocks, order = interleaved_rounds(entries, rounds, iters, on_block)
+    lat, blocks, order = interleaved_rounds(entries, rounds, on_block)
     for r, entry, k in order:
         s, b, mode, _ = owners[entry]
         bench.schedule.append(Block(r, batch, s.name, b.record.key, mode, k))
     for entry, (s, b, mode, first) in owners.items():
-        s.rows.append(_row(bench, b, mode, batch, lat[entry], blocks[entry], iters[entry], first))
+        s.rows.append(_row(bench, b, mode, batch, lat[entry], blocks[entry], entries[entry][1], first))
     for s in subjects:
         _baselines([r for r in s.rows if r.batch == batch])
     s, r = max(((s, r) for s in subjects for r in s.rows if r.batch == batch), key=lambda x: x[1].throughput_ips.median)

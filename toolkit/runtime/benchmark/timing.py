@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -65,17 +65,15 @@ def time_best(fn: Callable[[], None], min_runs: int = 3, budget_s: float = 1.5, 
     return min(timed_calls(fn, lambda n, s: n >= min_runs and (s >= budget_s or n >= max_runs)))
 
 
-def interleaved_rounds(entries: Sequence[tuple[str, Callable[[], None]]], rounds: int,
-                       iterations: dict, on_block: Optional[Callable] = None) -> tuple[dict, dict, list]:
-    """Time `entries` [(name, fn)] in `rounds` rounds; in round r the order starts at entry r mod n.
-
-    iterations: {name: calls per block}. Returns ({name: [seconds per call]}, {name: [seconds per
-    block]}, [the execution order as (round, name, calls)])."""
-    lat, blocks, order = {name: [] for name, _ in entries}, {name: [] for name, _ in entries}, []
+def interleaved_rounds(entries: dict, rounds: int, on_block: Optional[Callable] = None) -> tuple[dict, dict, list]:
+    """Time `entries` {name: (fn, calls per block)} in `rounds` rounds; in round r the order starts at entry
+    r mod n. Returns ({name: [seconds per call]}, {name: [seconds per block]}, [(round, name, calls)] in order)."""
+    names = list(entries)
+    lat, blocks, order = {name: [] for name in names}, {name: [] for name in names}, []
     for r in range(rounds):
-        shift = r % len(entries) if entries else 0
-        for name, fn in list(entries[shift:]) + list(entries[:shift]):
-            k = int(iterations[name])
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            fn, k = entries[name]
             times = timed_calls(fn, lambda n, _: n >= k)
             order.append((r, name, k))
             lat[name] += times
