@@ -202,7 +202,7 @@ def _cuda_really_works() -> bool:
         return False
     try:
         from toolkit.runtime.predictor import Predictor
-        return Predictor.__init__ is not None and peak_mod.ort_matmul_session(64, "fp32", "cuda", 1) is not None
+        return Predictor.__init__ is not None and peak_mod.measure_peak("cuda", 1, n=64).gflops is not None
     except Exception:
         return False
 
