@@ -90,17 +90,16 @@ def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timi
     toolkit train builds them."""
     t, bs, crop, arch = recipe.train, int(recipe.train.batch_size), int(recipe.preprocess.crop), recipe.model.arch
     channels_last = use_channels_last(t, dev, arch)
+    layout = torch.channels_last if channels_last else torch.preserve_format
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(bs, 3, crop, crop, generator=gen).to(dev)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = torch.randn(bs, 3, crop, crop, generator=gen).to(dev, memory_format=layout)
     y = torch.randint(0, num_classes, (bs,), generator=gen).to(dev)
     steps, trainable = {}, 0  # precision: (step, first call's seconds, calls per block)
     for dtype in dict.fromkeys([None, torch.bfloat16, amp_dtype(t.amp, dev, arch)] if dev.type != "mps" else [None]):
         name = precision_name(dtype)
         progress.live(f"building the model ({phase_name}, {name})")
         model = model_mod.build_from_recipe(recipe, num_classes)
-        model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        model.to(dev, memory_format=layout)
         model_mod.set_trainable(model, groups)
         model.train()
         step = TrainStep(model, build_optimizer(model, t, groups), t, dev, dtype, channels_last=channels_last)
@@ -146,10 +145,9 @@ def _time_loader(recipe, items: list, timing: TrainSettings, progress) -> Loader
         times.append(time.perf_counter() - tt)
         sizes_seen.append(int(xb.shape[0]))
         progress.live(f"data loader: {len(times)} batches, {sum(sizes_seen) / sum(times):.1f} img/s")
-    ips_per_batch = np.asarray(sizes_seen) / np.maximum(np.asarray(times), 1e-9)
-    loader_ips = float(sum(sizes_seen) / sum(times)) if times else 0.0
-    ips = LoaderIps(round(loader_ips, 3), round(float(np.median(ips_per_batch)), 3),
-                    round(float(ips_per_batch.min()), 3), round(float(ips_per_batch.max()), 3))
+    per_batch = np.asarray(sizes_seen) / np.maximum(np.asarray(times), 1e-9)
+    overall = sum(sizes_seen) / sum(times) if times else 0.0
+    ips = LoaderIps(*(round(float(v), 3) for v in (overall, np.median(per_batch), per_batch.min(), per_batch.max())))
     return Loader(workers=int(recipe.data.workers), batch_size=int(recipe.train.batch_size),
                   startup_s=round(startup, 4), batches=len(times), images=int(sum(sizes_seen)),
                   augment="recipe" if recipe.augment else "default", throughput_ips=ips)
@@ -186,8 +184,7 @@ def _record(recipe, recipe_path, command: str, dataset, dev, settings: TrainSett
                            head=recipe.model.head, crop=int(recipe.preprocess.crop), classes=len(dataset.labels),
                            strategy=t.strategy, optimizer=t.optimizer, batch_size=int(t.batch_size),
                            amp=str(autocast).replace("torch.", "") if autocast else None,
-                           channels_last=use_channels_last(t, dev, arch),
-                           train_images=len(dataset.train)),
+                           channels_last=use_channels_last(t, dev, arch), train_images=len(dataset.train)),
         settings=settings, phases=phases, loader=loader, limiter=limiter,
         timed={"step": "one optimizer step on a synthetic batch already on the device: zero_grad, forward, "
                        "loss, backward, (grad clip), optimizer step, (CUDA synchronise); median over rounds",

@@ -166,9 +166,8 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
         live(f"cold start of {b.record.key} in a fresh process")
         b.record.cold_start = b.cold_start(plan.threads, plan.batch_sizes)
     # up to 8 distinct 500x375 JPEGs and 4 distinct 12 MP ones: decoding costs the same whatever repeats
-    bench.jpegs = {"end_to_end": synthetic_jpegs(min(max(plan.batch_sizes), 8))}
-    if "end_to_end_12mp" in plan.modes:
-        bench.jpegs["end_to_end_12mp"] = synthetic_jpegs(min(max(plan.batch_sizes), 4), E2E_IMAGES["end_to_end_12mp"])
+    bench.jpegs = {mode: synthetic_jpegs(min(max(plan.batch_sizes), n), E2E_IMAGES[mode])
+                   for mode, n in (("end_to_end", 8), ("end_to_end_12mp", 4)) if mode in plan.modes}
     for batch in plan.batch_sizes:
         _time_batch(subjects, bench, batch)
     for s, p in ((s, p) for s in subjects for p in s.precisions if plan.data):  # on CPU with ONNX Runtime
