@@ -34,9 +34,12 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     data-loader img/s (make_loader over the train split), measured separately; says which one limits training.
     duration: timed seconds for the step (default 5; the loader's cap too), or iterations: timed steps (loader:
     `loader_batches`, default one pass, at least 3). Writes benchmark.json and .md into out_dir."""
-    recipe = recipe_mod.load(os.fspath(recipe_path), list(overrides))
+    overrides = [*map(str, overrides)] + [f"train.batch_size={batch_size}"] * (batch_size is not None)
+    recipe = recipe_mod.load(os.fspath(recipe_path), overrides)  # --batch-size checked as the recipe's own
+    if device is not None:  # after the recipe's checks: a CUDA recipe's fp16 amp then times what it does here
+        recipe.train.device = str(device)
     timing = dict(duration=duration, iterations=iterations, warmup=warmup, rounds=rounds, threads=threads)
-    settings = _settings(recipe, batch_size, device, timing, loader_batches)
+    settings = _settings(recipe, timing, loader_batches)
     dev = pick_device(recipe.train.device)
     settings.device, progress = str(dev), Progress(not quiet)
     progress.live("loading the data")
@@ -62,16 +65,9 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     return record
 
 
-def _settings(recipe, batch_size, device, timing: dict, loader_batches) -> TrainSettings:
-    """The timing options, checked as the inference benchmark checks them (options.parse); --batch-size and
-    --device applied to the recipe."""
+def _settings(recipe, timing: dict, loader_batches) -> TrainSettings:
+    """The timing options, checked as the inference benchmark checks them (options.parse)."""
     plan = parse(BenchmarkOptions(**timing))
-    if batch_size is not None:
-        if int(batch_size) < 1:
-            raise UserError(f"batch_size: {batch_size!r}; expected a positive whole number")
-        recipe.train.batch_size = int(batch_size)
-    if device is not None:
-        recipe.train.device = str(device)
     return TrainSettings(device=str(recipe.train.device), threads=plan.threads, threads_source=plan.threads_source,
                          warmup=plan.warmup, rounds=plan.rounds, iterations=plan.iterations, duration_s=plan.duration_s,
                          loader_batches=int(loader_batches or 0))  # 0: one pass, set when the loader is timed
