@@ -47,12 +47,10 @@ def count_flops(model: Any, image_size: Optional[int] = None) -> dict:
     proto = onnx.ModelProto()
     proto.CopyFrom(onnx.load(os.fspath(model), load_external_data=False) if isinstance(model, (str, os.PathLike))
                    else model)
-    for init in proto.graph.initializer:  # shape inference needs only the dims of large weights
-        if math.prod(init.dims) > 4096:
-            for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
-                      "string_data", "external_data"):
-                init.ClearField(f)
-            init.data_location = 0
+    for init in (i for i in proto.graph.initializer if math.prod(i.dims) > 4096):
+        for desc, _ in init.ListFields():  # shape inference needs only a large weight's name, dims and type
+            if desc.name not in ("name", "dims", "data_type"):
+                init.ClearField(desc.name)
     inits, batch_fixed = {i.name for i in proto.graph.initializer}, 1
     for inp in (i for i in proto.graph.input if i.name not in inits):
         for axis, dim in enumerate(inp.type.tensor_type.shape.dim):
