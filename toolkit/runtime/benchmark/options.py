@@ -32,7 +32,7 @@ class BenchmarkOptions:
     compile: bool = False  # add torch.compile of the same model
     duration: Optional[float] = None  # timed seconds per backend x mode x batch size (default 5), over the rounds
     iterations: Optional[int] = None  # or: timed calls per backend x mode x batch size, over the rounds
-    warmup: Optional[int] = None  # calls per backend and batch size before timing (default >= 2 and >= 0.5 s)
+    warmup: Optional[int] = None  # calls per backend and batch size before timing (default >= 3 and >= 0.5 s)
     rounds: int = DEFAULT_ROUNDS  # interleaved rounds; each backend runs one block per round
     threads: Optional[int] = None  # intra-op threads for ORT and PyTorch (default: physical cores)
     data: Optional[str] = None  # a recipe whose `split` measures each precision's accuracy
