@@ -113,8 +113,8 @@ def _check_labels(subjects: list) -> None:
     """Top-1 on one recipe split compares models only when they name the same classes."""
     ref, want = subjects[0], set(subjects[0].labels)
     for s in (s for s in subjects[1:] if set(s.labels) != want):
-        extra, lacking = (", ".join(sorted(x)[:8]) + " ..." * (len(x) > 8) for x in (set(s.labels) - want,
-                                                                                     want - set(s.labels)))
+        extra, lacking = (", ".join(sorted(x)[:8]) + " ..." * (len(x) > 8)
+                          for x in (set(s.labels) - want, want - set(s.labels)))
         parts = [f"has {extra} that {ref.base} has not"] * bool(extra) + [f"lacks {lacking}"] * bool(lacking)
         raise UserError(f"{s.base}: its labels differ from {ref.base}'s: it {'; it '.join(parts)}; expected the "
                         f"same class names in every model to compare top-1 on one recipe split (--data)")
