@@ -158,8 +158,8 @@ def test_each_peak_is_measured_once(tiny_export, tmp_path, monkeypatch):
 
 def test_interleaved_rounds_rotate_the_order():
     calls = []
-    entries = [(name, (lambda name=name: calls.append(name))) for name in "abc"]
-    lat, blocks, order = bench.interleaved_rounds(entries, rounds=3, iterations={"a": 2, "b": 1, "c": 1})
+    entries = {name: ((lambda name=name: calls.append(name)), k) for name, k in zip("abc", (2, 1, 1))}
+    lat, blocks, order = bench.interleaved_rounds(entries, rounds=3)
     assert calls == ["a", "a", "b", "c", "b", "c", "a", "a", "c", "a", "a", "b"]
     assert [(r, n) for r, n, _ in order] == [(0, "a"), (0, "b"), (0, "c"), (1, "b"), (1, "c"), (1, "a"),
                                             (2, "c"), (2, "a"), (2, "b")]
@@ -202,7 +202,7 @@ def _cuda_really_works() -> bool:
         return False
     try:
         from toolkit.runtime.predictor import Predictor
-        return Predictor.__init__ is not None and peak_mod.ort_matmul_session(64, "fp32", "cuda", 1) is not None
+        return Predictor.__init__ is not None and peak_mod.measure_peak("cuda", 1, n=64).gflops is not None
     except Exception:
         return False
 

@@ -11,7 +11,7 @@ from toolkit.runtime import benchmark as bench
 from toolkit.runtime.benchmark import peak as peak_mod
 from toolkit.runtime.benchmark.options import why_not
 from toolkit.runtime.benchmark.machine import isa_of
-from toolkit.runtime.benchmark.options import plan_combos
+from toolkit.runtime.benchmark.options import file_precision, plan_combos
 from toolkit.runtime.benchmark.run import own_peak_precision
 from conftest import write_tiny_model
 
@@ -62,7 +62,7 @@ def test_plan_skips_what_an_engine_cannot_run():
                                     "openvino/cpu/bf16", "openvino/cpu/int8", "onnxruntime/cuda/fp32",
                                     "onnxruntime/cuda/int8"]
     bf16 = next(c for c in run if c.precision == "bf16")
-    assert (bf16.file_precision, bf16.inference_precision) == ("fp32", "bf16")  # the FP32 file at bf16
+    assert (file_precision(bf16.precision), bf16.inference_precision) == ("fp32", "bf16")  # the FP32 file at bf16
     assert {(s.engine, s.device, s.precision) for s in skipped} == {
         ("onnxruntime", "cpu", "bf16"), ("onnxruntime", "cuda", "bf16"),
         ("openvino", "cuda", "fp32"), ("openvino", "cuda", "bf16"), ("openvino", "cuda", "int8")}

@@ -4,6 +4,7 @@ import os
 import pytest
 
 from toolkit.runtime import benchmark as report  # validate_record
+from toolkit.runtime.benchmark.report import format_train_table
 from toolkit.train import benchmark as train_bench
 
 
@@ -36,4 +37,6 @@ def test_train_benchmark_names_the_limit(tmp_path):
     assert rec["notes"][0].startswith("training step bf16 / fp32: ")
     assert rec["loader"]["batches"] == 3 and rec["loader"]["images"] == 12
     assert rec["limiter"]["bound_by"] in ("data loader", "training step")
+    limit = next(line for line in format_train_table(rec).splitlines() if line.startswith("limited by"))
+    assert limit.count(rec["limiter"]["bound_by"]) == 1, limit  # the limit is named once, then the advice
     assert os.path.exists(rec["files"]["json"]) and os.path.exists(rec["files"]["markdown"])

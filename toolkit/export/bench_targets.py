@@ -65,8 +65,7 @@ def target_backends(targets: TargetOptions, then: Optional[BackendLoader] = None
     check_targets(targets)
     with contextlib.ExitStack() as stack:
         def load(info: dict, preprocess, devices: tuple, threads: int, options, live) -> ExtraBackends:
-            extra = then(info, preprocess, devices, threads, options, live) if then else \
-                ExtraBackends([], [], None, [])
+            extra = then(info, preprocess, devices, threads, options, live) if then else ExtraBackends()
             if "cpu" not in devices:
                 extra.notes.append("no onnxruntime-web or LiteRT rows: they run on the CPU (add cpu to --device)")
                 return extra

@@ -1,7 +1,6 @@
 """`toolkit benchmark --train RECIPE`: training-step and data-loader images/s (the torch side of the benchmark).
-
-The step timed is toolkit.train.step.TrainStep, the one `toolkit train` takes; the timing, the record and
-its reports are the runtime benchmark's (toolkit.runtime.benchmark). The CLI imports this only for --train."""
+The step is toolkit.train.step.TrainStep, the one `toolkit train` takes; the timing, the record and its reports
+are the runtime benchmark's. The CLI imports this only for --train."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +18,7 @@ from toolkit.runtime.benchmark.machine import default_out_dir, record_head
 from toolkit.runtime.benchmark.options import parse
 from toolkit.runtime.benchmark.records import Limiter, Loader, LoaderIps, Phase, TrainRecipe, TrainRecord, TrainSettings
 from toolkit.runtime.benchmark.report import publish
-from toolkit.runtime.benchmark.timing import Progress, calls_per_block, stats, warm_up
+from toolkit.runtime.benchmark.timing import Progress, stats, warm_up
 from toolkit.train import data as data_mod
 from toolkit.train import model as model_mod
 from toolkit.train.device import amp_dtype, pick_device, precision_name, use_channels_last
@@ -31,17 +30,16 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
                         iterations: Optional[int] = None, warmup: Optional[int] = None, rounds: int = 3,
                         threads: Optional[int] = None, loader_batches: Optional[int] = None,
                         out_dir: Optional[str] = None, quiet: bool = False) -> dict:
-    """Training step img/s (synthetic tensors through model + loss + backward + optimizer step, built as
-    toolkit train builds them) and data-loader img/s (toolkit.train.data.make_loader over the recipe's train
-    split, workers as in the recipe), measured separately; says which one limits training.
-
-    duration: timed seconds for the step (default 5; loader: the same), or iterations: timed steps
-    (loader: `loader_batches`, default one pass over the train split, at least 3 batches).
-    Writes benchmark.json and benchmark.md into out_dir (default benchmarks/<recipe name>-train-<stamp>/).
-    """
-    recipe = recipe_mod.load(os.fspath(recipe_path), list(overrides))
+    """Training-step img/s (synthetic tensors, model and optimizer built as toolkit train builds them) and
+    data-loader img/s (make_loader over the train split), measured separately; says which one limits training.
+    duration: timed seconds for the step (default 5; the loader's cap too), or iterations: timed steps (loader:
+    `loader_batches`, default one pass, at least 3). Writes benchmark.json and .md into out_dir."""
+    overrides = [*map(str, overrides)] + [f"train.batch_size={batch_size}"] * (batch_size is not None)
+    recipe = recipe_mod.load(os.fspath(recipe_path), overrides)  # --batch-size checked as the recipe's own
+    if device is not None:  # after the recipe's checks: a CUDA recipe's fp16 amp then times what it does here
+        recipe.train.device = str(device)
     timing = dict(duration=duration, iterations=iterations, warmup=warmup, rounds=rounds, threads=threads)
-    settings = _settings(recipe, batch_size, device, timing, loader_batches)
+    settings = _settings(recipe, timing, loader_batches)
     dev = pick_device(recipe.train.device)
     settings.device, progress = str(dev), Progress(not quiet)
     progress.live("loading the data")
@@ -67,16 +65,9 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     return record
 
 
-def _settings(recipe, batch_size, device, timing: dict, loader_batches) -> TrainSettings:
-    """The timing options, checked as the inference benchmark checks them (options.parse); --batch-size and
-    --device applied to the recipe."""
+def _settings(recipe, timing: dict, loader_batches) -> TrainSettings:
+    """The timing options, checked as the inference benchmark checks them (options.parse)."""
     plan = parse(BenchmarkOptions(**timing))
-    if batch_size is not None:
-        if int(batch_size) < 1:
-            raise UserError(f"batch_size: {batch_size!r}; expected a positive whole number")
-        recipe.train.batch_size = int(batch_size)
-    if device is not None:
-        recipe.train.device = str(device)
     return TrainSettings(device=str(recipe.train.device), threads=plan.threads, threads_source=plan.threads_source,
                          warmup=plan.warmup, rounds=plan.rounds, iterations=plan.iterations, duration_s=plan.duration_s,
                          loader_batches=int(loader_batches or 0))  # 0: one pass, set when the loader is timed
@@ -84,12 +75,8 @@ def _settings(recipe, batch_size, device, timing: dict, loader_batches) -> Train
 
 def _phases(t) -> list[tuple[str, set]]:
     """[(name, trainable groups)]: the main phase, after a frozen one when a fine-tune starts frozen."""
-    first_groups = model_mod.trainable_groups(t, 0)
-    last_groups = model_mod.trainable_groups(t, max(0, t.epochs - 1))
-    phases = [("main", last_groups)]
-    if first_groups != last_groups:
-        phases.insert(0, ("frozen (first epochs)", first_groups))
-    return phases
+    first, last = (model_mod.trainable_groups(t, epoch) for epoch in (0, max(0, t.epochs - 1)))
+    return [("frozen (first epochs)", first)] * (first != last) + [("main", last)]
 
 
 def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timing: TrainSettings,
@@ -99,17 +86,16 @@ def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timi
     toolkit train builds them."""
     t, bs, crop, arch = recipe.train, int(recipe.train.batch_size), int(recipe.preprocess.crop), recipe.model.arch
     channels_last = use_channels_last(t, dev, arch)
+    layout = torch.channels_last if channels_last else torch.preserve_format
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(bs, 3, crop, crop, generator=gen).to(dev)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = torch.randn(bs, 3, crop, crop, generator=gen).to(dev, memory_format=layout)
     y = torch.randint(0, num_classes, (bs,), generator=gen).to(dev)
     steps, trainable = {}, 0  # precision: (step, first call's seconds, calls per block)
     for dtype in dict.fromkeys([None, torch.bfloat16, amp_dtype(t.amp, dev, arch)] if dev.type != "mps" else [None]):
         name = precision_name(dtype)
         progress.live(f"building the model ({phase_name}, {name})")
         model = model_mod.build_from_recipe(recipe, num_classes)
-        model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        model.to(dev, memory_format=layout)
         model_mod.set_trainable(model, groups)
         model.train()
         step = TrainStep(model, build_optimizer(model, t, groups), t, dev, dtype, channels_last=channels_last)
@@ -119,14 +105,12 @@ def _time_step(recipe, phase_name: str, groups: set, num_classes: int, dev, timi
             if dev.type == "cuda":
                 torch.cuda.synchronize()
         progress.live(f"warming up the training step ({phase_name}, {name})")
-        first, last = warm_up(one_step, None if timing.warmup == "auto" else timing.warmup)
-        steps[name] = one_step, first, calls_per_block(timing.iterations, timing.duration_s, timing.rounds, last)
+        steps[name] = (one_step, *warm_up(one_step, timing))
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def on_block(r, name, k, total):
         progress.live(f"training step ({phase_name}, {name}) round {r + 1}/{timing.rounds}: {k * bs / total:.1f} img/s")
-    lat, blocks, _ = interleaved_rounds([(n, s[0]) for n, s in steps.items()], timing.rounds,
-                                        {n: s[2] for n, s in steps.items()}, on_block)
+    lat, blocks, _ = interleaved_rounds({n: (s[0], s[2]) for n, s in steps.items()}, timing.rounds, on_block)
     phases = []
     for name, (_, first, k) in steps.items():
         latency, _, throughput = stats(lat[name], blocks[name], k, bs)
@@ -157,10 +141,9 @@ def _time_loader(recipe, items: list, timing: TrainSettings, progress) -> Loader
         times.append(time.perf_counter() - tt)
         sizes_seen.append(int(xb.shape[0]))
         progress.live(f"data loader: {len(times)} batches, {sum(sizes_seen) / sum(times):.1f} img/s")
-    ips_per_batch = np.asarray(sizes_seen) / np.maximum(np.asarray(times), 1e-9)
-    loader_ips = float(sum(sizes_seen) / sum(times)) if times else 0.0
-    ips = LoaderIps(round(loader_ips, 3), round(float(np.median(ips_per_batch)), 3),
-                    round(float(ips_per_batch.min()), 3), round(float(ips_per_batch.max()), 3))
+    per_batch = np.asarray(sizes_seen) / np.maximum(np.asarray(times), 1e-9)
+    overall = sum(sizes_seen) / sum(times) if times else 0.0
+    ips = LoaderIps(*(round(float(v), 3) for v in (overall, np.median(per_batch), per_batch.min(), per_batch.max())))
     return Loader(workers=int(recipe.data.workers), batch_size=int(recipe.train.batch_size),
                   startup_s=round(startup, 4), batches=len(times), images=int(sum(sizes_seen)),
                   augment="recipe" if recipe.augment else "default", throughput_ips=ips)
@@ -171,8 +154,7 @@ def _limiter(step_ips: float, loader_ips: float, on_cpu: bool) -> tuple[Limiter,
     bound = "data loader" if loader_ips < step_ips else "training step"
     shared = 1.0 / (1.0 / step_ips + 1.0 / loader_ips) if on_cpu and step_ips and loader_ips else None
     advice = ("raise data.workers, lower the decode cost (smaller source images), or cache decoded images"
-              if bound == "data loader" else
-              "the training step is the limit: a GPU (with AMP and channels_last), a smaller crop or more frozen "
+              if bound == "data loader" else "a GPU (with AMP and channels_last), a smaller crop or more frozen "
               "blocks speed it up; more loader workers won't")
     limiter = Limiter(bound_by=bound, step_ips=step_ips, loader_ips=round(loader_ips, 3),
                       ratio=round(loader_ips / step_ips, 3) if step_ips else None,
@@ -198,8 +180,7 @@ def _record(recipe, recipe_path, command: str, dataset, dev, settings: TrainSett
                            head=recipe.model.head, crop=int(recipe.preprocess.crop), classes=len(dataset.labels),
                            strategy=t.strategy, optimizer=t.optimizer, batch_size=int(t.batch_size),
                            amp=str(autocast).replace("torch.", "") if autocast else None,
-                           channels_last=use_channels_last(t, dev, arch),
-                           train_images=len(dataset.train)),
+                           channels_last=use_channels_last(t, dev, arch), train_images=len(dataset.train)),
         settings=settings, phases=phases, loader=loader, limiter=limiter,
         timed={"step": "one optimizer step on a synthetic batch already on the device: zero_grad, forward, "
                        "loss, backward, (grad clip), optimizer step, (CUDA synchronise); median over rounds",

@@ -1,7 +1,6 @@
 """`toolkit benchmark --torch / --compile`: the run's PyTorch model (eager FP32; on CUDA also autocast FP16;
-torch.compile) timed beside the ONNX sessions, and its cold-start probe (probe_torch, in a fresh process).
-The CLI hands load_torch_backends to toolkit.runtime.benchmark.run_benchmark (`torch_backends`): the runtime
-never imports this module. torch is imported inside the functions, so the probe's import_s includes it.
+torch.compile) timed beside the ONNX sessions, and its cold-start probe. The CLI hands load_torch_backends to
+run_benchmark (`torch_backends`). torch is imported inside the functions, so the probe's import_s includes it.
 """
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from toolkit import artifacts
 from toolkit.errors import UserError, first_line
 from toolkit.preprocess import SERVE_FORMATS, Preprocess
 from toolkit.runtime.benchmark import BackendRecord, ExtraBackends
-from toolkit.runtime.benchmark.machine import maxrss_mb
 from toolkit.runtime.benchmark.backends import DecodeSplit, first_runs, run_probe
 from toolkit.runtime.benchmark.records import E2E_TOP_K
 
@@ -39,9 +37,7 @@ class TorchBackend:
         t = time.perf_counter()
         model, ckpt = model_from_checkpoint(checkpoint)
         self.dev = torch.device(device)  # cpu, cuda or cuda:N
-        model = model.to(self.dev).eval()
-        self.model = torch.compile(model) if compiled else model
-        self.session_s, self.split = time.perf_counter() - t, DecodeSplit()
+        self.model = model.to(self.dev).eval()
         self.preprocess = preprocess or Preprocess(**ckpt["recipe"]["preprocess"])  # the probe's: its recipe's
         self.record = BackendRecord(
             key=f"{backend}/{device}/{precision}", backend=backend, engine="torch", engine_device=provider,
@@ -49,6 +45,11 @@ class TorchBackend:
             file=checkpoint, file_bytes=os.path.getsize(checkpoint), flops_per_image=flops, flops_by_op={},
             provider_options={}, session_options={"torch_threads": torch.get_num_threads(), "inference_mode": True,
                                                   "autocast": "float16" if amp else None, "compile": compiled})
+        try:
+            self.model = torch.compile(self.model) if compiled else self.model
+        except Exception as exc:  # noqa: BLE001 - torch.compile may not work here: a failed row that says why
+            self.record.status, self.record.error = "failed", first_line(exc, 300)
+        self.session_s = time.perf_counter() - t
 
     def _forward(self, x):
         torch = self.torch
@@ -57,8 +58,7 @@ class TorchBackend:
 
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
         self.x = self.torch.from_numpy(self.preprocess.normalize(pixels)).to(self.dev)
-        self.jpegs = jpegs.get("end_to_end")
-        self.split.reset()
+        self.jpegs, self.split = jpegs.get("end_to_end"), DecodeSplit()
 
     def _top_k(self, arrays: list) -> None:
         """The ONNX rows' end-to-end steps after decoding: normalise, the model, softmax and top-k on the host."""
@@ -114,7 +114,7 @@ def load_torch_backends(info: dict, preprocess, devices: tuple, threads: int, op
 
     meta, flops = info["metadata"], info["flops"]["flops"]  # PyTorch runs the FP32 graph's FLOPs
     checkpoint = find_checkpoint(meta, info["path"], options.checkpoint)
-    backends, failed = [], []
+    backends = []
     for device in dict.fromkeys(d.replace("tensorrt", "cuda") for d in devices):
         variants = [(False, False)] * options.torch + [(False, True)] * (options.torch and device != "cpu") \
             + [(True, False)] * options.compile  # (compiled, amp)
@@ -123,19 +123,11 @@ def load_torch_backends(info: dict, preprocess, devices: tuple, threads: int, op
             if device != "cpu" and not torch.cuda.is_available():
                 raise UserError("device cuda: torch sees no CUDA device for the --torch baseline; "
                                 "install a CUDA build of torch or drop --torch")
-            try:
-                backends.append(TorchBackend(checkpoint, device, threads, use_compile, amp, preprocess, flops))
-            except Exception as exc:  # noqa: BLE001 - torch.compile may not work here; say why
-                if not use_compile or isinstance(exc, UserError):
-                    raise
-                failed.append(BackendRecord(
-                    key=f"torch-compile/{device}/fp32", backend="torch-compile", engine="torch", device=device,
-                    precision="fp32", providers=[], file=checkpoint, flops_per_image=flops, flops_by_op={},
-                    session_options={}, provider_options={}, status="failed", error=first_line(exc, 300)))
+            backends.append(TorchBackend(checkpoint, device, threads, use_compile, amp, preprocess, flops))
     other = meta.get("checkpoint_sha256") and sha256_file(checkpoint) != meta["checkpoint_sha256"]
     notes = [f"{checkpoint} is not the checkpoint this model was exported from (sha256 differs); the PyTorch rows "
              "time another set of weights of the same architecture"] * bool(other)
-    return ExtraBackends(backends, failed, checkpoint, notes)
+    return ExtraBackends(backends, checkpoint, notes)
 
 
 def probe_torch(spec: dict) -> dict:
@@ -144,12 +136,8 @@ def probe_torch(spec: dict) -> dict:
     import torch
 
     from toolkit.train import model  # noqa: F401 - its import counts in import_s, as torch's does
-    out = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
-    b = TorchBackend(spec["checkpoint"], spec["device"], spec["threads"], spec["compile"], spec["amp"], None, 0)
-    out["session_s"], out["provider"], crop = b.session_s, b.record.provider, b.preprocess.crop
-    first_runs(spec, out, lambda n: b.prepare(n, np.random.default_rng(0).integers(0, 256, (n, crop, crop, 3),
-                                                                                   dtype=np.uint8), {}),
-               lambda _: b.run("model"))
+    out, b = first_runs(spec, t0, lambda: TorchBackend(spec["checkpoint"], spec["device"], spec["threads"],
+                                                       spec["compile"], spec["amp"], None, 0))
     if b.dev.type == "cuda":
         out["torch_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out

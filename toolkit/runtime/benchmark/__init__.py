@@ -1,7 +1,5 @@
 """Honest throughput and latency: ONNX Runtime and OpenVINO vs PyTorch, per batch size, precision and device.
-docs/benchmark.md has the rules the measurements follow, docs/architecture.md the modules. The PyTorch backends
-live on the torch side (toolkit.train.torch_backend) and reach run_benchmark through `torch_backends`.
-"""
+docs/benchmark.md has the rules the measurements follow, docs/architecture.md the modules."""
 from toolkit.artifacts import twin_path
 from toolkit.runtime.benchmark.backends import Backend, BackendLoader, ExtraBackends
 from toolkit.runtime.benchmark.options import BenchmarkOptions

@@ -1,9 +1,7 @@
-"""The export under test (inspect_model: its contract, input, size, FLOPs; resolve_model) and what the rounds
-time: the `Backend` protocol, a Predictor per engine x precision x device (OnnxBackend, on an
-engine adapter) and the synthetic JPEGs. The PyTorch backends satisfy the same protocol on the torch side
-(toolkit.train.torch_backend), whose loader the CLI hands to run_benchmark (`torch_backends`). Cold start and
-peak RSS come from a fresh process per backend: run_probe runs spec["probe"] (probe_onnx, the torch side's
-probe_torch), which builds the backend and calls first_runs.
+"""The export under test (inspect_model, resolve_model) and what the rounds time: the `Backend` protocol, a
+Predictor per engine x precision x device (OnnxBackend) and the synthetic JPEGs. Other layers' backends
+(toolkit.train.torch_backend) come through a BackendLoader the CLI hands to run_benchmark. Cold start and
+peak RSS come from a fresh process per backend: run_probe runs spec["probe"] (probe_onnx, probe_torch).
 """
 from __future__ import annotations
 
@@ -13,8 +11,8 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -100,15 +98,12 @@ def synthetic_jpegs(count: int, size: tuple = E2E_IMAGES["end_to_end"], seed: in
     return out
 
 
+@dataclass
 class DecodeSplit:
     """End-to-end calls timed in two parts: decoding on the decode pool (every core), then the model;
     share(mode) is the median share of a call's wall time that went to decoding."""
 
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.calls: dict = {}  # mode -> [(decode_s, total_s)] since the last reset
+    calls: dict = field(default_factory=dict)  # mode -> [(decode_s, total_s)]
 
     def call(self, mode: str, decode: Callable, jpegs: list, model: Callable[[list], object]) -> None:
         """model([decode(jpeg)]), decoded on the shared pool in order (the first error raised)."""
@@ -145,7 +140,7 @@ class OnnxBackend:
                 raise
             msg = re.sub(r",? or pass allow_fallback=True / --allow-fallback to run on \w+$", "", str(exc))
             raise UserError(f"--device {combo.device}: {msg}; or leave {combo.device} out of --device") from None
-        self.session_s, self.split, e = time.perf_counter() - t, DecodeSplit(), p.engine_info
+        self.session_s, self.preprocess, e = time.perf_counter() - t, p.preprocess, p.engine_info
         self.record = BackendRecord(
             key=combo.key, backend=combo.engine, engine=p.engine, engine_device=p.engine_device,
             inference_precision=p.inference_precision, device=combo.device, precision=combo.precision,
@@ -164,9 +159,8 @@ class OnnxBackend:
     def prepare(self, batch: int, pixels: np.ndarray, jpegs: dict) -> None:
         x = pixels if self.predictor.raw else self.predictor.preprocess.normalize(pixels)
         self.x = np.ascontiguousarray(x.astype(self.in_dtype, copy=False))
-        self.jpegs = jpegs
+        self.jpegs, self.split = jpegs, DecodeSplit()
         self.call = self.predictor.session.prepared({self.in_name: self.x}, self.out_names)  # on a GPU: IO binding
-        self.split.reset()
 
     def run(self, mode: str) -> None:
         p = self.predictor  # end to end: Predictor.predict's own steps for one batch
@@ -177,33 +171,38 @@ class OnnxBackend:
         return self.split.share(mode)
 
 
+def random_pixels(batch: int, crop: int) -> np.ndarray:
+    """Decoded, preprocessed uint8 NHWC images: for model-only calls any pixels of the right shape will do."""
+    return np.random.default_rng(0).integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8)
+
+
 def probe_onnx(spec: dict) -> dict:
-    """The cold-start probe in a fresh interpreter (run_probe): one OnnxBackend (ORT's session, OpenVINO's
-    read + compile: compile_s), then the first inference per batch size and the memory (first_runs)."""
+    """The cold-start probe of one OnnxBackend (ORT's session, OpenVINO's read + compile: compile_s)."""
     t0 = time.perf_counter()
     from toolkit.runtime.predictor import Predictor  # noqa: F401 - its import counts in import_s
+    out, b = first_runs(spec, t0, lambda: OnnxBackend(
+        {"path": spec["path"], "file_bytes": None, "flops": {"flops": 0, "by_op": {}}},
+        Combo(spec["engine"], spec["device"], spec["precision"]), spec["threads"], max(spec["batch_sizes"])))
+    return {**out, "compile_s": b.predictor.engine_info.load_s}
+
+
+def first_runs(spec: dict, t0: float, build: Callable[[], Backend]) -> tuple[dict, Backend]:
+    """In a fresh interpreter (run_probe), imports done since t0: build the backend, then the first inference
+    per batch size (ascending) and the memory after it. Returns (the figures, the backend)."""
     out: dict = {"import_s": time.perf_counter() - t0, "rss_base_mb": maxrss_mb()}
-    b = OnnxBackend({"path": spec["path"], "file_bytes": None, "flops": {"flops": 0, "by_op": {}}},
-                    Combo(spec["engine"], spec["device"], spec["precision"]), spec["threads"], max(spec["batch_sizes"]))
-    out.update(session_s=b.session_s, provider=b.record.provider, compile_s=b.predictor.engine_info.load_s)
-    crop = b.predictor.preprocess.crop
-    return first_runs(spec, out, lambda n: b.prepare(n, np.random.default_rng(0).integers(
-        0, 256, (n, crop, crop, 3), dtype=np.uint8), {}), lambda _: b.run("model"))
-
-
-def first_runs(spec: dict, out: dict, make: Callable, call: Callable) -> dict:
-    """After the session is made: the first inference per batch size (ascending) and the memory after it."""
-    out.update(rss_session_mb=maxrss_mb(), first_inference_s={}, peak_rss_mb={})
-    for b in sorted(spec["batch_sizes"]):
-        x = make(b)
+    b = build()
+    out.update(session_s=b.session_s, provider=b.record.provider, rss_session_mb=maxrss_mb(), first_inference_s={},
+               peak_rss_mb={})
+    for n in sorted(spec["batch_sizes"]):
+        b.prepare(n, random_pixels(n, b.preprocess.crop), {})
         t = time.perf_counter()
-        call(x)
-        out["first_inference_s"][str(b)] = time.perf_counter() - t
-        call(x)
-        out["peak_rss_mb"][str(b)] = maxrss_mb()
+        b.run("model")
+        out["first_inference_s"][str(n)] = time.perf_counter() - t
+        b.run("model")
+        out["peak_rss_mb"][str(n)] = maxrss_mb()
     if spec["device"] != "cpu":
         out["gpu_mem_mb"] = gpu_mem_of_pid(os.getpid())
-    return out
+    return out, b
 
 
 def run_probe(spec: dict, timeout: float = 3600) -> dict:
@@ -239,17 +238,12 @@ def load_onnx_backends(infos: dict, combos: list, skipped: list, threads: int, m
 class ExtraBackends:
     """What a backend loader from another layer (the torch side: --torch, --compile) hands back."""
 
-    backends: list  # [Backend]
-    failed: list  # [BackendRecord]: those that failed to load (torch.compile), status "failed"
-    checkpoint: Optional[str]  # the file they load (the record's model.checkpoint)
-    notes: list  # what the record should say about them
+    backends: list = field(default_factory=list)  # [Backend]; one whose record says "failed" is not timed
+    checkpoint: Optional[str] = None  # the file they load (the record's model.checkpoint)
+    notes: list = field(default_factory=list)  # what the record should say about them
 
 
-class BackendLoader(Protocol):
-    """Loads the PyTorch backends of an export (toolkit.train.torch_backend.load_torch_backends; the CLI
-    passes it to run_benchmark as `torch_backends`, so the runtime never imports the torch side)."""
-
-    def __call__(self, info: dict, preprocess, devices: tuple, threads: int, options,
-                 live: Callable[[str], None]) -> ExtraBackends:
-        """info: inspect_model of the FP32 export (path, metadata, FLOPs); preprocess: its
-        Preprocess; options: the BenchmarkOptions (torch, compile, checkpoint)."""
+# Loads other layers' backends of an export (toolkit.train.torch_backend.load_torch_backends); the CLI passes it to
+# run_benchmark as `torch_backends`, so the runtime never imports the torch side. Its arguments: info (inspect_model
+# of the FP32 export), preprocess (its Preprocess), devices, threads, options (the BenchmarkOptions), live (progress).
+BackendLoader = Callable[[dict, Any, tuple, int, Any, Callable[[str], None]], ExtraBackends]

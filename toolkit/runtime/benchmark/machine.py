@@ -1,9 +1,9 @@
-"""What the benchmark ran on (CPU, its ISA flags, cores, GPU, library versions, peak memory) and the head of
-every record. torch is never imported here: its versions come from package metadata, its CUDA build only
-when the --torch / --train path imported torch already.
+"""What the benchmark ran on (CPU, its ISA flags, cores, GPU, library versions, peak memory) and the head of every
+record. torch is never imported here: its CUDA build is read only when the --torch / --train path imported it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
@@ -70,17 +70,18 @@ def gpu_mem_of_pid(pid: int) -> Optional[float]:
     return sum(used) if used else None
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> set:
-    """The first CPU's feature flags ("flags" on x86, "Features" on ARM); empty when the file is unreadable."""
+def _cpuinfo(keys: tuple, path: str = "/proc/cpuinfo") -> str:
+    """The first value of any of `keys` in /proc/cpuinfo; '' when there is none or the file is unreadable."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
+            return next((v.strip() for k, _, v in (line.partition(":") for line in fh) if k.strip() in keys), "")
     except OSError:
-        pass
-    return set()
+        return ""
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set:
+    """The first CPU's feature flags ("flags" on x86, "Features" on ARM); empty when the file is unreadable."""
+    return set(_cpuinfo(("flags", "Features"), path).split())
 
 
 def isa_of(flags: list) -> dict:
@@ -97,16 +98,8 @@ def isa_of(flags: list) -> dict:
 
 def machine_info(gpu: bool = False) -> Machine:
     """The CPU's name and the instruction-set flags that decide FP32/INT8 speed (/proc/cpuinfo); the GPU when asked."""
-    cpu, have = platform.processor() or platform.machine(), cpu_flags()
-    flags = [f for f in _CPU_FLAGS if f in have]
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for key, _, value in (line.partition(":") for line in fh):
-                if key.strip() in ("model name", "Model", "Hardware") and cpu in (platform.machine(),
-                                                                                   platform.processor()):
-                    cpu = value.strip()
-    except OSError:
-        pass
+    cpu = _cpuinfo(("model name", "Model", "Hardware")) or platform.processor() or platform.machine()
+    flags = [f for f in _CPU_FLAGS if f in cpu_flags()]
     if sys.platform == "darwin":
         brand = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True)
         cpu = brand.stdout.strip() or cpu
@@ -122,10 +115,8 @@ def versions() -> Versions:
     """Library versions, read from package metadata: torch is not imported for this."""
     def version(*dists: str) -> Optional[str]:
         for dist in dists:
-            try:
+            with contextlib.suppress(metadata.PackageNotFoundError):
                 return metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                continue
         return None
     ort = version("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino", "onnxruntime-directml")
     out = Versions(toolkit.__version__, ort, *map(version, ("openvino", "onnx", "numpy", "pillow", "torch",

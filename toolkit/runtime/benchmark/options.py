@@ -32,7 +32,7 @@ class BenchmarkOptions:
     compile: bool = False  # add torch.compile of the same model
     duration: Optional[float] = None  # timed seconds per backend x mode x batch size (default 5), over the rounds
     iterations: Optional[int] = None  # or: timed calls per backend x mode x batch size, over the rounds
-    warmup: Optional[int] = None  # calls per backend and batch size before timing (default >= 2 and >= 0.5 s)
+    warmup: Optional[int] = None  # calls per backend and batch size before timing (default >= 3 and >= 0.5 s)
     rounds: int = DEFAULT_ROUNDS  # interleaved rounds; each backend runs one block per round
     threads: Optional[int] = None  # intra-op threads for ORT and PyTorch (default: physical cores)
     data: Optional[str] = None  # a recipe whose `split` measures each precision's accuracy
@@ -55,7 +55,6 @@ class Combo:
     precision: str  # fp32 | fp16 | bf16 | int8: the row's label
 
     key = property(lambda self: f"{self.engine}/{self.device}/{self.precision}")
-    file_precision = property(lambda self: file_precision(self.precision))
     inference_precision = property(lambda self: "bf16" if self.precision == "bf16" else "fp32")  # OpenVINO's hint
 
 

@@ -1,12 +1,12 @@
-"""GFLOP/s's two sides: the FLOPs of one forward pass, counted from the ONNX graph (count_flops, shapes from
-ONNX shape inference), and the machine's GEMM limit per precision at the benchmark's threads, measured once
-before the timing with ORT's MatMul (MatMulInteger u8 x s8 for int8; CUDA: with IO binding) and each engine
-adapter's gemm_peaks() (OpenVINO's), the fastest kept. A row is read against the FP32 peak and its own precision's.
+"""GFLOP/s's two sides: the FLOPs of one forward pass counted in the ONNX graph (count_flops), and the machine's
+GEMM limit per precision at the benchmark's threads, measured once before the timing with ORT's MatMul
+(MatMulInteger u8 x s8 for int8) and each engine adapter's gemm_peaks(), the fastest kept.
 """
 from __future__ import annotations
 
 import math
 import os
+import tempfile
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -14,7 +14,7 @@ import numpy as np
 from toolkit.errors import first_line
 from toolkit.runtime.benchmark.records import Peak
 from toolkit.runtime.benchmark.timing import time_best
-from toolkit.runtime.engines import adapter_for
+from toolkit.runtime.engines import DEFAULT_ENGINE, EngineOptions, adapter_for, open_engine
 
 # op -> index of its weight input, per kind of multiply-accumulate
 _CONV_OPS = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1, "NhwcConv": 1, "NhwcFusedConv": 1,
@@ -41,18 +41,16 @@ def count_flops(model: Any, image_size: Optional[int] = None) -> dict:
     """FLOPs of one forward pass of one image: 2 x the multiply-accumulates of Conv / Gemm / MatMul (and
     their quantized and fused forms). `model`: a path or an onnx.ModelProto (not modified). The batch axis
     is set to 1; other symbolic axes (a gap-head export's H and W) to `image_size`.
-    Returns {"flops", "macs", "by_op": {op: flops}, "uncounted": [node names whose shapes were unknown]}."""
+    Returns {"flops", "by_op": {op: flops}, "uncounted": [node names whose shapes were unknown]}."""
     import onnx
 
     proto = onnx.ModelProto()
     proto.CopyFrom(onnx.load(os.fspath(model), load_external_data=False) if isinstance(model, (str, os.PathLike))
                    else model)
-    for init in proto.graph.initializer:  # shape inference needs only the dims of large weights
-        if math.prod(init.dims) > 4096:
-            for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
-                      "string_data", "external_data"):
-                init.ClearField(f)
-            init.data_location = 0
+    for init in (i for i in proto.graph.initializer if math.prod(i.dims) > 4096):
+        for desc, _ in init.ListFields():  # shape inference needs only a large weight's name, dims and type
+            if desc.name not in ("name", "dims", "data_type"):
+                init.ClearField(desc.name)
     inits, batch_fixed = {i.name for i in proto.graph.initializer}, 1
     for inp in (i for i in proto.graph.input if i.name not in inits):
         for axis, dim in enumerate(inp.type.tensor_type.shape.dim):
@@ -64,34 +62,31 @@ def count_flops(model: Any, image_size: Optional[int] = None) -> dict:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception:  # noqa: BLE001 - fall back to whatever shapes the file carries
         pass
-    shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]  # dim_value 0: unknown
               for vi in [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
               if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape")}
     shapes.update({init.name: list(init.dims) for init in proto.graph.initializer})
-
-    def shape(name):
-        s = shapes.get(name)
-        return s if s is not None and all(isinstance(d, int) and d > 0 for d in s) else None
-
+    shapes = {name: dims for name, dims in shapes.items() if all(d > 0 for d in dims)}  # only fully known ones
     by_op: dict[str, int] = {}
     uncounted: list[str] = []
     for node in (n for n in proto.graph.node if n.op_type in {**_CONV_OPS, **_GEMM_OPS, **_MATMUL_OPS}):
-        macs = _node_macs(node, shape)
+        macs = _node_macs(node, shapes.get)
         if macs is None:
             uncounted.append(node.name or node.op_type)
         else:
             by_op[node.op_type] = by_op.get(node.op_type, 0) + 2 * macs
     flops = sum(by_op.values()) / max(1, batch_fixed)
-    return {"flops": int(flops), "macs": int(flops // 2), "by_op": by_op, "uncounted": uncounted}
+    return {"flops": int(flops), "by_op": by_op, "uncounted": uncounted}
 
 
 PEAK_MATRIX = {"cpu": 2048, "cuda": 8192}  # square GEMM sizes for the peak measurement
 EXTRA_PEAKS = {"cpu": ("bf16", "int8"), "cuda": ("fp16",)}  # measured when rows of that precision run
 
 
-def ort_matmul_session(n: int, precision: str, device: str, threads: int):
-    """An ONNX Runtime session of one n x n MatMul (MatMulInteger u8 x s8 for int8) on cpu or cuda."""
-    import onnxruntime as ort
+def _ort_gflops(n: int, precision: str, device: str, threads: int) -> float:
+    """GFLOP/s of one n x n MatMul (MatMulInteger u8 x s8 for int8) on ONNX Runtime's adapter, which on CUDA
+    binds the inputs to the device (prepared), so the time is the GEMM alone."""
+    import onnx
     from onnx import TensorProto, helper
 
     types = {"int8": (TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32),
@@ -100,34 +95,15 @@ def ort_matmul_session(n: int, precision: str, device: str, threads: int):
     node = helper.make_node("MatMulInteger" if precision == "int8" else "MatMul", ["a", "b"], ["y"])
     model = helper.make_model(helper.make_graph([node], "peak", io[:2], io[2:]),
                               opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.log_severity_level = int(threads), 3
-    providers = ["CPUExecutionProvider"] if device == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
-    if sess.get_providers()[0] != providers[0]:
-        raise RuntimeError(f"{providers[0]} did not load")
-    return sess
-
-
-def _ort_gflops(n: int, precision: str, device: str, threads: int) -> float:
-    import onnxruntime as ort
-
-    sess = ort_matmul_session(n, precision, device, threads)
+    with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph: the file can go
+        path = os.path.join(tmp, "peak.onnx")
+        onnx.save(model, path)
+        engine = open_engine(path, DEFAULT_ENGINE, EngineOptions(device=device, threads=threads))
     rng = np.random.default_rng(0)
     dtype = np.float16 if precision == "fp16" else np.float32
     feed = ({"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
             if precision == "int8" else {k: rng.standard_normal((n, n)).astype(dtype) for k in "ab"})
-    if device == "cpu":
-        return 2.0 * n ** 3 / time_best(lambda: sess.run(None, feed)) / 1e9
-    binding = sess.io_binding()
-    for k, v in feed.items():
-        binding.bind_ortvalue_input(k, ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0))
-    binding.bind_output("y", "cuda", 0)
-
-    def call():
-        sess.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-    return 2.0 * n ** 3 / time_best(call, min_runs=10) / 1e9
+    return 2.0 * n ** 3 / time_best(engine.prepared(feed), min_runs=3 if device == "cpu" else 10) / 1e9
 
 
 def _candidate(engine: str, measure: Callable[[], float]) -> dict:

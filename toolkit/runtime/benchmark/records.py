@@ -1,7 +1,6 @@
 """The benchmark records as dataclasses: benchmark.json / compare.json are `dataclasses.asdict` of them, their
 JSON Schema is derived from these classes, and validate_record checks a record with jsonschema. Standard
-library only at import. SCHEMA_VERSION 5: no plots, no reference GEMM in the rounds, no OpenVINO model-cache
-cold starts, no cold start without isolation (docs/benchmark.md lists every field).
+library only at import. docs/benchmark.md lists every field and what each schema version changed.
 """
 from __future__ import annotations
 
@@ -93,7 +92,8 @@ CompareModel = record("CompareModel", "One compared model; `record`: the path of
                       record=str)
 CompareRow = record("CompareRow", "One model x backend x batch size, inference only.", model=str, key=str,
                     engine=str, device=str, precision=str, batch=int, ips=float, ips_min=float, ips_max=float,
-                    latency_p50_ms=float, file_bytes=_INT, flops_per_image=int, top1=_NUM, pareto=Optional[bool])
+                    latency_p50_ms=float, file_bytes=_INT, flops_per_image=int, top1=_NUM,
+                    pareto=(Optional[bool], None))  # set once every row of its batch size is known
 CompareRecord = record("CompareRecord", "compare.json of several exports.", Head, settings=CompareSettings,
                        models=list[CompareModel], rows=list[CompareRow], schedule=list[Block])
 TrainRecipe = record("TrainRecipe", "The recipe timed.", path=str, name=str, arch=str, head=str, crop=int,

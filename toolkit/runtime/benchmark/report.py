@@ -33,11 +33,11 @@ def inference_record(s, bench) -> dict:
                       any(d != "cpu" for d in plan.devices)),
         model=ModelInfo(path=s.base, name=os.path.basename(s.base)[:-len(".onnx")], arch=meta.get("arch"),
                         head=meta.get("head"), classes=len(s.labels), preprocess=meta["preprocess"],
-                        input=s.info["contract"].input or {"shape": s.info["input_dims"]}, flops_per_image=s.info[
-                            "flops"]["flops"], source_run=meta.get("source_run"),
+                        input=s.info["contract"].input or {"shape": s.info["input_dims"]},
+                        flops_per_image=s.info["flops"]["flops"], source_run=meta.get("source_run"),
                         checkpoint=s.extra.checkpoint or meta.get("checkpoint")),
         settings=InferenceSettings(**{**vars(plan), "precisions": list(s.precisions)}, skipped=s.skipped),
-        timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends] + s.extra.failed, results=s.rows,
+        timed=dict(TIMED), peaks=bench.peaks, backends=[b.record for b in s.backends], results=s.rows,
         schedule=[b for b in bench.schedule if b.model == s.name])
     return dataclasses.asdict(record)
 
@@ -45,8 +45,7 @@ def inference_record(s, bench) -> dict:
 def _notes(s, bench) -> list:
     uncounted = s.info["flops"]["uncounted"]
     notes = [f"FLOPs: {len(uncounted)} Conv/Gemm/MatMul nodes had unknown shapes and are not counted"] * bool(uncounted)
-    notes += [f"{r.key} failed: {r.error}" for r in [b.record for b in s.backends] + s.extra.failed
-              if r.status == "failed"]
+    notes += [f"{b.record.key} failed: {b.record.error}" for b in s.backends if b.record.status == "failed"]
     notes += [f"skipped {x.engine}/{x.device}/{x.precision}: {x.reason}" for x in s.skipped]
     if any(len(pk.candidates) > 1 for pk in bench.peaks):
         notes.append("peaks: the best of every engine's GEMM at the same thread count (peaks[].candidates)")
@@ -78,9 +77,8 @@ def _num(v: Optional[float]) -> str:  # ms and img/s: 3 significant digits or mo
 def _table(rows: list, left: int, markdown: bool) -> list:
     """Columns, the first `left` of them to the left: a Markdown table, or aligned text with a rule under the header."""
     if markdown:
-        return ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" if i < left else "---:"
-                                                                 for i in range(len(rows[0]))) + "|"] + \
-            ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows[1:]]
+        rule = ["---" if i < left else "---:" for i in range(len(rows[0]))]
+        return ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in [rows[0], rule, *rows[1:]]]
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) if i < left else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -190,11 +188,10 @@ def format_compare_table(record: dict, markdown: bool = False) -> str:
 
 def _compare_rows(records: list, names: list) -> list:
     """One row per model x backend x batch size (mode model), Pareto-marked within each batch size."""
-    rows = [CompareRow(model=name, key=r["key"], engine=r["engine"], device=r["device"], precision=r["precision"],
-                       batch=r["batch"], ips=r["throughput_ips"]["median"], ips_min=r["throughput_ips"]["min"],
-                       ips_max=r["throughput_ips"]["max"], latency_p50_ms=r["latency_ms"]["p50"],
-                       file_bytes=r["file_bytes"], flops_per_image=rec["model"]["flops_per_image"], top1=r["top1"],
-                       pareto=None)
+    same = ("key", "engine", "device", "precision", "batch", "file_bytes", "top1")  # as in the model's own rows
+    rows = [CompareRow(model=name, **{k: r[k] for k in same}, ips=r["throughput_ips"]["median"],
+                       ips_min=r["throughput_ips"]["min"], ips_max=r["throughput_ips"]["max"],
+                       latency_p50_ms=r["latency_ms"]["p50"], flops_per_image=rec["model"]["flops_per_image"])
             for name, rec in zip(names, records) for r in rec["results"] if r["mode"] == PARETO_MODE]
     for b in sorted({r.batch for r in rows}):
         group = [r for r in rows if r.batch == b]

@@ -1,15 +1,11 @@
-"""run_benchmark and compare_models: one loop benchmarks N models (run_benchmark is N = 1). The GEMM peaks
-are measured once for all; per batch size every model's warmed-up blocks are timed in the same interleaved
-rounds, so machine noise hits every model alike. Each model gets its own record (report.inference_record); a
-comparison (which model for my box: top-1 against img/s) adds report.compare_record.
-"""
+"""run_benchmark and compare_models: one loop benchmarks N models (run_benchmark is N = 1). The GEMM peaks are
+measured once; per batch size every model's warmed-up blocks run in the same interleaved rounds, so machine noise
+hits every model alike. Each model gets its own record; a comparison adds report.compare_record."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
-
-import numpy as np
 
 from toolkit.artifacts import base_of, twin_path
 from toolkit.errors import UserError, first_line
@@ -17,11 +13,11 @@ from toolkit.parsing import parse_list
 import toolkit.runtime.benchmark.peak as peak_mod
 import toolkit.runtime.benchmark.report as report
 from toolkit.runtime.benchmark.backends import (BackendLoader, ExtraBackends, inspect_model, load_onnx_backends,
-                                                resolve_model, synthetic_jpegs)
+                                                random_pixels, resolve_model, synthetic_jpegs)
 from toolkit.runtime.benchmark.machine import default_out_dir
 from toolkit.runtime.benchmark.options import BenchmarkOptions, file_precision, parse, plan_combos
 from toolkit.runtime.benchmark.records import E2E_IMAGES, Block, Row, Settings
-from toolkit.runtime.benchmark.timing import Progress, calls_per_block, interleaved_rounds, stats, warm_up
+from toolkit.runtime.benchmark.timing import Progress, interleaved_rounds, stats, warm_up
 from toolkit.runtime.engines import DEFAULT_ENGINE
 from toolkit.runtime.onnx_eval import evaluate_onnx
 
@@ -37,7 +33,7 @@ class Subject:
     out_dir: str = ""  # where its record goes
     skipped: list = field(default_factory=list)  # [Skipped]
     backends: list = field(default_factory=list)  # [Backend], loaded
-    extra: ExtraBackends = field(default_factory=lambda: ExtraBackends([], [], None, []))  # the PyTorch ones
+    extra: ExtraBackends = field(default_factory=ExtraBackends)  # other layers' (PyTorch's)
     rows: list = field(default_factory=list)  # [Row]
 
     def __post_init__(self):
@@ -67,10 +63,9 @@ def run_benchmark(model: Optional[str] = None, options: Optional[BenchmarkOption
                   torch_backends: Optional[BackendLoader] = None, **fields) -> dict:
     """Benchmark an export (default: the newest in `exports_dir`) and return the JSON record.
 
-    options: a BenchmarkOptions; keyword arguments set (or override) its fields. torch_backends: the loader
-    of other layers' backends, needed for torch / compile (the CLI passes load_torch_backends of
-    toolkit.train.torch_backend, with --web / --tflite toolkit.export.target_bench's too). Writes
-    benchmark.json and .md into out_dir (default benchmarks/<model>-<YYYYmmdd-HHMMSS>/)."""
+    options: a BenchmarkOptions; keyword arguments set (or override) its fields. torch_backends: the
+    BackendLoader of other layers' backends, needed for torch / compile (the CLI passes the torch side's, with
+    --web / --tflite wrapped by toolkit.export.bench_targets). Writes benchmark.json and .md into out_dir."""
     bench = start(options, fields)
     subject = open_subject(model, bench)
     subject.out_dir = bench.opts.out_dir or default_out_dir(subject.name)
@@ -117,13 +112,12 @@ def compare_models(models: Sequence[str], options: Optional[BenchmarkOptions] = 
 def _check_labels(subjects: list) -> None:
     """Top-1 on one recipe split compares models only when they name the same classes."""
     ref, want = subjects[0], set(subjects[0].labels)
-    for s in subjects[1:]:
-        extra, lacking = (", ".join(sorted(x)[:8]) + (" ..." if len(x) > 8 else "")
+    for s in (s for s in subjects[1:] if set(s.labels) != want):
+        extra, lacking = (", ".join(sorted(x)[:8]) + " ..." * (len(x) > 8)
                           for x in (set(s.labels) - want, want - set(s.labels)))
         parts = [f"has {extra} that {ref.base} has not"] * bool(extra) + [f"lacks {lacking}"] * bool(lacking)
-        if parts:
-            raise UserError(f"{s.base}: its labels differ from {ref.base}'s: it {'; it '.join(parts)}; expected the "
-                            f"same class names in every model to compare top-1 on one recipe split (--data)")
+        raise UserError(f"{s.base}: its labels differ from {ref.base}'s: it {'; it '.join(parts)}; expected the "
+                        f"same class names in every model to compare top-1 on one recipe split (--data)")
 
 
 def open_subject(model: Optional[str], bench: Bench) -> Subject:
@@ -164,18 +158,16 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
         combos, s.skipped = plan_combos(plan.engines, plan.devices, s.precisions)
         s.backends = load_onnx_backends(s.infos, combos, s.skipped, plan.threads, max(plan.batch_sizes), live)
         if torch_backends is not None:  # other layers' backends: PyTorch, the browser, LiteRT (the CLI's)
-            s.extra = torch_backends(s.info, s.backends[0].predictor.preprocess, plan.devices, plan.threads,
-                                     bench.opts, live)
+            s.extra = torch_backends(s.info, s.backends[0].preprocess, plan.devices, plan.threads, bench.opts, live)
             s.backends += s.extra.backends
     ran = {("cpu" if b.record.device == "cpu" else "cuda", b.record.precision) for s in subjects for b in s.backends}
     bench.peaks = peak_mod.measure_peaks(plan.devices, ran, plan.threads, plan.engines, bench.progress)
-    for b in (b for s in subjects for b in s.backends if plan.isolate):
+    for b in (b for s in subjects for b in s.backends if plan.isolate and b.record.status == "ok"):
         live(f"cold start of {b.record.key} in a fresh process")
         b.record.cold_start = b.cold_start(plan.threads, plan.batch_sizes)
     # up to 8 distinct 500x375 JPEGs and 4 distinct 12 MP ones: decoding costs the same whatever repeats
-    bench.jpegs = {"end_to_end": synthetic_jpegs(min(max(plan.batch_sizes), 8))}
-    if "end_to_end_12mp" in plan.modes:
-        bench.jpegs["end_to_end_12mp"] = synthetic_jpegs(min(max(plan.batch_sizes), 4), E2E_IMAGES["end_to_end_12mp"])
+    bench.jpegs = {mode: synthetic_jpegs(min(max(plan.batch_sizes), n), E2E_IMAGES[mode])
+                   for mode, n in (("end_to_end", 8), ("end_to_end_12mp", 4)) if mode in plan.modes}
     for batch in plan.batch_sizes:
         _time_batch(subjects, bench, batch)
     for s, p in ((s, p) for s in subjects for p in s.precisions if plan.data):  # on CPU with ONNX Runtime
@@ -192,24 +184,23 @@ def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader
 
 def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
     """Every model's warmed-up entries timed in the same rounds, then their rows."""
-    entries, iters, owners = [], {}, {}  # owners: entry -> (subject, backend, mode, first call's seconds)
+    entries, owners = {}, {}  # entry -> (fn, calls per block); entry -> (subject, backend, mode, first call's s)
     for s in subjects:
-        for b, mode, fn, k, first in _warm(s, bench, batch):
+        for b, mode, fn, first, k in _warm(s, bench, batch):
             entry = f"{s.name}|{b.record.key}|{mode}"
-            entries.append((entry, fn))
-            iters[entry], owners[entry] = k, (s, b, mode, first)
+            entries[entry], owners[entry] = (fn, k), (s, b, mode, first)
     rounds, several = bench.plan.rounds, len(subjects) > 1
 
     def on_block(r, entry, k, total):
         s, b, mode, _ = owners[entry]
         bench.progress.live(f"batch {batch} round {r + 1}/{rounds}: {s.name + ' ' if several else ''}"
                             f"{b.record.key} {mode} {k * batch / total if total else 0:.1f} img/s")
-    lat, blocks, order = interleaved_rounds(entries, rounds, iters, on_block)
+    lat, blocks, order = interleaved_rounds(entries, rounds, on_block)
     for r, entry, k in order:
         s, b, mode, _ = owners[entry]
         bench.schedule.append(Block(r, batch, s.name, b.record.key, mode, k))
     for entry, (s, b, mode, first) in owners.items():
-        s.rows.append(_row(bench, b, mode, batch, lat[entry], blocks[entry], iters[entry], first))
+        s.rows.append(_row(bench, b, mode, batch, lat[entry], blocks[entry], entries[entry][1], first))
     for s in subjects:
         _baselines([r for r in s.rows if r.batch == batch])
     s, r = max(((s, r) for s in subjects for r in s.rows if r.batch == batch), key=lambda x: x[1].throughput_ips.median)
@@ -218,10 +209,9 @@ def _time_batch(subjects: list, bench: Bench, batch: int) -> None:
 
 
 def _warm(s: Subject, bench: Bench, batch: int) -> list:
-    """[(backend, mode, fn, calls per block, first call's seconds)] of every live backend warmed up at this batch
+    """[(backend, mode, fn, first call's seconds, calls per block)] of every live backend warmed up at this batch
     size. A backend that may fail (torch.compile) and fails here is marked failed and timed no more."""
-    crop = s.backends[0].predictor.preprocess.crop  # model-only calls: any pixels of the right shape will do
-    pixels = np.random.default_rng(0).integers(0, 256, (batch, crop, crop, 3), dtype=np.uint8)
+    pixels = random_pixels(batch, s.backends[0].preprocess.crop)
     jpegs = {m: [js[i % len(js)] for i in range(batch)] for m, js in bench.jpegs.items()}
     out = []
     for b in (b for b in s.backends if b.record.status == "ok"):
@@ -231,14 +221,13 @@ def _warm(s: Subject, bench: Bench, batch: int) -> list:
             for mode in (m for m in bench.plan.modes if m in b.modes):
                 fn = (lambda b=b, mode=mode: b.run(mode))
                 bench.progress.live(f"batch {batch}: warming up {b.record.key} {mode}")
-                warmed.append((b, mode, fn, *warm_up(fn, bench.opts.warmup)))
+                warmed.append((b, mode, fn, *warm_up(fn, bench.plan)))
         except Exception as exc:  # noqa: BLE001 - torch.compile may fail on its first call; say why
             if not b.may_fail:
                 raise
             b.record.status, b.record.error = "failed", first_line(exc, 300)
             continue
-        out += [(b, mode, fn, calls_per_block(bench.plan.iterations, bench.plan.duration_s, bench.plan.rounds, last),
-                 first) for b, mode, fn, first, last in warmed]
+        out += warmed
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -48,11 +48,15 @@ def timed_calls(fn: Callable[[], None], enough: Callable[[int, float], bool]) ->
     return times
 
 
-def warm_up(fn: Callable[[], None], warmup: Optional[int]) -> tuple[float, float]:
-    """Run `fn` until warm: `warmup` calls, or by default at least 3 and at least 0.5 s (at most 20).
-    Returns (seconds of the first call, seconds of the last call)."""
-    times = timed_calls(fn, lambda n, s: n >= int(warmup) if warmup is not None else n >= 3 and (s >= 0.5 or n >= 20))
-    return times[0], times[-1]
+def warm_up(fn: Callable[[], None], plan) -> tuple[float, int]:
+    """Run `fn` until warm: plan.warmup calls, or ("auto") at least 3 and at least 0.5 s (at most 20). Returns
+    (seconds of the first call, calls per block: plan.iterations over the rounds, or enough to fill
+    plan.duration_s / rounds at the last call's speed). plan: a Settings or a TrainSettings."""
+    w = plan.warmup
+    times = timed_calls(fn, lambda n, s: n >= int(w) if w != "auto" else n >= 3 and (s >= 0.5 or n >= 20))
+    if plan.iterations is not None:
+        return times[0], max(1, math.ceil(int(plan.iterations) / plan.rounds))
+    return times[0], max(1, int(round(float(plan.duration_s) / plan.rounds / max(times[-1], 1e-6))))
 
 
 def time_best(fn: Callable[[], None], min_runs: int = 3, budget_s: float = 1.5, max_runs: int = 50) -> float:
@@ -61,19 +65,15 @@ def time_best(fn: Callable[[], None], min_runs: int = 3, budget_s: float = 1.5, 
     return min(timed_calls(fn, lambda n, s: n >= min_runs and (s >= budget_s or n >= max_runs)))
 
 
-def interleaved_rounds(entries: Sequence[tuple[str, Callable[[], None]]], rounds: int,
-                       iterations: dict, on_block: Optional[Callable] = None) -> tuple[dict, dict, list]:
-    """Time `entries` [(name, fn)] in `rounds` rounds; in round r the order starts at entry r mod n.
-
-    iterations: {name: calls per block}. Returns ({name: [seconds per call]}, {name: [seconds per
-    block]}, [the execution order as (round, name, calls)])."""
-    lat: dict = {name: [] for name, _ in entries}
-    blocks: dict = {name: [] for name, _ in entries}
-    order: list = []
+def interleaved_rounds(entries: dict, rounds: int, on_block: Optional[Callable] = None) -> tuple[dict, dict, list]:
+    """Time `entries` {name: (fn, calls per block)} in `rounds` rounds; in round r the order starts at entry
+    r mod n. Returns ({name: [seconds per call]}, {name: [seconds per block]}, [(round, name, calls)] in order)."""
+    names = list(entries)
+    lat, blocks, order = {name: [] for name in names}, {name: [] for name in names}, []
     for r in range(rounds):
-        shift = r % len(entries) if entries else 0
-        for name, fn in list(entries[shift:]) + list(entries[:shift]):
-            k = int(iterations[name])
+        shift = r % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            fn, k = entries[name]
             times = timed_calls(fn, lambda n, _: n >= k)
             order.append((r, name, k))
             lat[name] += times
@@ -81,13 +81,6 @@ def interleaved_rounds(entries: Sequence[tuple[str, Callable[[], None]]], rounds
             if on_block:
                 on_block(r, name, k, blocks[name][-1])
     return lat, blocks, order
-
-
-def calls_per_block(iterations: Optional[int], duration: Optional[float], rounds: int, last_call_s: float) -> int:
-    """Calls per round: `iterations` spread over the rounds, or enough to fill duration / rounds."""
-    if iterations is not None:
-        return max(1, math.ceil(int(iterations) / rounds))
-    return max(1, int(round(float(duration) / rounds / max(last_call_s, 1e-6))))
 
 
 def stats(lat: list, blocks: list, k: int, batch: int) -> tuple[Latency, PerImage, Throughput]:
