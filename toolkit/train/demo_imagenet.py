@@ -221,6 +221,7 @@ def _table_lines(opts: ImagenetDemoOptions, rows: list, chosen: dict, probe, tes
             f"{_steps(opts)}", "", *table_lines(rows, steps=True), "",
             f"transfer: {probe.model.arch} from ImageNet weights" + (
                 f", {opts.probe_steps} steps of linear probe first" if opts.probe_steps and not opts.quick else "")
+            + (", BatchNorm statistics kept (train.freeze_bn)" if probe.train.freeze_bn else "")
             + f"; scratch: the same net from random weights; both {probe.preprocess.crop} px, {probe.train.optimizer}, "
             f"until validation top-1 stops improving ({opts.patience} validations, about every {opts.eval_steps} "
             f"steps) or the cap; rates (transfer / scratch) picked on validation per labels per class: {rates}",
