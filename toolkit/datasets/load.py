@@ -104,9 +104,9 @@ def _dedupe(recipe, problems: list, splits: dict, drops: set) -> dict:
     return _drop(splits, drops)
 
 
-def _check_health(recipe, labels: list, problems: list, splits: dict, prints: dict, skipped: list):
+def _check_health(recipe, labels: list, problems: list, splits: dict, prints: dict, skipped: list, say=print):
     """(splits, health): data health from the scan's fingerprints, duplicates dropped with data.dedupe,
-    its summary printed (each leak across splits named)."""
+    its summary said (each leak across splits named)."""
     crop = recipe.preprocess.crop
     health = data_health(labels, splits, crop, prints, skipped)
     drops = duplicate_drops(health) if recipe.data.dedupe else set()
@@ -114,15 +114,16 @@ def _check_health(recipe, labels: list, problems: list, splits: dict, prints: di
         splits = _drop(_dedupe(recipe, problems, splits, drops), {p for p, _ in skipped})
         health = data_health(labels, splits, crop, prints, skipped)
         health["deduped"] = sorted(drops)  # what data.dedupe dropped; the rest describes what is left
-    print("\n".join(summary_lines(health)))
+    say("\n".join(summary_lines(health)))
     return splits, health
 
 
-def load_dataset(recipe, scan: bool = True) -> Dataset:
+def load_dataset(recipe, scan: bool = True, quiet: bool = False) -> Dataset:
     """The recipe's data as a Dataset. With `scan`, every image file is decoded first and all problems
     (bad files, empty classes, class mismatches) are raised as one UserError; `data.skip_corrupt` drops
     bad files instead (empty classes and mismatches stay fatal). The scan also measures the data's health
-    (Dataset.health, toolkit.datasets.health), and `data.dedupe` drops duplicates."""
+    (Dataset.health, toolkit.datasets.health) and prints its summary unless `quiet`; `data.dedupe` drops
+    duplicates."""
     d = recipe.data
     if d.source == "folder" and not os.path.isdir(d.root):
         raise UserError(f"data.root: {d.root!r} is not a folder; expected a folder of class sub-folders")
@@ -140,7 +141,8 @@ def load_dataset(recipe, scan: bool = True) -> Dataset:
         splits, skipped, bad = _drop(splits, {p for p, _ in bad}), bad, []
     health = None
     if scan and labels and not bad and not problems:
-        splits, health = _check_health(recipe, labels, problems, splits, prints, skipped)
+        splits, health = _check_health(recipe, labels, problems, splits, prints, skipped,
+                                       say=(lambda text: None) if quiet else print)
     if labels:
         problems += _empty_classes(labels, splits, locate)
     lines = problems + [f"{path}: {reason}" for path, reason in bad]

@@ -153,7 +153,7 @@ class _Session:
     # -- stages ---------------------------------------------------------------------------------
     def load_data(self) -> None:
         # Rank 0 downloads (if anything) and decodes every image once; the other ranks get its file lists.
-        self.dataset = self.ctx.on_main(lambda: data_mod.load_dataset(self.recipe))
+        self.dataset = self.ctx.on_main(lambda: data_mod.load_dataset(self.recipe, quiet=self.opts.quiet))
         self.labels = self.dataset.labels
         if not self.dataset.train:
             raise UserError("data: the training split is empty")
