@@ -109,7 +109,8 @@ def float_inputs(model_proto, names) -> int:
             continue
         lo, hi = _quantized_range(q, inits)
         clip = f"{node.name}_float_input"
-        graph.initializer.extend([numpy_helper.from_array(lo, clip + "_min"), numpy_helper.from_array(hi, clip + "_max")])
+        graph.initializer.extend([numpy_helper.from_array(lo, clip + "_min"),
+                                  numpy_helper.from_array(hi, clip + "_max")])
         added.append(helper.make_node("Clip", [q.input[0], clip + "_min", clip + "_max"], [clip], name=clip))
         node.input[0] = clip
         rewired += 1
