@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from toolkit.export.surgery import drop_unused_domains, unquantize_outputs, unshare_initializers
+from toolkit.export.surgery import drop_unused_domains, float_inputs, unquantize_outputs, unshare_initializers
 from toolkit.export.torch_graph import hush, resolve_layers
 from toolkit.preprocess import Preprocess
 from toolkit.runtime.onnx_eval import model_input
@@ -135,6 +135,7 @@ def quantize(prepared: Prepared, setting: Int8Setting, reader, out_path: str, ir
                         extra_options={"CalibTensorRangeSymmetric": False}, calibration_cache_path=cache)
     q = onnx.load(out_path)
     unquantize_outputs(q)
+    float_inputs(q, set(prepared.excluded(setting)))  # else ORT re-quantizes kept convs at load (surgery)
     drop_unused_domains(q)
     if ir_version is not None:
         q.ir_version = ir_version

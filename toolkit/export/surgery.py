@@ -79,6 +79,74 @@ def unquantize_outputs(model_proto) -> list[str]:
     return changed
 
 
+# The ops whose float weights ORT's WeightBiasQuantization quantizes when their input 0 comes from a DequantizeLinear.
+WEIGHT_QUANTIZED_AT_LOAD = ("Conv", "ConvTranspose", "Gemm")
+
+
+def float_inputs(model_proto, names) -> int:
+    """Feed the named nodes (the ones kept in FP32) float input, not a DequantizeLinear's; returns how many
+    inputs were rewired.
+
+    A Conv/ConvTranspose/Gemm with float weights whose input 0 comes from a DequantizeLinear looks to ORT
+    like a quantized node that lacks quantized weights: its WeightBiasQuantization transformer quantizes
+    them at session load, symmetric int8 with one scale per tensor. The "FP32" first conv of
+    EfficientNet-Lite0 ran that way (its folded-BatchNorm channels span 0.15 to 239: top-1 78.8% -> 22.8%,
+    docs/export.md). The node reads the float tensor before the QuantizeLinear instead, clipped to the
+    range that pair represents: the quantizer drops a Relu/Clip in front of a QuantizeLinear and lets the
+    QuantizeLinear saturate, so the clip is that activation. Pairs nothing else reads are removed."""
+    from onnx import helper, numpy_helper
+
+    graph = model_proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    added, rewired = [], 0
+    for node in graph.node:
+        if node.name not in names or node.op_type not in WEIGHT_QUANTIZED_AT_LOAD:
+            continue
+        dq = producer.get(node.input[0])
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        lo, hi = _quantized_range(q, inits)
+        clip = f"{node.name}_float_input"
+        graph.initializer.extend([numpy_helper.from_array(lo, clip + "_min"),
+                                  numpy_helper.from_array(hi, clip + "_max")])
+        added.append(helper.make_node("Clip", [q.input[0], clip + "_min", clip + "_max"], [clip], name=clip))
+        node.input[0] = clip
+        rewired += 1
+    graph.node.extend(added)
+    toposort(graph)
+    _drop_unread(graph, ("QuantizeLinear", "DequantizeLinear"))
+    return rewired
+
+
+def _quantized_range(q, inits):
+    """The float range a QuantizeLinear (per-tensor) represents: [(qmin - zp) * scale, (qmax - zp) * scale]."""
+    import numpy as np
+
+    scale = np.float32(inits[q.input[1]])
+    zp = inits[q.input[2]] if len(q.input) > 2 and q.input[2] else np.uint8(0)
+    info = np.iinfo(zp.dtype)
+    return (np.array((info.min - int(zp)) * scale, np.float32), np.array((info.max - int(zp)) * scale, np.float32))
+
+
+def _drop_unread(graph, op_types) -> None:
+    """Remove nodes of op_types whose outputs nothing reads (repeated: a Q feeding only a dropped DQ), then
+    the initializers no node reads any more (their scales and zero points)."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        drop = [n for n in graph.node if n.op_type in op_types and not any(o in read for o in n.output)]
+        if not drop:
+            inits = [t for t in graph.initializer if t.name in read]
+            del graph.initializer[:]
+            graph.initializer.extend(inits)
+            return
+        keep = [n for n in graph.node if all(n is not d for d in drop)]
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
 def strip_debug_metadata(model_proto) -> None:
     """The dynamo exporter stores stack traces (this machine's file paths) on every node."""
     for node in model_proto.graph.node:
