@@ -32,12 +32,14 @@ def test_tiny_demo_writes_the_table_and_the_timing(tmp_path, monkeypatch, capsys
     for r in saved["runs"]:  # the arms differ only by the teacher and the pool
         assert (r["distill"] is None) == (r["arm"] == "plain")
         if r["arm"] == "distilled+pool":
-            assert r["distill"]["unlabeled_images"] == 20 and r["distill"]["teacher_logits"] == "cached"
+            assert r["distill"]["unlabeled_images"] == 20 and r["distill"]["teacher_logits"] == "per_batch"
+            assert "augmented view rendered at 64 px" in r["distill"]["teacher_input"]  # consistent teaching
+        assert 0 <= r["val_top1"] <= 100
     assert saved["timing"]["per_batch"]["epoch_s"] > 0 and saved["timing"]["cached"]["images"] == 40
     mbv3 = next(r for r in saved["runs"] if r["arch"] == "mobilenet_v3_small" and r["arm"] == "distilled")
-    assert "converted to 64 px" in mbv3["distill"]["teacher_input"]  # 32 px, ImageNet mean/std -> the teacher's
+    assert "its own eval view of each photo, 64 px" in mbv3["distill"]["teacher_input"]  # not the student's 32 px
     assert saved["facts"]["teacher"]["px"] == 64 and saved["facts"]["efficientnet_lite0"]["px"] == 32
-    assert "gap closed" in (out / "demo.md").read_text()
+    assert "gap closed" in (out / "demo.md").read_text() and "validation top-1" in (out / "demo.md").read_text()
 
 
 def test_options_are_checked_before_anything_runs(tmp_path):

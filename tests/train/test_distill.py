@@ -1,6 +1,7 @@
 """Distillation: the loss, the teacher's checks (labels, checkpoint), data.unlabeled, cached vs per-batch logits."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,16 +39,6 @@ def test_loss_is_label_loss_and_kl_times_t_squared_mixed_by_alpha():
     same = distill_loss(student, student, targets, alpha, t, criterion)
     assert torch.allclose(same, (1 - alpha) * ce, atol=1e-6)
     assert distill_loss(student, teacher, targets, 0.0, t, criterion).item() == pytest.approx(ce.item(), abs=1e-6)
-
-
-def test_teacher_input_is_converted_to_its_own_size_and_normalisation():
-    student = Preprocess(resize=32, crop=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    own = Preprocess(resize=64, crop=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    teacher = Teacher(torch.nn.Identity(), own, student, torch.device("cpu"))
-    photo = Image.new("RGB", (40, 40), (200, 60, 10))
-    converted = teacher.convert(torch.from_numpy(student(photo))[None])
-    assert converted.shape == (1, 3, 64, 64) and not teacher.same_input
-    assert torch.allclose(converted[0], torch.from_numpy(own(photo)), atol=1e-5)
 
 
 def _teacher_checkpoint(tmp_path, labels, raw) -> str:
@@ -139,3 +130,34 @@ def test_cached_and_per_batch_teacher_logits_give_the_same_loss(tmp_path, square
     assert first["val_loss"] == pytest.approx(second["val_loss"], rel=1e-3)
     assert first["train_loss"] > 0 and np.isfinite(first["train_loss"])
     assert os.path.isfile(tmp_path / "runs" / "cached" / "checkpoints" / "last.pt")
+
+
+@pytest.mark.parametrize("crop", [32, 64])
+def test_per_batch_the_teacher_sees_the_students_augmented_view_at_its_own_input(tmp_path, square_folder, crop):
+    """Consistent teaching: same flip and crop as the student's sample, in the teacher's size, mean and std
+    (not the student's tensor converted: a 32 px view blown up to 64 px is not what a 64 px teacher learnt on)."""
+    from toolkit.train.data import ImageDataset, build_augment, eval_preprocess
+    from toolkit.train.distill import Distiller
+    from toolkit.train.sampling import SeededAugmentation
+
+    student = recipe_mod.from_dict(tiny_recipe(tmp_path, square_folder, preprocess={
+        "resize": 32, "crop": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}))
+    own = recipe_mod.from_dict(tiny_recipe(tmp_path, square_folder, preprocess={"resize": crop, "crop": crop,
+                                                                                 "mean": [0.5] * 3, "std": [0.5] * 3}))
+    items = [(str(p), 0) for p in sorted(Path(square_folder).rglob("*.jpg"))][:4]
+    train_set = SeededAugmentation(ImageDataset(items, eval_preprocess(student), build_augment(student)), seed=3)
+    teacher = Teacher(torch.nn.Identity(), eval_preprocess(own), eval_preprocess(student), torch.device("cpu"),
+                      section=own.preprocess)
+    dist = Distiller(teacher, 0.5, 2.0)
+    views = dist.with_own_views(train_set, items, student)
+    pixels = lambda x, p: x * torch.tensor(p.std).view(3, 1, 1) + torch.tensor(p.mean).view(3, 1, 1)
+    for encoded in (0, 1, 5, 6):  # epoch 0 and epoch 1 (items 1 and 2): a new draw each epoch
+        image, target, view = views[encoded]
+        assert view.shape == (3, crop, crop) and torch.equal(image, train_set[encoded][0])
+        ours, theirs = pixels(image, teacher.student_preprocess), pixels(view, teacher.preprocess)
+        if crop != 32:
+            theirs = F.interpolate(theirs[None], size=(32, 32), mode="bilinear", antialias=True)[0]
+        assert (ours - theirs).abs().mean() < (0.02 if crop != 32 else 1e-5)
+    batch = torch.stack([views[i][2] for i in range(2)])
+    assert torch.equal(dist.soft_targets(torch.zeros(2, 3, 32, 32), batch), batch)  # its own view, as it is
+    assert "augmented view rendered at" in dist.describe()["teacher_input"]

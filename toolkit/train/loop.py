@@ -238,9 +238,11 @@ class _Session:
         """The teacher's logits cached now when train.distill_cache allows, else computed per batch; said
         and written to distill.json."""
         t, dist = self.t, self.distiller
-        self.train_set = distill.WithIndex(self.train_set)  # batches carry their indices, for the cache
         if distill.wants_cache(t.distill_cache, augment, preprocess):
+            self.train_set = distill.WithIndex(self.train_set)  # batches carry their indices, for the cache
             dist.build_cache(items, self.recipe.data.max_pixels, max(1, t.batch_size))
+        elif not dist.teacher.same_input:  # per batch: the teacher sees the same view, at its own input
+            self.train_set = dist.with_own_views(self.train_set, items, self.recipe)
         info = dist.describe()
         self.say(f"distill: teacher {info['teacher']}, alpha {t.distill_alpha:g}, T {t.distill_temperature:g}; "
                  + (f"its logits cached for {len(items)} images in {dist.cache_seconds:.1f}s"
@@ -319,12 +321,13 @@ class _Session:
         return trainable, self.ctx.sum(totals), seconds, stopping  # the global batch's totals
 
     def take_step(self, batch, global_size: int, stop: StopRequest, totals: list) -> tuple[bool, bool]:
-        """One batch ((images, targets), with their indices when distilling); adds [images, summed loss,
-        correct, labelled images] to `totals`. Returns (stop after this step, whether the weights were updated)."""
+        """One batch ((images, targets), and the teacher's indices or views when distilling); adds [images,
+        summed loss, correct, labelled images] to `totals`. Returns (stop after this step, whether the
+        weights were updated)."""
         state = self.state
         self.schedule.apply(self.step.optimizer, state.global_step)
-        images, targets = batch[0], batch[1]
-        teacher = self.distiller.soft_targets(images, batch[2]) if self.distiller is not None else None
+        images, targets, *extra = batch  # distilling: the indices (cache) or the teacher's own views
+        teacher = self.distiller.soft_targets(images, *extra) if self.distiller is not None else None
         logits, loss, targets = self.step.forward(images, targets, teacher)
         # Every rank takes the same branch: skip the step if any rank's loss is not finite, and stop
         # after this step if any rank was asked to stop.
