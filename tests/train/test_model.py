@@ -72,7 +72,10 @@ def test_build_from_recipe():
                         "train": {"strategy": "scratch"}})
     m = M.build_from_recipe(recipe, 5)
     assert (m.arch, m.head_type, m.input_size, m.num_classes) == ("vgg11", "classic", 64, 5)
-    assert m.head[1].out_features == 8 and m.head[3].p == 0.1
+    assert m.head[1].out_features == 8 and m.head[3].p == 0.1 and m.freeze_bn is False
+    frozen = from_dict({"data": {"source": "digits"}, "model": {"arch": "resnet18", "weights": "none"},
+                        "train": {"strategy": "scratch", "freeze_bn": True}})
+    assert M.build_from_recipe(frozen, 5).freeze_bn is True  # training, benchmark --train and DDP alike
 
 
 def test_batchnorm_from_random_weights_follows_the_batches_at_torchs_rate():

@@ -40,6 +40,7 @@ from toolkit.datasets.splits import keep_per_class
 from toolkit.errors import UserError
 from toolkit.train.demo_shared import final_test_top1, machine_line, recipe_path, train_quietly
 from toolkit.train.model import model_from_checkpoint
+from toolkit.train.run_dir import read_metrics
 
 TEACHER = "fashion-distill-teacher.yaml"
 STUDENTS = {"mobilenet_v3_small": "fashion-distill-mbv3.yaml", "efficientnet_lite0": "fashion-distill-lite0.yaml"}
@@ -84,18 +85,9 @@ def _load(recipe_file: str, name: str, seed: int, steps: int, opts: DistillDemoO
                                                              f"train.save_every={epochs}"])
 
 
-def _metrics(run_dir: str) -> list:
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def _epoch_seconds(run_dir: str) -> float:
-    return statistics.mean(r["epoch_time_s"] for r in _metrics(run_dir))
-
-
-def _final_val_top1(run_dir: str) -> float:
+def _final_val_top1(records: list) -> float:
     """Validation top-1 of the final weights (the last epoch validates them): what settings are chosen on."""
-    return round(_metrics(run_dir)[-1]["val_top1"], 2)
+    return round(records[-1]["val_top1"], 2)
 
 
 def _run(recipe_file: str, name: str, seed: int, steps: int, opts: DistillDemoOptions, extra=()) -> dict:
@@ -103,10 +95,11 @@ def _run(recipe_file: str, name: str, seed: int, steps: int, opts: DistillDemoOp
     seconds = train_quietly(recipe, evaluate_test=False)
     distill_file = os.path.join(recipe.run_dir, "distill.json")
     distill = json.load(open(distill_file, encoding="utf-8")) if os.path.isfile(distill_file) else None
+    records = read_metrics(recipe.run_dir)
     return {"run": recipe.run_dir, "arch": recipe.model.arch, "px": recipe.preprocess.crop, "seed": seed,
             "epochs": recipe.train.epochs, "test_top1": final_test_top1(recipe.run_dir, batch_size=100),
-            "val_top1": _final_val_top1(recipe.run_dir), "seconds": round(seconds, 1),
-            "epoch_s": round(_epoch_seconds(recipe.run_dir), 2), "distill": distill}
+            "val_top1": _final_val_top1(records), "seconds": round(seconds, 1),
+            "epoch_s": round(statistics.mean(r["epoch_time_s"] for r in records), 2), "distill": distill}
 
 
 def _folder_name(k: int, label: str) -> str:
@@ -271,7 +264,7 @@ def run_distill_demo(opts: DistillDemoOptions) -> dict:
     seconds = train_quietly(teacher_recipe, evaluate_test=False)
     teacher = {"run": teacher_recipe.run_dir, "px": teacher_recipe.preprocess.crop,
                "test_top1": final_test_top1(teacher_recipe.run_dir, batch_size=100),
-               "val_top1": _final_val_top1(teacher_recipe.run_dir), "seconds": round(seconds, 1)}
+               "val_top1": _final_val_top1(read_metrics(teacher_recipe.run_dir)), "seconds": round(seconds, 1)}
     print(f"      teacher test top-1 {teacher['test_top1']:.1f}%  ({seconds:.0f}s)", flush=True)
     print(f"[3/5] students: {', '.join(STUDENTS)}; {' / '.join(ARMS)}; seeds {seeds}; ~{steps} steps a run",
           flush=True)
@@ -289,8 +282,8 @@ def run_distill_demo(opts: DistillDemoOptions) -> dict:
     distilled = next(r["distill"] for r in runs if r["distill"])
     report = "\n".join([
         f"Fashion-MNIST test top-1 (a fixed 2,000 of t10k), mean ± std over seeds {', '.join(map(str, seeds))}; "
-        f"{opts.labels_per_class} labels per class, a pool of {written['unlabeled']} unlabelled photos, ~{steps} steps a student "
-        "run", "", *table_lines(teacher, rows, facts), "",
+        f"{opts.labels_per_class} labels per class, a pool of {written['unlabeled']} unlabelled photos, "
+        f"~{steps} steps a student run", "", *table_lines(teacher, rows, facts), "",
         f"teacher: one run (seed 0), ~{teacher_steps} steps; gap closed = (distilled - plain) / (teacher - plain); "
         f"alpha {distilled['alpha']:g}, T {distilled['temperature']:g}; the teacher's logits: distilled, cached once "
         "(each photo's eval view); + pool, per batch (the student's augmented view at the teacher's 64 px); "

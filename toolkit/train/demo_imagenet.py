@@ -17,9 +17,7 @@ Protocol, the same for both arms:
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +29,7 @@ from toolkit.train.demo_shared import (add_steps, best_test_top1, machine_line, 
                                        scratch_check_line, scratch_drops, summarise, table_lines, train_quietly,
                                        write_report)
 from toolkit.train.demo_trust import trust_table
+from toolkit.train.run_dir import read_metrics
 
 RECIPES = {"transfer": "fashion-transfer.yaml", "scratch": "fashion-scratch.yaml"}
 ORDER = ("scratch", "transfer")  # transfer last: the newest run (what `toolkit export` picks) is a transfer run
@@ -79,8 +78,8 @@ def _steps(opts: ImagenetDemoOptions) -> int:
 
 def budget(cap: int, per_epoch: int, eval_steps: int, probe_steps: int) -> dict:
     """Epochs within a cap of `cap` steps at `per_epoch` steps an epoch: the epochs (never past the cap,
-    but at least one, even where one epoch is longer than the cap), validation every `eval_every` epochs, and the linear probe's epochs (0: none; it
-    leaves at least one epoch to fine-tune)."""
+    but at least one, even where one epoch is longer than the cap), validation every `eval_every` epochs,
+    and the linear probe's epochs (0: none; it leaves at least one epoch to fine-tune)."""
     epochs = max(1, cap // per_epoch)
     eval_every = max(1, min(epochs, round(eval_steps / per_epoch)))
     probe = min(max(1, round(probe_steps / per_epoch)), epochs - 1) if probe_steps else 0
@@ -107,8 +106,7 @@ def _load(arm: str, k: int, seed: int, lr: float, name: str, opts: ImagenetDemoO
 def best_scores(run_dir: str) -> dict:
     """From a finished run's metrics.jsonl: the best validation's top-1, loss and step, and the steps
     trained (early stopping may end a run before its cap)."""
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
+    records = read_metrics(run_dir)
     evaluated = [r for r in records if r.get("val_top1") is not None]
     best = max(evaluated, key=lambda r: (r["val_top1"], -r["epoch"]))  # the first epoch to reach it: best.pt's
     return {"val_top1": best["val_top1"], "val_loss": best["val_loss"], "best_epoch": best["epoch"],

@@ -138,7 +138,6 @@ class Distiller:
         self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
         self.cache: torch.Tensor | None = None  # [images, classes] float32, by training index
         self.cache_seconds = 0.0
-        self.own_views = False  # per batch, the batches carry the teacher's own views (TeacherViews)
 
     def build_cache(self, items: list, max_pixels: int, batch_size: int, workers: int = 0) -> None:
         """The teacher's logits of every training item, through the teacher's own eval transform."""
@@ -156,7 +155,7 @@ class Distiller:
         teacher run on its own views (`extra`, from TeacherViews), else on `images` (the same input)."""
         if self.cache is not None:
             return self.cache[extra.cpu()].to(self.teacher.device)
-        return self.teacher.logits(extra if self.own_views else images)
+        return self.teacher.logits(images if extra is None else extra)
 
     def with_own_views(self, train_set, items: list, recipe) -> "TeacherViews":
         """`train_set` (a SeededAugmentation of `items`) with the teacher's own view of each sample: the
@@ -164,7 +163,6 @@ class Distiller:
         own = dataclasses.replace(recipe, preprocess=self.teacher.section)
         views = ImageDataset(items, self.teacher.preprocess, augment=build_augment(own),
                              max_pixels=recipe.data.max_pixels)
-        self.own_views = True
         return TeacherViews(train_set, SeededAugmentation(views, train_set.seed))  # the same draws
 
     def loss(self, student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, criterion):

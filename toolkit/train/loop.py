@@ -167,7 +167,6 @@ class _Session:
     def build_model(self) -> None:
         recipe, t, ctx, device = self.recipe, self.t, self.ctx, self.device
         model = model_mod.build_from_recipe(recipe, num_classes=len(self.labels))  # same seed: same init everywhere
-        model.freeze_bn = t.freeze_bn
         if self.resumed is None:
             loaded = ctx.on_main(lambda: model_mod.load_weights(model, recipe.model.weights, recipe.model.arch,
                                                                 self.labels))

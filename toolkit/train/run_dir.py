@@ -99,6 +99,12 @@ def write_distill(run_dir: str, info: dict) -> None:
     atomic_write(os.path.join(run_dir, "distill.json"), json.dumps(info, indent=1) + "\n")
 
 
+def read_metrics(run_dir: str) -> list:
+    """A finished run's metrics.jsonl: one record per epoch, in order."""
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def append_metrics(run_dir: str, record: dict) -> None:
     path = os.path.join(run_dir, "metrics.jsonl")
     try:

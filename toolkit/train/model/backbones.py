@@ -118,7 +118,7 @@ SCRATCH_BN_MOMENTUM = 0.1  # torch's default; torchvision's MobileNetV3 sets 0.0
 
 
 def build_from_recipe(recipe: Any, num_classes: int) -> Classifier:
-    """The Classifier a recipe describes (input size = preprocess.crop); no weights loaded.
+    """The Classifier a recipe describes (input size = preprocess.crop, train.freeze_bn); no weights loaded.
 
     From random weights (model.weights: none), BatchNorm's running statistics follow at least at
     SCRATCH_BN_MOMENTUM: at torchvision MobileNetV3's 0.01, a run of a few hundred steps evaluates with
@@ -126,6 +126,7 @@ def build_from_recipe(recipe: Any, num_classes: int) -> Classifier:
     m = recipe.model
     model = build_model(m.arch, num_classes, head=m.head, input_size=recipe.preprocess.crop,
                         hidden=m.hidden, dropout=m.dropout)
+    model.freeze_bn = recipe.train.freeze_bn
     if str(m.weights) == "none":
         for module in model.modules():
             if isinstance(module, BATCH_NORMS) and (module.momentum or 1) < SCRATCH_BN_MOMENTUM:
