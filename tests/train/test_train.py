@@ -60,6 +60,23 @@ def test_refuses_to_overwrite_a_run(tmp_path, image_folder):
         _train({**raw, "name": "other"}, resume=True)
 
 
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails_its_checks(tmp_path, image_folder):
+    """--overwrite replaces a run only once the new one's data and model loaded: a corrupt image found by
+    the scan must not cost the user the run they had."""
+    raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 1})
+    _train(raw)
+    run = tmp_path / "runs" / "tiny"
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    broken = sorted((tmp_path / "images").rglob("*.jpg"))[0]
+    broken.write_bytes(b"not an image")
+    with pytest.raises(UserError, match="not a recognised image"):
+        _train(raw, overwrite=True)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before == ["best.pt", "last.pt"]
+    broken.unlink()
+    _train(raw, overwrite=True)  # and a good one does replace it
+    assert (run / "recipe.yaml").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 def test_discriminative_rates_reach_the_optimizer(tmp_path, image_folder):
     source = tiny_recipe(tmp_path, image_folder, train={"epochs": 1})
     _train(source)

@@ -37,8 +37,8 @@ from toolkit.train.distributed import IGNORE, Dist, is_collective_failure, launc
 from toolkit.train.evaluate import collect_logits
 from toolkit.train.plots import save_plots
 from toolkit.train.report import write_after_training
-from toolkit.train.run_dir import (append_metrics, checkpoint_paths, prepare_run_dir, write_distill, write_run_files,
-                                   write_summary)
+from toolkit.train.run_dir import (append_metrics, checkpoint_paths, clear_old_run, prepare_run_dir, write_distill,
+                                   write_run_files, write_summary)
 from toolkit.train.sampling import EpochBatches, SeededAugmentation, run_loader
 from toolkit.train.schedule import LrSchedule
 from toolkit.train.state import RunState, rng_state, seed_everything, set_rng_state
@@ -100,6 +100,8 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
     run.build_model()
     run.restore()
     if ctx.is_main:
+        if opts.overwrite:
+            clear_old_run(recipe.run_dir)
         write_run_files(recipe, run.model, run.state.epoch, run.say, run.dataset.health)
     run.build_loaders()
     with StopRequest(announce=ctx.is_main) as stop:

@@ -24,23 +24,35 @@ def checkpoint_paths(run_dir: str) -> tuple[str, str]:
 
 
 def prepare_run_dir(run_dir: str, resume: bool, overwrite: bool) -> dict | None:
-    """Check the run folder against --resume / --overwrite, make it, and load last.pt when resuming."""
+    """Check the run folder against --resume / --overwrite, make it, and load last.pt when resuming.
+    A run that --overwrite replaces stays until clear_old_run, once the new run's data and model loaded."""
     last_path, _ = checkpoint_paths(run_dir)
     if resume:
         if not os.path.isfile(last_path):
             raise UserError(f"{last_path}: nothing to resume; train without --resume to start the run")
         return load_checkpoint(last_path, resume=True)
+    if os.path.exists(last_path) and not overwrite:
+        raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it, --overwrite "
+                        f"to replace it, or set another name (e.g. name=<new>)")
+    _make_run_dir(run_dir, clear=False)
+    return None
+
+
+def clear_old_run(run_dir: str) -> None:
+    """--overwrite: remove the old run now, after every check that can still fail before training (the data
+    scan, the model and its weights): a bad image or weights file leaves the old run as it was."""
+    if os.path.exists(checkpoint_paths(run_dir)[0]):
+        _make_run_dir(run_dir, clear=True)
+
+
+def _make_run_dir(run_dir: str, clear: bool) -> None:
     try:
-        if os.path.exists(last_path):
-            if not overwrite:
-                raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it, --overwrite "
-                                f"to replace it, or set another name (e.g. name=<new>)")
+        if clear:
             shutil.rmtree(run_dir)
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     except OSError as exc:
         raise UserError(f"{exc.filename or run_dir}: could not make the run folder ({exc.strerror}); expected a "
                         "writable out_dir (set out_dir=<folder>)") from None
-    return None
 
 
 DATA_HEALTH = "data_health.json"  # the pre-flight scan's data health (toolkit.datasets.health), in the run folder
