@@ -501,7 +501,9 @@ def test_concurrency_limit_answers_503_with_retry_after(model_path, tmp_path):
 @pytest.mark.slow
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(model_path, tmp_path):
     srv = Server(model_path, tmp_path, "--max-wait-ms", "1500")
-    image = encode(photo(6), "JPEG")
+    # A lone request skips the batcher's wait, so a tiny image was in flight for a few ms and the poll below
+    # could miss it. A 12 MP PNG (no draft decode) keeps it inside the server ~0.15 s or more.
+    image = encode(photo(6, (4000, 3000)), "PNG")
     answer = {}
 
     def client():
