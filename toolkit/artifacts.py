@@ -80,6 +80,12 @@ def newest_run(runs_dir: str = "runs") -> str:
     return max(runs, key=runs.get)
 
 
+def mark_newest(run: str) -> None:
+    """Make `run` the one newest_run picks (its last.pt's mtime, now): runs trained side by side finish
+    in any order, and a demo's showcase must be what `toolkit export` with no path takes."""
+    os.utime(os.path.join(run, "checkpoints", "last.pt"))
+
+
 def run_checkpoint(run: str) -> str:
     """The checkpoint to use for a run directory (best.pt, else last.pt), or the file itself."""
     if os.path.isfile(run):

@@ -114,16 +114,17 @@ def report(run=None, **given):
 
 
 def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False, out_dir: str | None = None,
-         imagenet: bool = False, steps: int | None = None, distill: bool = False):
+         imagenet: bool = False, steps: int | None = None, distill: bool = False, workers: int | None = None):
     """The offline transfer-learning demo on scikit-learn's digits: transfer vs scratch (seeds 0,1,2; labels per
     class 1,3,10). --imagenet: real ImageNet EfficientNet-Lite0 against the same net from scratch, on Fashion-MNIST
-    (labels per class 1,5,20; --steps: both arms' step cap; each run stops when validation stops improving).
+    (labels per class 1,5,20; --steps: both arms' step cap; each run stops when validation stops improving;
+    --workers: runs at once, one torch thread each, default one per core).
     --distill: small students learn from a Lite0 teacher on Fashion-MNIST, with and without unlabelled photos
     (20 labels per class; --steps: per student run). KEY=VALUE overrides apply to all its recipes."""
     from toolkit.train.demo import demo_command
 
     demo_command([str(o) for o in overrides], seeds=seeds, labels_per_class=labels_per_class, quick=quick,
-                 out_dir=out_dir, imagenet=imagenet, steps=steps, distill=distill)
+                 out_dir=out_dir, imagenet=imagenet, steps=steps, distill=distill, workers=workers)
 
 
 COMMANDS = {"train": train, "evaluate": evaluate, "export": export, "predict": predict,

@@ -8,8 +8,10 @@ import pytest
 
 from conftest import ROOT
 from fashion_helpers import tiny_demo_fashion
+from toolkit import artifacts
 from toolkit.errors import UserError
 from toolkit.train import demo_imagenet as demo
+from toolkit.train import demo_pool
 
 
 def test_tiny_demo_writes_table_json_md_and_plot(tmp_path, monkeypatch, capsys):
@@ -44,8 +46,36 @@ def test_tiny_demo_writes_table_json_md_and_plot(tmp_path, monkeypatch, capsys):
     assert "Learning rates, per arm and labels per class" in (out / "demo.md").read_text()
     assert "| 1 | transfer | **0.003** |" in (out / "demo.md").read_text()  # the sweep: one row per (K, arm, rate)
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Runs finish in any order; the showcase (the last transfer run) is what `toolkit export` picks.
+    assert artifacts.newest_run(str(out)) == saved["trust"]["run"] == str(out / "transfer-k1-s0-lr0.003")
+    assert "every run on one torch thread" in saved["machine"]
     # It ends with the next commands, and one test image per class to predict (file-safe names).
     assert "\n  toolkit export --int8" in printed and "T-shirt-top.png" in {p.name for p in (out / "samples").iterdir()}
+
+
+@pytest.mark.slow
+def test_the_table_does_not_depend_on_how_many_runs_train_at_once(tmp_path, monkeypatch):
+    tiny_demo_fashion(tmp_path, monkeypatch)
+    records = []
+    for workers in (1, 2):
+        opts = demo.ImagenetDemoOptions(seeds=[0, 1], labels_per_class=[1, 2], steps=2, transfer_lrs=[1e-3, 3e-3],
+                                        scratch_lrs=[3e-3], workers=workers, out_dir=str(tmp_path / f"w{workers}"),
+                                        overrides=[f"data.root={tmp_path / 'data'}", "data.val_fraction=0.1"])
+        records.append(demo.run_imagenet_demo(opts))
+    one, two = records
+    assert one["rows"] == two["rows"] and one["select"]["chosen"] == two["select"]["chosen"]
+    assert [(r["arm"], r["labels_per_class"], r["seed"], r["test_top1"]) for r in one["runs"]] == \
+           [(r["arm"], r["labels_per_class"], r["seed"], r["test_top1"]) for r in two["runs"]]
+
+
+def test_the_pool_runs_each_call_on_one_torch_thread_and_keeps_input_order():
+    import torch
+
+    with demo_pool.RunPool(2) as pool:
+        assert pool.run(torch.get_num_threads) == 1
+        assert demo_pool.RunPool.each(lambda x: pool.run(abs, x), [-3, 2, -1]) == [3, 2, 1]
+    assert demo_pool.worker_count(3) == 3  # asked for: taken as given
+    assert 1 <= demo_pool.worker_count(0) <= demo_pool.MAX_WORKERS
 
 
 def _runs(val_by_lr, loss_by_lr=None):
@@ -106,6 +136,8 @@ def test_bad_options_are_one_clear_error():
         demo.ImagenetDemoOptions(seeds=[]).check()
     with pytest.raises(UserError, match="positive learning rates"):
         demo.ImagenetDemoOptions(scratch_lrs=[0.0]).check()
+    with pytest.raises(UserError, match="workers -1; expected 0"):
+        demo.ImagenetDemoOptions(workers=-1).check()
 
 
 def test_cli_flag_reaches_the_imagenet_demo():

@@ -44,3 +44,4 @@ def test_machine_line_names_cpu_isa_cores_and_threads():
     line = demo_shared.machine_line()
     assert line.startswith("machine: ") and " usable cores, torch " in line and line.endswith(" threads")
     assert "AVX" in line or "no AVX2" in line or "AMX" in line  # the ISA summary of the benchmark's machine_info
+    assert demo_shared.machine_line("every run on one torch thread").endswith(", every run on one torch thread")

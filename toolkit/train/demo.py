@@ -85,14 +85,16 @@ def run_demo(seeds=(0, 1, 2), labels_per_class=(1, 3, 10), quick: bool = False, 
 
 
 def demo_command(overrides: list, seeds=None, labels_per_class=None, quick: bool = False, out_dir=None,
-                 imagenet: bool = False, steps=None, distill: bool = False) -> None:
+                 imagenet: bool = False, steps=None, distill: bool = False, workers=None) -> None:
     """`toolkit demo [--imagenet | --distill]`: only the flags given are passed on, so each demo keeps its own
     defaults."""
-    given = {k: v for k, v in dict(seeds=seeds, labels_per_class=labels_per_class, steps=steps, out_dir=out_dir).items()
-             if v is not None}
+    given = {k: v for k, v in dict(seeds=seeds, labels_per_class=labels_per_class, steps=steps, out_dir=out_dir,
+                                   workers=workers).items() if v is not None}
     given.update({k: parse_list(given[k], int, "--" + k.replace("_", "-")) for k in ("seeds", "labels_per_class")
                   if k in given},
                  quick=quick, overrides=overrides)
+    if "workers" in given and not imagenet:
+        raise UserError("demo: --workers goes with --imagenet (the other demos train one run at a time)")
     if "steps" in given and not (imagenet or distill):
         raise UserError("demo: --steps goes with --imagenet or --distill (the digits demo trains by epochs)")
     if imagenet and distill:

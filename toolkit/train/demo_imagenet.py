@@ -14,6 +14,8 @@ Protocol, the same for both arms:
    (at most MAX_EXTEND times) for that arm.
 2. Runs: the other seeds at each (arm, K)'s chosen rate (the sweep's run stands in for the first seed).
 3. Score: test top-1 of best.pt (the epoch validation liked best) on the fixed 2,000-image subset of t10k.
+Runs train several at once (toolkit.train.demo_pool), each on one torch thread; the sweeps and seeds of
+different (arm, K) pairs interleave, and the table keeps a fixed order.
 """
 from __future__ import annotations
 
@@ -22,18 +24,21 @@ import time
 from dataclasses import dataclass, field
 
 from toolkit import recipe as recipe_mod
+from toolkit.artifacts import mark_newest
 from toolkit.datasets import load_dataset
 from toolkit.datasets.fashion import CLASSES
 from toolkit.errors import UserError
 from toolkit.train.demo_shared import (add_steps, best_test_top1, machine_line, print_next_steps, recipe_path,
                                        scratch_check_line, scratch_drops, summarise, table_lines, train_quietly,
                                        write_report)
+from toolkit.train.demo_pool import RunPool, worker_count
 from toolkit.train.demo_trust import trust_table
 from toolkit.train.run_dir import read_metrics
 
 RECIPES = {"transfer": "fashion-transfer.yaml", "scratch": "fashion-scratch.yaml"}
 ORDER = ("scratch", "transfer")  # transfer last: the newest run (what `toolkit export` picks) is a transfer run
 MAX_EXTEND = 2  # grid steps a sweep may add beyond either end (see _next_rate)
+RUNS_ON = "every run on one torch thread"  # demo_pool: so the table does not depend on the core count
 
 
 @dataclass
@@ -49,6 +54,7 @@ class ImagenetDemoOptions:
     scratch_lrs: list = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])  # the scratch arm's (same breadth)
     tie_points: float = 1.0  # validation top-1 this close to the best is a tie: the lower validation loss wins
     quick: bool = False  # a smoke run: a 4-step cap, no sweep (each grid's middle rate)
+    workers: int = 0  # runs trained at once, each in its own process on one torch thread; 0: one per core
     out_dir: str = "runs/demo-imagenet"  # every run folder, demo.md, demo.json and demo.png
     overrides: list = field(default_factory=list)  # KEY=VALUE for both recipes (e.g. model.arch=...)
 
@@ -63,6 +69,8 @@ class ImagenetDemoOptions:
             raise UserError(f"demo --imagenet: eval_steps {self.eval_steps}, patience {self.patience}, probe_steps "
                             f"{self.probe_steps}, tie_points {self.tie_points}; expected eval_steps and patience "
                             "at least 1, probe_steps and tie_points at least 0")
+        if self.workers < 0:
+            raise UserError(f"demo --imagenet: workers {self.workers}; expected 0 (one per core) or more")
         if not self.transfer_lrs or not self.scratch_lrs or min(self.transfer_lrs + self.scratch_lrs) <= 0:
             raise UserError("demo --imagenet: expected a non-empty grid of positive learning rates for each arm")
 
@@ -158,47 +166,47 @@ def _next_rate(runs: list, extended: int, tie_points: float = 0.0) -> float | No
     return float(f"{best / ratio:.3g}") if best == rates[0] else None
 
 
-def _sweep_arm(opts: ImagenetDemoOptions, arm: str, k: int, seed: int) -> tuple:
+def _run_and_score(arm: str, k: int, seed: int, lr: float, name: str, opts: ImagenetDemoOptions) -> dict:
+    return _scored(_run(arm, k, seed, lr, name, opts))
+
+
+def _sweep_arm(pool: RunPool, opts: ImagenetDemoOptions, arm: str, k: int, seed: int) -> tuple:
     """One arm's rate at K: its grid (grown at an edge), each rate once; -> (rate, the runs by rate)."""
     runs, extended, todo = [], 0, _grid(opts, arm)
     while todo:
-        lr = todo.pop(0)
-        runs.append(_run(arm, k, seed, lr, f"{arm}-k{k}-s{seed}-lr{lr:g}", opts))
-        print(_line(runs[-1], ""), flush=True)
-        if not todo:
-            beyond = _next_rate(runs, extended, opts.tie_points)
-            todo, extended = ([beyond], extended + 1) if beyond is not None else ([], extended)
+        futures = [pool.submit(_run, arm, k, seed, lr, f"{arm}-k{k}-s{seed}-lr{lr:g}", opts) for lr in todo]
+        for future in futures:
+            runs.append(future.result())
+            print(_line(runs[-1], "sweep "), flush=True)
+        beyond = _next_rate(runs, extended, opts.tie_points)
+        todo, extended = ([beyond], extended + 1) if beyond is not None else ([], extended)
     return pick_rate(runs, opts.tie_points), sorted(runs, key=lambda r: r["lr"])
 
 
-def select_lrs(opts: ImagenetDemoOptions) -> tuple:
-    """Each arm's rate at each K, by validation with seeds[0]; -> ({"arm@K": lr}, the sweep's runs)."""
-    sweep, chosen = [], {}
-    for k in opts.labels_per_class:
-        for arm in ORDER:
-            chosen[f"{arm}@{k}"], runs = _sweep_arm(opts, arm, k, opts.seeds[0])
-            sweep += runs
-    return chosen, sweep
+def _arm_at_k(pool: RunPool, opts: ImagenetDemoOptions, arm: str, k: int) -> dict:
+    """One arm at one K: the rate sweep with the first seed, then the other seeds at the chosen rate; the
+    sweep's run at that rate stands in for the first seed. Only these runs are scored on test."""
+    lr, sweep = _sweep_arm(pool, opts, arm, k, opts.seeds[0])
+    first = next(r for r in sweep if r["lr"] == lr)
+    futures = [pool.submit(_scored, first)] + [pool.submit(_run_and_score, arm, k, seed, lr, f"{arm}-k{k}-s{seed}",
+                                                           opts) for seed in opts.seeds[1:]]
+    results = []
+    for future in futures:
+        results.append(future.result())
+        print(_line(results[-1], "final "), flush=True)
+    return {"lr": lr, "sweep": sweep, "results": results}
 
 
-def _target_runs(opts: ImagenetDemoOptions, chosen: dict, sweep: list) -> list:
-    """Both arms at every K and seed; the sweep's run at the chosen rate stands in for the first seed.
-    Only these runs are scored on test."""
-    reused = {(r["arm"], r["labels_per_class"], r["seed"]): r for r in sweep
-              if r["lr"] == chosen[f"{r['arm']}@{r['labels_per_class']}"]}
-    plan = [(k, seed, arm) for k in opts.labels_per_class for seed in opts.seeds for arm in ORDER]
-    todo = [p for p in plan if (p[2], p[0], p[1]) not in reused]
-    print(f"[2/3] Fashion-MNIST, {opts.labels_per_class} labels per class, seeds {opts.seeds}: transfer vs scratch "
-          f"({len(todo)} runs, {len(plan) - len(todo)} from the sweep)", flush=True)
-    results, done = [], 0
-    for k, seed, arm in plan:
-        if (arm, k, seed) in reused:
-            results.append(_scored(reused[(arm, k, seed)]))
-            continue
-        results.append(_scored(_run(arm, k, seed, chosen[f"{arm}@{k}"], f"{arm}-k{k}-s{seed}", opts)))
-        done += 1
-        print(_line(results[-1], f"{done:2d}/{len(todo)}  "), flush=True)
-    return results
+def run_all(pool: RunPool, opts: ImagenetDemoOptions) -> tuple:
+    """Every arm at every K, sharing the pool's workers; -> ({"arm@K": lr}, the sweep's runs, the scored
+    runs), each in a fixed order (K, then arm; seeds in order), whatever order they finished in."""
+    pairs = [(arm, k) for k in opts.labels_per_class for arm in ORDER]
+    done = RunPool.each(lambda pair: _arm_at_k(pool, opts, *pair), pairs)
+    chosen = {f"{arm}@{k}": d["lr"] for (arm, k), d in zip(pairs, done)}
+    sweep = [r for d in done for r in d["sweep"]]
+    scored = {(r["arm"], r["labels_per_class"], r["seed"]): r for d in done for r in d["results"]}
+    results = [scored[(arm, k, seed)] for k in opts.labels_per_class for seed in opts.seeds for arm in ORDER]
+    return chosen, sweep, results
 
 
 def _sweep_lines(sweep: list, chosen: dict, seed: int, tie_points: float) -> list:
@@ -214,7 +222,7 @@ def _sweep_lines(sweep: list, chosen: dict, seed: int, tie_points: float) -> lis
 
 def _table_lines(opts: ImagenetDemoOptions, rows: list, chosen: dict, probe, test_images: int, wall: float) -> list:
     rates = ", ".join(f"{k}: {chosen[f'transfer@{k}']:g} / {chosen[f'scratch@{k}']:g}" for k in opts.labels_per_class)
-    return [f"[3/3] Fashion-MNIST test top-1 (a fixed {test_images:,} of t10k) of best.pt, mean ± std over seeds "
+    return [f"[2/2] Fashion-MNIST test top-1 (a fixed {test_images:,} of t10k) of best.pt, mean ± std over seeds "
             + ", ".join(map(str, opts.seeds)) + "; steps: each arm's steps a run (mean), of a shared cap of "
             f"{_steps(opts)}", "", *table_lines(rows, steps=True), "",
             f"transfer: {probe.model.arch} from ImageNet weights" + (
@@ -223,7 +231,7 @@ def _table_lines(opts: ImagenetDemoOptions, rows: list, chosen: dict, probe, tes
             + f"; scratch: the same net from random weights; both {probe.preprocess.crop} px, {probe.train.optimizer}, "
             f"until validation top-1 stops improving ({opts.patience} validations, about every {opts.eval_steps} "
             f"steps) or the cap; rates (transfer / scratch) picked on validation per labels per class: {rates}",
-            scratch_check_line(rows), machine_line(), f"demo wall time {wall / 60:.1f} min"]
+            scratch_check_line(rows), machine_line(RUNS_ON), f"demo wall time {wall / 60:.1f} min"]
 
 
 def run_imagenet_demo(opts: ImagenetDemoOptions) -> dict:
@@ -234,14 +242,18 @@ def run_imagenet_demo(opts: ImagenetDemoOptions) -> dict:
                   epochs=1)
     arch, px = probe.model.arch, probe.preprocess.crop
     test_images = len(load_dataset(probe, scan=False).test)  # also stops here when the files are missing
-    print(f"[1/3] learning rates: each arm's grid at each labels per class, seed {opts.seeds[0]}, picked on "
-          f"validation ({arch}, {px} px, {probe.train.optimizer}, a cap of {_steps(opts)} steps a run)", flush=True)
-    chosen, sweep = select_lrs(opts)
-    results = _target_runs(opts, chosen, sweep)
+    workers = worker_count(opts.workers)
+    print(f"[1/2] {len(opts.labels_per_class) * len(ORDER)} (arm, labels per class) pairs: each sweeps its rate grid "
+          f"with seed {opts.seeds[0]} (picked on validation), then trains seeds {opts.seeds[1:]} at that rate ({arch}, "
+          f"{px} px, {probe.train.optimizer}, a cap of {_steps(opts)} steps a run; {workers} runs at once, one torch "
+          "thread each)", flush=True)
+    with RunPool(workers) as pool:
+        chosen, sweep, results = run_all(pool, opts)
+        showcase = [r["run"] for r in results if r["arm"] == "transfer"][-1]
+        trust, trusted = pool.run(trust_table, showcase)  # calibration and the "unknown" answer vs digits
+    mark_newest(showcase)  # runs finish in any order: `toolkit export` with no path must pick the showcase
     rows = add_steps(summarise(results, opts.labels_per_class), results)
     lines = _table_lines(opts, rows, chosen, probe, test_images, time.time() - started)
-    showcase = [r["run"] for r in results if r["arm"] == "transfer"][-1]  # the last one trained, unless reused
-    trust, trusted = trust_table(showcase)  # calibration and the "unknown" answer vs scikit-learn's digits
     report = "\n".join([*lines, "", *trust])
     print(report)
     record = {"arch": arch, "input_px": px, "steps": _steps(opts), "test_images": test_images,
@@ -249,7 +261,7 @@ def run_imagenet_demo(opts: ImagenetDemoOptions) -> dict:
                          "probe_steps": 0 if opts.quick else opts.probe_steps},
               "select": {"seed": opts.seeds[0], "chosen": chosen, "tie_points": opts.tie_points,
                          "grids": {arm: _grid(opts, arm) for arm in ORDER}, "runs": sweep},
-              "rows": rows, "runs": results, "scratch_drops": scratch_drops(rows), "machine": machine_line(),
+              "rows": rows, "runs": results, "scratch_drops": scratch_drops(rows), "machine": machine_line(RUNS_ON),
               "wall_time_s": round(time.time() - started, 1), "quick": opts.quick, "trust": trusted}
     markdown = "\n".join([report, "", *_sweep_lines(sweep, chosen, opts.seeds[0], opts.tie_points)])
     paths = write_report(opts.out_dir, markdown, record, f"Fashion-MNIST: {arch} ImageNet transfer vs scratch")

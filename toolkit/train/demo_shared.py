@@ -125,13 +125,15 @@ def _cpu_family_model() -> str:
     return f"family {fields['cpu family']} model {fields['model']}" if len(fields) == 2 else ""
 
 
-def machine_line() -> str:
-    """What the table ran on, printed under it: CPU, its ISA, cores and torch's threads. The numbers move
-    across machines (docs/demo.md says how far and why), so every table names its machine."""
+def machine_line(threads: str = "") -> str:
+    """What the table ran on, printed under it: CPU, its ISA, cores and torch's threads (`threads`: how the
+    runs used them, when not this process's thread count). The numbers move across machines (docs/demo.md
+    says how far and why), so every table names its machine."""
     m = machine_info()
     family = _cpu_family_model()
     return (f"machine: {m.cpu}" + (f" ({family})" if family else "") + f", {m.isa['summary']}, "
-            f"{m.usable_cpus} usable cores, torch {torch.__version__} with {torch.get_num_threads()} threads")
+            f"{m.usable_cpus} usable cores, torch {torch.__version__}, "
+            + (threads or f"{torch.get_num_threads()} threads"))
 
 
 def plot_rows(path: str, rows: list, title: str) -> None:

@@ -54,7 +54,7 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
     if recipe is None:
         recipe = recipe_mod.from_dict(ckpt["recipe"], source=f"{checkpoint} (recipe)", check_paths=False)
     if dataset is None:
-        dataset = data_mod.load_dataset(recipe)
+        dataset = data_mod.load_dataset(recipe, quiet=quiet)
     if list(dataset.labels) != list(ckpt["labels"]):
         raise UserError(f"{checkpoint}: trained on classes {_short(ckpt['labels'])} but the data has "
                         f"{_short(dataset.labels)}; expected the same classes in the same order")
@@ -72,16 +72,18 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
 
 def split_logits(model, recipe, items: list, batch_size: int, dev):
     """(logits, targets, mean loss) of a model on `items` ((image, label) pairs: a split of a data set),
-    with the recipe's eval transform."""
+    with the recipe's eval transform, in the memory layout training used (channels_last where it is faster)."""
     import torch
     from torch.utils.data import DataLoader
 
     from toolkit.train import data as data_mod
+    from toolkit.train.device import use_channels_last
 
     loader = DataLoader(data_mod.ImageDataset(items, data_mod.eval_preprocess(recipe),
                                               max_pixels=recipe.data.max_pixels),
                         batch_size=batch_size, num_workers=recipe.data.workers)
-    return collect_logits(model.to(dev), loader, dev, None, torch.nn.CrossEntropyLoss())
+    layout = torch.channels_last if use_channels_last(recipe.train, dev, recipe.model.arch) else torch.preserve_format
+    return collect_logits(model.to(dev, memory_format=layout), loader, dev, None, torch.nn.CrossEntropyLoss())
 
 
 def _short(labels) -> str:

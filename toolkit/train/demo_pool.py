@@ -1,0 +1,66 @@
+"""The demos' training runs, several at once: each in a worker process on one torch thread.
+
+Two 1-thread runs side by side train about twice as fast as one run on two threads (small 64 px
+batches leave a second thread idle most of the time), and a run's numbers depend on its thread count:
+with every run on one thread, the demo's table is the same whatever the core count (docs/demo.md).
+Workers are spawned, not forked: a forked child of a process that has used OpenMP can hang.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+
+from toolkit.runtime.benchmark.machine import physical_cores
+
+MAX_WORKERS = 8  # beyond this the demo's 30-odd runs leave workers idle at the end anyway
+WORKER_BYTES = 1.5 * 2**30  # one worker's peak memory, rounded up (measured: docs/demo.md)
+
+
+def worker_count(asked: int) -> int:
+    """`asked` workers; 0: one per physical core, as many as free memory holds, at most MAX_WORKERS."""
+    if asked > 0:
+        return asked
+    try:
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not Linux: cores alone decide
+        free = MAX_WORKERS * WORKER_BYTES
+    return max(1, min(physical_cores(), MAX_WORKERS, int(free // WORKER_BYTES)))
+
+
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class RunPool:
+    """Calls `fn(*args)` in worker processes, one torch thread each, `workers` at a time. `run` blocks, so
+    a caller that must wait for one result before it knows the next run (a learning-rate sweep) writes
+    that logic plainly in a thread of `each` and still shares the workers with the others."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_one_torch_thread)
+
+    def __enter__(self) -> "RunPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, fn, *args) -> Future:
+        return self._pool.submit(fn, *args)
+
+    def run(self, fn, *args):
+        return self.submit(fn, *args).result()
+
+    @staticmethod
+    def each(fn, items: list) -> list:
+        """fn(item) for every item, each in its own thread (they wait on the workers, not the CPU); results
+        in the order of `items`, whatever order they finish in."""
+        if not items:
+            return []
+        with ThreadPoolExecutor(len(items)) as threads:
+            return list(threads.map(fn, items))
