@@ -59,6 +59,15 @@ def test_training_wrote_tensorboard_logs(run):
     assert [e.step for e in events.Scalars("loss/train")] == [1]
 
 
+def test_tensorboard_false_writes_no_event_files(tmp_path):
+    said = []
+    log = tb_mod.TensorBoardLog(str(tmp_path), ["a", "b"], say=said.append, enabled=False)
+    log.log_epoch({"epoch": 1, "train_loss": 1.0, "train_top1": 50.0, "lr": {"head": 0.1}, "val_top1": 50.0},
+                  [[1, 0], [1, 0]])
+    log.close()
+    assert not (tmp_path / "tb").exists() and said == []  # off on purpose: no "not installed" note either
+
+
 def test_scores_per_class_and_top_losses(run, tmp_path):
     data = build_report(run["dir"], ReportOptions(out_dir=str(tmp_path), top=5))
     s = data["scores"]

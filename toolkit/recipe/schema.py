@@ -98,6 +98,7 @@ class TrainConfig:
     save_every: int = 1  # rewrite last.pt every N epochs: a kill -9 loses at most this many
     early_stopping: Optional[int] = None  # stop after N validations without a better val top-1
     nan_patience: int = 3  # stop after this many non-finite steps
+    tensorboard: bool = True  # event files in runs/<name>/tb/ when the tensorboard package is installed
     deterministic: bool = False  # bit-reproducible kernels (slower)
     sync_batchnorm: bool = False  # distributed, _bn archs, CUDA: BatchNorm statistics over the global batch
     dist_timeout: float = 1800  # distributed: seconds a process waits for the others before giving up

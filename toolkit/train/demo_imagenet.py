@@ -97,7 +97,7 @@ def budget(cap: int, per_epoch: int, eval_steps: int, probe_steps: int) -> dict:
 def _load(arm: str, k: int, seed: int, lr: float, name: str, opts: ImagenetDemoOptions, epochs=None):
     """The arm's recipe for one run; `epochs` None: the budget's (early stopping within the step cap)."""
     base = [f"out_dir={opts.out_dir}", f"name={name}", f"seed={seed}", f"data.labels_per_class={k}",
-            f"train.lr={lr}", *opts.overrides]
+            f"train.lr={lr}", "train.tensorboard=false", *opts.overrides]  # 30-odd short runs: no event files
     recipe = recipe_mod.load(recipe_path(RECIPES[arm]), base)
     if epochs is not None:
         return recipe_mod.load(recipe_path(RECIPES[arm]), base + [f"train.epochs={epochs}"])

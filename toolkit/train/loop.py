@@ -228,7 +228,8 @@ class _Session:
         self.say(balance.describe(t, dataset.train, self.labels))
         self.steps_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
         if self.main:
-            self.tb = TensorBoardLog(recipe.run_dir, self.labels, first_epoch=self.state.epoch, say=self.say)
+            self.tb = TensorBoardLog(recipe.run_dir, self.labels, first_epoch=self.state.epoch, say=self.say,
+                                     enabled=t.tensorboard)
         self.schedule = LrSchedule(t, self.steps_per_epoch)
         autocast = self.step.autocast
         self.say(f"data: {len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test images, "

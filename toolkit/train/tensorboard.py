@@ -1,6 +1,7 @@
 """TensorBoard logs of a run in runs/<name>/tb/: per epoch the losses, top-1/top-5, the learning rate of each
 layer group, and the validation confusion matrix as a picture. Only when the `tensorboard` package is
-installed (pip install 'toolkit[tb]'); without it training runs as before, with one note line.
+installed (pip install 'toolkit[tb]') and train.tensorboard is true; without the package training runs as
+before, with one note line.
 Open them with: tensorboard --logdir runs/<name>/tb"""
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ def summary_writer_class():
 class TensorBoardLog:
     """One run's event files. `first_epoch`: a resumed run drops the events after its checkpoint's epoch."""
 
-    def __init__(self, run_dir: str, labels: list, first_epoch: int = 0, say=print):
-        writer_class = summary_writer_class()
+    def __init__(self, run_dir: str, labels: list, first_epoch: int = 0, say=print, enabled: bool = True):
+        writer_class = summary_writer_class() if enabled else None
         self.labels = list(labels)
         self.writer = None
+        if not enabled:  # train.tensorboard: false
+            return
         if writer_class is None:
             say("note: no TensorBoard logs (the tensorboard package is not installed: pip install 'toolkit[tb]')")
             return
