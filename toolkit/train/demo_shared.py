@@ -40,15 +40,16 @@ def train_quietly(recipe, evaluate_test: bool = True) -> float:
 
 
 def final_test_top1(run_dir: str, batch_size: int = 32) -> float:
-    """Test top-1 of the run's final weights (last.pt), not of the epoch validation liked best."""
+    """Test top-1 of the run's final weights (last.pt), not of the epoch validation liked best. The data is not
+    scanned again here (scan=False): the run scanned it when it trained."""
     last = os.path.join(run_dir, "checkpoints", "last.pt")
-    return evaluate_checkpoint(last, split="test", batch_size=batch_size, quiet=True)["top1"]
+    return evaluate_checkpoint(last, split="test", batch_size=batch_size, quiet=True, scan=False)["top1"]
 
 
 def best_test_top1(run_dir: str, batch_size: int = 32) -> float:
     """Test top-1 of the weights validation liked best (best.pt): the demos that stop early score these."""
     best = os.path.join(run_dir, "checkpoints", "best.pt")
-    return evaluate_checkpoint(best, split="test", batch_size=batch_size, quiet=True)["top1"]
+    return evaluate_checkpoint(best, split="test", batch_size=batch_size, quiet=True, scan=False)["top1"]
 
 
 def summarise(results: list, labels_per_class: list) -> list:

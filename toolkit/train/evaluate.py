@@ -42,8 +42,9 @@ def collect_logits(model, loader, device, autocast=None, criterion=None):
 
 
 def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str = "val", batch_size: int = 32,
-                        device: str = "auto", quiet: bool = False) -> dict:
-    """Evaluate a toolkit checkpoint on a split of its own data set (or of `recipe`'s)."""
+                        device: str = "auto", quiet: bool = False, scan: bool = True) -> dict:
+    """Evaluate a toolkit checkpoint on a split of its own data set (or of `recipe`'s). `scan=False` skips
+    the data scan (toolkit.datasets.load_dataset): for a caller that has just trained on that data."""
     from toolkit.train import data as data_mod
     from toolkit.train.device import pick_device
     from toolkit.train.model import model_from_checkpoint
@@ -54,7 +55,7 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
     if recipe is None:
         recipe = recipe_mod.from_dict(ckpt["recipe"], source=f"{checkpoint} (recipe)", check_paths=False)
     if dataset is None:
-        dataset = data_mod.load_dataset(recipe, quiet=quiet)
+        dataset = data_mod.load_dataset(recipe, scan=scan, quiet=quiet)
     if list(dataset.labels) != list(ckpt["labels"]):
         raise UserError(f"{checkpoint}: trained on classes {_short(ckpt['labels'])} but the data has "
                         f"{_short(dataset.labels)}; expected the same classes in the same order")

@@ -39,7 +39,7 @@ from toolkit.train.plots import save_plots
 from toolkit.train.report import write_after_training
 from toolkit.train.run_dir import (append_metrics, checkpoint_paths, clear_old_run, prepare_run_dir, write_distill,
                                    write_run_files, write_summary)
-from toolkit.train.sampling import EpochBatches, SeededAugmentation, run_loader
+from toolkit.train.sampling import EpochBatches, ReplayedBatches, SeededAugmentation, run_loader
 from toolkit.train.schedule import LrSchedule
 from toolkit.train.state import RunState, rng_state, seed_everything, set_rng_state
 from toolkit.train.step import TrainStep, build_optimizer
@@ -51,6 +51,9 @@ class NonFiniteLoss(UserError):
     pass
 
 
+VAL_REPLAY_BYTES = 256 * 2**20  # a validation split up to this size is prepared once a run, then replayed
+
+
 @dataclass
 class TrainOptions:
     """How one session runs: the keyword arguments of `train`."""
@@ -59,14 +62,15 @@ class TrainOptions:
     stop_after_epochs: int | None = None  # end this session after that many epochs, as if interrupted (tests)
     quiet: bool = False  # no log lines, no progress bar
     evaluate_test: bool = True  # score best.pt on the test split for summary.json (the demo scores last.pt itself)
-    report: bool = True  # write report.html / report.json at the end (toolkit.train.report)
+    report: bool = True  # write report.html / report.json, curves.png and confusion.png at the end
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_after_epochs: int | None = None,
           quiet: bool = False, evaluate_test: bool = True, report: bool = True) -> dict:
     """Train a recipe end to end; returns the summary. `stop_after_epochs` ends this session early, as if
     interrupted after that many epochs (used by tests). `evaluate_test=False` leaves the test split to the
-    caller (the demo scores last.pt itself). `report=False`: no report.html at the end.
+    caller (the demo scores last.pt itself). `report=False`: no report.html and no plots at the end (the
+    demos' 30-odd short runs).
 
     Under torchrun every process calls this; see the module docstring."""
     opts = TrainOptions(resume, overwrite, stop_after_epochs, quiet, evaluate_test, report)
@@ -110,7 +114,8 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
         run.tb.close()
     if not ctx.is_main:
         return {"run": recipe.run_dir, "rank": ctx.rank}
-    run.plots()
+    if opts.report:
+        run.plots()
     summary = write_summary(recipe, run.dataset if opts.evaluate_test else None, device, run.state, started,
                             opts.quiet, world=ctx.world)
     if opts.report:
@@ -222,8 +227,9 @@ class _Session:
             self.start_distilling(items, augment, preprocess)
         val_set = data_mod.ImageDataset(dataset.val, preprocess, max_pixels=recipe.data.max_pixels)
         # Each rank validates its share of the images; the report is gathered, so every rank sees the same one.
-        self.val_loader = run_loader(val_set, recipe.data.workers, self.device, sampler=ctx.share(len(val_set)),
-                                      batch_size=max(1, t.batch_size // ctx.world))
+        self.val_loader = ReplayedBatches(run_loader(val_set, recipe.data.workers, self.device,
+                                                     sampler=ctx.share(len(val_set)),
+                                                     batch_size=max(1, t.batch_size // ctx.world)), VAL_REPLAY_BYTES)
         self.sample_weights = balance.sample_weights(t, dataset.train, len(self.labels))
         self.say(balance.describe(t, dataset.train, self.labels))
         self.steps_per_epoch = math.ceil(len(self.train_set) / t.batch_size)

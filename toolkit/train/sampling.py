@@ -91,3 +91,26 @@ def run_loader(dataset, workers, device, sampler=None, batch_size=None, batch_sa
                       batch_sampler=batch_sampler, num_workers=workers,
                       worker_init_fn=_worker_init if workers else None, pin_memory=device.type == "cuda",
                       generator=torch.Generator().manual_seed(0), persistent_workers=False)
+
+
+class ReplayedBatches:
+    """Batches that are the same on every pass (validation: the eval transform draws nothing at random):
+    the first whole pass is kept when it fits in `max_bytes` and replayed after it, so a run that validates
+    every few steps prepares its validation images once. Bigger splits are prepared every pass."""
+
+    def __init__(self, loader, max_bytes: int):
+        self.loader, self.max_bytes, self.kept = loader, max_bytes, None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.kept is not None:
+            yield from self.kept
+            return
+        kept, size = [], 0
+        for batch in self.loader:
+            size += sum(t.numel() * t.element_size() for t in batch if isinstance(t, torch.Tensor))
+            kept = kept + [batch] if kept is not None and size <= self.max_bytes else None
+            yield batch
+        self.kept = kept  # only a whole pass is replayed
