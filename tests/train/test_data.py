@@ -164,6 +164,35 @@ def test_loaders_shuffle_reproducibly(tmp_path):
     assert torch.equal(val[0][0][0], torch.from_numpy(D.eval_preprocess(recipe)(ds.val[0][0])))
 
 
+def test_validation_batches_are_prepared_once_and_replayed_when_they_fit():
+    from toolkit.train.sampling import ReplayedBatches
+
+    class Counting:  # a loader that counts its passes
+        passes = 0
+
+        def __len__(self):
+            return 2
+
+        def __iter__(self):
+            Counting.passes += 1
+            yield torch.zeros(4, 3), torch.arange(4)
+            yield torch.ones(2, 3), torch.arange(2)
+
+    small = ReplayedBatches(Counting(), max_bytes=1024)
+    first, second = list(small), list(small)
+    assert Counting.passes == 1 and len(small) == 2
+    assert all(torch.equal(a, b) for x, y in zip(first, second) for a, b in zip(x, y))
+    Counting.passes = 0
+    big = ReplayedBatches(Counting(), max_bytes=64)  # 4x3 floats alone are 48 bytes, with labels more than 64
+    list(big), list(big)
+    assert Counting.passes == 2  # too big to keep: prepared every pass
+    Counting.passes = 0
+    broken = ReplayedBatches(Counting(), max_bytes=1024)
+    next(iter(broken))  # a pass left half way is not kept
+    list(broken)
+    assert Counting.passes == 2
+
+
 def test_measure_pipeline_smoke():
     result = D.measure_pipeline(make_recipe(), n=3)
     assert result["images"] == 3 and result["train_images_per_s"] > 0 and result["eval_images_per_s"] > 0

@@ -42,6 +42,8 @@ def test_tiny_demo_writes_table_json_md_and_plot(tmp_path, monkeypatch, capsys):
     transfer = (out / "transfer-k1-s0-lr0.003" / "recipe.yaml").read_text()
     assert "weights: imagenet" in transfer and "arch: efficientnet_lite0" in transfer
     assert "weights: none" in (out / "scratch-k1-s0-lr0.003" / "recipe.yaml").read_text()
+    run_files = {p.name for p in (out / "transfer-k1-s0-lr0.003").iterdir()}
+    assert not run_files & {"tb", "curves.png", "confusion.png", "report.html"}  # 30-odd short runs: none of these
     assert "| labels per class |" in (out / "demo.md").read_text()
     assert "Learning rates, per arm and labels per class" in (out / "demo.md").read_text()
     assert "| 1 | transfer | **0.003** |" in (out / "demo.md").read_text()  # the sweep: one row per (K, arm, rate)

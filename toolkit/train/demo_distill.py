@@ -298,5 +298,5 @@ def run_distill_demo(opts: DistillDemoOptions) -> dict:
     paths = [os.path.join(opts.out_dir, name) for name in ("demo.json", "demo.md")]
     atomic_write(paths[0], json.dumps(record, indent=2) + "\n")
     atomic_write(paths[1], report + "\n")
-    print(f"written: {', '.join(paths)}; every run's curves and checkpoints are in {opts.out_dir}/")
+    print(f"written: {', '.join(paths)}; every run's metrics.jsonl and checkpoints are in {opts.out_dir}/")
     return record

@@ -265,6 +265,6 @@ def run_imagenet_demo(opts: ImagenetDemoOptions) -> dict:
               "wall_time_s": round(time.time() - started, 1), "quick": opts.quick, "trust": trusted}
     markdown = "\n".join([report, "", *_sweep_lines(sweep, chosen, opts.seeds[0], opts.tie_points)])
     paths = write_report(opts.out_dir, markdown, record, f"Fashion-MNIST: {arch} ImageNet transfer vs scratch")
-    print(f"written: {', '.join(paths)}; every run's curves and checkpoints are in {opts.out_dir}/")
+    print(f"written: {', '.join(paths)}; every run's metrics.jsonl and checkpoints are in {opts.out_dir}/")
     print_next_steps(probe, showcase, opts.out_dir)
     return record
