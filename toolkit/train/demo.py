@@ -75,7 +75,8 @@ def run_demo(seeds=(0, 1, 2), labels_per_class=(1, 3, 10), quick: bool = False, 
     report = "\n".join(lines)
     print(report)
     record = {"source_test_top1": source_summary.get("test_top1"), "rows": rows, "runs": results,
-              "scratch_drops": scratch_drops(rows), "machine": machine_line(), "wall_time_s": round(wall, 1), "quick": quick}
+              "scratch_drops": scratch_drops(rows), "machine": machine_line(), "wall_time_s": round(wall, 1),
+              "quick": quick}
     paths = write_report(out_dir, report, record, "digits 5-9: transfer from digits 0-4 vs scratch")
     print(f"written: {', '.join(paths)}; every run's metrics.jsonl and checkpoints are in {out_dir}/")
     showcase = os.path.join(out_dir, f"transfer-k{labels_per_class[-1]}-s{seeds[-1]}")

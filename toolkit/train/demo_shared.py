@@ -71,7 +71,8 @@ def add_steps(rows: list, results: list) -> list:
     the table's steps columns; results carry "steps"."""
     for row in rows:
         for arm in ARMS:
-            steps = [r["steps"] for r in results if r["arm"] == arm and r["labels_per_class"] == row["labels_per_class"]]
+            k = row["labels_per_class"]
+            steps = [r["steps"] for r in results if r["arm"] == arm and r["labels_per_class"] == k]
             row[arm]["steps"] = round(statistics.mean(steps))
     return rows
 
