@@ -29,7 +29,7 @@ from toolkit.export.staging import Staging
 from toolkit.runtime.engines import ENGINES, EngineOptions, adapter_for, engines_with, open_engine, reference_engine
 from toolkit.runtime.onnx_eval import load_pixels, run_logits
 
-__all__ = ["calibrate_files", "MIN_AGREEMENT", "CONFIDENCE", "MAX_IMAGES"]
+__all__ = ["calibrate_files", "decision_agreement", "MIN_AGREEMENT", "CONFIDENCE", "MAX_IMAGES"]
 
 MIN_AGREEMENT = 0.99  # accept/reject agreement with the FP32 file on ORT CPU, every engine and twin
 CONFIDENCE = 0.95  # how sure the gate must be that an engine's disagreement is above 1 - MIN_AGREEMENT
@@ -72,6 +72,20 @@ def calibrate_files(job: ExportJob, staging: Staging, data, out_pixels: np.ndarr
             f"{f['ece_after'] * 100:.2f}%, {score} score accepts {f['accept_rate'] * 100:.1f}%; decisions agree "
             + ", ".join(f"{k} {v * 100:.1f}%" for k, v in agreement.items()))
     return result
+
+
+def decision_agreement(fp32_logits: np.ndarray, logits: np.ndarray, targets: np.ndarray,
+                       accept_rate: float) -> tuple[float | None, bool]:
+    """(the share of images on which a twin takes the FP32 file's accept/reject decision, each with its own
+    T and threshold, and whether step 3 would refuse it), with the default score; (None, False) on too few
+    images. Lets the INT8 ladder try its next setting rather than fail here after choosing one."""
+    n = min(len(targets), MAX_IMAGES)
+    if calibration.too_few(n):
+        return None, False
+    ref, twin = (calibration.fit(x[:n], targets[:n], accept_rate) for x in (fp32_logits, logits))
+    agree = float(np.mean(_decisions(fp32_logits[:n], ref) == _decisions(logits[:n], twin)))
+    differ = int(round((1.0 - agree) * n))
+    return agree, calibration.rate_lower_bound(differ, n, CONFIDENCE) > 1.0 - MIN_AGREEMENT
 
 
 def _logits(path: str, engine: str, precision: str, pixels: np.ndarray, job: ExportJob, raw: bool) -> np.ndarray:
