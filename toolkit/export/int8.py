@@ -4,8 +4,11 @@ The budget is the top-1 drop FP32 -> INT8, both through ONNX Runtime on the run'
 (the same code as `toolkit evaluate`). The first setting is the user's (per-channel minmax by
 default). When it misses the budget, export tries the others in `search_order`, and keeps the first
 that fits: the order runs from the cheapest change to the costliest, so the first fit is also the
-smallest, fastest file that meets the budget. If none fits, one UserError lists every setting tried
-with its drop, and the staging leaves nothing behind (docs/export.md).
+smallest, fastest file that meets the budget. A setting fits when it meets the budget and the accept/reject
+agreement gate that the calibration stage would apply to it (toolkit.export.calibrate.decision_agreement).
+With --int8-qat-steps, the last rung is a short quantization-aware fine-tune of a copy of the model
+(toolkit.export.qat), quantized and judged like any setting. If none fits, one UserError lists every
+setting tried with its drop, and the staging leaves nothing behind (docs/export.md).
 
 Time stays bounded: the calibration and validation images are read once, the FP32 logits computed
 once, the graph pre-processed once, each calibration method's ranges computed once (toolkit.export.

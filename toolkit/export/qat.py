@@ -36,7 +36,7 @@ from torch.nn.utils import parametrize
 
 from toolkit.preprocess import Preprocess
 
-QAT_LR = 1e-5  # small: the checkpoint is already trained, the fine-tune only adapts it to the rounding
+QAT_LR = 3e-5  # small: the checkpoint is already trained, the fine-tune only adapts it to the rounding
 QAT_BATCH = 32
 QAT_IMAGES = 2048  # training images held in memory (uint8) for the fine-tune, a seeded sample
 
