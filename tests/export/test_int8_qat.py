@@ -97,6 +97,7 @@ def test_qat_rung_runs_and_is_reported_when_no_setting_fits(base, monkeypatch):
     assert info["setting"] == "per-channel minmax, after 3 QAT steps" and info["attempt"] == 2
     assert info["attempts_planned"] == 2 and info["qat"]["steps"] == 3 and calls[0]["steps"] == 3
     assert info["qat"]["seconds"] > 0 and info["tried"][1]["seconds"] >= info["qat"]["seconds"]
+    assert report["timings"]["int8_qat_s"] == info["tried"][1]["seconds"]
     meta = read_metadata(report["files"]["int8"]["path"])["quantization"]
     assert meta["qat"]["steps"] == 3 and meta["setting"] == info["setting"]
     assert not [f for f in os.listdir(root / "exports") if f.startswith(".tmp")]  # the QAT work folder is gone

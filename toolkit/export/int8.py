@@ -132,6 +132,7 @@ def _qat_rung(job: ExportJob, staging: Staging, data, calib: np.ndarray, scoring
         prepared = prepare(fp32_path, work, o.keep_fp32, job.block_of)
         tried.append(_attempt(job, staging, prepared, setting, calib, scoring))
     tried[-1].update(qat=qat_info, seconds=round(time.perf_counter() - t, 3))
+    job.timings["int8_qat_s"] = tried[-1]["seconds"]
     _say_attempt(job, scoring, tried[-1])
     if not _fits(tried[-1], o.int8_budget):
         raise UserError(_failure(job, scoring, tried, len(calib)))
@@ -148,6 +149,8 @@ def training_pixels(job: ExportJob, data) -> np.ndarray:
     """A seeded sample of at most QAT_IMAGES training images, as uint8 pixels (the QAT rung's data)."""
     order = np.random.default_rng(1).permutation(len(data.train))[:QAT_IMAGES]
     pixels, _, _ = load_pixels([data.train[i] for i in order], job.preprocess, job.recipe.data.max_pixels)
+    if len(pixels) == 0:
+        raise UserError("--int8-qat-steps: none of the sampled training images could be read for the fine-tune")
     return pixels
 
 
@@ -215,7 +218,8 @@ def _stage_choice(job: ExportJob, staging: Staging, prepared: Prepared, tried: l
              "shape_nodes_float": len(prepared.shape_nodes),
              "split": scoring.split, "n": int(len(scoring.pixels)), "budget": o.int8_budget,
              "fp32_top1": scoring.fp32["top1"], "int8_top1": chosen["int8_top1"], "top1_drop": chosen["top1_drop"],
-             "setting": _label(chosen), "attempt": len(tried), "attempts_planned": planned + (1 if o.int8_qat_steps else 0),
+             "setting": _label(chosen), "attempt": len(tried),
+             "attempts_planned": planned + (1 if o.int8_qat_steps else 0),
              "search": bool(o.int8_search), "qat": chosen.get("qat"),
              "decision_agreement": chosen["decision_agreement"]}
     q = onnx.load(chosen["path"])
