@@ -24,7 +24,7 @@ import numpy as np
 
 from toolkit import contract
 from toolkit.errors import UserError
-from toolkit.export.calibrate import decision_agreement
+from toolkit.export.calibrate import MAX_IMAGES, decision_agreement, pick_score
 from toolkit.export.options import CALIB_METHODS
 from toolkit.export.plan import ExportJob, base_metadata
 from toolkit.export.qat import QAT_IMAGES, fine_tune
@@ -44,6 +44,7 @@ class Scoring:
     targets: np.ndarray  # their class indices
     fp32_logits: np.ndarray  # the FP32 file's logits on them, through ORT
     fp32: dict  # accuracy_report of fp32_logits
+    score: str  # the OOD score the calibration stage will use (toolkit.export.calibrate.pick_score)
 
 
 def search_order(options, prepared: Prepared) -> list:
@@ -58,12 +59,12 @@ def search_order(options, prepared: Prepared) -> list:
     return order if options.int8_search else order[:1]
 
 
-def int8_twin(job: ExportJob, staging: Staging, data, why) -> dict:
+def int8_twin(job: ExportJob, staging: Staging, data, why, out_pixels=None) -> dict:
     """Stage the INT8 twin of the first setting that meets the budget and the agreement gate (the QAT rung
-    last, with --int8-qat-steps); returns what the report says of it."""
+    last, with --int8-qat-steps); returns what the report says of it. out_pixels: the --ood images, or None."""
     t = time.perf_counter()
     o = job.options
-    scoring = _scoring(job, staging, data, check_int8_data(data, why))
+    scoring = _scoring(job, staging, data, check_int8_data(data, why), out_pixels)
     calib = calibration_images(job, data)
     with writing(twin_path(job.path, "int8")):  # ORT's quantizer writes its own files: a full disk there too
         prepared = prepare(staging.files["fp32"], staging.work_dir(".tmp-quant-"), o.keep_fp32, job.block_of)
@@ -175,15 +176,16 @@ def calibration_images(job: ExportJob, data) -> np.ndarray:
     return calib
 
 
-def _scoring(job: ExportJob, staging: Staging, data, split: str) -> Scoring:
-    """The evaluation images and the FP32 file's logits and accuracy on them."""
+def _scoring(job: ExportJob, staging: Staging, data, split: str, out_pixels) -> Scoring:
+    """The evaluation images, the FP32 file's logits and accuracy on them, and the OOD score."""
     items = getattr(data, split)
     pixels, targets, _ = load_pixels(items, job.preprocess, job.recipe.data.max_pixels)
     if len(pixels) == 0:
         raise UserError(f"--int8: none of the {len(items)} {split} images could be read")
     logits = run_logits(engine_session(staging.files["fp32"], None, "cpu", None), pixels, job.preprocess, False)
+    score = pick_score(staging.files["fp32"], logits[:MAX_IMAGES], targets[:MAX_IMAGES], out_pixels, job)
     return Scoring(split=split, pixels=pixels, targets=targets, fp32_logits=logits,
-                   fp32=accuracy_report(logits, targets, job.labels))
+                   fp32=accuracy_report(logits, targets, job.labels), score=score)
 
 
 def _attempt(job: ExportJob, staging: Staging, prepared: Prepared, setting: Int8Setting, calib: np.ndarray,
@@ -197,8 +199,9 @@ def _attempt(job: ExportJob, staging: Staging, prepared: Prepared, setting: Int8
     logits = run_logits(session, scoring.pixels, job.preprocess, False)
     del session
     acc = accuracy_report(logits, scoring.targets, job.labels)
-    agree, refused = decision_agreement(scoring.fp32_logits, logits, scoring.targets, job.options.accept_rate) \
-        if scoring.split == "val" else (None, False)  # the calibration stage judges the val split only
+    agree, refused = (decision_agreement(scoring.fp32_logits, logits, scoring.targets, job.options.accept_rate,
+                                         scoring.score)
+                      if scoring.split == "val" else (None, False))  # the calibration stage judges val only
     return {**setting.as_dict(), "int8_top1": acc["top1"], "int8_top5": acc["top5"],
             "top1_drop": scoring.fp32["top1"] - acc["top1"],
             "top1_agreement_with_fp32": float((scoring.fp32_logits.argmax(1) == logits.argmax(1)).mean()),
