@@ -29,7 +29,7 @@ from toolkit.export.staging import Staging
 from toolkit.runtime.engines import ENGINES, EngineOptions, adapter_for, engines_with, open_engine, reference_engine
 from toolkit.runtime.onnx_eval import load_pixels, run_logits
 
-__all__ = ["calibrate_files", "MIN_AGREEMENT", "CONFIDENCE", "MAX_IMAGES"]
+__all__ = ["calibrate_files", "decision_agreement", "pick_score", "MIN_AGREEMENT", "CONFIDENCE", "MAX_IMAGES"]
 
 MIN_AGREEMENT = 0.99  # accept/reject agreement with the FP32 file on ORT CPU, every engine and twin
 CONFIDENCE = 0.95  # how sure the gate must be that an engine's disagreement is above 1 - MIN_AGREEMENT
@@ -49,7 +49,7 @@ def calibrate_files(job: ExportJob, staging: Staging, data, out_pixels: np.ndarr
         return {"skipped": skipped}
     logits = {kind: _logits(path, reference_engine(), "fp32", pixels, job, kind == "raw")
               for kind, path in staging.files.items()}
-    score = _pick_score(staging.files["fp32"], logits["fp32"], targets, out_pixels, job)
+    score = pick_score(staging.files["fp32"], logits["fp32"], targets, out_pixels, job)
     fits = {kind: calibration.fit(x, targets, o.accept_rate, score) for kind, x in logits.items()}
     reads = _other_engines(staging.files["fp32"], pixels, job)
     fits.update({name: (fits["fp32"] if name.endswith("fp32") else calibration.fit(x, targets, o.accept_rate, score))
@@ -74,6 +74,20 @@ def calibrate_files(job: ExportJob, staging: Staging, data, out_pixels: np.ndarr
     return result
 
 
+def decision_agreement(fp32_logits: np.ndarray, logits: np.ndarray, targets: np.ndarray, accept_rate: float,
+                       score: str = calibration.DEFAULT_SCORE) -> tuple[float | None, bool]:
+    """(the share of validation images on which a twin takes the FP32 file's accept/reject decision, each with
+    its own T and threshold, and whether step 3 would refuse it); (None, False) on too few images. Lets the
+    INT8 ladder try its next setting rather than fail here after choosing one."""
+    n = min(len(targets), MAX_IMAGES)
+    if calibration.too_few(n):
+        return None, False
+    ref, twin = (calibration.fit(x[:n], targets[:n], accept_rate, score) for x in (fp32_logits, logits))
+    agree = float(np.mean(_decisions(fp32_logits[:n], ref) == _decisions(logits[:n], twin)))
+    differ = int(round((1.0 - agree) * n))
+    return agree, calibration.rate_lower_bound(differ, n, CONFIDENCE) > 1.0 - MIN_AGREEMENT
+
+
 def _logits(path: str, engine: str, precision: str, pixels: np.ndarray, job: ExportJob, raw: bool) -> np.ndarray:
     session = open_engine(path, engine, EngineOptions(device="cpu", precision=precision))
     return run_logits(session, pixels, job.preprocess, raw)
@@ -93,7 +107,7 @@ def _other_engines(path: str, pixels: np.ndarray, job: ExportJob) -> dict:
     return out
 
 
-def _pick_score(path: str, logits: np.ndarray, targets: np.ndarray, out_pixels, job: ExportJob) -> str:
+def pick_score(path: str, logits: np.ndarray, targets: np.ndarray, out_pixels, job: ExportJob) -> str:
     """The OOD score: with an OOD folder, the one with the higher AUROC on it; else DEFAULT_SCORE."""
     if out_pixels is None:
         return calibration.DEFAULT_SCORE

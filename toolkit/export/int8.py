@@ -4,8 +4,11 @@ The budget is the top-1 drop FP32 -> INT8, both through ONNX Runtime on the run'
 (the same code as `toolkit evaluate`). The first setting is the user's (per-channel minmax by
 default). When it misses the budget, export tries the others in `search_order`, and keeps the first
 that fits: the order runs from the cheapest change to the costliest, so the first fit is also the
-smallest, fastest file that meets the budget. If none fits, one UserError lists every setting tried
-with its drop, and the staging leaves nothing behind (docs/export.md).
+smallest, fastest file that meets the budget. A setting fits when it meets the budget and the accept/reject
+agreement gate that the calibration stage would apply to it (toolkit.export.calibrate.decision_agreement).
+With --int8-qat-steps, the last rung is a short quantization-aware fine-tune of a copy of the model
+(toolkit.export.qat), quantized and judged like any setting. If none fits, one UserError lists every
+setting tried with its drop, and the staging leaves nothing behind (docs/export.md).
 
 Time stays bounded: the calibration and validation images are read once, the FP32 logits computed
 once, the graph pre-processed once, each calibration method's ranges computed once (toolkit.export.
@@ -21,10 +24,13 @@ import numpy as np
 
 from toolkit import contract
 from toolkit.errors import UserError
+from toolkit.export.calibrate import MAX_IMAGES, decision_agreement, pick_score
 from toolkit.export.options import CALIB_METHODS
 from toolkit.export.plan import ExportJob, base_metadata
+from toolkit.export.qat import QAT_IMAGES, fine_tune
 from toolkit.export.quantize import Int8Setting, Prepared, calibration_reader, prepare, quantize
 from toolkit.export.staging import Staging, check_file, twin_path, writing
+from toolkit.export.torch_graph import export_float_copy
 from toolkit.runtime.onnx_eval import engine_session, load_pixels, run_logits
 from toolkit.runtime.onnx_eval import report as accuracy_report
 
@@ -38,6 +44,7 @@ class Scoring:
     targets: np.ndarray  # their class indices
     fp32_logits: np.ndarray  # the FP32 file's logits on them, through ORT
     fp32: dict  # accuracy_report of fp32_logits
+    score: str  # the OOD score the calibration stage will use (toolkit.export.calibrate.pick_score)
 
 
 def search_order(options, prepared: Prepared) -> list:
@@ -52,11 +59,12 @@ def search_order(options, prepared: Prepared) -> list:
     return order if options.int8_search else order[:1]
 
 
-def int8_twin(job: ExportJob, staging: Staging, data, why) -> dict:
-    """Stage the INT8 twin of the first setting that meets the budget; returns what the report says of it."""
+def int8_twin(job: ExportJob, staging: Staging, data, why, out_pixels=None) -> dict:
+    """Stage the INT8 twin of the first setting that meets the budget and the agreement gate (the QAT rung
+    last, with --int8-qat-steps); returns what the report says of it. out_pixels: the --ood images, or None."""
     t = time.perf_counter()
     o = job.options
-    scoring = _scoring(job, staging, data, check_int8_data(data, why))
+    scoring = _scoring(job, staging, data, check_int8_data(data, why), out_pixels)
     calib = calibration_images(job, data)
     with writing(twin_path(job.path, "int8")):  # ORT's quantizer writes its own files: a full disk there too
         prepared = prepare(staging.files["fp32"], staging.work_dir(".tmp-quant-"), o.keep_fp32, job.block_of)
@@ -64,24 +72,87 @@ def int8_twin(job: ExportJob, staging: Staging, data, why) -> dict:
     job.say(f"int8: calibrating on {len(calib)} train images, {len(scoring.pixels)} {scoring.split} images "
             f"for the budget; {len(order)} setting{'s' if len(order) > 1 else ''} to try"
             f"{', keeping ' + ', '.join(o.keep_fp32) + ' in fp32' if o.keep_fp32 else ''}"
-            f"{f', {len(prepared.shape_nodes)} shape-arithmetic nodes in float' if prepared.shape_nodes else ''} ...")
+            f"{f', {len(prepared.shape_nodes)} shape-arithmetic nodes in float' if prepared.shape_nodes else ''}"
+            f"{f', then {o.int8_qat_steps} QAT steps if none fits' if o.int8_qat_steps else ''} ...")
     tried = []
     for setting in order:
         with writing(twin_path(job.path, "int8")):
             tried.append(_attempt(job, staging, prepared, setting, calib, scoring))
-        job.say(f"int8: {setting.label}: top-1 {scoring.fp32['top1']:.2f}% -> {tried[-1]['int8_top1']:.2f}% "
-                f"(drop {tried[-1]['top1_drop']:.2f}, budget {o.int8_budget:g}, {tried[-1]['seconds']:.1f} s)")
-        if tried[-1]["top1_drop"] <= o.int8_budget:
+        _say_attempt(job, scoring, tried[-1])
+        if _fits(tried[-1], o.int8_budget):
             break
         os.unlink(tried[-1].pop("path"))
     else:
-        raise UserError(_failure(job, scoring, tried, len(calib)))
+        if not o.int8_qat_steps:
+            raise UserError(_failure(job, scoring, tried, len(calib)))
+        prepared = _qat_rung(job, staging, data, calib, scoring, tried)
     info = _stage_choice(job, staging, prepared, tried, len(order), len(calib), scoring)
     job.timings["int8_s"] = time.perf_counter() - t
-    job.say(f"int8: chose {info['setting']} (setting {len(tried)} of {len(order)}): top-1 "
-            f"{info['fp32_top1']:.2f}% -> {info['int8_top1']:.2f}% on {info['n']} {info['split']} images "
+    job.say(f"int8: chose {info['setting']} (setting {len(tried)} of {len(order) + (1 if o.int8_qat_steps else 0)}): "
+            f"top-1 {info['fp32_top1']:.2f}% -> {info['int8_top1']:.2f}% on {info['n']} {info['split']} images "
             f"(drop {info['top1_drop']:.2f}, budget {o.int8_budget:g})")
     return info
+
+
+def _fits(attempt: dict, budget: float) -> bool:
+    """Within the top-1 budget, and not refused by the accept/reject agreement gate (toolkit.export.calibrate)."""
+    return attempt["top1_drop"] <= budget and not attempt["agreement_refused"]
+
+
+def _say_attempt(job: ExportJob, scoring: Scoring, attempt: dict) -> None:
+    agree = attempt["decision_agreement"]
+    gate = "" if agree is None else (f", accept/reject agreement {agree * 100:.1f}%"
+                                     f"{': refused' if attempt['agreement_refused'] else ''}")
+    job.say(f"int8: {_label(attempt)}: top-1 {scoring.fp32['top1']:.2f}% -> {attempt['int8_top1']:.2f}% "
+            f"(drop {attempt['top1_drop']:.2f}, budget {job.options.int8_budget:g}{gate}, "
+            f"{attempt['seconds']:.1f} s)")
+
+
+def _label(attempt: dict) -> str:
+    """How reports and errors name an attempt: its setting, and the QAT steps it came after."""
+    label = Int8Setting(attempt["per_channel"], attempt["calib_method"], attempt["fp32_edges"]).label
+    return label + (f", after {attempt['qat']['steps']} QAT steps" if attempt.get("qat") else "")
+
+
+def _qat_rung(job: ExportJob, staging: Staging, data, calib: np.ndarray, scoring: Scoring, tried: list) -> Prepared:
+    """The last rung (toolkit.export.qat): fine-tune a copy of the model under simulated INT8, export it to a
+    temp FP32 file and quantize that with qat_setting; appended to `tried`, judged against
+    the original FP32 file like every setting. Returns the Prepared of the fine-tuned graph; a UserError
+    listing every attempt when it misses too."""
+    t, o = time.perf_counter(), job.options
+    setting = qat_setting(o)
+    pixels = training_pixels(job, data)
+    job.say(f"int8: no setting fits; quantization-aware fine-tune, {o.int8_qat_steps} steps on {len(pixels)} "
+            f"train images, then {setting.label} ...")
+    model, qat_info = fine_tune(job.model, pixels, calib, job.preprocess, o.int8_qat_steps, setting.per_channel)
+    work = staging.work_dir(".tmp-qat-")
+    fp32_path = os.path.join(work, "qat-fp32.onnx")
+    export_float_copy(job, model, fp32_path)
+    del model
+    with writing(twin_path(job.path, "int8")):
+        prepared = prepare(fp32_path, work, o.keep_fp32, job.block_of)
+        tried.append(_attempt(job, staging, prepared, setting, calib, scoring))
+    tried[-1].update(qat=qat_info, seconds=round(time.perf_counter() - t, 3))
+    job.timings["int8_qat_s"] = tried[-1]["seconds"]
+    _say_attempt(job, scoring, tried[-1])
+    if not _fits(tried[-1], o.int8_budget):
+        raise UserError(_failure(job, scoring, tried, len(calib)))
+    return prepared
+
+
+def qat_setting(options) -> Int8Setting:
+    """What the QAT rung quantizes with: what toolkit.export.qat simulates, every layer quantized with minmax
+    ranges, weights per channel unless --per-channel=false pinned them per tensor."""
+    return Int8Setting(options.per_channel is not False, "minmax", False)
+
+
+def training_pixels(job: ExportJob, data) -> np.ndarray:
+    """A seeded sample of at most QAT_IMAGES training images, as uint8 pixels (the QAT rung's data)."""
+    order = np.random.default_rng(1).permutation(len(data.train))[:QAT_IMAGES]
+    pixels, _, _ = load_pixels([data.train[i] for i in order], job.preprocess, job.recipe.data.max_pixels)
+    if len(pixels) == 0:
+        raise UserError("--int8-qat-steps: none of the sampled training images could be read for the fine-tune")
+    return pixels
 
 
 def check_int8_data(data, why) -> str:
@@ -105,15 +176,16 @@ def calibration_images(job: ExportJob, data) -> np.ndarray:
     return calib
 
 
-def _scoring(job: ExportJob, staging: Staging, data, split: str) -> Scoring:
-    """The evaluation images and the FP32 file's logits and accuracy on them."""
+def _scoring(job: ExportJob, staging: Staging, data, split: str, out_pixels) -> Scoring:
+    """The evaluation images, the FP32 file's logits and accuracy on them, and the OOD score."""
     items = getattr(data, split)
     pixels, targets, _ = load_pixels(items, job.preprocess, job.recipe.data.max_pixels)
     if len(pixels) == 0:
         raise UserError(f"--int8: none of the {len(items)} {split} images could be read")
     logits = run_logits(engine_session(staging.files["fp32"], None, "cpu", None), pixels, job.preprocess, False)
+    score = pick_score(staging.files["fp32"], logits[:MAX_IMAGES], targets[:MAX_IMAGES], out_pixels, job)
     return Scoring(split=split, pixels=pixels, targets=targets, fp32_logits=logits,
-                   fp32=accuracy_report(logits, targets, job.labels))
+                   fp32=accuracy_report(logits, targets, job.labels), score=score)
 
 
 def _attempt(job: ExportJob, staging: Staging, prepared: Prepared, setting: Int8Setting, calib: np.ndarray,
@@ -127,9 +199,13 @@ def _attempt(job: ExportJob, staging: Staging, prepared: Prepared, setting: Int8
     logits = run_logits(session, scoring.pixels, job.preprocess, False)
     del session
     acc = accuracy_report(logits, scoring.targets, job.labels)
+    agree, refused = (decision_agreement(scoring.fp32_logits, logits, scoring.targets, job.options.accept_rate,
+                                         scoring.score)
+                      if scoring.split == "val" else (None, False))  # the calibration stage judges val only
     return {**setting.as_dict(), "int8_top1": acc["top1"], "int8_top5": acc["top5"],
             "top1_drop": scoring.fp32["top1"] - acc["top1"],
             "top1_agreement_with_fp32": float((scoring.fp32_logits.argmax(1) == logits.argmax(1)).mean()),
+            "decision_agreement": agree, "agreement_refused": refused,
             "seconds": round(time.perf_counter() - t, 3), "path": path}
 
 
@@ -145,8 +221,10 @@ def _stage_choice(job: ExportJob, staging: Staging, prepared: Prepared, tried: l
              "shape_nodes_float": len(prepared.shape_nodes),
              "split": scoring.split, "n": int(len(scoring.pixels)), "budget": o.int8_budget,
              "fp32_top1": scoring.fp32["top1"], "int8_top1": chosen["int8_top1"], "top1_drop": chosen["top1_drop"],
-             "setting": setting.label, "attempt": len(tried), "attempts_planned": planned,
-             "search": bool(o.int8_search)}
+             "setting": _label(chosen), "attempt": len(tried),
+             "attempts_planned": planned + (1 if o.int8_qat_steps else 0),
+             "search": bool(o.int8_search), "qat": chosen.get("qat"),
+             "decision_agreement": chosen["decision_agreement"]}
     q = onnx.load(chosen["path"])
     contract.write(q, {**base_metadata(job), "precision": "int8", "quantization": quant})
     tmp = staging.new("int8")
@@ -161,8 +239,9 @@ def _stage_choice(job: ExportJob, staging: Staging, prepared: Prepared, tried: l
 def _failure(job: ExportJob, scoring: Scoring, tried: list, n_calib: int) -> str:
     """The one-line error when no setting meets the budget: every setting tried, with its drop."""
     o = job.options
-    each = "; ".join(f"{Int8Setting(t['per_channel'], t['calib_method'], t['fp32_edges']).label} "
-                     f"{t['top1_drop']:.2f}" for t in tried)
+    each = "; ".join(f"{_label(t)} {t['top1_drop']:.2f}"
+                     + (f" (accept/reject agreement {t['decision_agreement'] * 100:.1f}%: refused)"
+                        if t.get("agreement_refused") else "") for t in tried)
     hints = []
     if not o.int8_search:
         hints.append("--int8-search=true (tries the other settings)")
@@ -171,8 +250,11 @@ def _failure(job: ExportJob, scoring: Scoring, tried: list, n_calib: int) -> str
     if o.int8_search and pinned:
         hints.append(f"leaving out {' and '.join(pinned)} (lets the search vary them)")
     hints += [f"more --calib-images (used {n_calib})", "--keep-fp32 with more layers (e.g. head)",
-              "a larger --int8-budget"]
+              f"more --int8-qat-steps (used {o.int8_qat_steps})" if o.int8_qat_steps
+              else "--int8-qat-steps 300 (a short quantization-aware fine-tune)", "a larger --int8-budget"]
+    gate = " and passed the accept/reject agreement gate" if any(t.get("agreement_refused") for t in tried) else ""
     return (f"int8 accuracy gate failed: no setting kept the top-1 drop within --int8-budget {o.int8_budget:g} "
-            f"(points) on {len(scoring.pixels)} {scoring.split} images (fp32 top-1 {scoring.fp32['top1']:.2f}%); "
+            f"(points) on {len(scoring.pixels)} {scoring.split} images (fp32 top-1 {scoring.fp32['top1']:.2f}%)"
+            f"{gate}; "
             f"top-1 drop of each setting tried: {each}; try {', '.join(hints)}; nothing was written (the fp32 "
             "export passed its gate: rerun without --int8 to keep it)")

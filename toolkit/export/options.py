@@ -35,6 +35,7 @@ class ExportOptions:
     int8_search: bool = True  # when the first INT8 setting misses int8_budget, try the others (docs/export.md)
     keep_fp32: Iterable[str] = ()  # layers --int8 leaves in float: head, block1..block5, a module or node name
     int8_budget: float = 1.0  # the largest allowed top-1 drop FP32 -> INT8, in points, on the validation split
+    int8_qat_steps: int = 0  # INT8's last rung: steps of quantization-aware fine-tuning when no setting fits; 0 = off
     parity_images: int = 16  # validation images the parity gate runs (beside random tensors)
     bf16_check: bool = False  # also judge the FP32 file on OpenVINO bf16 against PyTorch (toolkit/export/bf16.py)
     accept_rate: float = 0.95  # share of validation images the "unknown" threshold accepts, in (0, 1]
@@ -62,6 +63,11 @@ def check_options(options: ExportOptions) -> ExportOptions:
     for key, value in (("--calib-images", options.calib_images), ("parity_images", options.parity_images)):
         if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
             raise UserError(f"{key} {value!r}: expected a whole number, at least 1")
+    qat = options.int8_qat_steps
+    if isinstance(qat, bool) or not isinstance(qat, Integral) or qat < 0:
+        raise UserError(f"--int8-qat-steps {qat!r}: expected a whole number of steps, 0 (off) or more")
+    if qat and not options.int8:
+        raise UserError("--int8-qat-steps only applies with --int8; add --int8 or drop --int8-qat-steps")
     try:
         budget = float(options.int8_budget)
     except (TypeError, ValueError):

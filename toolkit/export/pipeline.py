@@ -88,7 +88,7 @@ def export_run(run=None, stages: tuple = (), **fields) -> dict:
             parity["bf16_openvino"] = bf16_check(job, staging, gate)
         if options.fp16:
             parity["fp16"] = fp16_twin(job, staging, gate)
-        int8_info = int8_twin(job, staging, data, why) if options.int8 else None
+        int8_info = int8_twin(job, staging, data, why, out_pixels) if options.int8 else None
         calibrated = calibrate_files(job, staging, data, out_pixels)  # before the stages: they copy the files
         extra = {name: stage(job, staging, gate, data, why) for name, stage in stages}
         ir_version = staging.ir_written["fp32"]

@@ -52,17 +52,10 @@ def export_graphs(job: ExportJob, staging: Staging) -> str:
 
 def _export_one(job: ExportJob, staging: Staging, kind: str, raw: bool) -> str:
     import onnx
-    import torch
 
     tmp = staging.new(kind)
-    crop, dynamic_hw = job.preprocess.crop, job.options.dynamic_hw
     module = wrap(job.model, job.preprocess, raw, job.options.probabilities)
-    if raw:
-        example = torch.randint(0, 256, (2, crop, crop, 3), dtype=torch.uint8)
-        dynamic = {0: "batch", 1: "height", 2: "width"} if dynamic_hw else {0: "batch"}
-    else:
-        example = torch.randn(2, 3, crop, crop)
-        dynamic = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    example, dynamic = _example_input(job, raw)
     try:
         with writing(twin_path(job.path, kind)):  # a full disk is not the checkpoint's fault
             exporter = torch_export(module, example, tmp, job.opset, job.outputs, dynamic)
@@ -79,6 +72,26 @@ def _export_one(job: ExportJob, staging: Staging, kind: str, raw: bool) -> str:
     contract.write(proto, {**base_metadata(job), "input": input_spec(job, raw)})
     staging.save(proto, kind)
     return exporter
+
+
+def _example_input(job: ExportJob, raw: bool):
+    """(example input, its dynamic axes) of the graph: float32 NCHW, or uint8 NHWC pixels when raw."""
+    import torch
+
+    crop, dynamic_hw = job.preprocess.crop, job.options.dynamic_hw
+    if raw:
+        return (torch.randint(0, 256, (2, crop, crop, 3), dtype=torch.uint8),
+                {0: "batch", 1: "height", 2: "width"} if dynamic_hw else {0: "batch"})
+    return torch.randn(2, 3, crop, crop), {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+
+
+def export_float_copy(job: ExportJob, model, path: str) -> None:
+    """`model` (a fine-tuned copy of job.model) exported as the FP32 graph would be, to `path`: the same
+    exporter, opset, outputs and node names, without metadata (the INT8 ladder's QAT rung quantizes it)."""
+    example, dynamic = _example_input(job, raw=False)
+    with writing(twin_path(job.path, "int8")):
+        torch_export(wrap(model, job.preprocess, False, job.options.probabilities), example, path, job.opset,
+                     job.outputs, dynamic)
 
 
 def wrap(model, preprocess: Preprocess, raw: bool, probabilities: bool):
