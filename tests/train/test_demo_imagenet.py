@@ -75,9 +75,26 @@ def test_the_pool_runs_each_call_on_one_torch_thread_and_keeps_input_order():
 
     with demo_pool.RunPool(2) as pool:
         assert pool.run(torch.get_num_threads) == 1
-        assert demo_pool.RunPool.each(lambda x: pool.run(abs, x), [-3, 2, -1]) == [3, 2, 1]
+        assert pool.each(lambda x: pool.run(abs, x), [-3, 2, -1]) == [3, 2, 1]
     assert demo_pool.worker_count(3) == 3  # asked for: taken as given
     assert 1 <= demo_pool.worker_count(0) <= demo_pool.MAX_WORKERS
+
+
+@pytest.mark.slow
+def test_the_first_failed_run_cancels_the_queued_ones():
+    import operator
+    import time
+
+    def item(x):  # 0 fails at once in the worker; the others keep the one worker busy for 4 s each
+        return pool.run(operator.truediv, 1, 0) if x == 0 else pool.run(time.sleep, x)
+
+    with demo_pool.RunPool(1) as pool:
+        started = time.perf_counter()
+        with pytest.raises(ZeroDivisionError):
+            pool.each(item, [4, 0] + [4] * 8)
+        # the runs in progress and those already handed to the worker finish (about 12 s with the start-up);
+        # the others never start: all nine would take 36 s
+        assert time.perf_counter() - started < 26
 
 
 def _runs(val_by_lr, loss_by_lr=None):

@@ -201,7 +201,7 @@ def run_all(pool: RunPool, opts: ImagenetDemoOptions) -> tuple:
     """Every arm at every K, sharing the pool's workers; -> ({"arm@K": lr}, the sweep's runs, the scored
     runs), each in a fixed order (K, then arm; seeds in order), whatever order they finished in."""
     pairs = [(arm, k) for k in opts.labels_per_class for arm in ORDER]
-    done = RunPool.each(lambda pair: _arm_at_k(pool, opts, *pair), pairs)
+    done = pool.each(lambda pair: _arm_at_k(pool, opts, *pair), pairs)
     chosen = {f"{arm}@{k}": d["lr"] for (arm, k), d in zip(pairs, done)}
     sweep = [r for d in done for r in d["sweep"]]
     scored = {(r["arm"], r["labels_per_class"], r["seed"]): r for d in done for r in d["results"]}

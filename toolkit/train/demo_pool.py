@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 from toolkit.runtime.benchmark.machine import physical_cores
 
@@ -56,11 +56,25 @@ class RunPool:
     def run(self, fn, *args):
         return self.submit(fn, *args).result()
 
-    @staticmethod
-    def each(fn, items: list) -> list:
+    def close(self) -> None:
+        """Cancel the queued runs (those in progress, and the one each worker has been handed next, finish); a
+        later `submit` raises RuntimeError."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def each(self, fn, items: list) -> list:
         """fn(item) for every item, each in its own thread (they wait on the workers, not the CPU); results
-        in the order of `items`, whatever order they finish in."""
+        in the order of `items`, whatever order they finish in. The first error (or Ctrl-C) cancels the
+        queued runs, so it surfaces once the runs in progress end, not after every other item has trained."""
         if not items:
             return []
         with ThreadPoolExecutor(len(items)) as threads:
-            return list(threads.map(fn, items))
+            futures = [threads.submit(fn, item) for item in items]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+                failed = next((f for f in futures if f.done() and f.exception() is not None), None)
+                if failed is not None:
+                    raise failed.exception()
+                return [future.result() for future in futures]
+            except BaseException:
+                self.close()  # the other items' threads then end as their runs are cancelled or finish
+                raise
