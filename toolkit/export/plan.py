@@ -170,7 +170,8 @@ def _output_path(out: Optional[str], exports_dir: str, name: str) -> str:
     if os.path.isdir(out) or out.endswith(("/", os.sep)):
         return os.path.join(out, f"{name}.onnx")
     if not out.endswith(".onnx"):
-        raise UserError(f"--out {out}: expected a path ending in .onnx, or a folder")
+        raise UserError(f"--out {out}: expected a path ending in .onnx, or a folder (one that exists, or a new "
+                        f"one written with a trailing slash: --out {out}/)")
     return out
 
 
