@@ -108,14 +108,17 @@ def _other_engines(path: str, pixels: np.ndarray, job: ExportJob) -> dict:
 
 
 def pick_score(path: str, logits: np.ndarray, targets: np.ndarray, out_pixels, job: ExportJob) -> str:
-    """The OOD score: with an OOD folder, the one with the higher AUROC on it; else DEFAULT_SCORE."""
+    """The OOD score: with an OOD folder, the one with the higher AUROC on it; else DEFAULT_SCORE. Picked once
+    an export (job.ood_score): the INT8 ladder's agreement gate and the calibration stage use the same."""
     if out_pixels is None:
         return calibration.DEFAULT_SCORE
-    out = _logits(path, reference_engine(), "fp32", out_pixels, job, False)
-    t = calibration.fit_temperature(logits, targets)
-    aurocs = {k: calibration.auroc(calibration.ood_score(logits, t, k), calibration.ood_score(out, t, k))
-              for k in contract.OOD_SCORES}
-    return max(aurocs, key=lambda k: (aurocs[k], k == calibration.DEFAULT_SCORE))
+    if job.ood_score is None:
+        out = _logits(path, reference_engine(), "fp32", out_pixels, job, False)
+        t = calibration.fit_temperature(logits, targets)
+        aurocs = {k: calibration.auroc(calibration.ood_score(logits, t, k), calibration.ood_score(out, t, k))
+                  for k in contract.OOD_SCORES}
+        job.ood_score = max(aurocs, key=lambda k: (aurocs[k], k == calibration.DEFAULT_SCORE))
+    return job.ood_score
 
 
 def _decisions(logits: np.ndarray, fit: dict) -> np.ndarray:

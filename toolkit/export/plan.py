@@ -43,6 +43,7 @@ class ExportJob:
     model: Any = None  # the float32 eval-mode Classifier (load_model)
     sha: str = ""  # sha256 of the checkpoint file (load_model)
     block_of: dict = field(default_factory=dict)  # features index -> conv block number, for --keep-fp32
+    ood_score: Optional[str] = None  # the OOD score, picked once (toolkit.export.calibrate.pick_score)
 
     @property
     def outputs(self) -> list:

@@ -220,7 +220,8 @@ def _sweep_lines(sweep: list, chosen: dict, seed: int, tie_points: float) -> lis
     return lines
 
 
-def _table_lines(opts: ImagenetDemoOptions, rows: list, chosen: dict, probe, test_images: int, wall: float) -> list:
+def _table_lines(opts: ImagenetDemoOptions, rows: list, chosen: dict, probe, test_images: int, wall: float,
+                 machine: str) -> list:
     rates = ", ".join(f"{k}: {chosen[f'transfer@{k}']:g} / {chosen[f'scratch@{k}']:g}" for k in opts.labels_per_class)
     return [f"[2/2] Fashion-MNIST test top-1 (a fixed {test_images:,} of t10k) of best.pt, mean ± std over seeds "
             + ", ".join(map(str, opts.seeds)) + "; steps: each arm's steps a run (mean), of a shared cap of "
@@ -231,7 +232,7 @@ def _table_lines(opts: ImagenetDemoOptions, rows: list, chosen: dict, probe, tes
             + f"; scratch: the same net from random weights; both {probe.preprocess.crop} px, {probe.train.optimizer}, "
             f"until validation top-1 stops improving ({opts.patience} validations, about every {opts.eval_steps} "
             f"steps) or the cap; rates (transfer / scratch) picked on validation per labels per class: {rates}",
-            scratch_check_line(rows), machine_line(RUNS_ON), f"demo wall time {wall / 60:.1f} min"]
+            scratch_check_line(rows), machine, f"demo wall time {wall / 60:.1f} min"]
 
 
 def run_imagenet_demo(opts: ImagenetDemoOptions) -> dict:
@@ -253,7 +254,8 @@ def run_imagenet_demo(opts: ImagenetDemoOptions) -> dict:
         trust, trusted = pool.run(trust_table, showcase)  # calibration and the "unknown" answer vs digits
     mark_newest(showcase)  # runs finish in any order: `toolkit export` with no path must pick the showcase
     rows = add_steps(summarise(results, opts.labels_per_class), results)
-    lines = _table_lines(opts, rows, chosen, probe, test_images, time.time() - started)
+    machine = machine_line(RUNS_ON)
+    lines = _table_lines(opts, rows, chosen, probe, test_images, time.time() - started, machine)
     report = "\n".join([*lines, "", *trust])
     print(report)
     record = {"arch": arch, "input_px": px, "steps": _steps(opts), "test_images": test_images,
@@ -261,7 +263,7 @@ def run_imagenet_demo(opts: ImagenetDemoOptions) -> dict:
                          "probe_steps": 0 if opts.quick else opts.probe_steps},
               "select": {"seed": opts.seeds[0], "chosen": chosen, "tie_points": opts.tie_points,
                          "grids": {arm: _grid(opts, arm) for arm in ORDER}, "runs": sweep},
-              "rows": rows, "runs": results, "scratch_drops": scratch_drops(rows), "machine": machine_line(RUNS_ON),
+              "rows": rows, "runs": results, "scratch_drops": scratch_drops(rows), "machine": machine,
               "wall_time_s": round(time.time() - started, 1), "quick": opts.quick, "trust": trusted}
     markdown = "\n".join([report, "", *_sweep_lines(sweep, chosen, opts.seeds[0], opts.tie_points)])
     paths = write_report(opts.out_dir, markdown, record, f"Fashion-MNIST: {arch} ImageNet transfer vs scratch")

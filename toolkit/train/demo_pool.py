@@ -40,7 +40,6 @@ class RunPool:
     that logic plainly in a thread of `each` and still shares the workers with the others."""
 
     def __init__(self, workers: int):
-        self.workers = workers
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_one_torch_thread)
 

@@ -51,9 +51,6 @@ class NonFiniteLoss(UserError):
     pass
 
 
-VAL_REPLAY_BYTES = 256 * 2**20  # a validation split up to this size is prepared once a run, then replayed
-
-
 @dataclass
 class TrainOptions:
     """How one session runs: the keyword arguments of `train`."""
@@ -114,11 +111,10 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
         run.tb.close()
     if not ctx.is_main:
         return {"run": recipe.run_dir, "rank": ctx.rank}
-    if opts.report:
-        run.plots()
     summary = write_summary(recipe, run.dataset if opts.evaluate_test else None, device, run.state, started,
                             opts.quiet, world=ctx.world)
     if opts.report:
+        run.plots()  # before the report, which shows curves.png
         write_after_training(recipe.run_dir, run.say, run.dataset)
     return summary
 
@@ -229,7 +225,7 @@ class _Session:
         # Each rank validates its share of the images; the report is gathered, so every rank sees the same one.
         self.val_loader = ReplayedBatches(run_loader(val_set, recipe.data.workers, self.device,
                                                      sampler=ctx.share(len(val_set)),
-                                                     batch_size=max(1, t.batch_size // ctx.world)), VAL_REPLAY_BYTES)
+                                                     batch_size=max(1, t.batch_size // ctx.world)))
         self.sample_weights = balance.sample_weights(t, dataset.train, len(self.labels))
         self.say(balance.describe(t, dataset.train, self.labels))
         self.steps_per_epoch = math.ceil(len(self.train_set) / t.batch_size)

@@ -93,12 +93,15 @@ def run_loader(dataset, workers, device, sampler=None, batch_size=None, batch_sa
                       generator=torch.Generator().manual_seed(0), persistent_workers=False)
 
 
+REPLAY_BYTES = 256 * 2**20  # a validation split up to this size is prepared once a run, then replayed
+
+
 class ReplayedBatches:
     """Batches that are the same on every pass (validation: the eval transform draws nothing at random):
     the first whole pass is kept when it fits in `max_bytes` and replayed after it, so a run that validates
     every few steps prepares its validation images once. Bigger splits are prepared every pass."""
 
-    def __init__(self, loader, max_bytes: int):
+    def __init__(self, loader, max_bytes: int = REPLAY_BYTES):
         self.loader, self.max_bytes, self.kept = loader, max_bytes, None
 
     def __len__(self) -> int:
@@ -111,6 +114,9 @@ class ReplayedBatches:
         kept, size = [], 0
         for batch in self.loader:
             size += sum(t.numel() * t.element_size() for t in batch if isinstance(t, torch.Tensor))
-            kept = kept + [batch] if kept is not None and size <= self.max_bytes else None
+            if kept is not None:
+                kept = kept if size <= self.max_bytes else None
+            if kept is not None:
+                kept.append(batch)
             yield batch
         self.kept = kept  # only a whole pass is replayed

@@ -23,11 +23,11 @@ class TensorBoardLog:
     """One run's event files. `first_epoch`: a resumed run drops the events after its checkpoint's epoch."""
 
     def __init__(self, run_dir: str, labels: list, first_epoch: int = 0, say=print, enabled: bool = True):
-        writer_class = summary_writer_class() if enabled else None
         self.labels = list(labels)
         self.writer = None
         if not enabled:  # train.tensorboard: false
             return
+        writer_class = summary_writer_class()
         if writer_class is None:
             say("note: no TensorBoard logs (the tensorboard package is not installed: pip install 'toolkit[tb]')")
             return
