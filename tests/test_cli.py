@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from toolkit import cli, flags
 from toolkit.errors import UserError
-from toolkit.parsing import parse_bool, parse_list
+from toolkit.parsing import parse_bool, parse_int, parse_list
 
 
 def _refused(argv, capsys) -> str:
@@ -141,6 +141,15 @@ def test_one_parser_for_booleans_and_lists():
     assert parse_list(None) == [] and parse_list(8, int) == [8] and parse_list("head") == ["head"]
     with pytest.raises(UserError, match="--batch-sizes 'a,1': expected a comma-separated list of int"):
         parse_list("a,1", int, "--batch-sizes")
+    assert parse_int(4) == parse_int(" 4 ") == 4
+    for bad in ("x", 2.5, True):
+        with pytest.raises(UserError, match="--workers .*: expected a whole number"):
+            parse_int(bad, "--workers")
+
+
+def test_demo_number_flags_are_one_clear_error(capsys):
+    assert "--workers 'x': expected a whole number" in _refused(["demo", "--imagenet", "--workers", "x"], capsys)
+    assert "--steps 'many': expected a whole number" in _refused(["demo", "--distill", "--steps", "many"], capsys)
 
 
 def test_serve_options_write_each_limit_default_once():

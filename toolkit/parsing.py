@@ -1,4 +1,4 @@
-"""Reading what a user typed: the one parser of true/false words and the one of comma-separated lists.
+"""Reading what a user typed: the one parser of true/false words, of whole numbers and of comma-separated lists.
 
 fire hands `--flag=false` over as the string 'false' and `--sizes 1,8` as a tuple; recipes and Python
 callers hand over bools, lists or strings. Standard library only: the CLI uses it before anything heavy.
@@ -21,6 +21,16 @@ def parse_bool(value, name: str = "value") -> bool:
     if text in FALSE_WORDS:
         return False
     raise UserError(f"{name} {value!r}: expected true or false")
+
+
+def parse_int(value, name: str = "value") -> int:
+    """A whole number from an int or its digits ('4', ' 4 '); a bool, a fraction or a word is a UserError."""
+    if isinstance(value, bool):
+        raise UserError(f"{name} {value!r}: expected a whole number")
+    try:
+        return int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise UserError(f"{name} {value!r}: expected a whole number") from None
 
 
 def parse_list(value, kind: Callable = str, name: str = "value") -> list:

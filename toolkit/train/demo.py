@@ -17,7 +17,7 @@ import time
 
 from toolkit import recipe as recipe_mod
 from toolkit.errors import UserError
-from toolkit.parsing import parse_list
+from toolkit.parsing import parse_int, parse_list
 from toolkit.train.demo_distill import DistillDemoOptions, run_distill_demo
 from toolkit.train.demo_imagenet import ImagenetDemoOptions, run_imagenet_demo
 from toolkit.train.demo_shared import (add_steps, final_test_top1, machine_line, print_next_steps, recipe_path,
@@ -93,6 +93,7 @@ def demo_command(overrides: list, seeds=None, labels_per_class=None, quick: bool
                                    workers=workers).items() if v is not None}
     given.update({k: parse_list(given[k], int, "--" + k.replace("_", "-")) for k in ("seeds", "labels_per_class")
                   if k in given},
+                 **{k: parse_int(given[k], "--" + k) for k in ("steps", "workers") if k in given},
                  quick=quick, overrides=overrides)
     if "workers" in given and not imagenet:
         raise UserError("demo: --workers goes with --imagenet (the other demos train one run at a time)")
