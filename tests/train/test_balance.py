@@ -66,3 +66,17 @@ def test_train_with_balance_writes_the_resolved_recipe_and_data_health(tmp_path,
     assert health["leaks"] == [] and health["images"] == 12
     assert "class balance: train.class_weights balanced, train.sampler balanced" in capsys.readouterr().out
     assert summary
+
+
+def test_train_without_the_scan_writes_no_data_health_and_trains_the_same(tmp_path):
+    # The ImageNet demo's runs skip the scan (scanned once before them): the weights must not change.
+    images = make_image_folder(tmp_path / "images", classes=2, per_class=6)
+    weights = {}
+    for scan in (True, False):
+        raw = tiny_recipe(tmp_path, images, name=f"scan-{scan}", train={"epochs": 2})
+        train(recipe_mod.from_dict(raw), quiet=True, scan=scan)
+        run = tmp_path / "runs" / f"scan-{scan}"
+        assert (run / "data_health.json").is_file() == scan
+        weights[scan] = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert weights[True].keys() == weights[False].keys()
+    assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[True])

@@ -148,6 +148,11 @@ def test_sweep_grows_the_grid_when_the_best_rate_is_at_an_end():
     assert demo._next_rate(_runs({1e-3: 20, 3e-3: 50, 1e-2: 48}), 0) is None  # an interior best: done
     assert demo._next_rate(_runs({1e-3: 20, 3e-3: 40, 1e-2: 48}), demo.MAX_EXTEND) is None  # bounded
     assert demo._next_rate(_runs({1e-3: 20}), 0) is None  # a single rate (quick mode) is not a grid
+    # an edge tied with its neighbour (within tie_points) brackets the optimum: no extension
+    tied = _runs({1e-3: 74.0, 3e-3: 74.0, 1e-2: 64.8}, {1e-3: 1.166, 3e-3: 1.198, 1e-2: 2.27})
+    assert demo.pick_rate(tied, tie_points=1.0) == 1e-3 and demo._next_rate(tied, 0, tie_points=1.0) is None
+    clear = _runs({1e-3: 79.7, 3e-3: 75.5, 1e-2: 76.5}, {1e-3: 0.999, 3e-3: 1.215, 1e-2: 1.962})
+    assert demo._next_rate(clear, 0, tie_points=1.0) == 0.000333  # 4.2 points over its neighbour: grow
 
 
 def test_bad_options_are_one_clear_error():

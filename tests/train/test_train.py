@@ -128,6 +128,24 @@ def test_resume_gives_the_same_weights(tmp_path, image_folder):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_fused_optimizer_is_used_and_resumes_exactly(tmp_path, image_folder, optimizer):
+    from toolkit.train.model import build_from_recipe, group_params
+    from toolkit.train.step import build_optimizer
+
+    fused = {"optimizer": optimizer, "fused_optimizer": True, "epochs": 3}
+    recipe = recipe_mod.from_dict(tiny_recipe(tmp_path, image_folder, train=fused))
+    model = build_from_recipe(recipe, num_classes=3)
+    assert build_optimizer(model, recipe.train, set(group_params(model))).defaults["fused"] is True
+    plain = recipe_mod.from_dict(tiny_recipe(tmp_path, image_folder, train={"optimizer": optimizer}))
+    assert not build_optimizer(model, plain.train, set(group_params(model))).defaults.get("fused")
+    _train(tiny_recipe(tmp_path, image_folder, name="straight", train=fused))
+    split = tiny_recipe(tmp_path, image_folder, name="split", train=fused)
+    _train(split, stop_after_epochs=1)
+    _train(split, resume=True)  # the fused optimizer's state comes back from last.pt
+    _assert_same(_weights(tmp_path / "runs" / "straight"), _weights(tmp_path / "runs" / "split"))
+
+
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(tmp_path, image_folder, monkeypatch):
     from toolkit.train import data as data_mod
 

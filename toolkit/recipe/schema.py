@@ -78,6 +78,7 @@ class TrainConfig:
     epochs: int = 10  # passes over the training split
     batch_size: int = 32  # the global batch: under torchrun it is split across the processes
     optimizer: str = "sgd"  # sgd (with momentum) | adamw
+    fused_optimizer: bool = False  # the optimizer's fused kernel (CPU, CUDA): ~4x faster steps, other rounding
     lr: float = 0.01  # the head's learning rate
     lr_decay: float = 0.5  # each block's rate = the next block's rate x this (discriminative LRs)
     group_lrs: Optional[dict] = None  # or explicit rates, e.g. {block1: 1e-4, head: 1e-2}

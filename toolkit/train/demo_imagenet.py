@@ -10,8 +10,8 @@ Protocol, the same for both arms:
 1. Learning rate, per arm and per labels per class (K): with the first seed, each arm trains once per
    rate of its grid; the best validation top-1 (of best.pt) wins, and rates within `tie_points` of it
    count as a tie, broken by the lower validation loss (then the lower rate): a near-tie must not flip
-   with a kernel's rounding. When the pick is at an end of the grid, the grid grows one step that way
-   (at most MAX_EXTEND times) for that arm.
+   with a kernel's rounding. When the pick is at an end of the grid, beating its neighbour by more than
+   `tie_points`, the grid grows one step that way (at most MAX_EXTEND times) for that arm.
 2. Runs: the other seeds at each (arm, K)'s chosen rate (the sweep's run stands in for the first seed).
 3. Score: test top-1 of best.pt (the epoch validation liked best) on the fixed 2,000-image subset of t10k.
 Runs train several at once (toolkit.train.demo_pool), each on one torch thread; the sweeps and seeds of
@@ -61,6 +61,8 @@ class ImagenetDemoOptions:
     def check(self) -> None:
         if not self.seeds or not self.labels_per_class:
             raise UserError("demo --imagenet: expected at least one seed and one labels-per-class value")
+        if len(set(self.labels_per_class)) != len(self.labels_per_class):
+            raise UserError(f"demo --imagenet: labels per class {self.labels_per_class}; expected each value once")
         if min(self.labels_per_class) < 1:
             raise UserError(f"demo --imagenet: labels per class {self.labels_per_class}; expected positive integers")
         if self.steps < 1:
@@ -124,7 +126,9 @@ def best_scores(run_dir: str) -> dict:
 def _run(arm: str, k: int, seed: int, lr: float, name: str, opts: ImagenetDemoOptions) -> dict:
     """One run, scored on validation; the runs that count get their test top-1 from _scored."""
     recipe = _load(arm, k, seed, lr, name, opts)
-    seconds = train_quietly(recipe, evaluate_test=False)  # best.pt is scored on test once its rate is chosen
+    # best.pt is scored on test once its rate is chosen. The data was scanned once, before the runs; a run
+    # scans again only to drop duplicates (data.dedupe, an override), which needs the scan's fingerprints.
+    seconds = train_quietly(recipe, evaluate_test=False, scan=recipe.data.dedupe)
     scores = best_scores(recipe.run_dir)
     per_epoch = math.ceil(k * len(recipe.data.classes or CLASSES) / recipe.train.batch_size)
     return {"arm": arm, "labels_per_class": k, "seed": seed, "lr": lr, "run": recipe.run_dir,
@@ -134,7 +138,7 @@ def _run(arm: str, k: int, seed: int, lr: float, name: str, opts: ImagenetDemoOp
 
 
 def _scored(run: dict) -> dict:
-    return {**run, "test_top1": best_test_top1(run["run"], batch_size=100)}
+    return {**run, "test_top1": best_test_top1(run["run"])}
 
 
 def _line(r: dict, prefix: str) -> str:
@@ -154,16 +158,21 @@ def pick_rate(runs: list, tie_points: float) -> float:
 
 
 def _next_rate(runs: list, extended: int, tie_points: float = 0.0) -> float | None:
-    """When the picked rate sits at an end of the grid, one grid step beyond it (up to MAX_EXTEND times):
-    an optimum at the edge says the grid was too narrow for that arm, not that the arm is worse."""
-    rates = sorted(r["lr"] for r in runs)
+    """When the picked rate sits at an end of the grid and beats its neighbour by more than `tie_points`, one
+    grid step beyond it (up to MAX_EXTEND times): an optimum at the edge says the grid was too narrow for that
+    arm, not that the arm is worse. An edge tied with its neighbour has its optimum between them, inside."""
+    by_rate = {r["lr"]: r for r in runs}
+    rates = sorted(by_rate)
     if len(rates) < 2 or extended >= MAX_EXTEND:
         return None
     best = pick_rate(runs, tie_points)
-    ratio = rates[1] / rates[0]
-    if best == rates[-1]:
-        return float(f"{best * ratio:.3g}")
-    return float(f"{best / ratio:.3g}") if best == rates[0] else None
+    if best not in (rates[0], rates[-1]):
+        return None
+    inner = rates[-2] if best == rates[-1] else rates[1]
+    if by_rate[best]["val_top1"] <= by_rate[inner]["val_top1"] + tie_points:
+        return None
+    step = rates[1] / rates[0]
+    return float(f"{best * step:.3g}") if best == rates[-1] else float(f"{best / step:.3g}")
 
 
 def _run_and_score(arm: str, k: int, seed: int, lr: float, name: str, opts: ImagenetDemoOptions) -> dict:
@@ -183,30 +192,44 @@ def _sweep_arm(pool: RunPool, opts: ImagenetDemoOptions, arm: str, k: int, seed:
     return pick_rate(runs, opts.tie_points), sorted(runs, key=lambda r: r["lr"])
 
 
-def _arm_at_k(pool: RunPool, opts: ImagenetDemoOptions, arm: str, k: int) -> dict:
+def _arm_at_k(pool: RunPool, opts: ImagenetDemoOptions, arm: str, k: int, after_last=None) -> dict:
     """One arm at one K: the rate sweep with the first seed, then the other seeds at the chosen rate; the
-    sweep's run at that rate stands in for the first seed. Only these runs are scored on test."""
+    sweep's run at that rate stands in for the first seed. Only these runs are scored on test.
+    `after_last(run)` is called as soon as the last seed's run is scored; what it returns is kept."""
     lr, sweep = _sweep_arm(pool, opts, arm, k, opts.seeds[0])
     first = next(r for r in sweep if r["lr"] == lr)
     futures = [pool.submit(_scored, first)] + [pool.submit(_run_and_score, arm, k, seed, lr, f"{arm}-k{k}-s{seed}",
                                                            opts) for seed in opts.seeds[1:]]
+    extra = after_last(futures[-1].result()) if after_last is not None else None
     results = []
     for future in futures:
         results.append(future.result())
         print(_line(results[-1], "final "), flush=True)
-    return {"lr": lr, "sweep": sweep, "results": results}
+    return {"lr": lr, "sweep": sweep, "results": results, "after_last": extra}
 
 
 def run_all(pool: RunPool, opts: ImagenetDemoOptions) -> tuple:
     """Every arm at every K, sharing the pool's workers; -> ({"arm@K": lr}, the sweep's runs, the scored
-    runs), each in a fixed order (K, then arm; seeds in order), whatever order they finished in."""
+    runs, the showcase run, its trust table), each in a fixed order (K, then arm; seeds in order), whatever
+    order they finished in. The showcase is the last transfer run (the largest K, the last seed); its trust
+    table is computed as soon as that run is scored, beside the runs still training. The largest K is
+    queued first: its runs are the longest, so the short ones fill both workers at the end."""
     pairs = [(arm, k) for k in opts.labels_per_class for arm in ORDER]
-    done = pool.each(lambda pair: _arm_at_k(pool, opts, *pair), pairs)
+    showcase_pair = ("transfer", opts.labels_per_class[-1])
+
+    def one_pair(pair):
+        trust = (lambda run: pool.submit(trust_table, run["run"])) if pair == showcase_pair else None
+        return _arm_at_k(pool, opts, *pair, after_last=trust)
+
+    queued = sorted(pairs, key=lambda pair: -pair[1])  # stable: the arms keep their order within a K
+    by_pair = dict(zip(queued, pool.each(one_pair, queued)))
+    done = [by_pair[pair] for pair in pairs]
     chosen = {f"{arm}@{k}": d["lr"] for (arm, k), d in zip(pairs, done)}
     sweep = [r for d in done for r in d["sweep"]]
     scored = {(r["arm"], r["labels_per_class"], r["seed"]): r for d in done for r in d["results"]}
     results = [scored[(arm, k, seed)] for k in opts.labels_per_class for seed in opts.seeds for arm in ORDER]
-    return chosen, sweep, results
+    showcase = by_pair[showcase_pair]
+    return chosen, sweep, results, showcase["results"][-1]["run"], showcase["after_last"].result()
 
 
 def _sweep_lines(sweep: list, chosen: dict, seed: int, tie_points: float) -> list:
@@ -239,19 +262,19 @@ def run_imagenet_demo(opts: ImagenetDemoOptions) -> dict:
     """Sweep, runs, table; writes demo.md, demo.json and demo.png into opts.out_dir."""
     started = time.time()
     opts.check()
-    probe = _load("transfer", opts.labels_per_class[0], opts.seeds[0], _grid(opts, "transfer")[0], "probe", opts,
+    probe = _load("transfer", max(opts.labels_per_class), opts.seeds[0], _grid(opts, "transfer")[0], "probe", opts,
                   epochs=1)
     arch, px = probe.model.arch, probe.preprocess.crop
-    test_images = len(load_dataset(probe, scan=False).test)  # also stops here when the files are missing
+    # One scan for every run (the largest K's training images hold the others'): it stops here on missing or
+    # unusable files, and the runs skip it.
+    test_images = len(load_dataset(probe, quiet=True).test)
     workers = worker_count(opts.workers)
     print(f"[1/2] {len(opts.labels_per_class) * len(ORDER)} (arm, labels per class) pairs: each sweeps its rate grid "
           f"with seed {opts.seeds[0]} (picked on validation), then trains seeds {opts.seeds[1:]} at that rate ({arch}, "
           f"{px} px, {probe.train.optimizer}, a cap of {_steps(opts)} steps a run; {workers} runs at once, one torch "
           "thread each)", flush=True)
     with RunPool(workers) as pool:
-        chosen, sweep, results = run_all(pool, opts)
-        showcase = [r["run"] for r in results if r["arm"] == "transfer"][-1]
-        trust, trusted = pool.run(trust_table, showcase)  # calibration and the "unknown" answer vs digits
+        chosen, sweep, results, showcase, (trust, trusted) = run_all(pool, opts)  # trust: calibration, "unknown"
     mark_newest(showcase)  # runs finish in any order: `toolkit export` with no path must pick the showcase
     rows = add_steps(summarise(results, opts.labels_per_class), results)
     machine = machine_line(RUNS_ON)

@@ -28,7 +28,7 @@ def digits_images(limit: int = 500) -> list:
     return [((img * (255 / 16)).astype(np.uint8), 0) for img in images]
 
 
-def trust_table(run_dir: str, batch_size: int = 100) -> tuple[list, dict]:
+def trust_table(run_dir: str, batch_size: int = 32) -> tuple[list, dict]:
     """(printable lines, the numbers) for a run's last.pt: calibration on test, OOD against digits."""
     model, ckpt = model_from_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"))
     recipe = recipe_mod.from_dict(ckpt["recipe"], source=run_dir, check_paths=False)

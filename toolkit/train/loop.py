@@ -60,17 +60,19 @@ class TrainOptions:
     quiet: bool = False  # no log lines, no progress bar
     evaluate_test: bool = True  # score best.pt on the test split for summary.json (the demo scores last.pt itself)
     report: bool = True  # write report.html / report.json, curves.png and confusion.png at the end
+    scan: bool = True  # decode every image first and measure the data's health (data_health.json)
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_after_epochs: int | None = None,
-          quiet: bool = False, evaluate_test: bool = True, report: bool = True) -> dict:
+          quiet: bool = False, evaluate_test: bool = True, report: bool = True, scan: bool = True) -> dict:
     """Train a recipe end to end; returns the summary. `stop_after_epochs` ends this session early, as if
     interrupted after that many epochs (used by tests). `evaluate_test=False` leaves the test split to the
     caller (the demo scores last.pt itself). `report=False`: no report.html and no plots at the end (the
-    demos' 30-odd short runs).
+    demos' 30-odd short runs). `scan=False`: no pre-flight decode of every image and no data_health.json (the
+    ImageNet demo's runs: the packaged Fashion-MNIST, 30-odd times).
 
     Under torchrun every process calls this; see the module docstring."""
-    opts = TrainOptions(resume, overwrite, stop_after_epochs, quiet, evaluate_test, report)
+    opts = TrainOptions(resume, overwrite, stop_after_epochs, quiet, evaluate_test, report, scan)
     ctx = Dist.from_env()
     device = ctx.place(pick_device(recipe.train.device))
     ctx.join(device, recipe.train.dist_timeout)
@@ -156,7 +158,8 @@ class _Session:
     # -- stages ---------------------------------------------------------------------------------
     def load_data(self) -> None:
         # Rank 0 downloads (if anything) and decodes every image once; the other ranks get its file lists.
-        self.dataset = self.ctx.on_main(lambda: data_mod.load_dataset(self.recipe, quiet=self.opts.quiet))
+        self.dataset = self.ctx.on_main(lambda: data_mod.load_dataset(self.recipe, scan=self.opts.scan,
+                                                                           quiet=self.opts.quiet))
         self.labels = self.dataset.labels
         if not self.dataset.train:
             raise UserError("data: the training split is empty")
@@ -389,7 +392,7 @@ class _Session:
         """Validation scores into `record`, the best so far tracked; returns whether top-1 improved."""
         state = self.state
         logits, targets, loss = collect_logits(self.model, self.val_loader, self.device, self.step.autocast,
-                                               self.val_criterion)
+                                               self.val_criterion, self.step.channels_last)
         report = self.ctx.gather_report(logits, targets, loss, self.labels)
         record.update(val_loss=report["loss"], val_top1=report["top1"], val_top5=report["top5"],
                       val_mean_per_class=report["mean_per_class"])
