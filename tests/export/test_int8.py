@@ -271,6 +271,28 @@ def _same_pad_graph(path):
     return net
 
 
+@pytest.mark.parametrize("images, size", [(50, 5), (16, 8), (7, 7), (13, 1)])
+def test_calibration_batches_are_all_one_size(images, size):
+    # ONNX Runtime's entropy and percentile calibrators stack the batches: a short last one crashed them
+    pixels = np.zeros((images, 4, 4, 3), np.uint8)
+    reader = calibration_reader(pixels, Preprocess(resize=4, crop=4, mean=(0.5,) * 3, std=(0.5,) * 3))
+    sizes = [len(batch["input"]) for batch in iter(reader.get_next, None)]
+    assert sum(sizes) == images and set(sizes) == {size}
+
+
+def test_entropy_calibration_on_an_uneven_image_count(tmp_path):
+    from toolkit.export.quantize import prepare, quantize
+
+    _same_pad_graph(str(tmp_path / "fp32.onnx"))
+    prepared = prepare(str(tmp_path / "fp32.onnx"), str(tmp_path), [], {})
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    pre = Preprocess(resize=16, crop=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+    for method in ("entropy", "percentile"):
+        out = str(tmp_path / f"int8-{method}.onnx")
+        quantize(prepared, Int8Setting(True, method, False), calibration_reader(pixels, pre), out)
+        assert any(n.op_type == "QuantizeLinear" for n in onnx.load(out).graph.node)
+
+
 def test_shape_arithmetic_is_never_quantized(tmp_path):
     import onnxruntime as ort
 

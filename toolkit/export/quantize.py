@@ -143,8 +143,14 @@ def quantize(prepared: Prepared, setting: Int8Setting, reader, out_path: str, ir
 
 
 def calibration_reader(pixels: np.ndarray, preprocess: Preprocess, batch_size: int = 8):
-    """A CalibrationDataReader over uint8 pixels, normalised per batch as the model expects."""
+    """A CalibrationDataReader over uint8 pixels, normalised per batch as the model expects. Every batch
+    has the same size, the largest divisor of the image count up to `batch_size`: ONNX Runtime's entropy
+    and percentile calibrators stack the batches' outputs, so a short last batch (50 images in 8s) was a
+    ValueError there."""
     from onnxruntime.quantization import CalibrationDataReader
+
+    n = len(pixels)
+    batch_size = next((d for d in range(min(batch_size, n), 0, -1) if n % d == 0), 1)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
