@@ -27,8 +27,10 @@ def parse_int(value, name: str = "value") -> int:
     """A whole number from an int or its digits ('4', ' 4 '); a bool, a fraction or a word is a UserError."""
     if isinstance(value, bool):
         raise UserError(f"{name} {value!r}: expected a whole number")
+    if isinstance(value, int):
+        return value
     try:
-        return int(str(value).strip()) if not isinstance(value, int) else value
+        return int(str(value).strip())
     except ValueError:
         raise UserError(f"{name} {value!r}: expected a whole number") from None
 

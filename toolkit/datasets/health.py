@@ -43,8 +43,7 @@ class Fingerprint:
     height: int
 
 
-_K = np.arange(32)
-DCT_ROWS = np.cos(np.pi * (2 * _K[None, :] + 1) * _K[:, None] / 64)[:8]  # the 8 lowest DCT-II rows of 32
+DCT_ROWS = np.cos(np.pi * (2 * np.arange(32)[None, :] + 1) * np.arange(8)[:, None] / 64)  # the 8 lowest DCT-II rows
 
 
 def phash(img: Image.Image) -> int:
@@ -79,9 +78,8 @@ def fingerprint_items(entries: list, max_pixels: int = DEFAULT_MAX_PIXELS, threa
         except ImageError:
             return None
     sources = [src for _, src in entries]
-    if not any(isinstance(src, str) for src in sources):
-        threads = 1
-    threads = threads or min(16, 2 * (os.cpu_count() or 1))
+    if threads is None:
+        threads = min(16, 2 * (os.cpu_count() or 1)) if any(isinstance(src, str) for src in sources) else 1
     if threads == 1:
         prints = [one(src) for src in sources]
     else:

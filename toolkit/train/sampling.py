@@ -113,10 +113,11 @@ class ReplayedBatches:
             return
         kept, size = [], 0
         for batch in self.loader:
-            size += sum(t.numel() * t.element_size() for t in batch if isinstance(t, torch.Tensor))
             if kept is not None:
-                kept = kept if size <= self.max_bytes else None
-            if kept is not None:
-                kept.append(batch)
+                size += sum(t.numel() * t.element_size() for t in batch if isinstance(t, torch.Tensor))
+                if size <= self.max_bytes:
+                    kept.append(batch)
+                else:
+                    kept = None  # too big to keep: every pass prepares it
             yield batch
         self.kept = kept  # only a whole pass is replayed
