@@ -45,6 +45,7 @@ LAZY_ALLOWED = {
                                                          "a checkpoint's evaluation loads the torch side",
     ("toolkit/train/evaluate.py", "toolkit.train.model"): "as above",
     ("toolkit/train/evaluate.py", "toolkit.train.device"): "as above",
+    ("toolkit/train/evaluate.py", "toolkit.train.model.fold"): "as above (collect_logits runs torch models only)",
     ("toolkit/runtime/benchmark/backends.py", "toolkit.runtime.predictor"): "importing the benchmark loads no "
         "onnxruntime (the CLI reads BenchmarkOptions for its flags); the cold-start probe times this import",
     ("toolkit/runtime/cold_start.py", "toolkit.runtime.predictor"): "time_cold_start's fresh interpreter times "

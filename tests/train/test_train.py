@@ -51,6 +51,23 @@ def test_tiny_run_writes_every_artifact(tmp_path, image_folder):
     assert summary["best_checkpoint"].endswith("best.pt")
 
 
+def test_a_run_nobody_resumes_writes_last_pt_once(tmp_path, image_folder, monkeypatch):
+    """resumable=False (the ImageNet demo's runs): last.pt only at the end, the same weights as by default."""
+    from toolkit.train import loop
+
+    written, save = [], loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda path, state: (written.append(os.path.basename(path)),
+                                                                        save(path, state)))
+    raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 3})
+    _train(raw)
+    assert written.count("last.pt") == 3  # save_every 1
+    written.clear()
+    _train({**raw, "name": "once"}, resumable=False)
+    assert written.count("last.pt") == 1
+    assert load_checkpoint(str(tmp_path / "runs" / "once" / "checkpoints" / "last.pt"))["epoch"] == 3
+    _assert_same(_weights(tmp_path / "runs" / "tiny"), _weights(tmp_path / "runs" / "once"))
+
+
 def test_refuses_to_overwrite_a_run(tmp_path, image_folder):
     raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 1})
     _train(raw)

@@ -128,7 +128,8 @@ def _run(arm: str, k: int, seed: int, lr: float, name: str, opts: ImagenetDemoOp
     recipe = _load(arm, k, seed, lr, name, opts)
     # best.pt is scored on test once its rate is chosen. The data was scanned once, before the runs; a run
     # scans again only to drop duplicates (data.dedupe, an override), which needs the scan's fingerprints.
-    seconds = train_quietly(recipe, evaluate_test=False, scan=recipe.data.dedupe)
+    # A demo run is trained again, never resumed: last.pt is written once, at its end.
+    seconds = train_quietly(recipe, evaluate_test=False, scan=recipe.data.dedupe, resumable=False)
     scores = best_scores(recipe.run_dir)
     per_epoch = math.ceil(k * len(recipe.data.classes or CLASSES) / recipe.train.batch_size)
     return {"arm": arm, "labels_per_class": k, "seed": seed, "lr": lr, "run": recipe.run_dir,

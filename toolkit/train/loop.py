@@ -61,18 +61,22 @@ class TrainOptions:
     evaluate_test: bool = True  # score best.pt on the test split for summary.json (the demo scores last.pt itself)
     report: bool = True  # write report.html / report.json, curves.png and confusion.png at the end
     scan: bool = True  # decode every image first and measure the data's health (data_health.json)
+    resumable: bool = True  # False: last.pt only when the run ends or is stopped (a run nobody resumes)
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_after_epochs: int | None = None,
-          quiet: bool = False, evaluate_test: bool = True, report: bool = True, scan: bool = True) -> dict:
+          quiet: bool = False, evaluate_test: bool = True, report: bool = True, scan: bool = True,
+          resumable: bool = True) -> dict:
     """Train a recipe end to end; returns the summary. `stop_after_epochs` ends this session early, as if
     interrupted after that many epochs (used by tests). `evaluate_test=False` leaves the test split to the
     caller (the demo scores last.pt itself). `report=False`: no report.html and no plots at the end (the
     demos' 30-odd short runs). `scan=False`: no pre-flight decode of every image and no data_health.json (the
-    ImageNet demo's runs: the packaged Fashion-MNIST, 30-odd times).
+    ImageNet demo's runs: the packaged Fashion-MNIST, 30-odd times). `resumable=False`: last.pt is written
+    when the run ends or is stopped, not also after every better validation and every train.save_every
+    epochs (a run that is never resumed: the ImageNet demo's, where those writes were 2% of a run).
 
     Under torchrun every process calls this; see the module docstring."""
-    opts = TrainOptions(resume, overwrite, stop_after_epochs, quiet, evaluate_test, report, scan)
+    opts = TrainOptions(resume, overwrite, stop_after_epochs, quiet, evaluate_test, report, scan, resumable)
     ctx = Dist.from_env()
     device = ctx.place(pick_device(recipe.train.device))
     ctx.join(device, recipe.train.dist_timeout)
@@ -280,7 +284,8 @@ class _Session:
             if improved and self.main:
                 self.check_weights()
                 save_checkpoint(self.best_path, self.checkpoint_state())
-            if state.epoch % t.save_every == 0 or state.epoch == t.epochs or stopping or early or improved:
+            periodic = self.opts.resumable and (state.epoch % t.save_every == 0 or improved)
+            if periodic or state.epoch == t.epochs or stopping or early:
                 self.save_last()
             self.log_epoch(record, improved)
             if early:
