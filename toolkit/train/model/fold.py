@@ -92,10 +92,13 @@ class _Folded:
 def _build(model: nn.Module) -> _Folded | None:
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         return None
+    tracer = _WholeLayers()
     try:
-        graph = _WholeLayers().trace(model)
+        graph = tracer.trace(model)
     except Exception:  # noqa: BLE001 -- any model fx cannot trace (control flow on values, ...) runs unfolded
         return None
+    finally:
+        tracer.root = None  # closures made while tracing keep the tracer alive until a gc: not the model too
     pairs = _pairs(graph, dict(model.named_modules()))
     return _Folded(model, graph, pairs) if pairs else None
 
