@@ -80,6 +80,15 @@ def test_the_pool_runs_each_call_on_one_torch_thread_and_keeps_input_order():
     assert 1 <= demo_pool.worker_count(0) <= demo_pool.MAX_WORKERS
 
 
+def test_the_pool_collects_garbage_after_each_run():
+    """A run's model and optimizer sit in reference cycles: the worker frees them before its next run."""
+    import pool_helpers
+
+    with demo_pool.RunPool(1) as pool:
+        pool.run(pool_helpers.leave_a_cycle)
+        assert pool.run(pool_helpers.cycles_alive) == 0
+
+
 @pytest.mark.slow
 def test_the_first_failed_run_cancels_the_queued_ones():
     import operator
