@@ -2,7 +2,7 @@
 
 In eval mode a BatchNorm is an affine map per channel, so it can be folded into the preceding
 convolution's weights and bias: the same logits to float rounding (about 1e-6), and a Lite0 validation
-on one CPU thread spends a quarter less time (docs/training.md). `folded_for_eval(model)` returns a
+on one CPU thread spends a quarter less time (docs/training.md); the arithmetic is torch.nn.utils.fusion's. `folded_for_eval(model)` returns a
 twin that shares every other module with `model` and has its folded weights refreshed from `model`'s
 current ones on each call, so a training loop can validate with it after every epoch.
 
@@ -16,6 +16,7 @@ import weakref
 
 import torch
 from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 _TWINS: "weakref.WeakKeyDictionary[nn.Module, _Folded | None]" = weakref.WeakKeyDictionary()
 
@@ -74,18 +75,10 @@ class _Folded:
     def refresh(self) -> nn.Module:
         """The twin, its convolutions set from the model's current convolution and BatchNorm weights."""
         for conv, bn, own in self.pairs:
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale
-            if conv.bias is not None:
-                shift = shift + conv.bias * scale
-            if bn.bias is not None:
-                shift = shift + bn.bias
-            weight = torch.empty_like(conv.weight)  # the conv's layout (channels_last stays channels_last)
-            weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
-            own.weight = nn.Parameter(weight, requires_grad=False)
-            own.bias = nn.Parameter(shift.to(conv.weight.dtype), requires_grad=False)
+            own.weight, own.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                        bn.eps, bn.weight, bn.bias)
+            own.weight.requires_grad_(False)
+            own.bias.requires_grad_(False)
         return self.twin.eval()
 
 
