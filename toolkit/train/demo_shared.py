@@ -34,7 +34,8 @@ def recipe_path(name: str) -> str:
 
 def train_quietly(recipe, evaluate_test: bool = True, scan: bool = True, resumable: bool = True) -> float:
     """Train `recipe` (replacing an earlier run of the same name) without log lines; -> seconds. `scan=False`:
-    no pre-flight scan and no data_health.json; `resumable=False`: last.pt only at the end (toolkit.train.loop.train)."""
+    no pre-flight scan and no data_health.json; `resumable=False`: last.pt only at the end
+    (toolkit.train.loop.train)."""
     started = time.time()
     train(recipe, overwrite=True, quiet=True, evaluate_test=evaluate_test, report=False, scan=scan,
           resumable=resumable)

@@ -1,10 +1,11 @@
 """Evaluation with each BatchNorm folded into the convolution before it.
 
 In eval mode a BatchNorm is an affine map per channel, so it can be folded into the preceding
-convolution's weights and bias: the same logits to float rounding (about 1e-6), and a Lite0 validation
-on one CPU thread spends a quarter less time (docs/training.md); the arithmetic is torch.nn.utils.fusion's. `folded_for_eval(model)` returns a
-twin that shares every other module with `model` and has its folded weights refreshed from `model`'s
-current ones on each call, so a training loop can validate with it after every epoch.
+convolution's weights and bias (torch.nn.utils.fusion's arithmetic): the same logits to float rounding
+(about 1e-6), and a Lite0 validation on one CPU thread spends a quarter less time (docs/training.md).
+`folded_for_eval(model)` returns a twin that shares every other module with `model` and has its folded
+weights refreshed from `model`'s current ones on each call, so a training loop can validate with it
+after every epoch.
 
 The twin is a torch.fx trace in which convolutions and BatchNorms stay whole modules. A model that
 does not trace, or has no convolution -> BatchNorm pair, is evaluated as it is.
