@@ -1,7 +1,7 @@
 """serve-local vs a direct Predictor, side by side in one run on this machine, for each engine (not a test).
 
     python tests/bench_serve.py exports/flowers.onnx [--engine onnxruntime,openvino] [--requests 64]
-        [--latency-n 15] [--threads N] [--streams N] [--e2e-images 16] [--json PATH]
+        [--latency-n 15] [--threads N] [--streams N] [--e2e-images 16] [--client httpx|stdlib] [--json PATH]
 
 For each engine in turn (the same export), prints (and writes as JSON with --json PATH):
 - cold start: `toolkit serve-local` process start -> /ready 200 (import + session + warm-up), and
@@ -17,6 +17,8 @@ For each engine in turn (the same export), prints (and writes as JSON with --jso
   every core, no model) and model-bound (the engine on prepared batches); with the seconds that went to
   decoding (summed over the pool's threads) and to the model.
 Everything runs on CPU with the same thread settings; the server is idle while the Predictor runs.
+The HTTP clients run on the same cores as the server: `--client stdlib` (http.client, keep-alive) costs
+the load generator less CPU a request than httpx (the default), as a client on another machine would.
 """
 import argparse
 import io
@@ -83,6 +85,44 @@ def photo_12mp(seed, folder):
     return path
 
 
+class HttpxClient:
+    """POST a JPEG to /v1/predict over one keep-alive httpx connection."""
+
+    def __init__(self, url):
+        import httpx
+
+        self.client = httpx.Client(base_url=url, timeout=600)
+
+    def post_image(self, body: bytes) -> tuple:
+        r = self.client.post("/v1/predict", content=body, headers={"Content-Type": "image/jpeg"})
+        return r.status_code, r.text
+
+    def close(self):
+        self.client.close()
+
+
+class StdlibClient:
+    """The same over one keep-alive http.client connection: a fraction of httpx's CPU a request."""
+
+    def __init__(self, url):
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+
+    def post_image(self, body: bytes) -> tuple:
+        self.conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": "image/jpeg"})
+        r = self.conn.getresponse()
+        return r.status, r.read().decode()
+
+    def close(self):
+        self.conn.close()
+
+
+CLIENTS = {"httpx": HttpxClient, "stdlib": StdlibClient}
+
+
 def throughput(pred, url, work, args, out):
     """The Predictor on a list (server idle) vs the server under N clients, in alternating rounds."""
     import httpx
@@ -90,16 +130,18 @@ def throughput(pred, url, work, args, out):
     direct, served, statuses = {16: [], 32: []}, [], []
 
     def client(counter, lock, go):
-        with httpx.Client(base_url=url, timeout=600) as c:
-            c.get("/health")
+        c = CLIENTS[args.client](url)
+        try:
+            c.post_image(work[0])  # connect (and warm) before the clock starts
             go.wait()
             while True:
                 with lock:
                     i = next(counter, None)
                 if i is None:
                     return
-                r = c.post("/v1/predict", content=work[i], headers={"Content-Type": "image/jpeg"})
-                statuses.append(r.status_code)
+                statuses.append(c.post_image(work[i])[0])
+        finally:
+            c.close()
 
     def server_round():
         counter, lock, go = iter(range(len(work))), threading.Lock(), threading.Barrier(args.clients + 1)
@@ -134,19 +176,18 @@ def throughput(pred, url, work, args, out):
     out["throughput_ratio_best"] = round(max(served) / max(best_direct), 3)
 
 
-def latency(pred, url, images, n, out):
+def latency(pred, url, images, n, out, client="httpx"):
     """Single-client p50, two ways. Interleaved (one Predictor call, one request, ...): drift on a shared
     machine hits both alike, but on 2 cores each side runs while the other's idle engine threads still spin
     (ONNX Runtime spins after a run), which slows both. In blocks (BLOCK calls of one side, then BLOCK of the
     other, the first call of each block not counted): each side runs with the other idle, as a deployed
     server or app does."""
-    import httpx
-
     direct, served, blocked = [], [], {"direct": [], "served": []}
-    with httpx.Client(base_url=url, timeout=600) as c:
+    c = CLIENTS[client](url)
+    try:
         def post(img):
-            r = c.post("/v1/predict", content=img, headers={"Content-Type": "image/jpeg"})
-            assert r.status_code == 200, r.text
+            status, text = c.post_image(img)
+            assert status == 200, text
 
         post(images[0])
         for i in range(n):
@@ -157,6 +198,8 @@ def latency(pred, url, images, n, out):
             for side, call in (("direct", lambda img: pred.predict(img, top_k=5)), ("served", post)):
                 times = [_timed(call, images[(i + j) % len(images)]) for j in range(BLOCK)]
                 blocked[side] += times[1:]
+    finally:
+        c.close()
     p50 = {k: statistics.median(v) for k, v in (("direct", direct), ("served", served),
                                                    ("direct_blocks", blocked["direct"]),
                                                    ("served_blocks", blocked["served"]))}
@@ -239,7 +282,7 @@ def bench_engine(engine, args, images, e2e_paths):
         out["predictor_engine_settings"] = pred.engine_info.settings()
         pred.predict(images[0], top_k=5)
         throughput(pred, url, [images[i % len(images)] for i in range(args.requests)], args, out)
-        latency(pred, url, images, args.latency_n, out)
+        latency(pred, url, images, args.latency_n, out, args.client)
     finally:
         proc.send_signal(signal.SIGTERM)
         out["server_exit_code"] = proc.wait(timeout=120)
@@ -278,6 +321,7 @@ def main():
     ap.add_argument("--max-wait-ms", type=float, default=5)
     ap.add_argument("--e2e-images", type=int, default=16, help="12 MP JPEGs for the end-to-end rows (0: skip)")
     ap.add_argument("--e2e-batch", type=int, default=8, help="batch size of the end-to-end rows")
+    ap.add_argument("--client", default="httpx", choices=sorted(CLIENTS), help="the HTTP client library")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -287,7 +331,7 @@ def main():
 
     engines = parse_engines(args.engine)
     images = [photo_jpeg(i) for i in range(8)]
-    out = {"model": os.path.basename(args.model), "clients": args.clients, "requests": args.requests,
+    out = {"model": os.path.basename(args.model), "clients": args.clients, "client": args.client, "requests": args.requests,
            "image": "640x480 JPEG", "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as folder:
         e2e_paths = [photo_12mp(i, folder) for i in range(args.e2e_images)]

@@ -120,7 +120,8 @@ def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False
     (labels per class 1,5,20; --steps: both arms' step cap; each run stops when validation stops improving;
     --workers: runs at once, one torch thread each, default one per core).
     --distill: small students learn from a Lite0 teacher on Fashion-MNIST, with and without unlabelled photos
-    (20 labels per class; --steps: per student run). KEY=VALUE overrides apply to all its recipes."""
+    (20 labels per class; --steps: per student run; --workers as above). KEY=VALUE overrides apply to all its
+    recipes."""
     from toolkit.train.demo import demo_command
 
     demo_command([str(o) for o in overrides], seeds=seeds, labels_per_class=labels_per_class, quick=quick,

@@ -18,7 +18,7 @@ def test_tiny_demo_writes_the_table_and_the_timing(tmp_path, monkeypatch, capsys
     tiny_demo_fashion(tmp_path, monkeypatch)
     out = tmp_path / "demo"
     opts = demo.DistillDemoOptions(seeds=[0], labels_per_class=2, unlabeled=20, steps=1, teacher_steps=1,
-                                   out_dir=str(out), overrides=["data.val_fraction=0.1"])
+                                   out_dir=str(out), overrides=["data.val_fraction=0.1"], workers=2)
     monkeypatch.chdir(tmp_path)  # the fashion_mnist source reads data/ of the working directory
     record = demo.run_distill_demo(opts)
     printed = capsys.readouterr().out
@@ -51,6 +51,10 @@ def test_options_are_checked_before_anything_runs(tmp_path):
         demo_command([], labels_per_class="5,20", distill=True)
     with pytest.raises(UserError, match="--imagenet or --distill, not both"):
         demo_command([], imagenet=True, distill=True)
+    with pytest.raises(UserError, match="workers -1; expected 0"):
+        demo_command([], distill=True, workers="-1", out_dir=str(tmp_path))
+    with pytest.raises(UserError, match="--workers goes with --imagenet or --distill"):
+        demo_command([], workers="2")
     assert not os.listdir(tmp_path)
 
 

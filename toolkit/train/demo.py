@@ -95,8 +95,8 @@ def demo_command(overrides: list, seeds=None, labels_per_class=None, quick: bool
                   if k in given},
                  **{k: parse_int(given[k], "--" + k) for k in ("steps", "workers") if k in given},
                  quick=quick, overrides=overrides)
-    if "workers" in given and not imagenet:
-        raise UserError("demo: --workers goes with --imagenet (the other demos train one run at a time)")
+    if "workers" in given and not (imagenet or distill):
+        raise UserError("demo: --workers goes with --imagenet or --distill (the digits demo trains one run at a time)")
     if "steps" in given and not (imagenet or distill):
         raise UserError("demo: --steps goes with --imagenet or --distill (the digits demo trains by epochs)")
     if imagenet and distill:
