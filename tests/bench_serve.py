@@ -18,7 +18,8 @@ For each engine in turn (the same export), prints (and writes as JSON with --jso
   decoding (summed over the pool's threads) and to the model.
 Everything runs on CPU with the same thread settings; the server is idle while the Predictor runs.
 The HTTP clients run on the same cores as the server: `--client stdlib` (http.client, keep-alive) costs
-the load generator less CPU a request than httpx (the default), as a client on another machine would.
+the load generator less CPU a request than httpx (the default), and `--client-nice 19` runs the
+throughput clients in a process that yields the cores to the server, as clients on other machines would.
 """
 import argparse
 import io
@@ -123,14 +124,13 @@ class StdlibClient:
 CLIENTS = {"httpx": HttpxClient, "stdlib": StdlibClient}
 
 
-def throughput(pred, url, work, args, out):
-    """The Predictor on a list (server idle) vs the server under N clients, in alternating rounds."""
-    import httpx
+def client_round(url: str, work: list, clients: int, kind: str) -> tuple:
+    """One throughput round: `clients` threads POST `work` to the server, each its next image as soon as its
+    last answer came; -> (img/s, the answers' status codes)."""
+    counter, lock, go, statuses = iter(range(len(work))), threading.Lock(), threading.Barrier(clients + 1), []
 
-    direct, served, statuses = {16: [], 32: []}, [], []
-
-    def client(counter, lock, go):
-        c = CLIENTS[args.client](url)
+    def client():
+        c = CLIENTS[kind](url)
         try:
             c.post_image(work[0])  # connect (and warm) before the clock starts
             go.wait()
@@ -143,16 +143,37 @@ def throughput(pred, url, work, args, out):
         finally:
             c.close()
 
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    go.wait()
+    t = time.perf_counter()
+    for th in threads:
+        th.join()
+    return len(work) / (time.perf_counter() - t), statuses
+
+
+def throughput(pred, url, work, args, out):
+    """The Predictor on a list (server idle) vs the server under N clients, in alternating rounds. With
+    --client-nice N the clients run in a process of their own at that niceness: they then yield the cores
+    to the server, as clients on other machines would, instead of competing with it for the same two."""
+    import httpx
+
+    direct, served, statuses = {16: [], 32: []}, [], []
+    clients_process = None
+    if args.client_nice is not None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        clients_process = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                              initializer=os.nice, initargs=(args.client_nice,))
+
     def server_round():
-        counter, lock, go = iter(range(len(work))), threading.Lock(), threading.Barrier(args.clients + 1)
-        threads = [threading.Thread(target=client, args=(counter, lock, go)) for _ in range(args.clients)]
-        for th in threads:
-            th.start()
-        go.wait()
-        t = time.perf_counter()
-        for th in threads:
-            th.join()
-        return len(work) / (time.perf_counter() - t)
+        call = (clients_process.submit(client_round, url, work, args.clients, args.client).result
+                if clients_process else lambda: client_round(url, work, args.clients, args.client))
+        rate, codes = call()
+        statuses.extend(codes)
+        return rate
 
     for _ in range(args.rounds):
         for bs in (16, 32):
@@ -162,6 +183,8 @@ def throughput(pred, url, work, args, out):
             direct[bs].append(len(work) / (time.perf_counter() - t))
         served.append(server_round())
     pred.batch_size = 32
+    if clients_process:
+        clients_process.shutdown()
     stats = httpx.get(url + "/ready").json()
     for bs in (16, 32):
         out[f"predictor_img_s_batch{bs}"] = [round(x, 3) for x in direct[bs]]
@@ -322,6 +345,8 @@ def main():
     ap.add_argument("--e2e-images", type=int, default=16, help="12 MP JPEGs for the end-to-end rows (0: skip)")
     ap.add_argument("--e2e-batch", type=int, default=8, help="batch size of the end-to-end rows")
     ap.add_argument("--client", default="httpx", choices=sorted(CLIENTS), help="the HTTP client library")
+    ap.add_argument("--client-nice", type=int, default=None,
+                    help="throughput clients in their own process at this niceness (19: they yield the cores)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -331,7 +356,8 @@ def main():
 
     engines = parse_engines(args.engine)
     images = [photo_jpeg(i) for i in range(8)]
-    out = {"model": os.path.basename(args.model), "clients": args.clients, "client": args.client, "requests": args.requests,
+    out = {"model": os.path.basename(args.model), "clients": args.clients, "client": args.client,
+           "client_nice": args.client_nice, "requests": args.requests,
            "image": "640x480 JPEG", "cpu_count": os.cpu_count(), "load_average_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as folder:
         e2e_paths = [photo_12mp(i, folder) for i in range(args.e2e_images)]
