@@ -20,3 +20,9 @@ def leave_a_cycle() -> None:
 
 def cycles_alive() -> int:
     return sum(ref() is not None for ref in _LEFT)
+
+
+def pid() -> int:
+    import os
+
+    return os.getpid()

@@ -89,6 +89,31 @@ def test_the_pool_collects_garbage_after_each_run():
         assert pool.run(pool_helpers.cycles_alive) == 0
 
 
+def test_ctrl_c_ends_an_idle_worker_without_a_traceback(capfd):
+    import os
+    import signal
+    import time
+
+    import pool_helpers
+
+    with demo_pool.RunPool(1) as pool:
+        worker = pool.run(pool_helpers.pid)  # started, and now idle: waiting for the next run
+        os.kill(worker, signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _alive(worker):
+            time.sleep(0.1)
+        assert not _alive(worker)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie has exited, its parent just has not reaped it
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
 def test_the_first_failed_run_cancels_the_queued_ones():
     import operator

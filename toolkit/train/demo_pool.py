@@ -29,10 +29,21 @@ def worker_count(asked: int) -> int:
     return max(1, min(physical_cores(), MAX_WORKERS, int(free // WORKER_BYTES)))
 
 
-def _one_torch_thread() -> None:
+def _quiet_interrupt(signum, _frame):
+    """Ctrl-C in a worker outside a training run (waiting for work, or scoring): leave without a traceback.
+    A run in progress has its own handler (toolkit.train.stop) that saves first, then puts this one back."""
+    raise SystemExit(128 + signum)
+
+
+def _start_worker() -> None:
+    """One torch thread; Ctrl-C, which the terminal sends to every worker too, ends an idle one quietly (the
+    main process cancels the queued runs and says "interrupted")."""
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, _quiet_interrupt)
 
 
 def _then_collect(fn, *args):
@@ -53,7 +64,7 @@ class RunPool:
 
     def __init__(self, workers: int):
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_one_torch_thread)
+                                         initializer=_start_worker)
 
     def __enter__(self) -> "RunPool":
         return self
