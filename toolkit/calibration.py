@@ -24,13 +24,16 @@ import numpy as np
 from toolkit.contract import OOD_SCORES
 from toolkit.errors import UserError
 
-__all__ = ["OOD_SCORES", "DEFAULT_SCORE", "DEFAULT_ACCEPT_RATE", "ECE_BINS", "MIN_CALIBRATION_IMAGES",
+__all__ = ["OOD_SCORES", "DEFAULT_SCORE", "DEFAULT_ACCEPT_RATE", "MIN_AGREEMENT", "ECE_BINS", "MIN_CALIBRATION_IMAGES",
            "softmax", "nll", "ece", "fit_temperature", "ood_score", "threshold_for", "auroc", "fpr_at_tpr",
            "check_accept_rate", "fit", "split_summary", "ood_summary", "too_few", "binomial_tail",
            "rate_lower_bound"]
 
 DEFAULT_SCORE = "energy"
 DEFAULT_ACCEPT_RATE = 0.95
+# The share of validation images on which every twin and engine must take the FP32 file's accept/reject
+# decision (export's --min-agreement; toolkit.export.calibrate applies it).
+MIN_AGREEMENT = 0.99
 ECE_BINS = 15
 MIN_CALIBRATION_IMAGES = 20  # fewer validation images than this: T and the threshold would be noise
 # The bounded search range of T: far wider than any trained net needs (label smoothing: T < 1 typically).

@@ -118,12 +118,37 @@ def test_empty_or_missing_ood_folder_is_one_error(tmp_path):
     assert _onnx_files(tmp_path / "exports") == []
 
 
-def _job(bf16_check=False):
+@pytest.mark.parametrize("share", [0, 1.5, -0.1, "x", True])
+def test_bad_min_agreement_is_one_error(tmp_path, share):
+    with pytest.raises(UserError, match="--min-agreement"):
+        export_mod.export_run(run=str(tmp_path), min_agreement=share, quiet=True)
+
+
+def _job(bf16_check=False, min_agreement=calibrate_mod.MIN_AGREEMENT):
     import types
 
     said = []
-    return types.SimpleNamespace(options=types.SimpleNamespace(bf16_check=bf16_check), say=said.append,
-                                 path="m.onnx", said=said)
+    options = types.SimpleNamespace(bf16_check=bf16_check, min_agreement=min_agreement)
+    return types.SimpleNamespace(options=options, say=said.append, path="m.onnx", said=said)
+
+
+def test_a_refused_twin_is_accepted_with_the_min_agreement_the_error_names():
+    import re
+
+    with pytest.raises(UserError) as refused:
+        calibrate_mod._judge({"int8": 1 - 60 / 2000}, 2000, _job())
+    loosened = float(re.search(r"--min-agreement ([0-9.]+)", str(refused.value)).group(1))
+    assert 0.97 < loosened < 0.98  # the disagreement's lower bound is 2.40%
+    job = _job(min_agreement=loosened)
+    calibrate_mod._judge({"int8": 1 - 60 / 2000}, 2000, job)  # passes, with a note: still below that share
+    assert len(job.said) == 1 and "int8 takes the FP32 file's accept/reject decision on 97.0%" in job.said[0]
+    # the INT8 ladder's gate (decision_agreement) follows the same option
+    logits = np.random.default_rng(0).normal(size=(2000, 5))
+    shaken = logits + np.random.default_rng(1).normal(scale=0.5, size=logits.shape)
+    targets = logits.argmax(1)
+    agree, refused_at_99 = calibrate_mod.decision_agreement(logits, shaken, targets, 0.95)
+    assert refused_at_99 and not calibrate_mod.decision_agreement(logits, shaken, targets, 0.95,
+                                                                  min_agreement=agree - 0.01)[1]
 
 
 def test_the_bf16_read_is_refused_only_with_bf16_check():

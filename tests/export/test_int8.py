@@ -255,6 +255,10 @@ def test_failure_message_hints_follow_what_was_pinned():
     assert "try leaving out --calib-method (lets" in message(calib_method="entropy")
     off = message(int8_search=False, calib_method="entropy")
     assert "try --int8-search=true (tries the other settings), more" in off and "leaving out" not in off
+    assert "--min-agreement" not in msg  # no setting was refused by the accept/reject gate
+    tried[1].update(top1_drop=0.0, decision_agreement=0.95, agreement_refused=True)
+    gated = message(min_agreement=0.98)
+    assert "(accept/reject agreement 95.0%: refused)" in gated and "a lower --min-agreement (used 0.98)" in gated
 
 
 # ------------------------------------------------------------------------------------------------

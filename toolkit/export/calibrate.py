@@ -6,11 +6,12 @@ After every file is staged and gated (before anything is published):
   2. each file gets its own T (toolkit.calibration.fit_temperature on its own logits) and threshold
      (accepting --accept-rate of the validation images); the BF16 read gets its own under ood.bf16;
   3. every twin and the FP32 file on OpenVINO must take the FP32 file's accept/reject decision on at least
-     MIN_AGREEMENT of the images, else a UserError with the numbers and nothing is written (like the INT8
-     budget); the BF16 read too with --bf16-check (else its agreement is reported, with a note below 99%).
+     --min-agreement (MIN_AGREEMENT by default) of the images, else a UserError with the numbers and
+     nothing is written (like the INT8 budget, and like it the user may loosen it); the BF16 read too with
+     --bf16-check (else its agreement is reported, with a note below 99%).
      "Below 99%" is a statement about the engine, not about these images: one is refused only when its
      disagreement is above 1% with 95% confidence (the one-sided Clopper-Pearson lower bound of
-     differ / n above 1 - MIN_AGREEMENT). On 180 images two flips (98.9%) are chance; 14 of 600 (97.7%) are not;
+     differ / n above 1 - min agreement). On 180 images two flips (98.9%) are chance; 14 of 600 (97.7%) are not;
      an observed share below 99% that chance explains is printed as a note;
   4. `temperature` and `ood` go into each staged file's metadata (toolkit.contract).
 With --ood DIR the OOD score (max_prob or energy) is the one that separates that folder better, and
@@ -18,6 +19,7 @@ the share of it each file rejects is reported. Fewer than 20 validation images: 
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -31,8 +33,8 @@ from toolkit.runtime.onnx_eval import load_pixels, run_logits
 
 __all__ = ["calibrate_files", "decision_agreement", "pick_score", "MIN_AGREEMENT", "CONFIDENCE", "MAX_IMAGES"]
 
-MIN_AGREEMENT = 0.99  # accept/reject agreement with the FP32 file on ORT CPU, every engine and twin
-CONFIDENCE = 0.95  # how sure the gate must be that an engine's disagreement is above 1 - MIN_AGREEMENT
+MIN_AGREEMENT = calibration.MIN_AGREEMENT  # --min-agreement's default: every engine and twin vs the FP32 file
+CONFIDENCE = 0.95  # how sure the gate must be that an engine's disagreement is above 1 - the min agreement
 MAX_IMAGES = 2000  # validation images used (enough for a 1% agreement gate and a stable T)
 
 
@@ -61,7 +63,7 @@ def calibrate_files(job: ExportJob, staging: Staging, data, out_pixels: np.ndarr
     for kind in staging.files:
         _write(staging, kind, fits[kind], bf16 if kind == "fp32" else None)
     result = {"score": score, "accept_rate": o.accept_rate, "n": int(len(pixels)), "agreement": agreement,
-              "disagreement_lower_bound": bounds,
+              "min_agreement": o.min_agreement, "disagreement_lower_bound": bounds,
               "files": {k: {**calibration.split_summary(logits[k], targets, f["temperature"], f), **f}
                         for k, f in fits.items()}}
     if out_pixels is not None:
@@ -75,7 +77,8 @@ def calibrate_files(job: ExportJob, staging: Staging, data, out_pixels: np.ndarr
 
 
 def decision_agreement(fp32_logits: np.ndarray, logits: np.ndarray, targets: np.ndarray, accept_rate: float,
-                       score: str = calibration.DEFAULT_SCORE) -> tuple[float | None, bool]:
+                       score: str = calibration.DEFAULT_SCORE,
+                       min_agreement: float = MIN_AGREEMENT) -> tuple[float | None, bool]:
     """(the share of validation images on which a twin takes the FP32 file's accept/reject decision, each with
     its own T and threshold, and whether step 3 would refuse it); (None, False) on too few images. Lets the
     INT8 ladder try its next setting rather than fail here after choosing one."""
@@ -85,7 +88,7 @@ def decision_agreement(fp32_logits: np.ndarray, logits: np.ndarray, targets: np.
     ref, twin = (calibration.fit(x[:n], targets[:n], accept_rate, score) for x in (fp32_logits, logits))
     agree = float(np.mean(_decisions(fp32_logits[:n], ref) == _decisions(logits[:n], twin)))
     differ = int(round((1.0 - agree) * n))
-    return agree, calibration.rate_lower_bound(differ, n, CONFIDENCE) > 1.0 - MIN_AGREEMENT
+    return agree, calibration.rate_lower_bound(differ, n, CONFIDENCE) > 1.0 - min_agreement
 
 
 def _logits(path: str, engine: str, precision: str, pixels: np.ndarray, job: ExportJob, raw: bool) -> np.ndarray:
@@ -132,11 +135,12 @@ def _agreement(logits: dict, fits: dict) -> dict:
 
 
 def _judge(agreement: dict, n: int, job: ExportJob) -> dict:
-    """Refuse a twin or an FP32 engine whose disagreement with the FP32 file is above 1 - MIN_AGREEMENT
+    """Refuse a twin or an FP32 engine whose disagreement with the FP32 file is above 1 - --min-agreement
     with CONFIDENCE (its lower bound is); below 99% seen but within chance of it: a note. The BF16 read is
     not a file: like its logits (--bf16-check), it is refused only with --bf16-check, else noted.
     -> name: the lower bound of its disagreement (the report keeps it)."""
-    allowed = 1.0 - MIN_AGREEMENT
+    least = job.options.min_agreement
+    allowed = 1.0 - least
     differ = {k: int(round((1.0 - v) * n)) for k, v in agreement.items()}
     bounds = {k: calibration.rate_lower_bound(d, n, CONFIDENCE) for k, d in differ.items()}
     above = {k for k, b in bounds.items() if b > allowed}
@@ -146,14 +150,16 @@ def _judge(agreement: dict, n: int, job: ExportJob) -> dict:
         return (f"{k} {agreement[k] * 100:.1f}% ({differ[k]} of {n} differ; disagreement at least "
                 f"{bounds[k] * 100:.2f}% with {CONFIDENCE * 100:g}% confidence)")
 
-    for name in sorted(k for k, v in agreement.items() if v < MIN_AGREEMENT and k not in bad):
+    for name in sorted(k for k, v in agreement.items() if v < least and k not in bad):
         why = "--bf16-check refuses that" if name in above else "within chance of it on this many images"
         job.say(f"note: {name} takes the FP32 file's accept/reject decision on {agreement[name] * 100:.1f}% of "
-                f"the validation images ({differ[name]} of {n}; below {MIN_AGREEMENT * 100:g}%, {why})")
+                f"the validation images ({differ[name]} of {n}; below {least * 100:g}%, {why})")
     if bad:
-        raise UserError(f"accept/reject agreement with the FP32 file below {MIN_AGREEMENT * 100:g}%: "
+        loosest = math.floor((1.0 - max(bounds[k] for k in bad)) * 1000) / 1000  # the gate this would pass
+        raise UserError(f"accept/reject agreement with the FP32 file below {least * 100:g}%: "
                         + ", ".join(numbers(k) for k in sorted(bad))
-                        + f" ({job.path}, on the validation images); nothing was written")
+                        + f" ({job.path}, on the validation images); nothing was written. To accept that many "
+                        f"changed decisions, export again with --min-agreement {loosest:g}")
     return bounds
 
 

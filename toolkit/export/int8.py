@@ -200,7 +200,7 @@ def _attempt(job: ExportJob, staging: Staging, prepared: Prepared, setting: Int8
     del session
     acc = accuracy_report(logits, scoring.targets, job.labels)
     agree, refused = (decision_agreement(scoring.fp32_logits, logits, scoring.targets, job.options.accept_rate,
-                                         scoring.score)
+                                         scoring.score, job.options.min_agreement)
                       if scoring.split == "val" else (None, False))  # the calibration stage judges val only
     return {**setting.as_dict(), "int8_top1": acc["top1"], "int8_top5": acc["top5"],
             "top1_drop": scoring.fp32["top1"] - acc["top1"],
@@ -252,6 +252,8 @@ def _failure(job: ExportJob, scoring: Scoring, tried: list, n_calib: int) -> str
     hints += [f"more --calib-images (used {n_calib})", "--keep-fp32 with more layers (e.g. head)",
               f"more --int8-qat-steps (used {o.int8_qat_steps})" if o.int8_qat_steps
               else "--int8-qat-steps 300 (a short quantization-aware fine-tune)", "a larger --int8-budget"]
+    if any(t.get("agreement_refused") for t in tried):
+        hints.append(f"a lower --min-agreement (used {o.min_agreement:g})")
     gate = " and passed the accept/reject agreement gate" if any(t.get("agreement_refused") for t in tried) else ""
     return (f"int8 accuracy gate failed: no setting kept the top-1 drop within --int8-budget {o.int8_budget:g} "
             f"(points) on {len(scoring.pixels)} {scoring.split} images (fp32 top-1 {scoring.fp32['top1']:.2f}%)"

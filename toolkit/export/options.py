@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Iterable, Optional
 
-from toolkit.calibration import check_accept_rate
+from toolkit.calibration import MIN_AGREEMENT, check_accept_rate
 from toolkit.errors import UserError
 from toolkit.parsing import parse_bool, parse_list
 
@@ -39,6 +39,7 @@ class ExportOptions:
     parity_images: int = 16  # validation images the parity gate runs (beside random tensors)
     bf16_check: bool = False  # also judge the FP32 file on OpenVINO bf16 against PyTorch (toolkit/export/bf16.py)
     accept_rate: float = 0.95  # share of validation images the "unknown" threshold accepts, in (0, 1]
+    min_agreement: float = MIN_AGREEMENT  # share of validation images on which every twin and engine must take the FP32 file's accept/reject decision, in (0, 1]
     ood: Optional[str] = None  # a folder of photos that are none of the classes: report how many are rejected
     ir_version: Optional[int] = None  # write this ONNX IR version (older runtimes); None = the exporter's
     exports_dir: str = "exports"  # where exports go when `out` is not given
@@ -78,9 +79,21 @@ def check_options(options: ExportOptions) -> ExportOptions:
         raise UserError("--keep-fp32 only applies with --int8; add --int8 or drop --keep-fp32")
     fp16_keep = None if options.fp16_keep_fp32 is None else check_op_types(options.fp16_keep_fp32, options.fp16)
     per_channel = None if options.per_channel is None else parse_bool(options.per_channel, "--per-channel")
-    return dataclasses.replace(options, int8_budget=budget, accept_rate=check_accept_rate(options.accept_rate), keep_fp32=keep, per_channel=per_channel,
-                               fp16_keep_fp32=fp16_keep,
+    return dataclasses.replace(options, int8_budget=budget, accept_rate=check_accept_rate(options.accept_rate),
+                               min_agreement=_check_min_agreement(options.min_agreement), keep_fp32=keep,
+                               per_channel=per_channel, fp16_keep_fp32=fp16_keep,
                                int8_search=parse_bool(options.int8_search, "--int8-search"))
+
+
+def _check_min_agreement(value) -> float:
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = float("nan")
+    if isinstance(value, bool) or not 0.0 < share <= 1.0:
+        raise UserError(f"--min-agreement {value!r}: expected the share of validation images on which a twin must "
+                        "take the FP32 file's accept/reject decision, above 0 and at most 1 (e.g. 0.99)")
+    return share
 
 
 
