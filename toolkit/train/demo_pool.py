@@ -31,7 +31,8 @@ def worker_count(asked: int) -> int:
 
 def _quiet_interrupt(signum, _frame):
     """Ctrl-C in a worker outside a training run (waiting for work, or scoring): leave without a traceback.
-    A run in progress has its own handler (toolkit.train.stop) that saves first, then puts this one back."""
+    A run in progress has its own handler (toolkit.train.stop) that saves first, then puts this one back.
+    (SystemExit, not os._exit: the worker's queues then close cleanly, with no leaked-semaphore warning.)"""
     raise SystemExit(128 + signum)
 
 
