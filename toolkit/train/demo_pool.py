@@ -38,7 +38,8 @@ def _quiet_interrupt(signum, _frame):
 
 def _start_worker() -> None:
     """One torch thread; Ctrl-C, which the terminal sends to every worker too, ends an idle one quietly (the
-    main process cancels the queued runs and says "interrupted")."""
+    main process cancels the queued runs and says "interrupted"). One that lands inside the executor's own
+    hand-over of a result is kept by the executor; that worker then ends when the pool shuts down."""
     import signal
 
     import torch
