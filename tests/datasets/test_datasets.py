@@ -64,12 +64,16 @@ def test_labels_per_class_scans_only_the_images_kept(tmp_path):
         D.load_dataset(make_recipe({"root": root}))
 
 
-def test_quiet_load_keeps_the_health_and_prints_nothing(tmp_path, capsys):
-    """The demos train dozens of runs quietly: one health summary each would bury their tables."""
+def test_quiet_load_keeps_the_health_and_prints_nothing(tmp_path, capsys, monkeypatch):
+    """The demos train dozens of runs quietly: one health summary (or scan line) each would bury their tables."""
+    from toolkit.datasets import load as load_mod
+
+    monkeypatch.setattr(load_mod, "PROGRESS_MIN_IMAGES", 1)  # the scan's line, shown here for 12 images
     recipe = make_recipe({"root": make_folder(tmp_path, ["a", "b"], n=3, splits=["train", "val"])})
     assert D.load_dataset(recipe, quiet=True).health["images"] == 12 and capsys.readouterr().out == ""
     D.load_dataset(recipe)
-    assert "data health: 12 images" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "data health: 12 images" in printed and "scan: 12 images checked" in printed
 
 
 def test_folder_train_only_split_carves_val(tmp_path):

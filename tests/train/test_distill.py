@@ -95,6 +95,22 @@ def test_unlabeled_folder_without_readable_images_is_one_error(tmp_path, square_
         recipe_mod.from_dict(tiny_recipe(tmp_path, square_folder, data={"unlabeled": str(broken)}))
 
 
+def test_unlabeled_scan_line_only_when_not_quiet(tmp_path, square_folder, capsys, monkeypatch):
+    """A quiet run (the demos' dozens) prints no scan line for its pool; `toolkit train` does."""
+    from toolkit.datasets import load as load_mod
+    from toolkit.train.distill_data import unlabeled_items
+
+    monkeypatch.setattr(load_mod, "PROGRESS_MIN_IMAGES", 1)  # the line, shown here for 3 photos
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(3):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(pool / f"{i}.png")
+    recipe = recipe_mod.from_dict(tiny_recipe(tmp_path, square_folder))
+    recipe.data.unlabeled = str(pool)
+    assert len(unlabeled_items(recipe, -1, progress=False)) == 3 and capsys.readouterr().out == ""
+    assert len(unlabeled_items(recipe, -1)) == 3 and "scan: 3 images checked" in capsys.readouterr().out
+
+
 def test_cache_is_chosen_only_for_a_deterministic_augmentation(tmp_path, square_folder):
     from toolkit.train.data import build_augment
 

@@ -41,6 +41,9 @@ def _check_file(path: str, max_pixels: int, preprocess: Optional[Preprocess] = N
     return None
 
 
+PROGRESS_MIN_IMAGES = 2000  # a scan of fewer files is quick enough to need no progress line
+
+
 def scan_items(items: list, max_pixels: int = DEFAULT_MAX_PIXELS, threads: Optional[int] = None,
                progress: bool = True, preprocess: Optional[Preprocess] = None, prints: Optional[dict] = None) -> list:
     """Decode every file item (arrays are skipped); -> [(path, reason)] for each unusable one. With `prints`
@@ -55,7 +58,7 @@ def scan_items(items: list, max_pixels: int = DEFAULT_MAX_PIXELS, threads: Optio
     if not paths:
         return []
     threads = threads or min(16, 2 * (os.cpu_count() or 1))  # bounded: each may hold a big decoded image
-    show = progress and len(paths) >= 2000
+    show = progress and len(paths) >= PROGRESS_MIN_IMAGES
     bad, start = [], time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         reasons = pool.map(lambda p: _check_file(p, max_pixels, preprocess, prints), paths)
@@ -134,7 +137,7 @@ def load_dataset(recipe, scan: bool = True, quiet: bool = False) -> Dataset:
     splits["train"] = keep_per_class(splits["train"], labels, d.labels_per_class, d.split_seed)
     preprocess = Preprocess(**dataclasses.asdict(recipe.preprocess))
     prints: dict = {}
-    bad = scan_items(splits["train"] + splits["val"] + splits["test"], d.max_pixels,
+    bad = scan_items(splits["train"] + splits["val"] + splits["test"], d.max_pixels, progress=not quiet,
                      preprocess=preprocess, prints=prints) if scan else []
     skipped = []
     if bad and d.skip_corrupt:

@@ -16,17 +16,18 @@ from toolkit.runtime.image_files import collect_images
 MAX_LISTED = 10  # unreadable photos named in one error
 
 
-def unlabeled_items(recipe, label: int) -> list:
+def unlabeled_items(recipe, label: int, progress: bool = True) -> list:
     """[(path, label)] for every readable photo of data.unlabeled; `label` marks them (distill.UNLABELLED).
     No photo, or no readable photo, is one UserError; some unreadable ones are an error listing them,
-    unless data.skip_corrupt (then they are skipped, and said)."""
+    unless data.skip_corrupt (then they are skipped, and said). `progress`: the scan's line (not when quiet)."""
     folder = recipe.data.unlabeled
     paths, problems = collect_images(folder)
     if problems or not paths:
         why = problems[0][1] if problems else "no images"
         raise UserError(f"data.unlabeled: {folder}: {why}; expected a folder of photos without labels")
     preprocess = Preprocess(**dataclasses.asdict(recipe.preprocess))
-    bad = dict(scan_items([(p, label) for p in paths], recipe.data.max_pixels, preprocess=preprocess))
+    bad = dict(scan_items([(p, label) for p in paths], recipe.data.max_pixels, progress=progress,
+                          preprocess=preprocess))
     good = [p for p in paths if p not in bad]
     if not good:
         first = next(iter(bad.items()))

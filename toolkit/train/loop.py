@@ -171,8 +171,8 @@ class _Session:
             raise UserError("data: the validation split is empty; set data.val_fraction above 0 or add a val/ folder")
         self.ctx.check_training(self.t, self.device)
         unlabeled = self.recipe.data.unlabeled
-        self.unlabeled = self.ctx.on_main(lambda: unlabeled_items(self.recipe, distill.UNLABELLED)) \
-            if unlabeled else []
+        self.unlabeled = self.ctx.on_main(lambda: unlabeled_items(self.recipe, distill.UNLABELLED,
+                                                                  progress=not self.opts.quiet)) if unlabeled else []
 
     def build_model(self) -> None:
         recipe, t, ctx, device = self.recipe, self.t, self.ctx, self.device
