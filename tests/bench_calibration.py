@@ -41,7 +41,7 @@ def all_t10k(recipe) -> list:
 
     files = fashion.locate_files(recipe.data)
     images, labels = fashion.read_pair(*(files[name] for name in fashion.FILES["t10k"]))
-    rgb = np.broadcast_to(images[..., None], images.shape + (3,))
+    rgb = fashion._as_rgb(images)  # the source's own three-channel view, as its splits hand out
     return [(rgb[i], int(labels[i])) for i in range(len(images))]
 
 

@@ -169,9 +169,10 @@ def throughput(pred, url, work, args, out):
                                               initializer=os.nice, initargs=(args.client_nice,))
 
     def server_round():
-        call = (clients_process.submit(client_round, url, work, args.clients, args.client).result
-                if clients_process else lambda: client_round(url, work, args.clients, args.client))
-        rate, codes = call()
+        if clients_process:
+            rate, codes = clients_process.submit(client_round, url, work, args.clients, args.client).result()
+        else:
+            rate, codes = client_round(url, work, args.clients, args.client)
         statuses.extend(codes)
         return rate
 

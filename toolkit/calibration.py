@@ -26,7 +26,7 @@ from toolkit.errors import UserError
 
 __all__ = ["OOD_SCORES", "DEFAULT_SCORE", "DEFAULT_ACCEPT_RATE", "MIN_AGREEMENT", "ECE_BINS", "MIN_CALIBRATION_IMAGES",
            "softmax", "nll", "ece", "fit_temperature", "ood_score", "threshold_for", "auroc", "fpr_at_tpr",
-           "check_accept_rate", "fit", "split_summary", "ood_summary", "too_few", "binomial_tail",
+           "check_share", "check_accept_rate", "fit", "split_summary", "ood_summary", "too_few", "binomial_tail",
            "rate_lower_bound"]
 
 DEFAULT_SCORE = "energy"
@@ -164,16 +164,21 @@ def rate_lower_bound(count: int, n: int, confidence: float = 0.95) -> float:
     return lo
 
 
+def check_share(value, flag: str, meaning: str, example: float) -> float:
+    """A share of validation images given as `flag`, as a float in (0, 1], or one clear UserError saying
+    what it is (`meaning`) and what it could be (`example`)."""
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = float("nan")
+    if isinstance(value, bool) or not 0.0 < share <= 1.0:
+        raise UserError(f"{flag} {value!r}: expected {meaning}, above 0 and at most 1 (e.g. {example:g})")
+    return share
+
+
 def check_accept_rate(value) -> float:
     """--accept-rate as a float in (0, 1], or one clear UserError."""
-    try:
-        rate = float(value)
-    except (TypeError, ValueError):
-        rate = float("nan")
-    if isinstance(value, bool) or not 0.0 < rate <= 1.0:
-        raise UserError(f"--accept-rate {value!r}: expected a share of validation images to accept, "
-                        "above 0 and at most 1 (e.g. 0.95)")
-    return rate
+    return check_share(value, "--accept-rate", "a share of validation images to accept", DEFAULT_ACCEPT_RATE)
 
 
 def too_few(n: int) -> str | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Iterable, Optional
 
-from toolkit.calibration import MIN_AGREEMENT, check_accept_rate
+from toolkit.calibration import MIN_AGREEMENT, check_accept_rate, check_share
 from toolkit.errors import UserError
 from toolkit.parsing import parse_bool, parse_list
 
@@ -79,22 +79,11 @@ def check_options(options: ExportOptions) -> ExportOptions:
         raise UserError("--keep-fp32 only applies with --int8; add --int8 or drop --keep-fp32")
     fp16_keep = None if options.fp16_keep_fp32 is None else check_op_types(options.fp16_keep_fp32, options.fp16)
     per_channel = None if options.per_channel is None else parse_bool(options.per_channel, "--per-channel")
+    agreement = check_share(options.min_agreement, "--min-agreement", "the share of validation images on which a "
+                            "twin must take the FP32 file's accept/reject decision", MIN_AGREEMENT)
     return dataclasses.replace(options, int8_budget=budget, accept_rate=check_accept_rate(options.accept_rate),
-                               min_agreement=_check_min_agreement(options.min_agreement), keep_fp32=keep,
-                               per_channel=per_channel, fp16_keep_fp32=fp16_keep,
-                               int8_search=parse_bool(options.int8_search, "--int8-search"))
-
-
-def _check_min_agreement(value) -> float:
-    try:
-        share = float(value)
-    except (TypeError, ValueError):
-        share = float("nan")
-    if isinstance(value, bool) or not 0.0 < share <= 1.0:
-        raise UserError(f"--min-agreement {value!r}: expected the share of validation images on which a twin must "
-                        "take the FP32 file's accept/reject decision, above 0 and at most 1 (e.g. 0.99)")
-    return share
-
+                               min_agreement=agreement, keep_fp32=keep, per_channel=per_channel,
+                               fp16_keep_fp32=fp16_keep, int8_search=parse_bool(options.int8_search, "--int8-search"))
 
 
 def check_op_types(value, fp16: bool) -> list:

@@ -260,7 +260,8 @@ def _train_all(pool: RunPool, opts: DistillDemoOptions, teacher_recipe, data: li
 
 def _timing(runs: list, cached: dict) -> dict:
     """The timing run against the per-batch pool run of the same student and seed."""
-    per_batch = next(r for r in runs if r["arm"] == "distilled+pool")
+    per_batch = next(r for r in runs if r["arm"] == "distilled+pool" and (r["arch"], r["seed"]) ==
+                     (cached["arch"], cached["seed"]))
     keys = ("epoch_s", "seconds", "test_top1", "val_top1", "epochs")
     return {"arch": per_batch["arch"], "per_batch": {k: per_batch[k] for k in keys},
             "cached": {**{k: cached[k] for k in keys}, "cache_s": cached["distill"]["cache_seconds"],
