@@ -40,6 +40,7 @@ def test_tiny_demo_writes_the_table_and_the_timing(tmp_path, monkeypatch, capsys
     assert "its own eval view of each photo, 64 px" in mbv3["distill"]["teacher_input"]  # not the student's 32 px
     assert saved["facts"]["teacher"]["px"] == 64 and saved["facts"]["efficientnet_lite0"]["px"] == 32
     assert "gap closed" in (out / "demo.md").read_text() and "validation top-1" in (out / "demo.md").read_text()
+    assert "every run on one torch thread" in saved["machine"]  # the workers' threads, not this process's
 
 
 def test_options_are_checked_before_anything_runs(tmp_path):

@@ -41,7 +41,7 @@ from toolkit.artifacts import atomic_write
 from toolkit.datasets import load_dataset
 from toolkit.datasets.splits import keep_per_class
 from toolkit.errors import UserError
-from toolkit.train.demo_pool import RunPool, worker_count
+from toolkit.train.demo_pool import RUNS_ON, RunPool, worker_count
 from toolkit.train.demo_shared import final_test_top1, machine_line, recipe_path, train_quietly
 from toolkit.train.model import model_from_checkpoint
 from toolkit.train.run_dir import read_metrics
@@ -280,7 +280,7 @@ def _timing_lines(t: dict) -> list:
 def _machine() -> str:
     """demo_shared's machine line (CPU, ISA, cores, threads) and the load average: the img/s column moves with it."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{machine_line().removeprefix('machine: ')}, load average {load:.1f}"
+    return f"{machine_line(RUNS_ON).removeprefix('machine: ')}, load average {load:.1f}"
 
 
 def run_distill_demo(opts: DistillDemoOptions) -> dict:

@@ -31,14 +31,13 @@ from toolkit.errors import UserError
 from toolkit.train.demo_shared import (add_steps, best_test_top1, machine_line, print_next_steps, recipe_path,
                                        scratch_check_line, scratch_drops, summarise, table_lines, train_quietly,
                                        write_report)
-from toolkit.train.demo_pool import RunPool, worker_count
+from toolkit.train.demo_pool import RUNS_ON, RunPool, worker_count
 from toolkit.train.demo_trust import trust_table
 from toolkit.train.run_dir import read_metrics
 
 RECIPES = {"transfer": "fashion-transfer.yaml", "scratch": "fashion-scratch.yaml"}
 ORDER = ("scratch", "transfer")  # transfer last: the newest run (what `toolkit export` picks) is a transfer run
 MAX_EXTEND = 2  # grid steps a sweep may add beyond either end (see _next_rate)
-RUNS_ON = "every run on one torch thread"  # demo_pool: so the table does not depend on the core count
 
 
 @dataclass
