@@ -333,8 +333,7 @@ def test_batcher_runs_one_worker_per_infer_request():
             await asyncio.sleep(0.01)
 
         async def one(i):
-            batcher.preparing()
-            return await batcher.submit(np.full(3, float(i)), 1)
+            return await batcher.submit(batcher.preparing(), np.full(3, float(i)), 1)
 
         results = await asyncio.gather(*(one(i) for i in range(12)))
         await asyncio.get_running_loop().run_in_executor(None, batcher.stop)

@@ -251,16 +251,15 @@ def test_batcher_waits_for_requests_being_decoded():
         batcher.start()
         while not batcher.ready.is_set():
             await asyncio.sleep(0.01)
-        batcher.preparing()
+        entry = batcher.preparing()
         if decoding_second:
-            batcher.preparing()
-        first = asyncio.ensure_future(batcher.submit(np.full(3, 1.0), 1))
+            other = batcher.preparing()
+        first = asyncio.ensure_future(batcher.submit(entry, np.full(3, 1.0), 1))
         await asyncio.sleep(0.1)                       # the second image is still being decoded
         if decoding_second:
-            second = await batcher.submit(np.full(3, 2.0), 1)
+            second = await batcher.submit(other, np.full(3, 2.0), 1)
         else:
-            batcher.preparing()
-            second = await batcher.submit(np.full(3, 2.0), 1)
+            second = await batcher.submit(batcher.preparing(), np.full(3, 2.0), 1)
         result = (await first, second, fake.calls)
         await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
         assert not batcher.thread.is_alive()
@@ -285,8 +284,7 @@ def test_a_lone_request_runs_without_the_batch_wait_and_streams_are_checked():
         batcher.start()
         while not batcher.ready.is_set():
             await asyncio.sleep(0.01)
-        batcher.preparing()
-        answer = await asyncio.wait_for(batcher.submit(np.full(3, 1.0), 1), 10)
+        answer = await asyncio.wait_for(batcher.submit(batcher.preparing(), np.full(3, 1.0), 1), 10)
         await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
         return answer, fake.calls
 
@@ -296,12 +294,62 @@ def test_a_lone_request_runs_without_the_batch_wait_and_streams_are_checked():
     assert ServeOptions(streams=0).problems() == ["streams: 0; expected a whole number >= 1 (or leave it unset)"]
 
 
+def test_a_lone_request_runs_in_its_decoding_thread_and_counts_once():
+    """run_alone: alone in the server (ready, nothing else decoding, queued or running) the image runs in
+    the calling thread as a batch of one; otherwise None and the request still counts as decoding. An
+    entry leaves the count once, whatever the order (a client that leaves mid-run is not subtracted
+    twice). A failing model is a 500 ApiError."""
+    import threading
+
+    from toolkit.runtime.serve import Batcher
+    from toolkit.runtime.serve.errors import ApiError
+
+    class Recording(_FakePredictor):
+        def predict_batch(self, batch, top_k):
+            self.threads = getattr(self, "threads", []) + [threading.current_thread().name]
+            return super().predict_batch(batch, top_k)
+
+    fake = Recording(warmup_s=0.001)
+    batcher = Batcher(fake, max_batch=8, max_wait_ms=30_000)
+    entry = batcher.preparing()
+    assert batcher.run_alone(entry, np.full(3, 1.0), 1) is None       # not warmed up yet
+    batcher.start()
+    assert batcher.ready.wait(10)
+    other = batcher.preparing()
+    assert batcher.run_alone(entry, np.full(3, 1.0), 1) is None and batcher.decoding == 2   # not alone
+    batcher.abandon(other)
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(answer=batcher.run_alone(entry, np.full(3, 1.0), 1)),
+                              name="toolkit-decode-test")
+    runner.start()
+    runner.join(10)
+    assert result["answer"] == [{"label": "a", "score": 3.0, "index": 0}]
+    assert fake.threads == ["toolkit-decode-test"] and fake.calls == [1]
+    assert batcher.decoding == 0 and batcher.running == 0 and batcher.batches == 1
+    batcher.abandon(entry)                  # the client left while it ran: counted once
+    assert batcher.decoding == 0
+    batcher.running = 1                     # a worker's batch in inference: queue behind it
+    assert batcher.run_alone(batcher.preparing(), np.full(3, 1.0), 1) is None
+    batcher.running, batcher.decoding = 0, 0
+
+    def broken(batch, top_k):
+        raise RuntimeError("boom")
+    fake.predict_batch = broken
+    with pytest.raises(ApiError) as caught:
+        batcher.run_alone(batcher.preparing(), np.full(3, 1.0), 1)
+    assert caught.value.status == 500 and batcher.running == 0 and batcher.decoding == 0
+    batcher.stop()
+
+
 def test_endpoints(server, model_path):
     c = server.client
     assert c.get("/health").json() == {"status": "ok"}
     ready = server.ready()
     assert ready["ready"] is True and ready["provider"] == "CPUExecutionProvider"
     assert ready["labels"] == len(LABELS) and len(ready["model_sha256"]) == 64
+    # The serve extra brings uvloop (not on Windows); the start-up line says which loop runs.
+    expected_loop = "asyncio" if sys.platform == "win32" else "uvloop"
+    assert f"event loop {expected_loop}" in server.output(), server.output()
 
     model = c.get("/v1/model").json()
     assert model["labels"] == list(LABELS)

@@ -180,7 +180,8 @@ def _decoder(predictor, max_pixels: int):
     return decode_and_prepare
 
 
-def _add_predict_route(app, predictor, batcher: Batcher, pool: DecodePool, default_k: int, decode) -> None:
+def _add_predict_route(app, predictor, batcher: Batcher, pool: DecodePool, counter: Counter, default_k: int,
+                       decode) -> None:
     from fastapi import Query, Request
     from fastapi.responses import JSONResponse
 
@@ -200,16 +201,22 @@ def _add_predict_route(app, predictor, batcher: Batcher, pool: DecodePool, defau
         if not 1 <= k <= labels:
             raise ApiError(422, "invalid request", [f"query.top_k: must be between 1 and {labels}, got {k}"])
         body = await _image_bytes(request)
-        batcher.preparing()
+        entry = batcher.preparing()
+
+        def decode_and_run_if_alone(data: bytes):
+            array = decode(data)
+            # the only prediction in flight (others past their upload count too): run it here, now
+            return array, batcher.run_alone(entry, array, k) if counter.in_flight == 1 else None
         try:
-            array = await pool.run(decode, body, gone=_client_left(request.receive))
+            array, predictions = await pool.run(decode_and_run_if_alone, body, gone=_client_left(request.receive))
         except ClientGone:
-            batcher.abandon()
+            batcher.abandon(entry)
             return None   # nobody to answer
         except BaseException:
-            batcher.abandon()
+            batcher.abandon(entry)
             raise
-        predictions = await batcher.submit(array, k)
+        if predictions is None:   # others are in the server: batched with them by a worker
+            predictions = await batcher.submit(entry, array, k)
         return JSONResponse({"predictions": list(predictions), **_answer(predictions), "model": sha[:12],
                              "provider": predictor.provider})
 
@@ -265,6 +272,6 @@ def create_app(predictor, limits: Limits | None = None, allowed_hosts: tuple | N
                        body_timeout_s=float(limits.body_timeout))
     add_error_handlers(app)
     _add_status_routes(app, predictor, batcher, counter, description)
-    _add_predict_route(app, predictor, batcher, pool, default_k, _decoder(predictor, int(limits.max_pixels)))
+    _add_predict_route(app, predictor, batcher, pool, counter, default_k, _decoder(predictor, int(limits.max_pixels)))
     _add_page_routes(app)
     return app

@@ -96,7 +96,7 @@ def _print_banner(options: ServeOptions, model: str, host: str, port: int, predi
     url = f"http://{shown_host}:{port}"
     print(f"serve-local: {os.path.basename(model)} (sha256 {predictor.sha256[:12]}, {len(predictor.labels)} labels, "
           f"{predictor.precision}) on {predictor.runs_on}; read back: {predictor.engine_info.settings_line()}, "
-          f"{predictor.session.optimal_requests} batch worker(s)", flush=True)
+          f"{predictor.session.optimal_requests} batch worker(s); event loop {event_loop()}", flush=True)
     print(f"serve-local: micro-batching up to {options.max_batch} images, waiting at most {options.max_wait_ms:g} ms; "
           f"limits: body {options.max_body_mb:g} MB, {int(options.max_pixels) / 1e6:g} MP, "
           f"{options.max_concurrency} predictions in flight, {options.max_connections} connections; timeouts: "
@@ -129,15 +129,23 @@ def _announce_ready(batcher, server, t0: float, timeout: float, late: list) -> N
           f"inference took {batcher.warmup_s:.3f}s)", flush=True)
 
 
+def event_loop() -> str:
+    """The asyncio event loop serve-local runs on: uvloop where it is installed (the serve extra brings it,
+    except on Windows), else Python's own."""
+    import importlib.util
+
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
 def uvicorn_config(app, limits: Limits, **settings):
     """uvicorn's settings for serve-local: its own HTTP protocol (total head and body deadlines, the
-    connection cap, JSON protocol errors; see protocol.py) and the idle keep-alive timeout."""
+    connection cap, JSON protocol errors; see protocol.py), the idle keep-alive timeout and the event loop."""
     import uvicorn
 
     from toolkit.runtime.serve.protocol import protocol_class
 
     settings = {"log_level": "warning", "access_log": False, "lifespan": "on", "server_header": False,
-                "timeout_graceful_shutdown": GRACEFUL_TIMEOUT_S, **settings}
+                "timeout_graceful_shutdown": GRACEFUL_TIMEOUT_S, "loop": event_loop(), **settings}
     return uvicorn.Config(app, http=protocol_class(limits), timeout_keep_alive=float(limits.keep_alive), **settings)
 
 
