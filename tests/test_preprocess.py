@@ -38,6 +38,24 @@ def _resize_whole_then_crop(pre: Preprocess, img: Image.Image) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
+# Normalisation: channels first, bit for bit the arithmetic as written
+
+@pytest.mark.parametrize("shape", [(224, 224, 3), (2, 32, 32, 3), (1, 1, 3), (7, 5, 3)])
+def test_normalize_is_bit_identical_to_the_formula_in_float32(shape):
+    """(x / 255 - mean) / std in float32 on HxWx3 then moved to 3xHxW, as it always was computed: the same
+    bits (calibration, parity and saved reports depend on them), C-contiguous, from any uint8 batch."""
+    pre = Preprocess(resize=36, crop=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    x = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    expected = np.ascontiguousarray(np.moveaxis(x, -1, -3))
+    got = pre.normalize(pixels)
+    assert got.dtype == np.float32 and got.shape == expected.shape and got.flags.c_contiguous
+    assert got.tobytes() == expected.tobytes()
+    assert pixels.shape == shape and pixels.dtype == np.uint8   # the input is left as it was
+
+
+# ------------------------------------------------------------------------------------------------
 # The resize: identical pixels for ordinary images, bounded work for thin ones
 
 @pytest.mark.parametrize("size", [(640, 480), (480, 640), (300, 300), (36, 36), (1, 1), (7, 50), (50, 7),

@@ -8,11 +8,12 @@ POST /v1/predict (raw image body or multipart `file`, ?top_k=), GET / (drop-an-i
 GET /docs and /openapi.json (FastAPI's). HEAD works wherever GET does.
 
 The modules, in the order a request meets them:
-    server.py   serve(ServeOptions): bind, host warning, load the model, uvicorn, signals
+    server.py   serve(ServeOptions): bind, host warning, load the model, uvicorn (on uvloop where installed), signals
     protocol.py the HTTP/1.1 protocol: total head and body deadlines, idle timeout, connection cap, JSON errors
     guard.py    ASGI guard: Host check, HEAD, the whole body read before a prediction slot is taken
     app.py      create_app(): the FastAPI routes, decode + preprocess on the decode pool (runtime/decode_pool.py)
-    batcher.py  Batcher: worker threads (one per OpenVINO infer request), micro-batches, one session call per batch
+    batcher.py  Batcher: worker threads (one per OpenVINO infer request), micro-batches, one session call per batch;
+                a request alone in the server runs in the thread that decoded it (run_alone)
     errors.py   ApiError and the JSON error bodies {"error", "detail"} (no tracebacks, no paths)
     options.py  Limits, ServeOptions and their checks
 
