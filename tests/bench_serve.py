@@ -8,7 +8,8 @@ For each engine in turn (the same export), prints (and writes as JSON with --jso
   the Predictor's own cold start in a fresh interpreter (import + session + first prediction);
 - throughput: the Predictor on a list of images (decode + preprocess + batched inference, batch
   16 and 32) vs serve-local under 16 concurrent HTTP clients (same work, plus HTTP), in alternating
-  rounds; the ratio is served / the better of the two Predictor batch sizes;
+  rounds; the ratio is served / the better of the two Predictor batch sizes; with the CPU seconds per
+  image each side spent (the Predictor's process; the server's and its clients', from /proc);
 - single-client latency p50: Predictor.predict(bytes) vs POST /v1/predict of the same bytes, interleaved
   (drift on a shared machine hits both alike) and in blocks (each side with the other idle; see latency());
 - end to end on 12 MP JPEGs (4000x3000, the model's own decode: draft where its file says so), the
@@ -153,13 +154,25 @@ def client_round(url: str, work: list, clients: int, kind: str) -> tuple:
     return len(work) / (time.perf_counter() - t), statuses
 
 
-def throughput(pred, url, work, args, out):
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid`, all its threads (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(pred, url, work, args, out, server_pid):
     """The Predictor on a list (server idle) vs the server under N clients, in alternating rounds. With
     --client-nice N the clients run in a process of their own at that niceness: they then yield the cores
-    to the server, as clients on other machines would, instead of competing with it for the same two."""
+    to the server, as clients on other machines would, instead of competing with it for the same two.
+    Beside the rates, the CPU each side spends per image (on 2 busy cores the ratio of the rates is about
+    the inverse ratio of these): the Predictor's process, the server's, the clients'."""
     import httpx
 
     direct, served, statuses = {16: [], 32: []}, [], []
+    cpu = {"predictor": 0.0, "server": 0.0, "clients": 0.0}
     clients_process = None
     if args.client_nice is not None:
         import multiprocessing
@@ -169,23 +182,32 @@ def throughput(pred, url, work, args, out):
                                               initializer=os.nice, initargs=(args.client_nice,))
 
     def server_round():
+        server_cpu, own_cpu = cpu_seconds(server_pid), time.process_time()
         if clients_process:
+            clients_pid = clients_process.submit(os.getpid).result()
+            clients_cpu = cpu_seconds(clients_pid)
             rate, codes = clients_process.submit(client_round, url, work, args.clients, args.client).result()
+            cpu["clients"] += cpu_seconds(clients_pid) - clients_cpu
         else:
             rate, codes = client_round(url, work, args.clients, args.client)
+            cpu["clients"] += time.process_time() - own_cpu
+        cpu["server"] += cpu_seconds(server_pid) - server_cpu
         statuses.extend(codes)
         return rate
 
     for _ in range(args.rounds):
         for bs in (16, 32):
             pred.batch_size = bs
-            t = time.perf_counter()
+            t, own_cpu = time.perf_counter(), time.process_time()
             pred.predict(work, top_k=5)
             direct[bs].append(len(work) / (time.perf_counter() - t))
+            cpu["predictor"] += (time.process_time() - own_cpu) / 2   # the two batch sizes: their mean
         served.append(server_round())
     pred.batch_size = 32
     if clients_process:
         clients_process.shutdown()
+    images = args.rounds * len(work)
+    out["cpu_ms_per_image"] = {side: round(1000 * seconds / images, 2) for side, seconds in cpu.items()}
     stats = httpx.get(url + "/ready").json()
     for bs in (16, 32):
         out[f"predictor_img_s_batch{bs}"] = [round(x, 3) for x in direct[bs]]
@@ -305,7 +327,7 @@ def bench_engine(engine, args, images, e2e_paths):
         pred = Predictor(args.model, device="cpu", threads=args.threads, engine=engine)
         out["predictor_engine_settings"] = pred.engine_info.settings()
         pred.predict(images[0], top_k=5)
-        throughput(pred, url, [images[i % len(images)] for i in range(args.requests)], args, out)
+        throughput(pred, url, [images[i % len(images)] for i in range(args.requests)], args, out, proc.pid)
         latency(pred, url, images, args.latency_n, out, args.client)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -328,6 +350,10 @@ def summary(results):
                      f"{r['latency_p50_server_ms']:.1f} ms ({100 * r['latency_overhead']:+.0f}%); "
                      f"{r['latency_p50_direct_blocks_ms']:.1f} -> {r['latency_p50_server_blocks_ms']:.1f} ms "
                      f"({100 * r['latency_overhead_blocks']:+.0f}%)    {e2e_text}")
+    for r in results:
+        cpu = r["cpu_ms_per_image"]
+        lines.append(f"{r['engine']}: CPU ms an image, Predictor {cpu['predictor']:.2f}; serve-local {cpu['server']:.2f} "
+                     f"+ its clients {cpu['clients']:.2f}")
     return "\n".join(lines)
 
 
