@@ -199,3 +199,18 @@ def test_a_torch_side_command_without_torch_names_the_extra(tmp_path):
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip() == ("error: this command needs torch, which is not installed; expected the [train] "
                                   "extra: pip install 'toolkit[train]'"), res.stderr
+
+
+def test_a_path_that_looks_like_a_number_prints_no_syntax_warning(tmp_path):
+    """Fire tries every argument as a Python literal; a model named vgg16-224.int8.onnx made the compiler
+    print a SyntaxWarning ("invalid decimal literal") above the command's own answer. Now only that answer
+    (here: the file is missing, one line, exit 2) is printed."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.2x.jpg")
+    res = subprocess.run([sys.executable, "-m", "toolkit", "predict", "exports/vgg16-224.int8.onnx", "photo.2x.jpg"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": ""})
+    assert res.returncode == 2, res.stderr
+    assert "SyntaxWarning" not in res.stderr and res.stderr.startswith("error: "), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr

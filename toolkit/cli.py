@@ -134,8 +134,13 @@ COMMANDS = {"train": train, "evaluate": evaluate, "export": export, "predict": p
 
 
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
     import fire
 
+    # Fire tries each argument as a Python literal: a path such as vgg16-224.int8.onnx made the compiler
+    # print "<unknown>:1: SyntaxWarning: invalid decimal literal" before the command ran.
+    warnings.filterwarnings("ignore", category=SyntaxWarning, module="<unknown>")
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         check(COMMANDS, argv)
