@@ -65,7 +65,7 @@ from toolkit.errors import UserError
 from toolkit.limits import (MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH,
                             MAX_PREPROCESS_SIDE)
 
-__all__ = ["FORMAT_VERSION", "format_for", "ContractError", "ModelContract", "PreprocessSpec", "encode", "write",
+__all__ = ["FORMAT_VERSION", "format_for", "ContractError", "check_calibration", "ModelContract", "PreprocessSpec", "encode", "write",
            "decode", "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file",
            "PREPROCESS_KEYS", "INTERPOLATION_NAMES", "DECODE_MODES", "FIT_MODES", "VALUE_LIMITS", "OOD_SCORES"]
 
@@ -405,6 +405,11 @@ def _check_ood(ood: Any, where: str) -> dict | None:
             raise ContractError(f"{where}: 'ood.bf16' metadata has no temperature; expected temperature and "
                                 "threshold")
     return checked
+
+
+def check_calibration(temperature: Any, ood: Any, where: str) -> tuple[float | None, dict | None]:
+    """(T, ood) checked as the file's metadata is (a run's calibration.json holds the same two keys)."""
+    return _check_temperature(temperature, "temperature", where), _check_ood(ood, where)
 
 
 def _load_proto(path: str):

@@ -248,6 +248,43 @@ def test_evaluate_checkpoint_from_the_cli(tmp_path, image_folder):
     assert "Traceback" not in proc.stderr
 
 
+def test_evaluate_of_a_run_uses_the_calibration_training_fitted_on_best_pt(tmp_path, image_folder):
+    """`toolkit evaluate RUN` scores best.pt at the T and threshold of the run's calibration.json; last.pt, a
+    best.pt newer than the file (a later best) and a run without one are at T = 1, each saying why; a
+    corrupt file or a T that is not a positive number is one clear error."""
+    import json
+    import os
+
+    from toolkit.train.evaluate import evaluate_checkpoint
+
+    _train(tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
+    run = tmp_path / "runs" / "tiny"
+    best, last, saved = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt", run / "calibration.json"
+    saved.write_text(json.dumps({"temperature": 2.0, "ood": {"score": "energy", "threshold": -1e9,
+                                                              "accept_rate": 0.95}}))
+    cal = evaluate_checkpoint(str(best), split="val", quiet=True, run_calibrated=True)["calibration"]
+    assert cal["temperature"] == 2.0 and cal["accept_rate"] == 1.0 and cal["source"] == "the run's calibration.json"
+    assert cal["ece"] != cal["ece_uncalibrated"]
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(run), "--split", "val"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "calibration: T 2.000 (the run's calibration.json)" in proc.stdout and "accepted 100.0%" in proc.stdout
+
+    cal = evaluate_checkpoint(str(last), split="val", quiet=True, run_calibrated=True)["calibration"]
+    assert cal["temperature"] is None and cal["source"] == "none for this checkpoint"
+    later = os.path.getmtime(saved) + 10
+    os.utime(best, (later, later))
+    cal = evaluate_checkpoint(str(best), split="val", quiet=True, run_calibrated=True)["calibration"]
+    assert cal["temperature"] is None and "older than best.pt" in cal["source"] and cal["accept_rate"] is None
+    for text, expected in (("{not json", "unreadable"), ('{"temperature": -1}', "finite positive number")):
+        saved.write_text(text)
+        os.utime(saved, (later + 10, later + 10))
+        proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(run)], capture_output=True,
+                              text=True, cwd=tmp_path)
+        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_truncated_checkpoint_is_a_clear_error(tmp_path, image_folder):
     _train(tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
     last = tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"

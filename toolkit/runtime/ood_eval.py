@@ -72,9 +72,14 @@ def calibration_fields(logits: np.ndarray, targets: np.ndarray, temperature: flo
 
 
 def calibration_lines(fields: dict) -> list[str]:
-    """The lines `toolkit evaluate` prints under its report."""
-    t = fields["temperature"]
-    lines = [f"calibration: T {t:.3f}" if t else "calibration: none in this file (T = 1)",
+    """The lines `toolkit evaluate` prints under its report (`source`, when given: where T came from, or
+    why there is none)."""
+    t, source = fields["temperature"], fields.get("source")
+    if t:
+        first = f"calibration: T {t:.3f}" + (f" ({source})" if source else "")
+    else:
+        first = f"calibration: {source or 'none in this file'} (T = 1)"
+    lines = [first,
              f"  ECE {fields['ece'] * 100:.2f}% (uncalibrated {fields['ece_uncalibrated'] * 100:.2f}%), "
              f"NLL {fields['nll']:.4f}"]
     if fields["accept_rate"] is not None:

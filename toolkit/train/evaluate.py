@@ -48,9 +48,12 @@ def collect_logits(model, loader, device, autocast=None, criterion=None, channel
 
 
 def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str = "val", batch_size: int = 32,
-                        device: str = "auto", quiet: bool = False, scan: bool = True) -> dict:
+                        device: str = "auto", quiet: bool = False, scan: bool = True,
+                        run_calibrated: bool = False) -> dict:
     """Evaluate a toolkit checkpoint on a split of its own data set (or of `recipe`'s). `scan=False` skips
-    the data scan (toolkit.datasets.load_dataset): for a caller that has just trained on that data."""
+    the data scan (toolkit.datasets.load_dataset): for a caller that has just trained on that data.
+    `run_calibrated`: the calibration fields use the run's calibration.json where it belongs to this
+    checkpoint (`run_calibration`), as `toolkit evaluate RUN` shows them; else T = 1."""
     from toolkit.train import data as data_mod
     from toolkit.train.device import pick_device
     from toolkit.train.model import model_from_checkpoint
@@ -69,12 +72,39 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
         raise UserError(f"data: the {split} split is empty; pick another with --split")
     logits, targets, loss = split_logits(model, recipe, getattr(dataset, split), batch_size, pick_device(device))
     report = classification_report(logits, targets, dataset.labels)
+    temperature, ood, source = run_calibration(checkpoint) if run_calibrated else (None, None, None)
     report.update(loss=loss, split=split, model=str(checkpoint),
-                  calibration=calibration_fields(logits, targets, None, None))  # a checkpoint: T = 1
+                  calibration={**calibration_fields(logits, targets, temperature, ood), "source": source})
     if not quiet:
         print(format_report(report, f"{checkpoint} on {split}:"))
         print("\n".join(calibration_lines(report["calibration"])))
     return report
+
+
+def run_calibration(checkpoint: str) -> tuple[float | None, dict | None, str]:
+    """(T, ood, where they came from) for a run's best.pt: the calibration training fitted on it and wrote
+    to runs/<name>/calibration.json. Any other checkpoint, or a calibration.json older than best.pt (a
+    later best it was not fitted on), gets (None, None, why): T = 1 and no threshold."""
+    from toolkit.contract import check_calibration
+    from toolkit.train.calibrate_run import CALIBRATION_FILE
+
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    path = os.path.join(os.path.dirname(folder), CALIBRATION_FILE)
+    if os.path.basename(checkpoint) != "best.pt" or os.path.basename(folder) != "checkpoints" \
+            or not os.path.isfile(path):
+        return None, None, "none for this checkpoint"
+    if os.path.getmtime(path) < os.path.getmtime(checkpoint):
+        return None, None, f"none: {path} is older than best.pt, so it was fitted on an earlier best"
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); expected the JSON toolkit train writes, or delete it") from None
+    if not isinstance(saved, dict) or saved.get("temperature") is None:
+        skipped = saved.get("skipped") if isinstance(saved, dict) else None
+        return None, None, f"none: training skipped it ({skipped})" if skipped else f"none in {path}"
+    temperature, ood = check_calibration(saved["temperature"], saved.get("ood"), path)
+    return temperature, ood, f"the run's {CALIBRATION_FILE}"
 
 
 def split_logits(model, recipe, items: list, batch_size: int, dev):
@@ -126,7 +156,7 @@ def evaluate_command(target: str | None, recipe: str | None = None, split: str =
             raise UserError(f"--engine / --precision: for an exported .onnx file; {target} is a run or checkpoint "
                             "(evaluated with PyTorch): pass its exports/<name>.onnx instead")
         report = evaluate_checkpoint(artifacts.run_checkpoint(target), recipe=loaded_recipe, split=split,
-                                     batch_size=batch_size, device=device, quiet=as_json)
+                                     batch_size=batch_size, device=device, quiet=as_json, run_calibrated=True)
     if as_json:
         print(json.dumps(report, indent=2))
     return report
