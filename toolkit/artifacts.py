@@ -13,6 +13,7 @@ from toolkit.errors import UserError
 
 # The twins export writes beside <stem>.onnx (the FP32 file): kind -> file suffix. The one place these
 # names live; use the helpers below.
+CALIBRATION_FILE = "calibration.json"   # in a run folder: the T and threshold training fitted on best.pt
 TWINS = {"fp16": ".fp16.onnx", "int8": ".int8.onnx", "raw": ".raw.onnx"}
 TWIN_SUFFIXES = tuple(TWINS.values())
 PRECISION_TWINS = ("fp16", "int8")  # the twins that change the precision (raw changes the input layout)

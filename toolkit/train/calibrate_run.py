@@ -13,12 +13,11 @@ import json
 import os
 
 from toolkit import calibration
-from toolkit.artifacts import atomic_write
+from toolkit.artifacts import CALIBRATION_FILE, atomic_write
 from toolkit.train.evaluate import split_logits
 
 __all__ = ["calibrate_run", "CALIBRATION_FILE"]
 
-CALIBRATION_FILE = "calibration.json"
 
 
 def calibrate_run(model, recipe, dataset, device, run_dir: str, say=print,

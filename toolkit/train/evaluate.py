@@ -11,6 +11,7 @@ import numpy as np
 
 from toolkit import artifacts
 from toolkit import recipe as recipe_mod
+from toolkit.contract import check_calibration
 from toolkit.datasets.splits import SPLITS
 from toolkit.errors import UserError
 from toolkit.metrics import classification_report, format_report
@@ -85,11 +86,8 @@ def run_calibration(checkpoint: str) -> tuple[float | None, dict | None, str]:
     """(T, ood, where they came from) for a run's best.pt: the calibration training fitted on it and wrote
     to runs/<name>/calibration.json. Any other checkpoint, or a calibration.json older than best.pt (a
     later best it was not fitted on), gets (None, None, why): T = 1 and no threshold."""
-    from toolkit.contract import check_calibration
-    from toolkit.train.calibrate_run import CALIBRATION_FILE
-
     folder = os.path.dirname(os.path.abspath(checkpoint))
-    path = os.path.join(os.path.dirname(folder), CALIBRATION_FILE)
+    path = os.path.join(os.path.dirname(folder), artifacts.CALIBRATION_FILE)
     if os.path.basename(checkpoint) != "best.pt" or os.path.basename(folder) != "checkpoints" \
             or not os.path.isfile(path):
         return None, None, "none for this checkpoint"
@@ -104,7 +102,7 @@ def run_calibration(checkpoint: str) -> tuple[float | None, dict | None, str]:
         skipped = saved.get("skipped") if isinstance(saved, dict) else None
         return None, None, f"none: training skipped it ({skipped})" if skipped else f"none in {path}"
     temperature, ood = check_calibration(saved["temperature"], saved.get("ood"), path)
-    return temperature, ood, f"the run's {CALIBRATION_FILE}"
+    return temperature, ood, f"the run's {artifacts.CALIBRATION_FILE}"
 
 
 def split_logits(model, recipe, items: list, batch_size: int, dev):
