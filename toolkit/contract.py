@@ -65,8 +65,8 @@ from toolkit.errors import UserError
 from toolkit.limits import (MAX_LABEL_CHARS, MAX_LABELS, MAX_METADATA_CHARS, MAX_METADATA_DEPTH,
                             MAX_PREPROCESS_SIDE)
 
-__all__ = ["FORMAT_VERSION", "format_for", "ContractError", "check_calibration", "ModelContract", "PreprocessSpec", "encode", "write",
-           "decode", "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file",
+__all__ = ["FORMAT_VERSION", "format_for", "ContractError", "check_calibration", "ModelContract", "PreprocessSpec",
+           "encode", "write", "decode", "from_props", "read_file", "raw_props", "props_of", "from_session", "check_model_file",
            "PREPROCESS_KEYS", "INTERPOLATION_NAMES", "DECODE_MODES", "FIT_MODES", "VALUE_LIMITS", "OOD_SCORES"]
 
 FORMAT_VERSION = "2"  # the newest this toolkit reads; it writes format_for(preprocess)

@@ -217,3 +217,15 @@ def test_page_in_headless_browser(run, tmp_path):
     assert {"Per class", "Confusion matrix", "Top losses", "Data health"} <= set(headings), headings
     assert "<script>" in labels  # the label shows as text
     assert not errors and not outside, (errors, outside)
+
+
+@pytest.mark.parametrize("value", ["3", True, -1.0, 0, float("inf")])
+def test_a_temperature_that_is_no_positive_finite_number_leaves_plain_softmax(tmp_path, value):
+    """calibration.json's T must be a finite number above 0 (the contract's rule): else the report says why."""
+    from toolkit.train.report import content
+
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": value}))
+    got = content.calibration(str(tmp_path))
+    assert got["temperature"] == 1.0 and not got["calibrated"] and "plain softmax" in got["note"]
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 2.5}))
+    assert content.calibration(str(tmp_path))["temperature"] == 2.5

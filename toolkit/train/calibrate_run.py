@@ -19,7 +19,6 @@ from toolkit.train.evaluate import split_logits
 __all__ = ["calibrate_run", "CALIBRATION_FILE"]
 
 
-
 def calibrate_run(model, recipe, dataset, device, run_dir: str, say=print,
                   accept_rate: float = calibration.DEFAULT_ACCEPT_RATE) -> dict:
     """Fit T and the OOD threshold on `dataset`'s val split, measure val and test, write calibration.json."""

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from toolkit import artifacts
+from toolkit.contract import ContractError, check_calibration
 from toolkit.metrics import classification_report, most_confused, precision_recall_f1
 from toolkit.preprocess import ImageError
 import toolkit.train.report.images as images
@@ -40,9 +42,15 @@ def read_json(run_dir: str | None, name: str):
 
 def calibration(run_dir: str | None) -> dict:
     """The temperature from calibration.json (toolkit's trust side), else 1 (plain softmax), and which."""
-    found, why = read_json(run_dir, "calibration.json")
+    found, why = read_json(run_dir, artifacts.CALIBRATION_FILE)
     temperature = found.get("temperature") if isinstance(found, dict) else None
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, type(None))):
+        temperature, why = None, f"calibration.json's temperature is {str(temperature)[:40]!r}, not a number"
+    try:   # then the contract's rule (finite, above 0), as evaluate and export read a T
+        temperature = check_calibration(temperature, None, artifacts.CALIBRATION_FILE)[0]
+    except ContractError as exc:
+        temperature, why = None, str(exc)
+    if temperature is not None:
         return {"temperature": float(temperature), "calibrated": True,
                 "note": f"scores calibrated with temperature {float(temperature):.3g} (calibration.json)"}
     return {"temperature": 1.0, "calibrated": False,
