@@ -16,7 +16,7 @@ from toolkit.errors import UserError
 from toolkit.recipe import from_dict
 from toolkit.train import tensorboard as tb_mod
 from toolkit.train.loop import train
-from toolkit.train.report import ReportOptions, build_report, content
+from toolkit.train.report import ReportOptions, build_report, content, outputs
 from toolkit.train.report.saliency import grad_cam
 
 EVIL = "<script>alert(1)</script>"
@@ -219,13 +219,51 @@ def test_page_in_headless_browser(run, tmp_path):
     assert not errors and not outside, (errors, outside)
 
 
-@pytest.mark.parametrize("value", ["3", True, -1.0, 0, float("inf")])
+@pytest.mark.parametrize("value", ["warm", True, -1.0, 0, float("inf")])
 def test_a_temperature_that_is_no_positive_finite_number_leaves_plain_softmax(tmp_path, value):
-    """calibration.json's T must be a finite number above 0 (the contract's rule): else the report says why."""
-    from toolkit.train.report import content
+    """calibration.json's T is read by evaluate's rule (the contract's: finite, above 0); a T it refuses
+    leaves the report on plain softmax, saying why, instead of ending it."""
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"a checkpoint")
+    os.utime(best, (1, 1))  # older than the calibration.json written below
+    (tmp_path / "run" / "calibration.json").write_text(json.dumps({"temperature": value}))
+    temperature, why = outputs.checkpoint_calibration(str(best))
+    assert temperature is None and "temperature" in why
+    (tmp_path / "run" / "calibration.json").write_text(json.dumps({"temperature": 2.5}))
+    assert outputs.checkpoint_calibration(str(best)) == (2.5, "the run's calibration.json")
 
-    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": value}))
-    got = content.calibration(str(tmp_path))
-    assert got["temperature"] == 1.0 and not got["calibrated"] and "plain softmax" in got["note"]
-    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 2.5}))
-    assert content.calibration(str(tmp_path))["temperature"] == 2.5
+
+def test_the_runs_temperature_belongs_to_best_pt_alone(tmp_path):
+    """As `toolkit evaluate RUN`: last.pt, and a best.pt newer than calibration.json (a later best the T was
+    not fitted on), are scored at T = 1, and the report says why."""
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    (tmp_path / "run" / "calibration.json").write_text(json.dumps({"temperature": 2.5}))
+    (folder / "last.pt").write_bytes(b"a checkpoint")
+    assert outputs.checkpoint_calibration(str(folder / "last.pt")) == (None, "none for this checkpoint")
+    (folder / "best.pt").write_bytes(b"a later best")
+    os.utime(tmp_path / "run" / "calibration.json", (1, 1))
+    temperature, why = outputs.checkpoint_calibration(str(folder / "best.pt"))
+    assert temperature is None and "older than best.pt" in why
+    got = content.calibration(outputs.Outputs("best.pt", None, None, [], None, temperature=None,
+                                              calibration_source=why))
+    assert got["temperature"] == 1.0 and not got["calibrated"] and "older than best.pt" in got["note"]
+
+
+def test_an_onnx_report_uses_the_files_own_temperature(run, tmp_path):
+    """An .onnx file (a twin, say) carries the T refitted on its own logits: the report applies that one,
+    not its run's calibration.json, and a file without one is plain softmax even beside a calibrated run."""
+    raw = tiny_recipe(tmp_path, run["root"])
+    recipe = write_recipe(tmp_path / "r.yaml", raw)
+    run_dir = tmp_path / "runs" / "tiny"
+    run_dir.mkdir(parents=True)
+    (run_dir / "calibration.json").write_text(json.dumps({"temperature": 5.0}))
+    labels = ["<script>", "class_1", "class_2"]
+    with_t = write_tiny_model(tmp_path / "t.onnx", labels=labels, meta={"temperature": 2.0})
+    got = build_report(with_t, ReportOptions(recipe=recipe))
+    assert got["run"] == str(run_dir)  # the run is found, and its calibration.json is still not used
+    assert got["calibration"] == {"temperature": 2.0, "calibrated": True, "source": "this file's metadata",
+                                  "note": "scores calibrated with temperature 2 (this file's metadata)"}
+    plain = build_report(write_tiny_model(tmp_path / "p.onnx", labels=labels), ReportOptions(recipe=recipe))
+    assert plain["calibration"]["temperature"] == 1.0 and "none in this file" in plain["calibration"]["note"]

@@ -48,7 +48,7 @@ def build_report(target: str, opts: ReportOptions, dataset=None) -> dict:
     out = gather(target, opts, dataset)
     out_dir = opts.out_dir or out.run_dir or os.path.splitext(target)[0] + "_report"
     data = {"run": out.run_dir, "model": out.source, "split": out.split, "labels": out.labels,
-            "notes": list(out.notes), "calibration": content.calibration(out.run_dir),
+            "notes": list(out.notes), "calibration": content.calibration(out),
             "unreadable": [list(u) for u in out.unreadable], "class_counts": content.class_counts(out)}
     pictures = {"gallery": {}, "thumbs": {}}
     if out.logits is not None:

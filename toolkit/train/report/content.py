@@ -8,8 +8,6 @@ import os
 
 import numpy as np
 
-from toolkit import artifacts
-from toolkit.contract import ContractError, check_calibration
 from toolkit.metrics import classification_report, most_confused, precision_recall_f1
 from toolkit.preprocess import ImageError
 import toolkit.train.report.images as images
@@ -40,21 +38,14 @@ def read_json(run_dir: str | None, name: str):
         return None, f"{path}: unreadable ({exc})"
 
 
-def calibration(run_dir: str | None) -> dict:
-    """The temperature from calibration.json (toolkit's trust side), else 1 (plain softmax), and which."""
-    found, why = read_json(run_dir, artifacts.CALIBRATION_FILE)
-    temperature = found.get("temperature") if isinstance(found, dict) else None
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, type(None))):
-        temperature, why = None, f"calibration.json's temperature is {str(temperature)[:40]!r}, not a number"
-    try:   # then the contract's rule (finite, above 0), as evaluate and export read a T
-        temperature = check_calibration(temperature, None, artifacts.CALIBRATION_FILE)[0]
-    except ContractError as exc:
-        temperature, why = None, str(exc)
-    if temperature is not None:
-        return {"temperature": float(temperature), "calibrated": True,
-                "note": f"scores calibrated with temperature {float(temperature):.3g} (calibration.json)"}
-    return {"temperature": 1.0, "calibrated": False,
-            "note": f"scores are plain softmax, not calibrated ({why or 'calibration.json has no temperature'})"}
+def calibration(out: Outputs) -> dict:
+    """The T that belongs to what was scored (a checkpoint: the run's calibration.json for best.pt; an
+    .onnx file: its own metadata), else 1 (plain softmax); and where it came from, or why none."""
+    if out.temperature is not None:
+        return {"temperature": float(out.temperature), "calibrated": True, "source": out.calibration_source,
+                "note": f"scores calibrated with temperature {out.temperature:.3g} ({out.calibration_source})"}
+    return {"temperature": 1.0, "calibrated": False, "source": out.calibration_source,
+            "note": f"scores are plain softmax, not calibrated (calibration: {out.calibration_source})"}
 
 
 def scores(out: Outputs) -> dict:

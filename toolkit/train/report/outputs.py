@@ -18,7 +18,7 @@ from toolkit.preprocess import Preprocess
 from toolkit.runtime.onnx_eval import EmptySplit, onnx_outputs
 from toolkit.train import data as data_mod
 from toolkit.train.device import pick_device
-from toolkit.train.evaluate import collect_logits
+from toolkit.train.evaluate import collect_logits, run_calibration
 from toolkit.train.model import model_from_checkpoint
 
 
@@ -39,6 +39,8 @@ class Outputs:
     dataset: Any = None  # the data set listing (train/val/test), when loaded here
     unreadable: list = dataclasses.field(default_factory=list)  # [(path, reason)]
     notes: list = dataclasses.field(default_factory=list)  # what was skipped or fallen back on, and why
+    temperature: float | None = None  # the calibration T that belongs to `source`; None: plain softmax
+    calibration_source: str = "none"  # where that T came from, or why there is none
 
 
 def split_order(split: str) -> list[str]:
@@ -61,6 +63,7 @@ def from_checkpoint(target: str, recipe_path: str | None, split: str, batch_size
                         f"{len(dataset.labels)} (or in another order); expected the same classes")
     out = Outputs(checkpoint, run_dir, recipe, list(ckpt["labels"]), data_mod.eval_preprocess(recipe),
                   dataset=dataset, unreadable=list(dataset.skipped))
+    out.temperature, out.calibration_source = checkpoint_calibration(checkpoint)
     chosen = next((s for s in split_order(split) if getattr(dataset, s)), None)
     if chosen is None:
         out.notes.append(f"no images in the {' or '.join(split_order(split))} split: the scores, confusion "
@@ -78,6 +81,17 @@ def from_checkpoint(target: str, recipe_path: str | None, split: str, batch_size
     return out
 
 
+def checkpoint_calibration(checkpoint: str) -> tuple[float | None, str]:
+    """(T, where it came from) for a checkpoint, by the rule `toolkit evaluate RUN` applies: the run's
+    calibration.json belongs to best.pt alone (toolkit.train.evaluate.run_calibration). A file that rule
+    refuses leaves plain softmax and says why, rather than ending the report."""
+    try:
+        temperature, _, source = run_calibration(checkpoint)
+    except UserError as exc:
+        return None, str(exc)
+    return temperature, source
+
+
 def from_onnx(target: str, recipe_path: str | None, split: str, batch_size: int) -> Outputs:
     recipe = recipe_mod.load(recipe_path) if recipe_path else None
     empty = []
@@ -90,6 +104,9 @@ def from_onnx(target: str, recipe_path: str | None, split: str, batch_size: int)
         out = Outputs(target, None, got.recipe, got.labels, got.preprocess, split=name, logits=got.logits,
                       targets=got.targets, sources=got.sources, unreadable=list(got.skipped))
         out.run_dir = got.recipe.run_dir if os.path.isdir(got.recipe.run_dir) else None
+        # the file's own T: each twin carries the one refitted on its own logits, not the run's
+        out.temperature = got.model.temperature
+        out.calibration_source = "this file's metadata" if out.temperature is not None else "none in this file"
         if empty:
             out.notes.append(f"the {split} split is empty: scored the {name} split instead")
         out.notes.append("Grad-CAM needs the checkpoint: skipped for an .onnx file")
