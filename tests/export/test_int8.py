@@ -354,3 +354,21 @@ def test_layers_kept_in_fp32_stay_fp32_when_onnxruntime_loads_them(tmp_path):
            for p in (str(tmp_path / "fp32.onnx"), out)]
     # measured: 0.007 of the largest logit; 0.32 when ORT re-quantized the kept conv per tensor
     assert np.abs(run[1] - run[0]).max() < 0.05 * np.abs(run[0]).max()
+
+
+def test_each_attempt_line_says_whether_it_is_within_the_budget():
+    """A user reading the search's lines sees which settings missed the budget, as the agreement gate's
+    refusals are named, without comparing the two numbers."""
+    from types import SimpleNamespace
+
+    from toolkit.export.int8 import _say_attempt
+
+    said = []
+    job = SimpleNamespace(options=check_options(ExportOptions(int8=True)), say=said.append)
+    scoring = SimpleNamespace(fp32={"top1": 38.2})
+    for drop in (1.12, 1.0, -1.12):
+        _say_attempt(job, scoring, {**Int8Setting(False, "minmax", False).as_dict(), "top1_drop": drop,
+                                    "int8_top1": 38.2 - drop, "seconds": 3.9, "decision_agreement": 1.0,
+                                    "agreement_refused": False})
+    assert [line.split("(")[1].split(",")[:2] for line in said] == [
+        ["drop 1.12", " over budget 1"], ["drop 1.00", " within budget 1"], ["drop -1.12", " within budget 1"]]

@@ -103,8 +103,9 @@ def _say_attempt(job: ExportJob, scoring: Scoring, attempt: dict) -> None:
     agree = attempt["decision_agreement"]
     gate = "" if agree is None else (f", accept/reject agreement {agree * 100:.1f}%"
                                      f"{': refused' if attempt['agreement_refused'] else ''}")
+    within = "within" if attempt["top1_drop"] <= job.options.int8_budget else "over"
     job.say(f"int8: {_label(attempt)}: top-1 {scoring.fp32['top1']:.2f}% -> {attempt['int8_top1']:.2f}% "
-            f"(drop {attempt['top1_drop']:.2f}, budget {job.options.int8_budget:g}{gate}, "
+            f"(drop {attempt['top1_drop']:.2f}, {within} budget {job.options.int8_budget:g}{gate}, "
             f"{attempt['seconds']:.1f} s)")
 
 
