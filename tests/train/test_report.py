@@ -263,6 +263,8 @@ def test_an_onnx_report_uses_the_files_own_temperature(run, tmp_path):
     with_t = write_tiny_model(tmp_path / "t.onnx", labels=labels, meta={"temperature": 2.0})
     got = build_report(with_t, ReportOptions(recipe=recipe))
     assert got["run"] == str(run_dir)  # the run is found, and its calibration.json is still not used
+    assert got["files"]["html"] == str(tmp_path / "t_report" / "report.html")  # beside the file, as documented
+    assert not (run_dir / "report.html").exists()  # the run's own report (of its checkpoint) is not replaced
     assert got["calibration"] == {"temperature": 2.0, "calibrated": True, "source": "this file's metadata",
                                   "note": "scores calibrated with temperature 2 (this file's metadata)"}
     plain = build_report(write_tiny_model(tmp_path / "p.onnx", labels=labels), ReportOptions(recipe=recipe))

@@ -46,7 +46,9 @@ def build_report(target: str, opts: ReportOptions, dataset=None) -> dict:
     """Score, gather the sections, write report.json and report.html; returns report.json's content.
     `dataset`: the data set listing when the caller has it (the end of training: no second scan)."""
     out = gather(target, opts, dataset)
-    out_dir = opts.out_dir or out.run_dir or os.path.splitext(target)[0] + "_report"
+    # an .onnx file's report goes beside it: its run's folder holds the checkpoint's own report
+    beside = os.path.splitext(target)[0] + "_report"
+    out_dir = opts.out_dir or (beside if target.endswith(".onnx") else out.run_dir or beside)
     data = {"run": out.run_dir, "model": out.source, "split": out.split, "labels": out.labels,
             "notes": list(out.notes), "calibration": content.calibration(out),
             "unreadable": [list(u) for u in out.unreadable], "class_counts": content.class_counts(out)}
