@@ -241,7 +241,10 @@ def test_the_runs_temperature_belongs_to_best_pt_alone(tmp_path):
     folder.mkdir(parents=True)
     (tmp_path / "run" / "calibration.json").write_text(json.dumps({"temperature": 2.5}))
     (folder / "last.pt").write_bytes(b"a checkpoint")
-    assert outputs.checkpoint_calibration(str(folder / "last.pt")) == (None, "none for this checkpoint")
+    assert outputs.checkpoint_calibration(str(folder / "last.pt")) == (
+        None, "none for last.pt: the run's calibration.json was fitted on best.pt")
+    assert outputs.checkpoint_calibration(str(tmp_path / "run" / "calibration.json")) == (
+        None, "none for this checkpoint")   # a .pt outside a run's checkpoints/ folder
     (folder / "best.pt").write_bytes(b"a later best")
     os.utime(tmp_path / "run" / "calibration.json", (1, 1))
     temperature, why = outputs.checkpoint_calibration(str(folder / "best.pt"))

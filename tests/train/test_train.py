@@ -271,7 +271,8 @@ def test_evaluate_of_a_run_uses_the_calibration_training_fitted_on_best_pt(tmp_p
     assert "calibration: T 2.000 (the run's calibration.json)" in proc.stdout and "accepted 100.0%" in proc.stdout
 
     cal = evaluate_checkpoint(str(last), split="val", quiet=True, run_calibrated=True)["calibration"]
-    assert cal["temperature"] is None and cal["source"] == "none for this checkpoint"
+    assert cal["temperature"] is None
+    assert cal["source"] == "none for last.pt: the run's calibration.json was fitted on best.pt"
     later = os.path.getmtime(saved) + 10
     os.utime(best, (later, later))
     cal = evaluate_checkpoint(str(best), split="val", quiet=True, run_calibrated=True)["calibration"]

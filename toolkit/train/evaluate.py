@@ -88,9 +88,11 @@ def run_calibration(checkpoint: str) -> tuple[float | None, dict | None, str]:
     later best it was not fitted on), gets (None, None, why): T = 1 and no threshold."""
     folder = os.path.dirname(os.path.abspath(checkpoint))
     path = os.path.join(os.path.dirname(folder), artifacts.CALIBRATION_FILE)
-    if os.path.basename(checkpoint) != "best.pt" or os.path.basename(folder) != "checkpoints" \
-            or not os.path.isfile(path):
+    if os.path.basename(folder) != "checkpoints" or not os.path.isfile(path):
         return None, None, "none for this checkpoint"
+    if os.path.basename(checkpoint) != "best.pt":
+        return None, None, f"none for {os.path.basename(checkpoint)}: the run's {artifacts.CALIBRATION_FILE} " \
+                           "was fitted on best.pt"
     if os.path.getmtime(path) < os.path.getmtime(checkpoint):
         return None, None, f"none: {path} is older than best.pt, so it was fitted on an earlier best"
     try:
