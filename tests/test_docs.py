@@ -357,20 +357,12 @@ def toolkit(work, *args) -> subprocess.CompletedProcess:
 
 
 def tour_folder(tmp_path):
-    """A newcomer's working folder: the shipped recipes, two digit images (my-digits/) and a folder of photos
-    in two classes (data/my-photos/)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
+    """A newcomer's working folder: the shipped recipes and a folder of photos in two classes
+    (data/my-photos/); the README's own line writes the digit images (my-digits/)."""
     from conftest import make_image_folder
-    from toolkit.datasets import render_digits
 
     work = tmp_path / "tour"
     shutil.copytree(os.path.join(ROOT, "recipes"), work / "recipes")
-    digits = load_digits()
-    (work / "my-digits").mkdir()
-    for i, image in enumerate(render_digits(digits.images[:2], 32)):
-        Image.fromarray(image).save(work / "my-digits" / f"digit_{i}.png")
     make_image_folder(work / "data" / "my-photos", classes=2, per_class=6, size=(80, 60))
     return work
 
@@ -390,9 +382,13 @@ def readme_tour(work):
     assert (work / "runs" / "demo" / "digits-source" / "checkpoints" / "best.pt").exists()
     run("export")
     assert (work / "exports" / "digits-source.onnx").exists() and (work / "exports" / "digits-source.int8.onnx").exists()
+    (sample,) = [words(line) for line in shell_lines(split_markdown(read(os.path.join(ROOT, "README.md")))[0])
+                 if line.startswith("python -c") and "save_digits" in line]
+    done = subprocess.run([sys.executable] + sample[1:], cwd=work, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
     predicted = run("predict")
     rows = [line for line in predicted.stdout.splitlines() if "digit_" in line]
-    assert len(rows) == 2, predicted.stdout
+    assert len(rows) == 3 and all(f"_is_{d}.png" in " ".join(rows) for d in (0, 1, 2)), predicted.stdout
     (snippet,) = [body for page, body in python_blocks() if page == "README.md"]
     done = subprocess.run([sys.executable, "-c", snippet], cwd=work, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ExecutionProvider" in done.stdout, done.stderr[-2000:]

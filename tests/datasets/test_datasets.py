@@ -192,6 +192,19 @@ def test_digits_classes_labels_per_class_and_stable_test_split():
     assert no_test.test == [] and no_test.val
 
 
+def test_save_digits_writes_the_pixels_the_recipes_train_on(tmp_path):
+    """The README's images to try `toolkit predict` on: PNGs named with their label, the same pixels a digits
+    recipe renders (so the model sees what it was trained on)."""
+    paths = D.save_digits(str(tmp_path / "my-digits"), count=4, classes=(3, 1))
+    assert [os.path.basename(p) for p in paths] == ["digit_0_is_1.png", "digit_1_is_3.png", "digit_2_is_1.png",
+                                                     "digit_3_is_3.png"]
+    listed = D.load_dataset(make_recipe({"source": "digits", "classes": [1, 3], "image_size": 32}))
+    known = {arr.tobytes() for split in (listed.train, listed.val, listed.test) for arr, _ in split}
+    for path in paths:
+        pixels = np.asarray(Image.open(path))
+        assert pixels.shape == (32, 32, 3) and pixels.tobytes() in known
+
+
 def test_flowers102_missing_without_download_says_how_to_fix(tmp_path):
     with pytest.raises(UserError, match="data.download: true"):
         D.load_dataset(make_recipe({"source": "flowers102", "root": str(tmp_path), "download": False}))
