@@ -574,7 +574,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(model_path, tmp_pat
     assert response.status_code == 200, response.text
     assert len(response.json()["predictions"]) == len(LABELS)
     assert code == 0, srv.output()
-    assert "stopped after 1 predictions" in srv.output(), srv.output()
+    assert "stopped after 1 prediction in 1 batch\n" in srv.output(), srv.output()
     assert "Traceback" not in srv.output(), srv.output()
 
 
