@@ -184,8 +184,8 @@ def save_digits(folder: str, count: int = 3, classes=(0, 1, 2, 3, 4), size: int 
     They come from the set the demo trains on, so the model may have seen them."""
     from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    picked = [i for i, target in enumerate(bunch.target) if int(target) in set(classes)][:count]
+    bunch, wanted = load_digits(), {int(c) for c in classes}
+    picked = [i for i, target in enumerate(bunch.target) if int(target) in wanted][:count]
     os.makedirs(folder, exist_ok=True)
     paths = []
     for n, (i, pixels) in enumerate(zip(picked, render_digits(bunch.images[picked], size))):
