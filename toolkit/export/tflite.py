@@ -3,12 +3,15 @@ CLI imports this to build its flags, benchmark --tflite runs the file without to
 toolkit/export/tflite_pipeline.py)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from toolkit.errors import UserError
+from toolkit.runtime.session import captured_native_output
 
 EXTRA = "pip install 'toolkit[tflite]'"
 MEDIAPIPE_MODES = ("auto", "require", "skip")
@@ -55,6 +58,22 @@ def tflite_path(onnx_path: str) -> str:
     return onnx_path[:-len(".onnx")] + ".tflite"
 
 
+@contextlib.contextmanager
+def quiet_litert():
+    """litert-torch and LiteRT print pages of their own (progress bars, C++ log lines, an XNNPACK notice) on
+    stdout and stderr; the user reads export's one line a step instead. When the block fails, the last of
+    what they printed goes to stderr before the error, since that is where the cause is."""
+    captured: list = []
+    done = False
+    try:
+        with captured_native_output() as captured:
+            yield
+        done = True
+    finally:
+        if not done and captured and captured[0].strip():
+            sys.stderr.write(captured[0][-4000:].rstrip() + "\n")
+
+
 class LiteRtSession:
     """ORT's run(outputs, feed) over a batch-1 .tflite: uint8 NHWC pixels in, one invoke per image."""
 
@@ -62,9 +81,10 @@ class LiteRtSession:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         resolver = getattr(OpResolverType, KERNELS[kernels])
-        self.interpreter = Interpreter(model_path=path, num_threads=threads,
-                                       experimental_op_resolver_type=resolver)
-        self.interpreter.allocate_tensors()
+        with quiet_litert():
+            self.interpreter = Interpreter(model_path=path, num_threads=threads,
+                                           experimental_op_resolver_type=resolver)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]["index"]
         self.output = self.interpreter.get_output_details()[0]["index"]
 

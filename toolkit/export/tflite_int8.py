@@ -11,7 +11,7 @@ import torch
 
 from toolkit.errors import UserError
 from toolkit.export.int8 import calibration_images
-from toolkit.export.tflite import LiteRtSession
+from toolkit.export.tflite import LiteRtSession, quiet_litert
 from toolkit.runtime.onnx_eval import load_pixels
 from toolkit.runtime.onnx_eval import report as accuracy_report
 
@@ -33,13 +33,14 @@ def quantized_module(wrapper, crop: int, calib: np.ndarray):
 
 def convert_int8(job, wrapper, data, path: str) -> int:
     """Write the INT8 .tflite (no metadata yet) to `path`; returns how many calibration images it used."""
-    import litert_torch
-    from litert_torch.quantize.quant_config import QuantConfig
-
     calib = calibration_images(job, data)
     job.say(f"tflite int8: PT2E static, calibrating on {len(calib)} train images ...")
-    module, args, quantizer = quantized_module(wrapper, job.preprocess.crop, calib)
-    litert_torch.convert(module, args, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(path)
+    with quiet_litert():
+        import litert_torch
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        module, args, quantizer = quantized_module(wrapper, job.preprocess.crop, calib)
+        litert_torch.convert(module, args, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(path)
     return len(calib)
 
 

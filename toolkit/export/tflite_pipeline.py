@@ -31,7 +31,7 @@ from toolkit.export.int8 import check_int8_data
 from toolkit.export.options import ExportOptions, check_options
 from toolkit.export.plan import load_data, load_model, plan_export
 from toolkit.export.staging import remove_stale_temps
-from toolkit.export.tflite import TfliteOptions, check_tflite_options, require_extra, tflite_path
+from toolkit.export.tflite import TfliteOptions, check_tflite_options, quiet_litert, require_extra, tflite_path
 from toolkit.export.parity import real_images
 from toolkit.export.tflite_checks import labels_check, litert_check, mediapipe_check
 from toolkit.export.tflite_int8 import convert_int8, int8_budget_check
@@ -89,12 +89,12 @@ class ChannelLast(torch.nn.Module):
 
 def _convert(job, wrapper, staged: str) -> float:
     """litert-torch conversion plus metadata, written to `staged`; returns the seconds it took."""
-    import litert_torch
-
     t = time.perf_counter()
     crop = job.preprocess.crop
     job.say(f"tflite: converting {job.recipe.model.arch} with litert-torch (1 x {crop} x {crop} x 3) ...")
-    with torch.no_grad():
+    with torch.no_grad(), quiet_litert():
+        import litert_torch
+
         litert_torch.convert(wrapper, (torch.zeros(1, crop, crop, 3),)).export(staged + ".raw")
     _with_metadata(job, staged + ".raw", staged)
     return time.perf_counter() - t
