@@ -47,6 +47,24 @@ def test_require_mediapipe_where_it_is_missing(monkeypatch):
         check_tflite_options(TfliteOptions(mediapipe="require"), {})
 
 
+def test_litert_chatter_is_held_back_unless_the_conversion_fails(capfd):
+    """The converter's own progress lines and C++ log lines (stdout, and fd 2 directly) are not shown on
+    success; on failure their last part goes to stderr, before the error propagates."""
+    def chatter(text):
+        print(f"(00:00) [START] {text}")
+        os.write(2, f"I0000 flatbuffer_export.cc] {text}\n".encode())
+
+    with tflite.quiet_litert():
+        chatter("converted")
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(RuntimeError, match="lowering failed"):
+        with tflite.quiet_litert():
+            chatter("the cause")
+            raise RuntimeError("lowering failed")
+    out, err = capfd.readouterr()
+    assert out == "" and "[START] the cause" in err and "flatbuffer_export.cc] the cause" in err
+
+
 @pytest.mark.parametrize("fmt, given, message", [
     ("onnx", {"mediapipe": "skip"}, "--mediapipe goes with --format tflite"),
     ("tflite", {"instances": 2}, "--instances goes with --format triton"),
