@@ -383,12 +383,12 @@ def readme_tour(work):
     run("export")
     assert (work / "exports" / "digits-source.onnx").exists() and (work / "exports" / "digits-source.int8.onnx").exists()
     (sample,) = [words(line) for line in shell_lines(split_markdown(read(os.path.join(ROOT, "README.md")))[0])
-                 if line.startswith("python -c") and "save_digits" in line]
+                 if line.startswith("python -c") and "write_samples" in line]
     done = subprocess.run([sys.executable] + sample[1:], cwd=work, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     predicted = run("predict")
-    rows = [line for line in predicted.stdout.splitlines() if "digit_" in line]
-    assert len(rows) == 3 and all(f"_is_{d}.png" in " ".join(rows) for d in (0, 1, 2)), predicted.stdout
+    rows = [line for line in predicted.stdout.splitlines() if line.startswith("my-digits/")]
+    assert [row.split()[0] for row in rows] == [f"my-digits/{d}.png" for d in range(5)], predicted.stdout
     (snippet,) = [body for page, body in python_blocks() if page == "README.md"]
     done = subprocess.run([sys.executable, "-c", snippet], cwd=work, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ExecutionProvider" in done.stdout, done.stderr[-2000:]

@@ -192,17 +192,24 @@ def test_digits_classes_labels_per_class_and_stable_test_split():
     assert no_test.test == [] and no_test.val
 
 
-def test_save_digits_writes_the_pixels_the_recipes_train_on(tmp_path):
-    """The README's images to try `toolkit predict` on: PNGs named with their label, the same pixels a digits
-    recipe renders (so the model sees what it was trained on)."""
-    paths = D.save_digits(str(tmp_path / "my-digits"), count=4, classes=(3, 1))
-    assert [os.path.basename(p) for p in paths] == ["digit_0_is_1.png", "digit_1_is_3.png", "digit_2_is_1.png",
-                                                     "digit_3_is_3.png"]
-    listed = D.load_dataset(make_recipe({"source": "digits", "classes": [1, 3], "image_size": 32}))
-    known = {arr.tobytes() for split in (listed.train, listed.val, listed.test) for arr, _ in split}
+def test_write_samples_writes_a_held_out_image_per_class(tmp_path):
+    """The README's images to try `toolkit predict` on: the first test image of each class of a recipe's
+    data, named by its label, the same pixels (never a training image); a recipe file's path works too."""
+    recipe = make_recipe({"source": "digits", "classes": [3, 1, 7], "image_size": 32, "test_fraction": 0.2})
+    paths = D.write_samples(recipe, str(tmp_path / "my-digits"), count=2)
+    assert [os.path.basename(p) for p in paths] == ["1.png", "3.png"]
+    listed = D.load_dataset(recipe)
+    first_test = {listed.labels[label]: arr for arr, label in reversed(listed.test)}
+    train = {arr.tobytes() for arr, _ in listed.train}
     for path in paths:
         pixels = np.asarray(Image.open(path))
-        assert pixels.shape == (32, 32, 3) and pixels.tobytes() in known
+        label = os.path.basename(path)[:-4]
+        assert np.array_equal(pixels, first_test[label]) and pixels.tobytes() not in train
+    folder = make_folder(tmp_path / "photos", classes=("cat", "dog"), n=4)
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(f"data: {{source: folder, root: {folder}, val_fraction: 0.5}}\n")
+    written = D.write_samples(str(recipe_file), str(tmp_path / "from-a-file"))
+    assert [os.path.basename(p) for p in written] == ["cat.png", "dog.png"]  # no test split: validation
 
 
 def test_flowers102_missing_without_download_says_how_to_fix(tmp_path):

@@ -178,22 +178,6 @@ def render_digits(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def save_digits(folder: str, count: int = 3, classes=(0, 1, 2, 3, 4), size: int = 32) -> list[str]:
-    """Write `count` of scikit-learn's digits (of `classes`; the demo's source model knows 0-4) as PNG files
-    `digit_<i>_is_<label>.png`, rendered as the recipes render them: images to try `toolkit predict` on.
-    They come from the set the demo trains on, so the model may have seen them."""
-    from sklearn.datasets import load_digits
-
-    bunch, wanted = load_digits(), {int(c) for c in classes}
-    picked = [i for i, target in enumerate(bunch.target) if int(target) in wanted][:count]
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for n, (i, pixels) in enumerate(zip(picked, render_digits(bunch.images[picked], size))):
-        paths.append(os.path.join(folder, f"digit_{n}_is_{int(bunch.target[i])}.png"))
-        Image.fromarray(pixels).save(paths[-1])
-    return paths
-
-
 def _load_digits(d, problems: list):
     from sklearn.datasets import load_digits
 

@@ -13,7 +13,7 @@ import time
 import torch
 
 from toolkit.artifacts import atomic_path, atomic_write
-from toolkit.datasets import load_dataset
+from toolkit.datasets import write_samples
 from toolkit.errors import UserError
 from toolkit.runtime.benchmark.machine import machine_info
 from toolkit.train.evaluate import evaluate_checkpoint
@@ -171,24 +171,6 @@ def write_report(out_dir: str, report: str, record: dict, plot_title: str) -> li
     atomic_write(paths[0], json.dumps(record, indent=2) + "\n")
     atomic_write(paths[1], report + "\n")
     plot_rows(paths[2], record["rows"], plot_title)
-    return paths
-
-
-def write_samples(recipe, folder: str, count: int = 5) -> list:
-    """One test image per class (up to `count`) as PNG files, so `toolkit predict` has something real to read."""
-    from PIL import Image
-
-    data = load_dataset(recipe, scan=False)
-    first_of_class = {}
-    for pixels, label in data.test:  # one image per class, so the samples show different answers
-        first_of_class.setdefault(label, pixels)
-    paths = []
-    for label, pixels in sorted(first_of_class.items())[:count]:
-        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in data.labels[label])  # "T-shirt/top"
-        path = os.path.join(folder, f"{safe}.png")
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(pixels).save(path)  # the digits and Fashion-MNIST sources hold uint8 HxWx3 arrays
-        paths.append(path)
     return paths
 
 
