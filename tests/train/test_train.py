@@ -286,6 +286,45 @@ def test_evaluate_of_a_run_uses_the_calibration_training_fitted_on_best_pt(tmp_p
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_evaluate_of_a_run_takes_an_ood_folder(tmp_path, image_folder):
+    """`toolkit evaluate RUN --ood DIR`, as for an .onnx file: AUROC, FPR at 95% TPR and the share the run's
+    threshold rejects, the folder's images through the eval transform training's own evaluation uses; a
+    missing folder is one error."""
+    import numpy as np
+    from PIL import Image
+
+    from toolkit.recipe import from_dict
+    from toolkit.train.evaluate import folder_logits, split_logits
+    from toolkit.train.model import model_from_checkpoint
+
+    raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 1})
+    _train(raw)
+    run = tmp_path / "runs" / "tiny"
+    (run / "calibration.json").write_text(json.dumps({"temperature": 1.5, "ood": {
+        "score": "energy", "threshold": 0.0, "accept_rate": 0.95}}))
+    photos = tmp_path / "not-these"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (50 + i, 40, 3), dtype=np.uint8)).save(photos / f"noise_{i}.png")
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(run), "--ood", str(photos), "--json"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ood = json.loads(proc.stdout)["calibration"]["ood"]
+    assert ood["n_ood"] == 6 and 0.0 <= ood["auroc"] <= 1.0 and 0.0 <= ood["rejection_rate"] <= 1.0
+
+    model, _ = model_from_checkpoint(str(run / "checkpoints" / "best.pt"))
+    recipe, dev = from_dict(raw, check_paths=False), torch.device("cpu")
+    paths = sorted(str(p) for p in photos.iterdir())
+    as_training_reads_them = split_logits(model, recipe, [(p, 0) for p in paths], 4, dev)[0]
+    np.testing.assert_allclose(folder_logits(model, recipe, str(photos), 4, dev), as_training_reads_them,
+                               rtol=1e-5, atol=1e-5)
+
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(run), "--ood", str(tmp_path / "nope")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_truncated_checkpoint_is_a_clear_error(tmp_path, image_folder):
     _train(tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
     last = tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"

@@ -18,7 +18,7 @@ from toolkit.metrics import classification_report, format_report
 from toolkit.runtime.engines import DEFAULT_ENGINE
 from toolkit.runtime.engine_eval import versus_line
 from toolkit.runtime.onnx_eval import evaluate_onnx
-from toolkit.runtime.ood_eval import calibration_fields, calibration_lines
+from toolkit.runtime.ood_eval import calibration_fields, calibration_lines, ood_pixels
 
 
 def collect_logits(model, loader, device, autocast=None, criterion=None, channels_last: bool = False):
@@ -50,11 +50,13 @@ def collect_logits(model, loader, device, autocast=None, criterion=None, channel
 
 def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str = "val", batch_size: int = 32,
                         device: str = "auto", quiet: bool = False, scan: bool = True,
-                        run_calibrated: bool = False) -> dict:
+                        run_calibrated: bool = False, ood: str | None = None) -> dict:
     """Evaluate a toolkit checkpoint on a split of its own data set (or of `recipe`'s). `scan=False` skips
     the data scan (toolkit.datasets.load_dataset): for a caller that has just trained on that data.
     `run_calibrated`: the calibration fields use the run's calibration.json where it belongs to this
-    checkpoint (`run_calibration`), as `toolkit evaluate RUN` shows them; else T = 1."""
+    checkpoint (`run_calibration`), as `toolkit evaluate RUN` shows them; else T = 1. `ood`: a folder of
+    photos that are none of the classes, as `evaluate MODEL.onnx --ood` takes it (AUROC, FPR at 95% TPR,
+    the share rejected at the run's threshold)."""
     from toolkit.train import data as data_mod
     from toolkit.train.device import pick_device
     from toolkit.train.model import model_from_checkpoint
@@ -71,11 +73,14 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
                         f"{_short(dataset.labels)}; expected the same classes in the same order")
     if not getattr(dataset, split):
         raise UserError(f"data: the {split} split is empty; pick another with --split")
-    logits, targets, loss = split_logits(model, recipe, getattr(dataset, split), batch_size, pick_device(device))
+    dev = pick_device(device)
+    logits, targets, loss = split_logits(model, recipe, getattr(dataset, split), batch_size, dev)
+    out_logits = folder_logits(model, recipe, ood, batch_size, dev) if ood else None
     report = classification_report(logits, targets, dataset.labels)
-    temperature, ood, source = run_calibration(checkpoint) if run_calibrated else (None, None, None)
+    temperature, spec, source = run_calibration(checkpoint) if run_calibrated else (None, None, None)
     report.update(loss=loss, split=split, model=str(checkpoint),
-                  calibration={**calibration_fields(logits, targets, temperature, ood), "source": source})
+                  calibration={**calibration_fields(logits, targets, temperature, spec, out_logits),
+                               "source": source})
     if not quiet:
         print(format_report(report, f"{checkpoint} on {split}:"))
         print("\n".join(calibration_lines(report["calibration"])))
@@ -124,6 +129,24 @@ def split_logits(model, recipe, items: list, batch_size: int, dev):
     return collect_logits(model, loader, dev, None, torch.nn.CrossEntropyLoss(), channels_last)
 
 
+def folder_logits(model, recipe, folder: str, batch_size: int, dev) -> np.ndarray:
+    """The model's logits on every readable image of an --ood folder (toolkit.runtime.ood_eval.ood_pixels:
+    one error for a missing, empty or unreadable folder), through the recipe's eval transform, as the
+    .onnx path runs them. Call after split_logits, which put the model on `dev` in training's layout."""
+    import torch
+
+    from toolkit.train import data as data_mod
+    from toolkit.train.device import use_channels_last
+
+    preprocess = data_mod.eval_preprocess(recipe)
+    pixels = ood_pixels(folder, preprocess, recipe.data.max_pixels)
+    batches = [(torch.from_numpy(preprocess.normalize(pixels[i:i + batch_size])),
+                torch.zeros(len(pixels[i:i + batch_size]), dtype=torch.long))
+               for i in range(0, len(pixels), batch_size)]
+    channels_last = use_channels_last(recipe.train, dev, recipe.model.arch)
+    return collect_logits(model, batches, dev, channels_last=channels_last)[0]
+
+
 def _short(labels) -> str:
     labels = list(labels)
     return str(labels) if len(labels) <= 6 else f"[{', '.join(map(str, labels[:5]))}, ... {len(labels)} in all]"
@@ -149,14 +172,12 @@ def evaluate_command(target: str | None, recipe: str | None = None, split: str =
     else:
         if not os.path.exists(target):
             raise UserError(f"{target}: no such run, checkpoint or .onnx file")
-        if ood:
-            raise UserError(f"--ood: for an exported .onnx file (its calibration); {target} is a run or checkpoint: "
-                            "pass its exports/<name>.onnx instead")
         if engine not in (None, DEFAULT_ENGINE) or precision is not None:   # an engine was chosen
             raise UserError(f"--engine / --precision: for an exported .onnx file; {target} is a run or checkpoint "
                             "(evaluated with PyTorch): pass its exports/<name>.onnx instead")
         report = evaluate_checkpoint(artifacts.run_checkpoint(target), recipe=loaded_recipe, split=split,
-                                     batch_size=batch_size, device=device, quiet=as_json, run_calibrated=True)
+                                     batch_size=batch_size, device=device, quiet=as_json, run_calibrated=True,
+                                     ood=ood)
     if as_json:
         print(json.dumps(report, indent=2))
     return report
