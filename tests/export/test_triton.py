@@ -121,7 +121,18 @@ def test_reexport_replaces_its_version_and_keeps_others(runs, tmp_path):
     assert os.path.getmtime(repo / "flowers" / "2" / "model.onnx") == before
 
 
-def test_bad_options_fail_before_any_work(runs, tmp_path):
+def test_bad_options_fail_before_any_work(runs, tmp_path, capsys):
+    """One bad command in a process of its own (exit status, no traceback), the others through the same entry
+    point in-process."""
+    from toolkit import cli as toolkit_cli
+
+    def refused(argv) -> str:
+        with pytest.raises(SystemExit) as stop:
+            toolkit_cli.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        return err
+
     _, run = runs
     cli = [sys.executable, "-m", "toolkit", "export", run, "--format", "triton"]
     bad = subprocess.run(cli + ["--out", str(tmp_path / "r"), "--instances", "0", "--instance-kind", "tpu"],
@@ -130,11 +141,8 @@ def test_bad_options_fail_before_any_work(runs, tmp_path):
     assert "--instances 0: expected a whole number, at least 1" in bad.stderr
     assert "--instance-kind 'tpu': expected one of auto, gpu, cpu" in bad.stderr
     assert not (tmp_path / "r").exists()
-    file_out = subprocess.run(cli + ["--out", str(tmp_path / "m.onnx")], capture_output=True, text=True)
-    assert file_out.returncode == 2 and "expected a folder for the model repository" in file_out.stderr
-    fmt = subprocess.run([sys.executable, "-m", "toolkit", "export", run, "--format", "coreml"],
-                         capture_output=True, text=True)
-    assert fmt.returncode == 2 and "--format 'coreml': expected onnx" in fmt.stderr
+    assert "expected a folder for the model repository" in refused(cli[3:] + ["--out", str(tmp_path / "m.onnx")])
+    assert "--format 'coreml': expected onnx" in refused(["export", run, "--format", "coreml"])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -233,7 +233,11 @@ def test_nan_guard_stops_and_never_saves_non_finite_weights(tmp_path, image_fold
             assert torch.isfinite(tensor).all()
 
 
-def test_evaluate_checkpoint_from_the_cli(tmp_path, image_folder):
+def test_evaluate_checkpoint_from_the_cli(tmp_path, image_folder, capsys):
+    """The command in a process of its own, then a bad checkpoint through the same entry point in-process
+    (a second interpreter start would add only its start-up time)."""
+    from toolkit import cli
+
     _train(tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
     proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(tmp_path / "runs" / "tiny"),
                            "--split", "val"], capture_output=True, text=True, cwd=tmp_path)
@@ -242,13 +246,13 @@ def test_evaluate_checkpoint_from_the_cli(tmp_path, image_folder):
     assert "per-class accuracy" in proc.stdout and "confusion matrix" in proc.stdout
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(bad)], capture_output=True, text=True,
-                          cwd=tmp_path)
-    assert proc.returncode == 2 and "corrupt or truncated checkpoint" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["evaluate", str(bad)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "corrupt or truncated checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
-def test_evaluate_of_a_run_uses_the_calibration_training_fitted_on_best_pt(tmp_path, image_folder):
+def test_evaluate_of_a_run_uses_the_calibration_training_fitted_on_best_pt(tmp_path, image_folder, capsys):
     """`toolkit evaluate RUN` scores best.pt at the T and threshold of the run's calibration.json; last.pt, a
     best.pt newer than the file (a later best) and a run without one are at T = 1, each saying why; a
     corrupt file or a T that is not a positive number is one clear error."""
@@ -265,10 +269,11 @@ def test_evaluate_of_a_run_uses_the_calibration_training_fitted_on_best_pt(tmp_p
     cal = evaluate_checkpoint(str(best), split="val", quiet=True, run_calibrated=True)["calibration"]
     assert cal["temperature"] == 2.0 and cal["accept_rate"] == 1.0 and cal["source"] == "the run's calibration.json"
     assert cal["ece"] != cal["ece_uncalibrated"]
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(run), "--split", "val"],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "calibration: T 2.000 (the run's calibration.json)" in proc.stdout and "accepted 100.0%" in proc.stdout
+    from toolkit import cli
+
+    cli.main(["evaluate", str(run), "--split", "val"])
+    printed = capsys.readouterr().out
+    assert "calibration: T 2.000 (the run's calibration.json)" in printed and "accepted 100.0%" in printed
 
     cal = evaluate_checkpoint(str(last), split="val", quiet=True, run_calibrated=True)["calibration"]
     assert cal["temperature"] is None
@@ -280,13 +285,13 @@ def test_evaluate_of_a_run_uses_the_calibration_training_fitted_on_best_pt(tmp_p
     for text, expected in (("{not json", "unreadable"), ('{"temperature": -1}', "finite positive number")):
         saved.write_text(text)
         os.utime(saved, (later + 10, later + 10))
-        proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(run)], capture_output=True,
-                              text=True, cwd=tmp_path)
-        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["evaluate", str(run)])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_evaluate_of_a_run_takes_an_ood_folder(tmp_path, image_folder):
+def test_evaluate_of_a_run_takes_an_ood_folder(tmp_path, image_folder, capsys):
     """`toolkit evaluate RUN --ood DIR`, as for an .onnx file: AUROC, FPR at 95% TPR and the share the run's
     threshold rejects, the folder's images through the eval transform training's own evaluation uses; a
     missing folder is one error."""
@@ -307,10 +312,10 @@ def test_evaluate_of_a_run_takes_an_ood_folder(tmp_path, image_folder):
     rng = np.random.default_rng(0)
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (50 + i, 40, 3), dtype=np.uint8)).save(photos / f"noise_{i}.png")
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(run), "--ood", str(photos), "--json"],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    ood = json.loads(proc.stdout)["calibration"]["ood"]
+    from toolkit import cli
+
+    cli.main(["evaluate", str(run), "--ood", str(photos), "--json"])
+    ood = json.loads(capsys.readouterr().out)["calibration"]["ood"]
     assert ood["n_ood"] == 6 and 0.0 <= ood["auroc"] <= 1.0 and 0.0 <= ood["rejection_rate"] <= 1.0
 
     model, _ = model_from_checkpoint(str(run / "checkpoints" / "best.pt"))
@@ -320,9 +325,11 @@ def test_evaluate_of_a_run_takes_an_ood_folder(tmp_path, image_folder):
     np.testing.assert_allclose(folder_logits(model, recipe, str(photos), 4, dev), as_training_reads_them,
                                rtol=1e-5, atol=1e-5)
 
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "evaluate", str(run), "--ood", str(tmp_path / "nope")],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["evaluate", str(run), "--ood", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: --ood ") and "no such folder" in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path, image_folder):
