@@ -53,6 +53,8 @@ LAZY_ALLOWED = {
     ("toolkit/train/torch_backend.py", "toolkit.train.model"): "the fresh-process probe times the torch side's "
                                                                "import (import_s): this module loads without torch",
     ("toolkit/train/torch_backend.py", "toolkit.train.checkpoint"): "as above",
+    ("toolkit/export/tflite.py", "toolkit.runtime.session"): "the CLI reads TfliteOptions for its flags: "
+        "importing this module loads no onnxruntime (quiet_litert borrows the session's output capture)",
     ("toolkit/runtime/serve/server.py", "toolkit.runtime.serve.protocol"): "serve-local's HTTP protocol is built on "
         "uvicorn's h11 classes, which the [serve] extra brings: loaded when serving, so the edge install's "
         "toolkit.runtime.serve imports (and says which extra is missing) without them",

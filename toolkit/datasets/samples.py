@@ -24,11 +24,11 @@ def write_samples(recipe, folder: str, count: int = 5) -> list[str]:
     first_of_class: dict = {}
     for pixels, label in held_out:  # one image per class, so the samples show different answers
         first_of_class.setdefault(label, pixels)
+    os.makedirs(folder, exist_ok=True)
     paths = []
     for label, pixels in sorted(first_of_class.items())[:count]:
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in data.labels[label])  # "T-shirt/top"
         path = os.path.join(folder, f"{safe}.png")
-        os.makedirs(folder, exist_ok=True)
         image = Image.open(pixels) if isinstance(pixels, (str, os.PathLike)) else Image.fromarray(pixels)
         image.convert("RGB").save(path)
         paths.append(path)

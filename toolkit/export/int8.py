@@ -96,14 +96,18 @@ def int8_twin(job: ExportJob, staging: Staging, data, why, out_pixels=None) -> d
 
 def _fits(attempt: dict, budget: float) -> bool:
     """Within the top-1 budget, and not refused by the accept/reject agreement gate (toolkit.export.calibrate)."""
-    return attempt["top1_drop"] <= budget and not attempt["agreement_refused"]
+    return _within(attempt, budget) and not attempt["agreement_refused"]
+
+
+def _within(attempt: dict, budget: float) -> bool:
+    return attempt["top1_drop"] <= budget
 
 
 def _say_attempt(job: ExportJob, scoring: Scoring, attempt: dict) -> None:
     agree = attempt["decision_agreement"]
     gate = "" if agree is None else (f", accept/reject agreement {agree * 100:.1f}%"
                                      f"{': refused' if attempt['agreement_refused'] else ''}")
-    within = "within" if attempt["top1_drop"] <= job.options.int8_budget else "over"
+    within = "within" if _within(attempt, job.options.int8_budget) else "over"
     job.say(f"int8: {_label(attempt)}: top-1 {scoring.fp32['top1']:.2f}% -> {attempt['int8_top1']:.2f}% "
             f"(drop {attempt['top1_drop']:.2f}, {within} budget {job.options.int8_budget:g}{gate}, "
             f"{attempt['seconds']:.1f} s)")

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolkit.errors import UserError
-from toolkit.runtime.session import captured_native_output
 
 EXTRA = "pip install 'toolkit[tflite]'"
 MEDIAPIPE_MODES = ("auto", "require", "skip")
@@ -63,15 +62,16 @@ def quiet_litert():
     """litert-torch and LiteRT print pages of their own (progress bars, C++ log lines, an XNNPACK notice) on
     stdout and stderr; the user reads export's one line a step instead. When the block fails, the last of
     what they printed goes to stderr before the error, since that is where the cause is."""
+    from toolkit.runtime.session import captured_native_output
+
     captured: list = []
-    done = False
     try:
         with captured_native_output() as captured:
             yield
-        done = True
-    finally:
-        if not done and captured and captured[0].strip():
+    except BaseException:
+        if captured and captured[0].strip():   # filled as the inner block ends, error or not
             sys.stderr.write(captured[0][-4000:].rstrip() + "\n")
+        raise
 
 
 class LiteRtSession:

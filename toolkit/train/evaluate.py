@@ -119,32 +119,37 @@ def split_logits(model, recipe, items: list, batch_size: int, dev):
     from torch.utils.data import DataLoader
 
     from toolkit.train import data as data_mod
-    from toolkit.train.device import use_channels_last
 
     loader = DataLoader(data_mod.ImageDataset(items, data_mod.eval_preprocess(recipe),
                                               max_pixels=recipe.data.max_pixels),
                         batch_size=batch_size, num_workers=recipe.data.workers)
-    channels_last = use_channels_last(recipe.train, dev, recipe.model.arch)
-    model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    return collect_logits(model, loader, dev, None, torch.nn.CrossEntropyLoss(), channels_last)
+    return _logits_in_training_layout(model, recipe, loader, dev, torch.nn.CrossEntropyLoss())
 
 
 def folder_logits(model, recipe, folder: str, batch_size: int, dev) -> np.ndarray:
     """The model's logits on every readable image of an --ood folder (toolkit.runtime.ood_eval.ood_pixels:
     one error for a missing, empty or unreadable folder), through the recipe's eval transform, as the
-    .onnx path runs them. Call after split_logits, which put the model on `dev` in training's layout."""
+    .onnx path runs them."""
     import torch
 
     from toolkit.train import data as data_mod
-    from toolkit.train.device import use_channels_last
 
     preprocess = data_mod.eval_preprocess(recipe)
     pixels = ood_pixels(folder, preprocess, recipe.data.max_pixels)
-    batches = [(torch.from_numpy(preprocess.normalize(pixels[i:i + batch_size])),
-                torch.zeros(len(pixels[i:i + batch_size]), dtype=torch.long))
-               for i in range(0, len(pixels), batch_size)]
+    chunks = [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)]
+    batches = [(torch.from_numpy(preprocess.normalize(c)), torch.zeros(len(c), dtype=torch.long)) for c in chunks]
+    return _logits_in_training_layout(model, recipe, batches, dev)[0]
+
+
+def _logits_in_training_layout(model, recipe, batches, dev, criterion=None):
+    """collect_logits with the model on `dev` in the memory layout training used."""
+    import torch
+
+    from toolkit.train.device import use_channels_last
+
     channels_last = use_channels_last(recipe.train, dev, recipe.model.arch)
-    return collect_logits(model, batches, dev, channels_last=channels_last)[0]
+    model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    return collect_logits(model, batches, dev, None, criterion, channels_last)
 
 
 def _short(labels) -> str:

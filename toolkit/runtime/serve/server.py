@@ -206,10 +206,6 @@ def serve(options: ServeOptions | str | None = None, **fields) -> None:
     if late:
         raise AbandonedWorkError(f"{model}: the warm-up inference did not finish within {late[0]:g} s (--warmup-timeout); "
                         "the model is too slow for this machine, or its graph does not end; stopped serving")
-    print(f"serve-local: stopped after {_count(batcher.images, 'prediction')} in "
-          f"{_count(batcher.batches, 'batch')}", flush=True)
-
-
-def _count(n: int, noun: str) -> str:
-    """'1 batch', '2 batches'."""
-    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith(('ch', 'sh', 's', 'x')) else 's'}"
+    images, batches = batcher.images, batcher.batches
+    print(f"serve-local: stopped after {images} prediction{'s' * (images != 1)} in {batches} "
+          f"batch{'es' * (batches != 1)}", flush=True)
