@@ -50,6 +50,17 @@ def test_folder_fractions_are_stratified_seeded_and_disjoint(tmp_path):
     assert (few.val, few.test) == (ds.val, ds.test)
 
 
+def test_a_class_too_small_for_every_split_keeps_validation_before_test():
+    """Training needs validation and test is optional: two images make train 1 / val 1, not train 1 / test 1."""
+    from toolkit.datasets.splits import split_class
+    sizes = lambda n, val, test: tuple(len(part) for part in split_class(list(range(n)), "c", val, test, 0))
+    assert sizes(2, 0.2, 0.1) == (1, 1, 0)
+    assert sizes(1, 0.2, 0.1) == (1, 0, 0)
+    assert sizes(3, 0.2, 0.1) == (1, 1, 1)
+    assert sizes(3, 0.5, 0.5) == (1, 1, 1)
+    assert sizes(10, 0.2, 0.3) == (5, 2, 3)
+
+
 def test_labels_per_class_scans_only_the_images_kept(tmp_path):
     """Fashion-MNIST at 5 labels per class used to decode all 59,400 training images every run."""
     root = make_folder(tmp_path, ["a", "b"], n=6, splits=["train", "val"])
@@ -145,14 +156,15 @@ def test_skip_corrupt_skips_reports_and_continues(tmp_path, capsys):
     assert "skipped 3 unusable images" in out and "garbage.jpg" in out
 
 
-def test_skip_corrupt_still_fails_on_a_class_left_empty_and_caps_the_list(tmp_path):
+def test_skip_corrupt_still_fails_on_a_class_left_empty_and_caps_the_list(tmp_path, capsys):
     make_folder(tmp_path, ["a"], n=2)
     for i in range(25):
         (tmp_path / "b").mkdir(exist_ok=True)
         (tmp_path / "b" / f"bad_{i:02d}.png").write_bytes(b"\x89PNG nope")
     recipe = make_recipe({"root": str(tmp_path), "skip_corrupt": True})
-    with pytest.raises(UserError, match=r"empty class"):
+    with pytest.raises(UserError, match=r"empty class, no usable images; expected at least one \(\.jpg"):
         D.load_dataset(recipe)
+    assert "data health" not in capsys.readouterr().out   # no health summary for data that cannot train
     with pytest.raises(UserError) as info:
         D.load_dataset(make_recipe({"root": str(tmp_path)}))
     assert "and 5 more" in str(info.value)  # 25 files, 20 listed

@@ -77,6 +77,19 @@ def test_refuses_to_overwrite_a_run(tmp_path, image_folder):
         _train({**raw, "name": "other"}, resume=True)
 
 
+def test_an_empty_validation_split_says_why(tmp_path):
+    """One photo a class cannot give up one for validation: the error says so, not 'set val_fraction above 0'
+    (it is 0.25 here)."""
+    from data_helpers import make_folder
+    root = make_folder(tmp_path / "photos", ["a", "b"], n=1)
+    with pytest.raises(UserError, match=r"validation split is empty: at data.val_fraction 0.25 a class needs "
+                                        r"at least 2 images"):
+        _train(tiny_recipe(tmp_path, root))
+    with pytest.raises(UserError, match=r"set data.val_fraction above 0"):
+        _train(tiny_recipe(tmp_path, root, data={"val_fraction": 0.0}))
+    assert not os.path.exists(tmp_path / "runs")   # no empty run folder left behind
+
+
 def test_overwrite_keeps_the_old_run_when_the_new_one_fails_its_checks(tmp_path, image_folder):
     """--overwrite replaces a run only once the new one's data and model loaded: a corrupt image found by
     the scan must not cost the user the run they had."""

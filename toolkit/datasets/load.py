@@ -88,7 +88,8 @@ def _empty_classes(labels: list, splits: dict, locate) -> list:
         for i in np.flatnonzero(counts == 0):
             where = locate(split, labels[i])
             if where is not None:
-                problems.append(f"{where}: empty class, no usable images ({' '.join(IMAGE_EXTENSIONS)})")
+                problems.append(f"{where}: empty class, no usable images; expected at least one "
+                                f"({' '.join(IMAGE_EXTENSIONS)})")
     return problems
 
 
@@ -142,12 +143,13 @@ def load_dataset(recipe, scan: bool = True, quiet: bool = False) -> Dataset:
     skipped = []
     if bad and d.skip_corrupt:
         splits, skipped, bad = _drop(splits, {p for p, _ in bad}), bad, []
+    if labels:   # before the health scan: its summary is no use to data that cannot train
+        problems += _empty_classes(labels, splits, locate)
     health = None
     if scan and labels and not bad and not problems:
         splits, health = _check_health(recipe, labels, problems, splits, prints, skipped,
                                        say=(lambda text: None) if quiet else print)
-    if labels:
-        problems += _empty_classes(labels, splits, locate)
+        problems += _empty_classes(labels, splits, locate)   # data.dedupe can empty a class
     lines = problems + [f"{path}: {reason}" for path, reason in bad]
     if lines:
         what = d.root if d.source == "folder" else f"the {d.source} data"

@@ -33,7 +33,8 @@ def class_rng(seed: int, name: str, stream: int) -> np.random.Generator:
 
 
 def split_class(paths: list, name: str, val_fraction: float, test_fraction: float, seed: int):
-    """One class's items -> (train, val, test); each fraction > 0 gets at least one when possible."""
+    """One class's items -> (train, val, test); each fraction > 0 gets at least one when possible. Too few
+    items for all three: training keeps one, then validation (training needs it) before test."""
     n = len(paths)
     counts = []
     for frac in (test_fraction, val_fraction):
@@ -41,7 +42,7 @@ def split_class(paths: list, name: str, val_fraction: float, test_fraction: floa
         counts.append(max(k, 1) if frac > 0 else 0)
     n_test, n_val = counts
     while n_test + n_val >= n and (n_test or n_val):  # keep at least one training image
-        if n_val >= n_test:
+        if n_val > n_test:
             n_val -= 1
         else:
             n_test -= 1

@@ -37,7 +37,7 @@ from toolkit.train.distributed import IGNORE, Dist, is_collective_failure, launc
 from toolkit.train.evaluate import collect_logits
 from toolkit.train.plots import save_plots
 from toolkit.train.report import write_after_training
-from toolkit.train.run_dir import (append_metrics, checkpoint_paths, clear_old_run, prepare_run_dir, write_distill,
+from toolkit.train.run_dir import (append_metrics, checkpoint_paths, make_run_dir, prepare_run_dir, write_distill,
                                    write_run_files, write_summary)
 from toolkit.train.sampling import EpochBatches, ReplayedBatches, SeededAugmentation, run_loader
 from toolkit.train.schedule import LrSchedule
@@ -107,8 +107,7 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
     run.build_model()
     run.restore()
     if ctx.is_main:
-        if opts.overwrite:
-            clear_old_run(recipe.run_dir)
+        make_run_dir(recipe.run_dir, opts.overwrite)
         write_run_files(recipe, run.model, run.state.epoch, run.say, run.dataset.health)
     run.build_loaders()
     with StopRequest(announce=ctx.is_main) as stop:
@@ -168,7 +167,7 @@ class _Session:
         if not self.dataset.train:
             raise UserError("data: the training split is empty")
         if not self.dataset.val:
-            raise UserError("data: the validation split is empty; set data.val_fraction above 0 or add a val/ folder")
+            raise UserError(_empty_val_message(self.recipe.data))
         self.ctx.check_training(self.t, self.device)
         unlabeled = self.recipe.data.unlabeled
         self.unlabeled = self.ctx.on_main(lambda: unlabeled_items(self.recipe, distill.UNLABELLED,
@@ -470,3 +469,12 @@ def train_command(recipe: str, overrides: list[str], resume: bool = False, overw
         return 0
     argv = ["train", str(recipe), *overrides] + ["--resume"] * resume + ["--overwrite"] * overwrite
     return launch(nproc, argv)
+
+
+def _empty_val_message(data) -> str:
+    """Why validation is empty: no fraction held out, or classes too small to hold one out."""
+    fraction = getattr(data, "val_fraction", 0) or 0
+    if fraction > 0:
+        return (f"data: the validation split is empty: at data.val_fraction {fraction} a class needs at least 2 "
+                "images to hold one out for validation and keep one for training; add images or a val/ folder")
+    return "data: the validation split is empty; set data.val_fraction above 0 or add a val/ folder"

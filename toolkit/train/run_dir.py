@@ -24,8 +24,8 @@ def checkpoint_paths(run_dir: str) -> tuple[str, str]:
 
 
 def prepare_run_dir(run_dir: str, resume: bool, overwrite: bool) -> dict | None:
-    """Check the run folder against --resume / --overwrite, make it, and load last.pt when resuming.
-    A run that --overwrite replaces stays until clear_old_run, once the new run's data and model loaded."""
+    """Check the run folder against --resume / --overwrite, and load last.pt when resuming. Nothing is made
+    or removed here: make_run_dir does that once the data and the model loaded."""
     last_path, _ = checkpoint_paths(run_dir)
     if resume:
         if not os.path.isfile(last_path):
@@ -34,20 +34,15 @@ def prepare_run_dir(run_dir: str, resume: bool, overwrite: bool) -> dict | None:
     if os.path.exists(last_path) and not overwrite:
         raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it, --overwrite "
                         f"to replace it, or set another name (e.g. name=<new>)")
-    _make_run_dir(run_dir, clear=False)
-    return None
+    return None   # out_dir's writability: the recipe check probed it (toolkit.recipe.check)
 
 
-def clear_old_run(run_dir: str) -> None:
-    """--overwrite: remove the old run now, after every check that can still fail before training (the data
-    scan, the model and its weights): a bad image or weights file leaves the old run as it was."""
-    if os.path.exists(checkpoint_paths(run_dir)[0]):
-        _make_run_dir(run_dir, clear=True)
-
-
-def _make_run_dir(run_dir: str, clear: bool) -> None:
+def make_run_dir(run_dir: str, overwrite: bool) -> None:
+    """Make the run folder after every check that can still fail before training (the data scan, the model
+    and its weights): a bad image leaves no empty run folder behind, and with --overwrite the old run as
+    it was (it is removed here, not before)."""
     try:
-        if clear:
+        if overwrite and os.path.exists(checkpoint_paths(run_dir)[0]):
             shutil.rmtree(run_dir)
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     except OSError as exc:
