@@ -313,7 +313,7 @@ def bench_engine(engine, args, images, e2e_paths):
              "--engine", engine]
     if args.threads:
         extra += ["--threads", str(args.threads)]
-    if args.streams:
+    if args.streams and engine == "openvino":   # serve-local refuses --streams on ONNX Runtime
         extra += ["--streams", str(args.streams)]
     log_path = f"/tmp/bench_serve_server_{engine}.log"
     proc, url, server_cold = start_server(args.model, extra, log_path)

@@ -2,6 +2,7 @@
 hostile-load benchmark)."""
 import io
 import struct
+import zlib
 
 from PIL import Image
 
@@ -43,3 +44,11 @@ def truncated_jpeg(size=(8000, 5000), keep: int = 4000) -> bytes:
     buf = io.BytesIO()
     Image.radial_gradient("L").resize(size).convert("RGB").save(buf, "JPEG", quality=90)
     return buf.getvalue()[:keep] + b"\xff\xd9"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height RGB pixels, with almost no image data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))

@@ -38,12 +38,34 @@ def _refused(argv, capsys) -> str:
     (["train", "r.yaml", "-z"], "-z: train has no such option"),
     (["serve-local", "-m", "3"], "-m: ambiguous for serve-local (--model, --max-batch"),
     (["trian", "r.yaml"], "'trian': no such command; did you mean 'train'?"),
+    # more arguments than the command takes: fire ran it first, then failed on the rest
+    (["evaluate", "m.onnx", "--json", "maybe"], "evaluate: unexpected argument 'maybe'; expected TARGET"),
+    (["report", "a", "--split", "val", "b", "c"], "report: unexpected arguments 'b' 'c'; expected RUN"),
+    # a number flag's value is a number before anything runs (evaluate's was a ValueError traceback)
+    (["evaluate", "m.onnx", "--batch-size", "abc"], "--batch-size 'abc': expected a whole number"),
+    (["benchmark", "m.onnx", "--threads=2.5"], "--threads '2.5': expected a whole number"),
+    (["predict", "m.onnx", "a.jpg", "--threshold", "1e999"], "--threshold '1e999': expected a finite number"),
+    (["serve-local", "m.onnx", "--max-wait-ms", "nan"], "--max-wait-ms 'nan': expected a finite number"),
 ])
 def test_unknown_flags_and_commands_stop_before_the_command_runs(argv, expected, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # nothing here to run on: any run would fail differently
     err = _refused(argv, capsys)
     assert expected in err
-    assert "--help" in err or "no such command" in err or "ambiguous" in err
+    assert "--help" in err or "no such command" in err or "ambiguous" in err or "expected a" in err
+
+
+def test_benchmark_batch_size_without_train_is_refused(capsys, monkeypatch, tmp_path):
+    """`benchmark M --batch-size 4` timed the default sizes: --batch-size is --train's."""
+    monkeypatch.chdir(tmp_path)
+    assert "--batch-size 4 goes with --train RECIPE; for an export, --batch-sizes 4" in \
+        _refused(["benchmark", "m.onnx", "--batch-size", "4"], capsys)
+
+
+def test_arguments_a_command_takes_pass():
+    for argv in (["evaluate", "m.onnx", "--split", "val", "--json"], ["evaluate", "--target", "m.onnx", "--json=True"],
+                 ["serve-local", "m.onnx", "--port", "8001"], ["report"], ["export", "r", "--", "--trace"],
+                 ["predict", "m.onnx", "a.jpg", "b.jpg", "--top-k", "3"], ["train", "r.yaml", "train.epochs=3"]):
+        flags.check_arguments(cli.COMMANDS, flags.spell_out(cli.COMMANDS, argv))
 
 
 def _check(argv):
@@ -72,6 +94,12 @@ def test_switches_are_spelled_out():
     # a switch of an options dataclass too, Optional[bool] included: never takes the next word as its value
     assert flags.spell_out(cli.COMMANDS, ["export", "--per-channel=no", "--int8", "runs/x", "--no-int8-search"]) \
         == ["export", "--per-channel=False", "--int8=True", "runs/x", "--int8_search=False"]
+    # `--flag true|false` as the docs write it (`predict M x.jpg --reject false` predicted a file 'false')
+    assert flags.spell_out(cli.COMMANDS, ["predict", "m.onnx", "x.jpg", "--reject", "false", "--recursive", "TRUE",
+                                          "y.jpg"]) == ["predict", "m.onnx", "x.jpg", "--reject=False",
+                                                        "--recursive=True", "y.jpg"]
+    assert flags.spell_out(cli.COMMANDS, ["evaluate", "m.onnx", "--json", "no"]) == \
+        ["evaluate", "m.onnx", "--json=True", "no"]   # only true/false are taken: 'no' stays an argument
     with pytest.raises(UserError, match="--resume 'maybe': expected true or false"):
         flags.spell_out(cli.COMMANDS, ["train", "r.yaml", "--resume=maybe"])
 

@@ -283,6 +283,20 @@ def test_a_progressive_scan_bomb_is_refused_before_decoding():
         Preprocess(decode="full").pixels(scan_bomb(MAX_JPEG_SCANS))   # one DC scan + MAX_JPEG_SCANS AC scans
 
 
+def test_pillows_own_pixel_cap_is_said_in_our_words(recwarn):
+    """A header of 10,000 MP trips Pillow's cap inside Image.open, before ours: its message named Pillow's
+    179 MP limit, not the caller's; a max_pixels above Pillow's cannot be honoured, and says so."""
+    from hostile_images import png_header
+
+    with pytest.raises(ImageError, match=r"^image: 10000.0 megapixels, over the limit of 40.0$") as e:
+        Preprocess().pixels(png_header(100_000, 100_000))
+    assert e.value.kind == "too_large"
+    with pytest.raises(ImageError, match=r"over Pillow's own limit of 179.0 .* which applies before max_pixels"):
+        Preprocess().pixels(png_header(100_000, 100_000), max_pixels=300_000_000)
+    with pytest.raises(ImageError, match=r"12000x12000 is 144.0 megapixels, over the limit of 40.0"):
+        Preprocess().pixels(png_header(12_000, 12_000))
+
+
 def test_the_scan_cap_is_exact_and_ordinary_jpegs_pass(tmp_path):
     from hostile_images import scan_bomb
     from toolkit.jpeg_scans import check_jpeg

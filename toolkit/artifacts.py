@@ -111,6 +111,22 @@ def newest_export(exports_dir: str = "exports") -> str:
     return max(files, key=files.get)
 
 
+def folder_problem(path: str) -> str | None:
+    """Why folders cannot be made at `path`, or None: it, or the nearest folder above it that exists, must be
+    a folder one can make folders in. Probed with a temporary folder (removed again), because permission
+    bits don't tell (root may write anywhere by them, and still not in /proc). Nothing is made."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"{probe} is not a folder"
+    try:
+        tempfile.TemporaryDirectory(dir=probe, prefix=".toolkit-probe-").cleanup()
+    except OSError as exc:
+        return f"cannot make folders in {probe} ({exc.strerror})"
+    return None
+
+
 def write_failure(path: str, exc: OSError, then: str = "") -> UserError:
     """One clear error for a write that failed: the path, the reason, and what to do (`then` overrides it)."""
     reason = exc.strerror or type(exc).__name__

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from toolkit.errors import AbandonedWorkError, RankZeroError, UserError, exit_now, missing_extra
-from toolkit.flags import check, options, spell_out
+from toolkit.flags import check, check_arguments, options, spell_out
 from toolkit.parsing import parse_list
 
 
@@ -79,6 +79,9 @@ def benchmark(model: str | None = None, *more: str, train: str | None = None, ba
     from toolkit.export.bench_targets import split_options, target_backends
     from toolkit.runtime.benchmark import BenchmarkOptions, compare_models, run_benchmark
 
+    if batch_size is not None and not train:   # an export's sizes are --batch-sizes: this one timed nothing
+        raise UserError(f"--batch-size {batch_size} goes with --train RECIPE; for an export, --batch-sizes "
+                        f"{batch_size}")
     targets, given = split_options(given)  # --web, --tflite: the same model on its other targets
     asked = BenchmarkOptions(**given, end_to_end=not model_only)
     others = [str(o) for o in more if not str(o).endswith(".onnx")]
@@ -141,10 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     # Fire tries each argument as a Python literal: a path such as vgg16-224.int8.onnx made the compiler
     # print "<unknown>:1: SyntaxWarning: invalid decimal literal" before the command ran.
     warnings.filterwarnings("ignore", category=SyntaxWarning, module="<unknown>")
+    # Pillow's DecompressionBombWarning (89 MP on): the image's own max_pixels check decides, in one line.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         check(COMMANDS, argv)
-        fire.Fire(COMMANDS, command=spell_out(COMMANDS, argv), name="toolkit")
+        argv = spell_out(COMMANDS, argv)
+        check_arguments(COMMANDS, argv)
+        fire.Fire(COMMANDS, command=argv, name="toolkit")
     except RankZeroError:
         sys.exit(2)  # torchrun: rank 0 has printed this error already
     except (UserError, ModuleNotFoundError) as exc:

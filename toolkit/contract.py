@@ -6,7 +6,7 @@ benchmark and the Triton writer need nothing but the .onnx file. Its `metadata_p
     key                 value (strings are stored as-is, everything else as JSON)
     toolkit_format      "1", or "2" when preprocess.fit is not crop (format_for); required. A newer number
                         than FORMAT_VERSION means "upgrade toolkit"
-    labels              required: JSON list of class names, one per logit, in output order (non-empty, str)
+    labels              required: JSON list of class names, one per logit, in output order (non-empty, str, distinct)
     names               JSON object {"0": label, ...} (the same labels keyed by index, for other tools)
     preprocess          required: JSON object, PreprocessSpec.to_dict() (read back as a PreprocessSpec):
                         resize, crop, interpolation, mean, std (+ channel_order RGB, layout NCHW, value_range [0, 1]);
@@ -84,6 +84,7 @@ DECODE_MODES = ("draft", "full")
 FIT_MODES = ("crop", "letterbox", "squash")
 # The "unknown" answer's scores (toolkit.calibration computes them; higher = more like the training classes).
 OOD_SCORES = ("max_prob", "energy")
+FILE_PRECISIONS = ("fp32", "fp16", "int8")  # what a file's `precision` metadata may say
 _EXPECT_FILE = "expected an .onnx file written by toolkit export"
 # Keys whose presence says "this file is a toolkit export" (so the export rules apply to it).
 _CLAIM_KEYS = ("toolkit_format", "labels", "preprocess")
@@ -305,6 +306,10 @@ def _check_labels(meta: dict, props: dict, where: str) -> list:
     if long is not None:
         raise ContractError(f"{where}: 'labels' metadata has a class name of {len(long)} characters "
                             f"({long[:40]!r}...); expected at most {MAX_LABEL_CHARS}")
+    seen: set = set()
+    twice = next((x for x in labels if x in seen or seen.add(x)), None)
+    if twice is not None:   # two outputs with one name: an answer could not say which class it meant
+        raise ContractError(f"{where}: 'labels' metadata names {twice[:40]!r} twice; expected distinct class names")
     return labels
 
 
@@ -313,7 +318,10 @@ def _check_preprocess(meta: dict, where: str) -> PreprocessSpec:
     if pre is None:
         raise ContractError(f"{where}: not a toolkit export: no 'preprocess' metadata; expected the JSON eval "
                             "preprocessing (resize, crop, interpolation, mean, std) written by toolkit export")
-    missing = [k for k in PREPROCESS_KEYS if k not in pre] if isinstance(pre, dict) else list(PREPROCESS_KEYS)
+    if not isinstance(pre, dict):
+        raise ContractError(f"{where}: 'preprocess' metadata is {str(pre)[:80]!r}, not a JSON object; expected the "
+                            "JSON eval preprocessing (resize, crop, interpolation, mean, std) written by toolkit export")
+    missing = [k for k in PREPROCESS_KEYS if k not in pre]
     if missing:
         raise ContractError(f"{where}: 'preprocess' metadata is incomplete (no {', '.join(missing)}); expected "
                             "resize, crop, interpolation, mean and std")
@@ -346,6 +354,8 @@ def from_props(props: dict[str, str], where: str) -> ModelContract:
     spec = _optional(meta, "input", dict, "a JSON object (name, dtype, layout, shape, raw)", where)
     outputs = _optional(meta, "outputs", list, 'a JSON list of output names (["logits", ...])', where)
     precision = _optional(meta, "precision", str, "fp32, fp16 or int8", where) or "fp32"
+    if precision not in FILE_PRECISIONS:
+        raise ContractError(f"{where}: 'precision' metadata is {precision!r}; expected {', '.join(FILE_PRECISIONS)}")
     temperature = _check_temperature(meta.get("temperature"), "temperature", where)
     if temperature is not None:
         meta["temperature"] = temperature

@@ -16,13 +16,14 @@ import difflib
 import importlib
 import inspect
 import io
+import math
 import re
 import textwrap
 import tokenize
 import typing
 
 from toolkit.errors import UserError
-from toolkit.parsing import parse_bool
+from toolkit.parsing import parse_bool, parse_int
 
 FLAG = re.compile(r"--?[A-Za-z]")  # what fire reads as a flag: --name, and -n or -name (not -1)
 
@@ -123,19 +124,24 @@ def _switch_off(name: str, switches: set[str]) -> str | None:
 
 
 def spell_out(commands: dict, argv: list[str]) -> list[str]:
-    """`--resume` -> `--resume=True`, `--overwrite=false` and `--no-overwrite` -> `--overwrite=False`: fire
-    reads `--flag VALUE` as the flag's value (`train R --resume train.epochs=30` would swallow the override)
-    and `--flag=false` as the string 'false', which is true. Spelled out, a written value means what it says."""
+    """`--resume` -> `--resume=True`, `--overwrite=false`, `--overwrite false` and `--no-overwrite` ->
+    `--overwrite=False`: fire reads `--flag VALUE` as the flag's value (`train R --resume train.epochs=30`
+    would swallow the override) and `--flag=false` as the string 'false', which is true. A switch takes the
+    next word only when it is `true` or `false` (`predict M x.jpg --reject false`); any other word stays an
+    argument. Spelled out, a written value means what it says."""
     if not argv or argv[0] not in commands:
         return argv
     switches = flag_names(commands[argv[0]])[1]
-    out = [argv[0]]
-    for arg in argv[1:]:
+    out, rest = [argv[0]], list(argv[1:])
+    while rest:
+        arg = rest.pop(0)
         name, eq, value = arg[2:].partition("=")
         key = name.replace("-", "_")
         if arg.startswith("--") and not eq and key not in switches and _switch_off(key, switches):
             arg = f"--{_switch_off(key, switches)}=False"
         elif arg.startswith("--") and key in switches:
+            if not eq and rest and rest[0].lower() in ("true", "false"):
+                eq, value = "=", rest.pop(0)
             arg = f"--{name}={parse_bool(value, f'--{name}') if eq else True}"
         out.append(arg)
     return out
@@ -167,3 +173,50 @@ def check(commands: dict, argv: list[str], program: str = "toolkit") -> None:
         near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
         hint = f"did you mean --{near[0].replace('_', '-')}? " if near else ""
         raise UserError(f"{flag}: {argv[0]} has no such option; {hint}`{program} {argv[0]} --help` lists them")
+
+
+def check_arguments(commands: dict, argv: list[str]) -> None:
+    """Before the command runs (argv as spell_out leaves it): no more arguments than it takes, since fire
+    runs a command with what it can use and only then fails on the rest (`evaluate M --json maybe` printed
+    the whole report first); and a number flag's value is a number (`--batch-size abc` was a traceback
+    from deep inside, `--threshold 1e999` infinity). Ranges stay each command's own check."""
+    if not argv or argv[0] not in commands:
+        return
+    params = signature(commands[argv[0]]).parameters
+    takes = [p.name for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    words, rest = [], list(argv[1:argv.index("--") if "--" in argv else None])
+    while rest:
+        arg = rest.pop(0)
+        if not FLAG.match(arg):
+            words.append(arg)
+            continue
+        flag, eq, value = arg.partition("=")
+        key = flag.lstrip("-").replace("-", "_")
+        if not eq and rest and (key in takes or not FLAG.match(rest[0])):
+            value = rest.pop(0)   # the flag's value (switches were spelled out with '=')
+        if key in params:
+            _check_number(params[key].annotation, value, flag)
+    if len(words) > len(takes) and not any(p.kind is p.VAR_POSITIONAL for p in params.values()):
+        wanted = " ".join(n.upper() for n in takes) or "no arguments"
+        raise UserError(f"{argv[0]}: unexpected argument{'s' * (len(words) - len(takes) > 1)} "
+                        f"{' '.join(repr(w) for w in words[len(takes):])}; expected {wanted} and --options "
+                        f"(`toolkit {argv[0]} --help` lists them)")
+
+
+def _check_number(annotation, value: str, flag: str) -> None:
+    """An int flag's value is a whole number and a float flag's a finite number (None where optional)."""
+    kinds = {str(a) for a in (typing.get_args(annotation) or (annotation,))} if not isinstance(annotation, str) \
+        else {a.strip() for a in annotation.split("|")}
+    if not kinds & {"int", "float", "<class 'int'>", "<class 'float'>"} or value == "":
+        return
+    if kinds & {"NoneType", "None", "<class 'NoneType'>"} and value == "None":
+        return
+    if kinds & {"int", "<class 'int'>"}:
+        parse_int(value, flag)
+        return
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number):
+        raise UserError(f"{flag} {value!r}: expected a finite number")

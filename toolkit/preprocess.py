@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -143,7 +144,7 @@ def _open_header(fp: Any, name: str, formats: tuple, max_pixels: int) -> Image.I
     try:
         img = Image.open(fp, formats=formats)   # JPEG covers MPO (its factory returns one)
     except Image.DecompressionBombError as exc:  # Pillow's own cap (about 179 MP) fires inside open()
-        raise ImageError(f"{name}: {exc}", "too_large") from None
+        raise ImageError(_over_pillow_cap(name, exc, max_pixels), "too_large") from None
     except UnidentifiedImageError:
         known = _sniffed_format(fp)
         if known is not None and known not in formats:
@@ -164,6 +165,17 @@ def _open_header(fp: Any, name: str, formats: tuple, max_pixels: int) -> Image.I
     if width < 1 or height < 1:
         raise ImageError(f"{name}: image has no pixels", "corrupt")
     return img
+
+
+def _over_pillow_cap(name: str, exc: Exception, max_pixels: int) -> str:
+    """Pillow's DecompressionBombError in our words: the size against our cap, or against Pillow's where a
+    caller's max_pixels is above it (Pillow refuses those before our check can run)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
+    if max_pixels < 2 * (Image.MAX_IMAGE_PIXELS or 0):
+        return f"{name}: {size}, over the limit of {max_pixels / 1e6:.1f}"
+    return (f"{name}: {size}, over Pillow's own limit of {2 * Image.MAX_IMAGE_PIXELS / 1e6:.1f} (PIL.Image."
+            "MAX_IMAGE_PIXELS x 2), which applies before max_pixels")
 
 
 def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -189,7 +201,7 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
             img.draft(img.mode, (min_side, min_side))
         img.load()
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: {exc}", "too_large") from None
+        raise ImageError(_over_pillow_cap(name, exc, max_pixels), "too_large") from None
     except MemoryError:
         raise ImageError(f"{name}: not enough memory to decode a {img.width}x{img.height} image",
                          "too_large") from None

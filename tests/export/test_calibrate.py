@@ -118,6 +118,18 @@ def test_empty_or_missing_ood_folder_is_one_error(tmp_path):
     assert _onnx_files(tmp_path / "exports") == []
 
 
+def test_ood_folder_names_what_it_skips(tmp_path, capsys):
+    from PIL import Image
+    from toolkit.preprocess import Preprocess
+    from toolkit.runtime.ood_eval import ood_pixels
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    pixels = ood_pixels(tmp_path, Preprocess(resize=32, crop=32))
+    assert pixels.shape == (1, 32, 32, 3)
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable image of 2" in err and "bad.jpg" in err
+
+
 @pytest.mark.parametrize("share", [0, 1.5, -0.1, "x", True])
 def test_bad_min_agreement_is_one_error(tmp_path, share):
     with pytest.raises(UserError, match="--min-agreement"):

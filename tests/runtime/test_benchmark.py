@@ -229,6 +229,12 @@ def test_bad_arguments_are_user_errors(tiny_export, tmp_path):
         bench.run_benchmark(None, exports_dir=str(tmp_path / "empty"), **FAST)
     with pytest.raises(UserError, match="no such model file"):
         bench.run_benchmark(str(tmp_path / "nope.onnx"), **FAST)
+    with pytest.raises(UserError, match="split: 'test' goes with --data RECIPE"):
+        bench.run_benchmark(tiny_export, split="test", **FAST)
+    # an --out-dir that cannot be made fails before the timing, not after it (the results were lost)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match=r"out_dir: .*a-file is not a folder; expected a writable folder"):
+        bench.run_benchmark(tiny_export, out_dir=str(tmp_path / "a-file" / "b"), **FAST)
 
 
 def test_fixed_batch_axis_is_refused(tmp_path):

@@ -271,6 +271,15 @@ def test_api_misuse_is_one_error_saying_what_was_wrong(models, images, tmp_path)
         for call in (model.logits, model.probabilities, model.predict_batch):
             with pytest.raises(UserError, match=message):
                 call(batch)
+    with open(models["fp32"], "rb") as fh:   # the file's bytes: the message held all of them (95 MB for VGG16)
+        blob = fh.read()
+    for args, kwargs, message in [((blob,), {}, "model: a bytes; expected the path of an ONNX model"),
+                                  ((None,), {}, "model: a NoneType; expected the path"),
+                                  ((models["fp32"],), {"max_pixels": 0}, "max_pixels: 0; expected a positive"),
+                                  ((models["fp32"],), {"max_pixels": "10"}, "max_pixels: '10'; expected")]:
+        with pytest.raises(UserError, match=message) as info:
+            Predictor(*args, device="cpu", **kwargs)
+        assert len(str(info.value)) < 200
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,6 +321,11 @@ def test_cuda_unavailable_is_an_error_unless_fallback_allowed(models, capfd):
     assert len(p.predict(np.zeros((8, 8, 3), np.uint8), top_k=1)) == 1
     with pytest.raises(UserError, match="TensorRT requested"):
         Predictor(models["fp32"], device="tensorrt")
+    # evaluate has no --allow-fallback: its message offers the CPU instead
+    from toolkit.runtime.onnx_eval import engine_session
+    with pytest.raises(UserError) as e:
+        engine_session(models["fp32"], None, "cuda", None)
+    assert "--allow-fallback" not in str(e.value) and str(e.value).endswith("; or evaluate with --device cpu")
 
 
 # ------------------------------------------------------------------------------------------
@@ -362,6 +376,14 @@ def test_collect_images(folder, tmp_path):
                                       str(folder / "**" / "*.png")])
     assert sorted(os.path.basename(p) for p in paths) == ["broken.jpg", "gray.png", "rgb.jpg"]   # no duplicates
     assert problems == [(str(tmp_path / "nope.png"), "no such file or folder")]
+    # a symlink loop under a '**' glob lists each file once; a FIFO named directly is decoding's to refuse
+    loop = tmp_path / "loop"
+    (loop / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(loop / "sub" / "a.png")
+    os.symlink("..", loop / "sub" / "up")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    paths, problems = collect_images([str(loop / "**" / "*.png"), str(tmp_path / "pipe.jpg")])
+    assert [os.path.basename(p) for p in paths] == ["a.png", "pipe.jpg"] and problems == []
 
 
 def test_predict_command_table_skips_corrupt(models, folder, capsys):
@@ -379,7 +401,7 @@ def test_predict_command_csv_and_json(models, folder, images, capsys):
     assert predict_command(models["fp32"], [glob_arg], top_k=3, format="csv", device="cpu") == 0
     out, err = capsys.readouterr()
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert list(rows[0]) == ["path", "rank", "label", "score", "index"]
+    assert list(rows[0]) == ["path", "rank", "label", "score", "index", "accepted", "ood_score"]
     assert len(rows) == 3 * 3 and {r["rank"] for r in rows} == {"1", "2", "3"}
     assert all(r["label"] == LABELS[int(r["index"])] and 0 <= float(r["score"]) <= 1 for r in rows)
     assert "broken.jpg" in err

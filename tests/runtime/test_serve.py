@@ -181,6 +181,7 @@ def assert_json_error(response, status):
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
     assert set(body) == {"error", "detail"} and body["error"], body
+    assert body["detail"] is None or isinstance(body["detail"], str), body   # docs/serve.md: one string
     text = response.text
     assert "Traceback" not in text and 'File "' not in text and ROOT not in text, text
     return body
@@ -290,8 +291,12 @@ def test_a_lone_request_runs_without_the_batch_wait_and_streams_are_checked():
 
     answer, calls = asyncio.run(scenario())
     assert answer[0]["score"] == 3.0 and calls == [1]
-    assert ServeOptions(streams=2).problems() == []
-    assert ServeOptions(streams=0).problems() == ["streams: 0; expected a whole number >= 1 (or leave it unset)"]
+    assert ServeOptions(streams=2, engine="openvino").problems() == []
+    assert ServeOptions(streams=0, engine="openvino").problems() == [
+        "streams: 0; expected a whole number >= 1 (or leave it unset)"]
+    # on ONNX Runtime --streams did nothing, without a word
+    assert ServeOptions(streams=2).problems() == ["streams: 2 is for OpenVINO (--engine openvino); ONNX Runtime "
+                                                  "serves from one session: leave --streams out"]
 
 
 def test_a_lone_request_runs_in_its_decoding_thread_and_counts_once():

@@ -2,6 +2,7 @@
 calibrated scores, the per-call threshold and the switch, `toolkit predict`, serve-local's JSON, evaluate."""
 from __future__ import annotations
 
+import csv
 import io
 import json
 
@@ -70,6 +71,23 @@ def test_predict_command_shows_unknown(models, capsys):
     assert predict_command(models["calibrated"], [models["image"]], format="json") == 0
     row = json.loads(capsys.readouterr().out)["results"][0]
     assert row["accepted"] is False and row["answer"].startswith("unknown (best guess: ")
+    # CSV carries the decision too (it had only the top-k: a rejected image read as a confident answer)
+    assert predict_command(models["calibrated"], [models["image"]], format="csv", top_k=2) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["accepted"] for r in rows] == ["False", "False"]
+    assert float(rows[0]["ood_score"]) == pytest.approx(row["ood_score"], abs=1e-5)
+    assert predict_command(models["plain"], [models["image"]], format="csv", top_k=1) == 0
+    assert [(r["accepted"], r["ood_score"]) for r in csv.DictReader(io.StringIO(capsys.readouterr().out))] == \
+        [("True", "")]
+
+
+def test_a_bad_threshold_or_reject_writes_no_output(models, capsys):
+    """--threshold on a file without 'ood' metadata failed after the CSV header was written."""
+    with pytest.raises(UserError, match="has no 'ood' metadata"):
+        predict_command(models["plain"], [models["image"]], format="csv", threshold=2.0)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(UserError, match="reject: 'false'; expected True or False"):
+        Predictor(models["calibrated"], device="cpu").predict(models["image"], reject="false")
 
 
 def test_serve_json_says_unknown(models):

@@ -9,9 +9,9 @@ import dataclasses
 import difflib
 import math
 import os
-import tempfile
 from typing import Any, Callable
 
+from toolkit.artifacts import folder_problem
 from toolkit.recipe.archs import ARCH_TABLE, family_problems, has_batchnorm
 from toolkit.recipe.schema import CHOICES, GROUPS, LR_SCALINGS, Recipe
 
@@ -72,24 +72,14 @@ def _check_name(recipe: Recipe, err: Err) -> None:
 
 
 def _check_out_dir(recipe: Recipe, err: Err, check_paths: bool) -> None:
-    """out_dir must be a folder that run folders can be made in: probed with a temporary folder, because
-    permission bits don't tell (root may write anywhere by them, and still not in /proc)."""
+    """out_dir must be a folder that run folders can be made in (artifacts.folder_problem probes it)."""
     out = recipe.out_dir
     if not out or "\0" in out:
         err("out_dir", f"{out!r}; expected a folder path (where run folders are made)")
         return
-    if not check_paths:
-        return
-    probe = os.path.abspath(out)
-    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        err("out_dir", f"{out!r}: {probe} is not a folder; expected a folder where run folders can be made")
-        return
-    try:
-        tempfile.TemporaryDirectory(dir=probe, prefix=".toolkit-probe-").cleanup()
-    except OSError as exc:
-        err("out_dir", f"{out!r}: cannot make folders in {probe} ({exc.strerror}); expected a writable folder "
+    problem = folder_problem(out) if check_paths else None
+    if problem:
+        err("out_dir", f"{out!r}: {problem}; expected a writable folder where run folders can be made "
                        "(set out_dir=<folder>)")
 
 

@@ -43,7 +43,7 @@ def _unique(paths: list[str]) -> list[str]:
     seen: set[str] = set()
     unique = []
     for p in paths:
-        key = os.path.normpath(os.path.abspath(p))
+        key = os.path.realpath(p)   # a symlinked folder (a loop under a '**' glob too) lists a file once
         if key not in seen:
             seen.add(key)
             unique.append(p)
@@ -71,6 +71,8 @@ def collect_images(args: Iterable[str] | str, recursive: bool = True) -> tuple[l
             if not found:
                 problems.append((arg, "pattern matched no images"))
             paths.extend(found)
+        elif os.path.exists(arg):   # a FIFO, socket or device: decoding refuses it with what it is, unread
+            paths.append(arg)
         else:
             problems.append((arg, "no such file or folder"))
     return _unique(paths), problems

@@ -27,6 +27,7 @@ from toolkit.preprocess import ImageError, Preprocess
 from toolkit.runtime.decode_pool import DecodePool
 from toolkit.runtime.engine_eval import versus_line, versus_onnxruntime
 from toolkit.runtime.engines import EngineOptions, open_engine, reference_engine
+from toolkit.runtime.engines.base import without_fallback_hint
 from toolkit.runtime.ood_eval import calibration_fields, calibration_lines, ood_pixels
 
 
@@ -71,7 +72,10 @@ def engine_session(model: str, threads: Optional[int], device: str, engine: Opti
     """An engine adapter (toolkit.runtime.engines) for evaluation. device "auto" is the CPU here, as in
     cpu_session: accuracy doesn't depend on the device, and the CPU is what the export gates use."""
     device = "cpu" if str(device or "auto").lower() == "auto" else device
-    return open_engine(model, engine, EngineOptions(device=device, threads=threads, precision=precision))
+    try:
+        return open_engine(model, engine, EngineOptions(device=device, threads=threads, precision=precision))
+    except UserError as exc:   # evaluate has no --allow-fallback: the CPU is what it can offer
+        raise UserError(f"{without_fallback_hint(str(exc))}; or evaluate with --device cpu") from None
 
 
 def read_metadata(session_or_path: Any) -> dict:

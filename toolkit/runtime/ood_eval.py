@@ -4,6 +4,7 @@ folder also AUROC, FPR at 95% TPR and its rejection rate). Torch-free."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +33,7 @@ class EvaluateOptions:
 
 def ood_pixels(folder, preprocess: Preprocess, max_pixels: int | None = None) -> np.ndarray:
     """uint8 N x H x W x 3 pixels of every readable image under `folder` (recursive); one UserError for a
-    missing, empty or wholly unreadable folder."""
+    missing, empty or wholly unreadable folder, and one line on stderr for the images skipped."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise UserError(f"--ood {folder}: no such folder; expected a folder of photos that are none of the "
@@ -49,6 +50,9 @@ def ood_pixels(folder, preprocess: Preprocess, max_pixels: int | None = None) ->
             skipped.append(str(exc))
     if not pixels:
         raise UserError(f"--ood {folder}: none of its {len(paths)} images could be read (first: {skipped[0]})")
+    if skipped:   # on stderr: `evaluate --json` keeps stdout for the report
+        print(f"--ood {folder}: skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)} of {len(paths)} "
+              f"(first: {skipped[0]})", file=sys.stderr)
     return np.stack(pixels)
 
 

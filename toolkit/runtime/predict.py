@@ -1,6 +1,6 @@
 """`toolkit predict [MODEL] IMAGES...`: classify files, folders and globs with a Predictor.
 
-Results go to stdout as a table, CSV (path,rank,label,score,index) or JSON; messages and progress go to
+Results go to stdout as a table, CSV (path,rank,label,score,index,accepted,ood_score) or JSON; messages and progress go to
 stderr. Unreadable images are reported and skipped. Light module (no torch).
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ class _Results:
         self.label_w = min(max(len(lb) for lb in predictor.labels), 30)
         if fmt == "csv":
             self.csv = csv.writer(self.out, lineterminator="\n")
-            self.csv.writerow(["path", "rank", "label", "score", "index"])
+            self.csv.writerow(["path", "rank", "label", "score", "index", "accepted", "ood_score"])
         elif fmt == "table":
             head = f"{'image':<{self.path_w}}" + "".join(f"  {'#' + str(r):<{self.label_w}} {'score':>6}"
                                                          for r in range(1, k + 1))
@@ -108,8 +108,9 @@ class _Results:
 
     def add(self, path: str, preds: list[dict]) -> None:
         if self.fmt == "csv":
+            score = "" if preds.ood_score is None else f"{preds.ood_score:.6f}"   # the image's, on each of its rows
             for rank, p in enumerate(preds, 1):
-                self.csv.writerow([path, rank, p["label"], f"{p['score']:.6f}", p["index"]])
+                self.csv.writerow([path, rank, p["label"], f"{p['score']:.6f}", p["index"], preds.accepted, score])
         elif self.fmt == "json":
             self.rows.append({"path": path, "answer": preds.text(), "accepted": preds.accepted,
                               "ood_score": preds.ood_score, "predictions": [
@@ -244,13 +245,15 @@ def model_and_images(args: Sequence[str]) -> tuple[str | None, list[str]]:
 
 def predict_command(model: str | None = None, images: Sequence[str] | str = (), **options) -> int:
     """`toolkit predict [MODEL] IMAGES...`: classify files, folders and globs; results on stdout as a
-    table, CSV (path,rank,label,score,index) or JSON; messages and progress on stderr.
+    table, CSV (path,rank,label,score,index,accepted,ood_score) or JSON; messages and progress on stderr.
     Unreadable images are reported and skipped. Returns 0 if at least one image was predicted, else 1.
     options: PredictOptions fields."""
     o = PredictOptions(**options)
     model = _resolve_model(model)
     paths, problems = _image_paths(images, o.recursive)
     predictor = _load_predictor(model, o)
+    # A --threshold the file cannot take (no 'ood' metadata) is one error before any output is written.
+    predictor.accept(np.zeros((0, len(predictor.labels)), np.float32), o.threshold, parse_bool(o.reject, "--reject"))
     k = min(o.top_k, len(predictor.labels))
     print(f"predict: {len(paths)} image(s) with {os.path.basename(predictor.path)} on {predictor.runs_on}",
           file=sys.stderr)

@@ -119,19 +119,23 @@ class Predictor:
                  allow_fallback: bool = False, batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
                  formats: Iterable[str] = FOLDER_FORMATS, engine: str | None = None, precision: str | None = None,
                  options: EngineOptions | None = None):
+        if not isinstance(path, (str, os.PathLike)):   # bytes too: its repr would make a 100 MB message
+            raise UserError(f"model: a {type(path).__name__}; expected the path of an ONNX model written by "
+                            "toolkit export (exports/<name>.onnx)")
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise UserError(f"{self.path}: no such file; expected an ONNX model written by toolkit export "
                             "(exports/<name>.onnx)")
         if os.path.isdir(self.path):
             raise UserError(f"{self.path}: is a folder; expected an ONNX model file (exports/<name>.onnx)")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise UserError(f"batch_size: {batch_size!r}; expected a positive whole number")
+        for name, value in (("batch_size", batch_size), ("max_pixels", max_pixels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name}: {value!r}; expected a positive whole number")
         self.options = _engine_options(options, device=device, threads=threads, precision=precision,
                                        allow_fallback=allow_fallback)
         self.device, self.threads = self.options.device, self.options.threads
         self.batch_size = batch_size
-        self.max_pixels = int(max_pixels)
+        self.max_pixels = max_pixels
         self.formats = tuple(formats)
         self._sha256: str | None = None
 
@@ -298,6 +302,8 @@ class Predictor:
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                       or np.isnan(threshold)):
             raise UserError(f"threshold: {threshold!r}; expected a number (an OOD score, see docs/inference.md)")
+        if not isinstance(reject, (bool, np.bool_)):   # the string 'false' is true
+            raise UserError(f"reject: {reject!r}; expected True or False")
         if not self.ood:
             if threshold is not None:
                 raise UserError(f"threshold: {self.path} has no 'ood' metadata (exported before calibration, or "

@@ -21,6 +21,7 @@ import warnings
 import onnxruntime as ort
 
 from toolkit.errors import UserError
+from toolkit.runtime.engines.base import FALLBACK_HINT
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 
@@ -158,8 +159,8 @@ def _unavailable_message(kind: str, reason: str, actual: str) -> str:
     install = f"install onnxruntime-gpu with {need} libraries (pip install 'onnxruntime-gpu[cuda,cudnn]')"
     if kind == "tensorrt":
         install += " and TensorRT 10 (pip install tensorrt)"
-    return (f"{name} requested but onnxruntime could not load it ({reason}); {install}, or pass "
-            f"allow_fallback=True / --allow-fallback to run on {actual.replace('ExecutionProvider', '')}")
+    return (f"{name} requested but onnxruntime could not load it ({reason}); {install}"
+            f"{FALLBACK_HINT.format(actual.replace('ExecutionProvider', ''))}")
 
 
 def open_session(path: str, device: str, threads: int | None, allow_fallback: bool):

@@ -38,7 +38,8 @@ def run_train_benchmark(recipe_path: str, overrides: Sequence[str] = (), batch_s
     recipe = recipe_mod.load(os.fspath(recipe_path), overrides)  # --batch-size checked as the recipe's own
     if device is not None:  # after the recipe's checks: a CUDA recipe's fp16 amp then times what it does here
         recipe.train.device = str(device)
-    timing = dict(duration=duration, iterations=iterations, warmup=warmup, rounds=rounds, threads=threads)
+    timing = dict(duration=duration, iterations=iterations, warmup=warmup, rounds=rounds, threads=threads,
+                  out_dir=out_dir)
     settings = _settings(recipe, timing, loader_batches)
     dev = pick_device(recipe.train.device)
     settings.device, progress = str(dev), Progress(not quiet)

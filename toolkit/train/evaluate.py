@@ -15,6 +15,7 @@ from toolkit.contract import check_calibration
 from toolkit.datasets.splits import SPLITS
 from toolkit.errors import UserError
 from toolkit.metrics import classification_report, format_report
+from toolkit.parsing import parse_int
 from toolkit.runtime.engines import DEFAULT_ENGINE
 from toolkit.runtime.engine_eval import versus_line
 from toolkit.runtime.onnx_eval import evaluate_onnx
@@ -162,6 +163,8 @@ def evaluate_command(target: str | None, recipe: str | None = None, split: str =
                      precision: str | None = None, ood: str | None = None) -> dict:
     """Dispatch: .onnx files go through ONNX Runtime (or OpenVINO: engine, precision), runs and checkpoints
     through PyTorch."""
+    if parse_int(batch_size, "--batch-size") < 1:
+        raise UserError(f"--batch-size {batch_size}: expected a positive whole number of images per call")
     if target is None:
         target = artifacts.newest_run()
         print(f"evaluating newest run: {target}")

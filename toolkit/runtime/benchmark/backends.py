@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -25,6 +24,7 @@ from toolkit.runtime.benchmark.records import E2E_IMAGES, E2E_JPEG_QUALITY, E2E_
 from toolkit.runtime.cold_start import run_fresh
 from toolkit.runtime.decode_pool import shared_pool
 from toolkit.runtime.engines import EngineOptions
+from toolkit.runtime.engines.base import without_fallback_hint
 
 
 def inspect_model(path: str) -> dict:
@@ -138,7 +138,7 @@ class OnnxBackend:
         except UserError as exc:
             if combo.device == "cpu":
                 raise
-            msg = re.sub(r",? or pass allow_fallback=True / --allow-fallback to run on \w+$", "", str(exc))
+            msg = without_fallback_hint(str(exc))
             raise UserError(f"--device {combo.device}: {msg}; or leave {combo.device} out of --device") from None
         self.session_s, self.preprocess, e = time.perf_counter() - t, p.preprocess, p.engine_info
         self.record = BackendRecord(

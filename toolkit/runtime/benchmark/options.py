@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from toolkit import recipe as recipe_mod
+from toolkit.artifacts import folder_problem
 from toolkit.errors import UserError
 from toolkit.parsing import parse_list
 from toolkit.datasets import SPLITS
@@ -96,6 +97,15 @@ def _check_counts(o: BenchmarkOptions) -> None:
             raise UserError(f"{name}: {value!r}; expected a positive whole number")
 
 
+def check_out_dir(out_dir: Optional[str]) -> None:
+    """The record's folder can be made (by default under benchmarks/): found now, not after minutes of timing."""
+    where = out_dir or "benchmarks"
+    problem = folder_problem(where)
+    if problem:
+        raise UserError(f"out_dir: {where!r}: {problem}; expected a writable folder for the benchmark's record "
+                        "(--out-dir)")
+
+
 def parse(o: BenchmarkOptions) -> Settings:
     """Check every option (one UserError naming the first bad one; a bad recipe now, not after minutes of
     timing) and parse the lists: batch sizes ascending, the rest unique in the order given, "gpu" is "cuda"."""
@@ -112,6 +122,10 @@ def parse(o: BenchmarkOptions) -> Settings:
             raise UserError(f"{name}: {', '.join(map(repr, bad))} not known; expected one or more of "
                             f"{', '.join(allowed)}" + (" (or cuda:N)" if name == "device" else ""))
     _check_counts(o)
+    check_out_dir(o.out_dir)
+    if o.split != "val" and not o.data:
+        raise UserError(f"split: {o.split!r} goes with --data RECIPE (the accuracy's data); without it nothing "
+                        "is scored")
     if o.data:
         recipe_mod.load(os.fspath(o.data))
         if o.split not in SPLITS:

@@ -24,6 +24,17 @@ __all__ = ["Port", "EngineInfo", "OpenVinoOptions", "EngineOptions", "Engine", "
 OPENVINO_HINTS = ("LATENCY", "THROUGHPUT")
 
 
+# The end of a provider error that `allow_fallback` would have avoided; commands without --allow-fallback
+# (benchmark, evaluate) cut it with without_fallback_hint and say what they offer instead.
+FALLBACK_HINT = ", or pass allow_fallback=True / --allow-fallback to run on {}"
+
+
+def without_fallback_hint(message: str) -> str:
+    """A provider error with FALLBACK_HINT cut off its end."""
+    head, sep, tail = message.rpartition(FALLBACK_HINT.split("{}")[0])
+    return head if sep and " " not in tail.strip() else message
+
+
 @dataclass(frozen=True)
 class Port:
     """One input or output of the loaded model."""
@@ -138,6 +149,7 @@ class Adapter:
     inference_precisions: ClassVar[tuple] = ("fp32",)  # what `EngineOptions.precision` may name here
     reference: ClassVar[bool] = False  # the engine the export gates ran on: others are compared with it
     devices: ClassVar[tuple] = ("cpu",)  # the device kinds (auto, cpu, cuda, ...) this adapter can open
+    takes_streams: ClassVar[bool] = False  # EngineOptions.openvino.streams means something here (--streams)
     inputs: list
     outputs: list
     path: str

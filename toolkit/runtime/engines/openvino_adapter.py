@@ -78,6 +78,7 @@ class OpenVinoEngine(Adapter):
     name = "openvino"
     inference_precisions = ("fp32", "bf16")
     devices = ("auto", "cpu", "gpu", "npu")
+    takes_streams = True
 
     def __init__(self, compiled, path: str, options: EngineOptions, precision: str, load_s: float):
         self.compiled, self.path, self.options, self.load_s = compiled, path, options, load_s

@@ -199,7 +199,7 @@ def _add_predict_route(app, predictor, batcher: Batcher, pool: DecodePool, count
                                                                   f"default {default_k}")):
         k = default_k if top_k is None else top_k
         if not 1 <= k <= labels:
-            raise ApiError(422, "invalid request", [f"query.top_k: must be between 1 and {labels}, got {k}"])
+            raise ApiError(422, "invalid request", f"query.top_k: must be between 1 and {labels}, got {k}")
         body = await _image_bytes(request)
         entry = batcher.preparing()
 

@@ -87,7 +87,8 @@ def add_error_handlers(app) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, exc):
-        detail = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+                           for e in exc.errors())   # one string, as every other error's detail
         return error_response(422, "invalid request", detail)
 
     @app.exception_handler(ClientDisconnect)

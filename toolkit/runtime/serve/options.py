@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 from toolkit.errors import UserError
 from toolkit.limits import DEFAULT_MAX_PIXELS
-from toolkit.runtime.engines import parse_precision
+from toolkit.runtime.engines import adapter_for, parse_precision
 
 RETRY_AFTER_S = 1            # the Retry-After sent with 503 busy / shutting down
 GRACEFUL_TIMEOUT_S = 30      # how long a stop waits for the requests in flight
@@ -100,6 +100,9 @@ class ServeOptions(Limits):
             problems.append(f"warmup-timeout: {warmup!r}; expected a positive number of seconds")
         try:
             parse_precision(self.precision, self.engine)
+            if self.streams is not None and not adapter_for(self.engine).takes_streams:
+                problems.append(f"streams: {self.streams!r} is for OpenVINO (--engine openvino); ONNX Runtime "
+                                "serves from one session: leave --streams out")
         except UserError as exc:
             problems.append(str(exc))
         return problems

@@ -34,6 +34,8 @@ def report_command(target: str | None = None, **given) -> dict:
 def gather(target: str, opts: ReportOptions, dataset=None) -> Outputs:
     if isinstance(opts.top, bool) or not isinstance(opts.top, int) or opts.top < 0:
         raise UserError(f"--top {opts.top!r}: expected a whole number of images, 0 or more")
+    if isinstance(opts.batch_size, bool) or not isinstance(opts.batch_size, int) or opts.batch_size < 1:
+        raise UserError(f"--batch-size {opts.batch_size!r}: expected a positive whole number of images per pass")
     if target.endswith(".onnx"):
         return from_onnx(target, opts.recipe, opts.split, opts.batch_size)
     if opts.recipe is None and os.path.isdir(target) and not os.path.isdir(os.path.join(target, "checkpoints")):
