@@ -36,11 +36,12 @@ def _refused(argv, capsys) -> str:
     (["demo", "--quik"], "did you mean --quick?"),
     (["evaluate", "-recipe-x", "r.yaml"], "-recipe-x: evaluate has no such option"),
     (["train", "r.yaml", "-z"], "-z: train has no such option"),
-    (["serve-local", "-m", "3"], "-m: ambiguous for serve-local (--model, --max-batch"),
+    (["serve-local", "-m", "3"], "-m: ambiguous for serve-local (--max-batch, --max-wait-ms"),
     (["trian", "r.yaml"], "'trian': no such command; did you mean 'train'?"),
     # more arguments than the command takes: fire ran it first, then failed on the rest
     (["evaluate", "m.onnx", "--json", "maybe"], "evaluate: unexpected argument 'maybe'; expected TARGET"),
     (["report", "a", "--split", "val", "b", "c"], "report: unexpected arguments 'b' 'c'; expected RUN"),
+    (["train", "--resume"], "train: expected RECIPE"),   # was fire's ERROR line and a usage block
     # a number flag's value is a number before anything runs (evaluate's was a ValueError traceback)
     (["evaluate", "m.onnx", "--batch-size", "abc"], "--batch-size 'abc': expected a whole number"),
     (["benchmark", "m.onnx", "--threads=2.5"], "--threads '2.5': expected a whole number"),
@@ -59,6 +60,15 @@ def test_benchmark_batch_size_without_train_is_refused(capsys, monkeypatch, tmp_
     monkeypatch.chdir(tmp_path)
     assert "--batch-size 4 goes with --train RECIPE; for an export, --batch-sizes 4" in \
         _refused(["benchmark", "m.onnx", "--batch-size", "4"], capsys)
+
+
+def test_every_set_reaches_the_recipe(monkeypatch):
+    """A repeated --set kept only the last (fire), and --set split its value on spaces."""
+    seen = {}
+    import toolkit.train.loop as loop
+    monkeypatch.setattr(loop, "train_command", lambda recipe, extra, **kw: seen.setdefault("extra", extra) and 0)
+    cli.main(["train", "r.yaml", "--set", "train.epochs=3", "--set=data.root=/my photos", "train.lr=0.1"])
+    assert seen["extra"] == ["train.epochs=3", "data.root=/my photos", "train.lr=0.1"]
 
 
 def test_arguments_a_command_takes_pass():
@@ -100,6 +110,13 @@ def test_switches_are_spelled_out():
                                                         "--recursive=True", "y.jpg"]
     assert flags.spell_out(cli.COMMANDS, ["evaluate", "m.onnx", "--json", "no"]) == \
         ["evaluate", "m.onnx", "--json=True", "no"]   # only true/false are taken: 'no' stays an argument
+    # fire's short flags: -o and -r are train's --overwrite and --resume (the recipe is not an option), spelled
+    # out so they never swallow the next override (`-o name=x` overwrote the recipe's run with name=x eaten)
+    assert flags.spell_out(cli.COMMANDS, ["train", "r.yaml", "-o", "name=x", "-r=no"]) == \
+        ["train", "r.yaml", "--overwrite=True", "name=x", "--resume=False"]
+    # `--out=~/x`: the shell leaves that ~ alone (a literal folder '~' was made)
+    assert flags.spell_out(cli.COMMANDS, ["export", "r", "--out=~/x/"]) == \
+        ["export", "r", f"--out={os.path.expanduser('~/x/')}"]
     with pytest.raises(UserError, match="--resume 'maybe': expected true or false"):
         flags.spell_out(cli.COMMANDS, ["train", "r.yaml", "--resume=maybe"])
 

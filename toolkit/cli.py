@@ -12,13 +12,30 @@ from toolkit.parsing import parse_list
 
 def train(recipe: str, *overrides: str, set: str | None = None, resume: bool = False, overwrite: bool = False,
           nproc: int = 1):
-    """Train from a recipe. Overrides: KEY=VALUE after the recipe (e.g. train.epochs=3) or --set KEY=VALUE.
-    --nproc N: distributed data-parallel training in N processes on this machine (torchrun --standalone)."""
+    """Train from a recipe. Overrides: KEY=VALUE after the recipe (e.g. train.epochs=3) or --set KEY=VALUE
+    (as often as needed). --nproc N: distributed data-parallel training in N processes on this machine
+    (torchrun --standalone)."""
     from toolkit.train.loop import train_command
 
-    extra = [str(o) for o in overrides] + (str(set).split() if set else [])  # --set KEY=VALUE too
+    extra = [str(o) for o in overrides] + ([str(set)] if set else [])  # main() turns each --set into an override
     if code := train_command(recipe, extra, resume=resume, overwrite=overwrite, nproc=nproc):
         sys.exit(code)
+
+
+def _sets_as_overrides(argv: list[str]) -> list[str]:
+    """train's `--set KEY=VALUE` -> `KEY=VALUE`: fire keeps only the last of a repeated flag."""
+    if not argv or argv[0] != "train":
+        return argv
+    out, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--set" and rest:
+            out.append(rest.pop(0))
+        elif arg.startswith("--set="):
+            out.append(arg[len("--set="):])
+        else:
+            out.append(arg)
+    return out
 
 
 @options("toolkit.runtime.ood_eval:EvaluateOptions")
@@ -149,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         check(COMMANDS, argv)
-        argv = spell_out(COMMANDS, argv)
+        argv = spell_out(COMMANDS, _sets_as_overrides(argv))
         check_arguments(COMMANDS, argv)
         fire.Fire(COMMANDS, command=argv, name="toolkit")
     except RankZeroError:

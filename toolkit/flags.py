@@ -17,6 +17,7 @@ import importlib
 import inspect
 import io
 import math
+import os
 import re
 import textwrap
 import tokenize
@@ -73,6 +74,12 @@ def flag_names(command) -> tuple[list[str], set[str]]:
     params = [p for p in signature(command).parameters.values() if p.kind is not p.VAR_POSITIONAL]
     switches = {p.name for p in params if isinstance(p.default, bool) or "bool" in str(p.annotation)}
     return [p.name for p in params], switches
+
+
+def _short_candidates(command, letter: str) -> list[str]:
+    """The options (keyword-only flags) a one-letter flag `-x` can stand for: its long name when one."""
+    return [p.name for p in signature(command).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.name.startswith(letter)]
 
 
 def field_help(cls) -> dict[str, str]:
@@ -135,6 +142,8 @@ def spell_out(commands: dict, argv: list[str]) -> list[str]:
     out, rest = [argv[0]], list(argv[1:])
     while rest:
         arg = rest.pop(0)
+        if re.fullmatch(r"-[A-Za-z](=.*)?", arg) and len(_short_candidates(commands[argv[0]], arg[1])) == 1:
+            arg = f"--{_short_candidates(commands[argv[0]], arg[1])[0]}{arg[2:]}"   # -o: fire's short flag
         name, eq, value = arg[2:].partition("=")
         key = name.replace("-", "_")
         if arg.startswith("--") and not eq and key not in switches and _switch_off(key, switches):
@@ -143,6 +152,8 @@ def spell_out(commands: dict, argv: list[str]) -> list[str]:
             if not eq and rest and rest[0].lower() in ("true", "false"):
                 eq, value = "=", rest.pop(0)
             arg = f"--{name}={parse_bool(value, f'--{name}') if eq else True}"
+        elif arg.startswith("--") and eq and value.startswith("~"):
+            arg = f"--{name}={os.path.expanduser(value)}"   # the shell expands `--out ~/x`, not `--out=~/x`
         out.append(arg)
     return out
 
@@ -163,7 +174,7 @@ def check(commands: dict, argv: list[str], program: str = "toolkit") -> None:
         key = flag.lstrip("-").replace("-", "_")
         if not FLAG.match(arg) or key in names or key == "help" or _switch_off(key, switches):
             continue
-        starts = [n for n in names if n.startswith(key)]
+        starts = _short_candidates(commands[argv[0]], key)
         if len(key) == 1 and not flag.startswith("--"):  # fire's short flag: the one option with that initial
             if key == "h" or len(starts) == 1:
                 continue
@@ -184,7 +195,7 @@ def check_arguments(commands: dict, argv: list[str]) -> None:
         return
     params = signature(commands[argv[0]]).parameters
     takes = [p.name for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    words, rest = [], list(argv[1:argv.index("--") if "--" in argv else None])
+    words, named, rest = [], set(), list(argv[1:argv.index("--") if "--" in argv else None])
     while rest:
         arg = rest.pop(0)
         if not FLAG.match(arg):
@@ -192,10 +203,17 @@ def check_arguments(commands: dict, argv: list[str]) -> None:
             continue
         flag, eq, value = arg.partition("=")
         key = flag.lstrip("-").replace("-", "_")
+        named.add(key)
         if not eq and rest and (key in takes or not FLAG.match(rest[0])):
             value = rest.pop(0)   # the flag's value (switches were spelled out with '=')
         if key in params:
             _check_number(params[key].annotation, value, flag)
+        if key in ("help", "h"):
+            return   # fire's --help / -h: nothing runs
+    required = [n for n in takes if params[n].default is params[n].empty and n not in named]
+    if len(words) < len(required):   # fire's own "ERROR: ... no value for the required argument" and usage
+        raise UserError(f"{argv[0]}: expected {' '.join(n.upper() for n in required)} "
+                        f"(`toolkit {argv[0]} --help` lists the options)")
     if len(words) > len(takes) and not any(p.kind is p.VAR_POSITIONAL for p in params.values()):
         wanted = " ".join(n.upper() for n in takes) or "no arguments"
         raise UserError(f"{argv[0]}: unexpected argument{'s' * (len(words) - len(takes) > 1)} "

@@ -360,7 +360,7 @@ def test_corrupt_and_truncated_checkpoints(tmp_path, data_root):
     open(best, "wb").write(whole[: len(whole) // 2])
     _fails("corrupt or truncated checkpoint", tmp_path, run=run_dir)
     open(best, "wb").write(b"not a checkpoint at all")
-    _fails("corrupt or truncated checkpoint", tmp_path, run=run_dir)
+    _fails("not a PyTorch checkpoint", tmp_path, run=run_dir)
 
 
 def test_unknown_architecture(tmp_path, data_root):
@@ -399,6 +399,9 @@ def test_option_errors(tmp_path, data_root):
     _fails("only a gap head", tmp_path, run=run_dir, dynamic_hw=True)
     _fails("--calib-method 'kl'", tmp_path, run=run_dir, int8=True, calib_method="kl")
     _fails("--keep-fp32 only applies with --int8", tmp_path, run=run_dir, keep_fp32=("head",))
+    _fails("--int8-budget only applies with --int8", tmp_path, run=run_dir, int8_budget=2.0)
+    _fails("--int8-budget inf: expected a finite number", tmp_path, run=run_dir, int8=True, int8_budget=float("inf"))
+    _fails("--parity-images 0: expected a whole number", tmp_path, run=run_dir, parity_images=0)
 
 
 def test_unknown_keep_fp32_layer(tmp_path, data_root):

@@ -108,6 +108,19 @@ def test_overrides_are_yaml_typed(tmp_path):
         recipe_mod.load(str(path), ["train.epochs=many"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         recipe_mod.load(str(path), ["train.epochs"])
+    # 1e-3 is a number, in an override and in the file (YAML 1.1 made it the string '1e-3')
+    path.write_text(path.read_text().replace("strategy: scratch", "strategy: scratch, weight_decay: 5e-4"))
+    recipe = recipe_mod.load(str(path), ["train.lr=1e-3"])
+    assert recipe.train.lr == 0.001 and recipe.train.weight_decay == 0.0005
+    assert yaml.safe_load("lr: 1e-3") == {"lr": "1e-3"}   # PyYAML's own loader left as it was
+
+
+def test_a_tilde_in_a_recipe_path_is_the_home_folder(tmp_path, monkeypatch):
+    """`data.root=~/photos` reaches the recipe unexpanded (the shell expands ~ only at a word's start)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "photos").mkdir()
+    recipe = recipe_mod.from_dict({"data": {"root": "~/photos"}, "out_dir": "~/runs"})
+    assert recipe.data.root == str(tmp_path / "photos") and recipe.out_dir == str(tmp_path / "runs")
 
 
 def test_fp16_autocast_on_a_cpu_is_one_clear_error():

@@ -71,7 +71,7 @@ def test_a_teacher_with_other_labels_is_one_error_naming_both(tmp_path, square_f
     (lambda tmp: torch.save({"format": FORMAT, "model": 3}, tmp / "bad.pt") or str(tmp / "bad.pt"),
      "train.teacher: .*not a complete toolkit checkpoint: 'model' is int"),
     (lambda tmp: (tmp / "junk.pt").write_bytes(b"not a zip") and str(tmp / "junk.pt"),
-     "train.teacher: .*corrupt or truncated checkpoint"),
+     "train.teacher: .*not a PyTorch checkpoint"),
 ])
 def test_a_missing_or_malformed_teacher_is_the_resume_error(tmp_path, square_folder, make, expected):
     student = tiny_recipe(tmp_path, square_folder, model=SMALL, train={"teacher": make(tmp_path)})

@@ -237,6 +237,21 @@ def test_unwritable_out_dir_is_a_clear_error(tmp_path, image_folder, monkeypatch
         _train(raw)
 
 
+def test_resume_with_overwrite_and_a_folder_that_is_not_a_run_are_refused(tmp_path, image_folder):
+    """--resume --overwrite resumed, then removed the run under it; a folder of other files was trained into
+    (and --overwrite deleted them)."""
+    raw = tiny_recipe(tmp_path, image_folder)
+    with pytest.raises(UserError, match="--resume and --overwrite: pass one"):
+        train(recipe_mod.from_dict(raw), resume=True, overwrite=True, quiet=True)
+    precious = tmp_path / "runs" / "tiny"
+    precious.mkdir(parents=True)
+    (precious / "important.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="exists and is not a run folder"):
+            train(recipe_mod.from_dict(raw), overwrite=overwrite, quiet=True)
+    assert os.listdir(precious) == ["important.txt"]
+
+
 def test_resume_refuses_what_would_change_the_model_and_says_what_it_ignores(one_epoch_run, capsys):
     """--resume with model.arch, data.root, lr or seed overrides trained the original run silently."""
     import copy

@@ -272,3 +272,15 @@ def test_an_onnx_report_uses_the_files_own_temperature(run, tmp_path):
                                   "note": "scores calibrated with temperature 2 (this file's metadata)"}
     plain = build_report(write_tiny_model(tmp_path / "p.onnx", labels=labels), ReportOptions(recipe=recipe))
     assert plain["calibration"]["temperature"] == 1.0 and "none in this file" in plain["calibration"]["note"]
+
+
+def test_bad_split_and_out_dir_are_one_error_before_any_work(tmp_path):
+    """--split nope was an AttributeError after the data scan; an --out-dir that is a file, a FileExistsError."""
+    from toolkit.train.report import ReportOptions, gather
+
+    (tmp_path / "a-file").write_text("x")
+    for opts, message in [(ReportOptions(split="nope"), "--split 'nope': expected one of train, val, test"),
+                          (ReportOptions(out_dir=str(tmp_path / "a-file")), "a-file is not a folder; expected a "
+                                                                              "writable folder for the report")]:
+        with pytest.raises(UserError, match=message):
+            gather(str(tmp_path / "no-such-run"), opts)

@@ -262,7 +262,7 @@ def test_evaluate_checkpoint_from_the_cli(tmp_path, image_folder, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["evaluate", str(bad)])
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and "corrupt or truncated checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert stop.value.code == 2 and "not a PyTorch checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
 def test_evaluate_of_a_run_uses_the_calibration_training_fitted_on_best_pt(tmp_path, image_folder, capsys):

@@ -47,7 +47,7 @@ def calibrate_files(job: ExportJob, staging: Staging, data, out_pixels: np.ndarr
     pixels, targets, _ = load_pixels(items, job.preprocess, job.recipe.data.max_pixels, limit=MAX_IMAGES)
     skipped = calibration.too_few(len(pixels))
     if skipped:
-        job.say(skipped)
+        job.say(skipped + ("; --ood not measured (it needs the calibrated threshold)" if out_pixels is not None else ""))
         return {"skipped": skipped}
     logits = {kind: _logits(path, reference_engine(), "fp32", pixels, job, kind == "raw")
               for kind, path in staging.files.items()}

@@ -5,6 +5,7 @@ The CLI's `toolkit export` flags map one to one onto ExportOptions fields (see d
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Iterable, Optional
@@ -61,7 +62,7 @@ def check_options(options: ExportOptions) -> ExportOptions:
     Only what needs no checkpoint; the opset and the output path are checked once the run is known."""
     if options.calib_method is not None and options.calib_method not in CALIB_METHODS:
         raise UserError(f"--calib-method {options.calib_method!r}: expected one of {', '.join(CALIB_METHODS)}")
-    for key, value in (("--calib-images", options.calib_images), ("parity_images", options.parity_images)):
+    for key, value in (("--calib-images", options.calib_images), ("--parity-images", options.parity_images)):
         if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
             raise UserError(f"{key} {value!r}: expected a whole number, at least 1")
     qat = options.int8_qat_steps
@@ -74,6 +75,10 @@ def check_options(options: ExportOptions) -> ExportOptions:
     except (TypeError, ValueError):
         raise UserError(f"--int8-budget {options.int8_budget!r}: expected a number of top-1 points, "
                         "e.g. 1.0") from None
+    if not math.isfinite(budget):
+        raise UserError(f"--int8-budget {options.int8_budget!r}: expected a finite number of top-1 points, e.g. 1.0")
+    if budget != ExportOptions.int8_budget and not options.int8:
+        raise UserError("--int8-budget only applies with --int8; add --int8 or drop --int8-budget")
     keep = parse_list(options.keep_fp32, name="--keep-fp32")
     if keep and not options.int8:
         raise UserError("--keep-fp32 only applies with --int8; add --int8 or drop --keep-fp32")

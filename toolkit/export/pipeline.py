@@ -185,7 +185,7 @@ def _move_into_repo(report: dict, repo: str, triton) -> list:
 
 
 def _say_repo(say, repo: str, written: list) -> None:
-    say(f"wrote Triton model repository {repo}/:")
+    say(f"wrote Triton model repository {repo.rstrip(os.sep) or repo}{os.sep}:")
     for model in written:
         say(f"  {model['name']:<20} {os.path.relpath(model['model'], repo)} ({model['precision']}), config.pbtxt, "
             "labels.txt")

@@ -198,7 +198,7 @@ def _publish_folder(site: str, final: str) -> None:
 
 def _say_site(report: dict, final: str) -> None:
     web = report["web"]
-    print(f"wrote {final}/ (index.html, toolkit-web.js, model.onnx"
+    print(f"wrote {final.rstrip(os.sep) or final}{os.sep} (index.html, toolkit-web.js, model.onnx"
           f"{', model.int8.onnx' if 'int8' in report['files'] else ''}, onnxruntime-web {web['ort_web']})")
     if web["verified"]:
         for line in web["summary"]:

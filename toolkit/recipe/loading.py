@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from typing import Any, Union
@@ -161,6 +162,7 @@ def from_dict(raw: Any, source: str = "recipe", check_paths: bool = True) -> Rec
     check_paths=False is for a recipe read back from a checkpoint on another machine."""
     errors: list[str] = []
     recipe = _build(Recipe, fill_defaults(raw), "", errors)  # unset preprocess/head: the arch's (archs.py)
+    _expand_home(recipe)
     # Value checks run too, so every problem shows at once; a key already reported isn't repeated.
     reported = {e.split(":")[0] for e in errors}
     checks: list[str] = []
@@ -172,6 +174,19 @@ def from_dict(raw: Any, source: str = "recipe", check_paths: bool = True) -> Rec
         head = f"{source}: {len(errors)} problem{'s' if len(errors) > 1 else ''}"
         raise UserError(head + "\n" + "\n".join(f"  {e}" for e in errors))
     return recipe
+
+
+# The recipe's paths: `~` means the home folder in them, as in a shell (`data.root=~/photos` reaches the
+# recipe unexpanded: the shell expands a ~ only at the start of a word).
+_PATH_FIELDS = (("data", "root"), ("data", "unlabeled"), ("model", "weights"), ("train", "teacher"), (None, "out_dir"))
+
+
+def _expand_home(recipe: Recipe) -> None:
+    for section, key in _PATH_FIELDS:
+        owner = getattr(recipe, section) if section else recipe
+        value = getattr(owner, key, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(owner, key, os.path.expanduser(value))
 
 
 def load(path: str, overrides: list[str] | tuple = ()) -> Recipe:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import re
 from typing import Any
 
 import yaml
@@ -62,6 +63,10 @@ def _construct_int(loader: _RecipeLoader, node) -> int:
 
 
 _RecipeLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+# YAML 1.2 floats without a dot (`lr: 1e-3`): YAML 1.1, which PyYAML follows, reads them as the string
+# '1e-3', and `train.lr: expected a number, got '1e-3'` puzzled every user who wrote one.
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789"))
 
 
 def parse_yaml(text: str) -> Any:
@@ -105,7 +110,8 @@ def decode_recipe(path: str, data: bytes) -> str:
 def read_recipe_file(path: str) -> Any:
     """A recipe file's YAML content; every file-level failure is one UserError naming the file."""
     if not os.path.exists(path):
-        raise UserError(f"{path}: no such recipe file; expected a YAML recipe such as recipes/flowers.yaml")
+        first = "; the recipe file goes first, then KEY=VALUE overrides" if "=" in str(path) else ""
+        raise UserError(f"{path}: no such recipe file; expected a YAML recipe such as recipes/flowers.yaml{first}")
     if not os.path.isfile(path):
         raise UserError(f"{path}: not a regular file; expected a YAML recipe such as recipes/flowers.yaml")
     try:

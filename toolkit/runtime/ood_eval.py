@@ -36,8 +36,8 @@ def ood_pixels(folder, preprocess: Preprocess, max_pixels: int | None = None) ->
     missing, empty or wholly unreadable folder, and one line on stderr for the images skipped."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
-        raise UserError(f"--ood {folder}: no such folder; expected a folder of photos that are none of the "
-                        "model's classes")
+        what = "not a folder" if os.path.exists(folder) else "no such folder"
+        raise UserError(f"--ood {folder}: {what}; expected a folder of photos that are none of the model's classes")
     paths, _ = collect_images([folder])
     if not paths:
         raise UserError(f"--ood {folder}: the folder holds no images; expected photos that are none of the "

@@ -106,6 +106,10 @@ def load_checkpoint(path: str, map_location: str = "cpu", resume: bool = False) 
     resume=True also requires what continuing a run needs (optimizer, run state, RNG states)."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such checkpoint; expected runs/<name>/checkpoints/best.pt or last.pt")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if len(head) == 4 and head != b"PK\x03\x04" and head[0] != 0x80:   # neither torch's zip nor a legacy pickle
+        raise UserError(f"{path}: not a PyTorch checkpoint; expected a checkpoint (.pt) written by toolkit train")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:

@@ -27,6 +27,11 @@ def prepare_run_dir(run_dir: str, resume: bool, overwrite: bool) -> dict | None:
     """Check the run folder against --resume / --overwrite, and load last.pt when resuming. Nothing is made
     or removed here: make_run_dir does that once the data and the model loaded."""
     last_path, _ = checkpoint_paths(run_dir)
+    if resume and overwrite:   # together they resumed, then cleared the run under the resumed training
+        raise UserError("--resume and --overwrite: pass one; --resume continues the run, --overwrite starts it again")
+    if not _is_run_or_empty(run_dir):
+        raise UserError(f"{run_dir}: exists and is not a run folder (no recipe.yaml or checkpoints/ in it); "
+                        "expected a new run name (set name=<new>) or out_dir=<another folder>")
     if resume:
         if not os.path.isfile(last_path):
             raise UserError(f"{last_path}: nothing to resume; train without --resume to start the run")
@@ -35,6 +40,14 @@ def prepare_run_dir(run_dir: str, resume: bool, overwrite: bool) -> dict | None:
         raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it, --overwrite "
                         f"to replace it, or set another name (e.g. name=<new>)")
     return None   # out_dir's writability: the recipe check probed it (toolkit.recipe.check)
+
+
+def _is_run_or_empty(run_dir: str) -> bool:
+    """Missing, empty, or a folder training wrote: what training may write into (and --overwrite remove)."""
+    if not os.path.isdir(run_dir):
+        return not os.path.lexists(run_dir)
+    names = os.listdir(run_dir)
+    return not names or "recipe.yaml" in names or "checkpoints" in names
 
 
 def make_run_dir(run_dir: str, overwrite: bool) -> None:

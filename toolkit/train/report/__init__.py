@@ -8,6 +8,7 @@ import sys
 import time
 
 from toolkit import artifacts
+from toolkit.datasets.splits import SPLITS
 from toolkit.errors import UserError
 from toolkit.train.plots import confusion_figure
 import toolkit.train.report.content as content
@@ -36,6 +37,10 @@ def gather(target: str, opts: ReportOptions, dataset=None) -> Outputs:
         raise UserError(f"--top {opts.top!r}: expected a whole number of images, 0 or more")
     if isinstance(opts.batch_size, bool) or not isinstance(opts.batch_size, int) or opts.batch_size < 1:
         raise UserError(f"--batch-size {opts.batch_size!r}: expected a positive whole number of images per pass")
+    if opts.split not in SPLITS:
+        raise UserError(f"--split {opts.split!r}: expected one of {', '.join(SPLITS)}")
+    if opts.out_dir and (problem := artifacts.folder_problem(opts.out_dir)):
+        raise UserError(f"--out-dir {opts.out_dir!r}: {problem}; expected a writable folder for the report")
     if target.endswith(".onnx"):
         return from_onnx(target, opts.recipe, opts.split, opts.batch_size)
     if opts.recipe is None and os.path.isdir(target) and not os.path.isdir(os.path.join(target, "checkpoints")):
