@@ -42,6 +42,17 @@ def test_merge_keys_use_aliases_and_are_refused_too(tmp_path):
     assert "YAML alias *base" in _load_error(path)
 
 
+def test_a_key_written_twice_and_an_override_into_a_value_are_refused(tmp_path):
+    """Two `train:` blocks silently dropped the first (and its mistakes); `train: 5` plus a train.x override
+    silently became a mapping."""
+    path = _write(tmp_path, DIGITS + "train:\n  epochs: 3\n")
+    assert "line 5: key 'train' appears twice in this mapping (first at line 4)" in _load_error(path)
+    path = _write(tmp_path, DIGITS.replace("train: {strategy: scratch}", "train: {lr: 0.1, lr: 0.2}"), "twice.yaml")
+    assert "key 'lr' appears twice" in _load_error(path)
+    path = _write(tmp_path, DIGITS.replace("train: {strategy: scratch}", "train: 5"), "five.yaml")
+    assert "train is 5 in the recipe, not a mapping" in _load_error(path, ["train.epochs=3"])
+
+
 def test_deep_nesting_is_bounded_before_recursion(tmp_path):
     path = _write(tmp_path, "augment: " + "[" * 5000 + "]" * 5000 + "\n")
     text = _load_error(path)

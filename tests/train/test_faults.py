@@ -252,6 +252,17 @@ def test_resume_with_overwrite_and_a_folder_that_is_not_a_run_are_refused(tmp_pa
     assert os.listdir(precious) == ["important.txt"]
 
 
+def test_resume_of_a_finished_run_says_how_to_go_on(tmp_path, image_folder, capsys):
+    """It said "resuming at epoch 3", trained nothing, and wrote the calibration and report again."""
+    raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 1})
+    train(recipe_mod.from_dict(raw), quiet=True)
+    last = tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"
+    before = last.stat().st_mtime_ns
+    with pytest.raises(UserError, match=r"the run ran all 1 epochs; nothing to resume. Expected train.epochs above 1"):
+        train(recipe_mod.from_dict(raw), resume=True, quiet=True)
+    assert last.stat().st_mtime_ns == before and "data health" not in capsys.readouterr().out
+
+
 def test_resume_refuses_what_would_change_the_model_and_says_what_it_ignores(one_epoch_run, capsys):
     """--resume with model.arch, data.root, lr or seed overrides trained the original run silently."""
     import copy

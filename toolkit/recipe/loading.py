@@ -148,7 +148,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 now = "not set in the recipe" if child is None else short_repr(child)
                 raise UserError(f"override {text!r}: {where} is {now}; an index ({path[depth + 1]}) needs a list "
                                 f"there (write the list in the recipe, or set it whole: {where}=[...])")
-            if not isinstance(child, (list, dict)):
+            if child is not None and not isinstance(child, (list, dict)):   # was replaced by {} without a word
+                raise UserError(f"override {text!r}: {where} is {short_repr(child)} in the recipe, not a mapping; "
+                                f"expected a section of keys there")
+            if child is None:
                 child = container[key] = {}
             node = child
         container, key = _child(node, path[-1], ".".join(path[:-1]) or "recipe", text)

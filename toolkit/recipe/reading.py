@@ -50,6 +50,18 @@ class _RecipeLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node, deep=False):
+        """A key written twice is an error: YAML's own rule kept the last without a word (two `train:`
+        blocks dropped the first, mistakes and all)."""
+        seen = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise RecipeYAMLError(key_node.start_mark, f"key {key_node.value!r} appears twice in this "
+                                          f"mapping (first at line {seen[key_node.value] + 1}); expected it once")
+                seen[key_node.value] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
 
 def _construct_int(loader: _RecipeLoader, node) -> int:
     """YAML ints, refusing huge ones before Python's int() (whose digit limit raises a bare ValueError)."""
