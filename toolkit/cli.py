@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=SyntaxWarning, module="<unknown>")
     # Pillow's DecompressionBombWarning (89 MP on): the image's own max_pixels check decides, in one line.
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+    # A warning is one `warning: ...` line, as errors are one `error: ...` line: not Python's file:line form
+    # with the source line under it.
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         check(COMMANDS, argv)

@@ -44,7 +44,9 @@ def test_auto_takes_bf16_only_with_native_bf16_and_where_the_table_says_faster(c
     cpu_flags("avx512_bf16")
     assert device.amp_dtype("auto", CPU, "vgg16") is torch.bfloat16
     assert device.amp_dtype("auto", CPU, "mobilenet_v3_large") is None
-    assert device.amp_dtype("off", CPU, "vgg16") is None and device.amp_dtype("fp16", CPU, "vgg16") is None
+    assert device.amp_dtype("off", CPU, "vgg16") is None
+    with pytest.warns(RuntimeWarning, match="fp16 is for CUDA"):
+        assert device.amp_dtype("fp16", CPU, "vgg16") is None
     cpu_flags("avx2")  # no native BF16: fp32 whatever the table says
     assert device.amp_dtype("auto", CPU, "vgg16") is None
 
@@ -68,3 +70,11 @@ def test_channels_last_on_cpu_follows_the_table_and_the_recipe(monkeypatch):
     assert device.use_channels_last(t_off, CPU, "resnet18") is False
     assert device.use_channels_last(t_on, torch.device("cuda"), "vgg16") is True  # CUDA: as before, every arch
     assert device.use_channels_last(t_on, torch.device("meta"), "resnet18") is False
+
+
+def test_fp16_on_the_cpu_says_it_trains_in_fp32():
+    """device: auto on a machine without a GPU turned train.amp: fp16 into fp32 without a word."""
+    from toolkit.train.device import amp_dtype
+
+    with pytest.warns(RuntimeWarning, match="fp16 is for CUDA; this run is on the CPU and trains in fp32"):
+        assert amp_dtype("fp16", torch.device("cpu")) is None

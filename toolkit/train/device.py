@@ -76,6 +76,9 @@ def amp_dtype(mode: str, device: torch.device, arch: str | None = None):
                               "emulated bf16 trains slower than fp32; amp: auto or off is faster here",
                               RuntimeWarning, stacklevel=2)
             return torch.bfloat16
+        if mode == "fp16":   # device auto that found no GPU (device: cpu with fp16 is a recipe error)
+            warnings.warn("train.amp: fp16 is for CUDA; this run is on the CPU and trains in fp32 (bf16 or auto "
+                          "for mixed precision on a CPU)", RuntimeWarning, stacklevel=2)
         return torch.bfloat16 if mode == "auto" and cpu_has_native_bf16() and _cpu_fast(arch)[0] else None
     if mode == "fp16":
         return torch.float16
