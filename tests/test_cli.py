@@ -132,10 +132,12 @@ def test_short_flag_with_one_match_passes():
         _check(["serve-local", f"-{shared}", "2"])
 
 
-# command -> (its options dataclasses, the fields it spells otherwise: export's --out is Triton's repo and the
-# web folder, benchmark's --model-only is end_to_end off)
+# command -> (its options dataclasses, the fields it spells otherwise or keeps for Python callers: export's --out
+# is Triton's repo and the web folder, list_files is the web and Triton writers' own; benchmark's --model-only
+# is end_to_end off)
 OPTIONS = {"export": (["toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
-                       "toolkit.export.web:WebOptions", "toolkit.export.tflite:TfliteOptions"], {"repo", "folder"}),
+                       "toolkit.export.web:WebOptions", "toolkit.export.tflite:TfliteOptions"],
+                      {"repo", "folder", "list_files"}),
            "serve-local": (["toolkit.runtime.serve.options:ServeOptions"], set()),
            "benchmark": (["toolkit.runtime.benchmark.options:BenchmarkOptions",
                           "toolkit.export.bench_targets:TargetOptions"], {"end_to_end"})}

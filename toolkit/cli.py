@@ -48,7 +48,7 @@ def evaluate(target: str | None = None, **given):
 
 
 @options("toolkit.export.options:ExportOptions", "toolkit.export.triton:TritonOptions",
-         "toolkit.export.web:WebOptions", "toolkit.export.tflite:TfliteOptions", skip=("repo", "folder"))
+         "toolkit.export.web:WebOptions", "toolkit.export.tflite:TfliteOptions", skip=("repo", "folder", "list_files"))
 def export(run, *, format: str = "onnx", **given):
     """Export a run (default: the newest) to one verified, self-describing ONNX file; with --format: a Triton
     model repository, a static web folder checked in headless chromium, or a verified .tflite file for LiteRT

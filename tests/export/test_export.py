@@ -530,3 +530,23 @@ def test_temp_files_of_a_killed_export_are_removed_at_the_next_export(tmp_path, 
     assert left == sorted([f".tmp-m-fp16-pid{live}-g7h8i9.onnx", f".tmp-m-raw-pid{dead}-j1k2l3.onnx",
                            ".tmp-m-int8-m4n5o6.onnx", ".tmp-notes.txt"]), left
     assert os.path.isfile(exports / "m.onnx") and os.path.isfile(exports / "m.report.json")
+
+
+def test_a_checkpoint_saved_inside_an_epoch_is_said(tmp_path, data_root):
+    """An interrupted run (last.pt only, stopped at a batch) exported without a word that it was never validated."""
+    import dataclasses as dc
+    from toolkit.export.options import ExportOptions
+    from toolkit.export.plan import plan_export
+    from toolkit.train.checkpoint import load_checkpoint
+    from toolkit.train.state import RunState
+
+    run_dir = make_run(tmp_path / "runs", data_root, name="cut")
+    last = os.path.join(run_dir, "checkpoints", "last.pt")
+    state = load_checkpoint(last)
+    state["run_state"] = dc.asdict(RunState(epoch=0, step_in_epoch=2, global_step=2))
+    save_checkpoint(last, state)
+    os.remove(os.path.join(run_dir, "checkpoints", "best.pt"))
+    said = []
+    plan_export(ExportOptions.of(run=run_dir, exports_dir=str(tmp_path / "exports")), said.append)
+    assert any(line.startswith(f"note: {last} was saved inside epoch 1 (after batch 2) and never validated")
+               for line in said), said

@@ -59,6 +59,10 @@ def plan_export(options: ExportOptions, say) -> ExportJob:
     run_dir, ckpt_path = _resolve_run(options.run, options.runs_dir, say)
     ckpt = load_checkpoint(ckpt_path)
     _check_checkpoint(ckpt, ckpt_path)
+    progress = ckpt.get("run_state") if isinstance(ckpt.get("run_state"), dict) else {}
+    if progress.get("step_in_epoch"):   # a run stopped inside an epoch, before any best.pt
+        say(f"note: {ckpt_path} was saved inside epoch {progress.get('epoch', 0) + 1} (after batch "
+            f"{progress['step_in_epoch']}) and never validated; `toolkit train RECIPE --resume` finishes the epoch")
     recipe = recipe_mod.from_dict(ckpt["recipe"], source=f"{ckpt_path} (recipe inside the checkpoint)",
                                   check_paths=False)
     head = recipe.model.head
