@@ -203,6 +203,8 @@ def check_arguments(commands: dict, argv: list[str]) -> None:
             continue
         flag, eq, value = arg.partition("=")
         key = flag.lstrip("-").replace("-", "_")
+        if key in named:   # fire keeps the last without a word (`--format json --format csv`)
+            raise UserError(f"{flag}: given twice; expected each option once")
         named.add(key)
         if not eq and rest and (key in takes or not FLAG.match(rest[0])):
             value = rest.pop(0)   # the flag's value (switches were spelled out with '=')
