@@ -112,8 +112,9 @@ class _Results:
             for rank, p in enumerate(preds, 1):
                 self.csv.writerow([path, rank, p["label"], f"{p['score']:.6f}", p["index"], preds.accepted, score])
         elif self.fmt == "json":
+            score = None if preds.ood_score is None else round(preds.ood_score, 6)   # as the scores are
             self.rows.append({"path": path, "answer": preds.text(), "accepted": preds.accepted,
-                              "ood_score": preds.ood_score, "predictions": [
+                              "ood_score": score, "predictions": [
                 {"rank": r, "label": p["label"], "score": round(p["score"], 6), "index": p["index"]}
                 for r, p in enumerate(preds, 1)]})
         else:
