@@ -47,7 +47,7 @@ def signature(command) -> inspect.Signature:
     """The command's flags: its own parameters, then its options' fields, keyword-only, with their defaults;
     set on the function, with the fields' help under Args: in its docstring, for fire and --help."""
     if "__signature__" in vars(command) or not hasattr(command, "_options"):
-        return inspect.signature(command)
+        return inspect.signature(command, eval_str=True)
     skip = command._options[1]
     fields = {f.name: f for cls in option_classes(command) for f in _own_first(cls) if f.name not in skip}
     default = {k: f.default_factory() if f.default is dataclasses.MISSING else f.default for k, f in fields.items()}
@@ -142,8 +142,9 @@ def spell_out(commands: dict, argv: list[str]) -> list[str]:
     out, rest = [argv[0]], list(argv[1:])
     while rest:
         arg = rest.pop(0)
-        if re.fullmatch(r"-[A-Za-z](=.*)?", arg) and len(_short_candidates(commands[argv[0]], arg[1])) == 1:
-            arg = f"--{_short_candidates(commands[argv[0]], arg[1])[0]}{arg[2:]}"   # -o: fire's short flag
+        short = _short_candidates(commands[argv[0]], arg[1]) if re.fullmatch(r"-[A-Za-z](=.*)?", arg) else []
+        if len(short) == 1:
+            arg = f"--{short[0]}{arg[2:]}"   # -o: fire's short flag
         name, eq, value = arg[2:].partition("=")
         key = name.replace("-", "_")
         if arg.startswith("--") and not eq and key not in switches and _switch_off(key, switches):
@@ -225,13 +226,10 @@ def check_arguments(commands: dict, argv: list[str]) -> None:
 
 def _check_number(annotation, value: str, flag: str) -> None:
     """An int flag's value is a whole number and a float flag's a finite number (None where optional)."""
-    kinds = {str(a) for a in (typing.get_args(annotation) or (annotation,))} if not isinstance(annotation, str) \
-        else {a.strip() for a in annotation.split("|")}
-    if not kinds & {"int", "float", "<class 'int'>", "<class 'float'>"} or value == "":
+    kinds = set(typing.get_args(annotation)) or {annotation}
+    if not kinds & {int, float} or value == "" or (type(None) in kinds and value == "None"):
         return
-    if kinds & {"NoneType", "None", "<class 'NoneType'>"} and value == "None":
-        return
-    if kinds & {"int", "<class 'int'>"}:
+    if int in kinds:
         parse_int(value, flag)
         return
     try:

@@ -455,3 +455,13 @@ def test_time_cold_start(models):
     t = time_cold_start(models["fp32"], "cpu")
     assert t["provider"] == "CPUExecutionProvider" and t["heavy_modules"] == []
     assert all(t[k] > 0 for k in ("import_s", "session_s", "first_predict_s"))
+
+
+def test_evaluate_offers_the_cpu_only_for_a_device_that_failed(tmp_path):
+    """A file that cannot load on the CPU was told to 'evaluate with --device cpu'."""
+    from toolkit.runtime.onnx_eval import engine_session
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not an onnx file")
+    with pytest.raises(UserError) as e:
+        engine_session(str(junk), None, "cpu", None)
+    assert "--device cpu" not in str(e.value)

@@ -149,7 +149,8 @@ def load_dataset(recipe, scan: bool = True, quiet: bool = False) -> Dataset:
     if scan and labels and not bad and not problems:
         splits, health = _check_health(recipe, labels, problems, splits, prints, skipped,
                                        say=(lambda text: None) if quiet else print)
-        problems += _empty_classes(labels, splits, locate)   # data.dedupe can empty a class
+        if d.dedupe:   # dropping duplicates can empty a class
+            problems += _empty_classes(labels, splits, locate)
     lines = problems + [f"{path}: {reason}" for path, reason in bad]
     if lines:
         what = d.root if d.source == "folder" else f"the {d.source} data"

@@ -75,6 +75,8 @@ def engine_session(model: str, threads: Optional[int], device: str, engine: Opti
     try:
         return open_engine(model, engine, EngineOptions(device=device, threads=threads, precision=precision))
     except UserError as exc:   # evaluate has no --allow-fallback: the CPU is what it can offer
+        if str(device).lower() == "cpu":
+            raise
         raise UserError(f"{without_fallback_hint(str(exc))}; or evaluate with --device cpu") from None
 
 

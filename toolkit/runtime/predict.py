@@ -253,8 +253,7 @@ def predict_command(model: str | None = None, images: Sequence[str] | str = (), 
     model = _resolve_model(model)
     paths, problems = _image_paths(images, o.recursive)
     predictor = _load_predictor(model, o)
-    # A --threshold the file cannot take (no 'ood' metadata) is one error before any output is written.
-    predictor.accept(np.zeros((0, len(predictor.labels)), np.float32), o.threshold, parse_bool(o.reject, "--reject"))
+    predictor.check_rejection(o.threshold, parse_bool(o.reject, "--reject"))   # before any output is written
     k = min(o.top_k, len(predictor.labels))
     print(f"predict: {len(paths)} image(s) with {os.path.basename(predictor.path)} on {predictor.runs_on}",
           file=sys.stderr)

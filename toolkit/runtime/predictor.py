@@ -299,20 +299,24 @@ class Predictor:
                reject: bool = True) -> tuple[np.ndarray, np.ndarray | None, float | None]:
         """(accepted per row, OOD score per row or None, the threshold applied or None) for logits (N, classes).
         threshold: overrides the file's for this call; reject=False accepts everything (scores still computed)."""
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                      or np.isnan(threshold)):
-            raise UserError(f"threshold: {threshold!r}; expected a number (an OOD score, see docs/inference.md)")
-        if not isinstance(reject, (bool, np.bool_)):   # the string 'false' is true
-            raise UserError(f"reject: {reject!r}; expected True or False")
+        self.check_rejection(threshold, reject)
         if not self.ood:
-            if threshold is not None:
-                raise UserError(f"threshold: {self.path} has no 'ood' metadata (exported before calibration, or "
-                                "without a validation split); expected a calibrated export")
             return np.ones(len(logits), bool), None, None
         scores = calibration.ood_score(logits, self.temperature or 1.0, self.ood["score"])
         applied = float(self.ood["threshold"] if threshold is None else threshold)
         accepted = scores >= applied if reject else np.ones(len(scores), bool)
         return accepted, scores, (applied if reject else None)
+
+    def check_rejection(self, threshold: float | None = None, reject: bool = True) -> None:
+        """A per-call threshold and switch this file can take, or one UserError (before any work)."""
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or np.isnan(threshold)):
+            raise UserError(f"threshold: {threshold!r}; expected a number (an OOD score, see docs/inference.md)")
+        if not isinstance(reject, (bool, np.bool_)):   # the string 'false' is true
+            raise UserError(f"reject: {reject!r}; expected True or False")
+        if threshold is not None and not self.ood:
+            raise UserError(f"threshold: {self.path} has no 'ood' metadata (exported before calibration, or "
+                            "without a validation split); expected a calibrated export")
 
     def top_k(self, probs: np.ndarray, top_k: int = 5) -> list[list[dict]]:
         """Probabilities (N, classes) -> per row, the top-k as dicts (label, score, index), best first."""

@@ -101,7 +101,7 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
     resumed = ctx.on_main(lambda: _open_run(recipe, opts))
     if resumed is not None:
         recipe = resume_mod.resumed_recipe(recipe, _saved_recipe(recipe, resumed))
-        _check_unfinished(recipe, RunState(**resumed["run_state"]))
+        resume_mod.check_unfinished(recipe, RunState(**resumed["run_state"]))
     seed_everything(recipe.seed, recipe.train.deterministic)
     run = _Session(recipe, ctx, device, opts, resumed)
     run.load_data()
@@ -138,22 +138,6 @@ def _saved_recipe(recipe: Recipe, resumed: dict) -> Recipe:
     """The recipe saved in last.pt."""
     return recipe_mod.from_dict(resumed["recipe"], source=f"{checkpoint_paths(recipe.run_dir)[0]} (recipe)",
                                 check_paths=False)
-
-
-def _check_unfinished(recipe: Recipe, state: RunState) -> None:
-    """--resume of a run that ran all its epochs, or stopped early, would train nothing and write its calibration
-    and report again: one error, before the data scan, saying how to go on instead."""
-    t = recipe.train
-    if state.step_in_epoch:
-        return   # stopped inside an epoch: that epoch is left to finish
-    if t.early_stopping and state.stale_evals >= t.early_stopping:
-        raise UserError(f"{recipe.run_dir}: the run stopped early (no better val top-1 in {state.stale_evals} "
-                        f"validations, train.early_stopping {t.early_stopping}, which a resume keeps); nothing to "
-                        "resume. Expected --overwrite to train it again, or a new run (name=<new>)")
-    if state.epoch >= t.epochs:
-        raise UserError(f"{recipe.run_dir}: the run ran all {state.epoch} epochs; nothing to resume. Expected "
-                        f"train.epochs above {state.epoch} to train on (e.g. --resume train.epochs="
-                        f"{state.epoch + 10}), or --overwrite to train it again")
 
 
 def _silent(*_args, **_kwargs) -> None:

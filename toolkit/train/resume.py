@@ -82,3 +82,19 @@ def resumed_recipe(given: Recipe, saved: Recipe) -> Recipe:
         section, name = key.split(".")
         setattr(getattr(saved, section), name, getattr(getattr(given, section), name))
     return saved
+
+
+def check_unfinished(recipe: Recipe, state) -> None:
+    """--resume of a run that ran all its epochs, or stopped early, would train nothing and write its calibration
+    and report again: one error, before the data scan, saying how to go on instead. `state`: last.pt's RunState."""
+    t = recipe.train
+    if state.step_in_epoch:
+        return   # stopped inside an epoch: that epoch is left to finish
+    if t.early_stopping and state.stale_evals >= t.early_stopping:
+        raise UserError(f"{recipe.run_dir}: the run stopped early (no better val top-1 in {state.stale_evals} "
+                        f"validations, train.early_stopping {t.early_stopping}, which a resume keeps); nothing to "
+                        "resume. Expected --overwrite to train it again, or a new run (name=<new>)")
+    if state.epoch >= t.epochs:
+        raise UserError(f"{recipe.run_dir}: the run ran all {state.epoch} epochs; nothing to resume. Expected "
+                        f"train.epochs above {state.epoch} to train on (e.g. --resume train.epochs="
+                        f"{state.epoch + 10}), or --overwrite to train it again")

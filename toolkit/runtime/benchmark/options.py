@@ -123,7 +123,7 @@ def parse(o: BenchmarkOptions) -> Settings:
                             f"{', '.join(allowed)}" + (" (or cuda:N)" if name == "device" else ""))
     _check_counts(o)
     check_out_dir(o.out_dir)
-    if o.split != "val" and not o.data:
+    if o.split != BenchmarkOptions.split and not o.data:
         raise UserError(f"split: {o.split!r} goes with --data RECIPE (the accuracy's data); without it nothing "
                         "is scored")
     if o.data:

@@ -31,8 +31,7 @@ FALLBACK_HINT = ", or pass allow_fallback=True / --allow-fallback to run on {}"
 
 def without_fallback_hint(message: str) -> str:
     """A provider error with FALLBACK_HINT cut off its end."""
-    head, sep, tail = message.rpartition(FALLBACK_HINT.split("{}")[0])
-    return head if sep and " " not in tail.strip() else message
+    return message.partition(FALLBACK_HINT.split("{}")[0])[0]
 
 
 @dataclass(frozen=True)
