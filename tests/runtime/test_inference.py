@@ -465,3 +465,15 @@ def test_evaluate_offers_the_cpu_only_for_a_device_that_failed(tmp_path):
     with pytest.raises(UserError) as e:
         engine_session(str(junk), None, "cpu", None)
     assert "--device cpu" not in str(e.value)
+
+
+def test_predict_into_a_closed_pipe_ends_quietly(models, folder):
+    """`toolkit predict ... | head -2` ended in a BrokenPipeError traceback once head had its lines."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "predict", models["fp32"], str(folder), "--device",
+                             "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()   # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
