@@ -3,6 +3,7 @@ export, serve-local and benchmark take their flags, defaults and help from their
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -226,9 +227,44 @@ def test_start_up_imports_nothing_heavy_and_help_comes_from_the_options():
                           text=True, cwd=ROOT, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     shown = " ".join((proc.stdout + proc.stderr).split())
-    assert "--max_concurrency=MAX_CONCURRENCY" in shown and "predictions in flight before 503 busy" in shown
-    assert "Default: 16" in shown and "images per session call" in shown  # max_batch, from Limits
-    assert "GROUPS" not in shown  # nothing but the flags
+    assert "--max-concurrency N predictions in flight before 503 busy (default: 64)" in shown
+    assert "--max-batch N images per session call (one micro-batch) (default: 16)" in shown  # from Limits
+    assert shown.startswith("usage: toolkit serve-local [MODEL] [--OPTIONS]")
+
+
+def _help_flags(text: str) -> list[list[str]]:
+    """The flag spellings of each option line of a --help text (`-o, --out-dir OUT_DIR` -> ['-o', '--out-dir'])."""
+    return [re.findall(r"(?<![\w-])--?[a-z][a-z0-9-]*", line.split("  ")[1])
+            for line in text.split("options:")[1].splitlines() if line.startswith("  -")]
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_help_shows_every_option_in_a_spelling_the_command_takes(name, capsys):
+    """fire's --help listed `-r` for both report's --run and --recipe, and `--batch_size=BATCH_SIZE` where the
+    docs write --batch-size: every spelling shown now passes the flag check, and a one-letter form is shown
+    only where it stands for that option alone."""
+    cli.main([name, "--help"])
+    shown = _help_flags(capsys.readouterr().out)
+    options = [p.name for p in flags.signature(cli.COMMANDS[name]).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    assert sorted(f[1 if f[0].count("-") == 1 else 0] for f in shown) == sorted(
+        "--" + o.replace("_", "-") for o in options)
+    for spellings in shown:
+        _check([name, *spellings])
+        short = [s for s in spellings if s.count("-") == 1]
+        assert not short or flags.short_candidates(cli.COMMANDS[name], short[0][1]) == [spellings[1][2:].replace(
+            "-", "_")]
+
+
+def test_help_overview_and_dash_h(capsys):
+    cli.main([])
+    listing = capsys.readouterr().out
+    assert all(f"  {name} " in listing for name in cli.COMMANDS)
+    cli.main(["serve-local", "-h"])   # -h is help, never serve-local's --host
+    assert capsys.readouterr().out.startswith("usage: toolkit serve-local")
+    cli.main(["report", "--help"])
+    text = capsys.readouterr().out
+    assert "  -r, --recipe" in text and "--run" not in text.split("options:")[1]  # RUN is the argument
+    assert "usage: toolkit report [RUN] [--OPTIONS]" in text
 
 
 def test_a_torch_side_command_without_torch_names_the_extra(tmp_path):

@@ -14,7 +14,14 @@ def train(recipe: str, *overrides: str, set: str | None = None, resume: bool = F
           nproc: int = 1):
     """Train from a recipe. Overrides: KEY=VALUE after the recipe (e.g. train.epochs=3) or --set KEY=VALUE
     (as often as needed). --nproc N: distributed data-parallel training in N processes on this machine
-    (torchrun --standalone)."""
+    (torchrun --standalone).
+
+    Args:
+        set: one KEY=VALUE override (as often as needed), as after the recipe
+        resume: continue the stopped run of this recipe exactly where it stopped (docs/training.md)
+        overwrite: remove the run of the same name first
+        nproc: processes of distributed data-parallel training on this machine
+    """
     from toolkit.train.loop import train_command
 
     extra = [str(o) for o in overrides] + ([str(set)] if set else [])  # main() turns each --set into an override
@@ -141,7 +148,18 @@ def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False
     --workers: runs at once, one torch thread each, default one per core).
     --distill: small students learn from a Lite0 teacher on Fashion-MNIST, with and without unlabelled photos
     (20 labels per class; --steps: per student run; --workers as above). KEY=VALUE overrides apply to all its
-    recipes."""
+    recipes.
+
+    Args:
+        seeds: the seeds of each arm, e.g. 0,1,2
+        labels_per_class: the labelled images per class of each row, e.g. 1,3,10
+        quick: a smaller budget, to see it run
+        out_dir: where its runs go (default: runs/demo, runs/demo-imagenet or runs/demo-distill)
+        imagenet: ImageNet EfficientNet-Lite0 against the same net from scratch, on Fashion-MNIST
+        steps: with --imagenet or --distill: each run's step cap
+        distill: small students learn from a Lite0 teacher, with and without unlabelled photos
+        workers: with --imagenet or --distill: runs at once (default: one per core)
+    """
     from toolkit.train.demo import demo_command
 
     demo_command([str(o) for o in overrides], seeds=seeds, labels_per_class=labels_per_class, quick=quick,
@@ -151,6 +169,19 @@ def demo(*overrides: str, seeds=None, labels_per_class=None, quick: bool = False
 COMMANDS = {"train": train, "evaluate": evaluate, "export": export, "predict": predict,
             "serve-local": serve_local, "benchmark": benchmark, "report": report,
             "demo": demo}
+
+
+def _help(argv: list[str]) -> str | None:
+    """The help `toolkit`, `toolkit --help` or `toolkit COMMAND --help` (or -h) asks for; None otherwise.
+    Written by toolkit/cli_help.py, not fire: fire's listed one-letter flags it then could not use."""
+    from toolkit.cli_help import command_help, overview
+
+    if not argv or argv[0] in ("--help", "-h"):
+        return overview("toolkit", COMMANDS)
+    own = argv[1:argv.index("--") if "--" in argv else None]   # fire's own flags follow a bare --
+    if "--help" in own or "-h" in own:
+        return command_help("toolkit", argv[0], COMMANDS[argv[0]])
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         check(COMMANDS, argv)
+        if (text := _help(argv)) is not None:
+            print(text, end="")
+            return
         argv = spell_out(COMMANDS, _sets_as_overrides(argv))
         check_arguments(COMMANDS, argv)
         fire.Fire(COMMANDS, command=argv, name="toolkit")

@@ -76,10 +76,11 @@ def flag_names(command) -> tuple[list[str], set[str]]:
     return [p.name for p in params], switches
 
 
-def _short_candidates(command, letter: str) -> list[str]:
-    """The options (keyword-only flags) a one-letter flag `-x` can stand for: its long name when one."""
+def short_candidates(command, letter: str) -> list[str]:
+    """The options (keyword-only flags) a one-letter flag `-x` can stand for: its long name when one.
+    `-h` is always --help (serve-local's --host is written out)."""
     return [p.name for p in signature(command).parameters.values()
-            if p.kind is p.KEYWORD_ONLY and p.name.startswith(letter)]
+            if p.kind is p.KEYWORD_ONLY and p.name.startswith(letter) and letter != "h"]
 
 
 def field_help(cls) -> dict[str, str]:
@@ -142,7 +143,7 @@ def spell_out(commands: dict, argv: list[str]) -> list[str]:
     out, rest = [argv[0]], list(argv[1:])
     while rest:
         arg = rest.pop(0)
-        short = _short_candidates(commands[argv[0]], arg[1]) if re.fullmatch(r"-[A-Za-z](=.*)?", arg) else []
+        short = short_candidates(commands[argv[0]], arg[1]) if re.fullmatch(r"-[A-Za-z](=.*)?", arg) else []
         if len(short) == 1:
             arg = f"--{short[0]}{arg[2:]}"   # -o: fire's short flag
         name, eq, value = arg[2:].partition("=")
@@ -175,7 +176,7 @@ def check(commands: dict, argv: list[str], program: str = "toolkit") -> None:
         key = flag.lstrip("-").replace("-", "_")
         if not FLAG.match(arg) or key in names or key == "help" or _switch_off(key, switches):
             continue
-        starts = _short_candidates(commands[argv[0]], key)
+        starts = short_candidates(commands[argv[0]], key)
         if len(key) == 1 and not flag.startswith("--"):  # fire's short flag: the one option with that initial
             if key == "h" or len(starts) == 1:
                 continue

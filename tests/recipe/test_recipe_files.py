@@ -97,6 +97,9 @@ def test_file_level_problems(tmp_path):
     assert "larger than" in _load_error(_write(tmp_path, "#" * (MAX_BYTES + 1)))
     assert "expected a mapping of recipe keys" in _load_error(_write(tmp_path, "- a\n- b\n"))
     assert "not valid YAML at line" in _load_error(_write(tmp_path, "a: 1\n---\nb: 2\n"))
+    # an empty file, or one of comments only, would otherwise train on every default (data.root 'data')
+    for text in ("", "# my recipe\n", "---\n"):
+        assert "the recipe is empty" in _load_error(_write(tmp_path, text))
 
 
 def test_nan_and_inf_are_refused_with_the_other_problems(tmp_path):

@@ -195,8 +195,9 @@ def _expand_home(recipe: Recipe) -> None:
 def load(path: str, overrides: list[str] | tuple = ()) -> Recipe:
     """Read a recipe file (toolkit.recipe.reading), apply KEY=VALUE overrides, validate."""
     raw = read_recipe_file(path)
-    if raw is None:
-        raw = {}
+    if raw is None:  # an empty file (or only comments) would train on every default: data.root 'data', VGG16
+        raise UserError(f"{path}: the recipe is empty; expected a mapping of recipe keys "
+                        "(data:, model:, train: ...; docs/recipes.md)")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of recipe keys at the top level")
     raw = apply_overrides(raw, list(overrides))
