@@ -199,3 +199,11 @@ def test_cli_takes_extra_onnx_files_as_models(models, tmp_path):
         cli.benchmark(models[0], "model.arch=vgg11")
     with pytest.raises(UserError, match="--pareto-batch goes with several models"):
         cli.benchmark(models[0], pareto_batch=1)
+
+
+def test_an_export_and_its_twin_are_named_by_their_files(models, tmp_path):
+    """`benchmark d.onnx d.int8.onnx` named the rows d and d-2: both were named by the fp32 base."""
+    rec = bench.compare_models([models[0], bench.twin_path(models[0], "int8")], out_dir=str(tmp_path), **FAST)
+    assert [m["name"] for m in rec["models"]] == ["small", "small.int8"]
+    assert {r["key"] for r in rec["rows"] if r["model"] == "small.int8"} == {"onnxruntime/cpu/int8"}
+    assert (tmp_path / "small.int8" / "benchmark.json").is_file()

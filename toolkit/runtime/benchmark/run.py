@@ -144,7 +144,8 @@ def open_subject(model: Optional[str], bench: Bench) -> Subject:
                         f"sizes {', '.join(map(str, sizes))} (re-export it with toolkit export)")
     infos.update({p: inspect_model(twin_path(base, p)) for p in files if p != "fp32"})
     infos.update({p: infos[file_precision(p)] for p in precisions})
-    return Subject(name=os.path.basename(base)[:-len(".onnx")], base=base, infos=infos, precisions=precisions)
+    # named as the file given: an export and its twins compared side by side are d, d.fp16, d.int8
+    return Subject(name=os.path.basename(path)[:-len(".onnx")], base=base, infos=infos, precisions=precisions)
 
 
 def measure(subjects: list, bench: Bench, torch_backends: Optional[BackendLoader]) -> None:
