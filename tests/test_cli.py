@@ -298,3 +298,24 @@ def test_a_path_that_looks_like_a_number_prints_no_syntax_warning(tmp_path):
     assert res.returncode == 2, res.stderr
     assert "SyntaxWarning" not in res.stderr and res.stderr.startswith("error: "), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_a_terminated_export_removes_its_temp_files(tmp_path, monkeypatch, capsys):
+    """SIGTERM (timeout, kill, docker stop) ended an export on the spot, leaving 60-130 MB work folders:
+    it now unwinds as Ctrl-C does, so every `with` removes its files, and the CLI exits 143."""
+    import signal
+    import tempfile
+
+    import toolkit.export.formats as formats
+
+    def export_killed_midway(*_args):
+        with tempfile.TemporaryDirectory(prefix=".tmp-web-pid", dir=tmp_path):
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not stop the export")
+
+    monkeypatch.setattr(formats, "export_as", export_killed_midway)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["export", "runs/x"])
+    assert info.value.code == 128 + signal.SIGTERM and "terminated" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == [] and signal.getsignal(signal.SIGTERM) is before

@@ -111,6 +111,12 @@ def newest_export(exports_dir: str = "exports") -> str:
     return max(files, key=files.get)
 
 
+def from_here(path: str) -> str:
+    """`path` quoted, with the folder a relative one was looked for in: a run's recipe names its data
+    relative to the folder it was trained in, so a command run elsewhere should say where it looked."""
+    return repr(path) if os.path.isabs(path) else f"{path!r} (looked for in the current folder, {os.getcwd()})"
+
+
 def folder_problem(path: str) -> str | None:
     """Why folders cannot be made at `path`, or None: it, or the nearest folder above it that exists, must be
     a folder one can make folders in. Probed with a temporary folder (removed again), because permission

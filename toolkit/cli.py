@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from toolkit.errors import AbandonedWorkError, RankZeroError, UserError, exit_now, missing_extra
+from toolkit.errors import (AbandonedWorkError, RankZeroError, Terminated, UserError, exit_now, missing_extra,
+                            sigterm_as_interrupt)
 from toolkit.flags import check, check_arguments, options, spell_out
 from toolkit.parsing import parse_list
 
@@ -66,7 +67,8 @@ def export(run, *, format: str = "onnx", **given):
     """
     from toolkit.export.formats import export_as
 
-    export_as(format, run, given)
+    with sigterm_as_interrupt():   # a killed export removes its temp files, as an interrupted one does
+        export_as(format, run, given)
 
 
 @options("toolkit.runtime.predict:PredictOptions")
@@ -213,9 +215,9 @@ def main(argv: list[str] | None = None) -> None:
             raise  # not a package an extra brings: a bug, shown as one
         print(f"error: {exc}", file=sys.stderr)
         (exit_now if isinstance(exc, AbandonedWorkError) else sys.exit)(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        print("terminated" if isinstance(exc, Terminated) else "interrupted", file=sys.stderr)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
     except BrokenPipeError:   # `toolkit predict ... | head`: the reader has all it wanted
         import os
 

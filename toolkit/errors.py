@@ -1,9 +1,10 @@
 """The one exception type that the CLI turns into a single clear line and a non-zero exit."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
-
 
 
 class UserError(Exception):
@@ -55,3 +56,27 @@ def exit_now(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, `docker stop`) raised in the main thread, where sigterm_as_interrupt
+    is on: every `with` and `finally` runs, as for Ctrl-C. The CLI exits with 128 + 15."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM as an exception while the block runs, so its temp files are removed as on Ctrl-C (Python's
+    default for SIGTERM ends the process on the spot, leaving them)."""
+    def raise_terminated(_signum, _frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:   # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+

@@ -515,9 +515,12 @@ def test_temp_files_of_a_killed_export_are_removed_at_the_next_export(tmp_path, 
                        (f".tmp-m-fp16-pid{live}-g7h8i9.onnx", two_hours_ago),  # its owner still runs
                        (f".tmp-m-raw-pid{dead}-j1k2l3.onnx", time.time()),  # young
                        (".tmp-m-int8-m4n5o6.onnx", two_hours_ago),  # no owner, not a day old
-                       (".tmp-notes.txt", two_days_ago)]:  # not an export's temp file
+                       (".tmp-notes.txt", two_days_ago),  # not an export's temp file
+                       # the work folders of --format web, tflite and triton (they were never removed)
+                       (f".tmp-web-pid{dead}-p1q2r3", two_hours_ago), (f".tmp-tflite-pid{dead}-s4t5u6", two_hours_ago),
+                       (f".tmp-triton-pid{dead}-v7w8x9", two_hours_ago)]:
         path = exports / name
-        if name.startswith(".tmp-quant-"):
+        if not name.endswith((".onnx", ".txt")):
             os.makedirs(path)
             (path / "preprocessed.onnx").write_bytes(b"x" * 1000)
         else:
@@ -525,7 +528,7 @@ def test_temp_files_of_a_killed_export_are_removed_at_the_next_export(tmp_path, 
         os.utime(path, (when, when))
     export_mod.export_run(run_dir, exports_dir=str(exports), runs_dir=str(runs))
     out = capsys.readouterr().out
-    assert f"removed 3 temp file(s) left in {exports} by an export that was killed" in out, out
+    assert f"removed 6 temp file(s) left in {exports} by an export that was killed" in out, out
     left = sorted(f for f in os.listdir(exports) if f.startswith(".tmp-"))
     assert left == sorted([f".tmp-m-fp16-pid{live}-g7h8i9.onnx", f".tmp-m-raw-pid{dead}-j1k2l3.onnx",
                            ".tmp-m-int8-m4n5o6.onnx", ".tmp-notes.txt"]), left

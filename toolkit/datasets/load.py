@@ -130,7 +130,7 @@ def load_dataset(recipe, scan: bool = True, quiet: bool = False) -> Dataset:
     duplicates."""
     d = recipe.data
     if d.source == "folder" and not os.path.isdir(d.root):
-        raise UserError(f"data.root: {d.root!r} is not a folder; expected a folder of class sub-folders")
+        raise UserError(f"data.root: {from_here(d.root)} is not a folder; expected a folder of class sub-folders")
     problems: list = []
     labels, splits, locate = LOADERS[d.source](d, problems)
     # Only the training images the run keeps are scanned: labels_per_class 5 of Fashion-MNIST would otherwise

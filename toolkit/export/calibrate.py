@@ -45,7 +45,8 @@ def calibrate_files(job: ExportJob, staging: Staging, data, out_pixels: np.ndarr
     o = job.options
     items = list(getattr(data, "val", None) or []) if data is not None else []
     pixels, targets, _ = load_pixels(items, job.preprocess, job.recipe.data.max_pixels, limit=MAX_IMAGES)
-    skipped = calibration.too_few(len(pixels))
+    skipped = ("calibration skipped: the run's data could not be loaded (the note above says why)" if data is None
+               else calibration.too_few(len(pixels)))
     if skipped:
         job.say(skipped + ("; --ood not measured (it needs the calibrated threshold)" if out_pixels is not None else ""))
         return {"skipped": skipped}

@@ -159,7 +159,8 @@ def export_triton(run=None, triton=None, **fields) -> dict:
         raise UserError(f"--out {repo}: with --format triton, expected a folder for the model repository")
     check_writable(os.path.join(repo, "probe.onnx"))
     # The gated files are built outside the repository (Triton may be polling it), then moved in.
-    staging = tempfile.mkdtemp(prefix=".tmp-triton-", dir=os.path.dirname(os.path.abspath(repo)))
+    remove_stale_temps(os.path.dirname(os.path.abspath(repo)), say)  # what an export killed with -9 left
+    staging = tempfile.mkdtemp(prefix=f".tmp-triton-pid{os.getpid()}-", dir=os.path.dirname(os.path.abspath(repo)))
     try:
         report = export_run(options, out=staging + os.sep, list_files=False)
         written = _move_into_repo(report, repo, triton)

@@ -150,8 +150,13 @@ def _owner_gone(name: str) -> Optional[bool]:
     return False
 
 
+# The work folders each export format makes beside its output (quantization, the web site, the .tflite
+# conversion, the Triton repository), each named with its process id.
+WORK_DIR_PREFIXES = (".tmp-quant-", ".tmp-web-pid", ".tmp-tflite-pid", ".tmp-triton-pid")
+
+
 def _is_stale(entry: os.DirEntry, now: float) -> bool:
-    is_work_dir = entry.name.startswith(".tmp-quant-") and entry.is_dir(follow_symlinks=False)
+    is_work_dir = entry.name.startswith(WORK_DIR_PREFIXES) and entry.is_dir(follow_symlinks=False)
     is_file = entry.name.endswith((".onnx", ".onnx.data")) and entry.is_file(follow_symlinks=False)
     if not (is_work_dir or is_file):
         return False
@@ -164,7 +169,7 @@ def _is_stale(entry: os.DirEntry, now: float) -> bool:
 
 
 def remove_stale_temps(folder: str, say) -> list:
-    """Remove the temp files and quantization folders (.tmp-*.onnx, .tmp-quant-*/) that an export killed
+    """Remove the temp files and work folders (.tmp-*.onnx, WORK_DIR_PREFIXES) that an export killed
     with -9 left in `folder`: those whose owner process has ended and that are older than STALE_AFTER_S
     (without an owner in the name: UNOWNED_STALE_AFTER_S). Returns what was removed."""
     removed, now = [], time.time()

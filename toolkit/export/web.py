@@ -28,6 +28,7 @@ from toolkit.errors import UserError
 from toolkit.export.options import ExportOptions
 from toolkit.export.pipeline import export_run
 from toolkit.export.plan import check_writable
+from toolkit.export.staging import remove_stale_temps
 from toolkit.export.web_browser import DEFAULT_CHROMIUM, browser_missing
 from toolkit.export.web_check import browser_stage, unverified_stage
 
@@ -148,6 +149,7 @@ def export_web(run=None, web: Optional[WebOptions] = None, **fields) -> dict:
     folder = str(web.folder) if web.folder else None
     parent = os.path.dirname(os.path.abspath(folder)) if folder else os.path.abspath(options.exports_dir)
     check_writable(os.path.join(parent, "probe.onnx"))
+    remove_stale_temps(parent, (lambda _line: None) if options.quiet else print)  # left by a killed export
     site = tempfile.mkdtemp(prefix=f".tmp-web-pid{os.getpid()}-", dir=parent)
     try:
         write_page(site, ort_dir)

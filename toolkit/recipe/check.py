@@ -11,7 +11,7 @@ import math
 import os
 from typing import Any, Callable
 
-from toolkit.artifacts import folder_problem
+from toolkit.artifacts import folder_problem, from_here
 from toolkit.recipe.archs import ARCH_TABLE, family_problems, has_batchnorm
 from toolkit.recipe.schema import CHOICES, GROUPS, LR_SCALINGS, Recipe
 
@@ -125,7 +125,7 @@ def _check_data(recipe: Recipe, err: Err, check_paths: bool) -> None:
     elif d.classes is not None and len(set(map(str, d.classes))) < 2:
         err("data.classes", f"{d.classes}; expected at least two classes")
     if check_paths and d.source == "folder" and not os.path.isdir(d.root):
-        err("data.root", f"{d.root!r} is not a folder; expected a folder of class sub-folders")
+        err("data.root", f"{from_here(d.root)} is not a folder; expected a folder of class sub-folders")
 
 
 def _check_preprocess(recipe: Recipe, err: Err) -> None:
@@ -154,7 +154,7 @@ def _check_model(recipe: Recipe, err: Err, check_paths: bool) -> None:
     m = recipe.model
     weights = str(m.weights)
     if check_paths and weights not in ("imagenet", "none") and not os.path.isfile(weights):
-        err("model.weights", f"{weights!r} is not a file; expected imagenet, none, a .pth state dict "
+        err("model.weights", f"{from_here(weights)} is not a file; expected imagenet, none, a .pth state dict "
                              "or a toolkit checkpoint")
     if m.hidden is not None and m.hidden < 1:
         err("model.hidden", f"{m.hidden}; expected a positive integer")

@@ -8,7 +8,7 @@ import shutil
 import time
 
 from toolkit import recipe as recipe_mod
-from toolkit.artifacts import atomic_write, write_failure
+from toolkit.artifacts import atomic_write, from_here, write_failure
 from toolkit.errors import UserError
 from toolkit.train import model as model_mod
 from toolkit.train.checkpoint import load_checkpoint
@@ -34,7 +34,9 @@ def prepare_run_dir(run_dir: str, resume: bool, overwrite: bool) -> dict | None:
                         "expected a new run name (set name=<new>) or out_dir=<another folder>")
     if resume:
         if not os.path.isfile(last_path):
-            raise UserError(f"{last_path}: nothing to resume; train without --resume to start the run")
+            raise UserError(f"{from_here(last_path)}: no such checkpoint, so nothing to resume; expected the "
+                            "run's last.pt (resume from the folder the run was trained in), or train without "
+                            "--resume to start the run")
         return load_checkpoint(last_path, resume=True)
     if os.path.exists(last_path) and not overwrite:
         raise UserError(f"{run_dir}: already holds a trained run; pass --resume to continue it, --overwrite "
