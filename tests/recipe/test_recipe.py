@@ -172,3 +172,13 @@ def test_class_balance_and_dedupe_fields():
     assert (recipe.train.class_weights, recipe.train.sampler) == ("balanced", "balanced")
     assert recipe_mod.from_dict({"data": {"source": "digits"}, "model": {"weights": "none"},
                                  "train": {"strategy": "scratch"}}).train.sampler == "uniform"
+
+
+def test_a_relative_path_that_is_not_there_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """A run's recipe names its photos relative to where it was trained: run from elsewhere, `'photos' is not
+    a folder` did not say that the current folder was the one searched."""
+    monkeypatch.chdir(tmp_path)
+    problems = " ".join(_problems({"data": {"source": "folder", "root": "photos"}}))
+    assert f"data.root: 'photos' (looked for in the current folder, {tmp_path}) is not a folder" in problems
+    absolute = " ".join(_problems({"data": {"source": "folder", "root": str(tmp_path / "photos")}}))
+    assert f"data.root: '{tmp_path / 'photos'}' is not a folder" in absolute and "looked for" not in absolute

@@ -39,7 +39,8 @@ def test_tiny_demo_writes_the_table_and_the_timing(tmp_path, monkeypatch, capsys
     mbv3 = next(r for r in saved["runs"] if r["arch"] == "mobilenet_v3_small" and r["arm"] == "distilled")
     assert "its own eval view of each photo, 64 px" in mbv3["distill"]["teacher_input"]  # not the student's 32 px
     assert saved["facts"]["teacher"]["px"] == 64 and saved["facts"]["efficientnet_lite0"]["px"] == 32
-    assert "gap closed" in (out / "demo.md").read_text() and "validation top-1" in (out / "demo.md").read_text()
+    assert "gap closed" in (out / "demo.md").read_text()
+    assert f"validation top-1 ({saved['data']['val']} photos of the training file)" in (out / "demo.md").read_text()
     assert "every run on one torch thread" in saved["machine"]  # the workers' threads, not this process's
 
 
@@ -56,7 +57,25 @@ def test_options_are_checked_before_anything_runs(tmp_path):
         demo_command([], distill=True, workers="-1", out_dir=str(tmp_path))
     with pytest.raises(UserError, match="--workers goes with --imagenet or --distill"):
         demo_command([], workers="2")
+    for flag in ("distill", "imagenet"):   # --quick's 4 steps replaced --steps 50 without a word
+        with pytest.raises(UserError, match="--quick runs 4 steps a run; expected --steps 50 or --quick, not both"):
+            demo_command([], steps="50", quick=True, out_dir=str(tmp_path), **{flag: True})
     assert not os.listdir(tmp_path)
+
+
+def test_a_second_demo_rewrites_its_photo_folders(tmp_path, monkeypatch):
+    """A rerun into the same out_dir kept the first run's photos beside the new ones (files were only added):
+    with another labels-per-class, every run trained on a mix the demo never chose."""
+    tiny_demo_fashion(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    recipe = demo.recipe_mod.load(demo.recipe_path("fashion-distill-teacher.yaml"), ["data.val_fraction=0.1"])
+    folder = str(tmp_path / "demo" / "data")
+    for k, pool in ((5, 30), (2, 10)):
+        recipe.data.labels_per_class = k
+        info = demo.write_data(recipe, pool, folder)
+        train = [f for _, _, files in os.walk(os.path.join(folder, "labelled", "train")) for f in files]
+        assert len(train) == info["train"] == 10 * k
+        assert len(os.listdir(os.path.join(folder, "unlabeled"))) == info["unlabeled"] == pool
 
 
 def test_cli_flag_reaches_the_distill_demo():

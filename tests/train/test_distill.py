@@ -177,3 +177,18 @@ def test_per_batch_the_teacher_sees_the_students_augmented_view_at_its_own_input
     batch = torch.stack([views[i][2] for i in range(2)])
     assert torch.equal(dist.soft_targets(torch.zeros(2, 3, 32, 32), batch), batch)  # its own view, as it is
     assert "augmented view rendered at" in dist.describe()["teacher_input"]
+
+
+def test_cached_logits_say_the_teacher_saw_each_photos_eval_view(tmp_path, square_folder):
+    """With distill_cache: always and the teacher's input alike, distill.json said "same as the student's",
+    though the cache holds one eval view a photo while the student sees augmented ones."""
+    from toolkit.train.data import eval_preprocess
+    from toolkit.train.distill import Distiller
+
+    student = recipe_mod.from_dict(tiny_recipe(tmp_path, square_folder))
+    teacher = Teacher(torch.nn.Identity(), eval_preprocess(student), eval_preprocess(student), torch.device("cpu"),
+                      section=student.preprocess)
+    dist = Distiller(teacher, 0.5, 2.0)
+    assert teacher.same_input and dist.describe()["teacher_input"] == "same as the student's"
+    dist.cache = torch.zeros(4, 3)
+    assert dist.describe()["teacher_input"].startswith("its own eval view of each photo")

@@ -101,6 +101,8 @@ def demo_command(overrides: list, seeds=None, labels_per_class=None, quick: bool
         raise UserError("demo: --steps goes with --imagenet or --distill (the digits demo trains by epochs)")
     if imagenet and distill:
         raise UserError("demo: --imagenet or --distill, not both")
+    if quick and "steps" in given:   # --quick's 4-step cap replaced the steps asked for without a word
+        raise UserError(f"demo: --quick runs 4 steps a run; expected --steps {given['steps']} or --quick, not both")
     if distill:
         run_distill_demo(_distill_options(given))
     elif imagenet:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import time
 from concurrent.futures import as_completed
@@ -119,11 +120,11 @@ def _folder_name(k: int, label: str) -> str:
 def _write_images(folder: str, items: list, names: list) -> None:
     from PIL import Image
 
+    shutil.rmtree(folder, ignore_errors=True)   # an earlier demo's photos (another k or pool) must not stay
     for n, (pixels, label) in enumerate(items):
         path = os.path.join(folder, names[label], f"{n:05d}.png") if names else os.path.join(folder, f"{n:05d}.png")
-        if not os.path.isfile(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            Image.fromarray(np.asarray(pixels)).save(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(np.asarray(pixels)).save(path)
 
 
 def write_data(recipe, pool_size: int, folder: str) -> dict:
@@ -181,10 +182,10 @@ def summarise(runs: list, teacher_top1: float) -> list:
     return rows
 
 
-def val_line(teacher: dict, rows: list) -> str:
+def val_line(teacher: dict, rows: list, val_images: int) -> str:
     """Validation top-1, means over the seeds: what the demo's settings were chosen on (never test)."""
     arms = "; ".join(f"{row['arch']} " + " / ".join(f"{row[arm]['val_mean']:.1f}%" for arm in ARMS) for row in rows)
-    return (f"validation top-1 (600 photos of the training file), plain / distilled / + pool: {arms}; "
+    return (f"validation top-1 ({val_images} photos of the training file), plain / distilled / + pool: {arms}; "
             f"teacher {teacher['val_top1']:.1f}%")
 
 
@@ -263,14 +264,14 @@ def _timing(runs: list, cached: dict) -> dict:
     per_batch = next(r for r in runs if r["arm"] == "distilled+pool" and (r["arch"], r["seed"]) ==
                      (cached["arch"], cached["seed"]))
     keys = ("epoch_s", "seconds", "test_top1", "val_top1", "epochs")
-    return {"arch": per_batch["arch"], "per_batch": {k: per_batch[k] for k in keys},
+    return {"arch": per_batch["arch"], "seed": per_batch["seed"], "per_batch": {k: per_batch[k] for k in keys},
             "cached": {**{k: cached[k] for k in keys}, "cache_s": cached["distill"]["cache_seconds"],
                        "images": cached["distill"]["cached_images"]}}
 
 
 def _timing_lines(t: dict) -> list:
     p, c = t["per_batch"], t["cached"]
-    return [f"Teacher logits, {t['arch']} with the pool (seed 0, {p['epochs']} epochs): per batch, on the "
+    return [f"Teacher logits, {t['arch']} with the pool (seed {t['seed']}, {p['epochs']} epochs): per batch, on the "
             f"student's augmented view at the teacher's input (the table), {p['epoch_s']:.1f}s an epoch (run "
             f"{p['seconds']:.0f}s, test {p['test_top1']:.1f}%, val {p['val_top1']:.1f}%); cached once, of each "
             f"photo's eval view, {c['epoch_s']:.1f}s an epoch + {c['cache_s']:.1f}s for the cache of "
@@ -321,7 +322,7 @@ def run_distill_demo(opts: DistillDemoOptions) -> dict:
         f"alpha {distilled['alpha']:g}, T {distilled['temperature']:g}; the teacher's logits: distilled, cached once "
         "(each photo's eval view); + pool, per batch (the student's augmented view at the teacher's 64 px); "
         "img/s: PyTorch, batch 32, eval", "",
-        val_line(teacher, rows), "", *_timing_lines(timing), "",
+        val_line(teacher, rows, written["val"]), "", *_timing_lines(timing), "",
         f"machine: {machine}; demo wall time {wall / 60:.1f} min"])
     print(report)
     record = {"teacher": teacher, "rows": rows, "runs": runs, "timing": timing, "facts": facts,

@@ -178,10 +178,10 @@ class Distiller:
     def _input_text(self) -> str:
         t = self.teacher
         own = f"{t.preprocess.crop} px, mean {list(t.preprocess.mean)}, std {list(t.preprocess.std)}"
+        if self.cache is not None:   # cached: one eval view a photo, whatever the student's augmentation
+            return f"its own eval view of each photo, {own}"
         if t.same_input:
             return "same as the student's"
-        if self.cache is not None:
-            return f"its own eval view of each photo, {own}"
         return f"the student's augmented view rendered at {own}"
 
 
