@@ -263,6 +263,21 @@ def test_resume_of_a_finished_run_says_how_to_go_on(tmp_path, image_folder, caps
     assert last.stat().st_mtime_ns == before and "data health" not in capsys.readouterr().out
 
 
+def test_a_run_stopped_after_its_last_epoch_resumes_to_write_its_summary(tmp_path, image_folder):
+    """A signal during the last epoch's validation saved last.pt and printed `continue with: ... --resume`,
+    which then said the run ran all its epochs: the run never got its summary, calibration or report."""
+    raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 1})
+    train(recipe_mod.from_dict(raw), quiet=True)
+    run = tmp_path / "runs" / "tiny"
+    ending = [name for name in ("summary.json", "calibration.json", "report.html") if (run / name).is_file()]
+    assert "summary.json" in ending and "report.html" in ending
+    for name in ending:
+        (run / name).unlink()   # as a stop after the last checkpoint leaves the run
+    train(recipe_mod.from_dict(raw), resume=True, quiet=True)
+    assert all((run / name).is_file() for name in ending)
+    assert [json.loads(line)["epoch"] for line in open(run / "metrics.jsonl")] == [1]   # no epoch trained again
+
+
 def test_resume_refuses_what_would_change_the_model_and_says_what_it_ignores(one_epoch_run, capsys):
     """--resume with model.arch, data.root, lr or seed overrides trained the original run silently."""
     import copy

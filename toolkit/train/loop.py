@@ -269,6 +269,8 @@ class _Session:
     def epochs(self, stop: StopRequest) -> None:
         t, state = self.t, self.state
         first_epoch = state.epoch
+        if t.early_stopping and state.stale_evals >= t.early_stopping:
+            return   # resumed after it stopped early, only to write its summary (resume.check_unfinished)
         while state.epoch < t.epochs:
             trainable, totals, seconds, stopping = self.train_epoch(stop)
             if stopping and state.step_in_epoch < self.steps_per_epoch:

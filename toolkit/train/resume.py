@@ -85,11 +85,15 @@ def resumed_recipe(given: Recipe, saved: Recipe) -> Recipe:
 
 
 def check_unfinished(recipe: Recipe, state) -> None:
-    """--resume of a run that ran all its epochs, or stopped early, would train nothing and write its calibration
-    and report again: one error, before the data scan, saying how to go on instead. `state`: last.pt's RunState."""
+    """--resume of a run that ran all its epochs, or stopped early, and wrote its summary would train nothing and
+    write its calibration and report again: one error, before the data scan, saying how to go on instead.
+    A run stopped after its last epoch but before its summary (a signal while validating) resumes to write it.
+    `state`: last.pt's RunState."""
     t = recipe.train
     if state.step_in_epoch:
         return   # stopped inside an epoch: that epoch is left to finish
+    if not os.path.isfile(os.path.join(recipe.run_dir, "summary.json")):
+        return   # stopped after its last epoch, before the summary, calibration and report: a resume writes them
     if t.early_stopping and state.stale_evals >= t.early_stopping:
         raise UserError(f"{recipe.run_dir}: the run stopped early (no better val top-1 in {state.stale_evals} "
                         f"validations, train.early_stopping {t.early_stopping}, which a resume keeps); nothing to "
