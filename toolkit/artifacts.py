@@ -126,6 +126,10 @@ def folder_problem(path: str) -> str | None:
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         return f"{probe} is not a folder"
+    longest = max(os.path.relpath(os.path.abspath(path), probe).split(os.sep), key=len)
+    with contextlib.suppress(OSError, ValueError):
+        if len(os.fsencode(longest)) > os.pathconf(probe, "PC_NAME_MAX"):
+            return f"a folder name there is longer than the file system takes ({len(os.fsencode(longest))} bytes)"
     try:
         tempfile.TemporaryDirectory(dir=probe, prefix=".toolkit-probe-").cleanup()
     except OSError as exc:

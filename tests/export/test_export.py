@@ -553,3 +553,14 @@ def test_a_checkpoint_saved_inside_an_epoch_is_said(tmp_path, data_root):
     plan_export(ExportOptions.of(run=run_dir, exports_dir=str(tmp_path / "exports")), said.append)
     assert any(line.startswith(f"note: {last} was saved inside epoch 1 (after batch 2) and never validated")
                for line in said), said
+
+
+def test_a_long_output_name_gets_temp_files_the_file_system_takes(tmp_path):
+    """--out with a legal 245-character name failed with "File name too long" on its temp file (~37 more)."""
+    from toolkit.export.staging import Staging
+
+    path = str(tmp_path / ("L" * 245 + ".onnx"))
+    with Staging(path, None) as staging:
+        tmp = staging.new("fp32")
+        assert os.path.isfile(tmp) and len(os.path.basename(tmp)) < 200
+    assert os.listdir(tmp_path) == []

@@ -284,3 +284,11 @@ def test_bad_split_and_out_dir_are_one_error_before_any_work(tmp_path):
                                                                               "writable folder for the report")]:
         with pytest.raises(UserError, match=message):
             gather(str(tmp_path / "no-such-run"), opts)
+    # an .onnx file's default folder (MODEL_report/) where a file of that name is: a FileExistsError traceback
+    (tmp_path / "m_report").write_text("x")
+    with pytest.raises(UserError, match=r"m_report: .*m_report is not a folder; expected a folder for the report "
+                                        r"there, or --out-dir DIR"):
+        gather(str(tmp_path / "m.onnx"), ReportOptions())
+    # a folder name longer than the file system takes: an OSError traceback (after the whole benchmark there)
+    with pytest.raises(UserError, match=r"a folder name there is longer than the file system takes \(300 bytes\)"):
+        gather(str(tmp_path / "no-such-run"), ReportOptions(out_dir=str(tmp_path / ("L" * 300))))

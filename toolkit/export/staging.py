@@ -60,7 +60,8 @@ class Staging:
     def new(self, kind: str) -> str:
         """A fresh temp path for `kind` beside the final file."""
         with writing(twin_path(self.path, kind)):
-            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(self.path)[:-5]}-{kind}-pid{os.getpid()}-",
+            # the name cut short: the temp name adds ~37 characters to a name that may be near the 255 limit
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(self.path)[:-5][:80]}-{kind}-pid{os.getpid()}-",
                                        suffix=".onnx", dir=self.folder)
         os.close(fd)
         self.files[kind] = tmp

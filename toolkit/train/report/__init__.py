@@ -41,6 +41,8 @@ def gather(target: str, opts: ReportOptions, dataset=None) -> Outputs:
         raise UserError(f"--split {opts.split!r}: expected one of {', '.join(SPLITS)}")
     if opts.out_dir and (problem := artifacts.folder_problem(opts.out_dir)):
         raise UserError(f"--out-dir {opts.out_dir!r}: {problem}; expected a writable folder for the report")
+    if not opts.out_dir and target.endswith(".onnx") and (problem := artifacts.folder_problem(_beside(target))):
+        raise UserError(f"{_beside(target)}: {problem}; expected a folder for the report there, or --out-dir DIR")
     if target.endswith(".onnx"):
         return from_onnx(target, opts.recipe, opts.split, opts.batch_size)
     if opts.recipe is None and os.path.isdir(target) and not os.path.isdir(os.path.join(target, "checkpoints")):
@@ -49,13 +51,16 @@ def gather(target: str, opts: ReportOptions, dataset=None) -> Outputs:
     return from_checkpoint(target, opts.recipe, opts.split, opts.batch_size, opts.device, dataset)
 
 
+def _beside(target: str) -> str:
+    """Where an .onnx file's report goes by default: beside it (its run's folder holds the checkpoint's own)."""
+    return os.path.splitext(target)[0] + "_report"
+
+
 def build_report(target: str, opts: ReportOptions, dataset=None) -> dict:
     """Score, gather the sections, write report.json and report.html; returns report.json's content.
     `dataset`: the data set listing when the caller has it (the end of training: no second scan)."""
     out = gather(target, opts, dataset)
-    # an .onnx file's report goes beside it: its run's folder holds the checkpoint's own report
-    beside = os.path.splitext(target)[0] + "_report"
-    out_dir = opts.out_dir or (beside if target.endswith(".onnx") else out.run_dir or beside)
+    out_dir = opts.out_dir or (_beside(target) if target.endswith(".onnx") else out.run_dir or _beside(target))
     data = {"run": out.run_dir, "model": out.source, "split": out.split, "labels": out.labels,
             "notes": list(out.notes), "calibration": content.calibration(out),
             "unreadable": [list(u) for u in out.unreadable], "class_counts": content.class_counts(out)}
@@ -71,7 +76,10 @@ def build_report(target: str, opts: ReportOptions, dataset=None) -> dict:
     pictures["thumbs"] = thumbnails(data, out.recipe.data.max_pixels)
     if out.run_dir and os.path.isfile(os.path.join(out.run_dir, "curves.png")):
         pictures["curves"] = images.png_file_uri(os.path.join(out.run_dir, "curves.png"))
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise artifacts.write_failure(out_dir, exc) from None
     data["files"] = {"html": os.path.join(out_dir, "report.html"), "json": os.path.join(out_dir, "report.json")}
     artifacts.atomic_write(data["files"]["json"], json.dumps(data, indent=1) + "\n")
     artifacts.atomic_write(data["files"]["html"], page.page(data, pictures))
