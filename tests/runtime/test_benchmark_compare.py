@@ -207,3 +207,19 @@ def test_an_export_and_its_twin_are_named_by_their_files(models, tmp_path):
     assert [m["name"] for m in rec["models"]] == ["small", "small.int8"]
     assert {r["key"] for r in rec["rows"] if r["model"] == "small.int8"} == {"onnxruntime/cpu/int8"}
     assert (tmp_path / "small.int8" / "benchmark.json").is_file()
+
+
+def test_a_twin_with_another_precision_is_refused(models, tmp_path):
+    """`benchmark d.fp16.onnx --precision int8` timed the int8 twin and never ran the file given; a raw twin's
+    --precision int8 advised an export that never makes the file it looked for."""
+    int8 = bench.twin_path(models[0], "int8")
+    with pytest.raises(UserError, match=r"is the int8 twin; --precision fp16 would time other files: expected the "
+                                        r"FP32 file \(.*small.onnx\) with --precision fp16"):
+        bench.run_benchmark(int8, bench.BenchmarkOptions(precision="fp16", out_dir=str(tmp_path), **FAST))
+    raw = models[0][:-len(".onnx")] + ".raw.onnx"
+    write_tiny_model(raw, crop=16, labels=LABELS)
+    with pytest.raises(UserError, match=r"is the raw-input twin, which has no precision twins; expected --precision "
+                                        r"int8 with the FP32 file \(.*small.onnx\)"):
+        bench.run_benchmark(raw, bench.BenchmarkOptions(precision="int8", out_dir=str(tmp_path), **FAST))
+    record = bench.run_benchmark(int8, bench.BenchmarkOptions(out_dir=str(tmp_path / "own"), **FAST))
+    assert {r["precision"] for r in record["results"]} == {"int8"}   # alone: the file given

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
-from toolkit.artifacts import base_of, twin_path
+from toolkit.artifacts import TWINS, base_of, twin_path
 from toolkit.errors import UserError, first_line
 from toolkit.parsing import parse_list
 import toolkit.runtime.benchmark.peak as peak_mod
@@ -120,15 +120,30 @@ def _check_labels(subjects: list) -> None:
                         f"same class names in every model to compare top-1 on one recipe split (--data)")
 
 
+def _check_precisions(path: str, base: str, twin_precision: Optional[str], asked: list) -> None:
+    """A twin file is timed as itself: --precision naming another precision would time other files than the
+    one given (or, for a raw-input twin, files export never makes)."""
+    own = twin_precision or "fp32"
+    others = [p for p in asked if p not in ("fp32", own)]
+    if twin_precision and others:
+        raise UserError(f"{path} is the {twin_precision} twin; --precision {','.join(asked)} would time other "
+                        f"files: expected the FP32 file ({base}) with --precision {','.join(asked)}, or this "
+                        "file alone (no --precision)")
+    if path.endswith(TWINS["raw"]) and others:
+        raise UserError(f"{path} is the raw-input twin, which has no precision twins; expected --precision "
+                        f"{','.join(others)} with the FP32 file ({path[:-len(TWINS['raw'])]}.onnx)")
+
+
 def open_subject(model: Optional[str], bench: Bench) -> Subject:
     """The export and its precision twins: every file there and readable, the batch axis dynamic."""
     path = resolve_model(model, bench.opts.exports_dir, bench.progress.line)
     base, twin_precision = base_of(path)
     precisions = bench.plan.precisions
+    _check_precisions(path, base, twin_precision, parse_list(bench.opts.precision))
     if twin_precision:
         if not os.path.isfile(base):
             base = path
-        elif parse_list(bench.opts.precision) == ["fp32"]:
+        else:
             precisions = (twin_precision,)
         bench.progress.line(f"{path} is the {twin_precision} twin of {base}")
     infos = {"fp32": inspect_model(base)}
