@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 from toolkit import cli
@@ -110,6 +111,12 @@ def test_export_is_nhwc_with_labels_and_passes_both_kernels(tiny_run):
         assert checks[kernels]["ok"] and checks[kernels]["top1_agreement"] == 1.0
         assert checks[kernels]["real_inputs"] > 0 and checks[kernels]["max_abs_diff"] < 1e-3
     assert checks["labels"]["ok"] and checks["mediapipe"]["ok"] is None
+    # the INT8 file answers int8 codes (up to 127); read as logits (scale * (code - zero point)) they follow FP32's
+    from toolkit.export.tflite import LiteRtSession
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    fp32, int8 = (LiteRtSession(p, "xnnpack").logits(pixels) for p in (path, path.replace(".tflite", ".int8.tflite")))
+    assert Interpreter(model_path=path.replace(".tflite", ".int8.tflite")).get_output_details()[0]["dtype"] == np.int8
+    assert np.abs(int8).max() < 2 * np.abs(fp32).max() and np.corrcoef(int8.ravel(), fp32.ravel())[0, 1] > 0.9
 
 
 @pytest.mark.slow

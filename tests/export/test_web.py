@@ -230,6 +230,12 @@ def test_web_export_verified_in_chromium(web_run):
             page.set_input_files("#file", str(image))
             expect(page.locator("#predictions li .label").first).to_have_text(want, timeout=60000)
             assert page.evaluate("self.crossOriginIsolated")
+            # ?model=int8: the INT8 twin the folder ships (the page only ever loaded model.onnx)
+            want8 = Predictor(str(site / "model.int8.onnx"), device="cpu").predict(str(image), top_k=1)[0]["label"]
+            page.goto(url + "?model=int8")
+            expect(page.locator("#model")).to_contain_text("model.int8.onnx: 3 labels", timeout=60000)
+            page.set_input_files("#file", str(image))
+            expect(page.locator("#predictions li .label").first).to_have_text(want8, timeout=60000)
         finally:
             browser.close()
 

@@ -86,7 +86,10 @@ class LiteRtSession:
                                            experimental_op_resolver_type=resolver)
             self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]["index"]
-        self.output = self.interpreter.get_output_details()[0]["index"]
+        output = self.interpreter.get_output_details()[0]
+        self.output = output["index"]
+        # an INT8 file answers int8 codes: logits = scale * (code - zero_point); (0.0, 0) for a float output
+        self.scale, self.zero_point = output["quantization"]
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         rows = []
@@ -94,7 +97,8 @@ class LiteRtSession:
             self.interpreter.set_tensor(self.input, (image[None].astype(np.float32) / 255.0))
             self.interpreter.invoke()
             rows.append(self.interpreter.get_tensor(self.output).copy())
-        return np.concatenate(rows).astype(np.float32)
+        out = np.concatenate(rows).astype(np.float32)
+        return self.scale * (out - self.zero_point) if self.scale else out
 
     def run(self, outputs: list, feed: dict) -> list:
         return [self.logits(feed["input"])]
