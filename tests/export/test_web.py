@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -176,6 +177,28 @@ def test_static_server_wants_a_site_folder(tmp_path):
         static_server(str(tmp_path))
 
 
+def test_static_serving_refuses_model_options_and_lists_no_folder(tmp_path, monkeypatch, capsys):
+    """`serve-local m.onnx --static DIR --engine openvino` served the folder and ignored the rest without a word;
+    --host 0.0.0.0 gave no warning; a sub-folder without index.html was listed."""
+    from toolkit.runtime.serve import server
+    from toolkit.runtime.serve.options import ServeOptions
+
+    problems = ServeOptions(model="m.onnx", static=str(tmp_path), engine="openvino", max_batch=4).problems()
+    assert problems == ["static: serves a folder, no model; expected no max_batch, model, engine with it (they go "
+                        "with a model)"]
+    assert ServeOptions(static=str(tmp_path), host="0.0.0.0", port=0).problems() == []
+    monkeypatch.setattr(server, "serve_static", lambda *args: None)
+    server.serve(ServeOptions(static=str(tmp_path), host="0.0.0.0", port=0))
+    assert "warning: listening on" in capsys.readouterr().err
+    (tmp_path / "index.html").write_text("<!doctype html>")
+    (tmp_path / "ort").mkdir()
+    (tmp_path / "ort" / "x.mjs").write_text("export {}")
+    with serving(str(tmp_path)) as url:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url + "ort/")
+        assert info.value.code == 404
+
+
 # ------------------------------------------------------------------------------------------------
 # The whole export, checked in headless chromium (slow)
 
@@ -265,3 +288,15 @@ def test_no_browser_writes_the_folder_marked_unverified(web_run):
     assert report["web"]["verified"] is False and "no browser at" in report["web"]["why_unverified"]
     assert report["web"]["checks"] == {} and "unverified" in (site / "UNVERIFIED.txt").read_text()
     assert json.loads((site / "web.json").read_text())["verified"] is False
+
+
+def test_npm_failure_says_npm_s_reason():
+    """`--ort-web-version 0.0.0-nope` said `npm pack ... failed: ` and nothing after it (npm ran --silent)."""
+    import subprocess
+
+    done = subprocess.CompletedProcess([], 1, "", "npm error code ETARGET\nnpm error notarget No matching version "
+                                       "found for onnxruntime-web@0.0.0-nope.\nnpm error A complete log of this run "
+                                       "can be found in: /root/.npm/_logs/x.log\n")
+    assert web_mod._npm_reason(done) == ("code ETARGET notarget No matching version found for "
+                                         "onnxruntime-web@0.0.0-nope.")
+    assert web_mod._npm_reason(subprocess.CompletedProcess([], 7, "", "")) == "exit status 7, no message"

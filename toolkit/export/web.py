@@ -91,11 +91,13 @@ def vendor_ort(version: str) -> str:
     os.makedirs(cache_dir(), exist_ok=True)
     work = tempfile.mkdtemp(prefix=".tmp-ort-web-", dir=cache_dir())
     try:
-        done = subprocess.run([npm, "pack", f"onnxruntime-web@{version}", "--pack-destination", work, "--silent"],
-                              capture_output=True, text=True, timeout=600)
+        # --loglevel error, not --silent: --silent hid npm's reason too ("failed: " and nothing after it)
+        done = subprocess.run([npm, "pack", f"onnxruntime-web@{version}", "--pack-destination", work, "--loglevel",
+                               "error"], capture_output=True, text=True, timeout=600)
         tgz = [f for f in os.listdir(work) if f.endswith(".tgz")]
         if done.returncode != 0 or not tgz:
-            raise UserError(f"npm pack onnxruntime-web@{version} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+            raise UserError(f"npm pack onnxruntime-web@{version} failed: {_npm_reason(done)}; expected a published "
+                            "onnxruntime-web version (npm view onnxruntime-web versions) and the npm registry in reach")
         unpacked = os.path.join(work, "files")
         os.makedirs(unpacked)
         _extract(os.path.join(work, tgz[0]), unpacked, version)
@@ -105,6 +107,13 @@ def vendor_ort(version: str) -> str:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _npm_reason(done: subprocess.CompletedProcess) -> str:
+    """npm's own words for a failure: its `npm error` lines, less the debug-log pointer."""
+    lines = [line.removeprefix("npm error").strip() for line in (done.stderr or done.stdout or "").splitlines()
+             if line.strip() and "complete log of this run" not in line]
+    return " ".join(lines)[:300] or f"exit status {done.returncode}, no message"
 
 
 def _extract(tgz: str, into: str, version: str) -> None:

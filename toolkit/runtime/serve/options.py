@@ -98,6 +98,12 @@ class ServeOptions(Limits):
         warmup = self.warmup_timeout
         if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 < warmup < math.inf:
             problems.append(f"warmup-timeout: {warmup!r}; expected a positive number of seconds")
+        if self.static is not None:   # a folder, served as files: the model's options would be ignored
+            unused = [f.name for f in fields(self) if f.name not in ("static", "host", "port")
+                      and getattr(self, f.name) != f.default]
+            if unused:
+                problems.append(f"static: serves a folder, no model; expected no {', '.join(unused)} with it "
+                                "(they go with a model)")
         try:
             parse_precision(self.precision, self.engine)
             if self.streams is not None and not adapter_for(self.engine).takes_streams:

@@ -182,6 +182,8 @@ def serve(options: ServeOptions | str | None = None, **fields) -> None:
     if problems:
         raise UserError("\n".join(problems))
     if options.static is not None:   # a static folder: no model, no inference here
+        if warning := host_warning(host):
+            print(warning, file=sys.stderr, flush=True)
         return serve_static(str(options.static), host, int(options.port))
     require_stack()
     import uvicorn

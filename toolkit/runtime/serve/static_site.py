@@ -28,6 +28,10 @@ class _Handler(SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet: the banner says where it listens
         pass
 
+    def list_directory(self, path):  # a folder without index.html is not listed: 404, as for a missing file
+        self.send_error(404, "Not Found")
+        return None
+
 
 def static_server(folder: str, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     """A bound (not yet serving) server of `folder`; port 0 picks a free one (server.server_address)."""
