@@ -388,7 +388,8 @@ def test_output_path_not_writable(tmp_path, data_root, monkeypatch):
         raise AssertionError("slow work started before the output path was checked")
 
     monkeypatch.setattr(torch_graph, "torch_export", must_not_run)
-    _fails("cannot write there", tmp_path, run=run_dir, out=str(blocker / "model.onnx"))
+    _fails(f"model.onnx: cannot write there ({blocker} is not a folder)", tmp_path, run=run_dir,
+           out=str(blocker / "model.onnx"))
     _fails("expected a path ending in .onnx", tmp_path, run=run_dir, out=str(tmp_path / "model.txt"))
     # a folder that does not exist yet: the message shows how to name it (a trailing slash makes it)
     _fails(f"--out {tmp_path / 'v2'}/", tmp_path, run=run_dir, out=str(tmp_path / "v2"))

@@ -143,3 +143,18 @@ def test_failed_verification_writes_nothing_and_lists_every_check(tiny_run, monk
                  "nothing was written"):
         assert name in message
     assert [p.name for p in out.iterdir()] == []
+
+
+def test_out_may_name_the_tflite_file(monkeypatch, tmp_path):
+    """`--format tflite --out m.tflite` was refused, with advice to make a folder named m.tflite/."""
+    seen = {}
+
+    def plan(options, say):
+        seen["out"] = options.out
+        raise UserError("planned")
+
+    monkeypatch.setattr(tflite_pipeline, "require_extra", lambda: None)
+    monkeypatch.setattr(tflite_pipeline, "plan_export", plan)
+    with pytest.raises(UserError, match="planned"):
+        tflite_pipeline.export_tflite("runs/x", out=str(tmp_path / "m.tflite"), mediapipe="skip")
+    assert seen["out"] == str(tmp_path / "m.onnx") and tflite.tflite_path(seen["out"]) == str(tmp_path / "m.tflite")

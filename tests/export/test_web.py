@@ -131,6 +131,7 @@ def test_page_preprocessing_equals_preprocess(tmp_path):
     ({"check_images": 0}, "--check-images 0: expected a whole number, at least 1"),
     ({"out": "site.onnx"}, "with --format web, expected a folder for the site"),
     ({"out": "<a folder of other files>"}, "a folder that is not an earlier web export"),
+    ({"out": "<under a file>"}, "a-file is not a folder; expected a folder the site can be written in"),
 ])
 def test_what_the_page_cannot_run_fails_before_any_work(tmp_path, monkeypatch, fields, message):
     monkeypatch.setattr(web_mod, "vendor_ort", lambda version: pytest.fail("work started before the checks"))
@@ -138,6 +139,9 @@ def test_what_the_page_cannot_run_fails_before_any_work(tmp_path, monkeypatch, f
         (tmp_path / "photos").mkdir()
         (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
         fields = {"out": str(tmp_path / "photos")}
+    if fields.get("out") == "<under a file>":   # it named an internal probe.onnx, with "File exists"
+        (tmp_path / "a-file").write_text("x")
+        fields = {"out": str(tmp_path / "a-file" / "site")}
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         web_mod.export_web(run=str(tmp_path / "no-run"), exports_dir=str(tmp_path / "e"), **fields)
     assert not (tmp_path / "e").exists()

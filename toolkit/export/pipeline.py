@@ -29,6 +29,7 @@ import time
 from typing import Optional
 
 import toolkit
+from toolkit import artifacts
 from toolkit.errors import UserError
 import toolkit.export.triton as triton_mod
 from toolkit.export.opset import check_ir_version, check_opset, ort_max_opset  # noqa: F401 (public here too)
@@ -36,7 +37,7 @@ from toolkit.export.bf16 import bf16_check, require_bf16
 from toolkit.export.calibrate import calibrate_files
 from toolkit.export.options import ExportOptions, check_options
 from toolkit.export.parity import gate_fp32
-from toolkit.export.plan import ExportJob, base_metadata, check_writable, load_data, load_model, plan_export
+from toolkit.export.plan import ExportJob, base_metadata, load_data, load_model, plan_export
 from toolkit.export.staging import (Staging, remove_stale_temps, remove_stale_twins, report_path, write_json,
                                     writing)
 from toolkit.export.torch_graph import export_graphs, resolve_layers  # noqa: F401 (public here too)
@@ -157,7 +158,8 @@ def export_triton(run=None, triton=None, **fields) -> dict:
     repo = str(triton.repo) if triton.repo else os.path.join(options.exports_dir, "triton")
     if repo.endswith(".onnx") or (os.path.exists(repo) and not os.path.isdir(repo)):
         raise UserError(f"--out {repo}: with --format triton, expected a folder for the model repository")
-    check_writable(os.path.join(repo, "probe.onnx"))
+    if problem := artifacts.folder_problem(repo):
+        raise UserError(f"--out {repo}: {problem}; expected a folder for the model repository")
     # The gated files are built outside the repository (Triton may be polling it), then moved in.
     remove_stale_temps(os.path.dirname(os.path.abspath(repo)), say)  # what an export killed with -9 left
     staging = tempfile.mkdtemp(prefix=f".tmp-triton-pid{os.getpid()}-", dir=os.path.dirname(os.path.abspath(repo)))

@@ -185,6 +185,9 @@ def check_writable(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UserError(f"{path}: is a folder; expected a .onnx file path to write")
+    if problem := artifacts.folder_problem(folder):   # a file in the way says so, not "File exists"
+        raise UserError(f"{path}: cannot write there ({problem}); expected a writable folder (choose another "
+                        "with --out)")
     try:
         os.makedirs(folder, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tmp-write-probe-", dir=folder)

@@ -42,11 +42,13 @@ def export_tflite(run=None, tflite=None, **fields) -> dict:
     """Export a run to a verified .tflite file (see the module docstring); returns the report dict.
 
     run: an ExportOptions or the run, as for export_run; tflite: a TfliteOptions. Keyword arguments are
-    fields of either. --out names the .onnx-style path or folder; the file is <stem>.tflite."""
+    fields of either. --out names the file (<stem>.tflite, or <stem>.onnx for the same) or a folder."""
     require_extra()
     names = {f.name for f in dataclasses.fields(TfliteOptions)}
     tflite = dataclasses.replace(tflite or TfliteOptions(), **{k: v for k, v in fields.items() if k in names})
     check_tflite_options(tflite, {k: v for k, v in fields.items() if k not in names})
+    if str(fields.get("out") or "").endswith(".tflite"):   # --out m.tflite: the file asked for, named as m.onnx is
+        fields = {**fields, "out": str(fields["out"])[:-len(".tflite")] + ".onnx"}
     options = check_options(ExportOptions.of(run, **{k: v for k, v in fields.items() if k not in names}))
     say = (lambda *a: None) if options.quiet else (lambda *a: print(*a, flush=True))
     t_start = time.perf_counter()

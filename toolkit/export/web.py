@@ -23,11 +23,10 @@ import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
-from toolkit.artifacts import atomic_write
+from toolkit.artifacts import atomic_write, folder_problem
 from toolkit.errors import UserError
 from toolkit.export.options import ExportOptions
 from toolkit.export.pipeline import export_run
-from toolkit.export.plan import check_writable
 from toolkit.export.staging import remove_stale_temps
 from toolkit.export.web_browser import DEFAULT_CHROMIUM, browser_missing
 from toolkit.export.web_check import browser_stage, unverified_stage
@@ -153,11 +152,12 @@ def export_web(run=None, web: Optional[WebOptions] = None, **fields) -> dict:
     web = dataclasses.replace(web or WebOptions(), **{k: v for k, v in fields.items() if k in names})
     options = ExportOptions.of(run, **{k: v for k, v in fields.items() if k not in names})
     check_web(web, dataclasses.asdict(options))
-    ort_dir = vendor_ort(str(web.ort_web_version))
-    why_not = browser_missing(str(web.chromium))
     folder = str(web.folder) if web.folder else None
     parent = os.path.dirname(os.path.abspath(folder)) if folder else os.path.abspath(options.exports_dir)
-    check_writable(os.path.join(parent, "probe.onnx"))
+    if problem := folder_problem(parent):   # before npm and the export: a file in the way, a read-only folder
+        raise UserError(f"--out {folder or parent}: {problem}; expected a folder the site can be written in")
+    ort_dir = vendor_ort(str(web.ort_web_version))
+    why_not = browser_missing(str(web.chromium))
     remove_stale_temps(parent, (lambda _line: None) if options.quiet else print)  # left by a killed export
     site = tempfile.mkdtemp(prefix=f".tmp-web-pid{os.getpid()}-", dir=parent)
     try:
