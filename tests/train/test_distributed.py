@@ -286,6 +286,12 @@ def test_an_error_every_rank_meets_is_printed_once(setup):
     assert done.returncode == 2
     assert done.stderr.count("error: ") == 1, done.stderr
     assert "train.batch_size 1: smaller than the 2 processes" in done.stderr and "Traceback" not in done.stderr
+    # a teacher that is no checkpoint, met by every rank's model build: printed once (it was once per rank)
+    (root / "bad.pt").write_bytes(b"not a checkpoint")
+    done = subprocess.run([sys.executable, "-m", "toolkit", "train", recipe, "name=bad-teacher", "train.teacher=bad.pt",
+                           "--nproc", "2"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("error: ") == 1, done.stderr
+    assert "bad.pt" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.slow

@@ -101,7 +101,7 @@ def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) 
     resumed = ctx.on_main(lambda: _open_run(recipe, opts))
     if resumed is not None:
         recipe = resume_mod.resumed_recipe(recipe, _saved_recipe(recipe, resumed))
-        resume_mod.check_unfinished(recipe, RunState(**resumed["run_state"]))
+        ctx.on_main(lambda: resume_mod.check_unfinished(recipe, RunState(**resumed["run_state"])))  # said once
     seed_everything(recipe.seed, recipe.train.deterministic)
     run = _Session(recipe, ctx, device, opts, resumed)
     run.load_data()
@@ -200,7 +200,10 @@ class _Session:
         self.val_criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.distiller = None
         if t.teacher:
-            teacher = distill.load_teacher(recipe, self.labels, device, self.step.autocast)
+            load = lambda: distill.load_teacher(recipe, self.labels, device, self.step.autocast)  # noqa: E731
+            if ctx.active:   # rank 0 says what is wrong with the teacher, once; the other ranks stop quietly
+                ctx.on_main(lambda: load() and None)
+            teacher = load()
             self.distiller = self.step.distill = distill.Distiller(teacher, t.distill_alpha, t.distill_temperature)
 
     def restore(self) -> None:
