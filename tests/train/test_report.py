@@ -110,7 +110,16 @@ def test_data_health_and_mislabels_sections(run, tmp_path, monkeypatch):
     health = {"exact_duplicates": [[photo, other]],
               "leaks": [{"train": photo, "val": f"{EVIL}.jpg", "distance": 0}],
               "class_balance": {EVIL: {"train": 5, "val": 2}}, "small_images": [], "unreadable": []}
-    (tmp_path / "run" / "data_health.json").write_text(json.dumps(health))
+    scanned = {"health": health}   # what the report's own scan of the data finds
+
+    def load_dataset(recipe, **kwargs):
+        dataset = real_load_dataset(recipe, **kwargs)
+        dataset.health = scanned["health"]
+        return dataset
+
+    real_load_dataset = outputs.load_dataset
+    monkeypatch.setattr(outputs, "load_dataset", load_dataset)
+    (tmp_path / "run" / "data_health.json").write_text(json.dumps({"exact_duplicates": [], "stale": True}))
     monkeypatch.setattr(content, "rank_mislabels",
                         lambda run_dir, dataset=None: [{"path": photo, "label": "class_2", "suggested": EVIL, "score": 0.93}])
     data = build_report(str(tmp_path / "run"), ReportOptions(mislabels=True))
@@ -119,6 +128,10 @@ def test_data_health_and_mislabels_sections(run, tmp_path, monkeypatch):
                                                      "unreadable"]
     assert data["mislabels"]["rows"][0]["score"] == 0.93
     assert "<script" not in html.lower() and "class=thumb" in html and "none found" in html
+    # the scan's, not the run's data_health.json from training (another --recipe, or data changed since)
+    assert "stale" not in data["data_health"]["sections"]
+    scanned["health"] = None   # no scan's health: the run's file, and without it a note
+    assert build_report(str(tmp_path / "run"), ReportOptions())["data_health"]["sections"]["stale"] is True
     os.remove(tmp_path / "run" / "data_health.json")
     assert "skipped" in build_report(str(tmp_path / "run"), ReportOptions())["data_health"]["note"]
 

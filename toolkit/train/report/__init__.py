@@ -71,7 +71,7 @@ def build_report(target: str, opts: ReportOptions, dataset=None) -> dict:
         data["top_losses"] = content.top_losses(out, probs, opts.top)
         pictures["gallery"], data["saliency"] = content.gallery_pictures(out, data["top_losses"])
         pictures["confusion"] = confusion_picture(data)
-    data["data_health"] = content.data_health(out.run_dir)
+    data["data_health"] = content.data_health(out.run_dir, getattr(out.dataset, "health", None))
     data["mislabels"] = content.mislabels(out, opts.mislabels, opts.top)
     pictures["thumbs"] = thumbnails(data, out.recipe.data.max_pixels)
     if out.run_dir and os.path.isfile(os.path.join(out.run_dir, "curves.png")):

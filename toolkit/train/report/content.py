@@ -104,9 +104,11 @@ def class_counts(out: Outputs) -> dict | None:
     return counts
 
 
-def data_health(run_dir: str | None) -> dict:
-    """data_health.json's sections (those the page knows first), or a note saying why there are none."""
-    found, why = read_json(run_dir, "data_health.json")
+def data_health(run_dir: str | None, scanned: dict | None = None) -> dict:
+    """The data health sections (those the page knows first), or a note saying why there are none: `scanned`,
+    the report's own scan of the data it scored (another --recipe's, or the run's data as it is now), else
+    the run's data_health.json from training."""
+    found, why = (scanned, None) if isinstance(scanned, dict) else read_json(run_dir, "data_health.json")
     if not isinstance(found, dict):
         return {"note": f"data health skipped: {why or 'data_health.json is not a JSON object'} (it is written "
                         "by toolkit train's pre-flight scan)"}
