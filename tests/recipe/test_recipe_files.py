@@ -127,7 +127,8 @@ def test_nan_and_inf_are_refused_with_the_other_problems(tmp_path):
     ("x" * 300, "is 300 bytes long; expected at most 100"),
     ("a/b", "expected a plain name without slashes"),
     ('"a\\\\b"', "expected a plain name without slashes"),
-    ("..", "expected a plain name without slashes"),
+    ("..", "starts with a dot; expected a plain name that does not"),
+    (".hidden", "starts with a dot; expected a plain name that does not"),   # it said "without slashes"
 ])
 def test_names_that_cannot_be_file_names(tmp_path, name, expected):
     text = _load_error(_write(tmp_path, DIGITS + f"name: {name}\n"))

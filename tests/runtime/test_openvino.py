@@ -370,3 +370,13 @@ def test_serve_local_on_openvino_answers_like_the_predictor(tmp_path):
         assert srv.ready()["workers"] >= 1
     finally:
         srv.stop()
+
+
+def test_bf16_check_without_openvino_names_its_own_way_out(monkeypatch):
+    """export --bf16-check without openvino said "or use the default engine onnxruntime": export has no --engine."""
+    monkeypatch.setitem(sys.modules, "openvino", None)   # import openvino raises ImportError
+    with pytest.raises(UserError) as info:
+        openvino_core.require_bf16("CPU", "--bf16-check", "drop --bf16-check")
+    assert "openvino package is not installed" in str(info.value) and str(info.value).endswith("or drop --bf16-check")
+    with pytest.raises(UserError, match="or use the default engine onnxruntime$"):
+        openvino_core.import_openvino()

@@ -45,3 +45,12 @@ def test_machine_line_names_cpu_isa_cores_and_threads():
     assert line.startswith("machine: ") and " usable cores, torch " in line and line.endswith(" threads")
     assert "AVX" in line or "no AVX2" in line or "AMX" in line  # the ISA summary of the benchmark's machine_info
     assert demo_shared.machine_line("every run on one torch thread").endswith(", every run on one torch thread")
+
+
+def test_next_steps_paste_as_they_read():
+    """A run or image path with a space or an accent printed bare: pasted, the shell split it in two."""
+    from toolkit.train.demo_shared import next_steps
+
+    text = next_steps("runs/my demo/ü", "my photos/rose 1.jpg")
+    assert "toolkit export 'runs/my demo/ü'" in text and "toolkit predict 'my photos/rose 1.jpg'" in text
+    assert "toolkit predict runs/x.png" in next_steps("runs/x", "runs/x.png")   # a plain path stays plain

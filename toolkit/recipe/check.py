@@ -62,7 +62,9 @@ def _check_name(recipe: Recipe, err: Err) -> None:
     name = recipe.name
     shown = repr(name) if len(name) <= 40 else repr(name[:37] + "...")
     control = next((c for c in name if ord(c) < 32 or ord(c) == 127), None)
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
+    if name.startswith("."):   # a hidden folder, and `..` would leave out_dir
+        err("name", f"{shown} starts with a dot; expected a plain name that does not (it names runs/<name>/)")
+    elif not name or any(c in name for c in "/\\"):
         err("name", f"{shown}; expected a plain name without slashes (it names runs/<name>/)")
     elif control is not None:
         err("name", f"{shown} holds the control character {control!r}; expected a plain name (it names runs/<name>/)")

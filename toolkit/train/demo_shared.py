@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
 import time
 
@@ -185,10 +186,10 @@ def next_steps(showcase_run: str, sample_image) -> str:
     demo trains `showcase_run` (a transfer run) last, so that is the one."""
     image = sample_image or "PHOTO.jpg"
     return "\n".join([
-        "", "next, with the newest run (a transfer run; or name one, e.g. toolkit export " + showcase_run + "):",
+        "", "next, with the newest run (a transfer run; or name one, e.g. toolkit export " + shlex.quote(showcase_run) + "):",
         "  toolkit export                 # a verified ONNX file in exports/, labels and preprocessing inside",
         "  toolkit export --int8          # ... plus an INT8 twin, checked against an accuracy budget",
-        f"  toolkit predict {image}",
+        f"  toolkit predict {shlex.quote(str(image))}",
         "  toolkit serve-local            # the newest export over HTTP, with a page at http://127.0.0.1:8000",
         "  toolkit benchmark              # its throughput and latency on this machine",
     ])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -305,7 +306,7 @@ class _Session:
 
     def resume_command(self) -> str:
         """What a stopped run prints to continue it (the same number of processes under DDP)."""
-        return f"toolkit train {os.path.join(self.recipe.run_dir, 'recipe.yaml')} --resume" + (
+        return f"toolkit train {shlex.quote(os.path.join(self.recipe.run_dir, 'recipe.yaml'))} --resume" + (
             f" --nproc {self.ctx.world}" if self.ctx.active else "")
 
     def train_epoch(self, stop: StopRequest) -> tuple[set, list, float, bool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 
@@ -157,5 +158,5 @@ def write_summary(recipe, dataset, device, state, started: float, quiet: bool, w
         print(f"  run folder  {recipe.run_dir}/  (recipe.yaml, metrics.jsonl, param_groups.txt, curves.png, "
               f"confusion.png)")
         print(f"  checkpoint  {best_path}")
-        print(f"  next        toolkit export {recipe.run_dir}")
+        print(f"  next        toolkit export {shlex.quote(recipe.run_dir)}")   # pastes as it reads
     return summary

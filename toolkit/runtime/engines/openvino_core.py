@@ -16,12 +16,13 @@ _core = None   # the process-wide openvino.Core: created once, never released (s
 _core_lock = threading.Lock()
 
 
-def import_openvino():
+def import_openvino(instead: str = "use the default engine onnxruntime"):
+    """The openvino module, or a UserError naming the extra; `instead`: what else the user can do."""
     try:
         import openvino
     except ImportError as exc:
         raise UserError(f"engine openvino: the openvino package is not installed ({exc}); {INSTALL_HINT}, "
-                        "or use the default engine onnxruntime") from None
+                        f"or {instead}") from None
     return openvino
 
 
@@ -47,7 +48,8 @@ def capabilities(device: str = "CPU") -> list[str]:
 
 
 def require_bf16(device: str, where: str, fix: str) -> None:
-    """A UserError when OpenVINO's `device` can't compute in bf16 here."""
+    """A UserError when OpenVINO's `device` can't compute in bf16 here (or OpenVINO is missing)."""
+    import_openvino(instead=fix)   # export --bf16-check has no --engine to switch: its own way out
     caps = capabilities(device)
     if "BF16" not in caps:
         raise UserError(f"{where}: OpenVINO's {device} has no BF16 support on this machine (it offers "

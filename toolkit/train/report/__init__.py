@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -125,4 +126,4 @@ def write_after_training(run_dir: str, say=print, dataset=None) -> None:
     except Exception as exc:  # noqa: BLE001 - the run is saved; the report is a convenience on top
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         print(f"warning: the run report was not written ({type(exc).__name__}: {first}); "
-              f"try: toolkit report {run_dir}", file=sys.stderr)
+              f"try: toolkit report {shlex.quote(run_dir)}", file=sys.stderr)
