@@ -111,6 +111,17 @@ def newest_export(exports_dir: str = "exports") -> str:
     return max(files, key=files.get)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True   # it exists, under another user
+    return True
+
+
 def from_here(path: str) -> str:
     """`path` quoted, with the folder a relative one was looked for in: a run's recipe names its data
     relative to the folder it was trained in, so a command run elsewhere should say where it looked."""

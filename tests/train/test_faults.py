@@ -3,6 +3,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -312,3 +314,28 @@ def test_resume_refuses_what_would_change_the_model_and_says_what_it_ignores(one
                     "resume: ignored train.lr=0.5; the run keeps 0.01 (a resume continues the run as it was started)"]
     saved = load_checkpoint(str(last))
     assert saved["epoch"] == 3 and saved["recipe"]["train"]["lr"] == 0.01 and saved["recipe"]["seed"] == 0
+
+
+def test_a_run_another_training_is_writing_is_refused(tmp_path, image_folder):
+    """Two `toolkit train` of one run name at once both succeeded, their metrics and checkpoints mixed."""
+    from toolkit.train.run_dir import LOCK, make_run_dir, release_run_dir
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run = tmp_path / "runs" / "tiny"
+        run.mkdir(parents=True)
+        (run / LOCK).write_text(str(other.pid))   # as the other training's claim reads
+        raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 1})
+        for overwrite in (False, True):
+            with pytest.raises(UserError, match=rf"another toolkit train \(process {other.pid}\) is training this run"):
+                train(recipe_mod.from_dict(raw), overwrite=overwrite, quiet=True)
+        assert (run / LOCK).read_text() == str(other.pid) and os.listdir(run) == [LOCK]   # nothing written
+    finally:
+        other.kill()
+        other.wait()
+    train(recipe_mod.from_dict(raw), quiet=True)   # its process ended: the claim is stale, the run trains
+    assert not (run / LOCK).exists() and (run / "summary.json").is_file()   # released at the end
+    make_run_dir(str(run), overwrite=False)
+    assert (run / LOCK).read_text() == str(os.getpid())
+    release_run_dir(str(run))
+    assert not (run / LOCK).exists()

@@ -17,7 +17,7 @@ import time
 from typing import Optional
 
 from toolkit import contract
-from toolkit.artifacts import TWINS, atomic_write, twin_path, write_failure
+from toolkit.artifacts import TWINS, atomic_write, process_alive, twin_path, write_failure
 from toolkit.errors import UserError, first_line
 
 # A temp file or folder whose owner is gone is removed once it is this old (the age guards against an
@@ -140,15 +140,7 @@ def _owner_gone(name: str) -> Optional[bool]:
     if match is None:
         return None
     pid = int(match.group(1))
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # it exists, under another user
-    return False
+    return pid != os.getpid() and not process_alive(pid)
 
 
 # The work folders each export format makes beside its output (quantization, the web site, the .tflite

@@ -38,8 +38,8 @@ from toolkit.train.distributed import IGNORE, Dist, is_collective_failure, launc
 from toolkit.train.evaluate import collect_logits
 from toolkit.train.plots import save_plots
 from toolkit.train.report import write_after_training
-from toolkit.train.run_dir import (append_metrics, checkpoint_paths, make_run_dir, prepare_run_dir, write_distill,
-                                   write_run_files, write_summary)
+from toolkit.train.run_dir import (append_metrics, checkpoint_paths, make_run_dir, prepare_run_dir, release_run_dir,
+                                   write_distill, write_run_files, write_summary)
 from toolkit.train.sampling import EpochBatches, ReplayedBatches, SeededAugmentation, run_loader
 from toolkit.train.schedule import LrSchedule
 from toolkit.train.state import RunState, rng_state, seed_everything, set_rng_state
@@ -94,6 +94,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_af
         # except a broken NCCL group, whose teardown can block on the peer that is gone.
         if not (broken and ctx.backend == "nccl"):
             ctx.leave()
+        if ctx.is_main:
+            release_run_dir(recipe.run_dir)
 
 
 def _train(recipe: Recipe, ctx: Dist, device: torch.device, opts: TrainOptions) -> dict:

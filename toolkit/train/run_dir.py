@@ -2,6 +2,7 @@
 summary.json at the end. Rank 0 alone touches it."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -9,7 +10,7 @@ import shutil
 import time
 
 from toolkit import recipe as recipe_mod
-from toolkit.artifacts import atomic_write, from_here, write_failure
+from toolkit.artifacts import atomic_write, from_here, process_alive, write_failure
 from toolkit.errors import UserError
 from toolkit.train import model as model_mod
 from toolkit.train.checkpoint import load_checkpoint
@@ -50,20 +51,64 @@ def _is_run_or_empty(run_dir: str) -> bool:
     if not os.path.isdir(run_dir):
         return not os.path.lexists(run_dir)
     names = os.listdir(run_dir)
-    return not names or "recipe.yaml" in names or "checkpoints" in names
+    return not names or bool({"recipe.yaml", "checkpoints", LOCK} & set(names))
 
 
 def make_run_dir(run_dir: str, overwrite: bool) -> None:
     """Make the run folder after every check that can still fail before training (the data scan, the model
     and its weights): a bad image leaves no empty run folder behind, and with --overwrite the old run as
-    it was (it is removed here, not before)."""
+    it was (it is removed here, not before). The folder is claimed for this process (release_run_dir)."""
+    _refuse_if_claimed(run_dir)   # before --overwrite removes anything another training still writes
     try:
         if overwrite and os.path.exists(checkpoint_paths(run_dir)[0]):
             shutil.rmtree(run_dir)
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        _claim(run_dir)
     except OSError as exc:
         raise UserError(f"{exc.filename or run_dir}: could not make the run folder ({exc.strerror}); expected a "
                         "writable out_dir (set out_dir=<folder>)") from None
+
+
+# The process training a run: two `toolkit train` of one run at once mixed their metrics and checkpoints.
+LOCK = ".training.pid"
+
+
+def _claimant(run_dir: str) -> int | None:
+    try:
+        with open(os.path.join(run_dir, LOCK)) as fh:
+            return int(fh.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def _refuse_if_claimed(run_dir: str) -> None:
+    """A UserError when another live process trains this run; a claim left by one that ended is removed."""
+    pid = _claimant(run_dir)
+    if pid is None:
+        return
+    if pid != os.getpid() and process_alive(pid):
+        raise UserError(f"{run_dir}: another toolkit train (process {pid}) is training this run now; expected it "
+                        "to end first, or another run name (name=<new>)")
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(run_dir, LOCK))
+
+
+def _claim(run_dir: str) -> None:
+    """Write this process's id in the run folder, only if no other process did since the check."""
+    try:
+        fd = os.open(os.path.join(run_dir, LOCK), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:   # claimed between the check and here: theirs when they still run
+        _refuse_if_claimed(run_dir)
+        fd = os.open(os.path.join(run_dir, LOCK), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(os.getpid()))
+
+
+def release_run_dir(run_dir: str) -> None:
+    """Drop this process's claim on the run folder (at the end of training, however it ends)."""
+    if _claimant(run_dir) == os.getpid():
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(run_dir, LOCK))
 
 
 DATA_HEALTH = "data_health.json"  # the pre-flight scan's data health (toolkit.datasets.health), in the run folder
