@@ -49,6 +49,8 @@ def _refused(argv, capsys) -> str:
     (["benchmark", "m.onnx", "--threads=2.5"], "--threads '2.5': expected a whole number"),
     (["predict", "m.onnx", "a.jpg", "--threshold", "1e999"], "--threshold '1e999': expected a finite number"),
     (["serve-local", "m.onnx", "--max-wait-ms", "nan"], "--max-wait-ms 'nan': expected a finite number"),
+    # `--` hands what follows to fire: a path there was lost ("no images given") or met fire's own parser
+    (["predict", "--", "m.onnx", "a.jpg"], "'m.onnx' after --: only fire's own flags follow a bare --"),
 ])
 def test_unknown_flags_and_commands_stop_before_the_command_runs(argv, expected, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # nothing here to run on: any run would fail differently
@@ -319,3 +321,10 @@ def test_a_terminated_export_removes_its_temp_files(tmp_path, monkeypatch, capsy
         cli.main(["export", "runs/x"])
     assert info.value.code == 128 + signal.SIGTERM and "terminated" in capsys.readouterr().err
     assert os.listdir(tmp_path) == [] and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_file_named_like_a_flag_says_how_to_write_it(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-dash.onnx").write_bytes(b"x")
+    assert "-dash.onnx: read as an option; a file whose name starts with a dash is written ./-dash.onnx" in \
+        _refused(["predict", "-dash.onnx", "a.jpg"], capsys)

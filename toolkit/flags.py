@@ -171,6 +171,10 @@ def check(commands: dict, argv: list[str], program: str = "toolkit") -> None:
         hint = f"did you mean '{near[0]}'? " if near else ""
         raise UserError(f"{argv[0]!r}: no such command; {hint}expected one of {', '.join(commands)}")
     names, switches = flag_names(commands[argv[0]])
+    after = argv[argv.index("--") + 1:] if "--" in argv else []
+    if words := [a for a in after if not a.startswith("-")]:   # not `--` as other programs read it
+        raise UserError(f"{words[0]!r} after --: only fire's own flags follow a bare -- (--trace, --verbose); "
+                        "expected it before the --, and a file whose name starts with a dash written as ./-name")
     for arg in argv[1:argv.index("--") if "--" in argv else None]:  # fire's own flags follow a bare --
         flag = arg.partition("=")[0]
         key = flag.lstrip("-").replace("-", "_")
@@ -183,6 +187,8 @@ def check(commands: dict, argv: list[str], program: str = "toolkit") -> None:
             if starts:
                 spelled = ", ".join("--" + n.replace("_", "-") for n in starts)
                 raise UserError(f"{flag}: ambiguous for {argv[0]} ({spelled}); write the option out")
+        if os.path.exists(arg):   # a file whose name starts with a dash reads as a flag
+            raise UserError(f"{arg}: read as an option; a file whose name starts with a dash is written ./{arg}")
         near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
         hint = f"did you mean --{near[0].replace('_', '-')}? " if near else ""
         raise UserError(f"{flag}: {argv[0]} has no such option; {hint}`{program} {argv[0]} --help` lists them")
