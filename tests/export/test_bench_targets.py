@@ -72,6 +72,20 @@ def test_target_paths_are_checked_before_any_work(tmp_path):
         cli.benchmark(model, model, web=site, quiet=True)
 
 
+def test_targets_of_another_checkpoint_are_refused(tmp_path):
+    """`benchmark A.onnx --tflite <B's .tflite>` printed B's LiteRT rows beside A, with A's FLOPs and x base."""
+    import json
+
+    model, site, tflite = _targets(tmp_path)   # the site's model.onnx: checkpoint 000...
+    other = write_tiny_model(tmp_path / "other.onnx", meta={"checkpoint_sha256": "1" * 64})
+    (tmp_path / "tiny.tflite.json").write_text(json.dumps({"checkpoint_sha256": "1" * 64}))
+    with pytest.raises(UserError) as info:
+        with target_backends(TargetOptions(web=site, tflite=tflite)) as loader:
+            bench.run_benchmark(other, out_dir=str(tmp_path / "o"), torch_backends=loader, **FAST)
+    assert str(info.value) == (f"--web {site}: exported from another checkpoint than the model benchmarked; expected "
+                               "the web folder and .tflite file exported from the same run as MODEL")
+
+
 def test_the_targets_load_without_torch():
     """The CLI reads TargetOptions for benchmark's flags on the edge install: no torch behind them."""
     code = ("import sys, toolkit.export.bench_targets; print(sorted(m for m in ('torch', 'torchvision', 'playwright', "

@@ -158,3 +158,13 @@ def test_out_may_name_the_tflite_file(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="planned"):
         tflite_pipeline.export_tflite("runs/x", out=str(tmp_path / "m.tflite"), mediapipe="skip")
     assert seen["out"] == str(tmp_path / "m.onnx") and tflite.tflite_path(seen["out"]) == str(tmp_path / "m.tflite")
+
+
+def test_an_int8_tflite_of_another_checkpoint_is_found_stale(tmp_path):
+    """Exporting another run to the same .tflite without --int8 left the old model's .int8.tflite beside it."""
+    path = str(tmp_path / "m.tflite")
+    (tmp_path / "m.int8.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite.json").write_text(json.dumps({"checkpoint_sha256": "a" * 64}))
+    assert tflite_pipeline._stale_int8(path, {"fp32": path}, "b" * 64) == str(tmp_path / "m.int8.tflite")
+    assert tflite_pipeline._stale_int8(path, {"fp32": path}, "a" * 64) is None   # the same checkpoint's twin
+    assert tflite_pipeline._stale_int8(path, {"fp32": path, "int8": "x"}, "b" * 64) is None   # replaced anyway

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from typing import Optional
 
+from toolkit import contract
 from toolkit.errors import UserError
 from toolkit.export.tflite_bench import tflite_rows
 from toolkit.export.web_bench import web_rows
@@ -54,6 +56,23 @@ def check_targets(targets: TargetOptions) -> None:
         raise UserError("\n".join(problems))
 
 
+def _check_same_checkpoint(targets: TargetOptions, sha: Optional[str]) -> None:
+    """The web folder and the .tflite must be exports of the model benchmarked: another model's rows were
+    printed beside it, with its FLOPs and its `x base`, without a word."""
+    found = {}
+    if targets.web is not None:
+        with contextlib.suppress(Exception):
+            found[f"--web {targets.web}"] = contract.raw_props(os.path.join(str(targets.web), "model.onnx")).get(
+                "checkpoint_sha256")
+    if targets.tflite is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError), open(f"{targets.tflite}.json") as fh:
+            found[f"--tflite {targets.tflite}"] = json.load(fh).get("checkpoint_sha256")
+    other = [name for name, theirs in found.items() if sha and theirs and theirs != sha]
+    if other:
+        raise UserError("; ".join(other) + ": exported from another checkpoint than the model benchmarked; "
+                        "expected the web folder and .tflite file exported from the same run as MODEL")
+
+
 @contextlib.contextmanager
 def target_backends(targets: TargetOptions, then: Optional[BackendLoader] = None):
     """The BackendLoader for run_benchmark: `then`'s backends (PyTorch's, when given), then the browser and
@@ -69,6 +88,7 @@ def target_backends(targets: TargetOptions, then: Optional[BackendLoader] = None
             if "cpu" not in devices:
                 extra.notes.append("no onnxruntime-web or LiteRT rows: they run on the CPU (add cpu to --device)")
                 return extra
+            _check_same_checkpoint(targets, info["metadata"].get("checkpoint_sha256"))
             precisions = [p.lower() for p in parse_list(options.precision or "fp32", str, "precision")]
             flops, rows = info["flops"]["flops"], []
             if targets.web is not None:

@@ -66,14 +66,33 @@ def export_tflite(run=None, tflite=None, **fields) -> dict:
         job.timings["convert_s"] = _convert(job, wrapper, staged["fp32"])
         n_calib = _convert_int8(job, wrapper, data, staged["int8"]) if options.int8 else 0
         checks, data_info = _verify(job, staged, data, why, tflite, n_calib)
+        stale = _stale_int8(path, paths, job.sha)   # read from the report the new one replaces
         for kind, tmp in staged.items():
             os.replace(tmp, paths[kind])
     report = _report(job, paths, checks, data_info, time.perf_counter() - t_start)
     atomic_write(path + ".json", _json(report))
+    if stale:
+        os.unlink(stale)
+        say(f"removed {stale}: it came from another checkpoint")
     for kind, final in paths.items():
         say(f"wrote {final} ({os.path.getsize(final) / 1e6:.1f} MB)")
     say(f"in {report['timings']['total_s']:.1f} s; report: {path}.json")
     return report
+
+
+def _stale_int8(path: str, paths: dict, sha: str) -> str | None:
+    """An INT8 .tflite beside the file from an export of another checkpoint (its report says which): left
+    there, it sat beside a new FP32 file of another model, and benchmark --tflite timed the two as one."""
+    int8 = path[:-len(".tflite")] + ".int8.tflite"
+    if "int8" in paths or not os.path.isfile(int8):
+        return None
+    try:
+        with open(path + ".json") as fh:
+            previous = json.load(fh)
+    except (OSError, ValueError):
+        previous = {}
+    same = isinstance(previous, dict) and previous.get("checkpoint_sha256") == sha
+    return None if same else int8
 
 
 class ChannelLast(torch.nn.Module):
