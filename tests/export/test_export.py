@@ -565,3 +565,9 @@ def test_a_long_output_name_gets_temp_files_the_file_system_takes(tmp_path):
         tmp = staging.new("fp32")
         assert os.path.isfile(tmp) and len(os.path.basename(tmp)) < 200
     assert os.listdir(tmp_path) == []
+
+
+def test_stale_temps_of_a_folder_not_made_yet_are_none():
+    from toolkit.export.staging import remove_stale_temps
+
+    assert remove_stale_temps("/nonexistent/exports/triton-parent", print) == []

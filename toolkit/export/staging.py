@@ -165,8 +165,8 @@ def remove_stale_temps(folder: str, say) -> list:
     """Remove the temp files and work folders (.tmp-*.onnx, WORK_DIR_PREFIXES) that an export killed
     with -9 left in `folder`: those whose owner process has ended and that are older than STALE_AFTER_S
     (without an owner in the name: UNOWNED_STALE_AFTER_S). Returns what was removed."""
-    removed, now = [], time.time()
-    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+    removed, stale, now = [], [], time.time()
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:   # a folder not made yet: nothing
         stale = [e for e in entries if e.name.startswith(".tmp-") and _is_stale(e, now)]
     for entry in stale:
         try:
