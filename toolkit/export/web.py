@@ -159,6 +159,7 @@ def export_web(run=None, web: Optional[WebOptions] = None, **fields) -> dict:
     ort_dir = vendor_ort(str(web.ort_web_version))
     why_not = browser_missing(str(web.chromium))
     remove_stale_temps(parent, (lambda _line: None) if options.quiet else print)  # left by a killed export
+    os.makedirs(parent, exist_ok=True)
     site = tempfile.mkdtemp(prefix=f".tmp-web-pid{os.getpid()}-", dir=parent)
     try:
         write_page(site, ort_dir)
