@@ -64,6 +64,11 @@ def test_litert_chatter_is_held_back_unless_the_conversion_fails(capfd):
             raise RuntimeError("lowering failed")
     out, err = capfd.readouterr()
     assert out == "" and "[START] the cause" in err and "flatbuffer_export.cc] the cause" in err
+    with pytest.raises(KeyboardInterrupt):   # Ctrl-C: 20 lines of converter chatter came before "interrupted"
+        with tflite.quiet_litert():
+            chatter("stopped")
+            raise KeyboardInterrupt
+    assert capfd.readouterr() == ("", "")
 
 
 @pytest.mark.parametrize("fmt, given, message", [

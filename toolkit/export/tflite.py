@@ -61,14 +61,15 @@ def tflite_path(onnx_path: str) -> str:
 def quiet_litert():
     """litert-torch and LiteRT print pages of their own (progress bars, C++ log lines, an XNNPACK notice) on
     stdout and stderr; the user reads export's one line a step instead. When the block fails, the last of
-    what they printed goes to stderr before the error, since that is where the cause is."""
+    what they printed goes to stderr before the error, since that is where the cause is (not when the user
+    stopped it)."""
     from toolkit.runtime.session import captured_native_output
 
     captured: list = []
     try:
         with captured_native_output() as captured:
             yield
-    except BaseException:
+    except Exception:   # not Ctrl-C / SIGTERM: a stop the user asked for has no cause to show
         if captured and captured[0].strip():   # filled as the inner block ends, error or not
             sys.stderr.write(captured[0][-4000:].rstrip() + "\n")
         raise
