@@ -153,6 +153,8 @@ def write_failure(path: str, exc: OSError, then: str = "") -> UserError:
     reason = exc.strerror or type(exc).__name__
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         advice = "the disk is full (or over quota): free some space and run the command again"
+    elif exc.errno == errno.EFBIG:
+        advice = "the file is larger than the file system or a limit on this process allows (ulimit -f)"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         advice = "the folder is not writable: choose a writable place for it"
     else:

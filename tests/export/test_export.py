@@ -571,3 +571,19 @@ def test_stale_temps_of_a_folder_not_made_yet_are_none():
     from toolkit.export.staging import remove_stale_temps
 
     assert remove_stale_temps("/nonexistent/exports/triton-parent", print) == []
+
+
+def test_a_file_size_limit_is_not_called_a_full_disk(tmp_path):
+    """Under `ulimit -f` (or FAT32's 4 GB) export said the disk was full, with 39 GB free."""
+    import errno
+
+    from toolkit.export.staging import writing
+
+    with pytest.raises(UserError) as info:
+        with writing(str(tmp_path / "m.onnx")):
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    text = str(info.value)
+    assert "(File too large)" in text and "larger than the file system or a limit" in text and "full" not in text
+    with pytest.raises(UserError, match="the disk holding .* is full"):
+        with writing(str(tmp_path / "m.onnx")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -129,8 +129,12 @@ def writing(path: str):
             free = f", {shutil.disk_usage(folder).free / 1e6:.0f} MB free"
         except OSError:
             free = ""
-        then = (f"the disk holding {folder} is full{free}: free some space there (or {elsewhere}) and export "
-                "again; nothing was published")
+        if full.errno == errno.EFBIG:   # a file-size limit (ulimit -f, FAT32's 4 GB), not a full disk
+            then = (f"the file is larger than the file system or a limit on this process lets it be (ulimit -f): "
+                    f"{elsewhere} and export again; nothing was published")
+        else:
+            then = (f"the disk holding {folder} is full{free}: free some space there (or {elsewhere}) and export "
+                    "again; nothing was published")
         raise write_failure(path, full, then) from None
 
 
