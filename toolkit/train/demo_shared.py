@@ -186,7 +186,7 @@ def next_steps(showcase_run: str, sample_image) -> str:
     demo trains `showcase_run` (a transfer run) last, so that is the one."""
     image = sample_image or "PHOTO.jpg"
     return "\n".join([
-        "", "next, with the newest run (a transfer run; or name one, e.g. toolkit export " + shlex.quote(showcase_run) + "):",
+        "", f"next, with the newest run (a transfer run; or name one, e.g. toolkit export {shlex.quote(showcase_run)}):",
         "  toolkit export                 # a verified ONNX file in exports/, labels and preprocessing inside",
         "  toolkit export --int8          # ... plus an INT8 twin, checked against an accuracy budget",
         f"  toolkit predict {shlex.quote(str(image))}",
