@@ -98,9 +98,20 @@ def _file_kind(path: Any) -> str:
     return "not a regular file"
 
 
-def _pil_image(img: Image.Image, name: str) -> Image.Image:
+def _pixel_count(n: int) -> str:
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n} pixels"   # not "a limit of 0.0"
+
+
+def _check_cap(name: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} is {_pixel_count(width * height)}, over the limit of "
+                         f"{_pixel_count(max_pixels)}", "too_large")
+
+
+def _pil_image(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
     """A PIL image given directly, loaded: a closed one or one without pixels is an ImageError. One that
-    Image.open left undecoded gets the JPEG marker checks first."""
+    Image.open left undecoded gets the pixel cap and the JPEG marker checks first, as a path does."""
+    _check_cap(name, img.width, img.height, max_pixels)
     if getattr(img, "fp", None) is not None and img.format in ("JPEG", "MPO"):
         _check_jpeg_markers(img.fp, name)
     try:
@@ -159,9 +170,7 @@ def _open_header(fp: Any, name: str, formats: tuple, max_pixels: int) -> Image.I
         raise ImageError(f"{name}: {img.format} images are not accepted, expected one of "
                          f"{', '.join(formats)}", "unsupported")
     width, height = img.size
-    if width * height > max_pixels:
-        raise ImageError(f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the "
-                         f"limit of {max_pixels / 1e6:.1f}", "too_large")
+    _check_cap(name, width, height, max_pixels)
     if width < 1 or height < 1:
         raise ImageError(f"{name}: image has no pixels", "corrupt")
     return img
@@ -173,7 +182,7 @@ def _over_pillow_cap(name: str, exc: Exception, max_pixels: int) -> str:
     found = re.search(r"\((\d+) pixels\)", str(exc))
     size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "too many pixels"
     if max_pixels < 2 * (Image.MAX_IMAGE_PIXELS or 0):
-        return f"{name}: {size}, over the limit of {max_pixels / 1e6:.1f}"
+        return f"{name}: {size}, over the limit of {_pixel_count(max_pixels)}"
     return (f"{name}: {size}, over Pillow's own limit of {2 * Image.MAX_IMAGE_PIXELS / 1e6:.1f} (PIL.Image."
             "MAX_IMAGE_PIXELS x 2), which applies before max_pixels")
 
@@ -190,8 +199,10 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
     """
     name, formats = _describe(source), tuple(formats)
     if isinstance(source, Image.Image):
-        return _rgb(_pil_image(source, name), name)
+        return _rgb(_pil_image(source, name, max_pixels), name)
     if isinstance(source, np.ndarray):
+        if source.ndim >= 2:
+            _check_cap(name, source.shape[1], source.shape[0], max_pixels)
         return _rgb(_from_array(source, name), name)
     img = _open_header(_file_object(source, name), name, formats, max_pixels)
     if img.format in ("JPEG", "MPO"):

@@ -79,3 +79,14 @@ def test_a_list_that_misses_the_gate_moves_on_to_the_next(tiny, monkeypatch):
         monkeypatch.setattr(twins, "_attempt", lambda *a: {**real(*a), "close": False})
         _export(root, run_dir, out=str(root / "never" / "x.onnx"))
     assert not (root / "never").exists() or not any((root / "never").iterdir())
+
+
+def test_export_run_reads_switches_and_names_a_misspelt_option():
+    """export_run(int8="false") wrote the INT8 twin (the string 'false' is true); a misspelt keyword was
+    Python's TypeError from ExportOptions.__init__."""
+    opts = check_options(ExportOptions(int8="false", fp16="no", int8_search="true"))
+    assert opts.int8 is False and opts.fp16 is False and opts.int8_search is True
+    with pytest.raises(UserError, match="--int8 'maybe': expected true or false"):
+        check_options(ExportOptions(int8="maybe"))
+    with pytest.raises(UserError, match="export: no option 'int8_budjet'; did you mean 'int8_budget'"):
+        ExportOptions.of("runs/x", int8_budjet=2)

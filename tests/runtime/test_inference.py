@@ -477,3 +477,36 @@ def test_predict_into_a_closed_pipe_ends_quietly(models, folder):
     proc.stdout.close()   # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err
+
+
+def test_embedders_bad_arguments_are_one_clear_error(tmp_path):
+    """Found embedding the Predictor from Python: uint8 pixels given to a float model ran (confident wrong
+    answers); allow_fallback='false' fell back; a list's bad item was numbered within its batch; a numpy
+    float32 threshold was refused; 1-D logits, warmup(-1) and an empty batch were raw numpy/engine errors;
+    max_pixels did not apply to PIL images; a small limit read "over the limit of 0.0"."""
+    model = write_tiny_model(tmp_path / "m.onnx", crop=32)
+    p = Predictor(model, batch_size=4)
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    pixels = np.stack([p.preprocess.pixels(image).transpose(2, 0, 1)] * 2)   # uint8 NCHW, not normalised
+    with pytest.raises(UserError, match="batch dtype uint8; this model expects float pixels normalised"):
+        p.predict_batch(pixels)
+    with pytest.raises(UserError, match="allow_fallback: 'false'; expected True or False"):
+        Predictor(model, allow_fallback="false")
+    bad = np.zeros((8, 8, 2), np.uint8)
+    with pytest.raises(ImageError, match=r"^images\[8\]: "):   # the 9th item, in the third batch of 4
+        p.predict([image] * 8 + [bad])
+    with pytest.raises(ImageError, match=r"^images\[40\]: "):
+        Predictor(model).predict([image] * 40 + [bad])
+    with pytest.raises(UserError, match="has no 'ood' metadata"):   # a number, read as one ("expected a number")
+        p.check_rejection(np.float32(1.8))
+    with pytest.raises(UserError, match=r"logits of shape \(3,\); expected \(N, 3\)"):
+        p.accept(p.logits(p.prepare(image))[0])
+    with pytest.raises(UserError, match="batch_size: -1; expected a positive whole number"):
+        p.warmup(-1)
+    assert p.logits(p.prepare([])).shape == (0, 3) and p.predict_batch(p.prepare([])) == []
+    lazy = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(lazy)
+    with pytest.raises(ImageError, match=r"40x40 is 1600 pixels, over the limit of 100 pixels"):
+        Predictor(model, max_pixels=100).predict(Image.open(lazy))
+    with pytest.raises(ImageError, match="over the limit of 100 pixels"):
+        Predictor(model, max_pixels=100).predict(image)

@@ -339,3 +339,9 @@ def test_a_run_another_training_is_writing_is_refused(tmp_path, image_folder):
     assert (run / LOCK).read_text() == str(os.getpid())
     release_run_dir(str(run))
     assert not (run / LOCK).exists()
+
+
+def test_train_given_a_path_says_what_it_takes():
+    """train('recipes/x.yaml') was AttributeError: 'str' object has no attribute 'train'."""
+    with pytest.raises(UserError, match=r"train: a str; expected a Recipe: toolkit.recipe.load\(PATH\)"):
+        train("recipes/digits-source.yaml")

@@ -5,6 +5,7 @@ The CLI's `toolkit export` flags map one to one onto ExportOptions fields (see d
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass
 from numbers import Integral
@@ -51,6 +52,12 @@ class ExportOptions:
     @classmethod
     def of(cls, run=None, **fields) -> "ExportOptions":
         """ExportOptions from export_run's arguments: an ExportOptions (fields override it) or the run."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in fields:   # a misspelt keyword was Python's TypeError from __init__
+            if key not in names:
+                near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+                raise UserError(f"export: no option {key!r}" + (f"; did you mean {near[0]!r}?" if near else
+                                                                 "; expected one of ExportOptions' fields"))
         if isinstance(run, cls):
             return dataclasses.replace(run, **fields)
         return cls(run=run, **fields)
@@ -60,6 +67,9 @@ def check_options(options: ExportOptions) -> ExportOptions:
     """The options with keep_fp32 as a list and int8_budget as a float; a UserError for a bad one.
 
     Only what needs no checkpoint; the opset and the output path are checked once the run is known."""
+    # every switch read as the word it may be: export_run(int8="false") wrote the INT8 twin ('false' is true)
+    options = dataclasses.replace(options, **{f.name: parse_bool(getattr(options, f.name), "--" + f.name.replace(
+        "_", "-")) for f in dataclasses.fields(options) if isinstance(f.default, bool)})
     if options.calib_method is not None and options.calib_method not in CALIB_METHODS:
         raise UserError(f"--calib-method {options.calib_method!r}: expected one of {', '.join(CALIB_METHODS)}")
     for key, value in (("--calib-images", options.calib_images), ("--parity-images", options.parity_images)):
@@ -88,7 +98,7 @@ def check_options(options: ExportOptions) -> ExportOptions:
                             "twin must take the FP32 file's accept/reject decision", MIN_AGREEMENT)
     return dataclasses.replace(options, int8_budget=budget, accept_rate=check_accept_rate(options.accept_rate),
                                min_agreement=agreement, keep_fp32=keep, per_channel=per_channel,
-                               fp16_keep_fp32=fp16_keep, int8_search=parse_bool(options.int8_search, "--int8-search"))
+                               fp16_keep_fp32=fp16_keep)
 
 
 def check_op_types(value, fp16: bool) -> list:

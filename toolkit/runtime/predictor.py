@@ -129,8 +129,11 @@ class Predictor:
         if os.path.isdir(self.path):
             raise UserError(f"{self.path}: is a folder; expected an ONNX model file (exports/<name>.onnx)")
         for name, value in (("batch_size", batch_size), ("max_pixels", max_pixels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise UserError(f"{name}: {value!r}; expected a positive whole number")
+        if not isinstance(allow_fallback, (bool, np.bool_)):   # the string 'false' is true
+            raise UserError(f"allow_fallback: {allow_fallback!r}; expected True or False")
+        batch_size, max_pixels = int(batch_size), int(max_pixels)
         self.options = _engine_options(options, device=device, threads=threads, precision=precision,
                                        allow_fallback=allow_fallback)
         self.device, self.threads = self.options.device, self.options.threads
@@ -248,6 +251,11 @@ class Predictor:
         """An image or a list of images -> the model's input batch (float32 NCHW normalised, or uint8
         NHWC for raw-input models)."""
         items = [images] if is_single(images) else list(images)
+        return self._prepare(items, 0, numbered=len(items) > 1)
+
+    def _prepare(self, items: list, first: int, numbered: bool) -> np.ndarray:
+        """items[...] -> their batch; an unusable one is named images[first + i] (its place in the caller's
+        list) when `numbered`, unless it is a path, which names itself."""
         if not items:
             c = self.preprocess.crop
             return np.zeros((0, c, c, 3) if self.raw else (0, 3, c, c), np.uint8 if self.raw else np.float32)
@@ -256,8 +264,8 @@ class Predictor:
             try:
                 out.append(self.prepare_one(item))
             except ImageError as exc:
-                if len(items) > 1 and not isinstance(item, (str, os.PathLike)):
-                    raise ImageError(f"images[{i}]: {exc}", exc.kind) from None
+                if numbered and not isinstance(item, (str, os.PathLike)):
+                    raise ImageError(f"images[{first + i}]: {exc}", exc.kind) from None
                 raise
         return np.stack(out)
 
@@ -268,16 +276,22 @@ class Predictor:
         if batch.dtype != self._input_dtype:
             if self.raw and batch.dtype != np.uint8:
                 raise UserError(f"batch dtype {batch.dtype}; this raw-input model expects uint8 pixels")
+            if not self.raw and batch.dtype.kind != "f":   # uint8 pixels cast to float ran, answering wrong
+                raise UserError(f"batch dtype {batch.dtype}; this model expects float pixels normalised by its "
+                                "preprocessing (Predictor.prepare makes them)")
             batch = batch.astype(self._input_dtype)
+        if len(batch) == 0:   # OpenVINO refuses a batch of none; every engine's answer is no rows
+            return np.zeros((0, len(self.labels)), np.float32), (np.zeros((0, len(self.labels)), np.float32)
+                                                                 if self._probs_name else None)
         names = [self._logits_name] + ([self._probs_name] if self._probs_name else [])
         logits_parts, prob_parts = [], []
-        for start in range(0, max(len(batch), 1), self.batch_size):
+        for start in range(0, len(batch), self.batch_size):
             chunk = np.ascontiguousarray(batch[start:start + self.batch_size])
             res = self.session.run({self.input_name: chunk}, names)
             logits_parts.append(np.asarray(res[0], dtype=np.float32))
             if self._probs_name:
                 prob_parts.append(np.asarray(res[1], dtype=np.float32))
-        logits = np.concatenate(logits_parts) if logits_parts else np.zeros((0, len(self.labels)), np.float32)
+        logits = np.concatenate(logits_parts)
         probs = np.concatenate(prob_parts) if prob_parts else None
         return logits, probs
 
@@ -300,6 +314,10 @@ class Predictor:
         """(accepted per row, OOD score per row or None, the threshold applied or None) for logits (N, classes).
         threshold: overrides the file's for this call; reject=False accepts everything (scores still computed)."""
         self.check_rejection(threshold, reject)
+        logits = np.asarray(logits)
+        if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+            raise UserError(f"logits of shape {logits.shape}; expected (N, {len(self.labels)}): one row per image, "
+                            "as Predictor.logits returns")
         if not self.ood:
             return np.ones(len(logits), bool), None, None
         scores = calibration.ood_score(logits, self.temperature or 1.0, self.ood["score"])
@@ -309,7 +327,8 @@ class Predictor:
 
     def check_rejection(self, threshold: float | None = None, reject: bool = True) -> None:
         """A per-call threshold and switch this file can take, or one UserError (before any work)."""
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+        if threshold is not None and (isinstance(threshold, (bool, np.bool_))
+                                      or not isinstance(threshold, (int, float, np.integer, np.floating))
                                       or np.isnan(threshold)):
             raise UserError(f"threshold: {threshold!r}; expected a number (an OOD score, see docs/inference.md)")
         if not isinstance(reject, (bool, np.bool_)):   # the string 'false' is true
@@ -350,8 +369,8 @@ class Predictor:
             return self._predict_pooled(items, top_k, threshold, reject)
         results: list[Prediction] = []
         for start in range(0, len(items), self.batch_size):
-            results.extend(self.predict_batch(self.prepare(items[start:start + self.batch_size]), top_k,
-                                              threshold, reject))
+            batch = self._prepare(items[start:start + self.batch_size], start, numbered=len(items) > 1)
+            results.extend(self.predict_batch(batch, top_k, threshold, reject))
         return results[0] if single else results
 
     def _predict_pooled(self, items: list, top_k: int, threshold: float | None, reject: bool) -> list:
@@ -373,6 +392,8 @@ class Predictor:
 
     def warmup(self, batch_size: int = 1) -> float:
         """Run one dummy batch (first-run allocations, CUDA kernel selection); returns the seconds taken."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise UserError(f"batch_size: {batch_size!r}; expected a positive whole number")
         c = self.preprocess.crop
         shape = (batch_size, c, c, 3) if self.raw else (batch_size, 3, c, c)
         t = time.perf_counter()

@@ -77,6 +77,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, stop_af
     epochs (a run that is never resumed: the ImageNet demo's, where those writes were 2% of a run).
 
     Under torchrun every process calls this; see the module docstring."""
+    if not isinstance(recipe, Recipe):   # a path or a dict was an AttributeError from deep inside
+        raise UserError(f"train: a {type(recipe).__name__}; expected a Recipe: toolkit.recipe.load(PATH) reads a "
+                        "recipe file, toolkit.recipe.from_dict(DICT) a mapping")
     opts = TrainOptions(resume, overwrite, stop_after_epochs, quiet, evaluate_test, report, scan, resumable)
     ctx = Dist.from_env()
     device = ctx.place(pick_device(recipe.train.device))
