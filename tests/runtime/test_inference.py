@@ -510,3 +510,25 @@ def test_embedders_bad_arguments_are_one_clear_error(tmp_path):
         Predictor(model, max_pixels=100).predict(Image.open(lazy))
     with pytest.raises(ImageError, match="over the limit of 100 pixels"):
         Predictor(model, max_pixels=100).predict(image)
+
+
+def test_engine_options_and_single_strings_are_read_as_meant(tmp_path):
+    """EngineOptions(openvino={...}) was an AttributeError when OpenVINO opened, a cache_dir that is a file a
+    FileExistsError; formats="PNG" and load(path, "train.epochs=1") were split into letters."""
+    from toolkit import recipe as recipe_mod
+    from toolkit.runtime.engines import EngineOptions, OpenVinoOptions
+
+    with pytest.raises(UserError, match=r"openvino: a dict; expected OpenVinoOptions\(hint="):
+        EngineOptions(openvino={"hint": "THROUGHPUT"})
+    with pytest.raises(UserError, match="allow_fallback: 'false'; expected True or False"):
+        EngineOptions(allow_fallback="false")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="cache_dir: .*a-file' is a file; expected a folder"):
+        OpenVinoOptions(cache_dir=str(tmp_path / "a-file"))
+    model = write_tiny_model(tmp_path / "m.onnx", crop=32)
+    png = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(png)
+    assert Predictor(model, formats="PNG").formats == ("PNG",) and Predictor(model, formats="PNG").predict(str(png))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {source: digits}\nmodel: {weights: none}\ntrain: {strategy: scratch}\n")
+    assert recipe_mod.load(str(recipe), "train.epochs=1").train.epochs == 1

@@ -200,7 +200,7 @@ def load(path: str, overrides: list[str] | tuple = ()) -> Recipe:
                         "(data:, model:, train: ...; docs/recipes.md)")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of recipe keys at the top level")
-    raw = apply_overrides(raw, list(overrides))
+    raw = apply_overrides(raw, [overrides] if isinstance(overrides, str) else list(overrides))  # one, not its letters
     return from_dict(raw, source=path)
 
 

@@ -133,13 +133,13 @@ class Predictor:
                 raise UserError(f"{name}: {value!r}; expected a positive whole number")
         if not isinstance(allow_fallback, (bool, np.bool_)):   # the string 'false' is true
             raise UserError(f"allow_fallback: {allow_fallback!r}; expected True or False")
-        batch_size, max_pixels = int(batch_size), int(max_pixels)
+        batch_size, max_pixels, allow_fallback = int(batch_size), int(max_pixels), bool(allow_fallback)
         self.options = _engine_options(options, device=device, threads=threads, precision=precision,
                                        allow_fallback=allow_fallback)
         self.device, self.threads = self.options.device, self.options.threads
         self.batch_size = batch_size
         self.max_pixels = max_pixels
-        self.formats = tuple(formats)
+        self.formats = (formats,) if isinstance(formats, str) else tuple(formats)   # "PNG", not P, N, G
         self._sha256: str | None = None
 
         self.engine = parse_engine(engine)

@@ -12,6 +12,7 @@ Standard library only.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Optional, Protocol, Sequence, runtime_checkable
@@ -107,6 +108,9 @@ class OpenVinoOptions:
     def __post_init__(self):
         object.__setattr__(self, "hint", parse_hint(self.hint))
         _check_count("streams", self.streams)
+        if self.cache_dir is not None and os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
+            raise UserError(f"cache_dir: {self.cache_dir!r} is a file; expected a folder for OpenVINO's compiled "
+                            "models (made if missing)")
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,11 @@ class EngineOptions:
 
     def __post_init__(self):
         _check_count("threads", self.threads)
+        if not isinstance(self.openvino, OpenVinoOptions):   # a dict was an AttributeError when OpenVINO opened
+            raise UserError(f"openvino: a {type(self.openvino).__name__}; expected OpenVinoOptions(hint=..., "
+                            "streams=..., cache_dir=...)")
+        if not isinstance(self.allow_fallback, bool):   # the string 'false' is true
+            raise UserError(f"allow_fallback: {self.allow_fallback!r}; expected True or False")
 
 
 @runtime_checkable
