@@ -364,3 +364,17 @@ def test_unusable_sources_are_one_image_error_each(tmp_path):
     for source, message in cases:
         with pytest.raises(ImageError, match=message):
             Preprocess().pixels(source)
+
+
+def test_a_lazily_opened_jpeg_decodes_as_its_path_does(tmp_path):
+    """Image.open(path) given to the transform decoded every pixel while the path itself was draft-decoded:
+    the model saw other pixels than the ones it was validated on."""
+    path = tmp_path / "big.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (768, 1024, 3), dtype=np.uint8)).save(path, quality=90)
+    pre = Preprocess(resize=256, crop=224)
+    from_path = pre.pixels(str(path))
+    assert np.array_equal(pre.pixels(Image.open(path)), from_path)
+    loaded = Image.open(path)
+    loaded.load()   # decoded in full already: draft cannot apply, the full pixels are used
+    assert pre.pixels(loaded).shape == from_path.shape

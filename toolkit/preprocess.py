@@ -108,12 +108,15 @@ def _check_cap(name: str, width: int, height: int, max_pixels: int) -> None:
                          f"{_pixel_count(max_pixels)}", "too_large")
 
 
-def _pil_image(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
+def _pil_image(img: Image.Image, name: str, max_pixels: int, min_side: int = 0) -> Image.Image:
     """A PIL image given directly, loaded: a closed one or one without pixels is an ImageError. One that
-    Image.open left undecoded gets the pixel cap and the JPEG marker checks first, as a path does."""
+    Image.open left undecoded gets the pixel cap, the JPEG marker checks and the draft scale first, as a
+    path does (so it decodes to the same pixels; draft is a no-op on an image already loaded)."""
     _check_cap(name, img.width, img.height, max_pixels)
     if getattr(img, "fp", None) is not None and img.format in ("JPEG", "MPO"):
         _check_jpeg_markers(img.fp, name)
+        if min_side > 0:
+            img.draft(img.mode, (min_side, min_side))
     try:
         img.load()
     except ValueError as exc:   # Pillow: "Operation on closed image"
@@ -199,7 +202,7 @@ def open_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
     """
     name, formats = _describe(source), tuple(formats)
     if isinstance(source, Image.Image):
-        return _rgb(_pil_image(source, name, max_pixels), name)
+        return _rgb(_pil_image(source, name, max_pixels, min_side), name)
     if isinstance(source, np.ndarray):
         if source.ndim >= 2:
             _check_cap(name, source.shape[1], source.shape[0], max_pixels)
