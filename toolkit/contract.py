@@ -122,7 +122,7 @@ def _number_list(values: Any, key: str, positive: bool) -> tuple:
 
 def _side(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PREPROCESS_SIDE:
-        raise UserError(f"preprocess.{key}: {str(value)[:40]}; expected a whole number of pixels from 1 to "
+        raise UserError(f"preprocess.{key}: {repr(value)[:40]}; expected a whole number of pixels from 1 to "
                         f"{MAX_PREPROCESS_SIDE}")
     return value
 
