@@ -176,14 +176,13 @@ COMMANDS = {"train": train, "evaluate": evaluate, "export": export, "predict": p
 def _help(argv: list[str]) -> str | None:
     """The help `toolkit`, `toolkit --help` or `toolkit COMMAND --help` (or -h) asks for; None otherwise.
     Written by toolkit/cli_help.py, not fire: fire's listed one-letter flags it then could not use."""
+    own = argv[1:argv.index("--") if "--" in argv else None]   # fire's own flags follow a bare --
+    if argv and argv[0] not in ("--help", "-h") and "--help" not in own and "-h" not in own:
+        return None
     from toolkit.cli_help import command_help, overview
 
-    if not argv or argv[0] in ("--help", "-h"):
-        return overview("toolkit", COMMANDS)
-    own = argv[1:argv.index("--") if "--" in argv else None]   # fire's own flags follow a bare --
-    if "--help" in own or "-h" in own:
-        return command_help("toolkit", argv[0], COMMANDS[argv[0]])
-    return None
+    return overview("toolkit", COMMANDS) if not argv or argv[0] in ("--help", "-h") else \
+        command_help("toolkit", argv[0], COMMANDS[argv[0]])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -161,9 +161,10 @@ def export_triton(run=None, triton=None, **fields) -> dict:
     if problem := artifacts.folder_problem(repo):
         raise UserError(f"--out {repo}: {problem}; expected a folder for the model repository")
     # The gated files are built outside the repository (Triton may be polling it), then moved in.
-    remove_stale_temps(os.path.dirname(os.path.abspath(repo)), say)  # what an export killed with -9 left
-    os.makedirs(os.path.dirname(os.path.abspath(repo)), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".tmp-triton-pid{os.getpid()}-", dir=os.path.dirname(os.path.abspath(repo)))
+    parent = os.path.dirname(os.path.abspath(repo))
+    remove_stale_temps(parent, say)  # what an export killed with -9 left
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".tmp-triton-pid{os.getpid()}-", dir=parent)
     try:
         report = export_run(options, out=staging + os.sep, list_files=False)
         written = _move_into_repo(report, repo, triton)

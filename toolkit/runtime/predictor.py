@@ -53,11 +53,11 @@ def _engine_options(options: EngineOptions | None, **keywords) -> EngineOptions:
     return options
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+def _positive_int(name: str, value: Any) -> int:
+    """A whole number >= 1 (numpy's too), or one UserError naming the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"{name}: {value!r}; expected a positive whole number")
+    return int(value)
 
 
 class Prediction(list):
@@ -128,12 +128,9 @@ class Predictor:
                             "(exports/<name>.onnx)")
         if os.path.isdir(self.path):
             raise UserError(f"{self.path}: is a folder; expected an ONNX model file (exports/<name>.onnx)")
-        for name, value in (("batch_size", batch_size), ("max_pixels", max_pixels)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise UserError(f"{name}: {value!r}; expected a positive whole number")
-        if not isinstance(allow_fallback, (bool, np.bool_)):   # the string 'false' is true
-            raise UserError(f"allow_fallback: {allow_fallback!r}; expected True or False")
-        batch_size, max_pixels, allow_fallback = int(batch_size), int(max_pixels), bool(allow_fallback)
+        batch_size, max_pixels = _positive_int("batch_size", batch_size), _positive_int("max_pixels", max_pixels)
+        if isinstance(allow_fallback, np.bool_):   # EngineOptions takes a bool (and refuses the string 'false')
+            allow_fallback = bool(allow_fallback)
         self.options = _engine_options(options, device=device, threads=threads, precision=precision,
                                        allow_fallback=allow_fallback)
         self.device, self.threads = self.options.device, self.options.threads
@@ -281,8 +278,8 @@ class Predictor:
                                 "preprocessing (Predictor.prepare makes them)")
             batch = batch.astype(self._input_dtype)
         if len(batch) == 0:   # OpenVINO refuses a batch of none; every engine's answer is no rows
-            return np.zeros((0, len(self.labels)), np.float32), (np.zeros((0, len(self.labels)), np.float32)
-                                                                 if self._probs_name else None)
+            none = np.zeros((0, len(self.labels)), np.float32)
+            return none, (none.copy() if self._probs_name else None)
         names = [self._logits_name] + ([self._probs_name] if self._probs_name else [])
         logits_parts, prob_parts = [], []
         for start in range(0, len(batch), self.batch_size):
@@ -305,9 +302,9 @@ class Predictor:
         return self._scores(*self._run(batch))
 
     def _scores(self, logits: np.ndarray, probs: np.ndarray | None) -> np.ndarray:
-        if self.temperature is not None:
-            return calibration.softmax(logits, self.temperature).astype(np.float32)
-        return probs if probs is not None else _softmax(logits)
+        if self.temperature is None and probs is not None:
+            return probs
+        return calibration.softmax(logits, self.temperature or 1.0).astype(np.float32)
 
     def accept(self, logits: np.ndarray, threshold: float | None = None,
                reject: bool = True) -> tuple[np.ndarray, np.ndarray | None, float | None]:
@@ -392,8 +389,7 @@ class Predictor:
 
     def warmup(self, batch_size: int = 1) -> float:
         """Run one dummy batch (first-run allocations, CUDA kernel selection); returns the seconds taken."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise UserError(f"batch_size: {batch_size!r}; expected a positive whole number")
+        batch_size = _positive_int("batch_size", batch_size)
         c = self.preprocess.crop
         shape = (batch_size, c, c, 3) if self.raw else (batch_size, 3, c, c)
         t = time.perf_counter()
@@ -401,6 +397,4 @@ class Predictor:
         return time.perf_counter() - t
 
     def _check_top_k(self, top_k: Any) -> int:
-        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-            raise UserError(f"top_k: {top_k!r}; expected a positive whole number")
-        return min(int(top_k), len(self.labels))
+        return min(_positive_int("top_k", top_k), len(self.labels))

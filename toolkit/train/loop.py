@@ -207,9 +207,9 @@ class _Session:
         self.distiller = None
         if t.teacher:
             load = lambda: distill.load_teacher(recipe, self.labels, device, self.step.autocast)  # noqa: E731
-            if ctx.active:   # rank 0 says what is wrong with the teacher, once; the other ranks stop quietly
-                ctx.on_main(lambda: load() and None)
-            teacher = load()
+            loaded: list = []   # rank 0 loads it first, so what is wrong with it is said once; then the others
+            ctx.on_main(lambda: loaded.append(load()))
+            teacher = loaded[0] if loaded else load()
             self.distiller = self.step.distill = distill.Distiller(teacher, t.distill_alpha, t.distill_temperature)
 
     def restore(self) -> None:

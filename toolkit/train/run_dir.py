@@ -73,9 +73,13 @@ def make_run_dir(run_dir: str, overwrite: bool) -> None:
 LOCK = ".training.pid"
 
 
+def _lock(run_dir: str) -> str:
+    return os.path.join(run_dir, LOCK)
+
+
 def _claimant(run_dir: str) -> int | None:
     try:
-        with open(os.path.join(run_dir, LOCK)) as fh:
+        with open(_lock(run_dir)) as fh:
             return int(fh.read().strip() or 0) or None
     except (OSError, ValueError):
         return None
@@ -90,16 +94,16 @@ def _refuse_if_claimed(run_dir: str) -> None:
         raise UserError(f"{run_dir}: another toolkit train (process {pid}) is training this run now; expected it "
                         "to end first, or another run name (name=<new>)")
     with contextlib.suppress(OSError):
-        os.unlink(os.path.join(run_dir, LOCK))
+        os.unlink(_lock(run_dir))
 
 
 def _claim(run_dir: str) -> None:
     """Write this process's id in the run folder, only if no other process did since the check."""
     try:
-        fd = os.open(os.path.join(run_dir, LOCK), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(_lock(run_dir), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:   # claimed between the check and here: theirs when they still run
         _refuse_if_claimed(run_dir)
-        fd = os.open(os.path.join(run_dir, LOCK), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(_lock(run_dir), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     with os.fdopen(fd, "w") as fh:
         fh.write(str(os.getpid()))
 
@@ -108,7 +112,7 @@ def release_run_dir(run_dir: str) -> None:
     """Drop this process's claim on the run folder (at the end of training, however it ends)."""
     if _claimant(run_dir) == os.getpid():
         with contextlib.suppress(OSError):
-            os.unlink(os.path.join(run_dir, LOCK))
+            os.unlink(_lock(run_dir))
 
 
 DATA_HEALTH = "data_health.json"  # the pre-flight scan's data health (toolkit.datasets.health), in the run folder
