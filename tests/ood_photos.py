@@ -6,6 +6,9 @@ cities and a few abstract renders) and scikit-learn's two sample photos:
     apt-get install mate-backgrounds ukui-wallpapers        # /usr/share/backgrounds
     python tests/ood_photos.py OUT_DIR                      # -> OUT_DIR/*.png
 
+`--skimage` writes the other folder docs/evaluate.md uses, SKIMAGE_DIR (the one `export --ood` picks
+the score on): scikit-image's bundled sample images (SKIMAGE_NAMES, 22), whole and as quarters.
+
 Each image is written whole and as its four quarters (so a model sees both scenes and close-ups), every
 one scaled to at most MAX_SIDE pixels on its longer side. A background shipped at several sizes
 (Elephants.jpg, Elephants_3840x2160.jpg, ...) is taken once. The Fashion-MNIST numbers in
@@ -22,6 +25,12 @@ from PIL import Image
 BACKGROUNDS = "/usr/share/backgrounds"
 MAX_SIDE = 512
 SIZE_SUFFIX = re.compile(r"_\d+x\d+$")  # Elephants_3840x2160: another size of Elephants
+
+
+# every sample image scikit-image ships in its wheel (no download), but `cat` (chelsea again)
+SKIMAGE_NAMES = ("astronaut", "brick", "camera", "cell", "checkerboard", "chelsea", "clock", "coffee", "coins",
+                 "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
+                 "microaneurysms", "moon", "page", "retina", "rocket", "text")
 
 
 def background_files(root: str = BACKGROUNDS) -> list:
@@ -49,6 +58,19 @@ def sources(root: str = BACKGROUNDS) -> list:
     return out
 
 
+def skimage_sources() -> list:
+    """(name, RGB image) of scikit-image's sample images (greyscale, boolean and RGBA ones made RGB)."""
+    import skimage.data
+
+    out = []
+    for name in SKIMAGE_NAMES:
+        pixels = np.asarray(getattr(skimage.data, name)())
+        if pixels.dtype == bool:
+            pixels = pixels.astype(np.uint8) * 255
+        out.append((f"skimage-{name}", Image.fromarray(pixels).convert("RGB")))
+    return out
+
+
 def pieces(img: Image.Image) -> list:
     """The image whole and its four quarters, each at most MAX_SIDE on its longer side."""
     w, h = img.size
@@ -61,9 +83,9 @@ def pieces(img: Image.Image) -> list:
     return out
 
 
-def write_folder(out_dir: str, root: str = BACKGROUNDS) -> int:
-    found = sources(root)
-    if len(found) <= 2:
+def write_folder(out_dir: str, root: str = BACKGROUNDS, use_skimage: bool = False) -> int:
+    found = skimage_sources() if use_skimage else sources(root)
+    if not use_skimage and len(found) <= 2:
         raise SystemExit(f"no backgrounds under {root}: apt-get install mate-backgrounds ukui-wallpapers")
     os.makedirs(out_dir, exist_ok=True)
     count = 0
@@ -78,8 +100,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--root", default=BACKGROUNDS, help="where the backgrounds are installed")
+    parser.add_argument("--skimage", action="store_true", help="scikit-image's sample images instead")
     args = parser.parse_args(argv)
-    print(f"wrote {write_folder(args.out_dir, args.root)} images to {args.out_dir}")
+    print(f"wrote {write_folder(args.out_dir, args.root, args.skimage)} images to {args.out_dir}")
     return 0
 
 

@@ -41,6 +41,11 @@ LAZY_ALLOWED = {
                                                                "toolkit.export.triton stays torch-free",
     ("toolkit/export/__init__.py", "toolkit.export.options"): "as above",
     ("toolkit/export/__init__.py", "toolkit.export.triton"): "as above",
+    ("toolkit/export/web.py", "toolkit.export.pipeline"): "the CLI reads WebOptions for export's flags and help: "
+                                                          "importing this module loads no torch",
+    ("toolkit/export/web.py", "toolkit.export.web_check"): "as above",
+    ("toolkit/train/report/__init__.py", "toolkit.train.report.build"): "the builder loads on use: ReportOptions "
+                                                                  "(report's flags and help) needs no torch",
     ("toolkit/train/evaluate.py", "toolkit.train.data"): "evaluate MODEL.onnx runs on the torch-free install; "
                                                          "a checkpoint's evaluation loads the torch side",
     ("toolkit/train/evaluate.py", "toolkit.train.model"): "as above",
@@ -359,16 +364,25 @@ for name in names:
             skipped.append(name)
             continue
         raise
+# Every command's --help reads only its options dataclasses: help works on the base install.
+import contextlib, io
+from toolkit import cli
+helped = []
+for command in cli.COMMANDS:
+    with contextlib.redirect_stdout(io.StringIO()) as text:
+        cli.main([command, "--help"])
+    helped += [command] if text.getvalue().startswith(f"usage: toolkit {command}") else []
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "torchvision", "albumentations", "cv2",
                                                                "openvino"})
-print(json.dumps({"imported": names, "skipped": skipped, "heavy": heavy}))
+print(json.dumps({"imported": names, "skipped": skipped, "heavy": heavy, "helped": helped}))
 """
 
 
 def test_torch_free_layers_import_without_torch():
     """Every module of the torch-free layers (and the torch-side modules whose LAZY_ALLOWED reason is that
     they load without torch), imported in a fresh interpreter, loads none of torch, torchvision,
-    albumentations or OpenCV (where torch is not installed, an import of it would fail here)."""
+    albumentations or OpenCV (where torch is not installed, an import of it would fail here); nor does
+    `toolkit COMMAND --help` of any command (export's and report's needed torch)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", TORCH_FREE_IMPORT_SCRIPT], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=120)
@@ -376,6 +390,9 @@ def test_torch_free_layers_import_without_torch():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "toolkit.runtime.predictor" in result["imported"]
     assert result["heavy"] == [], result
+    from toolkit import cli
+
+    assert result["helped"] == list(cli.COMMANDS)
 
 
 def test_documented_import_names_still_resolve():

@@ -170,7 +170,7 @@ def test_a_folder_that_is_not_a_run_is_one_clear_error(tmp_path, capsys):
 
 
 def test_a_failing_report_never_fails_training(tmp_path, image_folder, monkeypatch, capsys):
-    from toolkit.train import report as report_mod
+    from toolkit.train.report import build as report_mod
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("boom")

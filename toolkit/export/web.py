@@ -26,10 +26,8 @@ from typing import Optional
 from toolkit.artifacts import atomic_write, folder_problem
 from toolkit.errors import UserError
 from toolkit.export.options import ExportOptions
-from toolkit.export.pipeline import export_run
 from toolkit.export.staging import remove_stale_temps
 from toolkit.export.web_browser import DEFAULT_CHROMIUM, browser_missing
-from toolkit.export.web_check import browser_stage, unverified_stage
 
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "web_page")
 PAGE_FILES = ("index.html", "toolkit-web.js")
@@ -147,6 +145,10 @@ def export_web(run=None, web: Optional[WebOptions] = None, **fields) -> dict:
 
     Keyword arguments are ExportOptions or WebOptions fields (`out` is the folder). Returns the export report;
     its "web" section holds the browser's numbers, or verified: false and why."""
+    # here, not at the top: WebOptions stays importable without torch (`toolkit export --help` on the base install)
+    from toolkit.export.pipeline import export_run
+    from toolkit.export.web_check import browser_stage, unverified_stage
+
     names = {f.name for f in dataclasses.fields(WebOptions)}
     fields = {("folder" if k == "out" else k): v for k, v in fields.items()}
     web = dataclasses.replace(web or WebOptions(), **{k: v for k, v in fields.items() if k in names})
