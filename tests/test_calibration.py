@@ -31,6 +31,21 @@ def test_fitted_temperature_undoes_overconfidence_and_halves_ece():
     assert calibration.nll(logits, targets, t) <= min(calibration.nll(logits, targets, t * f) for f in (0.9, 1.1))
 
 
+def test_no_minimum_inside_the_range_keeps_the_raw_scores():
+    """A validation split the model gets all right, with margins: NLL falls on as T -> 0, and the fit sat at
+    T 0.05, which made a photo of none of the classes 1.00 (0.84 raw). Now T = 1 and a note says why."""
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 3, 60)
+    separated = np.eye(3)[targets] * 4.0 + rng.normal(0, 0.3, (60, 3))   # every argmax right, margin ~4
+    assert calibration.fit_temperature(separated, targets) == 1.0
+    assert "every validation image right" in calibration.no_fit_note(separated, targets)
+    chance, labels = rng.normal(0, 10.0, (600, 3)), rng.integers(0, 3, 600)   # answers unrelated to the labels
+    assert calibration.fit_temperature(chance, labels) == 1.0
+    assert "near chance" in calibration.no_fit_note(chance, labels)
+    logits, targets = _overconfident()   # a minimum inside the range: fitted, no note
+    assert calibration.no_fit_note(logits, targets) is None and calibration.fit_temperature(logits, targets) != 1.0
+
+
 def test_ece_of_a_perfectly_calibrated_bin_is_zero_and_of_a_wrong_sure_one_is_one():
     assert calibration.ece(np.array([[1.0, 0.0]] * 4), np.zeros(4, int)) == 0.0
     assert calibration.ece(np.array([[1.0, 0.0]] * 4), np.ones(4, int)) == 1.0

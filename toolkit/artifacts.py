@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import os
 import stat
 import tempfile
@@ -196,3 +197,12 @@ def atomic_write(path: str, data: bytes | str, then: str = "") -> None:
     """Write `data` to `path` all at once (see atomic_path)."""
     with atomic_path(path, then) as tmp, open(tmp, "wb") as fh:
         fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def sha256_file(path: str) -> str:
+    """The file's SHA-256, hex: which checkpoint an export or a calibration.json was made from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -25,7 +25,7 @@ from toolkit.contract import OOD_SCORES
 from toolkit.errors import UserError
 
 __all__ = ["OOD_SCORES", "DEFAULT_SCORE", "DEFAULT_ACCEPT_RATE", "MIN_AGREEMENT", "ECE_BINS", "MIN_CALIBRATION_IMAGES",
-           "softmax", "nll", "ece", "fit_temperature", "ood_score", "threshold_for", "auroc", "fpr_at_tpr",
+           "softmax", "nll", "ece", "fit_temperature", "no_fit_note", "ood_score", "threshold_for", "auroc", "fpr_at_tpr",
            "check_share", "check_accept_rate", "fit", "split_summary", "ood_summary", "too_few", "binomial_tail",
            "rate_lower_bound"]
 
@@ -79,8 +79,30 @@ def ece(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> float:
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """The T in T_RANGE that minimises NLL(logits / T): golden-section search on log T (NLL is smooth and
-    unimodal there), to a relative precision far below what ECE can see."""
+    """The T in T_RANGE that minimises NLL(logits / T). A minimum at an end of the range is no fit: 1.0, the
+    raw scores (no_fit_note says why). A model that gets every validation image right with margins has NLL
+    falling on as T -> 0, and T 0.05 made every answer 1.00, a photo of none of its classes included."""
+    t = _nll_minimum(logits, targets)
+    return 1.0 if _at_an_end(t) else t
+
+
+def no_fit_note(logits: np.ndarray, targets: np.ndarray) -> str | None:
+    """One line when fit_temperature kept T = 1 for want of a minimum inside T_RANGE, else None."""
+    t = _nll_minimum(logits, targets)
+    if not _at_an_end(t):
+        return None
+    why = ("the model gets every validation image right with room to spare, so NLL falls on as T goes to 0"
+           if t < 1 else "NLL falls on as T grows: the validation answers are near chance")
+    return f"note: no temperature fits ({why}); the scores stay the raw softmax (T = 1)"
+
+
+def _at_an_end(t: float) -> bool:
+    return t < T_RANGE[0] * 1.05 or t > T_RANGE[1] / 1.05
+
+
+def _nll_minimum(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Golden-section search on log T over T_RANGE (NLL is smooth and unimodal there), to a relative
+    precision far below what ECE can see."""
     lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
     ratio = (math.sqrt(5) - 1) / 2
 

@@ -87,6 +87,22 @@ def test_quiet_load_keeps_the_health_and_prints_nothing(tmp_path, capsys, monkey
     assert "data health: 12 images" in printed and "scan: 12 images checked" in printed
 
 
+def test_a_data_folder_that_moved_is_one_error(tmp_path, monkeypatch):
+    """A run whose data.root was moved or deleted: `toolkit report` and `evaluate` load its data through here,
+    and the message's from_here was never imported (a NameError traceback)."""
+    import dataclasses
+
+    recipe = make_recipe()   # the recipe as its run saved it: the folder was there then
+
+    def moved(root):
+        return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, root=root))
+    with pytest.raises(UserError, match=r"data.root: '.*moved' is not a folder; expected a folder of class"):
+        D.load_dataset(moved(str(tmp_path / "moved")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"'gone' \(looked for in the current folder, .*\) is not a folder"):
+        D.load_dataset(moved("gone"))
+
+
 def test_folder_train_only_split_carves_val(tmp_path):
     root = make_folder(tmp_path, ["a", "b"], n=5, splits=["train", "test"])
     ds = D.load_dataset(make_recipe({"root": root, "val_fraction": 0.2}))
@@ -152,8 +168,9 @@ def test_skip_corrupt_skips_reports_and_continues(tmp_path, capsys):
     assert {os.path.basename(p) for p, _ in ds.skipped} == bad
     assert all(reason for _, reason in ds.skipped)
     assert paths(ds.train) == ["a/good.jpg", "a/img_0.png", "a/img_1.png", "b/img_0.png", "b/img_1.png"]
-    out = capsys.readouterr().out
-    assert "skipped 3 unusable images" in out and "garbage.jpg" in out
+    out, err = capsys.readouterr()
+    assert "skipped 3 unusable images" in err and "garbage.jpg" in err   # stderr: --json's stdout stays JSON
+    assert "skipped" not in out
 
 
 def test_skip_corrupt_still_fails_on_a_class_left_empty_and_caps_the_list(tmp_path, capsys):

@@ -17,7 +17,8 @@ torch = pytest.importorskip("torch")
 from toolkit.export import pipeline as export_mod  # noqa: E402
 from toolkit.export import torch_graph  # noqa: E402
 from toolkit import recipe as recipe_mod  # noqa: E402
-from toolkit.train.checkpoint import save_checkpoint, sha256_file  # noqa: E402
+from toolkit.artifacts import sha256_file  # noqa: E402
+from toolkit.train.checkpoint import save_checkpoint  # noqa: E402
 from toolkit.errors import UserError  # noqa: E402
 from toolkit.runtime.onnx_eval import cpu_session, evaluate_onnx, read_metadata  # noqa: E402
 from toolkit.preprocess import Preprocess  # noqa: E402

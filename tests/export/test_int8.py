@@ -269,7 +269,7 @@ def test_failure_message_hints_follow_what_was_pinned():
 
     from toolkit.export.int8 import _failure
 
-    scoring = SimpleNamespace(pixels=np.zeros((5, 1)), split="val", fp32={"top1": 80.0})
+    scoring = SimpleNamespace(pixels=np.zeros((5, 1)), split="val", fp32={"top1": 80.0}, targets=np.zeros(600))
     tried = [{**Int8Setting(False, "entropy", edge).as_dict(), "top1_drop": drop}
              for edge, drop in ((False, 20.0), (True, 5.5))]
 
@@ -290,6 +290,20 @@ def test_failure_message_hints_follow_what_was_pinned():
     tried[1].update(top1_drop=0.0, decision_agreement=0.95, agreement_refused=True)
     gated = message(min_agreement=0.98)
     assert "(accept/reject agreement 95.0%: refused)" in gated and "a lower --min-agreement (used 0.98)" in gated
+    # a setting within the budget that the gate alone refused: the error names the --min-agreement that
+    # takes it, as the calibration stage's own refusal does (it said "a lower --min-agreement" only)
+    from toolkit import calibration
+    from toolkit.export.calibrate import CONFIDENCE, passing_min_agreement
+
+    options = check_options(ExportOptions(int8=True, min_agreement=0.995))
+    named = _failure(SimpleNamespace(options=options), scoring, tried, 6)
+    loosest = passing_min_agreement(0.95, 600)
+    assert f"--min-agreement {loosest:g} to accept that many changed decisions (used 0.995)" in named
+    assert "a larger --int8-budget" in named   # the first setting missed the budget
+    bound = calibration.rate_lower_bound(30, 600, CONFIDENCE)   # 30 of 600 differ: the gate's own test
+    assert not bound > 1 - loosest and bound > 1 - (loosest + 0.001)   # passes at it, and not a step above
+    tried[0]["top1_drop"] = 0.5   # every setting within the budget: a larger budget would change nothing
+    assert "--int8-budget" not in _failure(SimpleNamespace(options=options), scoring, tried, 6).split("; try ")[1]
 
 
 # ------------------------------------------------------------------------------------------------

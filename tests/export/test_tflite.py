@@ -32,10 +32,14 @@ def test_missing_extra_is_one_line_naming_it_before_any_work(monkeypatch, capsys
 
 def test_onnx_only_flags_and_bad_values_are_each_one_line():
     with pytest.raises(UserError) as exc:
-        check_tflite_options(TfliteOptions(mediapipe="maybe", agreement_images=0), {"fp16": True, "keep_fp32": "head"})
+        check_tflite_options(TfliteOptions(mediapipe="maybe", agreement_images=0), {"fp16": True, "keep_fp32": "head",
+                                                                                    "ood": "nonexist"})
     assert str(exc.value).splitlines() == [
         "--fp16 goes with --format onnx or triton, not tflite",
         "--keep-fp32 goes with --format onnx or triton, not tflite",
+        # the file was written without a word, and can never answer "unknown"
+        '--ood goes with --format onnx, triton or web: a .tflite file carries no temperature or "unknown" '
+        'threshold (docs/targets.md)',
         "--mediapipe 'maybe': expected one of auto, require, skip",
         "--agreement-images 0: expected a whole number, at least 1"]
     check_tflite_options(TfliteOptions(mediapipe="skip"), {"parity_images": 4, "out": "x", "int8": True,

@@ -87,6 +87,13 @@ def test_page_scores_apply_the_files_calibration(tmp_path):
     assert np.allclose([t["score"] for t in got[0]["top"]], sorted(probs)[::-1][:2])
     assert got[0]["accepted"] is False and abs(got[0]["ood_score"] - energy) < 1e-9
     assert got[1]["accepted"] is True and abs(got[1]["ood_score"] - probs.max()) < 1e-9
+    # the page's headline in the Predictor's words (it showed "unknown: below the file's threshold" in its status)
+    from toolkit.runtime.predictor import Prediction
+
+    for page, accepted in zip(got, (False, True, True)):
+        top = [{"label": t["label"], "score": t["score"], "index": 0} for t in page["top"]]
+        assert page["answer"] == Prediction(top, accepted).text()
+    assert got[0]["answer"] == f"unknown (best guess: c {probs.max():.2f})"
     plain = np.exp(np.asarray(logits) - 3.0) / np.exp(np.asarray(logits) - 3.0).sum()
     assert got[2]["accepted"] is True and abs(got[2]["top"][0]["score"] - plain.max()) < 1e-9
 

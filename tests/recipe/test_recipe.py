@@ -67,6 +67,15 @@ def test_all_problems_at_once_with_suggestions():
     assert len(problems) == 6, problems
 
 
+def test_a_misspelt_key_is_one_problem_not_two(tmp_path):
+    """`data.rot=photos` also reported data.root (left at its default 'data') as "not a folder": a knock-on
+    of the misspelling, not a second problem. The key meant is still checked when nothing points at it."""
+    problems = _problems({"data": {"source": "folder", "rot": str(tmp_path)}})
+    assert problems == ["data.rot: unknown key; did you mean 'data.root'?"]
+    assert [p.split(":")[0] for p in _problems({"data": {"source": "folder", "root": str(tmp_path / "none")}})] == \
+        ["data.root"]
+
+
 def test_value_checks_name_key_and_expectation():
     problems = _problems({"data": {"source": "digits"}, "preprocess": {"resize": 32, "crop": 48},
                           "model": {"weights": "none", "head": "classic"}, "train": {"strategy": "finetune",

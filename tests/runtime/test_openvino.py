@@ -380,3 +380,18 @@ def test_bf16_check_without_openvino_names_its_own_way_out(monkeypatch):
     assert "openvino package is not installed" in str(info.value) and str(info.value).endswith("or drop --bf16-check")
     with pytest.raises(UserError, match="or use the default engine onnxruntime$"):
         openvino_core.import_openvino()
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_wrong_input_or_output_names_are_the_same_error_on_every_engine(tiny_model, engine):
+    """engine.run with a name the model lacks: ONNX Runtime raised its own InvalidArgument / Fail, OpenVINO a
+    UserError for an output and a raw error for an input. Now one UserError, worded alike, on both."""
+    session = open_engine(tiny_model, engine)
+    x = batch(2)
+    for inputs, outputs, message in [({"pixels": x}, None, r"given inputs \['pixels'\]; expected \['input'\] "
+                                                             r"\(no input 'pixels'\)"),
+                                     ({}, None, r"given inputs \[\]; expected \['input'\]$"),
+                                     ({"input": x}, ["probs"], "no output 'probs'; expected one of logits")]:
+        with pytest.raises(UserError, match=message):
+            session.run(inputs, outputs)
+    assert session.run({"input": x}, ["logits"])[0].shape == (2, 3)

@@ -47,8 +47,9 @@ def test_scores_are_calibrated_and_rejected_images_keep_their_top_k(models):
     off = p.predict(models["image"], reject=False)
     assert off.accepted is True and off.threshold is None and off.ood_score == result.ood_score
     assert isinstance(p.predict([models["image"]] * 3), list) and len(p.predict([models["image"]] * 3)) == 3
-    with pytest.raises(UserError, match="threshold: nan; expected a number"):
-        p.predict(models["image"], threshold=float("nan"))
+    for bad in (float("nan"), float("inf"), -np.inf):   # inf: refused as `toolkit predict --threshold inf` is
+        with pytest.raises(UserError, match=r"threshold: -?(nan|inf); expected a finite number"):
+            p.predict(models["image"], threshold=bad)
 
 
 def test_a_file_without_calibration_answers_as_before(models):

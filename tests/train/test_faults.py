@@ -335,10 +335,16 @@ def test_a_run_another_training_is_writing_is_refused(tmp_path, image_folder):
         other.wait()
     train(recipe_mod.from_dict(raw), quiet=True)   # its process ended: the claim is stale, the run trains
     assert not (run / LOCK).exists() and (run / "summary.json").is_file()   # released at the end
-    make_run_dir(str(run), overwrite=False)
+    make_run_dir(str(run), overwrite=False, resume=True)
     assert (run / LOCK).read_text() == str(os.getpid())
     release_run_dir(str(run))
     assert not (run / LOCK).exists()
+    # a second training that passed the "already holds a trained run" check while the first still ran, and
+    # reached the folder after the first ended, trained over the finished run
+    before = sorted(os.listdir(run))
+    with pytest.raises(UserError, match="another toolkit train trained this run while this one was loading"):
+        make_run_dir(str(run), overwrite=False)
+    assert sorted(os.listdir(run)) == before and not (run / LOCK).exists()
 
 
 def test_train_given_a_path_says_what_it_takes():

@@ -4,6 +4,7 @@ TensorBoard logs. One tiny run, trained once for the module; a class is named <s
 import json
 import os
 import shutil
+from html import escape
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from toolkit.recipe import from_dict
 from toolkit.train import tensorboard as tb_mod
 from toolkit.train.loop import train
 from toolkit.train.report import ReportOptions, build_report, content, outputs
+from toolkit.train.report import build as build_mod, page as page_mod
 from toolkit.train.report.saliency import grad_cam
 
 EVIL = "<script>alert(1)</script>"
@@ -267,6 +269,24 @@ def test_the_runs_temperature_belongs_to_best_pt_alone(tmp_path):
     assert got["temperature"] == 1.0 and not got["calibrated"] and "older than best.pt" in got["note"]
 
 
+def test_a_copied_run_keeps_its_calibration(tmp_path):
+    """`cp -r` writes a run's files in any order, so calibration.json came out older than best.pt and the copy
+    was scored at T = 1 ("fitted on an earlier best"). calibration.json names best.pt by its SHA-256 now: the
+    times are not read, and a best.pt it was not fitted on is still caught."""
+    from toolkit.artifacts import sha256_file
+
+    folder = tmp_path / "copy" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "best.pt").write_bytes(b"the best checkpoint")
+    saved = tmp_path / "copy" / "calibration.json"
+    saved.write_text(json.dumps({"temperature": 2.5, "checkpoint_sha256": sha256_file(str(folder / "best.pt"))}))
+    os.utime(saved, (1, 1))   # older than best.pt, as a copy may leave it
+    assert outputs.checkpoint_calibration(str(folder / "best.pt")) == (2.5, "the run's calibration.json")
+    (folder / "best.pt").write_bytes(b"a later best")
+    temperature, why = outputs.checkpoint_calibration(str(folder / "best.pt"))
+    assert temperature is None and why == f"none: {saved} was fitted on another best.pt (an earlier best)"
+
+
 def test_an_onnx_report_uses_the_files_own_temperature(run, tmp_path):
     """An .onnx file (a twin, say) carries the T refitted on its own logits: the report applies that one,
     not its run's calibration.json, and a file without one is plain softmax even beside a calibrated run."""
@@ -305,3 +325,102 @@ def test_bad_split_and_out_dir_are_one_error_before_any_work(tmp_path):
     # a folder name longer than the file system takes: an OSError traceback (after the whole benchmark there)
     with pytest.raises(UserError, match=r"a folder name there is longer than the file system takes \(300 bytes\)"):
         gather(str(tmp_path / "no-such-run"), ReportOptions(out_dir=str(tmp_path / ("L" * 300))))
+
+
+def _entries(run, n, split="val"):
+    """`n` real image entries as the data health scan names them ({path, split, label})."""
+    folder = os.path.join(run["root"], "class_2")
+    return [{"path": os.path.join(folder, name), "split": split, "label": "class_2"}
+            for name in sorted(os.listdir(folder))[:n]]
+
+
+def test_duplicate_and_leak_tables_show_thumbnails(run):
+    """Exact groups, near pairs and leaks name their images in nested entries: each one is a thumbnail with
+    its split and label as short text, not the entry printed as a dict."""
+    a, b, c, d = _entries(run, 4)
+    health = {"exact_duplicates": [{"items": [a, b]}],
+              "near_duplicates": [{"a": c, "b": d, "distance": 3, "thumb_difference": 1.5}],
+              "leaks": [{"kind": "near", "a": c, "b": {**d, "split": "train"}, "distance": 3}]}
+    data = {"data_health": content.data_health(None, health), "mislabels": {"note": "not asked for"}}
+    thumbs = build_mod.thumbnails(data, 10_000_000)
+    assert set(thumbs) == {e["path"] for e in (a, b, c, d)}  # the collector finds the nested paths
+    html = page_mod.health(data, {"thumbs": thumbs})
+    sections = dict(zip(["exact_duplicates", "near_duplicates", "leaks"], html.split("<h3>")[1:]))
+    assert {name: part.count("<img class=thumb") for name, part in sections.items()} == {
+        "exact_duplicates": 2, "near_duplicates": 2, "leaks": 2}
+    assert "path:" not in html and "split:" not in html
+    assert f"{escape(d['path'])} (train, class_2)" in sections["leaks"]
+
+
+def test_a_thumbnail_of_any_aspect_fits_a_small_box():
+    """A 4000 x 20 image's thumbnail was drawn 48 px high and ~3000 px wide, pushing the table off-screen."""
+    body = page_mod.STYLE.split(".thumb{", 1)[1].split("}", 1)[0]
+    rule = dict(part.split(":", 1) for part in body.split(";") if part)
+    assert rule.get("max-width") == rule.get("max-height") == "48px" and rule.get("object-fit") == "contain"
+
+
+@pytest.mark.slow
+def test_an_extreme_aspect_thumbnail_in_a_browser(run, tmp_path):
+    """The same in chromium: every thumbnail's box stays within 48 x 48 px, the page no wider than the window."""
+    browser_or_skip()
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    wide = str(tmp_path / "wide.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 4000, 3), np.uint8)).save(wide)
+    data = {"data_health": {"sections": {"small_images": [{"path": wide, "split": "train", "width": 4000,
+                                                             "height": 20}]}}, "mislabels": {}}
+    html = (f"<!doctype html><html><head><style>{page_mod.STYLE}</style></head><body>"
+            f"{page_mod.health(data, {'thumbs': build_mod.thumbnails(data, 10_000_000)})}</body></html>")
+    (tmp_path / "page.html").write_text(html)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 600})
+            page.goto(f"file://{tmp_path / 'page.html'}")
+            boxes = page.eval_on_selector_all("img.thumb", "els => els.map(e => [e.width, e.height])")
+            scroll = page.evaluate("document.documentElement.scrollWidth")
+        finally:
+            browser.close()
+    assert boxes and all(w <= 48 and h <= 48 for w, h in boxes), boxes
+    assert scroll <= 1000
+
+
+def test_mislabels_that_cannot_run_leave_a_note_and_the_rest_of_the_report(run, tmp_path, monkeypatch):
+    """A class with a single training image: the out-of-fold probe can't run. The report is still written,
+    the section saying why; the ranking itself (asked for alone) still raises."""
+    from toolkit.train.mislabels import rank_mislabels
+
+    def load_dataset(recipe, **kwargs):
+        dataset = real_load_dataset(recipe, **kwargs)
+        first = next(i for i, (_, label) in enumerate(dataset.train) if label == 2)
+        dataset.train = [it for i, it in enumerate(dataset.train) if it[1] != 2 or i == first]
+        return dataset
+
+    real_load_dataset = outputs.load_dataset
+    monkeypatch.setattr(outputs, "load_dataset", load_dataset)
+    data = build_report(run["dir"], ReportOptions(mislabels=True, out_dir=str(tmp_path)))
+    note = data["mislabels"]["note"]
+    assert note.startswith("skipped: ") and "at least 2 training images" in note
+    assert data["scores"]["n"] > 0 and "sections" in data["data_health"]
+    assert escape(note) in read(data["files"]["html"])
+    one_short = load_dataset(from_dict(tiny_recipe(run["tmp"], run["root"]), check_paths=False), quiet=True)
+    with pytest.raises(UserError, match="at least 2 training images"):
+        rank_mislabels(run["dir"], dataset=one_short)
+
+
+def test_the_scans_leak_hint_points_at_the_reports_own_json(run, tmp_path, capsys):
+    """Another --recipe's data: its leaks are in this report's report.json, not in the run folder's
+    data_health.json (the data of training), where the scan's summary used to send the reader."""
+    root = make_image_folder(tmp_path / "images", splits=["train", "val"])
+    for split in ("train", "val"):
+        os.rename(os.path.join(root, split, "class_0"), os.path.join(root, split, "<script>"))
+    for i in range(7):  # 7 training images copied into val: 7 leaks, 5 listed by name
+        shutil.copy(os.path.join(root, "train", "class_1", f"img_{i}.jpg"),
+                    os.path.join(root, "val", "class_1", f"leak_{i}.jpg"))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tmp_path, root))
+    data = build_report(run["dir"], ReportOptions(recipe=recipe, out_dir=str(tmp_path / "out"), top=0))
+    out = capsys.readouterr().out
+    assert len(data["data_health"]["sections"]["leaks"]) == 7
+    assert "and 2 more (this report's report.json lists them all)" in out
+    assert "data_health.json" not in out

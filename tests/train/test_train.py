@@ -53,10 +53,10 @@ def test_tiny_run_writes_every_artifact(tmp_path, image_folder):
 
 def test_a_run_nobody_resumes_writes_last_pt_once(tmp_path, image_folder, monkeypatch):
     """resumable=False (the ImageNet demo's runs): last.pt only at the end, the same weights as by default."""
-    from toolkit.train import loop
+    from toolkit.train import session
 
-    written, save = [], loop.save_checkpoint
-    monkeypatch.setattr(loop, "save_checkpoint", lambda path, state: (written.append(os.path.basename(path)),
+    written, save = [], session.save_checkpoint
+    monkeypatch.setattr(session, "save_checkpoint", lambda path, state: (written.append(os.path.basename(path)),
                                                                         save(path, state)))
     raw = tiny_recipe(tmp_path, image_folder, train={"epochs": 3})
     _train(raw)
@@ -277,6 +277,10 @@ def test_evaluate_of_a_run_uses_the_calibration_training_fitted_on_best_pt(tmp_p
     _train(tiny_recipe(tmp_path, image_folder, train={"epochs": 1}))
     run = tmp_path / "runs" / "tiny"
     best, last, saved = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt", run / "calibration.json"
+    from toolkit.artifacts import sha256_file
+
+    written = json.loads(saved.read_text())   # which best.pt it holds for, by content (copies keep it)
+    assert written["checkpoint_sha256"] == sha256_file(str(best)) and written["temperature"] > 0
     saved.write_text(json.dumps({"temperature": 2.0, "ood": {"score": "energy", "threshold": -1e9,
                                                               "accept_rate": 0.95}}))
     cal = evaluate_checkpoint(str(best), split="val", quiet=True, run_calibrated=True)["calibration"]
@@ -380,3 +384,17 @@ def test_cli_flags_never_swallow_the_next_argument(tmp_path, image_folder, monke
         ["predict", "--allow-fallback=True", "a.jpg", "--top-k", "3"]
     with pytest.raises(SystemExit):
         cli.main(["train", recipe, "--resume=maybe"])
+
+
+@pytest.mark.parametrize("name, message", [("foo", "device 'foo': expected auto, cpu, cuda, cuda:N or mps"),
+                                           ("cuda:x", "device 'cuda:x': expected"), ("tpu", "device 'tpu': expected")])
+def test_a_device_that_is_no_device_is_one_error(name, message):
+    """`toolkit report RUN --device foo` (and evaluate's) ended in torch's RuntimeError traceback."""
+    from toolkit.train.device import pick_device
+
+    with pytest.raises(UserError, match=message):
+        pick_device(name)
+    assert pick_device("CPU ") == torch.device("cpu") and pick_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="cuda requested but torch sees no CUDA device"):
+            pick_device("cuda:1")

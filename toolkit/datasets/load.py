@@ -10,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 
+from toolkit.artifacts import from_here
 from toolkit.datasets.health import data_health, duplicate_drops, fingerprint, name_of, summary_lines
 from toolkit.datasets.sources import LOADERS
 from toolkit.datasets.splits import Dataset, keep_per_class
@@ -157,8 +158,8 @@ def load_dataset(recipe, scan: bool = True, quiet: bool = False) -> Dataset:
         hint = "\nset data.skip_corrupt: true to skip the unusable images" if bad else ""
         n = len(lines)
         raise UserError(f"data: {n} problem{'s' if n > 1 else ''} in {what}:\n{_listing(lines)}{hint}")
-    if skipped:
+    if skipped:   # on stderr, like a warning: `toolkit evaluate --json > x.json` keeps its stdout JSON
         print(f"data: skipped {len(skipped)} unusable image{'s' if len(skipped) > 1 else ''} "
-              f"(data.skip_corrupt):\n{_listing([f'{p}: {r}' for p, r in skipped])}")
+              f"(data.skip_corrupt):\n{_listing([f'{p}: {r}' for p, r in skipped])}", file=sys.stderr)
     return Dataset(labels=labels, train=splits["train"], val=splits["val"], test=splits["test"], skipped=skipped,
                    health=health)

@@ -54,6 +54,8 @@ def calibrate_files(job: ExportJob, staging: Staging, data, out_pixels: np.ndarr
               for kind, path in staging.files.items()}
     score = pick_score(staging.files["fp32"], logits["fp32"], targets, out_pixels, job)
     fits = {kind: calibration.fit(x, targets, o.accept_rate, score) for kind, x in logits.items()}
+    if note := calibration.no_fit_note(logits["fp32"], targets):
+        job.say(note)
     reads = _other_engines(staging.files["fp32"], pixels, job)
     fits.update({name: (fits["fp32"] if name.endswith("fp32") else calibration.fit(x, targets, o.accept_rate, score))
                  for name, x in reads.items()})
@@ -156,12 +158,19 @@ def _judge(agreement: dict, n: int, job: ExportJob) -> dict:
         job.say(f"note: {name} takes the FP32 file's accept/reject decision on {agreement[name] * 100:.1f}% of "
                 f"the validation images ({differ[name]} of {n}; below {least * 100:g}%, {why})")
     if bad:
-        loosest = math.floor((1.0 - max(bounds[k] for k in bad)) * 1000) / 1000  # the gate this would pass
+        loosest = min(passing_min_agreement(agreement[k], n) for k in bad)
         raise UserError(f"accept/reject agreement with the FP32 file below {least * 100:g}%: "
                         + ", ".join(numbers(k) for k in sorted(bad))
                         + f" ({job.path}, on the validation images); nothing was written. To accept that many "
                         f"changed decisions, export again with --min-agreement {loosest:g}")
     return bounds
+
+
+def passing_min_agreement(agree: float, n: int) -> float:
+    """The --min-agreement that would accept a file agreeing on `agree` of `n` images (3 decimals, rounded
+    down): the gate compares the lower bound of its disagreement with 1 - --min-agreement."""
+    bound = calibration.rate_lower_bound(int(round((1.0 - agree) * n)), n, CONFIDENCE)
+    return math.floor((1.0 - bound) * 1000) / 1000
 
 
 def _write(staging: Staging, kind: str, fit: dict, bf16: dict | None) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from toolkit import contract
 from toolkit.errors import UserError
-from toolkit.export.calibrate import MAX_IMAGES, decision_agreement, pick_score
+from toolkit.export.calibrate import MAX_IMAGES, decision_agreement, passing_min_agreement, pick_score
 from toolkit.export.options import CALIB_METHODS
 from toolkit.export.plan import ExportJob, base_metadata
 from toolkit.export.qat import QAT_IMAGES, fine_tune
@@ -290,8 +290,16 @@ def _failure(job: ExportJob, scoring: Scoring, tried: list, n_calib: int) -> str
         hints.append(f"leaving out {' and '.join(pinned)} (lets the search vary them)")
     hints += [f"more --calib-images (used {n_calib})", "--keep-fp32 with more layers (e.g. head)",
               f"more --int8-qat-steps (used {o.int8_qat_steps})" if o.int8_qat_steps
-              else "--int8-qat-steps 300 (a short quantization-aware fine-tune)", "a larger --int8-budget"]
-    if any(t.get("agreement_refused") for t in tried):
+              else "--int8-qat-steps 300 (a short quantization-aware fine-tune)"]
+    if any(not _within(t, o.int8_budget) for t in tried):
+        hints.append("a larger --int8-budget")
+    # refused by the gate alone: the --min-agreement that would take the best of them (as calibrate_files says)
+    gated = [t for t in tried if t.get("agreement_refused") and _within(t, o.int8_budget)]
+    if gated:
+        n = min(len(scoring.targets), MAX_IMAGES)
+        loosest = max(passing_min_agreement(t["decision_agreement"], n) for t in gated)
+        hints.append(f"--min-agreement {loosest:g} to accept that many changed decisions (used {o.min_agreement:g})")
+    elif any(t.get("agreement_refused") for t in tried):
         hints.append(f"a lower --min-agreement (used {o.min_agreement:g})")
     gate = " and passed the accept/reject agreement gate" if any(t.get("agreement_refused") for t in tried) else ""
     return (f"int8 accuracy gate failed: no setting kept the top-1 drop within --int8-budget {o.int8_budget:g} "

@@ -20,7 +20,7 @@ from toolkit.export.options import ExportOptions
 from toolkit.export.opset import check_ir_version, check_opset
 from toolkit.preprocess import Preprocess
 from toolkit.recipe import ARCHS
-from toolkit.train.checkpoint import load_checkpoint, sha256_file
+from toolkit.train.checkpoint import load_checkpoint
 from toolkit.train.model import model_from_checkpoint
 
 
@@ -84,7 +84,7 @@ def load_model(job: ExportJob) -> None:
     t = time.perf_counter()
     model, _ = model_from_checkpoint(job.ckpt_path)
     job.model = model.float().eval()
-    job.sha = sha256_file(job.ckpt_path)
+    job.sha = artifacts.sha256_file(job.ckpt_path)
     job.block_of = dict(getattr(job.model, "block_of", {}))
     job.timings["load_s"] = time.perf_counter() - t
 

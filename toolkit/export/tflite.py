@@ -19,6 +19,9 @@ KERNELS = {"xnnpack": "BUILTIN", "reference": "BUILTIN_REF"}
 # ExportOptions fields a .tflite export has no use for: one line each before any work.
 NOT_FOR_TFLITE = ("fp16", "fp16_keep_fp32", "raw_input", "probabilities", "dynamic_hw", "bf16_check", "ir_version",
                   "keep_fp32", "per_channel", "calib_method", "int8_search")
+# The "unknown" answer's flags: a .tflite file carries no temperature or threshold (docs/targets.md), so a
+# user who asks for rejection would get a file that can never answer "unknown" without a word.
+NO_UNKNOWN_IN_TFLITE = ("ood", "accept_rate", "min_agreement")
 
 
 @dataclass
@@ -41,6 +44,8 @@ def check_tflite_options(tflite: TfliteOptions, given: dict) -> None:
     """One line per bad option or ONNX-only flag, before any work."""
     problems = [f"--{k.replace('_', '-')} goes with --format onnx or triton, not tflite"
                 for k in NOT_FOR_TFLITE if k in given]
+    problems += [f"--{k.replace('_', '-')} goes with --format onnx, triton or web: a .tflite file carries no "
+                 "temperature or \"unknown\" threshold (docs/targets.md)" for k in NO_UNKNOWN_IN_TFLITE if k in given]
     if tflite.mediapipe not in MEDIAPIPE_MODES:
         problems.append(f"--mediapipe {tflite.mediapipe!r}: expected one of {', '.join(MEDIAPIPE_MODES)}")
     n = tflite.agreement_images

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from typing import Any, Union
@@ -159,6 +160,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+_MEANT = re.compile(r"unknown key; did you mean '([^']+)'\?")
+
+
 def from_dict(raw: Any, source: str = "recipe", check_paths: bool = True) -> Recipe:
     """Build and validate a Recipe; raise one UserError listing every problem.
 
@@ -168,10 +172,13 @@ def from_dict(raw: Any, source: str = "recipe", check_paths: bool = True) -> Rec
     _expand_home(recipe)
     # Value checks run too, so every problem shows at once; a key already reported isn't repeated.
     reported = {e.split(":")[0] for e in errors}
+    # ... nor the key a misspelt one was meant as: `data.rot=photos` left data.root at its default, whose
+    # "not a folder" only follows from the misspelling
+    meant = {m.group(1) for e in errors if (m := _MEANT.search(e))}
     checks: list[str] = []
     check(recipe, checks, check_paths)
     broken_sections = {key for key in reported if "." not in key}  # a whole section was not a mapping
-    errors += [e for e in checks if e.split(":")[0] not in reported
+    errors += [e for e in checks if e.split(":")[0] not in reported | meant
                and e.split(":")[0].split(".")[0] not in broken_sections]
     if errors:
         head = f"{source}: {len(errors)} problem{'s' if len(errors) > 1 else ''}"

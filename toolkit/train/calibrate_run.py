@@ -13,15 +13,16 @@ import json
 import os
 
 from toolkit import calibration
-from toolkit.artifacts import CALIBRATION_FILE, atomic_write
+from toolkit.artifacts import CALIBRATION_FILE, atomic_write, sha256_file
 from toolkit.train.evaluate import split_logits
 
 __all__ = ["calibrate_run", "CALIBRATION_FILE"]
 
 
 def calibrate_run(model, recipe, dataset, device, run_dir: str, say=print,
-                  accept_rate: float = calibration.DEFAULT_ACCEPT_RATE) -> dict:
-    """Fit T and the OOD threshold on `dataset`'s val split, measure val and test, write calibration.json."""
+                  accept_rate: float = calibration.DEFAULT_ACCEPT_RATE, checkpoint: str | None = None) -> dict:
+    """Fit T and the OOD threshold on `dataset`'s val split, measure val and test, write calibration.json
+    (with `checkpoint`'s SHA-256: the file it holds for, however the run folder is copied)."""
     n_val = len(dataset.val or [])
     skipped = calibration.too_few(n_val)
     if skipped:
@@ -32,6 +33,8 @@ def calibrate_run(model, recipe, dataset, device, run_dir: str, say=print,
         logits = {split: split_logits(model, recipe, getattr(dataset, split), batch, device)[:2]
                   for split in ("val", "test") if getattr(dataset, split)}
         fit = calibration.fit(*logits["val"], accept_rate=accept_rate)
+        if note := calibration.no_fit_note(*logits["val"]):
+            say(note)
         ood = {k: fit[k] for k in ("score", "threshold", "accept_rate")}
         result = {"temperature": fit["temperature"], "ood": ood,
                   "splits": {s: calibration.split_summary(x, y, fit["temperature"], ood) for s, (x, y) in logits.items()}}
@@ -39,5 +42,7 @@ def calibrate_run(model, recipe, dataset, device, run_dir: str, say=print,
         say(f"calibration: T {fit['temperature']:.3f}, ECE {shown['ece_before'] * 100:.2f}% -> "
             f"{shown['ece_after'] * 100:.2f}% on {'test' if 'test' in logits else 'val'} "
             f"({CALIBRATION_FILE})")
+    if checkpoint is not None:
+        result["checkpoint_sha256"] = sha256_file(checkpoint)
     atomic_write(os.path.join(run_dir, CALIBRATION_FILE), json.dumps(result, indent=2) + "\n")
     return result

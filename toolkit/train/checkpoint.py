@@ -6,7 +6,6 @@ file into one UserError naming what is missing or of the wrong type, before anyt
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import zipfile
@@ -141,9 +140,3 @@ def load_optimizer_state(optimizer, state: Mapping, source) -> None:
                         "expected the last.pt this run wrote") from None
 
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

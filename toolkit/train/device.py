@@ -1,6 +1,7 @@
 """Which device to train or evaluate on, the autocast dtype and the memory format there."""
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 
@@ -36,7 +37,14 @@ def _mps_available() -> bool:
 
 
 def pick_device(name: str) -> torch.device:
-    """`auto`: CUDA, else MPS, else the CPU; a named device that is not there is a UserError."""
+    """`auto`: CUDA, else MPS, else the CPU; a named device that is not there, or a name that is no device
+    (report's and evaluate's --device foo was torch's RuntimeError), is a UserError."""
+    name = str(name).strip().lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise UserError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda:") and torch.cuda.is_available() and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"device {name}: torch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    name = "cuda" if name.startswith("cuda") and not torch.cuda.is_available() else name
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

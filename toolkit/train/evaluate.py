@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -90,8 +91,9 @@ def evaluate_checkpoint(checkpoint: str, recipe=None, dataset=None, split: str =
 
 def run_calibration(checkpoint: str) -> tuple[float | None, dict | None, str]:
     """(T, ood, where they came from) for a run's best.pt: the calibration training fitted on it and wrote
-    to runs/<name>/calibration.json. Any other checkpoint, or a calibration.json older than best.pt (a
-    later best it was not fitted on), gets (None, None, why): T = 1 and no threshold."""
+    to runs/<name>/calibration.json. Any other checkpoint, or a calibration.json of another best.pt (a later
+    best it was not fitted on: its checkpoint_sha256, or in files without one its time), gets (None, None,
+    why): T = 1 and no threshold."""
     folder = os.path.dirname(os.path.abspath(checkpoint))
     path = os.path.join(os.path.dirname(folder), artifacts.CALIBRATION_FILE)
     if os.path.basename(folder) != "checkpoints" or not os.path.isfile(path):
@@ -99,18 +101,29 @@ def run_calibration(checkpoint: str) -> tuple[float | None, dict | None, str]:
     if os.path.basename(checkpoint) != "best.pt":
         return None, None, f"none for {os.path.basename(checkpoint)}: the run's {artifacts.CALIBRATION_FILE} " \
                            "was fitted on best.pt"
-    if os.path.getmtime(path) < os.path.getmtime(checkpoint):
-        return None, None, f"none: {path} is older than best.pt, so it was fitted on an earlier best"
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: unreadable ({exc}); expected the JSON toolkit train writes, or delete it") from None
+    if stale := _fitted_on_another(saved, path, checkpoint):
+        return None, None, stale
     if not isinstance(saved, dict) or saved.get("temperature") is None:
         skipped = saved.get("skipped") if isinstance(saved, dict) else None
         return None, None, f"none: training skipped it ({skipped})" if skipped else f"none in {path}"
     temperature, ood = check_calibration(saved["temperature"], saved.get("ood"), path)
     return temperature, ood, f"the run's {artifacts.CALIBRATION_FILE}"
+
+
+def _fitted_on_another(saved, path: str, checkpoint: str) -> str | None:
+    """Why calibration.json is not best.pt's, or None. By content: a run folder copied with `cp -r` (or
+    cloned, or unpacked) gets new file times in any order. Files written before the hash: by time."""
+    sha = saved.get("checkpoint_sha256") if isinstance(saved, dict) else None
+    if sha is not None and sha != artifacts.sha256_file(checkpoint):
+        return f"none: {path} was fitted on another best.pt (an earlier best)"
+    if sha is None and os.path.getmtime(path) < os.path.getmtime(checkpoint):
+        return f"none: {path} is older than best.pt, so it was fitted on an earlier best"
+    return None
 
 
 def split_logits(model, recipe, items: list, batch_size: int, dev):
@@ -167,7 +180,7 @@ def evaluate_command(target: str | None, recipe: str | None = None, split: str =
         raise UserError(f"--batch-size {batch_size}: expected a positive whole number of images per call")
     if target is None:
         target = artifacts.newest_run()
-        print(f"evaluating newest run: {target}")
+        print(f"evaluating newest run: {target}", file=sys.stderr if as_json else sys.stdout)   # --json: JSON alone
     loaded_recipe = recipe_mod.load(recipe) if recipe else None
     if str(target).endswith(".onnx"):
         report = evaluate_onnx(target, loaded_recipe, split=split, batch_size=batch_size, device=device,

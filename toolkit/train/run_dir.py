@@ -54,7 +54,7 @@ def _is_run_or_empty(run_dir: str) -> bool:
     return not names or bool({"recipe.yaml", "checkpoints", LOCK} & set(names))
 
 
-def make_run_dir(run_dir: str, overwrite: bool) -> None:
+def make_run_dir(run_dir: str, overwrite: bool, resume: bool = False) -> None:
     """Make the run folder after every check that can still fail before training (the data scan, the model
     and its weights): a bad image leaves no empty run folder behind, and with --overwrite the old run as
     it was (it is removed here, not before). The folder is claimed for this process (release_run_dir)."""
@@ -67,6 +67,10 @@ def make_run_dir(run_dir: str, overwrite: bool) -> None:
     except OSError as exc:
         raise UserError(f"{exc.filename or run_dir}: could not make the run folder ({exc.strerror}); expected a "
                         "writable out_dir (set out_dir=<folder>)") from None
+    if not (resume or overwrite) and os.path.exists(checkpoint_paths(run_dir)[0]):
+        release_run_dir(run_dir)   # another training of this run ended while this one loaded its data
+        raise UserError(f"{run_dir}: another toolkit train trained this run while this one was loading; pass "
+                        "--resume to continue it, --overwrite to replace it, or set another name (e.g. name=<new>)")
 
 
 # The process training a run: two `toolkit train` of one run at once mixed their metrics and checkpoints.
@@ -197,7 +201,7 @@ def write_summary(recipe, dataset, device, state, started: float, quiet: bool, w
     if dataset is not None:
         best, _ = model_mod.model_from_checkpoint(best_path)
         calibrate_run(best, recipe, dataset, pick_device(str(device)), recipe.run_dir,
-                      say=(lambda *a: None) if quiet else print)
+                      say=(lambda *a: None) if quiet else print, checkpoint=best_path)
     summary["wall_time_s"] = round(time.time() - started, 1)
     atomic_write(os.path.join(recipe.run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n",
                  then=RESUME_HINT)

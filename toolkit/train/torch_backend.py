@@ -110,8 +110,6 @@ def load_torch_backends(info: dict, preprocess, devices: tuple, threads: int, op
     torch.compile that fails to build is a failed backend, not an error."""
     import torch
 
-    from toolkit.train.checkpoint import sha256_file
-
     meta, flops = info["metadata"], info["flops"]["flops"]  # PyTorch runs the FP32 graph's FLOPs
     checkpoint = find_checkpoint(meta, info["path"], options.checkpoint)
     backends = []
@@ -124,7 +122,7 @@ def load_torch_backends(info: dict, preprocess, devices: tuple, threads: int, op
                 raise UserError("device cuda: torch sees no CUDA device for the --torch baseline; "
                                 "install a CUDA build of torch or drop --torch")
             backends.append(TorchBackend(checkpoint, device, threads, use_compile, amp, preprocess, flops))
-    other = meta.get("checkpoint_sha256") and sha256_file(checkpoint) != meta["checkpoint_sha256"]
+    other = meta.get("checkpoint_sha256") and artifacts.sha256_file(checkpoint) != meta["checkpoint_sha256"]
     notes = [f"{checkpoint} is not the checkpoint this model was exported from (sha256 differs); the PyTorch rows "
              "time another set of weights of the same architecture"] * bool(other)
     return ExtraBackends(backends, checkpoint, notes)

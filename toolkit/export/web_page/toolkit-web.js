@@ -5,7 +5,8 @@
 //                              (its coefficients and 22-bit fixed point), fit crop | letterbox | squash
 //   normalize(px, pre)         Preprocess.normalize: float32 NCHW, (x / 255 - mean) / std
 //   decode(blob)               the browser's decoder, EXIF-rotated, no colour management (alpha onto white in pixels)
-//   scores(logits, meta, k)    softmax(logits / T), top-k, and the "unknown" answer when the file has one
+//   scores(logits, meta, k)    softmax(logits / T), top-k, the "unknown" answer when the file has one, and the
+//                              answer in words as toolkit predict and serve-local say it
 
 // ---- ONNX ModelProto: only field 14, metadata_props (StringStringEntryProto: key = 1, value = 2) ----
 function varint(buf, pos) {
@@ -320,6 +321,9 @@ export function scores(logits, meta, k = 5) {
     result.ood_score = score;
     result.accepted = score >= meta.ood.threshold;
   }
+  // the Predictor's words (Predictions.text): "rose 0.97", or "unknown (best guess: rose 0.41)"
+  const best = result.top.length ? `${result.top[0].label} ${result.top[0].score.toFixed(2)}` : "-";
+  result.answer = result.accepted ? best : `unknown (best guess: ${best})`;
   return result;
 }
 

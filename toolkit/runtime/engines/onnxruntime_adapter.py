@@ -75,7 +75,7 @@ class OnnxRuntimeEngine(Adapter):
         return cls(session, path, options, seconds)
 
     def run(self, inputs: Mapping[str, Any], outputs: Optional[Sequence[str]] = None) -> list:
-        return self.session.run(list(outputs) if outputs else None, dict(inputs))
+        return self.session.run(self.output_names(inputs, outputs), dict(inputs))
 
     def metadata(self) -> dict:
         return dict(self.session.get_modelmeta().custom_metadata_map or {})

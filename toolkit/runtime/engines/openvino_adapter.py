@@ -147,10 +147,7 @@ class OpenVinoEngine(Adapter):
 
     def run(self, inputs: Mapping[str, Any], outputs: Optional[Sequence[str]] = None) -> list:
         """The named outputs (all when None), as numpy arrays of their own."""
-        names = list(outputs) if outputs else [o.name for o in self.outputs]
-        unknown = [n for n in names if n not in self._ports]
-        if unknown:
-            raise UserError(f"{self.path}: no output {unknown[0]!r}; expected one of {', '.join(self._ports)}")
+        names = self.output_names(inputs, outputs)
         request = self._idle.get()   # blocks while every request is busy in another thread
         try:
             request.infer({name: np.ascontiguousarray(value) for name, value in inputs.items()})

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from toolkit.errors import UserError
 from toolkit.metrics import classification_report, most_confused, precision_recall_f1
 from toolkit.preprocess import ImageError
 import toolkit.train.report.images as images
@@ -121,4 +122,8 @@ def mislabels(out: Outputs, asked: bool, top: int) -> dict:
         return {"note": "not asked for (toolkit report --mislabels ranks likely mislabelled training images)"}
     if out.run_dir is None:
         return {"note": "skipped: the ranking needs the run folder (a checkpoint's run)"}
-    return {"rows": list(rank_mislabels(out.run_dir, dataset=out.dataset))[:max(top, 20)]}  # no second scan
+    try:
+        rows = rank_mislabels(out.run_dir, dataset=out.dataset)  # no second scan
+    except (UserError, ImportError) as exc:  # one section that can't run (a class with 1 training image, no
+        return {"note": f"skipped: {exc}"}  # scikit-learn): a note there, the rest of the report still written
+    return {"rows": list(rows)[:max(top, 20)]}

@@ -18,8 +18,9 @@ vertical-align:top}th{background:#f4f4f4}td.n{text-align:right;font-variant-nume
 .note{color:#8a5300;background:#fff7e6;padding:4px 8px;border-left:3px solid #f0a020;margin:4px 0}
 .head{font-size:1.1em}.head b{font-size:1.3em}.grid{display:flex;flex-wrap:wrap;gap:12px}
 .card{border:1px solid #ddd;padding:6px;width:272px;font-size:12px;word-break:break-all}
-.card img{width:128px;height:128px;image-rendering:pixelated}.bad{color:#b00}.thumb{height:48px;margin-right:4px;
-vertical-align:middle}img.fig{max-width:100%}
+.card img{width:128px;height:128px;image-rendering:pixelated}.bad{color:#b00}
+.thumb{width:48px;height:48px;max-width:48px;max-height:48px;object-fit:contain;margin-right:4px;vertical-align:middle}
+img.fig{max-width:100%}
 """
 
 
@@ -103,10 +104,14 @@ def gallery(data: dict, pictures: dict) -> str:
 
 
 def thumbed(value, pictures: dict) -> str:
-    """A cell: an image path with its thumbnail (while the budget lasts), lists one item a line."""
+    """A cell: an image path with its thumbnail (while the budget lasts), lists one item a line; an image
+    entry ({path, split, label}: duplicates, near pairs, leaks) its thumbnail with the rest as short text."""
     if isinstance(value, list):
         return "<br>".join(thumbed(v, pictures) for v in value)
     if isinstance(value, dict):
+        if isinstance(value.get("path"), str):
+            rest = ", ".join(str(v) for k, v in value.items() if k != "path")
+            return thumbed(value["path"], pictures) + (f" ({escape(rest)})" if rest else "")
         return escape(", ".join(f"{k}: {v}" for k, v in value.items()))
     text = cell(value)
     if isinstance(value, str) and value.lower().endswith(images.EXTENSIONS):
