@@ -8,6 +8,7 @@ tests/train/test_mislabels.py, tests/train/test_balance.py).
 
     python tests/bench_data_health.py                   # all three parts, 500 images
     python tests/bench_data_health.py --part health     # duplicates only (dHash and pHash compared)
+    python tests/bench_data_health.py --part shapes     # near duplicates on shapes on white (make_shapes)
     python tests/bench_data_health.py --part mislabels  # trains a small run, ranks its training images
     python tests/bench_data_health.py --part balance    # class_weights none vs balanced on a 10:1 set
 """
@@ -90,6 +91,46 @@ def make_set(root: str, n: int = 500, flip: float = 0.05, dup: float = 0.03, cla
     return truth
 
 
+SHAPE_COLOURS = {"circle": (220, 40, 40), "square": (40, 200, 60), "triangle": (40, 60, 220)}
+SHAPE_COPIES = ("jpg", "resized", "half", "brighter", "darker")  # the near copies make_shapes plants, in turn
+
+
+def make_shapes(root: str, per_class: int = 40, size: int = 64, seed: int = 0, copies: int = 0) -> dict:
+    """Circles, squares and triangles of random size and place on white (size px PNGs, every image
+    distinct), plus `copies` near copies of some (a JPEG at quality 75, resized by 2 px, half size, 8 grey
+    levels brighter, 8 darker, in turn); -> {near: [(original, copy)], images: count}."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for cls, colour in SHAPE_COLOURS.items():
+        for i in range(per_class):
+            img = Image.new("RGB", (size, size), (255, 255, 255))
+            r = int(rng.integers(size * 6 // 64, size * 20 // 64))
+            cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
+            box = [cx - r, cy - r, cx + r, cy + r]
+            draw = ImageDraw.Draw(img)
+            {"circle": draw.ellipse, "square": draw.rectangle}.get(cls, lambda b, fill: draw.polygon(
+                [(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill))(box, fill=colour)
+            paths.append(os.path.join(root, cls, f"{cls}_{i:03d}.png"))
+            os.makedirs(os.path.dirname(paths[-1]), exist_ok=True)
+            img.save(paths[-1])
+    truth = {"near": [], "images": len(paths) + copies}
+    for j, k in enumerate(rng.choice(len(paths), copies, replace=False)):
+        img, kind = Image.open(paths[k]).convert("RGB"), SHAPE_COPIES[j % len(SHAPE_COPIES)]
+        copy = os.path.join(os.path.dirname(paths[k]), f"copy{j:03d}_{kind}.{'jpg' if kind == 'jpg' else 'png'}")
+        if kind == "resized":
+            img = img.resize((size + 2, size + 2), Image.Resampling.BILINEAR)
+        elif kind == "half":
+            img = img.resize((size // 2, size // 2), Image.Resampling.LANCZOS)
+        elif kind in ("brighter", "darker"):
+            step = 8 if kind == "brighter" else -8
+            img = Image.fromarray(np.clip(np.asarray(img, np.int16) + step, 0, 255).astype(np.uint8))
+        img.save(copy, **({"quality": 75} if kind == "jpg" else {}))
+        truth["near"].append((paths[k], copy))
+    return truth
+
+
 # ----------------------------------------------------------------------------------------------
 # The measurements
 
@@ -134,6 +175,23 @@ def bench_health(root: str, truth: dict) -> dict:
             out[f"{method}<={bits}"] = (f"recall {_pairs_found(truth['near'], got)}/{len(truth['near'])}, "
                                         f"false pairs {len(got - true_near)}")
     return out
+
+
+def bench_shapes(root: str, truth: dict) -> dict:
+    """Near duplicates the scan reports on make_shapes' folder: the planted copies found, and distinct
+    images paired (every pair but the planted ones is false)."""
+    from toolkit import recipe as recipe_mod
+    from toolkit.datasets import load_dataset
+
+    recipe = recipe_mod.from_dict({"data": {"source": "folder", "root": root, "workers": 0, "val_fraction": 0.25,
+                                            "test_fraction": 0.25}, "preprocess": {"resize": 64, "crop": 64},
+                                   "model": {"arch": "vgg11"}})
+    health = load_dataset(recipe, quiet=True).health
+    near = {frozenset((p["a"]["path"], p["b"]["path"])) for p in health["near_duplicates"]}
+    planted = {frozenset(p) for p in truth["near"]}
+    return {"images": health["images"], "near_found": f"{_pairs_found(truth['near'], near)}/{len(truth['near'])}",
+            "false_near_pairs": len(near - planted), "leaks": len(health["leaks"]),
+            "exact_duplicates": len(health["exact_duplicates"])}
 
 
 def _all_files(root: str) -> list:
@@ -200,8 +258,11 @@ def bench_balance(out: str, epochs: int, sampler: bool = False) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("all", "health", "mislabels", "balance"), default="all")
+    parser.add_argument("--part", choices=("all", "health", "shapes", "mislabels", "balance"), default="all")
     parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--per-class", type=int, default=40, help="shapes: images per class")
+    parser.add_argument("--size", type=int, default=64, help="shapes: image side, px")
+    parser.add_argument("--copies", type=int, default=15, help="shapes: near copies planted")
     parser.add_argument("--seed", type=int, default=0, help="which images are flipped and copied")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--sampler", action="store_true", help="balance: also train.sampler balanced")
@@ -209,8 +270,13 @@ def main() -> None:
     print(f"load average: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "digits")
-        truth = make_set(root, n=args.images, seed=args.seed)
         results = {}
+        if args.part == "shapes":  # --seed 3 --size 64 --per-class 40: 3 x 40 shapes, as docs/data.md
+            truth = make_shapes(os.path.join(tmp, "shapes"), args.per_class, args.size, args.seed, args.copies)
+            results["shapes"] = bench_shapes(os.path.join(tmp, "shapes"), truth)
+            print(json.dumps(results, indent=2))
+            return
+        truth = make_set(root, n=args.images, seed=args.seed)
         if args.part in ("all", "health"):
             results["health"] = bench_health(root, truth)
         if args.part in ("all", "mislabels"):

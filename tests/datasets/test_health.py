@@ -5,7 +5,7 @@ import os
 import pytest
 from PIL import Image
 
-from bench_data_health import make_set
+from bench_data_health import make_set, make_shapes
 from data_helpers import make_recipe, write_image
 from toolkit import datasets as D
 from toolkit.datasets.health import class_balance, data_health, fingerprint, phash
@@ -46,6 +46,23 @@ def test_re_encoded_and_resized_copies_hash_close_and_other_digits_far(noisy_set
         assert bin(phash(Image.open(a).convert("RGB")) ^ phash(Image.open(b).convert("RGB"))).count("1") <= 10
     fp = fingerprint(Image.open(truth["exact"][0][0]).convert("RGB"))
     assert fp == fingerprint(Image.open(truth["exact"][0][1]).convert("RGB"))
+
+
+def test_distinct_shapes_on_one_white_background_are_not_near_duplicates(tmp_path):
+    # the background's equal pixels kept the mean thumbnail difference small between a triangle and a circle
+    root = str(tmp_path / "shapes")
+    make_shapes(root, per_class=12, seed=3)
+    health = D.load_dataset(make_recipe({"root": root, "val_fraction": 0.25}), quiet=True).health
+    assert health["images"] == 36
+    assert health["near_duplicates"] == [] and health["leaks"] == []
+
+
+def test_near_copies_of_shapes_on_white_are_still_found(tmp_path):
+    root = str(tmp_path / "shapes")
+    # a JPEG, resized by 2 px, half size, 8 grey levels brighter, 8 darker
+    truth = make_shapes(root, per_class=12, seed=3, copies=5)
+    health = D.load_dataset(make_recipe({"root": root}), quiet=True).health
+    assert _pairs(health, "near_duplicates") == {frozenset(p) for p in truth["near"]}
 
 
 def test_class_balance_table_and_small_images(tmp_path):

@@ -5,11 +5,13 @@ so the scan reads each file once. torch-free: numpy and Pillow.
 
 - exact duplicates: the same decoded pixels (a BLAKE2 hash of the RGB bytes and the size);
 - near duplicates: a 64-bit DCT perceptual hash (pHash) of the greyscale image finds the candidates (at most
-  NEAR_BITS bits apart), and their 16x16 greyscale thumbnails confirm them (mean absolute difference at most
-  NEAR_MAD grey levels). Chosen by measurement on tests/bench_data_health.py (docs/data.md): on digits, a
-  difference hash (dHash) pairs thousands of distinct images at any threshold that finds the resized copies
-  (plain backgrounds give equal bits), pHash alone tens, pHash + the thumbnail check none. Backbone
-  embeddings were not used: the scan runs torch-free, before any model exists;
+  NEAR_BITS bits apart), and their 16x16 greyscale thumbnails confirm them: with their mean brightness matched
+  (at most NEAR_SHIFT apart), they differ by at most NEAR_MAD grey levels on average and nowhere by more than
+  NEAR_PEAK of the pair's contrast. The mean alone passed distinct objects on a shared plain background (the
+  background's equal pixels dilute it); the peak does not. Chosen by measurement on tests/bench_data_health.py
+  (docs/data.md): on digits, a difference hash (dHash) pairs thousands of distinct images at any threshold
+  that finds the resized copies (plain backgrounds give equal bits), pHash alone tens, pHash + the thumbnail
+  check none. Backbone embeddings were not used: the scan runs torch-free, before any model exists;
 - leaks: duplicate pairs (exact or near) whose images sit in different splits.
 """
 from __future__ import annotations
@@ -26,7 +28,9 @@ from PIL import Image
 from toolkit.preprocess import DEFAULT_MAX_PIXELS, ImageError, open_image
 
 NEAR_BITS = 10  # pHash bits (of 64) a near-duplicate candidate pair may differ in, chosen on the bench
-NEAR_MAD = 6.0  # ... and the most its 16x16 greyscale thumbnails may differ, mean absolute grey levels (0-255)
+NEAR_MAD = 6.0  # ... the most its 16x16 greyscale thumbnails may differ, mean absolute grey levels (0-255)
+NEAR_PEAK = 0.12  # ... and at any one pixel, as a share of the pair's contrast (its thumbnails' max - min)
+NEAR_SHIFT = 24.0  # ... the most their mean brightness may differ (matched before the two checks above)
 THUMB = 16  # the thumbnail's side
 SMALL_FRACTION = 0.5  # an image whose shorter side is under this x the crop is "far smaller than the crop"
 MAX_NEAR_IMAGES = 50_000  # above this many images the all-pairs near search (n^2 / 2 popcounts) is skipped
@@ -38,7 +42,7 @@ class Fingerprint:
     """What data health needs of one decoded image."""
     digest: str  # BLAKE2b of the RGB pixels and the size: equal digests are exact duplicates
     phash: int  # 64-bit DCT hash of the greyscale image
-    thumb: bytes  # THUMB x THUMB greyscale pixels, to confirm a near pair
+    thumb: bytes  # THUMB x THUMB greyscale pixels (bilinear: a resized copy's matches), to confirm a near pair
     width: int
     height: int
 
@@ -59,7 +63,9 @@ def fingerprint(img: Image.Image) -> Fingerprint:
     rgb = img if img.mode == "RGB" else img.convert("RGB")
     h = hashlib.blake2b(rgb.tobytes(), digest_size=16)
     h.update(f"{rgb.width}x{rgb.height}".encode())
-    thumb = rgb.convert("L").resize((THUMB, THUMB), Image.Resampling.BOX).tobytes()
+    # bilinear (antialiased) rather than box: at sizes not a multiple of THUMB, box thumbnails of a resized
+    # copy differed at the edges by up to 0.4 of the contrast (Fashion-MNIST), bilinear ones by 0.11
+    thumb = rgb.convert("L").resize((THUMB, THUMB), Image.Resampling.BILINEAR).tobytes()
     return Fingerprint(h.hexdigest(), phash(rgb), thumb, rgb.width, rgb.height)
 
 
@@ -105,10 +111,23 @@ def _entry(names: list, meta: dict, i: int) -> dict:
     return {"path": names[i], "split": split, "label": label}
 
 
-def _thumb_mads(thumbs: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """The mean absolute difference of each pair's thumbnails, in chunks (a look-alike data set has millions)."""
-    return np.concatenate([np.zeros(0)] + [np.abs(thumbs[p[:, 0]] - thumbs[p[:, 1]]).mean(axis=1)
-                                           for p in (pairs[k:k + chunk] for k in range(0, len(pairs), chunk))])
+def _thumb_checks(thumbs: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> tuple:
+    """(mean, peak, shift, close): each pair's thumbnail difference with mean brightness matched (its mean and
+    largest absolute value), the brightness shift, and whether all three pass; in chunks (a look-alike data
+    set has millions of candidates)."""
+    means = thumbs.mean(axis=1, dtype=np.float32)
+    contrast = np.ptp(thumbs, axis=1).astype(np.float32)
+    out = [np.zeros((0, 3), np.float32)]
+    for k in range(0, len(pairs), chunk):
+        i, j = pairs[k:k + chunk, 0], pairs[k:k + chunk, 1]
+        shift = means[i] - means[j]
+        diff = np.abs(thumbs[i] - thumbs[j] - shift[:, None])
+        out.append(np.stack([diff.mean(axis=1), diff.max(axis=1), np.abs(shift)], axis=1))
+    mean, peak, shift = np.concatenate(out).T
+    # the peak: distinct objects on one plain background differ little on average (the background is equal)
+    # but a lot where the objects are; a copy differs little everywhere. NEAR_MAD floors it for flat images
+    allowed = np.maximum(NEAR_PEAK * np.maximum(contrast[pairs[:, 0]], contrast[pairs[:, 1]]), NEAR_MAD)
+    return mean, peak, shift, (mean <= NEAR_MAD) & (peak <= allowed) & (shift <= NEAR_SHIFT)
 
 
 def _duplicates(names: list, prints: dict, meta: dict, near_bits: int) -> tuple:
@@ -123,11 +142,11 @@ def _duplicates(names: list, prints: dict, meta: dict, near_bits: int) -> tuple:
         group = np.array([group_of[prints[n].digest] for n in names])
         pairs = near_pairs(np.array([prints[n].phash for n in names], dtype=np.uint64), near_bits)
         pairs = pairs[group[pairs[:, 0]] != group[pairs[:, 1]]]  # exact pairs are reported as groups
-        thumbs = np.stack([np.frombuffer(prints[n].thumb, np.uint8) for n in names]).astype(np.int16)
-        mads = _thumb_mads(thumbs, pairs)
-        close = mads <= NEAR_MAD
+        thumbs = np.stack([np.frombuffer(prints[n].thumb, np.uint8) for n in names]).astype(np.float32)
+        mean, peak, _, close = _thumb_checks(thumbs, pairs)
         near = [{"a": _entry(names, meta, i), "b": _entry(names, meta, j), "distance": d,
-                 "thumb_difference": round(m, 2)} for (i, j, d), m in zip(pairs[close].tolist(), mads[close].tolist())]
+                 "thumb_difference": round(m, 2), "thumb_peak": round(p, 1)}
+                for (i, j, d), m, p in zip(pairs[close].tolist(), mean[close].tolist(), peak[close].tolist())]
     return exact, near
 
 
@@ -171,7 +190,8 @@ def data_health(labels: list, splits: dict, crop: int, prints: Optional[dict] = 
              for n in names if min(prints[n].width, prints[n].height) < SMALL_FRACTION * crop]
     return {
         "images": len(names),
-        "near_method": f"phash64<={near_bits}, thumb{THUMB}<={NEAR_MAD}" if len(names) <= MAX_NEAR_IMAGES else "skipped (too many images)",
+        "near_method": (f"phash64<={near_bits}, thumb{THUMB} mean<={NEAR_MAD} peak<={NEAR_PEAK} of contrast "
+                        f"shift<={NEAR_SHIFT}") if len(names) <= MAX_NEAR_IMAGES else "skipped (too many images)",
         "exact_duplicates": exact,
         "near_duplicates": near,
         "leaks": _leaks(exact, near),
@@ -223,5 +243,8 @@ def summary_lines(health: dict, listed: int = 5) -> list:
         lines += [f"  {lk['a']['path']} ({lk['a']['split']}) = {lk['b']['path']} ({lk['b']['split']}) "
                   f"[{lk['kind']}]" for lk in leaks[:listed]]
         if len(leaks) > listed:
-            lines.append(f"  and {len(leaks) - listed} more (data_health.json in the run folder lists them all)")
+            # the same scan ends up in a run's data_health.json, or in a report's report.json (another
+            # --recipe's data: the run folder's file is about the data it trained on)
+            lines.append(f"  and {len(leaks) - listed} more (listed in full under data_health: the run's "
+                         "data_health.json when training, the report's report.json for toolkit report)")
     return lines

@@ -2,7 +2,6 @@
 report (write_after_training: a failure there is one warning line)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -47,27 +46,7 @@ def gather(target: str, opts: ReportOptions, dataset=None) -> Outputs:
     if opts.recipe is None and os.path.isdir(target) and not os.path.isdir(os.path.join(target, "checkpoints")):
         raise UserError(f"{target}: not a run folder (no checkpoints/ in it); expected runs/<name>/ from toolkit "
                         "train, a checkpoint .pt or an exported .onnx file")
-    with contextlib.redirect_stdout(_ReportHints(sys.stdout)):  # the scan's summary, said with the report's hint
-        return from_checkpoint(target, opts.recipe, opts.split, opts.batch_size, opts.device, dataset)
-
-
-RUN_FILE_HINT = "data_health.json in the run folder lists them all"  # toolkit.datasets.health.summary_lines
-REPORT_HINT = "this report's report.json lists them all"
-
-
-class _ReportHints:
-    """stdout while the report scans its data: the scan's summary sends the reader to the run's
-    data_health.json (the data of training), but the report's data health is its own scan's (another
-    --recipe's data, or the run's as it is now), which its report.json holds in full."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        return self._stream.write(text.replace(RUN_FILE_HINT, REPORT_HINT))
-
-    def __getattr__(self, name):  # flush, isatty, encoding: the stream's own
-        return getattr(self._stream, name)
+    return from_checkpoint(target, opts.recipe, opts.split, opts.batch_size, opts.device, dataset)
 
 
 def _beside(target: str) -> str:
