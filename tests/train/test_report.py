@@ -301,8 +301,19 @@ def test_an_onnx_report_uses_the_files_own_temperature(run, tmp_path):
     assert got["run"] == str(run_dir)  # the run is found, and its calibration.json is still not used
     assert got["files"]["html"] == str(tmp_path / "t_report" / "report.html")  # beside the file, as documented
     assert not (run_dir / "report.html").exists()  # the run's own report (of its checkpoint) is not replaced
-    assert got["calibration"] == {"temperature": 2.0, "calibrated": True, "source": "this file's metadata",
-                                  "note": "scores calibrated with temperature 2 (this file's metadata)"}
+    from toolkit import calibration
+    from toolkit.runtime.onnx_eval import onnx_outputs
+
+    scored = onnx_outputs(with_t, recipe)   # the split's logits as `toolkit evaluate` reads them
+    ece, raw_ece = (calibration.ece(calibration.softmax(scored.logits, t), scored.targets) for t in (2.0, 1.0))
+    assert {k: got["calibration"][k] for k in ("temperature", "calibrated", "source")} == {
+        "temperature": 2.0, "calibrated": True, "source": "this file's metadata"}
+    # how calibrated the scores are on the split, beside where T came from (the report showed only T)
+    assert got["calibration"]["ece"] == pytest.approx(ece) and got["calibration"]["ece_uncalibrated"] == \
+        pytest.approx(raw_ece)
+    assert got["calibration"]["note"] == (f"scores calibrated with temperature 2 (this file's metadata); on val: "
+                                          f"ECE {ece * 100:.2f}% (uncalibrated {raw_ece * 100:.2f}%), NLL "
+                                          f"{got['calibration']['nll']:.4f}")
     plain = build_report(write_tiny_model(tmp_path / "p.onnx", labels=labels), ReportOptions(recipe=recipe))
     assert plain["calibration"]["temperature"] == 1.0 and "none in this file" in plain["calibration"]["note"]
 

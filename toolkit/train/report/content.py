@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from toolkit import calibration as cal
 from toolkit.errors import UserError
 from toolkit.metrics import classification_report, most_confused, precision_recall_f1
 from toolkit.preprocess import ImageError
@@ -41,12 +42,22 @@ def read_json(run_dir: str | None, name: str):
 
 def calibration(out: Outputs) -> dict:
     """The T that belongs to what was scored (a checkpoint: the run's calibration.json for best.pt; an
-    .onnx file: its own metadata), else 1 (plain softmax); and where it came from, or why none."""
+    .onnx file: its own metadata), else 1 (plain softmax); and where it came from, or why none. With the
+    split's logits, also how well the scores are calibrated on it: ECE at that T and at T = 1, NLL (the
+    numbers `toolkit evaluate` prints, by the same functions)."""
     if out.temperature is not None:
-        return {"temperature": float(out.temperature), "calibrated": True, "source": out.calibration_source,
-                "note": f"scores calibrated with temperature {out.temperature:.3g} ({out.calibration_source})"}
-    return {"temperature": 1.0, "calibrated": False, "source": out.calibration_source,
-            "note": f"scores are plain softmax, not calibrated (calibration: {out.calibration_source})"}
+        got = {"temperature": float(out.temperature), "calibrated": True, "source": out.calibration_source,
+               "note": f"scores calibrated with temperature {out.temperature:.3g} ({out.calibration_source})"}
+    else:
+        got = {"temperature": 1.0, "calibrated": False, "source": out.calibration_source,
+               "note": f"scores are plain softmax, not calibrated (calibration: {out.calibration_source})"}
+    if out.logits is not None and len(out.targets):
+        t = got["temperature"]
+        got.update(ece=cal.ece(cal.softmax(out.logits, t), out.targets),
+                   ece_uncalibrated=cal.ece(cal.softmax(out.logits), out.targets), nll=cal.nll(out.logits, out.targets, t))
+        got["note"] += (f"; on {out.split}: ECE {got['ece'] * 100:.2f}% (uncalibrated "
+                        f"{got['ece_uncalibrated'] * 100:.2f}%), NLL {got['nll']:.4f}")
+    return got
 
 
 def scores(out: Outputs) -> dict:
