@@ -38,12 +38,12 @@ def test_no_minimum_inside_the_range_keeps_the_raw_scores():
     targets = rng.integers(0, 3, 60)
     separated = np.eye(3)[targets] * 4.0 + rng.normal(0, 0.3, (60, 3))   # every argmax right, margin ~4
     assert calibration.fit_temperature(separated, targets) == 1.0
-    assert "every validation image right" in calibration.no_fit_note(separated, targets)
+    assert "every validation image right" in calibration.fit(separated, targets)["note"]
     chance, labels = rng.normal(0, 10.0, (600, 3)), rng.integers(0, 3, 600)   # answers unrelated to the labels
     assert calibration.fit_temperature(chance, labels) == 1.0
-    assert "near chance" in calibration.no_fit_note(chance, labels)
+    assert "near chance" in calibration.fit(chance, labels)["note"]
     logits, targets = _overconfident()   # a minimum inside the range: fitted, no note
-    assert calibration.no_fit_note(logits, targets) is None and calibration.fit_temperature(logits, targets) != 1.0
+    assert "note" not in calibration.fit(logits, targets) and calibration.fit_temperature(logits, targets) != 1.0
 
 
 def test_ece_of_a_perfectly_calibrated_bin_is_zero_and_of_a_wrong_sure_one_is_one():

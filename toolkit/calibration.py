@@ -25,7 +25,7 @@ from toolkit.contract import OOD_SCORES
 from toolkit.errors import UserError
 
 __all__ = ["OOD_SCORES", "DEFAULT_SCORE", "DEFAULT_ACCEPT_RATE", "MIN_AGREEMENT", "ECE_BINS", "MIN_CALIBRATION_IMAGES",
-           "softmax", "nll", "ece", "fit_temperature", "no_fit_note", "ood_score", "threshold_for", "auroc", "fpr_at_tpr",
+           "softmax", "nll", "ece", "fit_temperature", "ood_score", "threshold_for", "auroc", "fpr_at_tpr",
            "check_share", "check_accept_rate", "fit", "split_summary", "ood_summary", "too_few", "binomial_tail",
            "rate_lower_bound"]
 
@@ -80,24 +80,18 @@ def ece(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> float:
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     """The T in T_RANGE that minimises NLL(logits / T). A minimum at an end of the range is no fit: 1.0, the
-    raw scores (no_fit_note says why). A model that gets every validation image right with margins has NLL
+    raw scores (fit() says why). A model that gets every validation image right with margins has NLL
     falling on as T -> 0, and T 0.05 made every answer 1.00, a photo of none of its classes included."""
-    t = _nll_minimum(logits, targets)
-    return 1.0 if _at_an_end(t) else t
+    return _kept(_nll_minimum(logits, targets))[0]
 
 
-def no_fit_note(logits: np.ndarray, targets: np.ndarray) -> str | None:
-    """One line when fit_temperature kept T = 1 for want of a minimum inside T_RANGE, else None."""
-    t = _nll_minimum(logits, targets)
-    if not _at_an_end(t):
-        return None
+def _kept(t: float) -> tuple[float, str | None]:
+    """(the T to use, one line why it is 1) for a search's minimum `t`: 1 when it sits at an end of T_RANGE."""
+    if T_RANGE[0] * 1.05 <= t <= T_RANGE[1] / 1.05:
+        return t, None
     why = ("the model gets every validation image right with room to spare, so NLL falls on as T goes to 0"
            if t < 1 else "NLL falls on as T grows: the validation answers are near chance")
-    return f"note: no temperature fits ({why}); the scores stay the raw softmax (T = 1)"
-
-
-def _at_an_end(t: float) -> bool:
-    return t < T_RANGE[0] * 1.05 or t > T_RANGE[1] / 1.05
+    return 1.0, f"note: no temperature fits ({why}); the scores stay the raw softmax (T = 1)"
 
 
 def _nll_minimum(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -215,10 +209,10 @@ def too_few(n: int) -> str | None:
 def fit(logits: np.ndarray, targets: np.ndarray, accept_rate: float = DEFAULT_ACCEPT_RATE,
         score: str = DEFAULT_SCORE) -> dict:
     """T and the rejection threshold fitted on validation logits: {temperature, score, threshold,
-    accept_rate} (what export writes into the file; toolkit.contract checks it)."""
-    t = fit_temperature(logits, targets)
+    accept_rate} (what export writes into the file; toolkit.contract checks it), and `note` where no T fits."""
+    t, note = _kept(_nll_minimum(logits, targets))
     return {"temperature": t, "score": score, "accept_rate": float(accept_rate),
-            "threshold": threshold_for(ood_score(logits, t, score), accept_rate)}
+            "threshold": threshold_for(ood_score(logits, t, score), accept_rate), **({"note": note} if note else {})}
 
 
 def split_summary(logits: np.ndarray, targets: np.ndarray, temperature: float, ood: dict | None = None) -> dict:

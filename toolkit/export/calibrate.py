@@ -54,8 +54,8 @@ def calibrate_files(job: ExportJob, staging: Staging, data, out_pixels: np.ndarr
               for kind, path in staging.files.items()}
     score = pick_score(staging.files["fp32"], logits["fp32"], targets, out_pixels, job)
     fits = {kind: calibration.fit(x, targets, o.accept_rate, score) for kind, x in logits.items()}
-    if note := calibration.no_fit_note(logits["fp32"], targets):
-        job.say(note)
+    if "note" in fits["fp32"]:
+        job.say(fits["fp32"]["note"])
     reads = _other_engines(staging.files["fp32"], pixels, job)
     fits.update({name: (fits["fp32"] if name.endswith("fp32") else calibration.fit(x, targets, o.accept_rate, score))
                  for name, x in reads.items()})

@@ -9,7 +9,6 @@ import dataclasses
 import difflib
 import math
 import os
-import re
 import types
 import typing
 from typing import Any, Union
@@ -71,8 +70,9 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     return isinstance(value, base), value
 
 
-def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
-    """Dataclass `cls` from mapping `raw`, appending one line per problem to `errors`."""
+def _build(cls: type, raw: Any, prefix: str, errors: list[str], meant: set | None = None) -> Any:
+    """Dataclass `cls` from mapping `raw`, appending one line per problem to `errors` (and to `meant` the key
+    each misspelt one was probably meant as)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -86,11 +86,13 @@ def _build(cls: type, raw: Any, prefix: str, errors: list[str]) -> Any:
         if key not in names:
             near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
+            if near and meant is not None:
+                meant.add(f"{prefix}{near[0]}")
             errors.append(f"{dotted}: unknown key{hint}")
             continue
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, dotted + ".", errors)
+            kwargs[key] = _build(tp, value, dotted + ".", errors, meant)
             continue
         ok, value = _coerce(value, tp)
         if not ok:
@@ -160,21 +162,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-_MEANT = re.compile(r"unknown key; did you mean '([^']+)'\?")
-
-
 def from_dict(raw: Any, source: str = "recipe", check_paths: bool = True) -> Recipe:
     """Build and validate a Recipe; raise one UserError listing every problem.
 
     check_paths=False is for a recipe read back from a checkpoint on another machine."""
     errors: list[str] = []
-    recipe = _build(Recipe, fill_defaults(raw), "", errors)  # unset preprocess/head: the arch's (archs.py)
+    meant: set = set()
+    recipe = _build(Recipe, fill_defaults(raw), "", errors, meant)  # unset preprocess/head: the arch's (archs.py)
     _expand_home(recipe)
     # Value checks run too, so every problem shows at once; a key already reported isn't repeated.
     reported = {e.split(":")[0] for e in errors}
     # ... nor the key a misspelt one was meant as: `data.rot=photos` left data.root at its default, whose
     # "not a folder" only follows from the misspelling
-    meant = {m.group(1) for e in errors if (m := _MEANT.search(e))}
     checks: list[str] = []
     check(recipe, checks, check_paths)
     broken_sections = {key for key in reported if "." not in key}  # a whole section was not a mapping

@@ -327,8 +327,7 @@ class Predictor:
         if threshold is not None and (isinstance(threshold, (bool, np.bool_))
                                       or not isinstance(threshold, (int, float, np.integer, np.floating))
                                       or not np.isfinite(threshold)):   # as `toolkit predict --threshold`
-            raise UserError(f"threshold: {threshold!r}; expected a finite number (an OOD score, see "
-                            "docs/inference.md; reject=False accepts everything)")
+            raise UserError(f"threshold: {threshold!r}; expected a finite number (an OOD score, docs/inference.md)")
         if not isinstance(reject, (bool, np.bool_)):   # the string 'false' is true
             raise UserError(f"reject: {reject!r}; expected True or False")
         if threshold is not None and not self.ood:

@@ -33,8 +33,8 @@ def calibrate_run(model, recipe, dataset, device, run_dir: str, say=print,
         logits = {split: split_logits(model, recipe, getattr(dataset, split), batch, device)[:2]
                   for split in ("val", "test") if getattr(dataset, split)}
         fit = calibration.fit(*logits["val"], accept_rate=accept_rate)
-        if note := calibration.no_fit_note(*logits["val"]):
-            say(note)
+        if "note" in fit:
+            say(fit["note"])
         ood = {k: fit[k] for k in ("score", "threshold", "accept_rate")}
         result = {"temperature": fit["temperature"], "ood": ood,
                   "splits": {s: calibration.split_summary(x, y, fit["temperature"], ood) for s, (x, y) in logits.items()}}

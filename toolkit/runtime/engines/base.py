@@ -12,6 +12,7 @@ Standard library only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -170,16 +171,20 @@ class Adapter:
     def output_names(self, inputs: Mapping[str, Any], outputs: Optional[Sequence[str]] = None) -> list[str]:
         """The outputs run() returns, in order (all when None); one UserError, the same on every engine, for
         an input or output name the model does not have, or a missing input."""
-        expected = [p.name for p in self.inputs]
+        expected, known = self._port_names   # every run() passes here: the names read once
         given = list(inputs)
-        if wrong := [n for n in given if n not in expected] or [n for n in expected if n not in given]:
+        if sorted(given) != sorted(expected):
+            wrong = [n for n in given if n not in expected]
             raise UserError(f"{self.path}: given inputs {given}; expected {expected}"
-                            + (f" (no input {wrong[0]!r})" if wrong[0] not in expected else ""))
-        names = list(outputs) if outputs else [p.name for p in self.outputs]
-        if unknown := [n for n in names if n not in {p.name for p in self.outputs}]:
-            raise UserError(f"{self.path}: no output {unknown[0]!r}; expected one of "
-                            f"{', '.join(p.name for p in self.outputs)}")
+                            + (f" (no input {wrong[0]!r})" if wrong else ""))
+        names = list(outputs) if outputs else list(known)
+        if unknown := [n for n in names if n not in known]:
+            raise UserError(f"{self.path}: no output {unknown[0]!r}; expected one of {', '.join(known)}")
         return names
+
+    @functools.cached_property
+    def _port_names(self) -> tuple[list, list]:
+        return [p.name for p in self.inputs], [p.name for p in self.outputs]
 
     def prepared(self, inputs: Mapping[str, Any], outputs: Optional[Sequence[str]] = None) -> Callable[[], Any]:
         """A call that runs these inputs again and again (for timing): inputs already where the engine

@@ -52,9 +52,8 @@ def calibration(out: Outputs) -> dict:
         got = {"temperature": 1.0, "calibrated": False, "source": out.calibration_source,
                "note": f"scores are plain softmax, not calibrated (calibration: {out.calibration_source})"}
     if out.logits is not None and len(out.targets):
-        t = got["temperature"]
-        got.update(ece=cal.ece(cal.softmax(out.logits, t), out.targets),
-                   ece_uncalibrated=cal.ece(cal.softmax(out.logits), out.targets), nll=cal.nll(out.logits, out.targets, t))
+        s = cal.split_summary(out.logits, out.targets, got["temperature"])
+        got.update(ece=s["ece_after"], ece_uncalibrated=s["ece_before"], nll=s["nll_after"])
         got["note"] += (f"; on {out.split}: ECE {got['ece'] * 100:.2f}% (uncalibrated "
                         f"{got['ece_uncalibrated'] * 100:.2f}%), NLL {got['nll']:.4f}")
     return got
